@@ -1,0 +1,256 @@
+//! Commands out to node agents: each gets an id, the node's current epoch, the target's
+//! incarnation and a deadline; it is written to the audit log, sent on the stream that owns the
+//! node, and its result is matched back to whoever waits for it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use argus_proto::v1 as pb;
+use argus_shared::command::Action;
+use argus_shared::time::now_ms;
+use dashmap::DashMap;
+use tokio::sync::oneshot;
+
+use crate::detect::Incarnation;
+use crate::events::Events;
+use crate::fleet::Fleet;
+use crate::store::{CommandRow, Recorder, SessionRef, Write};
+
+/// Why a command could not be sent or answered.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// The node is not known.
+    #[error("node {0:?} is not known")]
+    UnknownNode(String),
+    /// The node's stream is not open.
+    #[error("node {0:?} is not connected")]
+    Disconnected(String),
+    /// The node's stream is congested.
+    #[error("node {0:?} has too many commands in flight")]
+    Busy(String),
+    /// No answer before the deadline.
+    #[error("node {node:?} did not answer command {command_id} within {secs} s")]
+    Timeout {
+        node: String,
+        command_id: String,
+        secs: u64,
+    },
+}
+
+/// Who decided a command.
+#[derive(Debug, Clone, Copy)]
+pub enum Origin {
+    /// A person or orchestrator through the admin API.
+    Admin,
+    /// The controller's policy.
+    Policy,
+}
+
+impl Origin {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Policy => "policy",
+        }
+    }
+}
+
+/// Sends commands and matches their results.
+pub struct Dispatcher {
+    fleet: Arc<Fleet>,
+    recorder: Recorder,
+    events: Events,
+    waiting: DashMap<String, Waiting>,
+    next_id: AtomicU64,
+    prefix: String,
+    timeout: Duration,
+}
+
+struct Waiting {
+    reply: Option<oneshot::Sender<pb::CommandResult>>,
+    session: SessionRef,
+    action: &'static str,
+    issued_ms: i64,
+}
+
+impl Dispatcher {
+    /// A dispatcher whose command ids start with `prefix` (the controller's id).
+    pub fn new(fleet: Arc<Fleet>, recorder: Recorder, events: Events, prefix: String, timeout: Duration) -> Self {
+        Self {
+            fleet,
+            recorder,
+            events,
+            waiting: DashMap::new(),
+            next_id: AtomicU64::new(1),
+            prefix,
+            timeout,
+        }
+    }
+
+    /// Sends `action` to a session's node; returns the command id and a receiver for the result.
+    pub async fn send(
+        &self,
+        session: &SessionRef,
+        action: Action,
+        incarnation: Option<Incarnation>,
+        origin: Origin,
+        reason: &str,
+    ) -> Result<(String, oneshot::Receiver<pb::CommandResult>), DispatchError> {
+        let (link, epoch) = {
+            let node = self
+                .fleet
+                .nodes
+                .get(&session.node_id)
+                .ok_or_else(|| DispatchError::UnknownNode(session.node_id.clone()))?;
+            let link = node
+                .link
+                .clone()
+                .ok_or_else(|| DispatchError::Disconnected(session.node_id.clone()))?;
+            (link, node.epoch)
+        };
+        let seq = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let command_id = format!("{}-{seq}", self.prefix);
+        let now = now_ms();
+        let name = action.name();
+        let cmd = pb::Command {
+            command_id: command_id.clone(),
+            epoch,
+            tmux_socket: session.tmux_socket.clone(),
+            session_name: session.session_name.clone(),
+            incarnation: incarnation.map(|i| pb::Incarnation {
+                pid: i.pid,
+                start_time: i.start_time,
+            }),
+            not_after_ms: now + self.timeout.as_millis() as i64,
+            action: Some(action.into()),
+        };
+        let (tx, rx) = oneshot::channel();
+        self.waiting.insert(
+            command_id.clone(),
+            Waiting {
+                reply: Some(tx),
+                session: session.clone(),
+                action: name,
+                issued_ms: now,
+            },
+        );
+        let msg = pb::ControllerMessage {
+            msg: Some(pb::controller_message::Msg::Command(cmd)),
+        };
+        if let Err(e) = link.try_send(Ok(msg)) {
+            self.waiting.remove(&command_id);
+            return Err(match e {
+                tokio::sync::mpsc::error::TrySendError::Full(_) => DispatchError::Busy(session.node_id.clone()),
+                tokio::sync::mpsc::error::TrySendError::Closed(_) => DispatchError::Disconnected(session.node_id.clone()),
+            });
+        }
+        tracing::info!(node = %session.node_id, session = %session.session_name, command = %command_id, action = name, origin = origin.as_str(), reason, "command sent");
+        self.events.publish(
+            &session.node_id,
+            &session.session_name,
+            "command",
+            format!("{name} ({}): {reason}", origin.as_str()),
+            None,
+        );
+        self.recorder
+            .record(Write::CommandIssued(CommandRow {
+                command_id: command_id.clone(),
+                session: session.clone(),
+                epoch,
+                action: name.to_owned(),
+                origin: origin.as_str().to_owned(),
+                reason: reason.to_owned(),
+                issued_at_ms: now,
+                status: pb::CommandStatus::Unspecified.as_str_name().to_owned(),
+                result_message: String::new(),
+                finished_at_ms: 0,
+            }))
+            .await;
+        Ok((command_id, rx))
+    }
+
+    /// Sends and waits for the node's answer (until the deadline plus a little slack).
+    pub async fn call(
+        &self,
+        session: &SessionRef,
+        action: Action,
+        incarnation: Option<Incarnation>,
+        origin: Origin,
+        reason: &str,
+    ) -> Result<pb::CommandResult, DispatchError> {
+        let (id, rx) = self.send(session, action, incarnation, origin, reason).await?;
+        let wait = self.timeout + Duration::from_secs(1);
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(result)) => Ok(result),
+            _ => {
+                self.waiting.remove(&id);
+                Err(DispatchError::Timeout {
+                    node: session.node_id.clone(),
+                    command_id: id,
+                    secs: wait.as_secs(),
+                })
+            }
+        }
+    }
+
+    /// A result arrived from `node_id`: record it and wake whoever waits.
+    pub async fn complete(&self, node_id: &str, result: pb::CommandResult) {
+        let Some((_, mut w)) = self.waiting.remove(&result.command_id) else {
+            tracing::warn!(node = %node_id, command = %result.command_id, "result for an unknown or expired command");
+            return;
+        };
+        if w.session.node_id != node_id {
+            tracing::warn!(node = %node_id, command = %result.command_id, "result from a node the command was not sent to; ignored");
+            self.waiting.insert(result.command_id.clone(), w);
+            return;
+        }
+        let status = pb::CommandStatus::try_from(result.status).unwrap_or(pb::CommandStatus::Unspecified);
+        let now = now_ms();
+        tracing::info!(node = %node_id, command = %result.command_id, status = status.as_str_name(), took_ms = now - w.issued_ms, "command result");
+        self.events.publish(
+            node_id,
+            &w.session.session_name,
+            "command_result",
+            format!("{} {}: {}", w.action, status.as_str_name(), result.message),
+            None,
+        );
+        self.recorder
+            .record(Write::CommandFinished {
+                command_id: result.command_id.clone(),
+                status: status.as_str_name().to_owned(),
+                message: result.message.clone(),
+                at_ms: now,
+            })
+            .await;
+        if let Some(reply) = w.reply.take() {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+impl Dispatcher {
+    /// Forgets commands that were never answered (their node went away), recording them as
+    /// expired. Called from the controller's tick.
+    pub async fn expire(&self, now: i64) {
+        let limit = 2 * self.timeout.as_millis() as i64;
+        let stale: Vec<String> = self
+            .waiting
+            .iter()
+            .filter(|w| now - w.issued_ms > limit)
+            .map(|w| w.key().clone())
+            .collect();
+        for id in stale {
+            if self.waiting.remove(&id).is_some() {
+                self.recorder
+                    .record(Write::CommandFinished {
+                        command_id: id,
+                        status: pb::CommandStatus::Expired.as_str_name().to_owned(),
+                        message: "no answer from the node agent".to_owned(),
+                        at_ms: now,
+                    })
+                    .await;
+            }
+        }
+    }
+}

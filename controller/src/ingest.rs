@@ -1,0 +1,254 @@
+//! `argus.v1.NodeAgentService`: the Attach stream of every node agent. Hello is checked, the
+//! node's epoch is bumped durably, Welcome goes back, and from then on reports, events, results
+//! and heartbeats are applied to the live fleet. Heartbeats cost no durable write.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use argus_proto::v1 as pb;
+use argus_proto::v1::node_agent_service_server::NodeAgentService;
+use argus_shared::ids::{NodeId, SessionName};
+use argus_shared::time::now_ms;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tokio_util::task::TaskTracker;
+
+use crate::detect::{Incarnation, Input, Observation};
+use crate::fleet::{Health, NodeEntry};
+use crate::store::{NodeRecord, SessionRef};
+use crate::supervisor::Supervisor;
+
+/// How long a node agent has to send Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Commands queued to one node before `send` reports it busy.
+const LINK_QUEUE: usize = 1024;
+
+/// The NodeAgentService implementation.
+pub struct AgentApi {
+    sup: Arc<Supervisor>,
+    tasks: TaskTracker,
+    next_stream: AtomicU64,
+}
+
+impl AgentApi {
+    /// A service over `sup`; stream tasks run on `tasks`.
+    pub fn new(sup: Arc<Supervisor>, tasks: TaskTracker) -> Self {
+        Self {
+            sup,
+            tasks,
+            next_stream: AtomicU64::new(1),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl NodeAgentService for AgentApi {
+    type AttachStream = ReceiverStream<Result<pb::ControllerMessage, Status>>;
+
+    async fn attach(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello within 10 s of opening Attach"))??;
+        let hello = match first {
+            Some(pb::AgentMessage {
+                msg: Some(pb::agent_message::Msg::Hello(h)),
+            }) => h,
+            Some(_) => return Err(Status::invalid_argument("the first message on Attach must be Hello")),
+            None => return Err(Status::invalid_argument("Attach closed before Hello")),
+        };
+        let node_id = NodeId::new(&hello.node_id)
+            .map_err(|e| Status::invalid_argument(format!("Hello.node_id: {e}")))?
+            .to_string();
+        let now = now_ms();
+        let epoch = self
+            .sup
+            .store
+            .attach_node(
+                &NodeRecord {
+                    node_id: node_id.clone(),
+                    epoch: 0,
+                    hostname: hello.hostname.clone(),
+                    agent_version: hello.agent_version.clone(),
+                    boot_id: hello.boot_id.clone(),
+                    last_attach_ms: now,
+                },
+                hello.last_epoch,
+            )
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot record the attach of {node_id}: {e}")))?;
+
+        let (tx, rx) = mpsc::channel(LINK_QUEUE);
+        tx.send(Ok(pb::ControllerMessage {
+            msg: Some(pb::controller_message::Msg::Welcome(pb::Welcome {
+                controller_id: self.sup.controller_id.clone(),
+                epoch,
+            })),
+        }))
+        .await
+        .map_err(|_| Status::internal("stream closed before Welcome"))?;
+
+        let stream_id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let probe_ms = if hello.probe_interval_ms == 0 { 1000 } else { i64::from(hello.probe_interval_ms) };
+        self.sup.fleet.nodes.insert(
+            node_id.clone(),
+            NodeEntry {
+                node_id: node_id.clone(),
+                hostname: hello.hostname,
+                agent_version: hello.agent_version,
+                epoch,
+                last_seen_ms: now,
+                health: Health::Up,
+                link: Some(tx),
+                stream_id,
+                probe_ms,
+            },
+        );
+        self.sup.events.publish(&node_id, "", "node_attached", format!("attached with epoch {epoch}"), None);
+
+        let sup = self.sup.clone();
+        self.tasks.spawn(async move {
+            let reason = serve_stream(&sup, &node_id, stream_id, &mut inbound).await;
+            let owner = sup
+                .fleet
+                .nodes
+                .get_mut(&node_id)
+                .filter(|n| n.stream_id == stream_id)
+                .map(|mut n| n.link = None)
+                .is_some();
+            if owner {
+                sup.events.publish(&node_id, "", "node_detached", reason, None);
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Applies every message of one stream; returns why the stream ended.
+async fn serve_stream(
+    sup: &Supervisor,
+    node_id: &str,
+    stream_id: u64,
+    inbound: &mut Streaming<pb::AgentMessage>,
+) -> String {
+    loop {
+        let msg = match inbound.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return "stream closed by the node agent".to_owned(),
+            Err(status) => return format!("stream broke: {}", status.message()),
+        };
+        let now = now_ms();
+        let owner = match sup.fleet.nodes.get_mut(node_id) {
+            Some(mut n) if n.stream_id == stream_id => {
+                n.last_seen_ms = now;
+                true
+            }
+            _ => false,
+        };
+        if !owner {
+            return "replaced by a newer stream of the same node".to_owned();
+        }
+        match msg.msg {
+            Some(pb::agent_message::Msg::Report(r)) => apply_report(sup, node_id, r, now).await,
+            Some(pb::agent_message::Msg::Event(e)) => apply_event(sup, node_id, e, now).await,
+            Some(pb::agent_message::Msg::Result(r)) => sup.dispatch.complete(node_id, r).await,
+            Some(pb::agent_message::Msg::Heartbeat(_)) => {}
+            Some(pb::agent_message::Msg::Hello(_)) => {
+                tracing::warn!(node = %node_id, "second Hello on one stream ignored");
+            }
+            None => tracing::warn!(node = %node_id, "empty message ignored"),
+        }
+    }
+}
+
+fn session_ref(node_id: &str, socket: &str, name: &str) -> Option<SessionRef> {
+    match SessionName::new(name) {
+        Ok(_) => Some(SessionRef {
+            node_id: node_id.to_owned(),
+            tmux_socket: socket.to_owned(),
+            session_name: name.to_owned(),
+        }),
+        Err(e) => {
+            tracing::warn!(node = %node_id, error = %e, "observation with an invalid session name ignored");
+            None
+        }
+    }
+}
+
+async fn apply_report(sup: &Supervisor, node_id: &str, r: pb::Report, now: i64) {
+    let mut seen = HashSet::new();
+    for o in r.sessions {
+        let Some(key) = session_ref(node_id, &o.tmux_socket, &o.session_name) else {
+            continue;
+        };
+        seen.insert(key.clone());
+        sup.apply(&key, Input::Observed(observation(o)), now).await;
+    }
+    let mut gone: Vec<SessionRef> = r
+        .gone
+        .iter()
+        .filter_map(|g| session_ref(node_id, &g.tmux_socket, &g.session_name))
+        .collect();
+    if r.full_snapshot {
+        gone.extend(
+            sup.fleet
+                .node_sessions(node_id)
+                .into_iter()
+                .filter(|k| !seen.contains(k)),
+        );
+    }
+    for key in gone {
+        sup.apply(&key, Input::Gone, now).await;
+    }
+}
+
+async fn apply_event(sup: &Supervisor, node_id: &str, e: pb::Event, now: i64) {
+    let Some(key) = session_ref(node_id, &e.tmux_socket, &e.session_name) else {
+        return;
+    };
+    let input = match pb::EventKind::try_from(e.kind) {
+        Ok(pb::EventKind::AgentExited) => match e.process {
+            Some(p) => Input::AgentExited(Incarnation {
+                pid: p.pid,
+                start_time: p.start_time,
+            }),
+            None => return,
+        },
+        Ok(pb::EventKind::PaneDied) => Input::PaneDied,
+        Ok(pb::EventKind::SessionClosed) => Input::Gone,
+        _ => {
+            tracing::warn!(node = %node_id, kind = e.kind, "unknown event kind ignored");
+            return;
+        }
+    };
+    sup.apply(&key, input, now).await;
+}
+
+/// The wire observation as the decision core's input.
+fn observation(o: pb::SessionObservation) -> Observation {
+    Observation {
+        condition: o.condition().into(),
+        pane_id: o.pane_id,
+        pane_dead: o.pane_dead,
+        exit_status: o.exit_status,
+        agent: o.agent.map(|a| Incarnation {
+            pid: a.pid,
+            start_time: a.start_time,
+        }),
+        agent_name: o.agent_name,
+        agent_cpu_ms: o.agent_cpu_ms,
+        screen_hash: o.screen_hash,
+        rate_limit_reset_at: o.rate_limit_reset_at,
+        attached_clients: o.attached_clients,
+        start_command: o.start_command,
+        cwd: o.cwd,
+        labels: o.labels.into_iter().collect::<BTreeMap<_, _>>(),
+        profile: o.profile,
+    }
+}

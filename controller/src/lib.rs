@@ -1,0 +1,159 @@
+//! The Argus controller: receives node agents' streams, runs detection and the escalation
+//! policy, persists what must survive a restart, sends commands back, and serves the admin API.
+
+pub mod api;
+pub mod detect;
+pub mod dispatch;
+pub mod escalate;
+pub mod events;
+pub mod fleet;
+pub mod http;
+pub mod ingest;
+pub mod policy;
+pub mod server;
+pub mod store;
+pub mod supervisor;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use argus_shared::state::SessionState;
+use argus_shared::time::now_ms;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::policy::Policy;
+use crate::store::Recorder;
+use crate::supervisor::Supervisor;
+
+/// Everything the controller needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// HTTP side port (`/healthz`, `/readyz`), if any.
+    pub http: Option<SocketAddr>,
+    /// Store URL (`sqlite://argus.db`).
+    pub db: String,
+    /// Serve plaintext (loopback only unless `allow_remote_plaintext`).
+    pub insecure: bool,
+    /// Allow plaintext on a non-loopback address.
+    pub allow_remote_plaintext: bool,
+    /// The policy file, if any.
+    pub policy_file: Option<PathBuf>,
+    /// Run a node agent in-process supervising this machine (`--local`).
+    pub local: Option<argus_node_agent::Config>,
+    /// Controller tick.
+    pub tick: Duration,
+}
+
+/// Loads the policy file, or the defaults.
+pub fn load_policy(path: Option<&std::path::Path>) -> anyhow::Result<Policy> {
+    match path {
+        None => Ok(Policy::default()),
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading policy {}", p.display()))?;
+            Policy::from_toml(&text).with_context(|| format!("in policy file {}", p.display()))
+        }
+    }
+}
+
+/// Runs the controller until `shutdown`. `ready` receives the bound gRPC address.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+) -> anyhow::Result<()> {
+    if !config.insecure {
+        anyhow::bail!("TLS is not implemented yet: pass --insecure to serve plaintext on loopback");
+    }
+    if !server::is_loopback(&config.listen) && !config.allow_remote_plaintext {
+        anyhow::bail!(
+            "refusing to serve plaintext on non-loopback address {}: use a loopback address or add --allow-remote-plaintext",
+            config.listen
+        );
+    }
+    let policy = load_policy(config.policy_file.as_deref())?;
+    let store = store::open(&config.db)
+        .await
+        .with_context(|| format!("opening store {}", config.db))?;
+    let recorded: Vec<_> = store
+        .last_states()
+        .await?
+        .into_iter()
+        .filter_map(|(k, s)| SessionState::parse(&s).map(|s| (k, s)))
+        .collect();
+    let tasks = TaskTracker::new();
+    let writer_stop = CancellationToken::new();
+    let writer_tasks = TaskTracker::new();
+    let recorder = Recorder::start(store.clone(), writer_stop.clone(), &writer_tasks);
+    let controller_id = format!("ctl-{}-{}", std::process::id(), now_ms());
+    let sup = Arc::new(Supervisor::new(controller_id, store, recorder, policy, recorded));
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding gRPC on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, db = %config.db, "controller listening");
+    if let Some(http) = config.http {
+        let l = tokio::net::TcpListener::bind(http)
+            .await
+            .with_context(|| format!("binding HTTP on {http}"))?;
+        tracing::info!(addr = %l.local_addr()?, "http side port listening");
+        tasks.spawn(http::serve(l, sup.clone(), shutdown.clone()));
+    }
+    let ticker = sup.clone();
+    let tick_stop = shutdown.clone();
+    let every = config.tick;
+    tasks.spawn(async move {
+        let mut t = tokio::time::interval(every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = tick_stop.cancelled() => break,
+                _ = t.tick() => ticker.tick(now_ms()).await,
+            }
+        }
+    });
+    if let Some(mut local) = config.local.clone() {
+        local.controller = format!("http://{addr}");
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = argus_node_agent::run(local, stop).await {
+                tracing::error!(error = %e, "local node agent failed");
+            }
+        });
+    }
+    if let Some(r) = ready {
+        let _ = r.send(addr);
+    }
+    let server = server::serve(listener, sup.clone(), tasks.clone(), shutdown.clone());
+    let drained = async {
+        shutdown.cancelled().await;
+        // Node agents' response streams end when their senders drop; they reconnect elsewhere.
+        for mut node in sup.fleet.nodes.iter_mut() {
+            node.link = None;
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    };
+    let result = tokio::select! {
+        r = server => r,
+        () = drained => {
+            tracing::warn!("open streams did not close within 3 s of shutdown; stopping anyway");
+            Ok(())
+        }
+    };
+    shutdown.cancel();
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await.is_err() {
+        tracing::warn!("some tasks did not stop within 5 s");
+    }
+    drop(sup);
+    writer_stop.cancel();
+    writer_tasks.close();
+    writer_tasks.wait().await;
+    result
+}

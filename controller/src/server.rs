@@ -1,0 +1,63 @@
+//! The gRPC server: both argus services, reflection v1 and v1alpha (grpcurl 1.8 speaks only
+//! v1alpha) and `grpc.health.v1`, which turns NOT_SERVING when draining starts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use argus_proto::v1::admin_service_server::AdminServiceServer;
+use argus_proto::v1::node_agent_service_server::NodeAgentServiceServer;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::AdminApi;
+use crate::ingest::AgentApi;
+use crate::supervisor::Supervisor;
+
+/// Largest message a node agent may send (a full snapshot of a big node fits easily).
+pub const MAX_AGENT_MESSAGE: usize = 16 << 20;
+/// Largest admin request.
+pub const MAX_ADMIN_MESSAGE: usize = 1 << 20;
+
+/// Serves gRPC on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    sup: Arc<Supervisor>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<AdminServiceServer<AdminApi>>().await;
+    health.set_serving::<NodeAgentServiceServer<AgentApi>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(argus_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(argus_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let agents = NodeAgentServiceServer::new(AgentApi::new(sup.clone(), tasks))
+        .max_decoding_message_size(MAX_AGENT_MESSAGE);
+    let admin = AdminServiceServer::new(AdminApi::new(sup)).max_decoding_message_size(MAX_ADMIN_MESSAGE);
+    let drain = shutdown.clone();
+    let signal = async move {
+        drain.cancelled().await;
+        health.set_not_serving::<AdminServiceServer<AdminApi>>().await;
+        health.set_not_serving::<NodeAgentServiceServer<AgentApi>>().await;
+    };
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(agents)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), signal)
+        .await?;
+    Ok(())
+}
+
+/// True for loopback addresses, the only ones plaintext may bind to unless forced.
+pub fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}

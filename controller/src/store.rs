@@ -1,0 +1,176 @@
+//! Durable state behind one interface: node epochs, session transitions and the command audit
+//! log. Decision code never waits on it: transitions and commands go through the [`Recorder`], a
+//! write-behind queue that batches them into transactions; only the epoch bump on attach is
+//! written before the controller answers.
+
+pub mod sqlite;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused or is unreachable.
+    #[error("database {op} failed: {source}")]
+    Db {
+        op: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Migrations could not be applied.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The URL names no supported backend.
+    #[error("unsupported database URL {0:?}: use sqlite://PATH")]
+    Unsupported(String),
+}
+
+/// A node as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub node_id: String,
+    pub epoch: u64,
+    pub hostname: String,
+    pub agent_version: String,
+    pub boot_id: String,
+    pub last_attach_ms: i64,
+}
+
+/// Addresses one session in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionRef {
+    pub node_id: String,
+    pub tmux_socket: String,
+    pub session_name: String,
+}
+
+/// A recorded transition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransitionRow {
+    pub session: SessionRef,
+    pub at_ms: i64,
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+}
+
+/// A recorded command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandRow {
+    pub command_id: String,
+    pub session: SessionRef,
+    pub epoch: u64,
+    pub action: String,
+    pub origin: String,
+    pub reason: String,
+    pub issued_at_ms: i64,
+    /// `CommandStatus` name; `COMMAND_STATUS_UNSPECIFIED` while pending.
+    pub status: String,
+    pub result_message: String,
+    pub finished_at_ms: i64,
+}
+
+/// One write for the recorder.
+#[derive(Debug, Clone)]
+pub enum Write {
+    Transition(TransitionRow),
+    CommandIssued(CommandRow),
+    CommandFinished {
+        command_id: String,
+        status: String,
+        message: String,
+        at_ms: i64,
+    },
+}
+
+/// A session's recorded history, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    pub transitions: Vec<TransitionRow>,
+    pub commands: Vec<CommandRow>,
+}
+
+/// The durable store. Two backends are planned: SQLite (embedded default) and PostgreSQL.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Records an attach and returns the node's new epoch: larger than any stored before and
+    /// than `at_least` (the highest epoch the node agent remembers).
+    async fn attach_node(&self, node: &NodeRecord, at_least: u64) -> Result<u64, StoreError>;
+    /// Every node ever attached.
+    async fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
+    /// Applies writes in one transaction.
+    async fn write(&self, batch: &[Write]) -> Result<(), StoreError>;
+    /// A session's recent history.
+    async fn history(&self, session: &SessionRef, limit: u32) -> Result<History, StoreError>;
+    /// The last recorded state of every session.
+    async fn last_states(&self) -> Result<Vec<(SessionRef, String)>, StoreError>;
+}
+
+/// Opens the store named by `url`.
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else {
+        Err(StoreError::Unsupported(url.to_owned()))
+    }
+}
+
+/// Write-behind queue in front of the store.
+#[derive(Clone)]
+pub struct Recorder {
+    tx: mpsc::Sender<Write>,
+}
+
+impl Recorder {
+    /// Queues a write. Waits when the queue is full (backpressure, nothing dropped).
+    pub async fn record(&self, w: Write) {
+        if self.tx.send(w).await.is_err() {
+            tracing::error!("recorder stopped; a write was lost");
+        }
+    }
+
+    /// Starts the writer task; it drains the queue before it ends on `shutdown`.
+    pub fn start(
+        store: std::sync::Arc<dyn Store>,
+        shutdown: CancellationToken,
+        tasks: &tokio_util::task::TaskTracker,
+    ) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Write>(16_384);
+        tasks.spawn(async move {
+            let mut batch = Vec::with_capacity(512);
+            loop {
+                let got = tokio::select! {
+                    n = rx.recv_many(&mut batch, 512) => n,
+                    () = shutdown.cancelled() => {
+                        rx.close();
+                        rx.recv_many(&mut batch, usize::MAX).await
+                    }
+                };
+                if got == 0 {
+                    break;
+                }
+                for attempt in 1..=5u32 {
+                    match store.write(&batch).await {
+                        Ok(()) => break,
+                        Err(e) if attempt == 5 => {
+                            tracing::error!(error = %e, writes = batch.len(), "store unavailable; dropping writes after 5 attempts");
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, attempt, "store write failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                        }
+                    }
+                }
+                batch.clear();
+                if shutdown.is_cancelled() && rx.is_closed() && rx.is_empty() {
+                    break;
+                }
+            }
+        });
+        Self { tx }
+    }
+}

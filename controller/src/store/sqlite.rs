@@ -1,0 +1,313 @@
+//! The embedded SQLite backend: one file, WAL, migrations compiled into the binary.
+
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use sqlx::Row;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+use super::{CommandRow, History, NodeRecord, SessionRef, Store, StoreError, TransitionRow, Write};
+
+/// SQLite through sqlx.
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Db { op, source }
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the database at `url` (`sqlite://PATH`) and migrates it.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(db("open"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(std::time::Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(db("open"))?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
+fn transition_row(r: &sqlx::sqlite::SqliteRow) -> TransitionRow {
+    TransitionRow {
+        session: SessionRef {
+            node_id: r.get("node_id"),
+            tmux_socket: r.get("tmux_socket"),
+            session_name: r.get("session_name"),
+        },
+        at_ms: r.get("at_ms"),
+        from: r.get("from_state"),
+        to: r.get("to_state"),
+        reason: r.get("reason"),
+    }
+}
+
+fn command_row(r: &sqlx::sqlite::SqliteRow) -> CommandRow {
+    CommandRow {
+        command_id: r.get("command_id"),
+        session: SessionRef {
+            node_id: r.get("node_id"),
+            tmux_socket: r.get("tmux_socket"),
+            session_name: r.get("session_name"),
+        },
+        epoch: r.get::<i64, _>("epoch") as u64,
+        action: r.get("action"),
+        origin: r.get("origin"),
+        reason: r.get("reason"),
+        issued_at_ms: r.get("issued_at_ms"),
+        status: r.get("status"),
+        result_message: r.get("result_message"),
+        finished_at_ms: r.get("finished_at_ms"),
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn attach_node(&self, n: &NodeRecord, at_least: u64) -> Result<u64, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO nodes (node_id, epoch, hostname, agent_version, boot_id, last_attach_ms)
+             VALUES (?1, ?2 + 1, ?3, ?4, ?5, ?6)
+             ON CONFLICT (node_id) DO UPDATE SET
+                 epoch = MAX(nodes.epoch, ?2) + 1,
+                 hostname = excluded.hostname,
+                 agent_version = excluded.agent_version,
+                 boot_id = excluded.boot_id,
+                 last_attach_ms = excluded.last_attach_ms
+             RETURNING epoch",
+        )
+        .bind(&n.node_id)
+        .bind(at_least as i64)
+        .bind(&n.hostname)
+        .bind(&n.agent_version)
+        .bind(&n.boot_id)
+        .bind(n.last_attach_ms)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("attach node"))?;
+        Ok(row.get::<i64, _>("epoch") as u64)
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM nodes ORDER BY node_id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("list nodes"))?;
+        Ok(rows
+            .iter()
+            .map(|r| NodeRecord {
+                node_id: r.get("node_id"),
+                epoch: r.get::<i64, _>("epoch") as u64,
+                hostname: r.get("hostname"),
+                agent_version: r.get("agent_version"),
+                boot_id: r.get("boot_id"),
+                last_attach_ms: r.get("last_attach_ms"),
+            })
+            .collect())
+    }
+
+    async fn write(&self, batch: &[Write]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
+        for w in batch {
+            match w {
+                Write::Transition(t) => {
+                    sqlx::query(
+                        "INSERT INTO transitions (node_id, tmux_socket, session_name, at_ms, from_state, to_state, reason)
+                         VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    )
+                    .bind(&t.session.node_id)
+                    .bind(&t.session.tmux_socket)
+                    .bind(&t.session.session_name)
+                    .bind(t.at_ms)
+                    .bind(&t.from)
+                    .bind(&t.to)
+                    .bind(&t.reason)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("record transition"))?;
+                }
+                Write::CommandIssued(c) => {
+                    sqlx::query(
+                        "INSERT OR IGNORE INTO commands (command_id, node_id, tmux_socket, session_name, epoch, action, origin, reason, issued_at_ms, status, result_message, finished_at_ms)
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    )
+                    .bind(&c.command_id)
+                    .bind(&c.session.node_id)
+                    .bind(&c.session.tmux_socket)
+                    .bind(&c.session.session_name)
+                    .bind(c.epoch as i64)
+                    .bind(&c.action)
+                    .bind(&c.origin)
+                    .bind(&c.reason)
+                    .bind(c.issued_at_ms)
+                    .bind(&c.status)
+                    .bind(&c.result_message)
+                    .bind(c.finished_at_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("record command"))?;
+                }
+                Write::CommandFinished {
+                    command_id,
+                    status,
+                    message,
+                    at_ms,
+                } => {
+                    sqlx::query(
+                        "UPDATE commands SET status = ?, result_message = ?, finished_at_ms = ? WHERE command_id = ?",
+                    )
+                    .bind(status)
+                    .bind(message)
+                    .bind(at_ms)
+                    .bind(command_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("record command result"))?;
+                }
+            }
+        }
+        tx.commit().await.map_err(db("commit"))
+    }
+
+    async fn history(&self, s: &SessionRef, limit: u32) -> Result<History, StoreError> {
+        let transitions = sqlx::query(
+            "SELECT * FROM transitions WHERE node_id = ? AND tmux_socket = ? AND session_name = ?
+             ORDER BY id DESC LIMIT ?",
+        )
+        .bind(&s.node_id)
+        .bind(&s.tmux_socket)
+        .bind(&s.session_name)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read transitions"))?;
+        let commands = sqlx::query(
+            "SELECT * FROM commands WHERE node_id = ? AND tmux_socket = ? AND session_name = ?
+             ORDER BY issued_at_ms DESC, rowid DESC LIMIT ?",
+        )
+        .bind(&s.node_id)
+        .bind(&s.tmux_socket)
+        .bind(&s.session_name)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read commands"))?;
+        Ok(History {
+            transitions: transitions.iter().map(transition_row).collect(),
+            commands: commands.iter().map(command_row).collect(),
+        })
+    }
+
+    async fn last_states(&self) -> Result<Vec<(SessionRef, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT t.* FROM transitions t
+             JOIN (SELECT MAX(id) AS id FROM transitions GROUP BY node_id, tmux_socket, session_name) m
+             ON t.id = m.id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read last states"))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let t = transition_row(r);
+                (t.session, t.to)
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str) -> NodeRecord {
+        NodeRecord {
+            node_id: id.into(),
+            epoch: 0,
+            hostname: "h".into(),
+            agent_version: "v".into(),
+            boot_id: "b".into(),
+            last_attach_ms: 1,
+        }
+    }
+
+    fn sref(name: &str) -> SessionRef {
+        SessionRef {
+            node_id: "n1".into(),
+            tmux_socket: "/s".into(),
+            session_name: name.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn epochs_grow_and_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("a.db").display());
+        let s = SqliteStore::open(&url).await.expect("open");
+        assert_eq!(s.attach_node(&node("n1"), 0).await.expect("attach"), 1);
+        assert_eq!(s.attach_node(&node("n1"), 0).await.expect("attach"), 2);
+        // The node agent remembers a higher epoch (the database was replaced): go above it.
+        assert_eq!(s.attach_node(&node("n1"), 10).await.expect("attach"), 11);
+        drop(s);
+        let s = SqliteStore::open(&url).await.expect("reopen");
+        assert_eq!(s.attach_node(&node("n1"), 0).await.expect("attach"), 12);
+        assert_eq!(s.nodes().await.expect("nodes").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn history_and_last_states() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("b.db").display());
+        let s = SqliteStore::open(&url).await.expect("open");
+        let t = |name: &str, at, to: &str| {
+            Write::Transition(TransitionRow {
+                session: sref(name),
+                at_ms: at,
+                from: "booting".into(),
+                to: to.into(),
+                reason: "r".into(),
+            })
+        };
+        let cmd = CommandRow {
+            command_id: "c1".into(),
+            session: sref("a"),
+            epoch: 3,
+            action: "nudge".into(),
+            origin: "admin".into(),
+            reason: "test".into(),
+            issued_at_ms: 5,
+            status: "COMMAND_STATUS_UNSPECIFIED".into(),
+            result_message: String::new(),
+            finished_at_ms: 0,
+        };
+        s.write(&[
+            t("a", 1, "working"),
+            t("a", 2, "stalled"),
+            t("b", 3, "dead"),
+            Write::CommandIssued(cmd),
+            Write::CommandFinished {
+                command_id: "c1".into(),
+                status: "COMMAND_STATUS_OK".into(),
+                message: String::new(),
+                at_ms: 6,
+            },
+        ])
+        .await
+        .expect("write");
+        let h = s.history(&sref("a"), 10).await.expect("history");
+        assert_eq!(h.transitions.len(), 2);
+        assert_eq!(h.transitions[0].to, "stalled");
+        assert_eq!(h.commands[0].status, "COMMAND_STATUS_OK");
+        let mut last = s.last_states().await.expect("last");
+        last.sort();
+        assert_eq!(last, vec![(sref("a"), "stalled".into()), (sref("b"), "dead".into())]);
+    }
+}

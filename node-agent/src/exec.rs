@@ -1,0 +1,242 @@
+//! Executes the controller's commands, safely: fenced by epoch and id, refused after their
+//! deadline or when the agent they were meant for is gone, targeted by pane id or exact session
+//! name only.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use argus_proto::v1 as pb;
+use argus_shared::command::Action;
+use argus_shared::profile::Profiles;
+use argus_shared::time::now_ms;
+use rustix::process::Signal;
+use tokio::sync::{Mutex, watch};
+
+use crate::fence::{Fence, FenceError};
+use crate::probe::Snapshot;
+use crate::procs;
+use crate::tmux::Tmux;
+use argus_shared::command::split_tmux_command;
+
+/// Most processes signalled in one kill.
+const KILL_TREE_LIMIT: usize = 512;
+
+/// Runs commands against the node's tmux servers.
+pub struct Executor {
+    servers: HashMap<String, Arc<Tmux>>,
+    fence: Arc<Mutex<Fence>>,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+    profiles: Arc<Profiles>,
+}
+
+type Outcome = (pb::CommandStatus, String, String);
+
+impl Executor {
+    /// An executor over `servers` (by socket path).
+    pub fn new(
+        servers: &[Arc<Tmux>],
+        fence: Arc<Mutex<Fence>>,
+        snapshot: watch::Receiver<Arc<Snapshot>>,
+        profiles: Arc<Profiles>,
+    ) -> Self {
+        Self {
+            servers: servers
+                .iter()
+                .map(|t| (t.socket().display().to_string(), t.clone()))
+                .collect(),
+            fence,
+            snapshot,
+            profiles,
+        }
+    }
+
+    /// Checks and executes one command; never fails, the outcome is in the result.
+    pub async fn execute(&self, cmd: pb::Command) -> pb::CommandResult {
+        let id = cmd.command_id.clone();
+        let (status, message, output) = self.check_and_run(cmd).await;
+        if status != pb::CommandStatus::Ok {
+            tracing::info!(command = %id, status = ?status, %message, "command refused or failed");
+        }
+        pb::CommandResult {
+            command_id: id,
+            status: status as i32,
+            message,
+            output,
+        }
+    }
+
+    async fn check_and_run(&self, cmd: pb::Command) -> Outcome {
+        use pb::CommandStatus as S;
+        let refuse = |s: S, m: String| (s, m, String::new());
+        if cmd.command_id.is_empty() {
+            return refuse(S::Invalid, "command has no id".into());
+        }
+        match self.fence.lock().await.admit(&cmd.command_id, cmd.epoch) {
+            Ok(()) => {}
+            Err(e @ FenceError::Stale { .. }) => return refuse(S::StaleEpoch, e.to_string()),
+            Err(e @ FenceError::Duplicate(_)) => return refuse(S::Duplicate, e.to_string()),
+        }
+        if now_ms() > cmd.not_after_ms {
+            return refuse(
+                S::Expired,
+                format!("deadline {} ms passed", cmd.not_after_ms),
+            );
+        }
+        let action = match cmd.action.map(Action::try_from) {
+            Some(Ok(a)) => a,
+            Some(Err(e)) => return refuse(S::Invalid, e.to_string()),
+            None => return refuse(S::Invalid, "command has no action".into()),
+        };
+        let socket = if cmd.tmux_socket.is_empty() && self.servers.len() == 1 {
+            self.servers.keys().next().cloned().unwrap_or_default()
+        } else {
+            cmd.tmux_socket.clone()
+        };
+        let Some(tmux) = self.servers.get(&socket).cloned() else {
+            return refuse(
+                S::NoSuchSession,
+                format!("tmux server {socket:?} is not watched by this node agent"),
+            );
+        };
+        let session = self
+            .snapshot
+            .borrow()
+            .sessions
+            .get(&(socket.clone(), cmd.session_name.clone()))
+            .cloned();
+        let Some(session) = session else {
+            // Only a restart may target a session that is gone: it creates it anew.
+            if let Action::Restart { command, cwd } = &action {
+                return self.recreate(&tmux, &cmd.session_name, command, cwd).await;
+            }
+            return refuse(
+                S::NoSuchSession,
+                format!("no session named {:?} on {socket}", cmd.session_name),
+            );
+        };
+        if let Some(want) = &cmd.incarnation
+            && !matches_incarnation(&session, want)
+        {
+            return refuse(
+                S::WrongIncarnation,
+                format!(
+                    "agent pid {} (start {}) is no longer the agent of session {:?}",
+                    want.pid, want.start_time, cmd.session_name
+                ),
+            );
+        }
+        let result = self.run(&tmux, &session, action).await;
+        match result {
+            Ok(output) => (S::Ok, String::new(), output),
+            Err(e) => (S::Failed, e, String::new()),
+        }
+    }
+
+    async fn run(
+        &self,
+        tmux: &Tmux,
+        s: &pb::SessionObservation,
+        action: Action,
+    ) -> Result<String, String> {
+        let pane = s.pane_id.as_str();
+        let e = |e: crate::tmux::TmuxError| e.to_string();
+        match action {
+            Action::Nudge { text } => {
+                tmux.send_literal(pane, &text).await.map_err(e)?;
+                let keys = self
+                    .profiles
+                    .get(&s.profile)
+                    .map(|p| p.submit_keys().to_vec())
+                    .unwrap_or_else(|| vec!["Enter".to_owned()]);
+                for key in keys {
+                    tmux.send_key(pane, &key).await.map_err(e)?;
+                }
+                Ok(String::new())
+            }
+            Action::Interrupt => tmux.send_key(pane, "C-c").await.map(|()| String::new()).map_err(e),
+            Action::Capture { lines } => tmux.capture(pane, lines).await.map_err(e),
+            Action::Kill { grace_ms } => {
+                if !s.pane_dead {
+                    terminate_tree(s.pane_pid, Duration::from_millis(grace_ms.into())).await;
+                }
+                match tmux.kill_session(&s.session_name).await {
+                    Ok(()) => Ok(String::new()),
+                    // The session closed by itself when its last process ended: that is the goal.
+                    Err(crate::tmux::TmuxError::Command { message, .. })
+                        if message.contains("can't find session") =>
+                    {
+                        Ok(String::new())
+                    }
+                    Err(err) => Err(err.to_string()),
+                }
+            }
+            Action::Restart { command, .. } => {
+                let argv = restart_argv(&command, s);
+                tmux.respawn_pane(pane, &argv)
+                    .await
+                    .map(|()| String::new())
+                    .map_err(e)
+            }
+        }
+    }
+
+    async fn recreate(&self, tmux: &Tmux, name: &str, command: &str, cwd: &str) -> Outcome {
+        if command.is_empty() {
+            return (
+                pb::CommandStatus::NoSuchSession,
+                format!("session {name:?} is gone and the restart names no command to start it with"),
+                String::new(),
+            );
+        }
+        match tmux.new_session(name, cwd, &[command.to_owned()]).await {
+            Ok(()) => (pb::CommandStatus::Ok, format!("session {name:?} created anew"), String::new()),
+            Err(err) => (pb::CommandStatus::Failed, err.to_string(), String::new()),
+        }
+    }
+}
+
+/// True when `want` is the session's current agent (or, without one, its pane process) and it
+/// still runs.
+fn matches_incarnation(s: &pb::SessionObservation, want: &pb::Incarnation) -> bool {
+    let current = s.agent.as_ref().map(|a| (a.pid, a.start_time));
+    let is_current = current == Some((want.pid, want.start_time))
+        || (current.is_none() && s.pane_pid == want.pid);
+    is_current && procs::alive(want.pid, want.start_time)
+}
+
+/// The argv for respawn-pane: the given command, else `@argus-restart`, else the pane's own start
+/// command; a single string is run by tmux through the shell.
+fn restart_argv(command: &str, s: &pb::SessionObservation) -> Vec<String> {
+    if !command.is_empty() {
+        return vec![command.to_owned()];
+    }
+    if let Some(label) = s.labels.get("restart").filter(|l| !l.is_empty()) {
+        return vec![label.clone()];
+    }
+    split_tmux_command(&s.start_command)
+}
+
+/// SIGTERM to the tree under `root`, deepest first; wait up to `grace`; SIGKILL what is left.
+async fn terminate_tree(root: u32, grace: Duration) {
+    let tree = tokio::task::spawn_blocking(move || procs::tree(root, KILL_TREE_LIMIT))
+        .await
+        .unwrap_or_default();
+    for p in tree.iter().rev() {
+        let _ = procs::signal(p.pid, Signal::TERM);
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    let alive = |tree: &[procs::ProcStat]| {
+        tree.iter()
+            .filter(|p| procs::alive(p.pid, p.start_time))
+            .count()
+    };
+    while alive(&tree) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for p in tree.iter().rev() {
+        if procs::alive(p.pid, p.start_time) {
+            let _ = procs::signal(p.pid, Signal::KILL);
+        }
+    }
+}

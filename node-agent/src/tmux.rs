@@ -1,0 +1,297 @@
+//! Access to one tmux server: a long-lived control-mode client when the server has a session to
+//! attach to, a spawned `tmux` command otherwise. Panes are always targeted by their unique id
+//! (`%12`) and sessions by exact-match targets (`=name`), never by a bare, prefix-matching name.
+
+mod control;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, Notify};
+
+use control::ControlClient;
+
+/// Why a tmux operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TmuxError {
+    /// tmux could not be started.
+    #[error("could not start tmux: {0}")]
+    Spawn(String),
+    /// The control client went away.
+    #[error("tmux control client closed")]
+    Closed,
+    /// tmux did not answer in time.
+    #[error("tmux did not answer within 5 s")]
+    Timeout,
+    /// tmux refused the command.
+    #[error("tmux refused `{command}`: {message}")]
+    Command { command: String, message: String },
+}
+
+/// Field separator of our list formats (ASCII unit separator: never in names).
+const SEP: char = '\u{1f}';
+
+/// Labels read from tmux user options, in [`Pane::labels`] order.
+pub const LABELS: [&str; 5] = ["profile", "provider", "account", "group", "restart"];
+
+const PANE_FORMAT: &str = concat!(
+    "#{session_name}\u{1f}#{session_id}\u{1f}#{window_index}\u{1f}#{pane_index}\u{1f}",
+    "#{pane_id}\u{1f}#{pane_pid}\u{1f}#{pane_dead}\u{1f}#{pane_dead_status}\u{1f}",
+    "#{window_activity}\u{1f}#{history_size}\u{1f}#{cursor_y}\u{1f}#{pane_current_path}\u{1f}",
+    "#{@argus-profile}\u{1f}#{@argus-provider}\u{1f}#{@argus-account}\u{1f}#{@argus-group}\u{1f}",
+    "#{@argus-restart}\u{1f}#{pane_start_command}"
+);
+
+/// One pane as `list-panes -a` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pane {
+    pub session_name: String,
+    pub session_id: String,
+    pub window_index: u32,
+    pub pane_index: u32,
+    pub pane_id: String,
+    pub pane_pid: u32,
+    pub pane_dead: bool,
+    pub dead_status: i32,
+    /// `#{window_activity}`: last output in the window, Unix seconds.
+    pub window_activity: i64,
+    pub history_size: u64,
+    pub cursor_y: u32,
+    pub cwd: String,
+    /// Values of the `@argus-*` options, in [`LABELS`] order (empty when unset).
+    pub labels: [String; 5],
+    /// The pane's start command as tmux prints it (quoted).
+    pub start_command: String,
+}
+
+impl Pane {
+    fn parse(line: &str) -> Option<Self> {
+        let f: Vec<&str> = line.splitn(18, SEP).collect();
+        if f.len() != 18 {
+            return None;
+        }
+        Some(Self {
+            session_name: f[0].to_owned(),
+            session_id: f[1].to_owned(),
+            window_index: f[2].parse().ok()?,
+            pane_index: f[3].parse().ok()?,
+            pane_id: f[4].to_owned(),
+            pane_pid: f[5].parse().unwrap_or(0),
+            pane_dead: f[6] == "1",
+            dead_status: f[7].parse().unwrap_or(-1),
+            window_activity: f[8].parse().unwrap_or(0),
+            history_size: f[9].parse().unwrap_or(0),
+            cursor_y: f[10].parse().unwrap_or(0),
+            cwd: f[11].to_owned(),
+            labels: [
+                f[12].to_owned(),
+                f[13].to_owned(),
+                f[14].to_owned(),
+                f[15].to_owned(),
+                f[16].to_owned(),
+            ],
+            start_command: f[17].to_owned(),
+        })
+    }
+
+    /// The value of label `name` (one of [`LABELS`]), if set.
+    pub fn label(&self, name: &str) -> Option<&str> {
+        LABELS
+            .iter()
+            .position(|l| *l == name)
+            .map(|i| self.labels[i].as_str())
+            .filter(|v| !v.is_empty())
+    }
+}
+
+/// One tmux server, addressed by its socket path.
+pub struct Tmux {
+    socket: PathBuf,
+    control: Mutex<Option<ControlClient>>,
+    wake: Arc<Notify>,
+}
+
+impl Tmux {
+    /// A handle on the server at `socket`; `wake` is notified when tmux reports a structural
+    /// change (a session or window closed).
+    pub fn new(socket: PathBuf, wake: Arc<Notify>) -> Self {
+        Self {
+            socket,
+            control: Mutex::new(None),
+            wake,
+        }
+    }
+
+    /// The server's socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Runs a tmux command given as argv: over the control client when one can be attached, by
+    /// spawning `tmux` otherwise.
+    pub async fn run(&self, argv: &[&str]) -> Result<Vec<String>, TmuxError> {
+        let mut guard = self.control.lock().await;
+        if guard.as_ref().is_some_and(ControlClient::is_closed) {
+            *guard = None;
+        }
+        if guard.is_none() {
+            *guard = ControlClient::attach(&self.socket, self.wake.clone()).await.ok();
+        }
+        match guard.as_ref() {
+            Some(c) => {
+                let line = argv.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ");
+                c.run(&line).await
+            }
+            None => {
+                drop(guard);
+                self.spawn(argv).await
+            }
+        }
+    }
+
+    async fn spawn(&self, argv: &[&str]) -> Result<Vec<String>, TmuxError> {
+        let out = tokio::process::Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .args(argv)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(|e| TmuxError::Spawn(e.to_string()))?;
+        if !out.status.success() {
+            return Err(TmuxError::Command {
+                command: argv.join(" "),
+                message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// All panes of the server. A server that is not running has none.
+    pub async fn list_panes(&self) -> Result<Vec<Pane>, TmuxError> {
+        match self.run(&["list-panes", "-a", "-F", PANE_FORMAT]).await {
+            Ok(lines) => Ok(lines.iter().filter_map(|l| Pane::parse(l)).collect()),
+            Err(TmuxError::Command { message, .. })
+                if message.contains("no server running")
+                    || message.contains("error connecting")
+                    || message.contains("No such file") =>
+            {
+                Ok(Vec::new())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Human clients per session name: control-mode clients (ours or anyone's) do not count.
+    pub async fn human_clients(&self) -> Result<Vec<String>, TmuxError> {
+        let format = format!("#{{client_session}}{SEP}#{{client_control_mode}}");
+        let lines = self.run(&["list-clients", "-F", &format]).await?;
+        Ok(lines
+            .into_iter()
+            .filter_map(|l| {
+                let (session, control) = l.split_once(SEP)?;
+                (control != "1").then(|| session.to_owned())
+            })
+            .collect())
+    }
+
+    /// The visible text of a pane.
+    pub async fn capture(&self, pane_id: &str, lines: u32) -> Result<String, TmuxError> {
+        let start = format!("-{lines}");
+        let out = self
+            .run(&["capture-pane", "-p", "-J", "-t", pane_id, "-S", &start])
+            .await?;
+        Ok(out.join("\n"))
+    }
+
+    /// Types `text` literally into a pane.
+    pub async fn send_literal(&self, pane_id: &str, text: &str) -> Result<(), TmuxError> {
+        self.run(&["send-keys", "-t", pane_id, "-l", "--", text])
+            .await
+            .map(drop)
+    }
+
+    /// Presses one named key (`Enter`, `C-c`) in a pane.
+    pub async fn send_key(&self, pane_id: &str, key: &str) -> Result<(), TmuxError> {
+        self.run(&["send-keys", "-t", pane_id, key]).await.map(drop)
+    }
+
+    /// Kills exactly the session named `name` (exact-match target).
+    pub async fn kill_session(&self, name: &str) -> Result<(), TmuxError> {
+        let target = format!("={name}");
+        self.run(&["kill-session", "-t", &target]).await.map(drop)
+    }
+
+    /// Replaces a pane's process with `argv` (empty: the pane's own start command).
+    pub async fn respawn_pane(&self, pane_id: &str, argv: &[String]) -> Result<(), TmuxError> {
+        let mut args = vec!["respawn-pane", "-k", "-t", pane_id];
+        args.extend(argv.iter().map(String::as_str));
+        self.run(&args).await.map(drop)
+    }
+
+    /// Creates a detached session `name` running `argv` in `cwd`.
+    pub async fn new_session(
+        &self,
+        name: &str,
+        cwd: &str,
+        argv: &[String],
+    ) -> Result<(), TmuxError> {
+        let mut args = vec!["new-session", "-d", "-s", name];
+        if !cwd.is_empty() {
+            args.extend(["-c", cwd]);
+        }
+        args.extend(argv.iter().map(String::as_str));
+        // Creating a session must work even when no control client can attach yet.
+        self.spawn(&args).await.map(drop)
+    }
+}
+
+/// Quotes one argument for tmux's command parser: single quotes, inside which nothing is
+/// expanded; a single quote itself is written as `'\''`.
+fn quote(arg: &str) -> String {
+    let mut s = String::with_capacity(arg.len() + 2);
+    s.push('\'');
+    for c in arg.chars() {
+        if c == '\'' {
+            s.push_str("'\\''");
+        } else {
+            s.push(c);
+        }
+    }
+    s.push('\'');
+    s
+}
+
+/// The default tmux server's socket path for this user (`$TMUX_TMPDIR/tmux-UID/default`).
+pub fn default_socket() -> PathBuf {
+    let dir = std::env::var_os("TMUX_TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    let uid = rustix::process::getuid().as_raw();
+    dir.join(format!("tmux-{uid}")).join("default")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote("a b"), "'a b'");
+        assert_eq!(quote("it's"), "'it'\\''s'");
+    }
+
+    #[test]
+    fn pane_lines() {
+        let line = "s\u{1f}$1\u{1f}0\u{1f}0\u{1f}%3\u{1f}42\u{1f}0\u{1f}\u{1f}1700\u{1f}5\u{1f}2\u{1f}/tmp\u{1f}claude\u{1f}\u{1f}\u{1f}\u{1f}\u{1f}\"sleep 1\"";
+        let p = Pane::parse(line).expect("parses");
+        assert_eq!(p.pane_id, "%3");
+        assert_eq!(p.pane_pid, 42);
+        assert_eq!(p.label("profile"), Some("claude"));
+        assert_eq!(p.label("group"), None);
+        assert_eq!(p.start_command, "\"sleep 1\"");
+    }
+}

@@ -1,0 +1,281 @@
+//! Commands the controller sends to node agents, validated once at the edge.
+//!
+//! The same rules apply wherever a command enters: the admin API checks them before anything is
+//! sent, and the node agent checks them again before it touches tmux.
+
+use argus_proto::v1 as pb;
+
+/// Longest nudge text accepted, in bytes.
+pub const MAX_NUDGE_BYTES: usize = 4096;
+/// Most lines a capture may ask for.
+pub const MAX_CAPTURE_LINES: u32 = 2000;
+/// Lines captured when the request says 0.
+pub const DEFAULT_CAPTURE_LINES: u32 = 30;
+/// Default time between SIGTERM and SIGKILL.
+pub const DEFAULT_KILL_GRACE_MS: u32 = 2000;
+/// Longest grace accepted.
+pub const MAX_KILL_GRACE_MS: u32 = 60_000;
+/// Longest restart command accepted, in bytes.
+pub const MAX_RESTART_COMMAND_BYTES: usize = 4096;
+
+/// Why a command was refused before it was sent or executed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CommandError {
+    /// The nudge text was empty.
+    #[error("nudge text is empty")]
+    EmptyNudge,
+    /// The nudge text was too long.
+    #[error("nudge text is {len} bytes, at most {MAX_NUDGE_BYTES} allowed")]
+    NudgeTooLong { len: usize },
+    /// The nudge text held a control character.
+    #[error("nudge text contains control character U+{code:04X} at byte {at}; only printable text is sent")]
+    ControlChar { code: u32, at: usize },
+    /// The capture asked for too many lines.
+    #[error("capture of {lines} lines asked, at most {MAX_CAPTURE_LINES} allowed")]
+    TooManyLines { lines: u32 },
+    /// The kill grace was too long.
+    #[error("kill grace of {grace_ms} ms asked, at most {MAX_KILL_GRACE_MS} allowed")]
+    GraceTooLong { grace_ms: u32 },
+    /// The restart command was unusable.
+    #[error("restart command is {len} bytes or holds a control character; at most {MAX_RESTART_COMMAND_BYTES} printable bytes allowed")]
+    BadRestartCommand { len: usize },
+    /// The command named no action.
+    #[error("command has no action")]
+    NoAction,
+}
+
+/// What a command does, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Type `text` literally, then the submit key.
+    Nudge { text: String },
+    /// Ctrl-C.
+    Interrupt,
+    /// SIGTERM the tree, wait `grace_ms`, SIGKILL, kill the session.
+    Kill { grace_ms: u32 },
+    /// Start the agent again; `command` empty means the session's own.
+    Restart { command: String, cwd: String },
+    /// Return the last `lines` lines.
+    Capture { lines: u32 },
+}
+
+impl Action {
+    /// Short lower-case name for logs and the audit log.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Nudge { .. } => "nudge",
+            Self::Interrupt => "interrupt",
+            Self::Kill { .. } => "kill",
+            Self::Restart { .. } => "restart",
+            Self::Capture { .. } => "capture",
+        }
+    }
+
+    /// True for actions that end or replace the agent.
+    pub fn is_destructive(&self) -> bool {
+        matches!(self, Self::Kill { .. } | Self::Restart { .. })
+    }
+
+    /// A validated nudge.
+    pub fn nudge(text: &str) -> Result<Self, CommandError> {
+        validate_nudge(text)?;
+        Ok(Self::Nudge {
+            text: text.to_owned(),
+        })
+    }
+
+    /// A validated capture (0 lines means the default).
+    pub fn capture(lines: u32) -> Result<Self, CommandError> {
+        if lines > MAX_CAPTURE_LINES {
+            return Err(CommandError::TooManyLines { lines });
+        }
+        let lines = if lines == 0 {
+            DEFAULT_CAPTURE_LINES
+        } else {
+            lines
+        };
+        Ok(Self::Capture { lines })
+    }
+
+    /// A validated kill (0 ms grace means the default).
+    pub fn kill(grace_ms: u32) -> Result<Self, CommandError> {
+        if grace_ms > MAX_KILL_GRACE_MS {
+            return Err(CommandError::GraceTooLong { grace_ms });
+        }
+        let grace_ms = if grace_ms == 0 {
+            DEFAULT_KILL_GRACE_MS
+        } else {
+            grace_ms
+        };
+        Ok(Self::Kill { grace_ms })
+    }
+
+    /// A validated restart.
+    pub fn restart(command: &str, cwd: &str) -> Result<Self, CommandError> {
+        for s in [command, cwd] {
+            if s.len() > MAX_RESTART_COMMAND_BYTES || s.chars().any(char::is_control) {
+                return Err(CommandError::BadRestartCommand { len: s.len() });
+            }
+        }
+        Ok(Self::Restart {
+            command: command.to_owned(),
+            cwd: cwd.to_owned(),
+        })
+    }
+}
+
+/// Checks nudge text: non-empty, at most [`MAX_NUDGE_BYTES`], no control characters (a newline
+/// or an escape sequence typed into an agent could do anything).
+pub fn validate_nudge(text: &str) -> Result<(), CommandError> {
+    if text.is_empty() {
+        return Err(CommandError::EmptyNudge);
+    }
+    if text.len() > MAX_NUDGE_BYTES {
+        return Err(CommandError::NudgeTooLong { len: text.len() });
+    }
+    if let Some((at, c)) = text.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(CommandError::ControlChar {
+            code: c as u32,
+            at,
+        });
+    }
+    Ok(())
+}
+
+/// Splits a start command as tmux prints it (`#{pane_start_command}`: arguments separated by
+/// spaces, quoted with `"` when needed, `\` escapes) back into argv.
+pub fn split_tmux_command(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut quoted = false;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+                in_word = true;
+            }
+            '"' => {
+                quoted = !quoted;
+                in_word = true;
+            }
+            ' ' if !quoted => {
+                if in_word {
+                    out.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        out.push(cur);
+    }
+    out
+}
+
+/// A pane start command as tmux prints it, as one line for `sh -c`: a single argument is already
+/// a shell command; several are quoted for the shell and joined.
+pub fn shell_command_from_tmux(start_command: &str) -> String {
+    let argv = split_tmux_command(start_command);
+    if argv.len() == 1 {
+        return argv.into_iter().next().unwrap_or_default();
+    }
+    argv.iter()
+        .map(|a| {
+            if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c)) {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl TryFrom<pb::command::Action> for Action {
+    type Error = CommandError;
+
+    fn try_from(a: pb::command::Action) -> Result<Self, Self::Error> {
+        match a {
+            pb::command::Action::Nudge(n) => Self::nudge(&n.text),
+            pb::command::Action::Interrupt(_) => Ok(Self::Interrupt),
+            pb::command::Action::Kill(k) => Self::kill(k.grace_ms),
+            pb::command::Action::Restart(r) => Self::restart(&r.command, &r.cwd),
+            pb::command::Action::Capture(c) => Self::capture(c.lines),
+        }
+    }
+}
+
+impl From<Action> for pb::command::Action {
+    fn from(a: Action) -> Self {
+        match a {
+            Action::Nudge { text } => Self::Nudge(pb::Nudge { text }),
+            Action::Interrupt => Self::Interrupt(pb::Interrupt {}),
+            Action::Kill { grace_ms } => Self::Kill(pb::Kill { grace_ms }),
+            Action::Restart { command, cwd } => Self::Restart(pb::Restart { command, cwd }),
+            Action::Capture { lines } => Self::Capture(pb::Capture { lines }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn nudge_rules() {
+        assert!(validate_nudge("please continue").is_ok());
+        assert_eq!(validate_nudge(""), Err(CommandError::EmptyNudge));
+        assert_eq!(
+            validate_nudge("a\nb"),
+            Err(CommandError::ControlChar { code: 10, at: 1 })
+        );
+        assert_eq!(
+            validate_nudge("\u{1b}[2J"),
+            Err(CommandError::ControlChar { code: 27, at: 0 })
+        );
+        assert!(matches!(
+            validate_nudge(&"x".repeat(MAX_NUDGE_BYTES + 1)),
+            Err(CommandError::NudgeTooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn defaults_and_limits() {
+        assert_eq!(Action::capture(0), Ok(Action::Capture { lines: 30 }));
+        assert!(Action::capture(MAX_CAPTURE_LINES + 1).is_err());
+        assert_eq!(Action::kill(0), Ok(Action::Kill { grace_ms: 2000 }));
+        assert!(Action::kill(MAX_KILL_GRACE_MS + 1).is_err());
+        assert!(Action::restart("claude\n", "").is_err());
+    }
+
+    #[test]
+    fn tmux_start_commands() {
+        assert_eq!(split_tmux_command("\"sleep 100\""), vec!["sleep 100"]);
+        assert_eq!(
+            split_tmux_command("claude --model \"x y\" a\\\"b"),
+            vec!["claude", "--model", "x y", "a\"b"]
+        );
+        assert!(split_tmux_command("").is_empty());
+        assert_eq!(shell_command_from_tmux("\"sleep 100\""), "sleep 100");
+        assert_eq!(shell_command_from_tmux("claude \"x y\""), "claude 'x y'");
+    }
+
+    proptest! {
+        #[test]
+        fn accepted_nudges_have_no_control_chars(s in "\\PC*") {
+            if validate_nudge(&s).is_ok() {
+                prop_assert!(!s.chars().any(char::is_control));
+                prop_assert!(!s.is_empty() && s.len() <= MAX_NUDGE_BYTES);
+            }
+        }
+    }
+}

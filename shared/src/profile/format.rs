@@ -1,0 +1,214 @@
+//! The profile TOML schema (documented at the top of `shared/profiles/agents.toml`) and its
+//! validation into compiled [`Profile`]s. Validation happens once, here; errors name the key.
+
+use std::collections::BTreeMap;
+
+use regex::{RegexSet, RegexSetBuilder};
+use serde::Deserialize;
+
+use super::{Condition, DEFAULT_LAST_LINES, GENERIC, Profile, ProfileError, Profiles, Rule};
+
+/// Upper bound for `last_lines`: classification reads bottom lines, not whole scrollbacks.
+const MAX_LAST_LINES: usize = 200;
+
+/// Compiled size limit per pattern set, so an operator file cannot make the agent allocate
+/// without bound.
+const SET_SIZE_LIMIT: usize = 16 << 20;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Document {
+    version: u32,
+    #[serde(default)]
+    profiles: BTreeMap<String, RawProfile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    #[serde(default)]
+    description: String,
+    last_lines: Option<usize>,
+    submit_keys: Option<Vec<String>>,
+    #[serde(default)]
+    process: RawProcess,
+    #[serde(default)]
+    prompt: RawRule,
+    #[serde(default)]
+    thinking: RawRule,
+    #[serde(default)]
+    permission: RawRule,
+    #[serde(default)]
+    rate_limit: RawRule,
+    #[serde(default)]
+    error: RawRule,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProcess {
+    #[serde(default)]
+    comm: Vec<String>,
+    #[serde(default)]
+    cmdline: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    last_lines: Option<usize>,
+    #[serde(default)]
+    patterns: Vec<String>,
+    #[serde(default)]
+    cleared_by: Vec<String>,
+}
+
+impl RawProfile {
+    fn rule(&self, condition: Condition) -> &RawRule {
+        match condition {
+            Condition::AtPrompt => &self.prompt,
+            Condition::Thinking => &self.thinking,
+            Condition::WaitingPermission => &self.permission,
+            Condition::RateLimited => &self.rate_limit,
+            Condition::Error | Condition::None => &self.error,
+        }
+    }
+}
+
+/// Parses and validates a profile document.
+pub(super) fn parse(text: &str) -> Result<Profiles, ProfileError> {
+    let doc: Document = toml::from_str(text)?;
+    if doc.version == 0 {
+        return Err(invalid("version", "must be 1 or more"));
+    }
+    let profiles = doc
+        .profiles
+        .into_iter()
+        .map(|(name, raw)| compile_profile(name, raw))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Profiles {
+        version: doc.version,
+        profiles,
+    })
+}
+
+fn compile_profile(name: String, raw: RawProfile) -> Result<Profile, ProfileError> {
+    let base = format!("profiles.{name}");
+    let name_ok = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && name.starts_with(|c: char| c.is_ascii_lowercase());
+    if !name_ok {
+        return Err(invalid(
+            &base,
+            "is not a profile name: use lower-case letters, digits, '-' and '_', starting with a letter",
+        ));
+    }
+    if name == GENERIC && !(raw.process.comm.is_empty() && raw.process.cmdline.is_empty()) {
+        return Err(invalid(
+            &format!("{base}.process"),
+            "must be empty: the generic profile never matches by process, so that ordinary shells are not taken for agents",
+        ));
+    }
+    let default_lines = check_lines(&format!("{base}.last_lines"), raw.last_lines)?
+        .unwrap_or(DEFAULT_LAST_LINES);
+
+    let submit_keys = raw.submit_keys.clone().unwrap_or_else(|| vec!["Enter".to_owned()]);
+    for (i, key) in submit_keys.iter().enumerate() {
+        if key.trim().is_empty() || key.chars().any(char::is_control) {
+            return Err(invalid(
+                &format!("{base}.submit_keys[{i}]"),
+                "must be a tmux key name such as \"Enter\" or \"C-m\"",
+            ));
+        }
+    }
+
+    let comm = pattern_set(&name, &format!("{base}.process.comm"), &raw.process.comm)?;
+    let cmdline = pattern_set(&name, &format!("{base}.process.cmdline"), &raw.process.cmdline)?;
+
+    let mut rules = Vec::new();
+    for condition in Condition::PRECEDENCE {
+        let key = format!("{base}.{}", condition.key());
+        let rule = raw.rule(condition);
+        let last_lines =
+            check_lines(&format!("{key}.last_lines"), rule.last_lines)?.unwrap_or(default_lines);
+        let patterns = pattern_set(&name, &format!("{key}.patterns"), &rule.patterns)?;
+        let cleared_by = pattern_set(&name, &format!("{key}.cleared_by"), &rule.cleared_by)?;
+        match patterns {
+            Some(patterns) => rules.push(Rule {
+                condition,
+                last_lines,
+                patterns,
+                cleared_by,
+            }),
+            None if cleared_by.is_some() => {
+                return Err(invalid(
+                    &format!("{key}.cleared_by"),
+                    "is set but the condition has no patterns",
+                ));
+            }
+            None => {}
+        }
+    }
+    let max_lines = rules.iter().map(|r| r.last_lines).max().unwrap_or(0);
+
+    Ok(Profile {
+        name,
+        description: raw.description,
+        comm,
+        cmdline,
+        rules,
+        max_lines,
+        submit_keys,
+    })
+}
+
+fn check_lines(key: &str, lines: Option<usize>) -> Result<Option<usize>, ProfileError> {
+    match lines {
+        Some(n) if n == 0 || n > MAX_LAST_LINES => Err(invalid(
+            key,
+            &format!("must be between 1 and {MAX_LAST_LINES}, not {n}"),
+        )),
+        other => Ok(other),
+    }
+}
+
+/// Compiles `patterns` into one set; `None` when there are none. Each pattern is compiled on its
+/// own first so that an error can name its index.
+fn pattern_set(
+    profile: &str,
+    key: &str,
+    patterns: &[String],
+) -> Result<Option<RegexSet>, ProfileError> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    for (i, p) in patterns.iter().enumerate() {
+        if let Err(source) = regex::RegexBuilder::new(p).size_limit(SET_SIZE_LIMIT).build() {
+            return Err(ProfileError::Pattern {
+                profile: profile.to_owned(),
+                key: format!("{key}[{i}]"),
+                source,
+            });
+        }
+        if p.is_empty() {
+            return Err(invalid(&format!("{key}[{i}]"), "is empty and would match every line"));
+        }
+    }
+    RegexSetBuilder::new(patterns)
+        .size_limit(SET_SIZE_LIMIT)
+        .build()
+        .map(Some)
+        .map_err(|source| ProfileError::Pattern {
+            profile: profile.to_owned(),
+            key: key.to_owned(),
+            source,
+        })
+}
+
+fn invalid(key: &str, reason: &str) -> ProfileError {
+    ProfileError::Invalid {
+        key: key.to_owned(),
+        reason: reason.to_owned(),
+    }
+}

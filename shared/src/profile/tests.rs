@@ -1,0 +1,364 @@
+//! Unit tests of the profile engine and of the built-in profiles' trickier lines. Whole-screen
+//! fixtures live in `shared/tests/profiles.rs`.
+
+use super::*;
+
+/// 2026-03-10T13:20:00Z.
+const NOW: i64 = 1_773_148_800;
+
+fn builtin() -> Profiles {
+    Profiles::builtin()
+}
+
+fn classify(profile: &str, screen: &str) -> Classification {
+    let profiles = builtin();
+    let p = profiles.get(profile).unwrap();
+    p.classify(screen, NOW, 0)
+}
+
+fn condition(profile: &str, screen: &str) -> Condition {
+    classify(profile, screen).condition
+}
+
+// === the built-in file ===
+
+#[test]
+fn builtin_profiles_parse() {
+    let parsed = Profiles::from_toml(include_str!("../../profiles/agents.toml"));
+    let profiles = parsed.unwrap();
+    assert!(profiles.version() >= 1);
+    let mut names: Vec<&str> = profiles.names().collect();
+    names.sort_unstable();
+    assert_eq!(names, ["aider", "claude", "codex", "gemini", "shell"]);
+    assert_eq!(builtin().version(), profiles.version());
+}
+
+#[test]
+fn every_builtin_profile_submits_with_enter() {
+    let profiles = builtin();
+    for name in profiles.names() {
+        assert_eq!(profiles.get(name).unwrap().submit_keys(), ["Enter"], "{name}");
+    }
+}
+
+#[test]
+fn generic_is_the_shell_profile() {
+    assert_eq!(builtin().generic().name, "shell");
+}
+
+// === process matching ===
+
+#[test]
+fn agents_match_by_comm_or_cmdline() {
+    let p = builtin();
+    let name = |comm: &str, cmdline: &str| p.match_process(comm, cmdline).map(|p| p.name.clone());
+    assert_eq!(name("claude", "claude --continue").as_deref(), Some("claude"));
+    assert_eq!(
+        name("node", "node /usr/local/bin/claude --dangerously-skip-permissions").as_deref(),
+        Some("claude")
+    );
+    assert_eq!(
+        name("node", "node /usr/lib/node_modules/@anthropic-ai/claude-code/cli.js").as_deref(),
+        Some("claude")
+    );
+    assert_eq!(name("codex", "codex").as_deref(), Some("codex"));
+    assert_eq!(
+        name("codex-x86_64-un", "/usr/lib/node_modules/@openai/codex/vendor/x86_64-unknown-linux-musl/codex/codex-x86_64-unknown-linux-musl").as_deref(),
+        Some("codex")
+    );
+    assert_eq!(name("node", "node /usr/bin/codex --full-auto").as_deref(), Some("codex"));
+    assert_eq!(name("aider", "/usr/bin/python3 /home/u/.local/bin/aider --model sonnet").as_deref(), Some("aider"));
+    assert_eq!(name("python3", "python3 -m aider --architect").as_deref(), Some("aider"));
+    assert_eq!(
+        name("python", "/home/u/.local/share/uv/tools/aider-chat/bin/python /home/u/.local/bin/aider").as_deref(),
+        Some("aider")
+    );
+    assert_eq!(name("node", "node /usr/local/bin/gemini").as_deref(), Some("gemini"));
+    assert_eq!(name("gemini", "gemini --yolo").as_deref(), Some("gemini"));
+    assert_eq!(
+        name("node", "node --no-warnings=DEP0040 /usr/lib/node_modules/@google/gemini-cli/dist/index.js").as_deref(),
+        Some("gemini")
+    );
+}
+
+#[test]
+fn shells_and_bystanders_match_no_profile() {
+    let p = builtin();
+    for (comm, cmdline) in [
+        ("bash", "-bash"),
+        ("bash", "/bin/bash"),
+        ("zsh", "-zsh"),
+        ("sh", "/bin/sh -c make test"),
+        ("fish", "/usr/bin/fish"),
+        ("dash", "dash"),
+        ("vim", "vim claude.md"),
+        ("less", "less /tmp/codex.log"),
+        ("grep", "grep -r aider src/"),
+        ("node", "node server.js"),
+        ("python3", "python3 manage.py runserver"),
+        ("cat", "cat gemini.txt"),
+    ] {
+        assert!(p.match_process(comm, cmdline).is_none(), "{comm} / {cmdline}");
+    }
+}
+
+#[test]
+fn generic_profile_never_matches_by_process_and_cannot_be_given_patterns() {
+    let err = Profiles::from_toml(
+        r#"
+        version = 1
+        [profiles.shell.process]
+        comm = ['^bash$']
+        "#,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("profiles.shell.process"), "{err}");
+}
+
+// === the TOML format ===
+
+#[test]
+fn errors_name_the_key_and_the_reason() {
+    let bad_regex = Profiles::from_toml(
+        r#"
+        version = 2
+        [profiles.mine.thinking]
+        patterns = ['ok', '(unclosed']
+        "#,
+    )
+    .unwrap_err();
+    let msg = bad_regex.to_string();
+    assert!(msg.contains("`mine`"), "{msg}");
+    assert!(msg.contains("profiles.mine.thinking.patterns[1]"), "{msg}");
+    assert!(msg.contains("not a valid regex"), "{msg}");
+
+    let unknown_key = Profiles::from_toml("version = 1\n[profiles.mine]\nthinkin = {}\n").unwrap_err();
+    assert!(unknown_key.to_string().contains("thinkin"), "{unknown_key}");
+
+    let no_version = Profiles::from_toml("[profiles.mine]\n").unwrap_err();
+    assert!(no_version.to_string().contains("version"), "{no_version}");
+
+    let zero_lines = Profiles::from_toml(
+        "version = 1\n[profiles.mine.prompt]\nlast_lines = 0\npatterns = ['>']\n",
+    )
+    .unwrap_err();
+    assert!(zero_lines.to_string().contains("profiles.mine.prompt.last_lines"), "{zero_lines}");
+
+    let bad_name = Profiles::from_toml("version = 1\n[profiles.Mine]\n").unwrap_err();
+    assert!(bad_name.to_string().contains("profiles.Mine"), "{bad_name}");
+
+    let empty_key =
+        Profiles::from_toml("version = 1\n[profiles.mine]\nsubmit_keys = ['']\n").unwrap_err();
+    assert!(empty_key.to_string().contains("profiles.mine.submit_keys[0]"), "{empty_key}");
+
+    let clear_only = Profiles::from_toml(
+        "version = 1\n[profiles.mine.error]\ncleared_by = ['x']\n",
+    )
+    .unwrap_err();
+    assert!(clear_only.to_string().contains("profiles.mine.error.cleared_by"), "{clear_only}");
+
+    let empty_pattern =
+        Profiles::from_toml("version = 1\n[profiles.mine.error]\npatterns = ['']\n").unwrap_err();
+    assert!(empty_pattern.to_string().contains("profiles.mine.error.patterns[0]"), "{empty_pattern}");
+}
+
+#[test]
+fn windows_and_precedence() {
+    let p = Profiles::from_toml(
+        r#"
+        version = 1
+        [profiles.t]
+        last_lines = 3
+        submit_keys = ["C-m"]
+        [profiles.t.prompt]
+        last_lines = 1
+        patterns = ['^>$']
+        [profiles.t.error]
+        patterns = ['^ERR']
+        cleared_by = ['^OK']
+        [profiles.t.thinking]
+        patterns = ['^busy']
+        [profiles.t.permission]
+        patterns = ['\?$']
+        [profiles.t.rate_limit]
+        patterns = ['^LIMIT']
+        "#,
+    )
+    .unwrap();
+    let t = p.get("t").unwrap();
+    assert_eq!(t.submit_keys(), ["C-m"]);
+    let c = |s: &str| t.classify(s, NOW, 0).condition;
+    assert_eq!(c(""), Condition::None);
+    assert_eq!(c("\n\n  \n"), Condition::None);
+    assert_eq!(c("text\n>\n\n\n"), Condition::AtPrompt);
+    // The prompt window is one line.
+    assert_eq!(c(">\ntext"), Condition::None);
+    assert_eq!(c("ERR x\n>"), Condition::Error);
+    assert_eq!(c("ERR x\nOK\n>"), Condition::AtPrompt);
+    assert_eq!(c("busy\nERR x\n>"), Condition::Thinking);
+    assert_eq!(c("go on?\nbusy\n>"), Condition::WaitingPermission);
+    assert_eq!(c("LIMIT\ngo on?\nbusy"), Condition::RateLimited);
+    // Blank lines do not count towards a window; the fourth non-blank line from the bottom is out.
+    assert_eq!(c("LIMIT\n\n\na\n\nb\n\nc\n\n"), Condition::None);
+    assert_eq!(c("LIMIT\n\n\na\n\nb\n\n"), Condition::RateLimited);
+    assert_eq!(c("LIMIT\r\nb\r\n>\r\n"), Condition::RateLimited);
+}
+
+#[test]
+fn overrides_replace_by_name_and_add_new_names() {
+    let operator = Profiles::from_toml(
+        r#"
+        version = 7
+        [profiles.claude]
+        description = "site build of claude"
+        [profiles.claude.process]
+        comm = ['^claude-site$']
+        [profiles.claude.prompt]
+        patterns = ['^READY$']
+        [profiles.opencode.process]
+        comm = ['^opencode$']
+        "#,
+    )
+    .unwrap();
+    let p = builtin().with_overrides(operator);
+    assert_eq!(p.version(), 7);
+    assert_eq!(p.get("claude").unwrap().description, "site build of claude");
+    assert!(p.match_process("claude", "claude").is_none());
+    assert_eq!(p.match_process("claude-site", "").unwrap().name, "claude");
+    assert_eq!(p.match_process("opencode", "opencode").unwrap().name, "opencode");
+    assert_eq!(p.match_process("codex", "codex").unwrap().name, "codex");
+    assert_eq!(
+        p.get("claude").unwrap().classify("READY", NOW, 0).condition,
+        Condition::AtPrompt
+    );
+    assert_eq!(p.generic().name, "shell");
+}
+
+#[test]
+fn a_set_without_generic_profile_classifies_nothing() {
+    let p = Profiles::from_toml("version = 1\n").unwrap();
+    assert_eq!(p.generic().name, "shell");
+    assert_eq!(p.generic().classify("$", NOW, 0), Classification::default());
+    assert_eq!(p.generic().submit_keys(), ["Enter"]);
+}
+
+#[test]
+fn condition_names_round_trip() {
+    for c in [
+        Condition::None,
+        Condition::AtPrompt,
+        Condition::Thinking,
+        Condition::WaitingPermission,
+        Condition::RateLimited,
+        Condition::Error,
+    ] {
+        assert_eq!(Condition::parse(c.as_str()), Some(c));
+        assert_eq!(c.to_string(), c.as_str());
+    }
+    assert_eq!(Condition::parse("idle"), None);
+}
+
+// === built-in patterns, line by line ===
+
+#[test]
+fn claude_rate_limit_shapes() {
+    for line in [
+        "  ⎿  You've hit your session limit · resets 8:50pm (UTC)",
+        "● You've hit your limit · resets Feb 17 at 2pm (Asia/Seoul)",
+        "Claude usage limit reached. Your limit will reset at 3pm (Europe/Berlin).",
+        "Claude AI usage limit reached|1767225600",
+        "5-hour limit reached ∙ resets 3pm",
+        "  ⎿  API Error: 429 {\"type\":\"error\",\"error\":{\"type\":\"rate_limit_error\"}}",
+    ] {
+        assert_eq!(condition("claude", line), Condition::RateLimited, "{line}");
+    }
+    for line in [
+        "+    // Return 429 Too Many Requests once the rate limit is reached",
+        "  12 +        \"usage limit reached\" => Kind::Usage,",
+        "⏺ I'll add a rate limiter in src/limit.rs so callers see \"You've hit your limit\".",
+        "Implemented the usage limit reached banner.",
+    ] {
+        assert_ne!(condition("claude", line), Condition::RateLimited, "{line}");
+    }
+}
+
+#[test]
+fn claude_reset_times() {
+    let at = |s: &str| classify("claude", s).reset_at;
+    assert_eq!(at("Claude AI usage limit reached|1767225600"), Some(1_767_225_600));
+    // 13:20 UTC now: 3pm UTC today.
+    assert_eq!(at("5-hour limit reached ∙ resets 3pm"), Some(NOW + 100 * 60));
+    assert_eq!(at("You've hit your session limit"), None);
+    // The reset time wrapped onto the next line.
+    assert_eq!(
+        at("Claude usage limit reached. Your limit will\nreset at 3pm (Europe/Berlin).\n> "),
+        Some(NOW + 100 * 60)
+    );
+    // Offsets: the local 3pm of UTC+1 is 14:00 UTC.
+    let p = builtin();
+    let claude = p.get("claude").unwrap();
+    assert_eq!(
+        claude.classify("5-hour limit reached ∙ resets 3pm", NOW, 3600).reset_at,
+        Some(NOW + 40 * 60)
+    );
+}
+
+#[test]
+fn claude_thinking_and_finished_lines() {
+    for line in [
+        "✻ Thinking… (5s · ↑ 120 tokens · esc to interrupt)",
+        "✶ Cooking… (2m 14s · esc to interrupt)",
+        "✳ Drizzling… (6s · thinking with medium effort)",
+        "· Thinking… (esc to interrupt · ctrl+t to show todos)",
+    ] {
+        assert_eq!(condition("claude", line), Condition::Thinking, "{line}");
+    }
+    for line in ["✻ Worked for 5s", "✻ Thinking…", "✻ Churned for 2h 0m 54s", "Press esc to interrupt it."] {
+        assert_eq!(condition("claude", line), Condition::None, "{line}");
+    }
+}
+
+#[test]
+fn aider_answered_confirmation_is_not_a_question() {
+    assert_eq!(
+        condition("aider", "Run shell command? (Y)es/(N)o/(D)on't ask again [Yes]: "),
+        Condition::WaitingPermission
+    );
+    assert_eq!(
+        condition("aider", "Run shell command? (Y)es/(N)o/(D)on't ask again [Yes]: y\n> "),
+        Condition::AtPrompt
+    );
+}
+
+#[test]
+fn aider_retry_then_success_clears_the_rate_limit() {
+    let retrying = "litellm.RateLimitError: AnthropicException - rate_limit_error\n\
+                    The API provider has rate limited you. Try again later or check your quotas.\n\
+                    Retrying in 0.5 seconds...";
+    let c = classify("aider", retrying);
+    assert_eq!(c.condition, Condition::RateLimited);
+    assert_eq!(c.reset_at, Some(NOW + 1));
+    let answered = format!("{retrying}\nParis.\nTokens: 12 sent, 4 received.\n> ");
+    assert_eq!(condition("aider", &answered), Condition::AtPrompt);
+}
+
+#[test]
+fn shell_prompts() {
+    for line in [
+        "user@host:~/src/argus$ ",
+        "root@box:/# ",
+        "bash-5.2$ ",
+        "~/proj $",
+        "(venv) ~/proj $ ",
+        "/srv/app# ",
+        "$ ",
+        "% ",
+        "argus on  main ❯ ",
+        "me@laptop ~ % ",
+    ] {
+        assert_eq!(condition("shell", line), Condition::AtPrompt, "{line}");
+    }
+    for line in ["Downloading 50%", "</div>", "total 48", "echo $"] {
+        assert_eq!(condition("shell", line), Condition::None, "{line}");
+    }
+}
