@@ -155,7 +155,10 @@ impl Executor {
                 Ok(String::new())
             }
             Action::Interrupt => tmux.send_key(pane, "C-c").await.map(|()| String::new()).map_err(e),
-            Action::Capture { lines } => tmux.capture(pane, lines).await.map_err(e),
+            Action::Capture { lines } => {
+                let text = tmux.capture(pane, lines).await.map_err(e)?;
+                Ok(argus_shared::screen::last_lines(&text, lines as usize).to_owned())
+            }
             Action::Kill { grace_ms } => {
                 if !s.pane_dead {
                     terminate_tree(s.pane_pid, Duration::from_millis(grace_ms.into())).await;

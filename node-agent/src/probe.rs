@@ -67,6 +67,8 @@ struct PaneCache {
     classification: Classification,
     agent: Option<Agent>,
     pane_start: u64,
+    /// The profile the screen was last classified with.
+    classified_as: Option<String>,
 }
 
 /// Watches every configured tmux server. Owned by the probe task.
@@ -199,7 +201,11 @@ impl Prober {
             .map(str::to_owned)
             .or_else(|| cache.agent.as_ref().and_then(|a| a.profile.clone()));
         let stale = round.saturating_sub(cache.captured_round) >= self.config.recapture_every;
-        if cache.captured_round == 0 || fingerprint != cache.fingerprint || stale {
+        if cache.captured_round == 0
+            || fingerprint != cache.fingerprint
+            || stale
+            || cache.classified_as != profile_name
+        {
             match tmux.capture(&pane.pane_id, self.config.lines as u32).await {
                 Ok(text) => {
                     let tail = screen::last_lines(&text, self.config.lines);
@@ -215,6 +221,7 @@ impl Prober {
             }
             cache.fingerprint = fingerprint;
             cache.captured_round = round;
+            cache.classified_as.clone_from(&profile_name);
         }
 
         let agent = cache.agent.clone();
@@ -322,7 +329,7 @@ fn primary_panes(mut panes: Vec<Pane>) -> Vec<Pane> {
 }
 
 /// The agent under `pane_pid`: the known one if it still lives, else the first process (breadth
-/// first) whose name matches an agent profile, else the first process that is not a shell.
+/// first) whose name matches an agent profile, else the pane's process when it is not a shell.
 fn resolve_agent(profiles: &Profiles, pane_pid: u32, known: Option<Agent>) -> Option<Agent> {
     if let Some(mut a) = known
         && let Some(s) = procs::stat(a.inc.pid)
@@ -339,9 +346,11 @@ fn resolve_agent(profiles: &Profiles, pane_pid: u32, known: Option<Agent>) -> Op
             .match_process(&p.comm, &cmd)
             .map(|prof| (p, Some(prof.name.clone())))
     });
+    // Without a profile match, only the pane's own process counts, and only when it is not a
+    // shell: a shell's passing children (prompt hooks, `ls`) are not agents.
     let (p, profile) = by_profile.or_else(|| {
-        tree.iter()
-            .find(|p| !SHELLS.contains(&p.comm.trim_start_matches('-')))
+        tree.first()
+            .filter(|p| !SHELLS.contains(&p.comm.trim_start_matches('-')))
             .map(|p| (p, None))
     })?;
     Some(Agent {

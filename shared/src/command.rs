@@ -28,7 +28,9 @@ pub enum CommandError {
     #[error("nudge text is {len} bytes, at most {MAX_NUDGE_BYTES} allowed")]
     NudgeTooLong { len: usize },
     /// The nudge text held a control character.
-    #[error("nudge text contains control character U+{code:04X} at byte {at}; only printable text is sent")]
+    #[error(
+        "nudge text contains control character U+{code:04X} at byte {at}; only printable text is sent"
+    )]
     ControlChar { code: u32, at: usize },
     /// The capture asked for too many lines.
     #[error("capture of {lines} lines asked, at most {MAX_CAPTURE_LINES} allowed")]
@@ -37,7 +39,9 @@ pub enum CommandError {
     #[error("kill grace of {grace_ms} ms asked, at most {MAX_KILL_GRACE_MS} allowed")]
     GraceTooLong { grace_ms: u32 },
     /// The restart command was unusable.
-    #[error("restart command is {len} bytes or holds a control character; at most {MAX_RESTART_COMMAND_BYTES} printable bytes allowed")]
+    #[error(
+        "restart command is {len} bytes or holds a control character; at most {MAX_RESTART_COMMAND_BYTES} printable bytes allowed"
+    )]
     BadRestartCommand { len: usize },
     /// The command named no action.
     #[error("command has no action")]
@@ -134,10 +138,7 @@ pub fn validate_nudge(text: &str) -> Result<(), CommandError> {
         return Err(CommandError::NudgeTooLong { len: text.len() });
     }
     if let Some((at, c)) = text.char_indices().find(|(_, c)| c.is_control()) {
-        return Err(CommandError::ControlChar {
-            code: c as u32,
-            at,
-        });
+        return Err(CommandError::ControlChar { code: c as u32, at });
     }
     Ok(())
 }
@@ -189,7 +190,10 @@ pub fn shell_command_from_tmux(start_command: &str) -> String {
     }
     argv.iter()
         .map(|a| {
-            if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c)) {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
+            {
                 a.clone()
             } else {
                 format!("'{}'", a.replace('\'', "'\\''"))

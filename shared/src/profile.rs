@@ -15,7 +15,7 @@ mod reset;
 use std::fmt;
 use std::sync::LazyLock;
 
-use regex::{Regex, RegexSet};
+use regex::RegexSet;
 
 pub use reset::parse_reset;
 

@@ -1,1 +1,58 @@
-//! stub
+//! Test harness for the multi-process tests: private tmux servers, the real binaries started as
+//! child processes (killed by pid on drop, their logs printed when a test fails), an admin
+//! client, and `eventually`, the only way tests wait.
+
+pub mod cluster;
+pub mod fake_controller;
+pub mod tmux;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Polls `check` until it returns `Some`, or fails after `deadline` with `what` and the last
+/// value seen. Never a fixed sleep: the loop ends as soon as the condition holds.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let start = Instant::now();
+    let mut last_err = String::new();
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = format!("{e:#}"),
+        }
+        if start.elapsed() > deadline {
+            anyhow::bail!("timed out after {deadline:?} waiting for {what} (last error: {last_err})");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Path of a workspace binary built next to the test executable (`cargo build --workspace
+/// --bins` builds them; the README's test command does).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(|d| if d.ends_with("deps") { d.parent() } else { Some(d) })
+        .expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: run `cargo build --workspace --bins` first (the README's test command does)",
+        path.display()
+    );
+    path
+}
+
+/// A free loopback port (bound and released; the race is harmless on a test machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}

@@ -110,10 +110,13 @@ fn compile_profile(name: String, raw: RawProfile) -> Result<Profile, ProfileErro
             "must be empty: the generic profile never matches by process, so that ordinary shells are not taken for agents",
         ));
     }
-    let default_lines = check_lines(&format!("{base}.last_lines"), raw.last_lines)?
-        .unwrap_or(DEFAULT_LAST_LINES);
+    let default_lines =
+        check_lines(&format!("{base}.last_lines"), raw.last_lines)?.unwrap_or(DEFAULT_LAST_LINES);
 
-    let submit_keys = raw.submit_keys.clone().unwrap_or_else(|| vec!["Enter".to_owned()]);
+    let submit_keys = raw
+        .submit_keys
+        .clone()
+        .unwrap_or_else(|| vec!["Enter".to_owned()]);
     for (i, key) in submit_keys.iter().enumerate() {
         if key.trim().is_empty() || key.chars().any(char::is_control) {
             return Err(invalid(
@@ -124,7 +127,11 @@ fn compile_profile(name: String, raw: RawProfile) -> Result<Profile, ProfileErro
     }
 
     let comm = pattern_set(&name, &format!("{base}.process.comm"), &raw.process.comm)?;
-    let cmdline = pattern_set(&name, &format!("{base}.process.cmdline"), &raw.process.cmdline)?;
+    let cmdline = pattern_set(
+        &name,
+        &format!("{base}.process.cmdline"),
+        &raw.process.cmdline,
+    )?;
 
     let mut rules = Vec::new();
     for condition in Condition::PRECEDENCE {
@@ -184,7 +191,10 @@ fn pattern_set(
         return Ok(None);
     }
     for (i, p) in patterns.iter().enumerate() {
-        if let Err(source) = regex::RegexBuilder::new(p).size_limit(SET_SIZE_LIMIT).build() {
+        if let Err(source) = regex::RegexBuilder::new(p)
+            .size_limit(SET_SIZE_LIMIT)
+            .build()
+        {
             return Err(ProfileError::Pattern {
                 profile: profile.to_owned(),
                 key: format!("{key}[{i}]"),
@@ -192,7 +202,10 @@ fn pattern_set(
             });
         }
         if p.is_empty() {
-            return Err(invalid(&format!("{key}[{i}]"), "is empty and would match every line"));
+            return Err(invalid(
+                &format!("{key}[{i}]"),
+                "is empty and would match every line",
+            ));
         }
     }
     RegexSetBuilder::new(patterns)

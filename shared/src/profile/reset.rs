@@ -22,7 +22,8 @@ const DAY: i64 = 86_400;
 /// 3. a date after a keyword: `resets Feb 17 at 2pm`, `try again at Jul 22nd, 2026 10:42 AM`
 ///    (no year: the occurrence nearest to `now`, which may lie in the past);
 /// 4. a duration after "in" or "after": `in 5 minutes`, `in 20s`, `in 1h 30m`,
-///    `after 2h13m54s`, `retry after 120 seconds` (`now` + duration, fractions rounded up);
+///    `after 2h13m54s`, `retry after 120 seconds` (`now` + duration, fractions rounded up), or
+///    an HTTP header `retry-after: 120` (seconds);
 /// 5. a clock time after a keyword: `resets 3pm`, `reset at 15:00`, `try again at 3:05 PM`
 ///    (the next occurrence after `now`, so always in `(now, now + 24h]`).
 ///
@@ -33,14 +34,14 @@ pub fn parse_reset(text: &str, now: i64, utc_offset_secs: i32) -> Option<i64> {
         .or_else(|| iso(text, offset))
         .or_else(|| after_keyword(text, |rest| dated(rest, now, offset)))
         .or_else(|| relative(text, now))
+        .or_else(|| retry_after(text, now))
         .or_else(|| after_keyword(text, |rest| clock(rest, now, offset)))
 }
 
 // === epoch ===
 
-static EPOCH: LazyLock<Option<Regex>> = LazyLock::new(|| {
-    compile(r#"(?i)(?:\||\breset(?:s)?(?:_?at)?"?\s*[=:]\s*"?)(\d{10,11})\b"#)
-});
+static EPOCH: LazyLock<Option<Regex>> =
+    LazyLock::new(|| compile(r#"(?i)(?:\||\breset(?:s)?(?:_?at)?"?\s*[=:]\s*"?)(\d{10,11})\b"#));
 
 fn epoch(text: &str) -> Option<i64> {
     let caps = EPOCH.as_ref()?.captures(text)?;
@@ -80,9 +81,12 @@ fn iso(text: &str, offset: i64) -> Option<i64> {
                 .map(|t| t.timestamp())
         }
         None => {
-            let local = NaiveDateTime::parse_from_str(&format!("{date} {time}"), "%Y-%m-%d %H:%M:%S%.f")
-                .or_else(|_| NaiveDateTime::parse_from_str(&format!("{date} {time}"), "%Y-%m-%d %H:%M"))
-                .ok()?;
+            let local =
+                NaiveDateTime::parse_from_str(&format!("{date} {time}"), "%Y-%m-%d %H:%M:%S%.f")
+                    .or_else(|_| {
+                        NaiveDateTime::parse_from_str(&format!("{date} {time}"), "%Y-%m-%d %H:%M")
+                    })
+                    .ok()?;
             local.and_utc().timestamp().checked_sub(offset)
         }
     }
@@ -211,6 +215,16 @@ fn month_number(name: &str) -> Option<u32> {
 
 // === relative durations ===
 
+static RETRY_AFTER: LazyLock<Option<Regex>> =
+    LazyLock::new(|| compile(r"(?i)\bretry-after:\s*(\d{1,9})\b"));
+
+/// `now` + the seconds of a `retry-after:` header.
+fn retry_after(text: &str, now: i64) -> Option<i64> {
+    let caps = RETRY_AFTER.as_ref()?.captures(text)?;
+    let secs: i64 = caps.get(1)?.as_str().parse().ok()?;
+    now.checked_add(secs)
+}
+
 static RELATIVE: LazyLock<Option<Regex>> = LazyLock::new(|| compile(r"(?i)\b(?:in|after)\s+"));
 
 /// `now` + the first duration that follows an "in" or "after".
@@ -329,6 +343,7 @@ mod tests {
         assert!(CLOCK.is_some());
         assert!(DATED.is_some());
         assert!(RELATIVE.is_some());
+        assert!(RETRY_AFTER.is_some());
     }
 
     #[test]
@@ -340,9 +355,15 @@ mod tests {
     fn wall_clock_forms() {
         // Local time in Berlin is 14:20.
         let p = |s: &str| parse_reset(s, NOW, BERLIN);
-        assert_eq!(p("5-hour limit reached ∙ resets 3pm"), Some(utc(2026, 3, 10, 14, 0)));
+        assert_eq!(
+            p("5-hour limit reached ∙ resets 3pm"),
+            Some(utc(2026, 3, 10, 14, 0))
+        );
         assert_eq!(p("resets at 3:30 PM"), Some(utc(2026, 3, 10, 14, 30)));
-        assert_eq!(p("Your limit will reset at 15:00"), Some(utc(2026, 3, 10, 14, 0)));
+        assert_eq!(
+            p("Your limit will reset at 15:00"),
+            Some(utc(2026, 3, 10, 14, 0))
+        );
         assert_eq!(
             p("You've hit your session limit · resets 3pm (Europe/Berlin)"),
             Some(utc(2026, 3, 10, 14, 0))
@@ -352,7 +373,10 @@ mod tests {
         assert_eq!(p("try again at 2:20 PM."), Some(utc(2026, 3, 11, 13, 20)));
         assert_eq!(p("resets 12am"), Some(utc(2026, 3, 10, 23, 0)));
         assert_eq!(p("resets 12pm"), Some(utc(2026, 3, 11, 11, 0)));
-        assert_eq!(p("resets at 03:42 · /status"), Some(utc(2026, 3, 11, 2, 42)));
+        assert_eq!(
+            p("resets at 03:42 · /status"),
+            Some(utc(2026, 3, 11, 2, 42))
+        );
         assert_eq!(p("resets 8:50p.m."), Some(utc(2026, 3, 10, 19, 50)));
     }
 
@@ -404,23 +428,39 @@ mod tests {
         assert_eq!(p("retry after 120 seconds"), Some(NOW + 120));
         assert_eq!(p("Your quota will reset after 2h13m54s."), Some(NOW + 8034));
         assert_eq!(p("or try again in 1 hour 13 minutes."), Some(NOW + 4380));
-        assert_eq!(p("try again in 2 days 3 hours 5 minutes"), Some(NOW + 2 * DAY + 3 * 3600 + 300));
+        assert_eq!(
+            p("try again in 2 days 3 hours 5 minutes"),
+            Some(NOW + 2 * DAY + 3 * 3600 + 300)
+        );
         assert_eq!(p("in 1 hour and 13 minutes"), Some(NOW + 4380));
         assert_eq!(p("Retrying in 0.2 seconds..."), Some(NOW + 1));
         assert_eq!(p("Please try again in 2.5s"), Some(NOW + 3));
+        assert_eq!(p("HTTP/2 429 retry-after: 120 date: Tue"), Some(NOW + 120));
         assert_eq!(p("resets in 4hr 29min"), Some(NOW + 4 * 3600 + 29 * 60));
     }
 
     #[test]
     fn epoch_and_iso_forms() {
         let p = |s: &str| parse_reset(s, NOW, BERLIN);
-        assert_eq!(p("Claude AI usage limit reached|1767225600"), Some(1_767_225_600));
+        assert_eq!(
+            p("Claude AI usage limit reached|1767225600"),
+            Some(1_767_225_600)
+        );
         assert_eq!(p("reset_at=1767225600"), Some(1_767_225_600));
         assert_eq!(p(r#"{"resets_at": 1767225600}"#), Some(1_767_225_600));
-        assert_eq!(p("resets 2026-11-28T15:00:00Z"), Some(utc(2026, 11, 28, 15, 0)));
-        assert_eq!(p("until 2026-11-28T15:00:00+01:00"), Some(utc(2026, 11, 28, 14, 0)));
+        assert_eq!(
+            p("resets 2026-11-28T15:00:00Z"),
+            Some(utc(2026, 11, 28, 15, 0))
+        );
+        assert_eq!(
+            p("until 2026-11-28T15:00:00+01:00"),
+            Some(utc(2026, 11, 28, 14, 0))
+        );
         assert_eq!(p("until 2026-11-28 15:00"), Some(utc(2026, 11, 28, 14, 0)));
-        assert_eq!(p("at 2026-11-28T15:00+0100"), Some(utc(2026, 11, 28, 14, 0)));
+        assert_eq!(
+            p("at 2026-11-28T15:00+0100"),
+            Some(utc(2026, 11, 28, 14, 0))
+        );
     }
 
     #[test]

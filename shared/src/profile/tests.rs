@@ -37,7 +37,11 @@ fn builtin_profiles_parse() {
 fn every_builtin_profile_submits_with_enter() {
     let profiles = builtin();
     for name in profiles.names() {
-        assert_eq!(profiles.get(name).unwrap().submit_keys(), ["Enter"], "{name}");
+        assert_eq!(
+            profiles.get(name).unwrap().submit_keys(),
+            ["Enter"],
+            "{name}"
+        );
     }
 }
 
@@ -52,13 +56,24 @@ fn generic_is_the_shell_profile() {
 fn agents_match_by_comm_or_cmdline() {
     let p = builtin();
     let name = |comm: &str, cmdline: &str| p.match_process(comm, cmdline).map(|p| p.name.clone());
-    assert_eq!(name("claude", "claude --continue").as_deref(), Some("claude"));
     assert_eq!(
-        name("node", "node /usr/local/bin/claude --dangerously-skip-permissions").as_deref(),
+        name("claude", "claude --continue").as_deref(),
         Some("claude")
     );
     assert_eq!(
-        name("node", "node /usr/lib/node_modules/@anthropic-ai/claude-code/cli.js").as_deref(),
+        name(
+            "node",
+            "node /usr/local/bin/claude --dangerously-skip-permissions"
+        )
+        .as_deref(),
+        Some("claude")
+    );
+    assert_eq!(
+        name(
+            "node",
+            "node /usr/lib/node_modules/@anthropic-ai/claude-code/cli.js"
+        )
+        .as_deref(),
         Some("claude")
     );
     assert_eq!(name("codex", "codex").as_deref(), Some("codex"));
@@ -66,17 +81,41 @@ fn agents_match_by_comm_or_cmdline() {
         name("codex-x86_64-un", "/usr/lib/node_modules/@openai/codex/vendor/x86_64-unknown-linux-musl/codex/codex-x86_64-unknown-linux-musl").as_deref(),
         Some("codex")
     );
-    assert_eq!(name("node", "node /usr/bin/codex --full-auto").as_deref(), Some("codex"));
-    assert_eq!(name("aider", "/usr/bin/python3 /home/u/.local/bin/aider --model sonnet").as_deref(), Some("aider"));
-    assert_eq!(name("python3", "python3 -m aider --architect").as_deref(), Some("aider"));
     assert_eq!(
-        name("python", "/home/u/.local/share/uv/tools/aider-chat/bin/python /home/u/.local/bin/aider").as_deref(),
+        name("node", "node /usr/bin/codex --full-auto").as_deref(),
+        Some("codex")
+    );
+    assert_eq!(
+        name(
+            "aider",
+            "/usr/bin/python3 /home/u/.local/bin/aider --model sonnet"
+        )
+        .as_deref(),
         Some("aider")
     );
-    assert_eq!(name("node", "node /usr/local/bin/gemini").as_deref(), Some("gemini"));
+    assert_eq!(
+        name("python3", "python3 -m aider --architect").as_deref(),
+        Some("aider")
+    );
+    assert_eq!(
+        name(
+            "python",
+            "/home/u/.local/share/uv/tools/aider-chat/bin/python /home/u/.local/bin/aider"
+        )
+        .as_deref(),
+        Some("aider")
+    );
+    assert_eq!(
+        name("node", "node /usr/local/bin/gemini").as_deref(),
+        Some("gemini")
+    );
     assert_eq!(name("gemini", "gemini --yolo").as_deref(), Some("gemini"));
     assert_eq!(
-        name("node", "node --no-warnings=DEP0040 /usr/lib/node_modules/@google/gemini-cli/dist/index.js").as_deref(),
+        name(
+            "node",
+            "node --no-warnings=DEP0040 /usr/lib/node_modules/@google/gemini-cli/dist/index.js"
+        )
+        .as_deref(),
         Some("gemini")
     );
 }
@@ -98,7 +137,10 @@ fn shells_and_bystanders_match_no_profile() {
         ("python3", "python3 manage.py runserver"),
         ("cat", "cat gemini.txt"),
     ] {
-        assert!(p.match_process(comm, cmdline).is_none(), "{comm} / {cmdline}");
+        assert!(
+            p.match_process(comm, cmdline).is_none(),
+            "{comm} / {cmdline}"
+        );
     }
 }
 
@@ -132,7 +174,8 @@ fn errors_name_the_key_and_the_reason() {
     assert!(msg.contains("profiles.mine.thinking.patterns[1]"), "{msg}");
     assert!(msg.contains("not a valid regex"), "{msg}");
 
-    let unknown_key = Profiles::from_toml("version = 1\n[profiles.mine]\nthinkin = {}\n").unwrap_err();
+    let unknown_key =
+        Profiles::from_toml("version = 1\n[profiles.mine]\nthinkin = {}\n").unwrap_err();
     assert!(unknown_key.to_string().contains("thinkin"), "{unknown_key}");
 
     let no_version = Profiles::from_toml("[profiles.mine]\n").unwrap_err();
@@ -142,24 +185,43 @@ fn errors_name_the_key_and_the_reason() {
         "version = 1\n[profiles.mine.prompt]\nlast_lines = 0\npatterns = ['>']\n",
     )
     .unwrap_err();
-    assert!(zero_lines.to_string().contains("profiles.mine.prompt.last_lines"), "{zero_lines}");
+    assert!(
+        zero_lines
+            .to_string()
+            .contains("profiles.mine.prompt.last_lines"),
+        "{zero_lines}"
+    );
 
     let bad_name = Profiles::from_toml("version = 1\n[profiles.Mine]\n").unwrap_err();
     assert!(bad_name.to_string().contains("profiles.Mine"), "{bad_name}");
 
     let empty_key =
         Profiles::from_toml("version = 1\n[profiles.mine]\nsubmit_keys = ['']\n").unwrap_err();
-    assert!(empty_key.to_string().contains("profiles.mine.submit_keys[0]"), "{empty_key}");
+    assert!(
+        empty_key
+            .to_string()
+            .contains("profiles.mine.submit_keys[0]"),
+        "{empty_key}"
+    );
 
-    let clear_only = Profiles::from_toml(
-        "version = 1\n[profiles.mine.error]\ncleared_by = ['x']\n",
-    )
-    .unwrap_err();
-    assert!(clear_only.to_string().contains("profiles.mine.error.cleared_by"), "{clear_only}");
+    let clear_only =
+        Profiles::from_toml("version = 1\n[profiles.mine.error]\ncleared_by = ['x']\n")
+            .unwrap_err();
+    assert!(
+        clear_only
+            .to_string()
+            .contains("profiles.mine.error.cleared_by"),
+        "{clear_only}"
+    );
 
     let empty_pattern =
         Profiles::from_toml("version = 1\n[profiles.mine.error]\npatterns = ['']\n").unwrap_err();
-    assert!(empty_pattern.to_string().contains("profiles.mine.error.patterns[0]"), "{empty_pattern}");
+    assert!(
+        empty_pattern
+            .to_string()
+            .contains("profiles.mine.error.patterns[0]"),
+        "{empty_pattern}"
+    );
 }
 
 #[test]
@@ -225,7 +287,10 @@ fn overrides_replace_by_name_and_add_new_names() {
     assert_eq!(p.get("claude").unwrap().description, "site build of claude");
     assert!(p.match_process("claude", "claude").is_none());
     assert_eq!(p.match_process("claude-site", "").unwrap().name, "claude");
-    assert_eq!(p.match_process("opencode", "opencode").unwrap().name, "opencode");
+    assert_eq!(
+        p.match_process("opencode", "opencode").unwrap().name,
+        "opencode"
+    );
     assert_eq!(p.match_process("codex", "codex").unwrap().name, "codex");
     assert_eq!(
         p.get("claude").unwrap().classify("READY", NOW, 0).condition,
@@ -285,9 +350,15 @@ fn claude_rate_limit_shapes() {
 #[test]
 fn claude_reset_times() {
     let at = |s: &str| classify("claude", s).reset_at;
-    assert_eq!(at("Claude AI usage limit reached|1767225600"), Some(1_767_225_600));
+    assert_eq!(
+        at("Claude AI usage limit reached|1767225600"),
+        Some(1_767_225_600)
+    );
     // 13:20 UTC now: 3pm UTC today.
-    assert_eq!(at("5-hour limit reached ∙ resets 3pm"), Some(NOW + 100 * 60));
+    assert_eq!(
+        at("5-hour limit reached ∙ resets 3pm"),
+        Some(NOW + 100 * 60)
+    );
     assert_eq!(at("You've hit your session limit"), None);
     // The reset time wrapped onto the next line.
     assert_eq!(
@@ -298,7 +369,9 @@ fn claude_reset_times() {
     let p = builtin();
     let claude = p.get("claude").unwrap();
     assert_eq!(
-        claude.classify("5-hour limit reached ∙ resets 3pm", NOW, 3600).reset_at,
+        claude
+            .classify("5-hour limit reached ∙ resets 3pm", NOW, 3600)
+            .reset_at,
         Some(NOW + 40 * 60)
     );
 }
@@ -313,7 +386,12 @@ fn claude_thinking_and_finished_lines() {
     ] {
         assert_eq!(condition("claude", line), Condition::Thinking, "{line}");
     }
-    for line in ["✻ Worked for 5s", "✻ Thinking…", "✻ Churned for 2h 0m 54s", "Press esc to interrupt it."] {
+    for line in [
+        "✻ Worked for 5s",
+        "✻ Thinking…",
+        "✻ Churned for 2h 0m 54s",
+        "Press esc to interrupt it.",
+    ] {
         assert_eq!(condition("claude", line), Condition::None, "{line}");
     }
 }
@@ -321,11 +399,17 @@ fn claude_thinking_and_finished_lines() {
 #[test]
 fn aider_answered_confirmation_is_not_a_question() {
     assert_eq!(
-        condition("aider", "Run shell command? (Y)es/(N)o/(D)on't ask again [Yes]: "),
+        condition(
+            "aider",
+            "Run shell command? (Y)es/(N)o/(D)on't ask again [Yes]: "
+        ),
         Condition::WaitingPermission
     );
     assert_eq!(
-        condition("aider", "Run shell command? (Y)es/(N)o/(D)on't ask again [Yes]: y\n> "),
+        condition(
+            "aider",
+            "Run shell command? (Y)es/(N)o/(D)on't ask again [Yes]: y\n> "
+        ),
         Condition::AtPrompt
     );
 }

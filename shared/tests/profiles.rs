@@ -1,0 +1,213 @@
+//! Classifies every screen fixture under `tests/fixtures/screens/<profile>/` with the built-in
+//! profiles and checks it against the condition its file name states:
+//!
+//! - `<condition>-<n>.txt`, e.g. `waiting-permission-2.txt`;
+//! - `near-miss-<what>.<condition>.txt`, e.g. `near-miss-rate-limiter-code.thinking.txt`: screens
+//!   built to trip a careless pattern (code that mentions "rate limit", a diff with "Do you want
+//!   to", an answered prompt far up in the scrollback).
+//!
+//! Rate-limited fixtures must also be listed in `reset_at.toml` with the reset time they name.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use argus_shared::profile::{Condition, Profiles};
+
+/// 2026-03-10T13:20:00Z.
+const NOW: i64 = 1_773_148_800;
+/// Local time is UTC+1 (Europe/Berlin in winter).
+const OFFSET: i32 = 3600;
+
+fn screens_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/screens")
+}
+
+/// The condition a fixture's file name states.
+fn expected_condition(file_name: &str) -> Option<Condition> {
+    let stem = file_name.strip_suffix(".txt")?;
+    if let Some(rest) = stem.strip_prefix("near-miss-") {
+        let (_, condition) = rest.rsplit_once('.')?;
+        return Condition::parse(condition);
+    }
+    let (condition, n) = stem.rsplit_once('-')?;
+    n.parse::<u32>().ok()?;
+    Condition::parse(condition)
+}
+
+/// Expected reset times: profile -> file -> `Some(unix secs)` or `None` for "none".
+fn expected_resets() -> BTreeMap<String, BTreeMap<String, Option<i64>>> {
+    let text = fs::read_to_string(screens_dir().join("reset_at.toml")).unwrap();
+    let table: toml::Table = toml::from_str(&text).unwrap();
+    table
+        .into_iter()
+        .map(|(profile, files)| {
+            let files = files
+                .as_table()
+                .unwrap_or_else(|| panic!("reset_at.toml: [{profile}] is not a table"))
+                .iter()
+                .map(|(file, v)| {
+                    let at = match v {
+                        toml::Value::Integer(t) => Some(*t),
+                        toml::Value::String(s) if s == "none" => None,
+                        other => panic!("reset_at.toml: {profile}.{file} = {other}"),
+                    };
+                    (file.clone(), at)
+                })
+                .collect();
+            (profile, files)
+        })
+        .collect()
+}
+
+struct Fixture {
+    profile: String,
+    file: String,
+    path: PathBuf,
+}
+
+fn fixtures() -> Vec<Fixture> {
+    let mut out = Vec::new();
+    for dir in fs::read_dir(screens_dir()).unwrap() {
+        let dir = dir.unwrap().path();
+        if !dir.is_dir() {
+            continue;
+        }
+        let profile = dir.file_name().unwrap().to_string_lossy().into_owned();
+        for file in fs::read_dir(&dir).unwrap() {
+            let path = file.unwrap().path();
+            let file = path.file_name().unwrap().to_string_lossy().into_owned();
+            out.push(Fixture {
+                profile: profile.clone(),
+                file,
+                path,
+            });
+        }
+    }
+    out.sort_by(|a, b| (&a.profile, &a.file).cmp(&(&b.profile, &b.file)));
+    out
+}
+
+#[test]
+fn every_fixture_classifies_as_its_name_says() {
+    let profiles = Profiles::builtin();
+    let resets = expected_resets();
+    let mut failures: Vec<String> = Vec::new();
+    let mut checked = 0;
+    for f in fixtures() {
+        let name = format!("{}/{}", f.profile, f.file);
+        let Some(want) = expected_condition(&f.file) else {
+            failures.push(format!("{name}: file name states no condition"));
+            continue;
+        };
+        let Some(profile) = profiles.get(&f.profile) else {
+            failures.push(format!("{name}: no profile named {}", f.profile));
+            continue;
+        };
+        let screen = fs::read_to_string(&f.path).unwrap();
+        let got = profile.classify(&screen, NOW, OFFSET);
+        checked += 1;
+        if got.condition != want {
+            failures.push(format!(
+                "{name}: classified {}, name says {want}",
+                got.condition
+            ));
+            continue;
+        }
+        if want == Condition::RateLimited {
+            match resets.get(&f.profile).and_then(|m| m.get(&f.file)) {
+                None => failures.push(format!("{name}: missing from reset_at.toml")),
+                Some(at) if *at != got.reset_at => failures.push(format!(
+                    "{name}: reset_at {:?}, reset_at.toml says {at:?}",
+                    got.reset_at
+                )),
+                Some(_) => {}
+            }
+        } else if got.reset_at.is_some() {
+            failures.push(format!(
+                "{name}: reset_at {:?} outside RateLimited",
+                got.reset_at
+            ));
+        }
+    }
+    assert!(
+        checked > 0,
+        "no fixtures found under {}",
+        screens_dir().display()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} fixture(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn reset_manifest_lists_only_rate_limited_fixtures_that_exist() {
+    let on_disk: Vec<(String, String)> = fixtures()
+        .into_iter()
+        .map(|f| (f.profile, f.file))
+        .collect();
+    for (profile, files) in expected_resets() {
+        for file in files.keys() {
+            assert!(
+                on_disk.contains(&(profile.clone(), file.clone())),
+                "reset_at.toml lists {profile}/{file}, which does not exist"
+            );
+            assert_eq!(
+                expected_condition(file),
+                Some(Condition::RateLimited),
+                "reset_at.toml lists {profile}/{file}, which is not rate-limited"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_agent_profile_has_fixtures_for_every_condition() {
+    let fixtures = fixtures();
+    for profile in ["claude", "codex", "aider", "gemini", "shell"] {
+        for condition in Condition::PRECEDENCE {
+            let count = fixtures
+                .iter()
+                .filter(|f| f.profile == profile && !f.file.starts_with("near-miss-"))
+                .filter(|f| expected_condition(&f.file) == Some(condition))
+                .count();
+            assert!(
+                count >= 2,
+                "{profile}: only {count} {condition} fixture(s), want 2 or more"
+            );
+        }
+        let near_misses = fixtures
+            .iter()
+            .filter(|f| f.profile == profile && f.file.starts_with("near-miss-"))
+            .count();
+        assert!(
+            near_misses >= 2,
+            "{profile}: only {near_misses} near-miss fixture(s)"
+        );
+    }
+}
+
+#[test]
+fn fixture_names_parse() {
+    assert_eq!(
+        expected_condition("at-prompt-1.txt"),
+        Some(Condition::AtPrompt)
+    );
+    assert_eq!(
+        expected_condition("waiting-permission-12.txt"),
+        Some(Condition::WaitingPermission)
+    );
+    assert_eq!(
+        expected_condition("near-miss-diff-do-you-want.at-prompt.txt"),
+        Some(Condition::AtPrompt)
+    );
+    assert_eq!(
+        expected_condition("near-miss-x.none.txt"),
+        Some(Condition::None)
+    );
+    assert_eq!(expected_condition("thinking.txt"), None);
+    assert_eq!(expected_condition("README.md"), None);
+}
