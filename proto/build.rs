@@ -4,7 +4,10 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = ["argus/v1/agent.proto", "argus/v1/admin.proto"];
     for f in &files {
-        println!("cargo:rerun-if-changed=argus/{}", f.trim_start_matches("argus/"));
+        println!(
+            "cargo:rerun-if-changed=argus/{}",
+            f.trim_start_matches("argus/")
+        );
     }
     let fds = protox::compile(files, ["."])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);

@@ -31,13 +31,21 @@ impl AdminApi {
     /// Validates a session reference and finds the session.
     fn resolve(&self, r: Option<&pb::SessionRef>) -> Result<SessionRef, Status> {
         let r = r.ok_or_else(|| Status::invalid_argument("session is required"))?;
-        NodeId::new(&r.node_id).map_err(|e| Status::invalid_argument(format!("session.node_id: {e}")))?;
+        NodeId::new(&r.node_id)
+            .map_err(|e| Status::invalid_argument(format!("session.node_id: {e}")))?;
         SessionName::new(&r.session_name)
             .map_err(|e| Status::invalid_argument(format!("session.session_name: {e}")))?;
         if !self.sup.fleet.nodes.contains_key(&r.node_id) {
-            return Err(Status::not_found(format!("node {:?} is not known", r.node_id)));
+            return Err(Status::not_found(format!(
+                "node {:?} is not known",
+                r.node_id
+            )));
         }
-        match self.sup.fleet.find(&r.node_id, &r.session_name, &r.tmux_socket) {
+        match self
+            .sup
+            .fleet
+            .find(&r.node_id, &r.session_name, &r.tmux_socket)
+        {
             Ok(Some(k)) => Ok(k),
             Ok(None) => Err(Status::not_found(format!(
                 "no session {:?} on node {:?}",
@@ -73,7 +81,13 @@ impl AdminApi {
         let result = self
             .sup
             .dispatch
-            .call(&key, action, incarnation, Origin::Admin, &format!("{name} requested through the admin API"))
+            .call(
+                &key,
+                action,
+                incarnation,
+                Origin::Admin,
+                &format!("{name} requested through the admin API"),
+            )
             .await
             .map_err(dispatch_status)?;
         Ok(Response::new(pb::CommandResponse {
@@ -154,7 +168,13 @@ impl AdminService for AdminApi {
                     last_seen_ms: live.as_ref().map_or(n.last_attach_ms, |l| l.last_seen_ms),
                     health: live
                         .as_ref()
-                        .map_or("down", |l| if l.link.is_some() { l.health.as_str() } else { "down" })
+                        .map_or("down", |l| {
+                            if l.link.is_some() {
+                                l.health.as_str()
+                            } else {
+                                "down"
+                            }
+                        })
                         .to_owned(),
                     node_id: n.node_id,
                     hostname: n.hostname,
@@ -184,7 +204,11 @@ impl AdminService for AdminApi {
             .map(|e| session_pb(e.key(), e.value()))
             .collect();
         sessions.sort_by(|a, b| {
-            (&a.node_id, &a.session_name, &a.tmux_socket).cmp(&(&b.node_id, &b.session_name, &b.tmux_socket))
+            (&a.node_id, &a.session_name, &a.tmux_socket).cmp(&(
+                &b.node_id,
+                &b.session_name,
+                &b.tmux_socket,
+            ))
         });
         Ok(Response::new(pb::ListSessionsResponse { sessions }))
     }
@@ -206,7 +230,12 @@ impl AdminService for AdminApi {
             0 => 50,
             n => n.min(1000),
         };
-        let h = self.sup.store.history(&key, limit).await.map_err(store_status)?;
+        let h = self
+            .sup
+            .store
+            .history(&key, limit)
+            .await
+            .map_err(store_status)?;
         Ok(Response::new(pb::GetSessionResponse {
             session: Some(session),
             transitions: h
@@ -231,35 +260,52 @@ impl AdminService for AdminApi {
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let node = request.into_inner().node_id;
-        let stream = BroadcastStream::new(self.sup.events.subscribe()).filter_map(move |item| match item {
-            Ok(e) if node.is_empty() || e.node_id == node => Some(Ok(e)),
-            Ok(_) => None,
-            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => Some(Ok(pb::FleetEvent {
-                at_ms: argus_shared::time::now_ms(),
-                kind: "lagged".into(),
-                message: format!("{n} events skipped: this watcher was too slow"),
-                ..Default::default()
-            })),
-        });
+        let stream =
+            BroadcastStream::new(self.sup.events.subscribe()).filter_map(move |item| match item {
+                Ok(e) if node.is_empty() || e.node_id == node => Some(Ok(e)),
+                Ok(_) => None,
+                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                    Some(Ok(pb::FleetEvent {
+                        at_ms: argus_shared::time::now_ms(),
+                        kind: "lagged".into(),
+                        message: format!("{n} events skipped: this watcher was too slow"),
+                        ..Default::default()
+                    }))
+                }
+            });
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn nudge(&self, request: Request<pb::NudgeRequest>) -> Result<Response<pb::CommandResponse>, Status> {
+    async fn nudge(
+        &self,
+        request: Request<pb::NudgeRequest>,
+    ) -> Result<Response<pb::CommandResponse>, Status> {
         let r = request.into_inner();
-        self.command(r.session.as_ref(), Action::nudge(&r.text)).await
+        self.command(r.session.as_ref(), Action::nudge(&r.text))
+            .await
     }
 
-    async fn interrupt(&self, request: Request<pb::SessionRef>) -> Result<Response<pb::CommandResponse>, Status> {
+    async fn interrupt(
+        &self,
+        request: Request<pb::SessionRef>,
+    ) -> Result<Response<pb::CommandResponse>, Status> {
         let r = request.into_inner();
         self.command(Some(&r), Ok(Action::Interrupt)).await
     }
 
-    async fn kill(&self, request: Request<pb::KillRequest>) -> Result<Response<pb::CommandResponse>, Status> {
+    async fn kill(
+        &self,
+        request: Request<pb::KillRequest>,
+    ) -> Result<Response<pb::CommandResponse>, Status> {
         let r = request.into_inner();
-        self.command(r.session.as_ref(), Action::kill(r.grace_ms)).await
+        self.command(r.session.as_ref(), Action::kill(r.grace_ms))
+            .await
     }
 
-    async fn restart(&self, request: Request<pb::RestartRequest>) -> Result<Response<pb::CommandResponse>, Status> {
+    async fn restart(
+        &self,
+        request: Request<pb::RestartRequest>,
+    ) -> Result<Response<pb::CommandResponse>, Status> {
         let r = request.into_inner();
         let cwd = match &r.session {
             Some(s) => self
@@ -273,16 +319,27 @@ impl AdminService for AdminApi {
             r.session
                 .as_ref()
                 .and_then(|s| self.resolve(Some(s)).ok())
-                .and_then(|k| self.sup.fleet.sessions.get(&k).and_then(|t| t.restart_command()))
+                .and_then(|k| {
+                    self.sup
+                        .fleet
+                        .sessions
+                        .get(&k)
+                        .and_then(|t| t.restart_command())
+                })
                 .unwrap_or_default()
         } else {
             r.command
         };
-        self.command(r.session.as_ref(), Action::restart(&command, &cwd)).await
+        self.command(r.session.as_ref(), Action::restart(&command, &cwd))
+            .await
     }
 
-    async fn capture(&self, request: Request<pb::CaptureRequest>) -> Result<Response<pb::CommandResponse>, Status> {
+    async fn capture(
+        &self,
+        request: Request<pb::CaptureRequest>,
+    ) -> Result<Response<pb::CommandResponse>, Status> {
         let r = request.into_inner();
-        self.command(r.session.as_ref(), Action::capture(r.lines)).await
+        self.command(r.session.as_ref(), Action::capture(r.lines))
+            .await
     }
 }

@@ -47,7 +47,7 @@ pub struct Observation {
 #[derive(Debug, Clone)]
 pub enum Input {
     /// A fresh observation from its node agent.
-    Observed(Observation),
+    Observed(Box<Observation>),
     /// The agent process exited (pidfd), the pane may live on.
     AgentExited(Incarnation),
     /// The pane's process exited.
@@ -88,7 +88,7 @@ pub struct Track {
     pub last_activity_ms: UnixMs,
     /// The latest observation, and when it arrived.
     pub obs: Observation,
-    pub obs_at_ms: UnixMs,
+    pub obs_at_ms: Option<UnixMs>,
     /// An agent process was seen in this session at some point.
     pub had_agent: bool,
     /// The idle ladder.
@@ -123,7 +123,7 @@ impl Track {
             last_change_ms: now,
             last_activity_ms: now,
             obs: Observation::default(),
-            obs_at_ms: 0,
+            obs_at_ms: None,
             had_agent: false,
             ladder: Ladder::default(),
             human_notified: false,
@@ -164,7 +164,7 @@ impl Track {
 pub fn step(t: &mut Track, input: Input, now: UnixMs, policy: &Policy) -> Vec<Effect> {
     let mut fx = Vec::new();
     match input {
-        Input::Observed(o) => observe(t, o, now, policy, &mut fx),
+        Input::Observed(o) => observe(t, *o, now, policy, &mut fx),
         Input::AgentExited(inc) => {
             if t.obs.agent == Some(inc) && t.state.is_alive() {
                 t.go(
@@ -178,13 +178,23 @@ pub fn step(t: &mut Track, input: Input, now: UnixMs, policy: &Policy) -> Vec<Ef
         }
         Input::PaneDied => {
             if t.state != SessionState::Dead && t.state != SessionState::Completed {
-                t.go(SessionState::Dead, "pane process exited".into(), now, &mut fx);
+                t.go(
+                    SessionState::Dead,
+                    "pane process exited".into(),
+                    now,
+                    &mut fx,
+                );
                 death(t, "pane died", now, policy, &mut fx);
             }
         }
         Input::Gone => {
             if t.state != SessionState::Dead {
-                t.go(SessionState::Dead, "tmux session closed".into(), now, &mut fx);
+                t.go(
+                    SessionState::Dead,
+                    "tmux session closed".into(),
+                    now,
+                    &mut fx,
+                );
                 death(t, "session closed", now, policy, &mut fx);
             }
         }
@@ -198,23 +208,31 @@ pub fn step(t: &mut Track, input: Input, now: UnixMs, policy: &Policy) -> Vec<Ef
 }
 
 fn observe(t: &mut Track, o: Observation, now: UnixMs, policy: &Policy, fx: &mut Vec<Effect>) {
-    let first = t.obs_at_ms == 0;
-    let elapsed_ms = (now - t.obs_at_ms).max(1) as u64;
+    let first = t.obs_at_ms.is_none();
+    let elapsed_ms = t.obs_at_ms.map_or(1, |at| (now - at).max(1) as u64);
     let cpu_delta = o.agent_cpu_ms.saturating_sub(t.obs.agent_cpu_ms);
     let new_agent = o.agent.is_some() && o.agent != t.obs.agent;
-    let busy_cpu = !first && !new_agent && cpu_delta * 1000 >= policy.cpu_active_ms_per_s * elapsed_ms;
+    let busy_cpu =
+        !first && !new_agent && cpu_delta * 1000 >= policy.cpu_active_ms_per_s * elapsed_ms;
     let screen_moved = !first && o.screen_hash != t.obs.screen_hash;
-    let active = first || new_agent || screen_moved || busy_cpu || o.condition == Condition::Thinking;
+    let active =
+        first || new_agent || screen_moved || busy_cpu || o.condition == Condition::Thinking;
     let prev_condition = t.obs.condition;
     t.obs = o;
-    t.obs_at_ms = now;
+    t.obs_at_ms = Some(now);
 
     if t.obs.pane_dead {
         let status = t.obs.exit_status;
         let (to, reason) = if status == 0 {
-            (SessionState::Completed, "agent exited with status 0".to_owned())
+            (
+                SessionState::Completed,
+                "agent exited with status 0".to_owned(),
+            )
         } else {
-            (SessionState::Dead, format!("pane process exited with status {status}"))
+            (
+                SessionState::Dead,
+                format!("pane process exited with status {status}"),
+            )
         };
         if t.state != to {
             let was_alive = t.state.is_alive() || t.state == SessionState::Zombie;
@@ -228,13 +246,28 @@ fn observe(t: &mut Track, o: Observation, now: UnixMs, policy: &Policy, fx: &mut
     let Some(agent) = t.obs.agent else {
         if t.had_agent {
             if t.state.is_alive() {
-                t.go(SessionState::Zombie, "agent process gone, pane alive".into(), now, fx);
+                t.go(
+                    SessionState::Zombie,
+                    "agent process gone, pane alive".into(),
+                    now,
+                    fx,
+                );
                 death(t, "agent gone", now, policy, fx);
             } else if t.state == SessionState::Dead {
-                t.go(SessionState::Zombie, "pane alive again, no agent process".into(), now, fx);
+                t.go(
+                    SessionState::Zombie,
+                    "pane alive again, no agent process".into(),
+                    now,
+                    fx,
+                );
             }
         } else if t.state != SessionState::Booting {
-            t.go(SessionState::Booting, "no agent process in the pane yet".into(), now, fx);
+            t.go(
+                SessionState::Booting,
+                "no agent process in the pane yet".into(),
+                now,
+                fx,
+            );
         }
         return;
     };
@@ -263,7 +296,10 @@ fn observe(t: &mut Track, o: Observation, now: UnixMs, policy: &Policy, fx: &mut
         ),
         SessionState::Zombie | SessionState::Dead | SessionState::Completed => t.go(
             SessionState::Working,
-            format!("agent {} running again (pid {})", t.obs.agent_name, agent.pid),
+            format!(
+                "agent {} running again (pid {})",
+                t.obs.agent_name, agent.pid
+            ),
             now,
             fx,
         ),
@@ -302,7 +338,7 @@ fn tick(t: &mut Track, now: UnixMs, policy: &Policy, fx: &mut Vec<Effect>) {
         issue_restart(t, "agent died", now, policy, fx);
         return;
     }
-    if !t.state.is_alive() || t.obs_at_ms == 0 || t.obs.agent.is_none() {
+    if !t.state.is_alive() || t.obs_at_ms.is_none() || t.obs.agent.is_none() {
         return;
     }
     let cond = t.obs.condition;
@@ -315,7 +351,10 @@ fn tick(t: &mut Track, now: UnixMs, policy: &Policy, fx: &mut Vec<Effect>) {
     if t.state == SessionState::Working && !exempt && idle_for >= idle_after {
         t.go(
             SessionState::Stalled,
-            format!("idle for {} s: screen unchanged, no agent CPU, not thinking", idle_for / 1000),
+            format!(
+                "idle for {} s: screen unchanged, no agent CPU, not thinking",
+                idle_for / 1000
+            ),
             now,
             fx,
         );
@@ -327,11 +366,20 @@ fn tick(t: &mut Track, now: UnixMs, policy: &Policy, fx: &mut Vec<Effect>) {
     if idle_for >= hard && t.ladder.rung != Rung::Restarted {
         t.ladder.enter(Rung::Restarted, now);
         if t.restart_command().is_some() {
-            issue_restart(t, &format!("unchanged for {} s (hard limit)", idle_for / 1000), now, policy, fx);
+            issue_restart(
+                t,
+                &format!("unchanged for {} s (hard limit)", idle_for / 1000),
+                now,
+                policy,
+                fx,
+            );
         } else {
             fx.push(Effect::Notify {
                 kind: "needs_human",
-                message: format!("unchanged for {} s and no restart command known", idle_for / 1000),
+                message: format!(
+                    "unchanged for {} s and no restart command known",
+                    idle_for / 1000
+                ),
             });
         }
         return;
@@ -400,7 +448,10 @@ fn death(t: &mut Track, what: &str, now: UnixMs, policy: &Policy, fx: &mut Vec<E
         (min << (t.restarts.len() - 1).min(20)).min(max)
     };
     t.restart_wanted = true;
-    t.restart_not_before = t.restarts.last().map_or(now, |last| (last + backoff).max(now));
+    t.restart_not_before = t
+        .restarts
+        .last()
+        .map_or(now, |last| (last + backoff).max(now));
     if now >= t.restart_not_before {
         issue_restart(t, what, now, policy, fx);
     }
@@ -421,3 +472,6 @@ fn issue_restart(t: &mut Track, why: &str, now: UnixMs, _policy: &Policy, fx: &m
         incarnation: None,
     });
 }
+
+#[cfg(test)]
+mod tests;

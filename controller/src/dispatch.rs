@@ -76,7 +76,13 @@ struct Waiting {
 
 impl Dispatcher {
     /// A dispatcher whose command ids start with `prefix` (the controller's id).
-    pub fn new(fleet: Arc<Fleet>, recorder: Recorder, events: Events, prefix: String, timeout: Duration) -> Self {
+    pub fn new(
+        fleet: Arc<Fleet>,
+        recorder: Recorder,
+        events: Events,
+        prefix: String,
+        timeout: Duration,
+    ) -> Self {
         Self {
             fleet,
             recorder,
@@ -141,8 +147,12 @@ impl Dispatcher {
         if let Err(e) = link.try_send(Ok(msg)) {
             self.waiting.remove(&command_id);
             return Err(match e {
-                tokio::sync::mpsc::error::TrySendError::Full(_) => DispatchError::Busy(session.node_id.clone()),
-                tokio::sync::mpsc::error::TrySendError::Closed(_) => DispatchError::Disconnected(session.node_id.clone()),
+                tokio::sync::mpsc::error::TrySendError::Full(_) => {
+                    DispatchError::Busy(session.node_id.clone())
+                }
+                tokio::sync::mpsc::error::TrySendError::Closed(_) => {
+                    DispatchError::Disconnected(session.node_id.clone())
+                }
             });
         }
         tracing::info!(node = %session.node_id, session = %session.session_name, command = %command_id, action = name, origin = origin.as_str(), reason, "command sent");
@@ -179,7 +189,9 @@ impl Dispatcher {
         origin: Origin,
         reason: &str,
     ) -> Result<pb::CommandResult, DispatchError> {
-        let (id, rx) = self.send(session, action, incarnation, origin, reason).await?;
+        let (id, rx) = self
+            .send(session, action, incarnation, origin, reason)
+            .await?;
         let wait = self.timeout + Duration::from_secs(1);
         match tokio::time::timeout(wait, rx).await {
             Ok(Ok(result)) => Ok(result),
@@ -205,7 +217,8 @@ impl Dispatcher {
             self.waiting.insert(result.command_id.clone(), w);
             return;
         }
-        let status = pb::CommandStatus::try_from(result.status).unwrap_or(pb::CommandStatus::Unspecified);
+        let status =
+            pb::CommandStatus::try_from(result.status).unwrap_or(pb::CommandStatus::Unspecified);
         let now = now_ms();
         tracing::info!(node = %node_id, command = %result.command_id, status = status.as_str_name(), took_ms = now - w.issued_ms, "command result");
         self.events.publish(

@@ -68,7 +68,12 @@ impl Fleet {
 
     /// Finds a session by node and name; `socket` may be empty when the name is unique on the
     /// node. `Err` carries the candidates when the name is ambiguous.
-    pub fn find(&self, node_id: &str, name: &str, socket: &str) -> Result<Option<SessionRef>, Vec<String>> {
+    pub fn find(
+        &self,
+        node_id: &str,
+        name: &str,
+        socket: &str,
+    ) -> Result<Option<SessionRef>, Vec<String>> {
         let hits: Vec<SessionRef> = self
             .sessions
             .iter()

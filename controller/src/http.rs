@@ -29,6 +29,9 @@ pub async fn serve(
 async fn ready(State(sup): State<Arc<Supervisor>>) -> (StatusCode, String) {
     match sup.store.nodes().await {
         Ok(n) => (StatusCode::OK, format!("ready: {} nodes known\n", n.len())),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("store unavailable: {e}\n")),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store unavailable: {e}\n"),
+        ),
     }
 }

@@ -13,8 +13,8 @@ use argus_shared::ids::{NodeId, SessionName};
 use argus_shared::time::now_ms;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
 use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::detect::{Incarnation, Input, Observation};
 use crate::fleet::{Health, NodeEntry};
@@ -60,7 +60,11 @@ impl NodeAgentService for AgentApi {
             Some(pb::AgentMessage {
                 msg: Some(pb::agent_message::Msg::Hello(h)),
             }) => h,
-            Some(_) => return Err(Status::invalid_argument("the first message on Attach must be Hello")),
+            Some(_) => {
+                return Err(Status::invalid_argument(
+                    "the first message on Attach must be Hello",
+                ));
+            }
             None => return Err(Status::invalid_argument("Attach closed before Hello")),
         };
         let node_id = NodeId::new(&hello.node_id)
@@ -82,7 +86,9 @@ impl NodeAgentService for AgentApi {
                 hello.last_epoch,
             )
             .await
-            .map_err(|e| Status::unavailable(format!("cannot record the attach of {node_id}: {e}")))?;
+            .map_err(|e| {
+                Status::unavailable(format!("cannot record the attach of {node_id}: {e}"))
+            })?;
 
         let (tx, rx) = mpsc::channel(LINK_QUEUE);
         tx.send(Ok(pb::ControllerMessage {
@@ -95,7 +101,11 @@ impl NodeAgentService for AgentApi {
         .map_err(|_| Status::internal("stream closed before Welcome"))?;
 
         let stream_id = self.next_stream.fetch_add(1, Ordering::Relaxed);
-        let probe_ms = if hello.probe_interval_ms == 0 { 1000 } else { i64::from(hello.probe_interval_ms) };
+        let probe_ms = if hello.probe_interval_ms == 0 {
+            1000
+        } else {
+            i64::from(hello.probe_interval_ms)
+        };
         self.sup.fleet.nodes.insert(
             node_id.clone(),
             NodeEntry {
@@ -110,7 +120,13 @@ impl NodeAgentService for AgentApi {
                 probe_ms,
             },
         );
-        self.sup.events.publish(&node_id, "", "node_attached", format!("attached with epoch {epoch}"), None);
+        self.sup.events.publish(
+            &node_id,
+            "",
+            "node_attached",
+            format!("attached with epoch {epoch}"),
+            None,
+        );
 
         let sup = self.sup.clone();
         self.tasks.spawn(async move {
@@ -123,7 +139,8 @@ impl NodeAgentService for AgentApi {
                 .map(|mut n| n.link = None)
                 .is_some();
             if owner {
-                sup.events.publish(&node_id, "", "node_detached", reason, None);
+                sup.events
+                    .publish(&node_id, "", "node_detached", reason, None);
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -188,7 +205,8 @@ async fn apply_report(sup: &Supervisor, node_id: &str, r: pb::Report, now: i64) 
             continue;
         };
         seen.insert(key.clone());
-        sup.apply(&key, Input::Observed(observation(o)), now).await;
+        sup.apply(&key, Input::Observed(Box::new(observation(o))), now)
+            .await;
     }
     let mut gone: Vec<SessionRef> = r
         .gone

@@ -55,7 +55,8 @@ pub fn load_policy(path: Option<&std::path::Path>) -> anyhow::Result<Policy> {
     match path {
         None => Ok(Policy::default()),
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading policy {}", p.display()))?;
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading policy {}", p.display()))?;
             Policy::from_toml(&text).with_context(|| format!("in policy file {}", p.display()))
         }
     }
@@ -91,7 +92,13 @@ pub async fn run(
     let writer_tasks = TaskTracker::new();
     let recorder = Recorder::start(store.clone(), writer_stop.clone(), &writer_tasks);
     let controller_id = format!("ctl-{}-{}", std::process::id(), now_ms());
-    let sup = Arc::new(Supervisor::new(controller_id, store, recorder, policy, recorded));
+    let sup = Arc::new(Supervisor::new(
+        controller_id,
+        store,
+        recorder,
+        policy,
+        recorded,
+    ));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -148,7 +155,10 @@ pub async fn run(
     };
     shutdown.cancel();
     tasks.close();
-    if tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("some tasks did not stop within 5 s");
     }
     drop(sup);

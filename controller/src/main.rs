@@ -60,7 +60,9 @@ async fn main() -> anyhow::Result<()> {
     let local = args.local.then(|| {
         let mut c = argus_node_agent::Config::new(
             String::new(),
-            args.node_id.clone().unwrap_or_else(argus_node_agent::hostname),
+            args.node_id
+                .clone()
+                .unwrap_or_else(argus_node_agent::hostname),
         );
         c.tmux_sockets = args.tmux_sockets.clone();
         c.state_dir = args.state_dir.clone();

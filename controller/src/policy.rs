@@ -120,7 +120,10 @@ impl Policy {
             return invalid("node_down_after", "must be longer than node_suspect_after");
         }
         if self.restart_backoff_max < self.restart_backoff_min {
-            return invalid("restart_backoff_max", "must not be shorter than restart_backoff_min");
+            return invalid(
+                "restart_backoff_max",
+                "must not be shorter than restart_backoff_min",
+            );
         }
         if let Err(e) = argus_shared::command::validate_nudge(&self.nudge_text) {
             return invalid("nudge_text", &e.to_string());

@@ -27,7 +27,9 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AdminServiceServer<AdminApi>>().await;
-    health.set_serving::<NodeAgentServiceServer<AgentApi>>().await;
+    health
+        .set_serving::<NodeAgentServiceServer<AgentApi>>()
+        .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(argus_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -38,12 +40,17 @@ pub async fn serve(
         .build_v1alpha()?;
     let agents = NodeAgentServiceServer::new(AgentApi::new(sup.clone(), tasks))
         .max_decoding_message_size(MAX_AGENT_MESSAGE);
-    let admin = AdminServiceServer::new(AdminApi::new(sup)).max_decoding_message_size(MAX_ADMIN_MESSAGE);
+    let admin =
+        AdminServiceServer::new(AdminApi::new(sup)).max_decoding_message_size(MAX_ADMIN_MESSAGE);
     let drain = shutdown.clone();
     let signal = async move {
         drain.cancelled().await;
-        health.set_not_serving::<AdminServiceServer<AdminApi>>().await;
-        health.set_not_serving::<NodeAgentServiceServer<AgentApi>>().await;
+        health
+            .set_not_serving::<AdminServiceServer<AdminApi>>()
+            .await;
+        health
+            .set_not_serving::<NodeAgentServiceServer<AgentApi>>()
+            .await;
     };
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
@@ -52,7 +59,10 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(agents)
         .add_service(admin)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), signal)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            signal,
+        )
         .await?;
     Ok(())
 }

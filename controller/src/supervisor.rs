@@ -200,7 +200,9 @@ impl Supervisor {
                 continue;
             }
             let forgettable = self.fleet.sessions.get(&key).is_some_and(|t| {
-                t.state == SessionState::Dead && !t.restart_wanted && now - t.last_change_ms > forget
+                t.state == SessionState::Dead
+                    && !t.restart_wanted
+                    && now - t.last_change_ms > forget
             });
             if forgettable {
                 self.fleet.sessions.remove(&key);

@@ -154,7 +154,11 @@ impl Executor {
                 }
                 Ok(String::new())
             }
-            Action::Interrupt => tmux.send_key(pane, "C-c").await.map(|()| String::new()).map_err(e),
+            Action::Interrupt => tmux
+                .send_key(pane, "C-c")
+                .await
+                .map(|()| String::new())
+                .map_err(e),
             Action::Capture { lines } => {
                 let text = tmux.capture(pane, lines).await.map_err(e)?;
                 Ok(argus_shared::screen::last_lines(&text, lines as usize).to_owned())
@@ -188,12 +192,18 @@ impl Executor {
         if command.is_empty() {
             return (
                 pb::CommandStatus::NoSuchSession,
-                format!("session {name:?} is gone and the restart names no command to start it with"),
+                format!(
+                    "session {name:?} is gone and the restart names no command to start it with"
+                ),
                 String::new(),
             );
         }
         match tmux.new_session(name, cwd, &[command.to_owned()]).await {
-            Ok(()) => (pb::CommandStatus::Ok, format!("session {name:?} created anew"), String::new()),
+            Ok(()) => (
+                pb::CommandStatus::Ok,
+                format!("session {name:?} created anew"),
+                String::new(),
+            ),
             Err(err) => (pb::CommandStatus::Failed, err.to_string(), String::new()),
         }
     }

@@ -111,7 +111,10 @@ mod tests {
         );
         let mut again = Fence::load(dir.path()).expect("reload");
         assert_eq!(again.highest(), 5);
-        assert!(matches!(again.admit("c1", 4), Err(FenceError::Stale { .. })));
+        assert!(matches!(
+            again.admit("c1", 4),
+            Err(FenceError::Stale { .. })
+        ));
         assert_eq!(again.admit("c1", 5), Ok(()));
         assert_eq!(
             again.admit("c1", 5),

@@ -276,12 +276,15 @@ mod tests {
     fn diff_sends_only_changes_and_gone() {
         let mut sent = BTreeMap::new();
         let mut snap = Snapshot::default();
-        snap.sessions.insert(("s".into(), "a".into()), obs("a", "1"));
-        snap.sessions.insert(("s".into(), "b".into()), obs("b", "1"));
+        snap.sessions
+            .insert(("s".into(), "a".into()), obs("a", "1"));
+        snap.sessions
+            .insert(("s".into(), "b".into()), obs("b", "1"));
         let r = diff(&mut sent, &snap).expect("first diff");
         assert_eq!(r.sessions.len(), 2);
         assert!(diff(&mut sent, &snap).is_none());
-        snap.sessions.insert(("s".into(), "a".into()), obs("a", "2"));
+        snap.sessions
+            .insert(("s".into(), "a".into()), obs("a", "2"));
         snap.sessions.remove(&("s".into(), "b".into()));
         let r = diff(&mut sent, &snap).expect("second diff");
         assert_eq!(r.sessions, vec![obs("a", "2")]);

@@ -10,7 +10,11 @@ use tokio_util::sync::CancellationToken;
 #[command(version, about)]
 struct Args {
     /// The controller's URL.
-    #[arg(long, env = "ARGUS_CONTROLLER", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        env = "ARGUS_CONTROLLER",
+        default_value = "http://127.0.0.1:7070"
+    )]
     controller: String,
     /// This node's id (default: the host name).
     #[arg(long, env = "ARGUS_NODE_ID")]
@@ -39,8 +43,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let args = Args::parse();

@@ -66,7 +66,10 @@ pub fn children(pid: u32) -> Vec<u32> {
     };
     for task in tasks.flatten() {
         if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
-            out.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
         }
     }
     out
@@ -91,7 +94,7 @@ pub fn tree(root: u32, limit: usize) -> Vec<ProcStat> {
 /// Milliseconds per clock tick of `/proc/PID/stat` times.
 pub fn ms_per_tick() -> u64 {
     let hz = rustix::param::clock_ticks_per_second();
-    if hz == 0 { 10 } else { 1000 / hz }
+    1000u64.checked_div(hz).unwrap_or(10)
 }
 
 /// Sends `signal` to `pid`; a process that is already gone is not an error.
@@ -133,7 +136,8 @@ mod tests {
 
     #[test]
     fn parses_stat_with_odd_comm() {
-        let text = "123 (my (odd) prog) S 1 123 123 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 5555 0 0";
+        let text =
+            "123 (my (odd) prog) S 1 123 123 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 5555 0 0";
         let s = parse_stat(123, text).expect("parses");
         assert_eq!(s.comm, "my (odd) prog");
         assert_eq!(s.ppid, 1);

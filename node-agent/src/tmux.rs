@@ -135,7 +135,9 @@ impl Tmux {
             *guard = None;
         }
         if guard.is_none() {
-            *guard = ControlClient::attach(&self.socket, self.wake.clone()).await.ok();
+            *guard = ControlClient::attach(&self.socket, self.wake.clone())
+                .await
+                .ok();
         }
         match guard.as_ref() {
             Some(c) => {

@@ -19,7 +19,13 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn start(name: &str, program: &Path, args: &[String], log: PathBuf) -> anyhow::Result<Self> {
+    /// Starts `program` with `args`, its output going to `log`.
+    pub fn start_binary(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: PathBuf,
+    ) -> anyhow::Result<Self> {
         let file = std::fs::File::create(&log)?;
         let child = Command::new(program)
             .args(args)
@@ -74,7 +80,9 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts a controller (SQLite in a temp dir) with `policy` (TOML) and extra flags.
     pub async fn start(policy: &str, extra: &[&str]) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("argus-cluster-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("argus-cluster-")
+            .tempdir()?;
         let port = free_port();
         let policy_path = dir.path().join("policy.toml");
         std::fs::write(&policy_path, policy)?;
@@ -106,8 +114,11 @@ impl TestCluster {
     /// (Re)starts the controller process with the same flags and database.
     pub async fn start_controller(&mut self) -> anyhow::Result<()> {
         let n = self.agents.len() + usize::from(self.controller.is_some());
-        let log = self.dir.path().join(format!("controller-{n}-{}.log", crate::free_port()));
-        self.controller = Some(Proc::start(
+        let log = self
+            .dir
+            .path()
+            .join(format!("controller-{n}-{}.log", crate::free_port()));
+        self.controller = Some(Proc::start_binary(
             "argus-controller",
             &binary("argus-controller"),
             &self.controller_args,
@@ -118,7 +129,9 @@ impl TestCluster {
             let url = url.clone();
             async move {
                 let ch = Channel::from_shared(url)?.connect().await?;
-                AdminServiceClient::new(ch).list_nodes(pb::ListNodesRequest {}).await?;
+                AdminServiceClient::new(ch)
+                    .list_nodes(pb::ListNodesRequest {})
+                    .await?;
                 Ok(Some(()))
             }
         })
@@ -155,9 +168,16 @@ impl TestCluster {
             "--heartbeat".to_owned(),
             "500ms".to_owned(),
         ];
-        let log = self.dir.path().join(format!("agent-{node_id}-{}.log", self.agents.len()));
-        self.agents
-            .push(Proc::start(&format!("argus-node-agent {node_id}"), &binary("argus-node-agent"), &args, log)?);
+        let log = self
+            .dir
+            .path()
+            .join(format!("agent-{node_id}-{}.log", self.agents.len()));
+        self.agents.push(Proc::start_binary(
+            &format!("argus-node-agent {node_id}"),
+            &binary("argus-node-agent"),
+            &args,
+            log,
+        )?);
         Ok(self.agents.len() - 1)
     }
 

@@ -42,7 +42,10 @@ impl NodeAgentService for Service {
             _ => return Err(Status::invalid_argument("expected Hello")),
         };
         let epoch = {
-            let mut e = self.epochs.lock().map_err(|_| Status::internal("poisoned"))?;
+            let mut e = self
+                .epochs
+                .lock()
+                .map_err(|_| Status::internal("poisoned"))?;
             if e.is_empty() { 1 } else { e.remove(0) }
         };
         let (tx, rx) = mpsc::channel(64);

@@ -12,7 +12,11 @@ use std::time::{Duration, Instant};
 
 /// Polls `check` until it returns `Some`, or fails after `deadline` with `what` and the last
 /// value seen. Never a fixed sleep: the loop ends as soon as the condition holds.
-pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> anyhow::Result<T>
+pub async fn eventually<T, F, Fut>(
+    what: &str,
+    deadline: Duration,
+    mut check: F,
+) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<Option<T>>>,
@@ -26,7 +30,9 @@ where
             Err(e) => last_err = format!("{e:#}"),
         }
         if start.elapsed() > deadline {
-            anyhow::bail!("timed out after {deadline:?} waiting for {what} (last error: {last_err})");
+            anyhow::bail!(
+                "timed out after {deadline:?} waiting for {what} (last error: {last_err})"
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -38,7 +44,13 @@ pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe
         .parent()
-        .and_then(|d| if d.ends_with("deps") { d.parent() } else { Some(d) })
+        .and_then(|d| {
+            if d.ends_with("deps") {
+                d.parent()
+            } else {
+                Some(d)
+            }
+        })
         .expect("target dir");
     let path = dir.join(name);
     assert!(

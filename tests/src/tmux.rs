@@ -49,8 +49,23 @@ impl TestTmux {
 
     /// Creates a detached session running `command` (a shell command line) with the given
     /// `@argus-*` labels set in the same tmux invocation.
-    pub fn session(&self, name: &str, command: &str, labels: &[(&str, &str)]) -> anyhow::Result<()> {
-        let mut args = vec!["new-session", "-d", "-s", name, "-x", "120", "-y", "30", command];
+    pub fn session(
+        &self,
+        name: &str,
+        command: &str,
+        labels: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
+        let mut args = vec![
+            "new-session",
+            "-d",
+            "-s",
+            name,
+            "-x",
+            "120",
+            "-y",
+            "30",
+            command,
+        ];
         let opts: Vec<(String, String)> = labels
             .iter()
             .map(|(k, v)| (format!("@argus-{k}"), (*v).to_owned()))
@@ -64,7 +79,8 @@ impl TestTmux {
 
     /// True while a session with exactly this name exists.
     pub fn has_session(&self, name: &str) -> bool {
-        self.run(&["has-session", "-t", &format!("={name}")]).is_ok()
+        self.run(&["has-session", "-t", &format!("={name}")])
+            .is_ok()
     }
 
     /// Visible text of a session's first pane.
@@ -74,7 +90,13 @@ impl TestTmux {
 
     /// Pid of a session's first pane process.
     pub fn pane_pid(&self, name: &str) -> anyhow::Result<u32> {
-        let out = self.run(&["display-message", "-p", "-t", &format!("={name}:"), "#{pane_pid}"])?;
+        let out = self.run(&[
+            "display-message",
+            "-p",
+            "-t",
+            &format!("={name}:"),
+            "#{pane_pid}",
+        ])?;
         Ok(out.trim().parse()?)
     }
 }

@@ -65,7 +65,11 @@ async fn states_conditions_nudges_and_people() -> anyhow::Result<()> {
         })
         .await?
         .into_inner();
-    let nudges: Vec<_> = idle.commands.iter().filter(|k| k.action == "nudge").collect();
+    let nudges: Vec<_> = idle
+        .commands
+        .iter()
+        .filter(|k| k.action == "nudge")
+        .collect();
     assert!(!nudges.is_empty(), "no nudge in the audit log: {idle:?}");
     assert_eq!(nudges[0].origin, "policy");
     assert!(
@@ -85,10 +89,16 @@ async fn states_conditions_nudges_and_people() -> anyhow::Result<()> {
             })
             .await?
             .into_inner();
-        assert!(s.commands.is_empty(), "{name} got commands: {:?}", s.commands);
+        assert!(
+            s.commands.is_empty(),
+            "{name} got commands: {:?}",
+            s.commands
+        );
         if name == "busy" {
             assert!(
-                s.transitions.iter().all(|t| t.to() != pb::SessionState::Stalled),
+                s.transitions
+                    .iter()
+                    .all(|t| t.to() != pb::SessionState::Stalled),
                 "busy agent was marked stalled: {:?}",
                 s.transitions
             );
@@ -133,17 +143,25 @@ async fn sigkilled_agent_is_noticed_at_once_and_restarted() -> anyhow::Result<()
     })
     .await??;
     println!("SIGKILL noticed by the controller after {noticed:?}");
-    assert!(noticed < Duration::from_secs(1), "death noticed only after {noticed:?}");
+    assert!(
+        noticed < Duration::from_secs(1),
+        "death noticed only after {noticed:?}"
+    );
 
     let after = c
         .wait_session("n1", "victim", "victim restarted", WAIT, |s| {
-            s.agent_pid > 0 && s.agent_pid != before.agent_pid && state(s) == pb::SessionState::Working
+            s.agent_pid > 0
+                && s.agent_pid != before.agent_pid
+                && state(s) == pb::SessionState::Working
         })
         .await?;
     println!("restarted agent running after {:?}", killed_at.elapsed());
     assert!(tmux.has_session("victim"));
     let b = c.session("n1", "bystander").await?.expect("bystander");
-    assert!(b.agent_pid > 0 && state(&b).ne(&pb::SessionState::Dead), "{b:?}");
+    assert!(
+        b.agent_pid > 0 && state(&b).ne(&pb::SessionState::Dead),
+        "{b:?}"
+    );
     let _ = after;
     Ok(())
 }
@@ -192,8 +210,10 @@ async fn node_agent_reconnects_and_history_survives_a_controller_restart() -> an
     tmux.session("keep", &agent("working"), &[("profile", "claude")])?;
     let mut c = TestCluster::start(FAST, &[]).await?;
     c.start_agent("n1", tmux.socket())?;
-    c.wait_session("n1", "keep", "working", WAIT, |s| state(s) == pb::SessionState::Working)
-        .await?;
+    c.wait_session("n1", "keep", "working", WAIT, |s| {
+        state(s) == pb::SessionState::Working
+    })
+    .await?;
     let capture = c
         .admin()
         .await?
@@ -204,18 +224,37 @@ async fn node_agent_reconnects_and_history_survives_a_controller_restart() -> an
         .await?
         .into_inner();
     assert!(capture.output.contains("esc to interrupt"), "{capture:?}");
-    let epoch1 = c.admin().await?.list_nodes(pb::ListNodesRequest {}).await?.into_inner().nodes[0].epoch;
+    let epoch1 = c
+        .admin()
+        .await?
+        .list_nodes(pb::ListNodesRequest {})
+        .await?
+        .into_inner()
+        .nodes[0]
+        .epoch;
 
     c.stop_controller();
     c.start_controller().await?;
     let node = eventually("the node agent to reattach", WAIT, || async {
-        let nodes = c.admin().await?.list_nodes(pb::ListNodesRequest {}).await?.into_inner().nodes;
+        let nodes = c
+            .admin()
+            .await?
+            .list_nodes(pb::ListNodesRequest {})
+            .await?
+            .into_inner()
+            .nodes;
         Ok(nodes.into_iter().find(|n| n.connected))
     })
     .await?;
-    assert!(node.epoch > epoch1, "epoch {} not above {epoch1}", node.epoch);
-    c.wait_session("n1", "keep", "working again", WAIT, |s| state(s) == pb::SessionState::Working)
-        .await?;
+    assert!(
+        node.epoch > epoch1,
+        "epoch {} not above {epoch1}",
+        node.epoch
+    );
+    c.wait_session("n1", "keep", "working again", WAIT, |s| {
+        state(s) == pb::SessionState::Working
+    })
+    .await?;
     let s = c
         .admin()
         .await?
@@ -226,12 +265,16 @@ async fn node_agent_reconnects_and_history_survives_a_controller_restart() -> an
         .await?
         .into_inner();
     assert!(
-        s.commands.iter().any(|k| k.command_id == capture.command_id),
+        s.commands
+            .iter()
+            .any(|k| k.command_id == capture.command_id),
         "the capture from before the restart is missing: {:?}",
         s.commands
     );
     assert!(
-        s.transitions.iter().any(|t| t.to() == pb::SessionState::Working),
+        s.transitions
+            .iter()
+            .any(|t| t.to() == pb::SessionState::Working),
         "transitions from before the restart are missing: {:?}",
         s.transitions
     );

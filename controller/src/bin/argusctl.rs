@@ -11,7 +11,12 @@ use tonic::transport::Channel;
 #[command(version, about)]
 struct Args {
     /// The controller's gRPC URL.
-    #[arg(long, env = "ARGUS_CONTROLLER", default_value = "http://127.0.0.1:7070", global = true)]
+    #[arg(
+        long,
+        env = "ARGUS_CONTROLLER",
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
     controller: String,
     #[command(subcommand)]
     cmd: Cmd,
@@ -29,7 +34,11 @@ enum Cmd {
     /// Show one session with its history.
     Session { node: String, name: String },
     /// Type text into a session's agent and press Enter.
-    Nudge { node: String, name: String, text: String },
+    Nudge {
+        node: String,
+        name: String,
+        text: String,
+    },
     /// Send Ctrl-C to a session.
     Interrupt { node: String, name: String },
     /// Terminate a session (process tree, then the tmux session).
@@ -72,14 +81,21 @@ fn sref(node: String, name: String) -> pb::SessionRef {
 
 fn state_name(s: i32) -> String {
     pb::SessionState::try_from(s)
-        .map(|s| s.as_str_name().trim_start_matches("SESSION_STATE_").to_lowercase())
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("SESSION_STATE_")
+                .to_lowercase()
+        })
         .unwrap_or_else(|_| s.to_string())
 }
 
 fn condition_name(c: i32) -> String {
     match pb::Condition::try_from(c) {
         Ok(pb::Condition::Unspecified) | Err(_) => "-".to_owned(),
-        Ok(c) => c.as_str_name().trim_start_matches("CONDITION_").to_lowercase(),
+        Ok(c) => c
+            .as_str_name()
+            .trim_start_matches("CONDITION_")
+            .to_lowercase(),
     }
 }
 
@@ -95,7 +111,12 @@ fn print_result(r: pb::CommandResponse) -> anyhow::Result<()> {
         println!("{}", r.output);
     }
     if status != pb::CommandStatus::Ok {
-        anyhow::bail!("command {} {}: {}", r.command_id, status.as_str_name(), r.message);
+        anyhow::bail!(
+            "command {} {}: {}",
+            r.command_id,
+            status.as_str_name(),
+            r.message
+        );
     }
     eprintln!("command {} ok {}", r.command_id, r.message);
     Ok(())
@@ -110,20 +131,33 @@ async fn run(args: Args) -> anyhow::Result<()> {
     match args.cmd {
         Cmd::Nodes => {
             let r = c.list_nodes(pb::ListNodesRequest {}).await?.into_inner();
-            println!("{:<24} {:<8} {:>6} {:>8}  {:<20} LAST SEEN", "NODE", "HEALTH", "EPOCH", "SESSIONS", "HOST");
+            println!(
+                "{:<24} {:<8} {:>6} {:>8}  {:<20} LAST SEEN",
+                "NODE", "HEALTH", "EPOCH", "SESSIONS", "HOST"
+            );
             for n in r.nodes {
                 println!(
                     "{:<24} {:<8} {:>6} {:>8}  {:<20} {}",
-                    n.node_id, n.health, n.epoch, n.session_count, n.hostname, when(n.last_seen_ms)
+                    n.node_id,
+                    n.health,
+                    n.epoch,
+                    n.session_count,
+                    n.hostname,
+                    when(n.last_seen_ms)
                 );
             }
         }
         Cmd::Sessions { node } => {
             let r = c
-                .list_sessions(pb::ListSessionsRequest { node_id: node.unwrap_or_default() })
+                .list_sessions(pb::ListSessionsRequest {
+                    node_id: node.unwrap_or_default(),
+                })
                 .await?
                 .into_inner();
-            println!("{:<16} {:<24} {:<10} {:<20} {:>8}  REASON", "NODE", "SESSION", "STATE", "CONDITION", "PID");
+            println!(
+                "{:<16} {:<24} {:<10} {:<20} {:>8}  REASON",
+                "NODE", "SESSION", "STATE", "CONDITION", "PID"
+            );
             for s in r.sessions {
                 println!(
                     "{:<16} {:<24} {:<10} {:<20} {:>8}  {}",
@@ -138,50 +172,113 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         Cmd::Session { node, name } => {
             let r = c
-                .get_session(pb::GetSessionRequest { session: Some(sref(node, name)), history_limit: 20 })
+                .get_session(pb::GetSessionRequest {
+                    session: Some(sref(node, name)),
+                    history_limit: 20,
+                })
                 .await?
                 .into_inner();
             if let Some(s) = r.session {
-                println!("session   {} on {} ({})", s.session_name, s.node_id, s.tmux_socket);
+                println!(
+                    "session   {} on {} ({})",
+                    s.session_name, s.node_id, s.tmux_socket
+                );
                 println!("state     {} ({})", state_name(s.state), s.reason);
                 println!("condition {}", condition_name(s.condition));
-                println!("agent     {} pid {} profile {}", s.agent_name, s.agent_pid, s.profile);
-                println!("activity  {}   changed {}", when(s.last_activity_ms), when(s.last_change_ms));
+                println!(
+                    "agent     {} pid {} profile {}",
+                    s.agent_name, s.agent_pid, s.profile
+                );
+                println!(
+                    "activity  {}   changed {}",
+                    when(s.last_activity_ms),
+                    when(s.last_change_ms)
+                );
                 println!("attached  {}   pane {}", s.attached_clients, s.pane_id);
             }
             println!("\ntransitions:");
             for t in r.transitions {
-                println!("  {}  {} -> {}  {}", when(t.at_ms), state_name(t.from), state_name(t.to), t.reason);
+                println!(
+                    "  {}  {} -> {}  {}",
+                    when(t.at_ms),
+                    state_name(t.from),
+                    state_name(t.to),
+                    t.reason
+                );
             }
             println!("\ncommands:");
             for k in r.commands {
                 let status = pb::CommandStatus::try_from(k.status).unwrap_or_default();
                 println!(
                     "  {}  {:<9} {:<6} {:<28} {}  {}",
-                    when(k.issued_at_ms), k.action, k.origin, status.as_str_name(), k.reason, k.result_message
+                    when(k.issued_at_ms),
+                    k.action,
+                    k.origin,
+                    status.as_str_name(),
+                    k.reason,
+                    k.result_message
                 );
             }
         }
-        Cmd::Nudge { node, name, text } => {
-            print_result(c.nudge(pb::NudgeRequest { session: Some(sref(node, name)), text }).await?.into_inner())?
-        }
-        Cmd::Interrupt { node, name } => print_result(c.interrupt(sref(node, name)).await?.into_inner())?,
-        Cmd::Kill { node, name, grace_ms } => print_result(
-            c.kill(pb::KillRequest { session: Some(sref(node, name)), grace_ms }).await?.into_inner(),
+        Cmd::Nudge { node, name, text } => print_result(
+            c.nudge(pb::NudgeRequest {
+                session: Some(sref(node, name)),
+                text,
+            })
+            .await?
+            .into_inner(),
         )?,
-        Cmd::Restart { node, name, command } => print_result(
-            c.restart(pb::RestartRequest { session: Some(sref(node, name)), command }).await?.into_inner(),
+        Cmd::Interrupt { node, name } => {
+            print_result(c.interrupt(sref(node, name)).await?.into_inner())?
+        }
+        Cmd::Kill {
+            node,
+            name,
+            grace_ms,
+        } => print_result(
+            c.kill(pb::KillRequest {
+                session: Some(sref(node, name)),
+                grace_ms,
+            })
+            .await?
+            .into_inner(),
+        )?,
+        Cmd::Restart {
+            node,
+            name,
+            command,
+        } => print_result(
+            c.restart(pb::RestartRequest {
+                session: Some(sref(node, name)),
+                command,
+            })
+            .await?
+            .into_inner(),
         )?,
         Cmd::Capture { node, name, lines } => print_result(
-            c.capture(pb::CaptureRequest { session: Some(sref(node, name)), lines }).await?.into_inner(),
+            c.capture(pb::CaptureRequest {
+                session: Some(sref(node, name)),
+                lines,
+            })
+            .await?
+            .into_inner(),
         )?,
         Cmd::Watch { node } => {
             let mut s = c
-                .watch_events(pb::WatchEventsRequest { node_id: node.unwrap_or_default() })
+                .watch_events(pb::WatchEventsRequest {
+                    node_id: node.unwrap_or_default(),
+                })
                 .await?
                 .into_inner();
             while let Some(e) = s.message().await? {
-                println!("{}  {:<12} {:<20} {:<16} {}", when(e.at_ms), e.node_id, e.session_name, e.kind, e.message);
+                println!(
+                    "{}  {:<12} {:<20} {:<16} {}",
+                    when(e.at_ms),
+                    e.node_id,
+                    e.session_name,
+                    e.kind,
+                    e.message
+                );
             }
         }
     }

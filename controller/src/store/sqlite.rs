@@ -4,7 +4,9 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use sqlx::Row;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 use super::{CommandRow, History, NodeRecord, SessionRef, Store, StoreError, TransitionRow, Write};
 
@@ -308,6 +310,9 @@ mod tests {
         assert_eq!(h.commands[0].status, "COMMAND_STATUS_OK");
         let mut last = s.last_states().await.expect("last");
         last.sort();
-        assert_eq!(last, vec![(sref("a"), "stalled".into()), (sref("b"), "dead".into())]);
+        assert_eq!(
+            last,
+            vec![(sref("a"), "stalled".into()), (sref("b"), "dead".into())]
+        );
     }
 }

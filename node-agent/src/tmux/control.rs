@@ -127,7 +127,11 @@ async fn read_loop(
                 block = None;
                 if ours {
                     let lines = std::mem::take(&mut body);
-                    let reply = if error { Err(lines.join("\n")) } else { Ok(lines) };
+                    let reply = if error {
+                        Err(lines.join("\n"))
+                    } else {
+                        Ok(lines)
+                    };
                     if let Ok(mut p) = pending.lock()
                         && let Some(tx) = p.queue.pop_front()
                     {

@@ -1,6 +1,8 @@
 //! Unit tests of the profile engine and of the built-in profiles' trickier lines. Whole-screen
 //! fixtures live in `shared/tests/profiles.rs`.
 
+use proptest::prelude::*;
+
 use super::*;
 
 /// 2026-03-10T13:20:00Z.
@@ -444,5 +446,32 @@ fn shell_prompts() {
     }
     for line in ["Downloading 50%", "</div>", "total 48", "echo $"] {
         assert_eq!(condition("shell", line), Condition::None, "{line}");
+    }
+}
+
+proptest! {
+    #[test]
+    fn classify_never_panics(screen in any::<String>(), now in any::<i64>(), offset in any::<i32>()) {
+        let profiles = builtin();
+        for name in profiles.names() {
+            let _ = profiles.get(name).unwrap().classify(&screen, now, offset);
+        }
+    }
+
+    #[test]
+    fn trailing_blank_lines_change_nothing(
+        lines in prop::collection::vec(
+            r"(> |❯ |› |✻ Thinking… \(3s · esc to interrupt\)|Do you want to proceed\?|\$|[a-z ]{0,20}|You've hit your limit · resets 3pm)",
+            0..20,
+        ),
+        padding in r"[ \n]{0,10}",
+    ) {
+        let screen = lines.join("\n");
+        let padded = format!("{screen}\n{padding}");
+        let profiles = builtin();
+        for name in profiles.names() {
+            let p = profiles.get(name).unwrap();
+            prop_assert_eq!(p.classify(&screen, NOW, 0), p.classify(&padded, NOW, 0), "{}", name);
+        }
     }
 }

@@ -66,7 +66,10 @@ fn main() {
             }
         }
         "ratelimit" => {
-            let _ = writeln!(out, "⏺ Claude usage limit reached. Your limit will reset at 3pm.");
+            let _ = writeln!(
+                out,
+                "⏺ Claude usage limit reached. Your limit will reset at 3pm."
+            );
             let _ = writeln!(out, "  /upgrade to increase your usage limit.");
             prompt(&mut out);
             loop {

@@ -1,0 +1,200 @@
+//! The node agent's command safety, driven by a scripted controller speaking the real protocol:
+//! stale epochs, wrong incarnations, duplicate ids and expired deadlines are refused; a Welcome
+//! with an epoch lower than one already accepted is refused, even after the agent restarts.
+
+use std::time::Duration;
+
+use argus_proto::v1 as pb;
+use argus_shared::time::now_ms;
+use argus_tests::cluster::{Proc, fake_agent};
+use argus_tests::fake_controller::{self, Attached};
+use argus_tests::tmux::TestTmux;
+use argus_tests::{binary, eventually};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn start_agent(
+    dir: &std::path::Path,
+    url: &str,
+    socket: &std::path::Path,
+    n: usize,
+) -> anyhow::Result<Proc> {
+    Proc::start_binary(
+        "argus-node-agent",
+        &binary("argus-node-agent"),
+        &[
+            "--insecure".into(),
+            "--controller".into(),
+            url.into(),
+            "--node-id".into(),
+            "fenced".into(),
+            "--tmux-socket".into(),
+            socket.display().to_string(),
+            "--state-dir".into(),
+            dir.join("state").display().to_string(),
+            "--probe-interval".into(),
+            "250ms".into(),
+        ],
+        dir.join(format!("agent-{n}.log")),
+    )
+}
+
+/// The first full snapshot's observation of `name`.
+async fn observed(a: &mut Attached, name: &str) -> anyhow::Result<pb::SessionObservation> {
+    loop {
+        let m = tokio::time::timeout(WAIT, a.inbound.recv())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("stream ended"))?;
+        if let Some(pb::agent_message::Msg::Report(r)) = m.msg
+            && let Some(o) = r
+                .sessions
+                .into_iter()
+                .find(|o| o.session_name == name && o.agent.is_some())
+        {
+            return Ok(o);
+        }
+    }
+}
+
+async fn result(a: &mut Attached, id: &str) -> anyhow::Result<pb::CommandResult> {
+    loop {
+        let m = tokio::time::timeout(WAIT, a.inbound.recv())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("stream ended"))?;
+        if let Some(pb::agent_message::Msg::Result(r)) = m.msg
+            && r.command_id == id
+        {
+            return Ok(r);
+        }
+    }
+}
+
+fn nudge(
+    id: &str,
+    epoch: u64,
+    name: &str,
+    inc: Option<pb::Incarnation>,
+    not_after_ms: i64,
+) -> pb::ControllerMessage {
+    pb::ControllerMessage {
+        msg: Some(pb::controller_message::Msg::Command(pb::Command {
+            command_id: id.into(),
+            epoch,
+            tmux_socket: String::new(),
+            session_name: name.into(),
+            incarnation: inc,
+            not_after_ms,
+            action: Some(pb::command::Action::Nudge(pb::Nudge {
+                text: format!("hello {id}"),
+            })),
+        })),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_agent_refuses_unsafe_commands() -> anyhow::Result<()> {
+    let tmux = TestTmux::new();
+    tmux.session(
+        "target",
+        &format!("{} idle", fake_agent().display()),
+        &[("profile", "claude")],
+    )?;
+    let dir = tempfile::tempdir()?;
+    // First attach gets epoch 5; after the agent restarts, a stale controller offers 3.
+    let (addr, mut attaches) = fake_controller::start(vec![5, 3, 6]).await?;
+    let url = format!("http://{addr}");
+    let mut agent = start_agent(dir.path(), &url, tmux.socket(), 0)?;
+    let mut a = tokio::time::timeout(WAIT, attaches.recv())
+        .await?
+        .expect("attach");
+    assert_eq!(a.hello.node_id, "fenced");
+    let obs = observed(&mut a, "target").await?;
+    let inc = obs.agent;
+    let later = now_ms() + 10_000;
+    let cases = [
+        (
+            "stale",
+            nudge("c-stale", 4, "target", inc, later),
+            pb::CommandStatus::StaleEpoch,
+        ),
+        (
+            "wrong incarnation",
+            nudge(
+                "c-inc",
+                5,
+                "target",
+                inc.map(|i| pb::Incarnation {
+                    pid: i.pid,
+                    start_time: i.start_time + 1,
+                }),
+                later,
+            ),
+            pb::CommandStatus::WrongIncarnation,
+        ),
+        (
+            "expired",
+            nudge("c-late", 5, "target", inc, now_ms() - 1),
+            pb::CommandStatus::Expired,
+        ),
+        (
+            "unknown session",
+            nudge("c-none", 5, "targe", inc, later),
+            pb::CommandStatus::NoSuchSession,
+        ),
+        (
+            "good",
+            nudge("c-ok", 5, "target", inc, later),
+            pb::CommandStatus::Ok,
+        ),
+        (
+            "duplicate",
+            nudge("c-ok", 5, "target", inc, later),
+            pb::CommandStatus::Duplicate,
+        ),
+    ];
+    for (what, msg, want) in cases {
+        let id = match &msg.msg {
+            Some(pb::controller_message::Msg::Command(c)) => c.command_id.clone(),
+            _ => unreachable!(),
+        };
+        a.commands.send(Ok(msg)).await?;
+        let r = result(&mut a, &id).await?;
+        assert_eq!(r.status(), want, "{what}: {r:?}");
+    }
+    // Only the good command reached the pane.
+    eventually("the good nudge on screen", WAIT, || async {
+        Ok(tmux
+            .capture("target")?
+            .contains("received: hello c-ok")
+            .then_some(()))
+    })
+    .await?;
+    let screen = tmux.capture("target")?;
+    for bad in ["c-stale", "c-inc", "c-late", "c-none"] {
+        assert!(
+            !screen.contains(&format!("hello {bad}")),
+            "{bad} reached the pane:\n{screen}"
+        );
+    }
+
+    // Restart the node agent: the persisted epoch 5 makes it refuse a Welcome with epoch 3.
+    agent.stop();
+    drop(a);
+    let _agent = start_agent(dir.path(), &url, tmux.socket(), 1)?;
+    let stale = tokio::time::timeout(WAIT, attaches.recv())
+        .await?
+        .expect("second attach");
+    assert_eq!(
+        stale.hello.last_epoch, 5,
+        "persisted epoch not reported in Hello"
+    );
+    // It hangs up on the stale controller and comes back; the next Welcome (6) is accepted.
+    let mut fresh = tokio::time::timeout(WAIT, attaches.recv())
+        .await?
+        .expect("third attach");
+    assert_eq!(fresh.hello.last_epoch, 5);
+    observed(&mut fresh, "target").await?;
+    let persisted = std::fs::read_to_string(dir.path().join("state/epoch"))?;
+    assert_eq!(persisted.trim(), "6");
+    Ok(())
+}
