@@ -146,6 +146,21 @@ fn command_pb(c: CommandRow) -> pb::CommandRecord {
     }
 }
 
+fn incident_pb(r: crate::store::IncidentRow) -> pb::Incident {
+    pb::Incident {
+        id: r.id,
+        kind: r.kind,
+        scope: r.scope,
+        opened_ms: r.opened_ms,
+        closed_ms: r.closed_ms,
+        acked_ms: r.acked_ms,
+        acked_by: r.acked_by,
+        summary: r.summary,
+        sessions: r.sessions,
+        until_ms: r.until_ms,
+    }
+}
+
 fn state_pb(s: &str) -> i32 {
     SessionState::parse(s).map_or(pb::SessionState::Unspecified, Into::into) as i32
 }
@@ -341,5 +356,57 @@ impl AdminService for AdminApi {
         let r = request.into_inner();
         self.command(r.session.as_ref(), Action::capture(r.lines))
             .await
+    }
+
+    async fn list_incidents(
+        &self,
+        request: Request<pb::ListIncidentsRequest>,
+    ) -> Result<Response<pb::ListIncidentsResponse>, Status> {
+        let r = request.into_inner();
+        let limit = match r.limit {
+            0 => 100,
+            n => n.min(1000),
+        };
+        let rows = self
+            .sup
+            .store
+            .incidents(r.include_closed, limit)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::ListIncidentsResponse {
+            incidents: rows.into_iter().map(incident_pb).collect(),
+        }))
+    }
+
+    async fn ack_incident(
+        &self,
+        request: Request<pb::AckIncidentRequest>,
+    ) -> Result<Response<pb::Incident>, Status> {
+        let r = request.into_inner();
+        if r.id.is_empty() {
+            return Err(Status::invalid_argument("id is required"));
+        }
+        let by = if r.by.is_empty() {
+            "anonymous".to_owned()
+        } else {
+            r.by.chars().take(128).collect()
+        };
+        let i = self
+            .sup
+            .ack_incident(&r.id, &by, argus_shared::time::now_ms())
+            .await
+            .ok_or_else(|| Status::not_found(format!("no open incident {:?}", r.id)))?;
+        Ok(Response::new(pb::Incident {
+            id: i.id,
+            kind: i.kind.as_str().to_owned(),
+            scope: i.scope,
+            opened_ms: i.opened_ms,
+            closed_ms: i.closed_ms.unwrap_or(0),
+            acked_ms: i.acked_ms.unwrap_or(0),
+            acked_by: i.acked_by,
+            summary: i.summary,
+            sessions: i.sessions,
+            until_ms: i.until_ms,
+        }))
     }
 }

@@ -4,8 +4,11 @@
 //!
 //! Observable state wins over recorded state: a dead pane is dead whatever was recorded, an agent
 //! seen running is working again. Idleness needs several signals agreeing (screen unchanged, no
-//! agent CPU, not thinking, not waiting for a person) for `idle_checks` probe intervals; any
-//! activity returns a stalled session to working and resets its escalation ladder.
+//! agent CPU, no tmux output, not thinking, not waiting for a person) for `idle_checks` probe
+//! intervals; any activity returns a stalled session to working and resets its escalation ladder.
+//! Destructive steps wait for a confirming re-check and for the fleet-level gate in [`Ctx`].
+//! Rate limits are cooldowns, never stalls or crashes; deaths feed the crash-loop budget. What
+//! must survive a controller restart lives in [`Durable`].
 
 use std::collections::BTreeMap;
 
@@ -13,8 +16,9 @@ use argus_shared::command::{Action, shell_command_from_tmux};
 use argus_shared::profile::Condition;
 use argus_shared::state::SessionState;
 use argus_shared::time::UnixMs;
+use serde::{Deserialize, Serialize};
 
-use crate::escalate::{Ladder, Rung};
+use crate::escalate::{Destructive, Ladder, Rung, Verdict};
 use crate::policy::{Policy, RestartOnDeath};
 
 /// An agent process's identity: pid and start time.
@@ -36,11 +40,22 @@ pub struct Observation {
     pub screen_hash: String,
     pub condition: Condition,
     pub rate_limit_reset_at: i64,
+    pub last_output_ms: i64,
     pub attached_clients: u32,
     pub start_command: String,
     pub cwd: String,
     pub labels: BTreeMap<String, String>,
     pub profile: String,
+}
+
+impl Observation {
+    /// A label's value, when set and not empty.
+    pub fn label(&self, name: &str) -> Option<&str> {
+        self.labels
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
 }
 
 /// What happened to a session.
@@ -56,8 +71,47 @@ pub enum Input {
     Gone,
     /// An operator killed it: it must not come back by itself.
     KilledByOperator,
+    /// Triage answered.
+    Verdict(Verdict),
     /// Time passed (the controller ticks every session periodically).
     Tick,
+}
+
+/// The fleet-level context of one step, decided by correlation outside the session.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx {
+    /// Kills and restarts may be ordered now: the controller does not suspect itself, the host
+    /// has no mass-death incident, the fleet budget has room, the node is up.
+    pub destructive_allowed: bool,
+    /// A provider incident covers this session's provider/account: the fleet-wide cooldown ends
+    /// then (Unix ms).
+    pub provider_cooldown_until: Option<UnixMs>,
+    /// A random number in [0, 1) for backoff jitter.
+    pub jitter: f64,
+}
+
+impl Default for Ctx {
+    fn default() -> Self {
+        Self {
+            destructive_allowed: true,
+            provider_cooldown_until: None,
+            jitter: 1.0,
+        }
+    }
+}
+
+/// What triage is asked about.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TriageCase {
+    pub state: String,
+    pub condition: String,
+    pub agent: String,
+    pub idle_for_s: i64,
+    pub nudges_in_window: usize,
+    pub nudge_budget: u32,
+    pub restarts_in_window: usize,
+    pub restart_known: bool,
+    pub reason: String,
 }
 
 /// Something to do because of a step.
@@ -69,7 +123,7 @@ pub enum Effect {
         to: SessionState,
         reason: String,
     },
-    /// Tell people (event stream, logs, later webhooks).
+    /// Tell people (event stream, logs; correlation reads some kinds).
     Notify { kind: &'static str, message: String },
     /// Send a command to the node agent.
     Command {
@@ -77,6 +131,41 @@ pub enum Effect {
         reason: String,
         incarnation: Option<Incarnation>,
     },
+    /// Ask triage; its answer comes back as [`Input::Verdict`].
+    Triage(TriageCase),
+    /// [`Durable`] changed: persist it.
+    Persist,
+}
+
+/// A rate-limit episode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    /// When it was first seen (Unix ms).
+    pub since: UnixMs,
+    /// The cooldown ends then (Unix ms).
+    pub until: UnixMs,
+    /// How often the limit came back after a resume.
+    pub renewals: u32,
+    /// When the resume nudge was sent, and the screen hash then.
+    pub resumed_at: Option<UnixMs>,
+    pub resume_hash: String,
+}
+
+/// Per-session state that survives a controller restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Durable {
+    /// Format version.
+    pub version: u32,
+    /// The current rate-limit episode.
+    pub rate: Option<RateLimit>,
+    /// Times of policy restarts within the restart window.
+    pub restarts: Vec<UnixMs>,
+    /// Times of deaths within the crash-loop window.
+    pub crashes: Vec<UnixMs>,
+    /// No restart before this (crash-loop cooldown and backoff), Unix ms.
+    pub restart_not_before: UnixMs,
+    /// Too many restarts: no more blind restarts until a person acts or the agent runs healthy.
+    pub restarts_blocked: bool,
 }
 
 /// Everything the controller remembers about one session between steps.
@@ -95,24 +184,21 @@ pub struct Track {
     pub ladder: Ladder,
     /// "Needs a human" was announced for the current permission prompt.
     pub human_notified: bool,
-    /// "Rate limited" was announced for the current episode.
-    pub rate_notified: bool,
-    /// Times of recent policy restarts (for the backoff).
-    pub restarts: Vec<UnixMs>,
-    /// A restart is wanted once the backoff allows it.
+    /// A restart is wanted once the backoff and the gate allow it.
     pub restart_wanted: bool,
-    /// No restart before this time.
-    pub restart_not_before: UnixMs,
     /// An operator killed it: no automatic restart.
     pub operator_killed: bool,
     /// The node agent's probe interval (idleness is counted in probe intervals).
     pub probe_ms: i64,
+    /// What survives a controller restart.
+    pub durable: Durable,
 }
 
 impl Track {
     /// A session seen for the first time; `recorded` is the state the store last recorded for
-    /// it (after a controller restart), which the first observation will confirm or overrule.
-    pub fn new(now: UnixMs, recorded: Option<SessionState>) -> Self {
+    /// it and `durable` its persisted cooldowns and crash records (after a controller restart),
+    /// which the first observation confirms or overrules.
+    pub fn new(now: UnixMs, recorded: Option<SessionState>, durable: Option<Durable>) -> Self {
         Self {
             state: recorded.unwrap_or(SessionState::Booting),
             reason: if recorded.is_some() {
@@ -127,12 +213,13 @@ impl Track {
             had_agent: false,
             ladder: Ladder::default(),
             human_notified: false,
-            rate_notified: false,
-            restarts: Vec::new(),
             restart_wanted: false,
-            restart_not_before: 0,
             operator_killed: false,
             probe_ms: 1000,
+            durable: durable.unwrap_or(Durable {
+                version: 1,
+                ..Durable::default()
+            }),
         }
     }
 
@@ -152,19 +239,25 @@ impl Track {
 
     /// The command that restarts this session's agent, when one is known.
     pub fn restart_command(&self) -> Option<String> {
-        if let Some(l) = self.obs.labels.get("restart").filter(|l| !l.is_empty()) {
-            return Some(l.clone());
+        if let Some(l) = self.obs.label("restart") {
+            return Some(l.to_owned());
         }
         let cmd = shell_command_from_tmux(&self.obs.start_command);
         (!cmd.is_empty()).then_some(cmd)
     }
+
+    /// True while the session sits in a rate-limit cooldown.
+    pub fn rate_limited(&self) -> bool {
+        self.durable.rate.is_some()
+    }
 }
 
 /// Advances one session.
-pub fn step(t: &mut Track, input: Input, now: UnixMs, policy: &Policy) -> Vec<Effect> {
+pub fn step(t: &mut Track, input: Input, now: UnixMs, policy: &Policy, ctx: &Ctx) -> Vec<Effect> {
+    let before = t.durable.clone();
     let mut fx = Vec::new();
     match input {
-        Input::Observed(o) => observe(t, *o, now, policy, &mut fx),
+        Input::Observed(o) => observe(t, *o, now, policy, ctx, &mut fx),
         Input::AgentExited(inc) => {
             if t.obs.agent == Some(inc) && t.state.is_alive() {
                 t.go(
@@ -173,41 +266,58 @@ pub fn step(t: &mut Track, input: Input, now: UnixMs, policy: &Policy) -> Vec<Ef
                     now,
                     &mut fx,
                 );
-                death(t, "agent exited", now, policy, &mut fx);
+                death(t, "agent exited", now, policy, ctx, &mut fx);
             }
         }
         Input::PaneDied => {
             if t.state != SessionState::Dead && t.state != SessionState::Completed {
+                let was_alive = t.state.is_alive();
                 t.go(
                     SessionState::Dead,
                     "pane process exited".into(),
                     now,
                     &mut fx,
                 );
-                death(t, "pane died", now, policy, &mut fx);
+                if was_alive {
+                    death(t, "pane died", now, policy, ctx, &mut fx);
+                }
             }
         }
         Input::Gone => {
             if t.state != SessionState::Dead {
+                let was_alive = t.state.is_alive();
                 t.go(
                     SessionState::Dead,
                     "tmux session closed".into(),
                     now,
                     &mut fx,
                 );
-                death(t, "session closed", now, policy, &mut fx);
+                if was_alive {
+                    death(t, "session closed", now, policy, ctx, &mut fx);
+                }
             }
         }
         Input::KilledByOperator => {
             t.operator_killed = true;
             t.restart_wanted = false;
         }
-        Input::Tick => tick(t, now, policy, &mut fx),
+        Input::Verdict(v) => verdict(t, v, now, policy, &mut fx),
+        Input::Tick => tick(t, now, policy, ctx, &mut fx),
+    }
+    if t.durable != before {
+        fx.push(Effect::Persist);
     }
     fx
 }
 
-fn observe(t: &mut Track, o: Observation, now: UnixMs, policy: &Policy, fx: &mut Vec<Effect>) {
+fn observe(
+    t: &mut Track,
+    o: Observation,
+    now: UnixMs,
+    policy: &Policy,
+    ctx: &Ctx,
+    fx: &mut Vec<Effect>,
+) {
     let first = t.obs_at_ms.is_none();
     let elapsed_ms = t.obs_at_ms.map_or(1, |at| (now - at).max(1) as u64);
     let cpu_delta = o.agent_cpu_ms.saturating_sub(t.obs.agent_cpu_ms);
@@ -215,9 +325,13 @@ fn observe(t: &mut Track, o: Observation, now: UnixMs, policy: &Policy, fx: &mut
     let busy_cpu =
         !first && !new_agent && cpu_delta * 1000 >= policy.cpu_active_ms_per_s * elapsed_ms;
     let screen_moved = !first && o.screen_hash != t.obs.screen_hash;
-    let active =
-        first || new_agent || screen_moved || busy_cpu || o.condition == Condition::Thinking;
-    let prev_condition = t.obs.condition;
+    let output = !first && o.last_output_ms > t.obs.last_output_ms;
+    let active = first
+        || new_agent
+        || screen_moved
+        || busy_cpu
+        || output
+        || o.condition == Condition::Thinking;
     t.obs = o;
     t.obs_at_ms = Some(now);
 
@@ -235,10 +349,10 @@ fn observe(t: &mut Track, o: Observation, now: UnixMs, policy: &Policy, fx: &mut
             )
         };
         if t.state != to {
-            let was_alive = t.state.is_alive() || t.state == SessionState::Zombie;
+            let was_alive = t.state.is_alive();
             t.go(to, reason, now, fx);
             if was_alive && to == SessionState::Dead {
-                death(t, "pane died", now, policy, fx);
+                death(t, "pane died", now, policy, ctx, fx);
             }
         }
         return;
@@ -252,7 +366,7 @@ fn observe(t: &mut Track, o: Observation, now: UnixMs, policy: &Policy, fx: &mut
                     now,
                     fx,
                 );
-                death(t, "agent gone", now, policy, fx);
+                death(t, "agent gone", now, policy, ctx, fx);
             } else if t.state == SessionState::Dead {
                 t.go(
                     SessionState::Zombie,
@@ -280,11 +394,24 @@ fn observe(t: &mut Track, o: Observation, now: UnixMs, policy: &Policy, fx: &mut
     }
     if active {
         t.last_activity_ms = now;
+        if t.ladder.rung != Rung::Clear {
+            t.ladder.reset();
+        }
+    }
+    // A long healthy run forgives past restarts.
+    let healthy = policy.healthy_reset.as_millis() as i64;
+    if t.durable
+        .restarts
+        .last()
+        .is_some_and(|at| now - at >= healthy)
+    {
+        t.durable.restarts.clear();
+        t.durable.crashes.clear();
+        t.durable.restarts_blocked = false;
     }
     match t.state {
         SessionState::Working => {}
         SessionState::Stalled if active => {
-            t.ladder.reset();
             t.go(SessionState::Working, "activity resumed".into(), now, fx);
         }
         SessionState::Stalled => {}
@@ -305,86 +432,166 @@ fn observe(t: &mut Track, o: Observation, now: UnixMs, policy: &Policy, fx: &mut
         ),
     }
 
-    // Conditions that belong to people or providers, not to the idle ladder.
-    let cond = t.obs.condition;
-    if cond == Condition::WaitingPermission && !t.human_notified {
-        t.human_notified = true;
-        fx.push(Effect::Notify {
-            kind: "needs_human",
-            message: "waiting for a permission or confirmation: a person must answer".into(),
-        });
-    } else if cond != Condition::WaitingPermission {
+    // Waiting for a person is its own condition: announced once per prompt, never acted on.
+    if t.obs.condition == Condition::WaitingPermission {
+        if !t.human_notified {
+            t.human_notified = true;
+            fx.push(Effect::Notify {
+                kind: "needs_human",
+                message: "waiting for a permission or confirmation: a person must answer".into(),
+            });
+        }
+    } else {
         t.human_notified = false;
     }
-    if cond == Condition::RateLimited && (!t.rate_notified || prev_condition != cond) {
-        t.rate_notified = true;
-        let when = if t.obs.rate_limit_reset_at > 0 {
-            format!("; resets at Unix time {}", t.obs.rate_limit_reset_at)
-        } else {
-            String::new()
-        };
-        fx.push(Effect::Notify {
-            kind: "rate_limited",
-            message: format!("agent reports a rate or usage limit{when}"),
-        });
-    } else if cond != Condition::RateLimited {
-        t.rate_notified = false;
+    rate_limit(t, now, policy, ctx, fx);
+}
+
+/// Rate limits: a cooldown (the parsed reset time, else `rate_limit_cooldown`), a resume nudge
+/// when it ends, renewals with shrinking cooldowns, and a restart at the last renewal.
+fn rate_limit(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut Vec<Effect>) {
+    let limited = t.obs.condition == Condition::RateLimited;
+    let reset_ms = t.obs.rate_limit_reset_at * 1000;
+    let base = policy.rate_limit_cooldown.as_millis() as i64;
+    let confirm = policy.confirm_after.as_millis() as i64;
+    let hash = t.obs.screen_hash.clone();
+    match (&mut t.durable.rate, limited) {
+        (None, true) => {
+            let until = if reset_ms > now { reset_ms } else { now + base };
+            t.durable.rate = Some(RateLimit {
+                since: now,
+                until,
+                renewals: 0,
+                resumed_at: None,
+                resume_hash: String::new(),
+            });
+            fx.push(Effect::Notify {
+                kind: "rate_limited",
+                message: format!(
+                    "rate or usage limit; cooldown for {} s{}",
+                    (until - now) / 1000,
+                    if reset_ms > now {
+                        " (reset time read from the screen)"
+                    } else {
+                        ""
+                    }
+                ),
+            });
+        }
+        (Some(r), true) => {
+            // Still limited after the resume nudge, on a screen that moved since: it came back.
+            let renewed = r
+                .resumed_at
+                .is_some_and(|at| now - at >= confirm && hash != r.resume_hash);
+            if !renewed {
+                return;
+            }
+            r.renewals += 1;
+            r.resumed_at = None;
+            if r.renewals >= policy.rate_limit_max_renewals {
+                let n = r.renewals;
+                t.durable.rate = None;
+                fx.push(Effect::Notify {
+                    kind: "rate_limit_restart",
+                    message: format!("rate limit renewed {n} times: restarting the agent"),
+                });
+                if ctx.destructive_allowed && t.restart_command().is_some() {
+                    issue_restart(t, "rate limit renewed too often", now, policy, ctx, fx);
+                } else {
+                    t.ladder.enter(Rung::Confirming(Destructive::Restart), now);
+                }
+                return;
+            }
+            let shrunk = now + base / i64::from(r.renewals + 1);
+            r.until = if reset_ms > now { reset_ms } else { shrunk };
+            fx.push(Effect::Notify {
+                kind: "rate_limit_renewed",
+                message: format!(
+                    "rate limit renewed ({} of {}); cooldown for {} s",
+                    r.renewals,
+                    policy.rate_limit_max_renewals,
+                    (r.until - now) / 1000
+                ),
+            });
+        }
+        (Some(_), false) => {
+            // The screen no longer shows the limit: the agent moved on.
+            t.durable.rate = None;
+            fx.push(Effect::Notify {
+                kind: "rate_limit_cleared",
+                message: "rate limit over: the screen no longer shows it".into(),
+            });
+        }
+        (None, false) => {}
     }
 }
 
-/// Time-driven decisions: idleness, the idle ladder, the hard limit, delayed restarts.
-fn tick(t: &mut Track, now: UnixMs, policy: &Policy, fx: &mut Vec<Effect>) {
-    if t.restart_wanted && !t.state.is_alive() && now >= t.restart_not_before {
-        issue_restart(t, "agent died", now, policy, fx);
+/// Time-driven decisions: delayed restarts, the end of a cooldown, idleness and the ladder.
+fn tick(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut Vec<Effect>) {
+    if t.restart_wanted && !t.state.is_alive() {
+        if now >= t.durable.restart_not_before && ctx.destructive_allowed {
+            issue_restart(t, "agent died", now, policy, ctx, fx);
+        }
         return;
     }
     if !t.state.is_alive() || t.obs_at_ms.is_none() || t.obs.agent.is_none() {
         return;
     }
+    if let Some(r) = &mut t.durable.rate {
+        let until = r.until.max(ctx.provider_cooldown_until.unwrap_or(0));
+        if r.resumed_at.is_none()
+            && now >= until
+            && t.obs.attached_clients == 0
+            && t.obs.condition == Condition::RateLimited
+        {
+            r.resumed_at = Some(now);
+            r.resume_hash.clone_from(&t.obs.screen_hash);
+            fx.push(Effect::Command {
+                action: Action::Nudge {
+                    text: policy.rate_limit_resume_text.clone(),
+                },
+                reason: "rate-limit cooldown over: resume".into(),
+                incarnation: t.obs.agent,
+            });
+        }
+        if !matches!(t.ladder.rung, Rung::Confirming(_)) {
+            return;
+        }
+    }
     let cond = t.obs.condition;
     let exempt = matches!(
         cond,
         Condition::Thinking | Condition::WaitingPermission | Condition::RateLimited
-    );
+    ) && !matches!(t.ladder.rung, Rung::Confirming(_));
     let idle_for = now - t.last_activity_ms;
-    let idle_after = policy.idle_checks as i64 * t.probe_ms;
+    let idle_after = i64::from(policy.idle_checks) * t.probe_ms;
     if t.state == SessionState::Working && !exempt && idle_for >= idle_after {
         t.go(
             SessionState::Stalled,
             format!(
-                "idle for {} s: screen unchanged, no agent CPU, not thinking",
+                "idle for {} s: screen unchanged, no output, no agent CPU, not thinking",
                 idle_for / 1000
             ),
             now,
             fx,
         );
     }
-    if t.state != SessionState::Stalled || exempt {
+    if t.state != SessionState::Stalled && !matches!(t.ladder.rung, Rung::Confirming(_)) {
         return;
     }
-    let hard = policy.hard_stall.as_millis() as i64;
-    if idle_for >= hard && t.ladder.rung != Rung::Restarted {
-        t.ladder.enter(Rung::Restarted, now);
-        if t.restart_command().is_some() {
-            issue_restart(
-                t,
-                &format!("unchanged for {} s (hard limit)", idle_for / 1000),
-                now,
-                policy,
-                fx,
-            );
-        } else {
-            fx.push(Effect::Notify {
-                kind: "needs_human",
-                message: format!(
-                    "unchanged for {} s and no restart command known",
-                    idle_for / 1000
-                ),
-            });
-        }
+    if exempt {
         return;
     }
     let dwell = policy.nudge_dwell.as_millis() as i64;
+    let hard = policy.hard_stall.as_millis() as i64;
+    if idle_for >= hard && !matches!(t.ladder.rung, Rung::Confirming(_) | Rung::Done) {
+        t.ladder.enter(Rung::Confirming(Destructive::Restart), now);
+        fx.push(Effect::Notify {
+            kind: "hard_stall",
+            message: format!("unchanged for {} s (hard limit)", idle_for / 1000),
+        });
+        return;
+    }
     match t.ladder.rung {
         Rung::Clear => {
             t.ladder.enter(Rung::Warned, now);
@@ -394,75 +601,219 @@ fn tick(t: &mut Track, now: UnixMs, policy: &Policy, fx: &mut Vec<Effect>) {
             });
         }
         Rung::Warned | Rung::Nudged if now - t.ladder.entered_ms >= dwell => {
-            if cond != Condition::AtPrompt {
-                return;
+            let window = policy.nudge_window.as_millis() as i64;
+            let used = t.ladder.nudges_within(now, window);
+            if cond == Condition::AtPrompt && used < policy.nudge_budget as usize {
+                nudge(
+                    t,
+                    &policy.nudge_text,
+                    &format!("idle at its prompt for {} s", idle_for / 1000),
+                    now,
+                    fx,
+                );
+            } else if cond != Condition::AtPrompt || used >= policy.nudge_budget as usize {
+                if t.obs.attached_clients > 0 && cond == Condition::AtPrompt {
+                    hold_for_human(t, fx);
+                    return;
+                }
+                t.ladder.enter(Rung::Triaging, now);
+                fx.push(Effect::Triage(TriageCase {
+                    state: t.state.as_str().to_owned(),
+                    condition: cond.as_str().to_owned(),
+                    agent: t.obs.agent_name.clone(),
+                    idle_for_s: idle_for / 1000,
+                    nudges_in_window: used,
+                    nudge_budget: policy.nudge_budget,
+                    restarts_in_window: t.durable.restarts.len(),
+                    restart_known: t.restart_command().is_some(),
+                    reason: t.reason.clone(),
+                }));
             }
-            if t.obs.attached_clients > 0 {
-                if !t.ladder.held_for_human {
-                    t.ladder.held_for_human = true;
+        }
+        Rung::Triaging
+            if now - t.ladder.entered_ms >= policy.triage_timeout.as_millis() as i64 + 5000 =>
+        {
+            // The supervisor answers a timeout with Extend; this only guards a lost answer.
+            verdict(t, Verdict::Extend, now, policy, fx);
+        }
+        Rung::Confirming(what)
+            if now - t.ladder.entered_ms >= policy.confirm_after.as_millis() as i64 =>
+        {
+            if !ctx.destructive_allowed {
+                if !t.ladder.held_destructive {
+                    t.ladder.held_destructive = true;
                     fx.push(Effect::Notify {
-                        kind: "nudge_held",
-                        message: "idle at its prompt, but a person is attached: no nudge".into(),
+                        kind: "command_held",
+                        message: format!("{what:?} held: destructive actions are paused (correlation or fleet budget)"),
                     });
                 }
                 return;
             }
-            let window = policy.nudge_window.as_millis() as i64;
-            if t.ladder.nudges_within(now, window) >= policy.nudge_budget as usize {
-                return;
+            t.ladder.enter(Rung::Done, now);
+            match what {
+                Destructive::Restart => {
+                    if t.restart_command().is_some() && !t.durable.restarts_blocked {
+                        issue_restart(t, "escalation (confirmed still idle)", now, policy, ctx, fx);
+                    } else {
+                        fx.push(Effect::Notify {
+                            kind: "needs_human",
+                            message: "a restart is due but no restart command is known (or restarts are blocked)".into(),
+                        });
+                    }
+                }
+                Destructive::Kill => fx.push(Effect::Command {
+                    action: Action::Kill {
+                        grace_ms: argus_shared::command::DEFAULT_KILL_GRACE_MS,
+                    },
+                    reason: "escalation: triage said kill (confirmed still idle)".into(),
+                    incarnation: t.obs.agent,
+                }),
             }
-            t.ladder.nudged(now);
-            fx.push(Effect::Command {
-                action: Action::Nudge {
-                    text: policy.nudge_text.clone(),
-                },
-                reason: format!("idle at its prompt for {} s", idle_for / 1000),
-                incarnation: t.obs.agent,
-            });
         }
         _ => {}
     }
 }
 
-/// A death: announce it and, when the policy allows, schedule a restart with backoff.
-fn death(t: &mut Track, what: &str, now: UnixMs, policy: &Policy, fx: &mut Vec<Effect>) {
+fn hold_for_human(t: &mut Track, fx: &mut Vec<Effect>) {
+    if !t.ladder.held_for_human {
+        t.ladder.held_for_human = true;
+        fx.push(Effect::Notify {
+            kind: "nudge_held",
+            message: "idle at its prompt, but a person is attached: no nudge".into(),
+        });
+    }
+}
+
+fn nudge(t: &mut Track, text: &str, reason: &str, now: UnixMs, fx: &mut Vec<Effect>) {
+    if t.obs.attached_clients > 0 {
+        hold_for_human(t, fx);
+        return;
+    }
+    t.ladder.nudged(now);
+    fx.push(Effect::Command {
+        action: Action::Nudge {
+            text: text.to_owned(),
+        },
+        reason: reason.to_owned(),
+        incarnation: t.obs.agent,
+    });
+}
+
+/// Applies triage's answer.
+fn verdict(t: &mut Track, v: Verdict, now: UnixMs, policy: &Policy, fx: &mut Vec<Effect>) {
+    if t.ladder.rung != Rung::Triaging {
+        return;
+    }
+    fx.push(Effect::Notify {
+        kind: "triage",
+        message: format!("triage verdict: {v:?}"),
+    });
+    match v {
+        Verdict::Continue | Verdict::Extend => t.ladder.enter(Rung::Warned, now),
+        Verdict::Nudge(text) => {
+            let window = policy.nudge_window.as_millis() as i64;
+            if t.ladder.nudges_within(now, window) < policy.nudge_budget as usize
+                && argus_shared::command::validate_nudge(&text).is_ok()
+            {
+                nudge(t, &text, "triage asked for a nudge", now, fx);
+            } else {
+                t.ladder.enter(Rung::Warned, now);
+            }
+        }
+        Verdict::Restart => t.ladder.enter(Rung::Confirming(Destructive::Restart), now),
+        Verdict::Kill => t.ladder.enter(Rung::Confirming(Destructive::Kill), now),
+        Verdict::NeedsHuman(why) => {
+            t.ladder.enter(Rung::Done, now);
+            fx.push(Effect::Notify {
+                kind: "needs_human",
+                message: why,
+            });
+        }
+    }
+}
+
+/// A death: announce it, count it towards the crash-loop budget and, when the policy allows,
+/// schedule a restart with backoff.
+fn death(t: &mut Track, what: &str, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut Vec<Effect>) {
     fx.push(Effect::Notify {
         kind: "agent_died",
         message: format!("{what}: {}", t.reason),
     });
     let allowed = match policy.restart_on_death {
         RestartOnDeath::Never => false,
-        RestartOnDeath::Labelled => t.obs.labels.get("restart").is_some_and(|l| !l.is_empty()),
+        RestartOnDeath::Labelled => t.obs.label("restart").is_some(),
         RestartOnDeath::Always => true,
     };
     if !allowed || t.operator_killed || t.restart_command().is_none() || t.restart_wanted {
         return;
     }
+    if let Some(r) = &t.durable.rate {
+        // A rate-limited agent that exits is not a crash: it restarts when the cooldown ends.
+        t.durable.restart_not_before = r.until.max(ctx.provider_cooldown_until.unwrap_or(0));
+        t.restart_wanted = true;
+        return;
+    }
+    let d = &mut t.durable;
     let window = policy.restart_window.as_millis() as i64;
-    t.restarts.retain(|at| now - at < window);
+    let crash_window = policy.crash_loop_window.as_millis() as i64;
+    d.restarts.retain(|at| now - at < window);
+    d.crashes.retain(|at| now - at < crash_window);
+    d.crashes.push(now);
+    if d.restarts_blocked || d.restarts.len() > policy.max_restarts as usize {
+        if !d.restarts_blocked {
+            d.restarts_blocked = true;
+            fx.push(Effect::Notify {
+                kind: "needs_human",
+                message: format!(
+                    "crash loop: {} restarts within {} s; no more blind restarts",
+                    d.restarts.len(),
+                    window / 1000
+                ),
+            });
+        }
+        return;
+    }
+    let n = d.restarts.len().min(30) as u32;
     let min = policy.restart_backoff_min.as_millis() as i64;
     let max = policy.restart_backoff_max.as_millis() as i64;
-    let backoff = if t.restarts.is_empty() {
-        0
-    } else {
-        (min << (t.restarts.len() - 1).min(20)).min(max)
-    };
+    let backoff = min.saturating_mul(1i64 << n).min(max);
+    // "Equal jitter": half fixed, half random, so restarts of many sessions spread out.
+    let delay = backoff / 2 + (backoff as f64 / 2.0 * ctx.jitter) as i64;
+    let mut not_before = now + delay;
+    if d.crashes.len() >= policy.crash_loop_crashes as usize {
+        let cooldown = policy.crash_loop_cooldown.as_millis() as i64;
+        not_before = not_before.max(now + cooldown);
+        fx.push(Effect::Notify {
+            kind: "crash_loop",
+            message: format!(
+                "{} crashes within {} s: no restart for {} s",
+                d.crashes.len(),
+                crash_window / 1000,
+                cooldown / 1000
+            ),
+        });
+        d.crashes.clear();
+    }
+    d.restart_not_before = not_before;
     t.restart_wanted = true;
-    t.restart_not_before = t
-        .restarts
-        .last()
-        .map_or(now, |last| (last + backoff).max(now));
-    if now >= t.restart_not_before {
-        issue_restart(t, what, now, policy, fx);
+    if now >= not_before && ctx.destructive_allowed {
+        issue_restart(t, what, now, policy, ctx, fx);
     }
 }
 
-fn issue_restart(t: &mut Track, why: &str, now: UnixMs, _policy: &Policy, fx: &mut Vec<Effect>) {
+fn issue_restart(
+    t: &mut Track,
+    why: &str,
+    now: UnixMs,
+    _policy: &Policy,
+    _ctx: &Ctx,
+    fx: &mut Vec<Effect>,
+) {
     let Some(command) = t.restart_command() else {
         return;
     };
     t.restart_wanted = false;
-    t.restarts.push(now);
+    t.durable.restarts.push(now);
     fx.push(Effect::Command {
         action: Action::Restart {
             command,

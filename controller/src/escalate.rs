@@ -1,9 +1,19 @@
-//! The escalation ladder of one session: which rung it stands on, since when, and the nudge
-//! budget. The rungs grow with the policy (triage, terminate); each has a dwell time.
+//! The escalation ladder of one session: warn -> nudge -> triage -> (confirm) -> restart or kill,
+//! each rung with a dwell time, nudges within a budget per window. Any activity sends the session
+//! back to the bottom rung; the nudge history stays so that the budget holds across resets.
 
 use std::collections::VecDeque;
 
 use argus_shared::time::UnixMs;
+
+/// A destructive step waiting for its confirming re-check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destructive {
+    /// Start the agent again (respawn-pane with its command).
+    Restart,
+    /// End the session.
+    Kill,
+}
 
 /// A rung of the ladder, lowest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -15,8 +25,29 @@ pub enum Rung {
     Warned,
     /// At least one nudge was sent.
     Nudged,
-    /// A restart was ordered (or refused for want of a command).
-    Restarted,
+    /// Triage was asked; its verdict is awaited.
+    Triaging,
+    /// A destructive step waits `confirm_after` for a re-check.
+    Confirming(Destructive),
+    /// The ladder's end: a restart or kill was ordered, or a person was called.
+    Done,
+}
+
+/// What triage answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The agent is fine: leave it.
+    Continue,
+    /// Not sure: wait one more dwell (also what a timeout means).
+    Extend,
+    /// Type this text.
+    Nudge(String),
+    /// Start the agent again.
+    Restart,
+    /// End the session.
+    Kill,
+    /// Call a person; no more automatic steps until activity.
+    NeedsHuman(String),
 }
 
 /// Ladder state of one session.
@@ -30,6 +61,8 @@ pub struct Ladder {
     pub nudges: VecDeque<UnixMs>,
     /// "A person is attached, nudge held" was announced.
     pub held_for_human: bool,
+    /// "Destructive step held" was announced.
+    pub held_destructive: bool,
 }
 
 impl Ladder {
@@ -37,6 +70,7 @@ impl Ladder {
     pub fn enter(&mut self, rung: Rung, now: UnixMs) {
         self.rung = rung;
         self.entered_ms = now;
+        self.held_destructive = false;
     }
 
     /// Back to the bottom rung (activity was seen). The nudge history stays: the budget counts
@@ -44,6 +78,7 @@ impl Ladder {
     pub fn reset(&mut self) {
         self.rung = Rung::Clear;
         self.held_for_human = false;
+        self.held_destructive = false;
     }
 
     /// Records a nudge at `now`.

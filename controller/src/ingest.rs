@@ -149,7 +149,7 @@ impl NodeAgentService for AgentApi {
 
 /// Applies every message of one stream; returns why the stream ended.
 async fn serve_stream(
-    sup: &Supervisor,
+    sup: &Arc<Supervisor>,
     node_id: &str,
     stream_id: u64,
     inbound: &mut Streaming<pb::AgentMessage>,
@@ -198,7 +198,7 @@ fn session_ref(node_id: &str, socket: &str, name: &str) -> Option<SessionRef> {
     }
 }
 
-async fn apply_report(sup: &Supervisor, node_id: &str, r: pb::Report, now: i64) {
+async fn apply_report(sup: &Arc<Supervisor>, node_id: &str, r: pb::Report, now: i64) {
     let mut seen = HashSet::new();
     for o in r.sessions {
         let Some(key) = session_ref(node_id, &o.tmux_socket, &o.session_name) else {
@@ -226,7 +226,7 @@ async fn apply_report(sup: &Supervisor, node_id: &str, r: pb::Report, now: i64) 
     }
 }
 
-async fn apply_event(sup: &Supervisor, node_id: &str, e: pb::Event, now: i64) {
+async fn apply_event(sup: &Arc<Supervisor>, node_id: &str, e: pb::Event, now: i64) {
     let Some(key) = session_ref(node_id, &e.tmux_socket, &e.session_name) else {
         return;
     };
@@ -263,6 +263,7 @@ fn observation(o: pb::SessionObservation) -> Observation {
         agent_cpu_ms: o.agent_cpu_ms,
         screen_hash: o.screen_hash,
         rate_limit_reset_at: o.rate_limit_reset_at,
+        last_output_ms: o.last_output_ms,
         attached_clients: o.attached_clients,
         start_command: o.start_command,
         cwd: o.cwd,

@@ -2,6 +2,8 @@
 //! policy, persists what must survive a restart, sends commands back, and serves the admin API.
 
 pub mod api;
+pub mod correlate;
+pub mod demo;
 pub mod detect;
 pub mod dispatch;
 pub mod escalate;
@@ -9,10 +11,13 @@ pub mod events;
 pub mod fleet;
 pub mod http;
 pub mod ingest;
+pub mod notify;
+pub mod outbound;
 pub mod policy;
 pub mod server;
 pub mod store;
 pub mod supervisor;
+pub mod triage;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,6 +53,8 @@ pub struct Config {
     pub local: Option<argus_node_agent::Config>,
     /// Controller tick.
     pub tick: Duration,
+    /// Webhook URLs for incident notifications (`http://` only).
+    pub webhooks: Vec<String>,
 }
 
 /// Loads the policy file, or the defaults.
@@ -91,14 +98,32 @@ pub async fn run(
     let writer_stop = CancellationToken::new();
     let writer_tasks = TaskTracker::new();
     let recorder = Recorder::start(store.clone(), writer_stop.clone(), &writer_tasks);
+    let durables = store
+        .durables()
+        .await?
+        .into_iter()
+        .filter_map(|(k, data)| serde_json::from_str(&data).ok().map(|d| (k, d)))
+        .collect();
+    let incidents = store
+        .incidents(false, 10_000)
+        .await?
+        .into_iter()
+        .filter_map(supervisor::incident_from_row)
+        .collect();
     let controller_id = format!("ctl-{}-{}", std::process::id(), now_ms());
-    let sup = Arc::new(Supervisor::new(
+    let notifier = notify::Notifier::start(config.webhooks.clone(), &tasks, shutdown.clone());
+    let sup = Arc::new(Supervisor::new(supervisor::Parts {
         controller_id,
         store,
         recorder,
         policy,
+        policy_file: config.policy_file.clone(),
         recorded,
-    ));
+        durables,
+        incidents,
+        notifier,
+        tasks: tasks.clone(),
+    }));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

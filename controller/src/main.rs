@@ -44,6 +44,13 @@ struct Args {
     /// With --local: probe interval.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     probe_interval: Duration,
+    /// Webhook URL for incident notifications (repeatable; http:// only).
+    #[arg(long = "webhook", env = "ARGUS_WEBHOOK")]
+    webhooks: Vec<String>,
+    /// With --local: also start a private tmux server with simulated misbehaving agents and
+    /// supervise it (instead of this machine's tmux sessions).
+    #[arg(long, requires = "local")]
+    demo: bool,
     /// Controller tick (time-driven decisions).
     #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
     tick: Duration,
@@ -78,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
         policy_file: args.policy,
         local,
         tick: args.tick,
+        webhooks: args.webhooks,
     };
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();

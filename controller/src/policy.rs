@@ -61,6 +61,83 @@ pub struct Policy {
     /// Dead sessions leave the live view after this long (their history stays in the store).
     #[serde(with = "humantime_serde")]
     pub forget_dead_after: Duration,
+    /// Time a destructive decision waits for a confirming re-check (still idle, node up).
+    #[serde(with = "humantime_serde")]
+    pub confirm_after: Duration,
+    /// Who answers at the triage rung.
+    pub triage: TriageConfig,
+    /// Triage gets this long; no answer means "extend", never "kill".
+    #[serde(with = "humantime_serde")]
+    pub triage_timeout: Duration,
+    /// Rate-limit cooldown when the screen names no reset time.
+    #[serde(with = "humantime_serde")]
+    pub rate_limit_cooldown: Duration,
+    /// The renewal that forces a restart (cooldowns shrink as cooldown / renewals before it).
+    pub rate_limit_max_renewals: u32,
+    /// What is typed when a cooldown ends.
+    pub rate_limit_resume_text: String,
+    /// Deaths within `crash_loop_window` that make a crash loop.
+    pub crash_loop_crashes: u32,
+    /// Window of `crash_loop_crashes`.
+    #[serde(with = "humantime_serde")]
+    pub crash_loop_window: Duration,
+    /// No restart for this long once a crash loop is seen.
+    #[serde(with = "humantime_serde")]
+    pub crash_loop_cooldown: Duration,
+    /// More restarts than this within `restart_window`: no more blind restarts, triage and a human.
+    pub max_restarts: u32,
+    /// Restart history is forgotten after this long healthy.
+    #[serde(with = "humantime_serde")]
+    pub healthy_reset: Duration,
+    /// Rate-limited sessions on one provider/account within `provider_window` that make one
+    /// provider incident.
+    pub provider_incident_sessions: u32,
+    /// Window of `provider_incident_sessions`.
+    #[serde(with = "humantime_serde")]
+    pub provider_window: Duration,
+    /// Deaths on one host within `mass_death_window` that make one host incident.
+    pub mass_death_deaths: u32,
+    /// Window of `mass_death_deaths`.
+    #[serde(with = "humantime_serde")]
+    pub mass_death_window: Duration,
+    /// Restarts on a host are held this long after its last death in a mass-death incident.
+    #[serde(with = "humantime_serde")]
+    pub mass_death_hold: Duration,
+    /// Share of nodes silent at once (with at least 2 nodes) at which the controller suspects its
+    /// own network and freezes every destructive action.
+    pub self_suspect_share: f64,
+    /// Fleet-wide kills and restarts per minute.
+    pub fleet_destructive_per_minute: u32,
+    /// An open incident is notified again (webhooks) at most this often.
+    #[serde(with = "humantime_serde")]
+    pub notify_repeat: Duration,
+    /// Per-group overrides (`@argus-group`): `[groups.NAME]` with any of the keys above.
+    #[serde(skip)]
+    pub groups: std::collections::BTreeMap<String, std::sync::Arc<Policy>>,
+}
+
+/// Who answers at the triage rung.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum TriageConfig {
+    /// The built-in heuristic (reads the classified screen and history).
+    #[default]
+    Builtin,
+    /// An external command: the case as JSON on stdin, a verdict as JSON on stdout.
+    Command {
+        /// argv of the command.
+        argv: Vec<String>,
+    },
+    /// An OpenAI-compatible chat completions endpoint (`http://` only for now).
+    Openai {
+        /// Base URL, e.g. `http://127.0.0.1:8000/v1`.
+        url: String,
+        /// Model name.
+        model: String,
+        /// Environment variable holding the API key, if any.
+        #[serde(default)]
+        api_key_env: String,
+    },
 }
 
 impl Default for Policy {
@@ -82,6 +159,26 @@ impl Default for Policy {
             node_down_after: Duration::from_secs(15),
             command_timeout: Duration::from_secs(10),
             forget_dead_after: Duration::from_secs(3600),
+            confirm_after: Duration::from_secs(2),
+            triage: TriageConfig::Builtin,
+            triage_timeout: Duration::from_secs(30),
+            rate_limit_cooldown: Duration::from_secs(300),
+            rate_limit_max_renewals: 4,
+            rate_limit_resume_text: "continue".to_owned(),
+            crash_loop_crashes: 3,
+            crash_loop_window: Duration::from_secs(120),
+            crash_loop_cooldown: Duration::from_secs(120),
+            max_restarts: 5,
+            healthy_reset: Duration::from_secs(600),
+            provider_incident_sessions: 2,
+            provider_window: Duration::from_secs(300),
+            mass_death_deaths: 3,
+            mass_death_window: Duration::from_secs(10),
+            mass_death_hold: Duration::from_secs(60),
+            self_suspect_share: 0.5,
+            fleet_destructive_per_minute: 30,
+            notify_repeat: Duration::from_secs(4 * 3600),
+            groups: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -94,22 +191,67 @@ pub enum PolicyError {
     Parse(#[from] toml::de::Error),
     /// A value is out of range.
     #[error("policy key `{key}`: {why}")]
-    Invalid { key: &'static str, why: String },
+    Invalid { key: String, why: String },
 }
 
 impl Policy {
-    /// Parses and validates a policy document.
+    /// Parses and validates a policy document. `[groups.NAME]` tables override keys for the
+    /// sessions whose `@argus-group` is NAME.
     pub fn from_toml(text: &str) -> Result<Self, PolicyError> {
-        let p: Self = toml::from_str(text)?;
+        let mut table: toml::Table = toml::from_str(text)?;
+        let groups = match table.remove("groups") {
+            None => toml::Table::new(),
+            Some(toml::Value::Table(t)) => t,
+            Some(_) => {
+                return Err(PolicyError::Invalid {
+                    key: "groups".into(),
+                    why: "must be a table of [groups.NAME] tables".into(),
+                });
+            }
+        };
+        let mut p: Self = table.clone().try_into()?;
         p.validate()?;
+        for (name, overrides) in groups {
+            let toml::Value::Table(overrides) = overrides else {
+                return Err(PolicyError::Invalid {
+                    key: format!("groups.{name}"),
+                    why: "must be a table".into(),
+                });
+            };
+            let mut merged = table.clone();
+            merged.extend(overrides);
+            let g: Self = merged
+                .try_into()
+                .map_err(|e: toml::de::Error| PolicyError::Invalid {
+                    key: format!("groups.{name}"),
+                    why: e.to_string(),
+                })?;
+            g.validate().map_err(|e| match e {
+                PolicyError::Invalid { key, why } => PolicyError::Invalid {
+                    key: format!("groups.{name}.{key}"),
+                    why,
+                },
+                other => other,
+            })?;
+            p.groups.insert(name, std::sync::Arc::new(g));
+        }
         Ok(p)
+    }
+
+    /// The policy for a session of `group` (its `@argus-group` label): the group's overrides, or
+    /// this policy.
+    pub fn for_group<'a>(
+        self: &'a std::sync::Arc<Self>,
+        group: Option<&str>,
+    ) -> &'a std::sync::Arc<Self> {
+        group.and_then(|g| self.groups.get(g)).unwrap_or(self)
     }
 
     /// Checks ranges and relations between keys.
     pub fn validate(&self) -> Result<(), PolicyError> {
-        let invalid = |key, why: &str| {
+        let invalid = |key: &str, why: &str| {
             Err(PolicyError::Invalid {
-                key,
+                key: key.to_owned(),
                 why: why.to_owned(),
             })
         };
@@ -127,6 +269,29 @@ impl Policy {
         }
         if let Err(e) = argus_shared::command::validate_nudge(&self.nudge_text) {
             return invalid("nudge_text", &e.to_string());
+        }
+        if let Err(e) = argus_shared::command::validate_nudge(&self.rate_limit_resume_text) {
+            return invalid("rate_limit_resume_text", &e.to_string());
+        }
+        if self.rate_limit_max_renewals == 0 {
+            return invalid("rate_limit_max_renewals", "must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.self_suspect_share) || self.self_suspect_share == 0.0 {
+            return invalid("self_suspect_share", "must be in (0, 1]");
+        }
+        if self.crash_loop_crashes == 0
+            || self.mass_death_deaths == 0
+            || self.provider_incident_sessions == 0
+        {
+            return invalid("crash_loop_crashes", "counts must be at least 1");
+        }
+        if self.triage_timeout.is_zero() {
+            return invalid("triage_timeout", "must be positive");
+        }
+        if let TriageConfig::Command { argv } = &self.triage
+            && argv.is_empty()
+        {
+            return invalid("triage.argv", "must name a command");
         }
         if self.command_timeout.is_zero() {
             return invalid("command_timeout", "must be positive");
@@ -147,6 +312,27 @@ mod tests {
         assert_eq!(p.nudge_dwell, Duration::from_secs(5));
         assert_eq!(p.restart_on_death, RestartOnDeath::Always);
         assert_eq!(p.idle_checks, 3);
+    }
+
+    #[test]
+    fn groups_override_the_base() {
+        let p = std::sync::Arc::new(
+            Policy::from_toml(
+                "nudge_dwell = \"5s\"\n[groups.night]\nnudge_budget = 10\n[triage]\nkind = \"command\"\nargv = [\"/bin/true\"]",
+            )
+            .expect("parses"),
+        );
+        let night = p.for_group(Some("night"));
+        assert_eq!(night.nudge_budget, 10);
+        assert_eq!(night.nudge_dwell, Duration::from_secs(5));
+        assert_eq!(p.for_group(Some("day")).nudge_budget, 3);
+        assert_eq!(p.for_group(None).nudge_budget, 3);
+        assert!(matches!(p.triage, TriageConfig::Command { .. }));
+        let e = Policy::from_toml("[groups.x]\nnudge_budgte = 1").expect_err("typo in group");
+        assert!(
+            e.to_string().contains("groups.x") && e.to_string().contains("nudge_budgte"),
+            "{e}"
+        );
     }
 
     #[test]

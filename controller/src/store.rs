@@ -74,6 +74,23 @@ pub struct CommandRow {
     pub finished_at_ms: i64,
 }
 
+/// A stored incident.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncidentRow {
+    pub id: String,
+    pub kind: String,
+    pub scope: String,
+    pub opened_ms: i64,
+    /// 0 while open.
+    pub closed_ms: i64,
+    /// 0 while not acknowledged.
+    pub acked_ms: i64,
+    pub acked_by: String,
+    pub summary: String,
+    pub sessions: u32,
+    pub until_ms: i64,
+}
+
 /// One write for the recorder.
 #[derive(Debug, Clone)]
 pub enum Write {
@@ -85,6 +102,14 @@ pub enum Write {
         message: String,
         at_ms: i64,
     },
+    /// A session's durable policy state (JSON), replacing the previous one.
+    Durable {
+        session: SessionRef,
+        data: String,
+        at_ms: i64,
+    },
+    /// An incident, inserted or replaced.
+    Incident(IncidentRow),
 }
 
 /// A session's recorded history, newest first.
@@ -108,6 +133,14 @@ pub trait Store: Send + Sync + 'static {
     async fn history(&self, session: &SessionRef, limit: u32) -> Result<History, StoreError>;
     /// The last recorded state of every session.
     async fn last_states(&self) -> Result<Vec<(SessionRef, String)>, StoreError>;
+    /// Every session's durable policy state (JSON).
+    async fn durables(&self) -> Result<Vec<(SessionRef, String)>, StoreError>;
+    /// Incidents, open ones first then newest first; closed ones only with `include_closed`.
+    async fn incidents(
+        &self,
+        include_closed: bool,
+        limit: u32,
+    ) -> Result<Vec<IncidentRow>, StoreError>;
 }
 
 /// Opens the store named by `url`.

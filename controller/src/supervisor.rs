@@ -1,20 +1,57 @@
 //! The supervisor ties the pure decision core to the world: it feeds inputs to each session's
-//! [`Track`] through [`detect::step`], then carries out the effects (record, announce, command).
-//! It also owns the periodic tick: node health from heartbeats, time-driven session decisions,
+//! [`Track`] through [`detect::step`] with the fleet-level [`Ctx`] from correlation, then carries
+//! out the effects (record, announce, command, triage, persist). It also owns the periodic tick:
+//! node health from heartbeats, time-driven session decisions, incident expiry, policy reload,
 //! expiry of unanswered commands.
 
-use std::sync::{Arc, RwLock};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
 
+use argus_shared::command::Action;
 use argus_shared::state::SessionState;
 use argus_shared::time::UnixMs;
 use dashmap::DashMap;
+use tokio_util::task::TaskTracker;
 
-use crate::detect::{self, Effect, Input, Track};
+use crate::correlate::{Change, Correlator, Incident, provider_scope};
+use crate::detect::{self, Ctx, Durable, Effect, Input, Track};
 use crate::dispatch::{Dispatcher, Origin};
 use crate::events::Events;
 use crate::fleet::{Fleet, Health};
+use crate::notify::Notifier;
 use crate::policy::Policy;
-use crate::store::{Recorder, SessionRef, Store, TransitionRow, Write};
+use crate::store::{IncidentRow, Recorder, SessionRef, Store, TransitionRow, Write};
+
+/// The fleet-wide budget of kills and restarts: a token bucket refilled continuously.
+#[derive(Debug)]
+struct Budget {
+    tokens: f64,
+    last_ms: UnixMs,
+}
+
+impl Budget {
+    fn refill(&mut self, now: UnixMs, per_minute: u32) {
+        let cap = f64::from(per_minute);
+        let elapsed = (now - self.last_ms).max(0) as f64;
+        self.tokens = (self.tokens + elapsed * cap / 60_000.0).min(cap);
+        self.last_ms = now;
+    }
+}
+
+/// What the supervisor is built from.
+pub struct Parts {
+    pub controller_id: String,
+    pub store: Arc<dyn Store>,
+    pub recorder: Recorder,
+    pub policy: Policy,
+    pub policy_file: Option<PathBuf>,
+    pub recorded: Vec<(SessionRef, SessionState)>,
+    pub durables: Vec<(SessionRef, Durable)>,
+    pub incidents: Vec<Incident>,
+    pub notifier: Notifier,
+    pub tasks: TaskTracker,
+}
 
 /// Everything the controller's services share.
 pub struct Supervisor {
@@ -25,37 +62,65 @@ pub struct Supervisor {
     pub events: Events,
     pub store: Arc<dyn Store>,
     policy: RwLock<Arc<Policy>>,
+    policy_file: Option<PathBuf>,
+    policy_mtime: Mutex<Option<SystemTime>>,
     /// Last states recorded before this controller started, consumed as sessions reappear.
     recorded: DashMap<SessionRef, SessionState>,
+    durables: DashMap<SessionRef, Durable>,
+    correlator: Mutex<Correlator>,
+    budget: Mutex<Budget>,
+    notifier: Notifier,
+    tasks: TaskTracker,
+    verdicts: tokio::sync::mpsc::Sender<(SessionRef, crate::escalate::Verdict)>,
+    verdicts_rx:
+        tokio::sync::Mutex<tokio::sync::mpsc::Receiver<(SessionRef, crate::escalate::Verdict)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Supervisor {
-    /// A supervisor over an empty live fleet; `recorded` are the states the store remembers.
-    pub fn new(
-        controller_id: String,
-        store: Arc<dyn Store>,
-        recorder: Recorder,
-        policy: Policy,
-        recorded: Vec<(SessionRef, SessionState)>,
-    ) -> Self {
+    /// A supervisor over an empty live fleet.
+    pub fn new(p: Parts) -> Self {
         let fleet = Arc::new(Fleet::default());
         let events = Events::default();
         let dispatch = Dispatcher::new(
             fleet.clone(),
-            recorder.clone(),
+            p.recorder.clone(),
             events.clone(),
-            controller_id.clone(),
-            policy.command_timeout,
+            p.controller_id.clone(),
+            p.policy.command_timeout,
         );
+        let mut correlator = Correlator::new(format!("inc-{}", p.controller_id));
+        correlator.restore(p.incidents);
+        let per_minute = f64::from(p.policy.fleet_destructive_per_minute);
+        let policy_mtime = p
+            .policy_file
+            .as_ref()
+            .and_then(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok());
+        let (verdicts, verdicts_rx) = tokio::sync::mpsc::channel(1024);
         Self {
-            controller_id,
+            verdicts,
+            verdicts_rx: tokio::sync::Mutex::new(verdicts_rx),
+            controller_id: p.controller_id,
             fleet,
             dispatch,
-            recorder,
+            recorder: p.recorder,
             events,
-            store,
-            policy: RwLock::new(Arc::new(policy)),
-            recorded: recorded.into_iter().collect(),
+            store: p.store,
+            policy: RwLock::new(Arc::new(p.policy)),
+            policy_file: p.policy_file,
+            policy_mtime: Mutex::new(policy_mtime),
+            recorded: p.recorded.into_iter().collect(),
+            durables: p.durables.into_iter().collect(),
+            correlator: Mutex::new(correlator),
+            budget: Mutex::new(Budget {
+                tokens: per_minute,
+                last_ms: argus_shared::time::now_ms(),
+            }),
+            notifier: p.notifier,
+            tasks: p.tasks,
         }
     }
 
@@ -67,17 +132,45 @@ impl Supervisor {
             .unwrap_or_else(|e| e.into_inner().clone())
     }
 
+    /// The fleet-level context for one session's step.
+    fn ctx(&self, node_id: &str, scope: Option<&str>, now: UnixMs, policy: &Policy) -> Ctx {
+        let node_up = self
+            .fleet
+            .nodes
+            .get(node_id)
+            .is_some_and(|n| n.health == Health::Up && n.link.is_some());
+        let (frozen, held, cooldown) = {
+            let c = lock(&self.correlator);
+            (
+                c.frozen(),
+                c.host_held(node_id),
+                scope.and_then(|s| c.provider_cooldown(s)),
+            )
+        };
+        let budget_left = {
+            let mut b = lock(&self.budget);
+            b.refill(now, policy.fleet_destructive_per_minute);
+            b.tokens >= 1.0
+        };
+        Ctx {
+            destructive_allowed: node_up && !frozen && !held && budget_left,
+            provider_cooldown_until: cooldown,
+            jitter: rand::random::<f64>(),
+        }
+    }
+
     /// Feeds one input to a session and carries out what follows. Inputs other than observations
     /// for sessions the controller does not track are ignored.
-    pub async fn apply(&self, key: &SessionRef, input: Input, now: UnixMs) {
-        let policy = self.policy();
-        let effects = {
+    pub async fn apply(self: &Arc<Self>, key: &SessionRef, input: Input, now: UnixMs) {
+        let base = self.policy();
+        let (effects, scope, durable) = {
             let creates = matches!(input, Input::Observed(_));
             let mut track = match self.fleet.sessions.get_mut(key) {
                 Some(t) => t,
                 None if creates => {
                     let recorded = self.recorded.remove(key).map(|(_, s)| s);
-                    let mut t = Track::new(now, recorded);
+                    let durable = self.durables.remove(key).map(|(_, d)| d);
+                    let mut t = Track::new(now, recorded, durable);
                     if let Some(n) = self.fleet.nodes.get(&key.node_id) {
                         t.probe_ms = n.probe_ms;
                     }
@@ -85,12 +178,40 @@ impl Supervisor {
                 }
                 None => return,
             };
-            detect::step(&mut track, input, now, &policy)
+            // Labels come with the observation: use the new ones when there are.
+            let labels = match &input {
+                Input::Observed(o) => &o.labels,
+                _ => &track.obs.labels,
+            };
+            let group = labels.get("group").cloned();
+            let scope = provider_scope(
+                labels.get("provider").map(String::as_str),
+                labels.get("account").map(String::as_str),
+            );
+            let policy = base.for_group(group.as_deref()).clone();
+            let ctx = self.ctx(&key.node_id, scope.as_deref(), now, &policy);
+            let effects = detect::step(&mut track, input, now, &policy, &ctx);
+            let durable = effects.contains(&Effect::Persist).then(|| {
+                (
+                    track.durable.clone(),
+                    track.durable.rate.as_ref().map(|r| r.until),
+                )
+            });
+            (effects, scope, durable)
         };
-        self.carry_out(key, effects, now).await;
+        self.carry_out(key, effects, scope, durable, now).await;
     }
 
-    async fn carry_out(&self, key: &SessionRef, effects: Vec<Effect>, now: UnixMs) {
+    async fn carry_out(
+        self: &Arc<Self>,
+        key: &SessionRef,
+        effects: Vec<Effect>,
+        scope: Option<String>,
+        durable: Option<(Durable, Option<UnixMs>)>,
+        now: UnixMs,
+    ) {
+        let policy = self.policy();
+        let mut changes = Vec::new();
         for effect in effects {
             match effect {
                 Effect::Transition { from, to, reason } => {
@@ -112,6 +233,22 @@ impl Supervisor {
                         .await;
                 }
                 Effect::Notify { kind, message } => {
+                    {
+                        let mut c = lock(&self.correlator);
+                        match (kind, &scope) {
+                            ("rate_limited" | "rate_limit_renewed", Some(s)) => {
+                                let until = durable.as_ref().and_then(|d| d.1).unwrap_or(now);
+                                changes.extend(c.rate_limited(key, s, until, now, &policy));
+                            }
+                            ("rate_limit_cleared", Some(s)) => {
+                                changes.extend(c.rate_cleared(key, s, now))
+                            }
+                            ("agent_died", _) => {
+                                changes.extend(c.death(&key.node_id, now, &policy))
+                            }
+                            _ => {}
+                        }
+                    }
                     self.events
                         .publish(&key.node_id, &key.session_name, kind, message, None);
                 }
@@ -120,40 +257,210 @@ impl Supervisor {
                     reason,
                     incarnation,
                 } => {
-                    let up = self
-                        .fleet
-                        .nodes
-                        .get(&key.node_id)
-                        .is_some_and(|n| n.health == Health::Up && n.link.is_some());
-                    if !up {
-                        self.events.publish(
+                    if action.is_destructive() {
+                        let spent = {
+                            let mut b = lock(&self.budget);
+                            b.refill(now, policy.fleet_destructive_per_minute);
+                            let spent = b.tokens < 1.0;
+                            if !spent {
+                                b.tokens -= 1.0;
+                            }
+                            spent
+                        };
+                        if spent {
+                            self.events.publish(
+                                &key.node_id,
+                                &key.session_name,
+                                "command_held",
+                                format!("{} not sent: fleet budget of kills and restarts spent ({reason})", action.name()),
+                                None,
+                            );
+                            continue;
+                        }
+                    }
+                    self.send(key, action, incarnation, &reason).await;
+                }
+                Effect::Triage(case) => {
+                    let sup = self.clone();
+                    let key = key.clone();
+                    let policy = policy.clone();
+                    self.tasks.spawn(async move {
+                        let screen = sup
+                            .dispatch
+                            .call(
+                                &key,
+                                Action::Capture { lines: 40 },
+                                None,
+                                Origin::Policy,
+                                "triage reads the screen",
+                            )
+                            .await
+                            .map(|r| r.output)
+                            .unwrap_or_default();
+                        let verdict = crate::triage::ask(
+                            &policy.triage,
+                            policy.triage_timeout,
                             &key.node_id,
                             &key.session_name,
-                            "command_held",
-                            format!("{} not sent: node is not up ({reason})", action.name()),
-                            None,
-                        );
-                        continue;
-                    }
-                    if let Err(e) = self
-                        .dispatch
-                        .send(key, action, incarnation, Origin::Policy, &reason)
-                        .await
+                            &case,
+                            &screen,
+                        )
+                        .await;
+                        // Applied by the next tick (a direct call would make apply recursive).
+                        if sup.verdicts.send((key, verdict)).await.is_err() {
+                            tracing::warn!("triage verdict dropped: controller stopping");
+                        }
+                    });
+                }
+                Effect::Persist => {
+                    if let Some((d, _)) = &durable
+                        && let Ok(data) = serde_json::to_string(d)
                     {
-                        tracing::warn!(node = %key.node_id, session = %key.session_name, error = %e, "policy command not sent");
+                        self.recorder
+                            .record(Write::Durable {
+                                session: key.clone(),
+                                data,
+                                at_ms: now,
+                            })
+                            .await;
                     }
                 }
             }
         }
+        self.incident_changes(changes).await;
     }
 
-    /// One controller tick: node health, then time-driven decisions for the sessions of nodes
-    /// that are up (a silent node's sessions get no per-session action).
-    pub async fn tick(&self, now: UnixMs) {
+    async fn send(
+        &self,
+        key: &SessionRef,
+        action: Action,
+        incarnation: Option<detect::Incarnation>,
+        reason: &str,
+    ) {
+        let up = self
+            .fleet
+            .nodes
+            .get(&key.node_id)
+            .is_some_and(|n| n.health == Health::Up && n.link.is_some());
+        if !up {
+            self.events.publish(
+                &key.node_id,
+                &key.session_name,
+                "command_held",
+                format!("{} not sent: node is not up ({reason})", action.name()),
+                None,
+            );
+            return;
+        }
+        if let Err(e) = self
+            .dispatch
+            .send(key, action, incarnation, Origin::Policy, reason)
+            .await
+        {
+            tracing::warn!(node = %key.node_id, session = %key.session_name, error = %e, "policy command not sent");
+        }
+    }
+
+    /// Records, announces and notifies incident changes.
+    async fn incident_changes(&self, changes: Vec<Change>) {
+        for change in changes {
+            let (kind, i) = match &change {
+                Change::Opened(i) => ("incident_opened", i),
+                Change::Reminder(i) => ("incident_reminder", i),
+                Change::Closed(i) => ("incident_closed", i),
+            };
+            let node = if i.kind == crate::correlate::IncidentKind::HostSilent
+                || i.kind == crate::correlate::IncidentKind::MassDeath
+            {
+                i.scope.as_str()
+            } else {
+                ""
+            };
+            self.events.publish(
+                node,
+                "",
+                kind,
+                format!("{} {} [{}]: {}", i.kind.as_str(), i.scope, i.id, i.summary),
+                None,
+            );
+            self.notifier.incident(&change);
+            self.recorder.record(Write::Incident(incident_row(i))).await;
+        }
+    }
+
+    /// A node attached (or came back): it is up.
+    pub async fn node_up(&self, node_id: &str, now: UnixMs) {
+        let policy = self.policy();
+        let changes = lock(&self.correlator).node_health(node_id, Health::Up, now, &policy);
+        self.incident_changes(changes).await;
+    }
+
+    /// Acknowledges an open incident.
+    pub async fn ack_incident(&self, id: &str, by: &str, now: UnixMs) -> Option<Incident> {
+        let i = lock(&self.correlator).ack(id, by, now)?;
+        self.recorder
+            .record(Write::Incident(incident_row(&i)))
+            .await;
+        self.events.publish(
+            "",
+            "",
+            "incident_acked",
+            format!("{} acknowledged by {by}", i.id),
+            None,
+        );
+        Some(i)
+    }
+
+    /// Reloads the policy file when it changed; a bad file is refused and the old policy stays.
+    pub fn reload_policy(&self) {
+        let Some(path) = &self.policy_file else {
+            return;
+        };
+        let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        {
+            let mut last = lock(&self.policy_mtime);
+            if mtime == *last {
+                return;
+            }
+            *last = mtime;
+        }
+        match crate::load_policy(Some(path)) {
+            Ok(p) => {
+                if let Ok(mut cur) = self.policy.write() {
+                    *cur = Arc::new(p);
+                }
+                self.events.publish(
+                    "",
+                    "",
+                    "policy_reloaded",
+                    format!("policy reloaded from {}", path.display()),
+                    None,
+                );
+            }
+            Err(e) => {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "policy file refused; the old policy stays"
+                );
+                self.events.publish(
+                    "",
+                    "",
+                    "policy_rejected",
+                    format!("{e:#}; the old policy stays"),
+                    None,
+                );
+            }
+        }
+    }
+
+    /// One controller tick: node health, incidents, then time-driven decisions for the sessions
+    /// of nodes that are up (a silent node's sessions get no per-session action).
+    pub async fn tick(self: &Arc<Self>, now: UnixMs) {
+        self.reload_policy();
         let policy = self.policy();
         let suspect = policy.node_suspect_after.as_millis() as i64;
         let down = policy.node_down_after.as_millis() as i64;
-        let mut changes = Vec::new();
+        let mut health_changes = Vec::new();
         for mut node in self.fleet.nodes.iter_mut() {
             let silent = now - node.last_seen_ms;
             let health = if silent >= down {
@@ -165,10 +472,11 @@ impl Supervisor {
             };
             if health != node.health {
                 node.health = health;
-                changes.push((node.node_id.clone(), health, silent));
+                health_changes.push((node.node_id.clone(), health, silent));
             }
         }
-        for (node, health, silent) in changes {
+        let mut changes = Vec::new();
+        for (node, health, silent) in health_changes {
             let kind = match health {
                 Health::Up => "node_up",
                 Health::Suspect => "node_suspect",
@@ -181,6 +489,17 @@ impl Supervisor {
                 format!("node {} (silent for {} ms)", health.as_str(), silent),
                 None,
             );
+            changes.extend(lock(&self.correlator).node_health(&node, health, now, &policy));
+        }
+        changes.extend(lock(&self.correlator).tick(now, &policy));
+        self.incident_changes(changes).await;
+
+        let verdicts: Vec<_> = {
+            let mut rx = self.verdicts_rx.lock().await;
+            std::iter::from_fn(|| rx.try_recv().ok()).collect()
+        };
+        for (key, verdict) in verdicts {
+            self.apply(&key, Input::Verdict(verdict), now).await;
         }
 
         let keys: Vec<SessionRef> = self
@@ -212,4 +531,36 @@ impl Supervisor {
         }
         self.dispatch.expire(now).await;
     }
+}
+
+fn incident_row(i: &Incident) -> IncidentRow {
+    IncidentRow {
+        id: i.id.clone(),
+        kind: i.kind.as_str().to_owned(),
+        scope: i.scope.clone(),
+        opened_ms: i.opened_ms,
+        closed_ms: i.closed_ms.unwrap_or(0),
+        acked_ms: i.acked_ms.unwrap_or(0),
+        acked_by: i.acked_by.clone(),
+        summary: i.summary.clone(),
+        sessions: i.sessions,
+        until_ms: i.until_ms,
+    }
+}
+
+/// The stored form back as an incident.
+pub fn incident_from_row(r: IncidentRow) -> Option<Incident> {
+    Some(Incident {
+        kind: crate::correlate::IncidentKind::parse(&r.kind)?,
+        id: r.id,
+        scope: r.scope,
+        opened_ms: r.opened_ms,
+        closed_ms: (r.closed_ms != 0).then_some(r.closed_ms),
+        acked_ms: (r.acked_ms != 0).then_some(r.acked_ms),
+        acked_by: r.acked_by,
+        summary: r.summary,
+        sessions: r.sessions,
+        until_ms: r.until_ms,
+        notified_ms: r.opened_ms,
+    })
 }

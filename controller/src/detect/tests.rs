@@ -8,6 +8,7 @@ use argus_shared::state::SessionState;
 use proptest::prelude::*;
 
 use super::*;
+use crate::escalate::Verdict;
 use crate::policy::{Policy, RestartOnDeath};
 
 const INC: Incarnation = Incarnation {
@@ -29,6 +30,12 @@ fn obs(hash: &str, cpu: u64, condition: Condition) -> Observation {
     }
 }
 
+const CTX: Ctx = Ctx {
+    destructive_allowed: true,
+    provider_cooldown_until: None,
+    jitter: 1.0,
+};
+
 fn seen(o: Observation) -> Input {
     Input::Observed(Box::new(o))
 }
@@ -45,7 +52,7 @@ fn tick_until(t: &mut Track, from: i64, to: i64, p: &Policy) -> Vec<Effect> {
     let mut fx = Vec::new();
     let mut now = from;
     while now < to {
-        fx.extend(step(t, Input::Tick, now, p));
+        fx.extend(step(t, Input::Tick, now, p, &CTX));
         now += 1000;
     }
     fx
@@ -69,8 +76,8 @@ fn notified(fx: &[Effect], kind: &str) -> usize {
 #[test]
 fn first_observation_of_an_agent_is_working() {
     let p = policy();
-    let mut t = Track::new(0, None);
-    let fx = step(&mut t, seen(obs("a", 0, Condition::None)), 0, &p);
+    let mut t = Track::new(0, None, None);
+    let fx = step(&mut t, seen(obs("a", 0, Condition::None)), 0, &p, &CTX);
     assert_eq!(t.state, SessionState::Working);
     assert!(matches!(
         fx[0],
@@ -84,15 +91,15 @@ fn first_observation_of_an_agent_is_working() {
 #[test]
 fn idle_at_prompt_is_warned_then_nudged_within_budget() {
     let p = policy();
-    let mut t = Track::new(0, None);
-    step(&mut t, seen(obs("a", 0, Condition::AtPrompt)), 0, &p);
+    let mut t = Track::new(0, None, None);
+    step(&mut t, seen(obs("a", 0, Condition::AtPrompt)), 0, &p, &CTX);
     // Three unchanged probe intervals: stalled and warned, not yet nudged.
     let fx = tick_until(&mut t, 1000, 4000, &p);
     assert_eq!(t.state, SessionState::Stalled);
     assert_eq!(notified(&fx, "idle_warning"), 1);
     assert!(commands(&fx).is_empty());
     // After the dwell: a nudge, carrying the agent's incarnation.
-    let fx = step(&mut t, Input::Tick, 3000 + 60_000, &p);
+    let fx = step(&mut t, Input::Tick, 3000 + 60_000, &p, &CTX);
     assert!(matches!(
         &fx[..],
         [Effect::Command {
@@ -109,7 +116,7 @@ fn idle_at_prompt_is_warned_then_nudged_within_budget() {
 #[test]
 fn budget_survives_activity_between_nudges() {
     let p = policy();
-    let mut t = Track::new(0, None);
+    let mut t = Track::new(0, None, None);
     let mut now = 0;
     let mut nudges = 0;
     for round in 0..10 {
@@ -119,6 +126,7 @@ fn budget_survives_activity_between_nudges() {
             seen(obs(&format!("h{round}"), 0, Condition::AtPrompt)),
             now,
             &p,
+            &CTX,
         );
         let fx = tick_until(&mut t, now + 1000, now + 70_000, &p);
         nudges += commands(&fx).len();
@@ -131,8 +139,14 @@ fn budget_survives_activity_between_nudges() {
 #[test]
 fn thinking_agent_is_never_stalled_or_touched() {
     let p = policy();
-    let mut t = Track::new(0, None);
-    step(&mut t, seen(obs("same", 0, Condition::Thinking)), 0, &p);
+    let mut t = Track::new(0, None, None);
+    step(
+        &mut t,
+        seen(obs("same", 0, Condition::Thinking)),
+        0,
+        &p,
+        &CTX,
+    );
     let fx = tick_until(&mut t, 1000, 2 * 3600 * 1000, &p);
     assert_eq!(t.state, SessionState::Working);
     assert!(fx.is_empty(), "{fx:?}");
@@ -141,8 +155,8 @@ fn thinking_agent_is_never_stalled_or_touched() {
 #[test]
 fn cpu_counts_as_activity() {
     let p = policy();
-    let mut t = Track::new(0, None);
-    step(&mut t, seen(obs("same", 0, Condition::None)), 0, &p);
+    let mut t = Track::new(0, None, None);
+    step(&mut t, seen(obs("same", 0, Condition::None)), 0, &p, &CTX);
     let mut fx = Vec::new();
     for s in 1..600 {
         // 200 ms of CPU per second with an unchanged screen: busy.
@@ -151,8 +165,9 @@ fn cpu_counts_as_activity() {
             seen(obs("same", s * 200, Condition::None)),
             s as i64 * 1000,
             &p,
+            &CTX,
         ));
-        fx.extend(step(&mut t, Input::Tick, s as i64 * 1000 + 500, &p));
+        fx.extend(step(&mut t, Input::Tick, s as i64 * 1000 + 500, &p, &CTX));
     }
     assert_eq!(t.state, SessionState::Working);
     assert!(commands(&fx).is_empty());
@@ -161,12 +176,13 @@ fn cpu_counts_as_activity() {
 #[test]
 fn permission_prompt_needs_a_human_once_and_gets_no_command() {
     let p = policy();
-    let mut t = Track::new(0, None);
+    let mut t = Track::new(0, None, None);
     let fx = step(
         &mut t,
         seen(obs("p", 0, Condition::WaitingPermission)),
         0,
         &p,
+        &CTX,
     );
     assert_eq!(notified(&fx, "needs_human"), 1);
     let mut all = tick_until(&mut t, 1000, 2 * 3600 * 1000, &p);
@@ -175,6 +191,7 @@ fn permission_prompt_needs_a_human_once_and_gets_no_command() {
         seen(obs("p", 0, Condition::WaitingPermission)),
         2 * 3600 * 1000,
         &p,
+        &CTX,
     ));
     assert!(commands(&all).is_empty(), "{all:?}");
     assert_eq!(notified(&all, "needs_human"), 0, "announced again");
@@ -184,10 +201,10 @@ fn permission_prompt_needs_a_human_once_and_gets_no_command() {
 #[test]
 fn attached_person_holds_the_nudge() {
     let p = policy();
-    let mut t = Track::new(0, None);
+    let mut t = Track::new(0, None, None);
     let mut o = obs("a", 0, Condition::AtPrompt);
     o.attached_clients = 1;
-    step(&mut t, seen(o), 0, &p);
+    step(&mut t, seen(o), 0, &p, &CTX);
     let fx = tick_until(&mut t, 1000, 10 * 60_000, &p);
     assert!(commands(&fx).is_empty());
     assert_eq!(notified(&fx, "nudge_held"), 1);
@@ -196,11 +213,11 @@ fn attached_person_holds_the_nudge() {
 #[test]
 fn activity_returns_a_stalled_session_to_working() {
     let p = policy();
-    let mut t = Track::new(0, None);
-    step(&mut t, seen(obs("a", 0, Condition::AtPrompt)), 0, &p);
+    let mut t = Track::new(0, None, None);
+    step(&mut t, seen(obs("a", 0, Condition::AtPrompt)), 0, &p, &CTX);
     tick_until(&mut t, 1000, 5000, &p);
     assert_eq!(t.state, SessionState::Stalled);
-    step(&mut t, seen(obs("b", 0, Condition::None)), 5000, &p);
+    step(&mut t, seen(obs("b", 0, Condition::None)), 5000, &p, &CTX);
     assert_eq!(t.state, SessionState::Working);
     assert_eq!(t.ladder.rung, crate::escalate::Rung::Clear);
 }
@@ -211,8 +228,8 @@ fn hard_limit_restarts_once() {
         hard_stall: std::time::Duration::from_secs(600),
         ..policy()
     };
-    let mut t = Track::new(0, None);
-    step(&mut t, seen(obs("a", 0, Condition::None)), 0, &p);
+    let mut t = Track::new(0, None, None);
+    step(&mut t, seen(obs("a", 0, Condition::None)), 0, &p, &CTX);
     let fx = tick_until(&mut t, 1000, 3600 * 1000, &p);
     let restarts: Vec<_> = commands(&fx)
         .into_iter()
@@ -226,65 +243,236 @@ fn hard_limit_restarts_once() {
 fn deaths_and_ends() {
     let p = policy();
     // Pane died with status 0: completed, no restart.
-    let mut t = Track::new(0, None);
-    step(&mut t, seen(obs("a", 0, Condition::None)), 0, &p);
+    let mut t = Track::new(0, None, None);
+    step(&mut t, seen(obs("a", 0, Condition::None)), 0, &p, &CTX);
     let mut o = obs("a", 0, Condition::None);
     o.pane_dead = true;
     o.exit_status = 0;
     o.agent = None;
-    let fx = step(&mut t, seen(o.clone()), 1000, &p);
+    let fx = step(&mut t, seen(o.clone()), 1000, &p, &CTX);
     assert_eq!(t.state, SessionState::Completed);
     assert!(commands(&fx).is_empty());
     // Agent gone while the pane lives: zombie.
-    let mut t = Track::new(0, None);
-    step(&mut t, seen(obs("a", 0, Condition::None)), 0, &p);
+    let mut t = Track::new(0, None, None);
+    step(&mut t, seen(obs("a", 0, Condition::None)), 0, &p, &CTX);
     let mut gone = obs("a", 0, Condition::None);
     gone.agent = None;
-    step(&mut t, seen(gone), 1000, &p);
+    step(&mut t, seen(gone), 1000, &p, &CTX);
     assert_eq!(t.state, SessionState::Zombie);
     // Session closed: dead, and no restart without the operator's opt-in label.
-    let fx = step(&mut t, Input::Gone, 2000, &p);
+    let fx = step(&mut t, Input::Gone, 2000, &p, &CTX);
     assert_eq!(t.state, SessionState::Dead);
     assert!(commands(&fx).is_empty());
 }
 
 #[test]
-fn labelled_deaths_restart_with_backoff() {
+fn labelled_deaths_restart_with_backoff_then_crash_loop_rules() {
     let p = Policy {
-        restart_backoff_min: std::time::Duration::from_secs(1),
-        restart_backoff_max: std::time::Duration::from_secs(8),
         restart_on_death: RestartOnDeath::Labelled,
         ..policy()
     };
-    let mut t = Track::new(0, None);
+    let mut t = Track::new(0, None, None);
     let mut o = obs("a", 0, Condition::None);
     o.labels = BTreeMap::from([("restart".to_owned(), "claude -c".to_owned())]);
     let mut restarts_at = Vec::new();
+    let mut notes = Vec::new();
     let mut now = 0;
-    for _ in 0..6 {
-        step(&mut t, seen(o.clone()), now, &p);
-        let mut fx = step(&mut t, Input::AgentExited(INC), now + 10, &p);
+    let mut pid = 100;
+    // The agent dies right after every restart, for 40 simulated minutes.
+    while now < 40 * 60_000 {
+        o.agent = Some(Incarnation { pid, start_time: 1 });
+        step(&mut t, seen(o.clone()), now, &p, &CTX);
+        let mut fx = step(
+            &mut t,
+            Input::AgentExited(Incarnation { pid, start_time: 1 }),
+            now + 10,
+            &p,
+            &CTX,
+        );
         let mut at = now + 10;
-        while commands(&fx).is_empty() {
+        notes.extend(fx.clone());
+        while commands(&fx).is_empty() && at < 40 * 60_000 {
             at += 100;
-            fx = step(&mut t, Input::Tick, at, &p);
-            assert!(at < now + 60_000, "no restart");
+            fx = step(&mut t, Input::Tick, at, &p, &CTX);
+            notes.extend(fx.clone());
+        }
+        if commands(&fx).is_empty() {
+            break;
         }
         restarts_at.push(at);
-        // The restarted agent is a new incarnation.
         now = at + 10;
-        o.agent = Some(Incarnation {
-            pid: o.agent.map_or(0, |a| a.pid) + 1,
-            start_time: 1,
-        });
-        step(&mut t, seen(o.clone()), now, &p);
-        o.agent = Some(INC);
+        pid += 1;
     }
     let gaps: Vec<i64> = restarts_at.windows(2).map(|w| w[1] - w[0]).collect();
-    // 1 s, 2 s, 4 s, 8 s, capped at 8 s (plus the 10-20 ms of each simulated round).
-    for (gap, want) in gaps.iter().zip([1000, 2000, 4000, 8000, 8000]) {
-        assert!((want..want + 200).contains(gap), "gaps {gaps:?}");
+    // Backoff 1 s then 2 s; the third crash within 120 s starts a 120 s cooldown.
+    assert!((1000..1300).contains(&restarts_at[0]), "{restarts_at:?}");
+    assert!((2000..2300).contains(&gaps[0]), "{gaps:?}");
+    assert!(gaps[1] >= 120_000, "{gaps:?}");
+    assert_eq!(notified(&notes, "crash_loop") >= 1, true);
+    // More than 5 restarts in 10 minutes: no more blind restarts, a person is called.
+    let in_window = |i: usize| {
+        restarts_at
+            .iter()
+            .filter(|at| **at > restarts_at[i] - 600_000 && **at <= restarts_at[i])
+            .count()
+    };
+    assert!(
+        (0..restarts_at.len()).all(|i| in_window(i) <= 6),
+        "{restarts_at:?}"
+    );
+    assert!(t.durable.restarts_blocked, "{restarts_at:?}");
+    assert!(notified(&notes, "needs_human") >= 1);
+}
+
+#[test]
+fn rate_limit_cooldown_resume_renewals_and_restart() {
+    let p = Policy {
+        rate_limit_cooldown: std::time::Duration::from_secs(300),
+        ..policy()
+    };
+    let mut t = Track::new(0, None, None);
+    let mut o = obs("limit-1", 0, Condition::RateLimited);
+    let fx = step(&mut t, seen(o.clone()), 0, &p, &CTX);
+    assert_eq!(notified(&fx, "rate_limited"), 1);
+    // Nothing during the cooldown: no stall, no nudge, no restart.
+    let fx = tick_until(&mut t, 1000, 300_000, &p);
+    assert!(fx.is_empty(), "{fx:?}");
+    assert_eq!(t.state, SessionState::Working);
+    // Cooldown over: one resume nudge.
+    let fx = step(&mut t, Input::Tick, 300_000, &p, &CTX);
+    assert!(matches!(&commands(&fx)[..], [Action::Nudge { text }] if text == "continue"));
+    // The limit comes back three times: cooldowns 150 s, 100 s, 75 s...
+    let mut now = 300_000;
+    for (n, want) in [(2, 150_000), (3, 100_000), (4, 75_000)] {
+        now += 5_000;
+        o.screen_hash = format!("limit-{n}");
+        let fx = step(&mut t, seen(o.clone()), now, &p, &CTX);
+        assert_eq!(notified(&fx, "rate_limit_renewed"), 1, "{fx:?}");
+        let until = t.durable.rate.as_ref().map(|r| r.until).unwrap_or(0);
+        assert_eq!(until - now, want);
+        assert!(commands(&tick_until(&mut t, now + 1000, until, &p)).is_empty());
+        now = until;
+        let fx = step(&mut t, Input::Tick, now, &p, &CTX);
+        assert_eq!(commands(&fx).len(), 1);
     }
+    // ...and the 4th renewal forces a restart.
+    now += 5_000;
+    o.screen_hash = "limit-5".into();
+    let fx = step(&mut t, seen(o.clone()), now, &p, &CTX);
+    assert!(
+        matches!(&commands(&fx)[..], [Action::Restart { .. }]),
+        "{fx:?}"
+    );
+    assert!(
+        t.durable.restarts.len() == 1 && t.durable.crashes.is_empty(),
+        "a rate limit is no crash"
+    );
+}
+
+#[test]
+fn parsed_reset_time_is_the_cooldown_and_survives_a_controller_restart() {
+    let p = policy();
+    let mut t = Track::new(0, None, None);
+    let mut o = obs("limit", 0, Condition::RateLimited);
+    o.rate_limit_reset_at = 3600; // Unix seconds: one hour from t = 0.
+    let fx = step(&mut t, seen(o.clone()), 0, &p, &CTX);
+    assert!(fx.contains(&Effect::Persist));
+    // The controller restarts at t = 10 min: a new Track from the persisted state.
+    let persisted: Durable =
+        serde_json::from_str(&serde_json::to_string(&t.durable).expect("json")).expect("parse");
+    let mut t2 = Track::new(600_000, Some(SessionState::Working), Some(persisted));
+    step(&mut t2, seen(o.clone()), 600_000, &p, &CTX);
+    let fx = tick_until(&mut t2, 601_000, 3_600_000, &p);
+    assert!(commands(&fx).is_empty(), "acted before the reset: {fx:?}");
+    let fx = step(&mut t2, Input::Tick, 3_600_000, &p, &CTX);
+    assert_eq!(commands(&fx).len(), 1, "no resume at the reset time");
+}
+
+#[test]
+fn provider_cooldown_and_gate_hold_actions() {
+    let p = policy();
+    let mut t = Track::new(0, None, None);
+    step(
+        &mut t,
+        seen(obs("limit", 0, Condition::RateLimited)),
+        0,
+        &p,
+        &CTX,
+    );
+    let fleet = Ctx {
+        provider_cooldown_until: Some(900_000),
+        ..CTX
+    };
+    for at in (1000..900_000).step_by(1000) {
+        assert!(commands(&step(&mut t, Input::Tick, at, &p, &fleet)).is_empty());
+    }
+    assert_eq!(
+        commands(&step(&mut t, Input::Tick, 900_000, &p, &fleet)).len(),
+        1
+    );
+    // A frozen fleet (self-suspicion, mass death, budget) holds a hard-stall restart.
+    let hard = Policy {
+        hard_stall: std::time::Duration::from_secs(60),
+        ..policy()
+    };
+    let mut t = Track::new(0, None, None);
+    step(&mut t, seen(obs("x", 0, Condition::None)), 0, &hard, &CTX);
+    let frozen = Ctx {
+        destructive_allowed: false,
+        ..CTX
+    };
+    let mut fx = Vec::new();
+    for at in (1000..600_000).step_by(1000) {
+        fx.extend(step(&mut t, Input::Tick, at, &hard, &frozen));
+    }
+    assert!(commands(&fx).iter().all(|a| !a.is_destructive()), "{fx:?}");
+    assert_eq!(notified(&fx, "command_held"), 1);
+    let fx = step(&mut t, Input::Tick, 600_000, &hard, &CTX);
+    assert!(
+        matches!(&commands(&fx)[..], [Action::Restart { .. }]),
+        "{fx:?}"
+    );
+}
+
+#[test]
+fn triage_verdicts_drive_the_ladder() {
+    let p = policy();
+    let mut t = Track::new(0, None, None);
+    // Hung silently (no prompt): warn, then triage after the dwell.
+    step(&mut t, seen(obs("x", 0, Condition::None)), 0, &p, &CTX);
+    let fx = tick_until(&mut t, 1000, 64_000, &p);
+    let case = fx.iter().find_map(|e| match e {
+        Effect::Triage(c) => Some(c.clone()),
+        _ => None,
+    });
+    assert!(case.is_some(), "{fx:?}");
+    // Triage says restart: a confirming re-check first, then the restart.
+    let fx = step(&mut t, Input::Verdict(Verdict::Restart), 64_000, &p, &CTX);
+    assert!(commands(&fx).is_empty());
+    let fx = step(&mut t, Input::Tick, 65_000, &p, &CTX);
+    assert!(
+        commands(&fx).is_empty(),
+        "restart before the confirmation delay"
+    );
+    let fx = step(&mut t, Input::Tick, 66_000, &p, &CTX);
+    assert!(
+        matches!(&commands(&fx)[..], [Action::Restart { .. }]),
+        "{fx:?}"
+    );
+    // Activity during the confirmation cancels the destructive step.
+    let mut t = Track::new(0, None, None);
+    step(&mut t, seen(obs("x", 0, Condition::None)), 0, &p, &CTX);
+    tick_until(&mut t, 1000, 64_000, &p);
+    step(&mut t, Input::Verdict(Verdict::Kill), 64_000, &p, &CTX);
+    step(
+        &mut t,
+        seen(obs("moved", 0, Condition::None)),
+        65_000,
+        &p,
+        &CTX,
+    );
+    let fx = tick_until(&mut t, 66_000, 70_000, &p);
+    assert!(commands(&fx).is_empty(), "{fx:?}");
 }
 
 #[test]
@@ -293,11 +481,11 @@ fn operator_kill_is_not_undone() {
         restart_on_death: RestartOnDeath::Always,
         ..policy()
     };
-    let mut t = Track::new(0, None);
-    step(&mut t, seen(obs("a", 0, Condition::None)), 0, &p);
-    step(&mut t, Input::KilledByOperator, 10, &p);
-    let mut fx = step(&mut t, Input::PaneDied, 20, &p);
-    fx.extend(step(&mut t, Input::Gone, 30, &p));
+    let mut t = Track::new(0, None, None);
+    step(&mut t, seen(obs("a", 0, Condition::None)), 0, &p, &CTX);
+    step(&mut t, Input::KilledByOperator, 10, &p, &CTX);
+    let mut fx = step(&mut t, Input::PaneDied, 20, &p, &CTX);
+    fx.extend(step(&mut t, Input::Gone, 30, &p, &CTX));
     fx.extend(tick_until(&mut t, 1000, 120_000, &p));
     assert!(commands(&fx).is_empty(), "{fx:?}");
 }
@@ -305,8 +493,8 @@ fn operator_kill_is_not_undone() {
 #[test]
 fn recorded_zombie_seen_alive_is_working() {
     let p = policy();
-    let mut t = Track::new(0, Some(SessionState::Zombie));
-    let fx = step(&mut t, seen(obs("a", 0, Condition::None)), 0, &p);
+    let mut t = Track::new(0, Some(SessionState::Zombie), None);
+    let fx = step(&mut t, seen(obs("a", 0, Condition::None)), 0, &p, &CTX);
     assert_eq!(t.state, SessionState::Working);
     assert!(commands(&fx).is_empty());
 }
@@ -352,12 +540,13 @@ fn condition(n: u8) -> Condition {
 }
 
 proptest! {
-    /// Whatever happens: no command while the agent thinks or waits for a person; a nudge only at
-    /// a prompt with nobody attached; never more nudges per window than the budget.
+    /// Whatever happens: no command while the agent thinks or waits for a person; a ladder nudge
+    /// only at a prompt with nobody attached, within the budget; a resume nudge only on a
+    /// rate-limited screen.
     #[test]
     fn policy_invariants(steps in proptest::collection::vec(sim(), 1..200)) {
         let p = Policy { nudge_dwell: std::time::Duration::from_secs(5), ..Policy::default() };
-        let mut t = Track::new(0, None);
+        let mut t = Track::new(0, None, None);
         let mut now = 0i64;
         let mut cpu = 0u64;
         let mut nudges: Vec<i64> = Vec::new();
@@ -368,24 +557,28 @@ proptest! {
                     cpu += c;
                     let mut o = obs(&hash.to_string(), cpu, condition(cond));
                     o.attached_clients = u32::from(attached);
-                    step(&mut t, seen(o), now, &p)
+                    step(&mut t, seen(o), now, &p, &CTX)
                 }
-                Sim::Tick(ms) => { now += i64::from(ms); step(&mut t, Input::Tick, now, &p) }
-                Sim::Exit => { now += 5; step(&mut t, Input::AgentExited(INC), now, &p) }
-                Sim::Gone => { now += 5; step(&mut t, Input::Gone, now, &p) }
+                Sim::Tick(ms) => { now += i64::from(ms); step(&mut t, Input::Tick, now, &p, &CTX) }
+                Sim::Exit => { now += 5; step(&mut t, Input::AgentExited(INC), now, &p, &CTX) }
+                Sim::Gone => { now += 5; step(&mut t, Input::Gone, now, &p, &CTX) }
             };
             for e in &fx {
                 if let Effect::Command { action, .. } = e {
                     let cond = t.obs.condition;
                     if t.state.is_alive() {
                         prop_assert!(
-                            !matches!(cond, Condition::Thinking | Condition::WaitingPermission | Condition::RateLimited),
+                            !matches!(cond, Condition::Thinking | Condition::WaitingPermission),
                             "{action:?} while {cond:?}"
                         );
                     }
-                    if matches!(action, Action::Nudge { .. }) {
-                        prop_assert_eq!(cond, Condition::AtPrompt);
+                    if let Action::Nudge { text } = action {
                         prop_assert_eq!(t.obs.attached_clients, 0);
+                        if *text == p.rate_limit_resume_text {
+                            prop_assert_eq!(cond, Condition::RateLimited);
+                            continue;
+                        }
+                        prop_assert_eq!(cond, Condition::AtPrompt);
                         nudges.push(now);
                         let window = p.nudge_window.as_millis() as i64;
                         let recent = nudges.iter().filter(|at| now - **at < window).count();

@@ -8,7 +8,10 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use super::{CommandRow, History, NodeRecord, SessionRef, Store, StoreError, TransitionRow, Write};
+use super::{
+    CommandRow, History, IncidentRow, NodeRecord, SessionRef, Store, StoreError, TransitionRow,
+    Write,
+};
 
 /// SQLite through sqlx.
 pub struct SqliteStore {
@@ -173,6 +176,45 @@ impl Store for SqliteStore {
                     .await
                     .map_err(db("record command result"))?;
                 }
+                Write::Durable {
+                    session,
+                    data,
+                    at_ms,
+                } => {
+                    sqlx::query(
+                        "INSERT INTO session_durable (node_id, tmux_socket, session_name, data, updated_ms)
+                         VALUES (?, ?, ?, ?, ?)
+                         ON CONFLICT (node_id, tmux_socket, session_name)
+                         DO UPDATE SET data = excluded.data, updated_ms = excluded.updated_ms",
+                    )
+                    .bind(&session.node_id)
+                    .bind(&session.tmux_socket)
+                    .bind(&session.session_name)
+                    .bind(data)
+                    .bind(at_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("record session state"))?;
+                }
+                Write::Incident(i) => {
+                    sqlx::query(
+                        "INSERT OR REPLACE INTO incidents (id, kind, scope, opened_ms, closed_ms, acked_ms, acked_by, summary, sessions, until_ms)
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    )
+                    .bind(&i.id)
+                    .bind(&i.kind)
+                    .bind(&i.scope)
+                    .bind(i.opened_ms)
+                    .bind(i.closed_ms)
+                    .bind(i.acked_ms)
+                    .bind(&i.acked_by)
+                    .bind(&i.summary)
+                    .bind(i64::from(i.sessions))
+                    .bind(i.until_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("record incident"))?;
+                }
             }
         }
         tx.commit().await.map_err(db("commit"))
@@ -221,6 +263,72 @@ impl Store for SqliteStore {
             .map(|r| {
                 let t = transition_row(r);
                 (t.session, t.to)
+            })
+            .collect())
+    }
+
+    async fn durables(&self) -> Result<Vec<(SessionRef, String)>, StoreError> {
+        self.read_durables().await
+    }
+
+    async fn incidents(
+        &self,
+        include_closed: bool,
+        limit: u32,
+    ) -> Result<Vec<IncidentRow>, StoreError> {
+        self.read_incidents(include_closed, limit).await
+    }
+}
+
+impl SqliteStore {
+    /// Every session's durable policy state.
+    async fn read_durables(&self) -> Result<Vec<(SessionRef, String)>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM session_durable")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("read session state"))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    SessionRef {
+                        node_id: r.get("node_id"),
+                        tmux_socket: r.get("tmux_socket"),
+                        session_name: r.get("session_name"),
+                    },
+                    r.get("data"),
+                )
+            })
+            .collect())
+    }
+
+    async fn read_incidents(
+        &self,
+        include_closed: bool,
+        limit: u32,
+    ) -> Result<Vec<IncidentRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM incidents WHERE closed_ms = 0 OR ?1
+             ORDER BY closed_ms = 0 DESC, opened_ms DESC LIMIT ?2",
+        )
+        .bind(include_closed)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read incidents"))?;
+        Ok(rows
+            .iter()
+            .map(|r| IncidentRow {
+                id: r.get("id"),
+                kind: r.get("kind"),
+                scope: r.get("scope"),
+                opened_ms: r.get("opened_ms"),
+                closed_ms: r.get("closed_ms"),
+                acked_ms: r.get("acked_ms"),
+                acked_by: r.get("acked_by"),
+                summary: r.get("summary"),
+                sessions: r.get::<i64, _>("sessions") as u32,
+                until_ms: r.get("until_ms"),
             })
             .collect())
     }
