@@ -345,8 +345,27 @@ impl AdminService for AdminApi {
         } else {
             r.command
         };
-        self.command(r.session.as_ref(), Action::restart(&command, &cwd))
-            .await
+        let labels = r
+            .session
+            .as_ref()
+            .and_then(|s| self.resolve(Some(s)).ok())
+            .and_then(|k| {
+                self.sup
+                    .fleet
+                    .sessions
+                    .get(&k)
+                    .map(|t| t.obs.labels.clone())
+            })
+            .unwrap_or_default();
+        let action = Action::restart(&command, &cwd).map(|a| match a {
+            Action::Restart { command, cwd, .. } => Action::Restart {
+                command,
+                cwd,
+                labels,
+            },
+            other => other,
+        });
+        self.command(r.session.as_ref(), action).await
     }
 
     async fn capture(

@@ -84,7 +84,7 @@ pub struct Correlator {
     open: HashMap<(IncidentKind, String), Incident>,
     /// Rate-limited sessions per provider scope: (session, seen at, cooldown end).
     provider_hits: HashMap<String, Vec<(SessionRef, UnixMs, UnixMs)>>,
-    deaths: HashMap<String, VecDeque<UnixMs>>,
+    deaths: HashMap<String, VecDeque<(UnixMs, SessionRef)>>,
     health: HashMap<String, Health>,
     prefix: String,
     next: u64,
@@ -199,15 +199,19 @@ impl Correlator {
             .map(|i| i.until_ms)
     }
 
-    /// An agent died on `node`.
-    pub fn death(&mut self, node: &str, now: UnixMs, policy: &Policy) -> Vec<Change> {
+    /// The agent of session `key` died. Deaths of several different sessions on one host within
+    /// the window are one incident; one session crash-looping is not (crash loops have their own
+    /// budget).
+    pub fn death(&mut self, key: &SessionRef, now: UnixMs, policy: &Policy) -> Vec<Change> {
+        let node = key.node_id.as_str();
         let window = policy.mass_death_window.as_millis() as i64;
         let hold = policy.mass_death_hold.as_millis() as i64;
         let d = self.deaths.entry(node.to_owned()).or_default();
-        while d.front().is_some_and(|at| now - at >= window) {
+        while d.front().is_some_and(|(at, _)| now - at >= window) {
             d.pop_front();
         }
-        d.push_back(now);
+        d.retain(|(_, k)| k != key);
+        d.push_back((now, key.clone()));
         let n = d.len() as u32;
         let k = (IncidentKind::MassDeath, node.to_owned());
         let mut out = Vec::new();
@@ -381,10 +385,13 @@ mod tests {
     fn mass_death_holds_restarts_then_expires() {
         let p = Policy::default();
         let mut c = Correlator::new("i".into());
-        c.death("h", 0, &p);
-        c.death("h", 1000, &p);
+        // One session dying again and again is a crash loop, not a mass death.
+        for at in [0, 500, 900] {
+            assert!(c.death(&key("h", "loop"), at, &p).is_empty());
+        }
+        c.death(&key("h", "a"), 1000, &p);
         assert!(!c.host_held("h"));
-        let ch = c.death("h", 2000, &p);
+        let ch = c.death(&key("h", "b"), 2000, &p);
         assert!(matches!(&ch[..], [Change::Opened(i)] if i.kind == IncidentKind::MassDeath));
         assert!(c.host_held("h") && !c.host_held("other"));
         assert!(c.tick(30_000, &p).is_empty());

@@ -818,6 +818,7 @@ fn issue_restart(
         action: Action::Restart {
             command,
             cwd: t.obs.cwd.clone(),
+            labels: t.obs.labels.clone(),
         },
         reason: format!("restart: {why}"),
         incarnation: None,

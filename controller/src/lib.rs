@@ -55,6 +55,8 @@ pub struct Config {
     pub tick: Duration,
     /// Webhook URLs for incident notifications (`http://` only).
     pub webhooks: Vec<String>,
+    /// A policy to use when there is no policy file (the demo's).
+    pub policy: Option<Policy>,
 }
 
 /// Loads the policy file, or the defaults.
@@ -84,7 +86,10 @@ pub async fn run(
             config.listen
         );
     }
-    let policy = load_policy(config.policy_file.as_deref())?;
+    let policy = match (&config.policy, &config.policy_file) {
+        (Some(p), None) => p.clone(),
+        _ => load_policy(config.policy_file.as_deref())?,
+    };
     let store = store::open(&config.db)
         .await
         .with_context(|| format!("opening store {}", config.db))?;

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 /// The Argus controller: supervises fleets of AI coding agents in tmux.
@@ -54,6 +54,15 @@ struct Args {
     /// Controller tick (time-driven decisions).
     #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
     tick: Duration,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// A simulated agent for the demo (see `argus_controller::demo::agent`).
+    #[command(hide = true)]
+    DemoAgent { mode: String, arg: Option<String> },
 }
 
 #[tokio::main]
@@ -64,6 +73,19 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    if let Some(Cmd::DemoAgent { mode, arg }) = &args.cmd {
+        argus_controller::demo::agent(mode, arg.as_deref());
+    }
+    let demo_socket = if args.demo {
+        let socket = argus_controller::demo::start(&args.state_dir)?;
+        println!(
+            "Demo: simulated agents run on a private tmux server.\n  watch what Argus does:  argusctl watch\n  the fleet:              argusctl sessions\n  look at an agent:       tmux -S {} attach -t idle   (detach with C-b d)\n",
+            socket.display()
+        );
+        Some(socket)
+    } else {
+        None
+    };
     let local = args.local.then(|| {
         let mut c = argus_node_agent::Config::new(
             String::new(),
@@ -71,7 +93,10 @@ async fn main() -> anyhow::Result<()> {
                 .clone()
                 .unwrap_or_else(argus_node_agent::hostname),
         );
-        c.tmux_sockets = args.tmux_sockets.clone();
+        c.tmux_sockets = match &demo_socket {
+            Some(s) => vec![s.clone()],
+            None => args.tmux_sockets.clone(),
+        };
         c.state_dir = args.state_dir.clone();
         c.probe_interval = args.probe_interval;
         c
@@ -86,6 +111,7 @@ async fn main() -> anyhow::Result<()> {
         local,
         tick: args.tick,
         webhooks: args.webhooks,
+        policy: None,
     };
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();
@@ -99,5 +125,13 @@ async fn main() -> anyhow::Result<()> {
             signal.cancel();
         }
     });
-    argus_controller::run(config, shutdown, None).await
+    let mut config = config;
+    if args.demo && config.policy_file.is_none() {
+        config.policy = Some(argus_controller::demo::policy());
+    }
+    let result = argus_controller::run(config, shutdown, None).await;
+    if let Some(s) = demo_socket {
+        argus_controller::demo::stop(&s);
+    }
+    result
 }

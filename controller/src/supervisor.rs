@@ -243,9 +243,7 @@ impl Supervisor {
                             ("rate_limit_cleared", Some(s)) => {
                                 changes.extend(c.rate_cleared(key, s, now))
                             }
-                            ("agent_died", _) => {
-                                changes.extend(c.death(&key.node_id, now, &policy))
-                            }
+                            ("agent_died", _) => changes.extend(c.death(key, now, &policy)),
                             _ => {}
                         }
                     }

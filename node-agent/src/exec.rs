@@ -107,8 +107,15 @@ impl Executor {
             .cloned();
         let Some(session) = session else {
             // Only a restart may target a session that is gone: it creates it anew.
-            if let Action::Restart { command, cwd } = &action {
-                return self.recreate(&tmux, &cmd.session_name, command, cwd).await;
+            if let Action::Restart {
+                command,
+                cwd,
+                labels,
+            } = &action
+            {
+                return self
+                    .recreate(&tmux, &cmd.session_name, command, cwd, labels)
+                    .await;
             }
             return refuse(
                 S::NoSuchSession,
@@ -188,7 +195,14 @@ impl Executor {
         }
     }
 
-    async fn recreate(&self, tmux: &Tmux, name: &str, command: &str, cwd: &str) -> Outcome {
+    async fn recreate(
+        &self,
+        tmux: &Tmux,
+        name: &str,
+        command: &str,
+        cwd: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Outcome {
         if command.is_empty() {
             return (
                 pb::CommandStatus::NoSuchSession,
@@ -198,7 +212,10 @@ impl Executor {
                 String::new(),
             );
         }
-        match tmux.new_session(name, cwd, &[command.to_owned()]).await {
+        match tmux
+            .new_session(name, cwd, &[command.to_owned()], labels)
+            .await
+        {
             Ok(()) => (
                 pb::CommandStatus::Ok,
                 format!("session {name:?} created anew"),

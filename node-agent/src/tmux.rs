@@ -234,18 +234,24 @@ impl Tmux {
         self.run(&args).await.map(drop)
     }
 
-    /// Creates a detached session `name` running `argv` in `cwd`.
+    /// Creates a detached session `name` running `argv` in `cwd`, with `@argus-KEY` options
+    /// set from `labels` in the same tmux invocation.
     pub async fn new_session(
         &self,
         name: &str,
         cwd: &str,
         argv: &[String],
+        labels: &std::collections::BTreeMap<String, String>,
     ) -> Result<(), TmuxError> {
         let mut args = vec!["new-session", "-d", "-s", name];
         if !cwd.is_empty() {
             args.extend(["-c", cwd]);
         }
         args.extend(argv.iter().map(String::as_str));
+        let options: Vec<String> = labels.keys().map(|k| format!("@argus-{k}")).collect();
+        for (option, value) in options.iter().zip(labels.values()) {
+            args.extend([";", "set-option", option.as_str(), value.as_str()]);
+        }
         // Creating a session must work even when no control client can attach yet.
         self.spawn(&args).await.map(drop)
     }

@@ -57,8 +57,13 @@ pub enum Action {
     Interrupt,
     /// SIGTERM the tree, wait `grace_ms`, SIGKILL, kill the session.
     Kill { grace_ms: u32 },
-    /// Start the agent again; `command` empty means the session's own.
-    Restart { command: String, cwd: String },
+    /// Start the agent again; `command` empty means the session's own. A session created anew
+    /// gets `cwd` and `labels` (`@argus-*` options).
+    Restart {
+        command: String,
+        cwd: String,
+        labels: std::collections::BTreeMap<String, String>,
+    },
     /// Return the last `lines` lines.
     Capture { lines: u32 },
 }
@@ -124,6 +129,7 @@ impl Action {
         Ok(Self::Restart {
             command: command.to_owned(),
             cwd: cwd.to_owned(),
+            labels: std::collections::BTreeMap::new(),
         })
     }
 }
@@ -211,7 +217,21 @@ impl TryFrom<pb::command::Action> for Action {
             pb::command::Action::Nudge(n) => Self::nudge(&n.text),
             pb::command::Action::Interrupt(_) => Ok(Self::Interrupt),
             pb::command::Action::Kill(k) => Self::kill(k.grace_ms),
-            pb::command::Action::Restart(r) => Self::restart(&r.command, &r.cwd),
+            pb::command::Action::Restart(r) => {
+                let mut a = Self::restart(&r.command, &r.cwd)?;
+                if let Self::Restart { labels, .. } = &mut a {
+                    *labels = r
+                        .labels
+                        .into_iter()
+                        .filter(|(k, v)| {
+                            k.len() <= 64
+                                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                                && !v.chars().any(char::is_control)
+                        })
+                        .collect();
+                }
+                Ok(a)
+            }
             pb::command::Action::Capture(c) => Self::capture(c.lines),
         }
     }
@@ -223,7 +243,15 @@ impl From<Action> for pb::command::Action {
             Action::Nudge { text } => Self::Nudge(pb::Nudge { text }),
             Action::Interrupt => Self::Interrupt(pb::Interrupt {}),
             Action::Kill { grace_ms } => Self::Kill(pb::Kill { grace_ms }),
-            Action::Restart { command, cwd } => Self::Restart(pb::Restart { command, cwd }),
+            Action::Restart {
+                command,
+                cwd,
+                labels,
+            } => Self::Restart(pb::Restart {
+                command,
+                cwd,
+                labels: labels.into_iter().collect(),
+            }),
             Action::Capture { lines } => Self::Capture(pb::Capture { lines }),
         }
     }
