@@ -138,7 +138,8 @@ pub fn start(dir: &Path) -> anyhow::Result<PathBuf> {
         Ok(())
     };
     let _ = tmux(&["kill-server"]);
-    let sessions: [(&str, String, &[(&str, &str)]); 6] = [
+    type Labels<'a> = &'a [(&'a str, &'a str)];
+    let sessions: [(&str, String, Labels); 6] = [
         ("busy", format!("{exe} demo-agent working"), &[]),
         ("idle", format!("{exe} demo-agent idle"), &[]),
         ("asks", format!("{exe} demo-agent permission"), &[]),

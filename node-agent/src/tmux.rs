@@ -179,7 +179,9 @@ impl Tmux {
             Err(TmuxError::Command { message, .. })
                 if message.contains("no server running")
                     || message.contains("error connecting")
-                    || message.contains("No such file") =>
+                    || message.contains("No such file")
+                    || message.contains("no current target")
+                    || message.contains("server exited") =>
             {
                 Ok(Vec::new())
             }
@@ -252,8 +254,20 @@ impl Tmux {
         for (option, value) in options.iter().zip(labels.values()) {
             args.extend([";", "set-option", option.as_str(), value.as_str()]);
         }
-        // Creating a session must work even when no control client can attach yet.
-        self.spawn(&args).await.map(drop)
+        // Creating a session must work even when no control client can attach yet. When the
+        // last session just closed, the old server may still be exiting: try again briefly.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.spawn(&args).await {
+                Err(TmuxError::Command { message, .. })
+                    if attempt < 5 && message.contains("server exited unexpectedly") =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+                }
+                other => return other.map(drop),
+            }
+        }
     }
 }
 

@@ -62,18 +62,28 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.stop();
-        if std::thread::panicking() {
-            eprintln!("===== log of {} =====\n{}", self.name, self.log());
-        }
+        // The test harness shows a test's output only when it fails: then these logs explain it.
+        let log = self.log();
+        let tail: String = log
+            .lines()
+            .rev()
+            .take(300)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        eprintln!("===== last lines of the log of {} =====\n{tail}", self.name);
     }
 }
 
 /// A controller plus node agents.
 pub struct TestCluster {
-    pub dir: tempfile::TempDir,
-    pub port: u16,
+    // Fields drop in order: the processes (and their logs) before the directory holding them.
     pub controller: Option<Proc>,
     pub agents: Vec<Proc>,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
     controller_args: Vec<String>,
 }
 

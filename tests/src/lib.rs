@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod fake_controller;
 pub mod tmux;
+pub mod webhook;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -1,0 +1,349 @@
+//! Multi-process scenarios for the escalation policy and correlation: what Argus does, and what
+//! it must not do, with fake agents in real tmux and the real controller and node agents.
+
+use std::time::Duration;
+
+use argus_proto::v1 as pb;
+use argus_tests::cluster::{TestCluster, fake_agent, sref};
+use argus_tests::eventually;
+use argus_tests::tmux::TestTmux;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn agent(mode: &str) -> String {
+    format!("{} {mode}", fake_agent().display())
+}
+
+async fn history(
+    c: &TestCluster,
+    node: &str,
+    name: &str,
+) -> anyhow::Result<pb::GetSessionResponse> {
+    Ok(c.admin()
+        .await?
+        .get_session(pb::GetSessionRequest {
+            session: sref(node, name),
+            history_limit: 200,
+        })
+        .await?
+        .into_inner())
+}
+
+fn commands<'a>(h: &'a pb::GetSessionResponse, action: &str) -> Vec<&'a pb::CommandRecord> {
+    h.commands.iter().filter(|k| k.action == action).collect()
+}
+
+async fn incidents(c: &TestCluster) -> anyhow::Result<Vec<pb::Incident>> {
+    Ok(c.admin()
+        .await?
+        .list_incidents(pb::ListIncidentsRequest {
+            include_closed: true,
+            limit: 100,
+        })
+        .await?
+        .into_inner()
+        .incidents)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_agent_waits_for_its_reset_then_is_resumed() -> anyhow::Result<()> {
+    let tmux = TestTmux::new();
+    let reset_in = 4;
+    let started = argus_shared::time::now_ms();
+    tmux.session(
+        "limited",
+        &agent(&format!("ratelimit {reset_in}")),
+        &[("profile", "claude"), ("restart", &agent("idle"))],
+    )?;
+    let mut c = TestCluster::start(
+        "nudge_dwell = \"1s\"\nhard_stall = \"2s\"\nrestart_on_death = \"always\"",
+        &[],
+    )
+    .await?;
+    c.start_agent("n1", tmux.socket())?;
+    let s = c
+        .wait_session("n1", "limited", "rate limit seen", WAIT, |s| {
+            s.condition() == pb::Condition::RateLimited
+        })
+        .await?;
+    let reset_ms = s.rate_limit_reset_at * 1000;
+    assert!(reset_ms >= started + 3000, "reset time not parsed: {s:?}");
+    let resumed = eventually("the resume nudge", WAIT, || async {
+        let h = history(&c, "n1", "limited").await?;
+        Ok(commands(&h, "nudge").first().map(|k| (*k).clone()))
+    })
+    .await?;
+    assert!(
+        resumed.issued_at_ms >= reset_ms,
+        "resumed {} ms before the reset",
+        reset_ms - resumed.issued_at_ms
+    );
+    assert!(resumed.reason.contains("cooldown"), "{resumed:?}");
+    eventually("the resume text on screen", WAIT, || async {
+        Ok(tmux
+            .capture("limited")?
+            .contains("received: continue")
+            .then_some(()))
+    })
+    .await?;
+    // Idle far past the hard limit during the cooldown, yet never restarted nor counted as stalled.
+    let h = history(&c, "n1", "limited").await?;
+    assert!(
+        commands(&h, "restart").is_empty(),
+        "restarted: {:?}",
+        h.commands
+    );
+    assert!(commands(&h, "kill").is_empty());
+    assert!(
+        h.transitions
+            .iter()
+            .all(|t| t.to() != pb::SessionState::Stalled),
+        "{:?}",
+        h.transitions
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_loop_is_restarted_no_more_than_the_policy_allows() -> anyhow::Result<()> {
+    let tmux = TestTmux::new();
+    let cmd = agent("exit 1");
+    tmux.session("crashy", &cmd, &[("restart", &cmd)])?;
+    let policy = r#"
+restart_backoff_min = "100ms"
+crash_loop_crashes = 3
+crash_loop_window = "60s"
+crash_loop_cooldown = "60s"
+"#;
+    let mut c = TestCluster::start(policy, &[]).await?;
+    c.start_agent("n1", tmux.socket())?;
+    let mut events = c
+        .admin()
+        .await?
+        .watch_events(pb::WatchEventsRequest {
+            node_id: "n1".into(),
+        })
+        .await?
+        .into_inner();
+    tokio::time::timeout(WAIT, async {
+        while let Some(e) = events.message().await? {
+            if e.session_name == "crashy" && e.kind == "crash_loop" {
+                return anyhow::Ok(());
+            }
+        }
+        anyhow::bail!("event stream ended")
+    })
+    .await??;
+    // Two restarts (after the 1st and 2nd crash); the 3rd crash starts the 60 s cooldown. No
+    // third restart may come within the next few seconds.
+    let third = eventually(
+        "a third restart (must not happen)",
+        Duration::from_secs(4),
+        || async {
+            let h = history(&c, "n1", "crashy").await?;
+            Ok((commands(&h, "restart").len() > 2).then_some(()))
+        },
+    )
+    .await;
+    assert!(third.is_err(), "restarted during the crash-loop cooldown");
+    let h = history(&c, "n1", "crashy").await?;
+    let restarts = commands(&h, "restart");
+    assert_eq!(restarts.len(), 2, "{:?}", h.commands);
+    assert!(
+        restarts.iter().all(|k| k.status() == pb::CommandStatus::Ok),
+        "{restarts:?}"
+    );
+    // One session crash-looping is not a mass death.
+    assert!(incidents(&c).await?.iter().all(|i| i.kind != "mass_death"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_rate_limit_across_two_nodes_is_one_incident() -> anyhow::Result<()> {
+    let (hook, received) = argus_tests::webhook::start().await?;
+    let labels = [
+        ("profile", "claude"),
+        ("provider", "anthropic"),
+        ("account", "team"),
+    ];
+    let (t1, t2) = (TestTmux::new(), TestTmux::new());
+    t1.session("a", &agent("ratelimit 600"), &labels)?;
+    t2.session("b", &agent("ratelimit 900"), &labels)?;
+    t2.session(
+        "other",
+        &agent("ratelimit 600"),
+        &[("profile", "claude"), ("provider", "openai")],
+    )?;
+    let mut c = TestCluster::start("", &["--webhook", &hook]).await?;
+    c.start_agent("n1", t1.socket())?;
+    c.start_agent("n2", t2.socket())?;
+    let opened = eventually("one provider incident", WAIT, || async {
+        let i = incidents(&c).await?;
+        Ok(i.into_iter()
+            .find(|i| i.kind == "provider_limit" && i.sessions == 2))
+    })
+    .await?;
+    assert_eq!(opened.scope, "anthropic/team");
+    assert!(
+        opened.until_ms >= argus_shared::time::now_ms() + 800_000 - 60_000,
+        "{opened:?}"
+    );
+    eventually("the webhook", WAIT, || async {
+        Ok((!received.all().is_empty()).then_some(()))
+    })
+    .await?;
+    let all = incidents(&c).await?;
+    assert_eq!(all.len(), 1, "one root cause, one incident: {all:?}");
+    let hooks = received.all();
+    assert_eq!(hooks.len(), 1, "{hooks:?}");
+    assert_eq!(hooks[0]["event"], "incident_opened");
+    assert_eq!(hooks[0]["incident"]["scope"], "anthropic/team");
+    // No per-session escalation: no restart, no kill, no nudge before the reset.
+    for (node, name) in [("n1", "a"), ("n2", "b")] {
+        let h = history(&c, node, name).await?;
+        assert!(h.commands.is_empty(), "{name}: {:?}", h.commands);
+    }
+    // Acknowledged, it stays listed with who acknowledged it.
+    let acked = c
+        .admin()
+        .await?
+        .ack_incident(pb::AckIncidentRequest {
+            id: opened.id.clone(),
+            by: "ops".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(acked.acked_by, "ops");
+    let e = c
+        .admin()
+        .await?
+        .ack_incident(pb::AckIncidentRequest {
+            id: "nope".into(),
+            by: String::new(),
+        })
+        .await
+        .expect_err("unknown incident");
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_node_gets_no_actions_and_nothing_is_killed() -> anyhow::Result<()> {
+    let tmux = TestTmux::new();
+    tmux.session("idle", &agent("idle"), &[("profile", "claude")])?;
+    tmux.session("hung", &agent("quiet"), &[("restart", &agent("quiet"))])?;
+    let policy = r#"
+nudge_dwell = "4s"
+hard_stall = "3s"
+confirm_after = "500ms"
+node_suspect_after = "1s"
+node_down_after = "2s"
+"#;
+    let mut c = TestCluster::start(policy, &[]).await?;
+    let n = c.start_agent("n1", tmux.socket())?;
+    let before = c
+        .wait_session("n1", "hung", "hung agent known", WAIT, |s| s.agent_pid > 0)
+        .await?;
+    c.wait_session("n1", "idle", "idle agent known", WAIT, |s| s.agent_pid > 0)
+        .await?;
+    let mut events = c
+        .admin()
+        .await?
+        .watch_events(pb::WatchEventsRequest {
+            node_id: "n1".into(),
+        })
+        .await?
+        .into_inner();
+    // Cut the node agent off: stopped, its connection stays open but silent.
+    let pid = c.agents[n].pid().to_string();
+    std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()?;
+    let silenced = tokio::time::timeout(WAIT, async {
+        while let Some(e) = events.message().await? {
+            if e.kind == "node_down" {
+                return anyhow::Ok(());
+            }
+        }
+        anyhow::bail!("event stream ended")
+    })
+    .await;
+    let down_then = std::time::Instant::now();
+    // Stay cut off past the hard limit and the nudge dwell.
+    let acted = eventually(
+        "an action on a silent node (must not happen)",
+        Duration::from_secs(5),
+        || async {
+            let h = history(&c, "n1", "hung").await?;
+            let i = history(&c, "n1", "idle").await?;
+            Ok((!h.commands.is_empty() || !i.commands.is_empty()).then_some(()))
+        },
+    )
+    .await;
+    std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()?;
+    silenced??;
+    assert!(down_then.elapsed() >= Duration::from_secs(4));
+    assert!(acted.is_err(), "a command was decided for a silent node");
+    assert!(tmux.has_session("hung") && tmux.has_session("idle"));
+    assert_eq!(
+        tmux.pane_pid("hung")?,
+        before.agent_pid,
+        "the hung agent was replaced while its node was silent"
+    );
+    let host = incidents(&c).await?;
+    assert!(
+        host.iter()
+            .any(|i| i.kind == "host_silent" && i.scope == "n1"),
+        "{host:?}"
+    );
+    // Back in touch: the node is up again and its incident closes.
+    eventually("the host incident to close", WAIT, || async {
+        let i = incidents(&c).await?;
+        Ok(i.iter()
+            .any(|i| i.kind == "host_silent" && i.closed_ms > 0)
+            .then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_reloads_and_a_bad_file_keeps_the_old_one() -> anyhow::Result<()> {
+    let c = TestCluster::start("nudge_budget = 3", &[]).await?;
+    let path = c.dir.path().join("policy.toml");
+    let mut events = c
+        .admin()
+        .await?
+        .watch_events(pb::WatchEventsRequest::default())
+        .await?
+        .into_inner();
+    std::fs::write(&path, "nudge_budget = 5\nnudge_dwel = \"1s\"\n")?;
+    let rejected = next_event(&mut events, "policy_rejected").await?;
+    assert!(rejected.message.contains("nudge_dwel"), "{rejected:?}");
+    // Force a different modification time even on coarse file systems.
+    std::fs::write(
+        &path,
+        "nudge_budget = 5\n[groups.night]\nnudge_budget = 1\n",
+    )?;
+    let f = std::fs::File::options().write(true).open(&path)?;
+    f.set_modified(std::time::SystemTime::now() + Duration::from_secs(1))?;
+    next_event(&mut events, "policy_reloaded").await?;
+    Ok(())
+}
+
+async fn next_event(
+    events: &mut tonic::Streaming<pb::FleetEvent>,
+    kind: &str,
+) -> anyhow::Result<pb::FleetEvent> {
+    tokio::time::timeout(WAIT, async {
+        while let Some(e) = events.message().await? {
+            if e.kind == kind {
+                return anyhow::Ok(e);
+            }
+        }
+        anyhow::bail!("event stream ended")
+    })
+    .await?
+}
