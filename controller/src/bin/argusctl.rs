@@ -64,6 +64,18 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         lines: u32,
     },
+    /// List incidents (open ones; --all for closed ones too).
+    Incidents {
+        #[arg(long)]
+        all: bool,
+    },
+    /// Acknowledge an open incident.
+    Ack {
+        id: String,
+        /// Who acknowledges it.
+        #[arg(long, default_value = "argusctl")]
+        by: String,
+    },
     /// Stream fleet events until interrupted.
     Watch {
         #[arg(long)]
@@ -263,6 +275,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .await?
             .into_inner(),
         )?,
+        Cmd::Incidents { all } => {
+            let r = c
+                .list_incidents(pb::ListIncidentsRequest { include_closed: all, limit: 100 })
+                .await?
+                .into_inner();
+            println!("{:<28} {:<15} {:<20} {:<8} {:<23}  SUMMARY", "ID", "KIND", "SCOPE", "STATUS", "OPENED");
+            for i in r.incidents {
+                let status = if i.closed_ms > 0 {
+                    "closed"
+                } else if i.acked_ms > 0 {
+                    "acked"
+                } else {
+                    "open"
+                };
+                println!(
+                    "{:<28} {:<15} {:<20} {:<8} {:<23}  {}",
+                    i.id, i.kind, i.scope, status, when(i.opened_ms), i.summary
+                );
+            }
+        }
+        Cmd::Ack { id, by } => {
+            let i = c.ack_incident(pb::AckIncidentRequest { id, by }).await?.into_inner();
+            println!("{} acknowledged by {}", i.id, i.acked_by);
+        }
         Cmd::Watch { node } => {
             let mut s = c
                 .watch_events(pb::WatchEventsRequest {
