@@ -163,10 +163,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             sd_ping();
         }
     });
+    // Under systemd (Type=notify, WatchdogSec=): ready now; the probe loop pings the watchdog,
+    // so a hung probe loop gets the agent restarted. Outside systemd these are no-ops.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     tasks.close();
     tasks.wait().await;
     Ok(())
 }
 
-/// Tells systemd the probe loop is alive (no-op outside systemd).
-fn sd_ping() {}
+/// Tells systemd's watchdog the probe loop is alive (no-op outside systemd).
+fn sd_ping() {
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+}
