@@ -415,17 +415,6 @@ impl AdminService for AdminApi {
             .ack_incident(&r.id, &by, argus_shared::time::now_ms())
             .await
             .ok_or_else(|| Status::not_found(format!("no open incident {:?}", r.id)))?;
-        Ok(Response::new(pb::Incident {
-            id: i.id,
-            kind: i.kind.as_str().to_owned(),
-            scope: i.scope,
-            opened_ms: i.opened_ms,
-            closed_ms: i.closed_ms.unwrap_or(0),
-            acked_ms: i.acked_ms.unwrap_or(0),
-            acked_by: i.acked_by,
-            summary: i.summary,
-            sessions: i.sessions,
-            until_ms: i.until_ms,
-        }))
+        Ok(Response::new(incident_pb(i)))
     }
 }

@@ -336,19 +336,22 @@ fn observe(
     t.obs_at_ms = Some(now);
 
     if t.obs.pane_dead {
+        // tmux may report the pane dead a moment before it knows the exit status (-1).
         let status = t.obs.exit_status;
-        let (to, reason) = if status == 0 {
-            (
+        let (to, reason) = match status {
+            0 => (
                 SessionState::Completed,
                 "agent exited with status 0".to_owned(),
-            )
-        } else {
-            (
+            ),
+            -1 => (SessionState::Dead, "pane process exited".to_owned()),
+            _ => (
                 SessionState::Dead,
                 format!("pane process exited with status {status}"),
-            )
+            ),
         };
-        if t.state != to {
+        if t.state == to {
+            t.reason = reason;
+        } else {
             let was_alive = t.state.is_alive();
             t.go(to, reason, now, fx);
             if was_alive && to == SessionState::Dead {

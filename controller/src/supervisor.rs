@@ -394,11 +394,10 @@ impl Supervisor {
     }
 
     /// Acknowledges an open incident.
-    pub async fn ack_incident(&self, id: &str, by: &str, now: UnixMs) -> Option<Incident> {
+    pub async fn ack_incident(&self, id: &str, by: &str, now: UnixMs) -> Option<IncidentRow> {
         let i = lock(&self.correlator).ack(id, by, now)?;
-        self.recorder
-            .record(Write::Incident(incident_row(&i)))
-            .await;
+        let row = incident_row(&i);
+        self.recorder.record(Write::Incident(row.clone())).await;
         self.events.publish(
             "",
             "",
@@ -406,7 +405,7 @@ impl Supervisor {
             format!("{} acknowledged by {by}", i.id),
             None,
         );
-        Some(i)
+        Some(row)
     }
 
     /// Reloads the policy file when it changed; a bad file is refused and the old policy stays.

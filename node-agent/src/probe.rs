@@ -54,6 +54,8 @@ struct Incarnation {
 #[derive(Debug, Clone)]
 struct Agent {
     inc: Incarnation,
+    /// Its `comm` when found: a change means it exec'd into another program.
+    comm: String,
     name: String,
     profile: Option<String>,
     cpu_ticks: u64,
@@ -335,6 +337,7 @@ fn resolve_agent(profiles: &Profiles, pane_pid: u32, known: Option<Agent>) -> Op
         && let Some(s) = procs::stat(a.inc.pid)
         && s.start_time == a.inc.start_time
         && s.state != 'Z'
+        && s.comm == a.comm
     {
         a.cpu_ticks = s.cpu_ticks;
         return Some(a);
@@ -358,6 +361,7 @@ fn resolve_agent(profiles: &Profiles, pane_pid: u32, known: Option<Agent>) -> Op
             pid: p.pid,
             start_time: p.start_time,
         },
+        comm: p.comm.clone(),
         name: profile.clone().unwrap_or_else(|| p.comm.clone()),
         profile,
         cpu_ticks: p.cpu_ticks,

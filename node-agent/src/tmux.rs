@@ -251,8 +251,17 @@ impl Tmux {
         }
         args.extend(argv.iter().map(String::as_str));
         let options: Vec<String> = labels.keys().map(|k| format!("@argus-{k}")).collect();
+        // `=NAME:` (with the colon) is the exact-match target set-option accepts.
+        let target = format!("={name}:");
         for (option, value) in options.iter().zip(labels.values()) {
-            args.extend([";", "set-option", option.as_str(), value.as_str()]);
+            args.extend([
+                ";",
+                "set-option",
+                "-t",
+                &target,
+                option.as_str(),
+                value.as_str(),
+            ]);
         }
         // Creating a session must work even when no control client can attach yet. When the
         // last session just closed, the old server may still be exiting: try again briefly.

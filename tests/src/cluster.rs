@@ -249,3 +249,25 @@ pub fn sref(node: &str, name: &str) -> Option<pb::SessionRef> {
 pub fn fake_agent() -> PathBuf {
     binary("fake-agent")
 }
+
+/// Reads a `WatchEvents` stream until an event satisfies `pred`, failing after `deadline`.
+pub async fn wait_event(
+    events: &mut tonic::Streaming<pb::FleetEvent>,
+    what: &str,
+    deadline: Duration,
+    pred: impl Fn(&pb::FleetEvent) -> bool,
+) -> anyhow::Result<pb::FleetEvent> {
+    let found = tokio::time::timeout(deadline, async {
+        while let Some(e) = events.message().await? {
+            if pred(&e) {
+                return anyhow::Ok(e);
+            }
+        }
+        anyhow::bail!("the event stream ended while waiting for {what}")
+    })
+    .await;
+    match found {
+        Ok(r) => r,
+        Err(_) => anyhow::bail!("timed out after {deadline:?} waiting for {what}"),
+    }
+}

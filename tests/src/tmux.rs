@@ -70,9 +70,11 @@ impl TestTmux {
             .iter()
             .map(|(k, v)| (format!("@argus-{k}"), (*v).to_owned()))
             .collect();
-        // Without -t, set-option applies to the session new-session just made.
+        // An explicit exact target: without -t, tmux picks the "current" session, which another
+        // client (a node agent's control client) can change.
+        let target = format!("={name}:");
         for (k, v) in &opts {
-            args.extend([";", "set-option", k, v]);
+            args.extend([";", "set-option", "-t", &target, k, v]);
         }
         self.run(&args).map(drop)
     }

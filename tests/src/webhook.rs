@@ -1,5 +1,6 @@
-//! A webhook receiver for tests: a real HTTP/1.1 server on loopback that records every POST body
-//! and answers 200.
+//! Real HTTP/1.1 servers on loopback for tests: a webhook receiver that records every POST body
+//! and answers 200, and (with [`start_answering`]) a fake OpenAI-compatible chat endpoint, which
+//! stands in for an LLM that cannot run here.
 
 use std::sync::{Arc, Mutex};
 
@@ -18,6 +19,15 @@ impl Received {
 
 /// Starts the receiver; returns its URL and the record.
 pub async fn start() -> anyhow::Result<(String, Received)> {
+    start_answering(|_| String::new()).await
+}
+
+/// Starts a server that records every POST body and answers each with `answer(body)` as a JSON
+/// response body.
+pub async fn start_answering(
+    answer: impl Fn(&serde_json::Value) -> String + Send + Sync + 'static,
+) -> anyhow::Result<(String, Received)> {
+    let answer = Arc::new(answer);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/hook", listener.local_addr()?);
     let received = Received::default();
@@ -25,6 +35,7 @@ pub async fn start() -> anyhow::Result<(String, Received)> {
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             let rec = rec.clone();
+            let answer = answer.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -48,12 +59,18 @@ pub async fn start() -> anyhow::Result<(String, Received)> {
                             })
                             .unwrap_or(0);
                         if body.len() >= len {
-                            if let Ok(v) = serde_json::from_str(&body[..len])
-                                && let Ok(mut r) = rec.0.lock()
-                            {
+                            let v: serde_json::Value =
+                                serde_json::from_str(&body[..len]).unwrap_or_default();
+                            let reply = answer(&v);
+                            if let Ok(mut r) = rec.0.lock() {
                                 r.push(v);
                             }
-                            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
+                            let head = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                                reply.len()
+                            );
+                            let _ = stream.write_all(head.as_bytes()).await;
+                            let _ = stream.write_all(reply.as_bytes()).await;
                             return;
                         }
                     }

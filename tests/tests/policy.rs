@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use argus_proto::v1 as pb;
-use argus_tests::cluster::{TestCluster, fake_agent, sref};
+use argus_tests::cluster::{TestCluster, fake_agent, sref, wait_event};
 use argus_tests::eventually;
 use argus_tests::tmux::TestTmux;
 
@@ -125,15 +125,10 @@ crash_loop_cooldown = "60s"
         })
         .await?
         .into_inner();
-    tokio::time::timeout(WAIT, async {
-        while let Some(e) = events.message().await? {
-            if e.session_name == "crashy" && e.kind == "crash_loop" {
-                return anyhow::Ok(());
-            }
-        }
-        anyhow::bail!("event stream ended")
+    wait_event(&mut events, "the crash loop", WAIT, |e| {
+        e.session_name == "crashy" && e.kind == "crash_loop"
     })
-    .await??;
+    .await?;
     // Two restarts (after the 1st and 2nd crash); the 3rd crash starts the 60 s cooldown. No
     // third restart may come within the next few seconds.
     let third = eventually(
@@ -259,15 +254,7 @@ node_down_after = "2s"
     std::process::Command::new("kill")
         .args(["-STOP", &pid])
         .status()?;
-    let silenced = tokio::time::timeout(WAIT, async {
-        while let Some(e) = events.message().await? {
-            if e.kind == "node_down" {
-                return anyhow::Ok(());
-            }
-        }
-        anyhow::bail!("event stream ended")
-    })
-    .await;
+    let silenced = wait_event(&mut events, "node down", WAIT, |e| e.kind == "node_down").await;
     let down_then = std::time::Instant::now();
     // Stay cut off past the hard limit and the nudge dwell.
     let acted = eventually(
@@ -283,7 +270,7 @@ node_down_after = "2s"
     std::process::Command::new("kill")
         .args(["-CONT", &pid])
         .status()?;
-    silenced??;
+    silenced?;
     assert!(down_then.elapsed() >= Duration::from_secs(4));
     assert!(acted.is_err(), "a command was decided for a silent node");
     assert!(tmux.has_session("hung") && tmux.has_session("idle"));
@@ -320,7 +307,10 @@ async fn policy_reloads_and_a_bad_file_keeps_the_old_one() -> anyhow::Result<()>
         .await?
         .into_inner();
     std::fs::write(&path, "nudge_budget = 5\nnudge_dwel = \"1s\"\n")?;
-    let rejected = next_event(&mut events, "policy_rejected").await?;
+    let rejected = wait_event(&mut events, "policy_rejected", WAIT, |e| {
+        e.kind == "policy_rejected"
+    })
+    .await?;
     assert!(rejected.message.contains("nudge_dwel"), "{rejected:?}");
     // Force a different modification time even on coarse file systems.
     std::fs::write(
@@ -329,21 +319,60 @@ async fn policy_reloads_and_a_bad_file_keeps_the_old_one() -> anyhow::Result<()>
     )?;
     let f = std::fs::File::options().write(true).open(&path)?;
     f.set_modified(std::time::SystemTime::now() + Duration::from_secs(1))?;
-    next_event(&mut events, "policy_reloaded").await?;
+    wait_event(&mut events, "policy_reloaded", WAIT, |e| {
+        e.kind == "policy_reloaded"
+    })
+    .await?;
     Ok(())
 }
 
-async fn next_event(
-    events: &mut tonic::Streaming<pb::FleetEvent>,
-    kind: &str,
-) -> anyhow::Result<pb::FleetEvent> {
-    tokio::time::timeout(WAIT, async {
-        while let Some(e) = events.message().await? {
-            if e.kind == kind {
-                return anyhow::Ok(e);
-            }
-        }
-        anyhow::bail!("event stream ended")
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llm_triage_sees_the_screen_and_its_verdict_is_carried_out() -> anyhow::Result<()> {
+    // The LLM: a real HTTP server speaking the OpenAI chat-completions protocol.
+    let (llm, asked) = argus_tests::webhook::start_answering(|_| {
+        serde_json::json!({
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                "role": "assistant",
+                "content": "The agent is hung.\n```json\n{\"verdict\": \"restart\"}\n```"
+            }}]
+        })
+        .to_string()
     })
-    .await?
+    .await?;
+    let base = llm.trim_end_matches("/hook").to_owned() + "/v1";
+    let tmux = TestTmux::new();
+    tmux.session("hung", &agent("quiet"), &[("restart", &agent("quiet"))])?;
+    let policy = format!(
+        "nudge_dwell = \"1s\"\nconfirm_after = \"500ms\"\n[triage]\nkind = \"openai\"\nurl = \"{base}\"\nmodel = \"test-model\"\n"
+    );
+    let mut c = TestCluster::start(&policy, &[]).await?;
+    c.start_agent("n1", tmux.socket())?;
+    let before = c
+        .wait_session("n1", "hung", "hung agent known", WAIT, |s| s.agent_pid > 0)
+        .await?;
+    let after = c
+        .wait_session("n1", "hung", "restarted after triage", WAIT, |s| {
+            s.agent_pid > 0 && s.agent_pid != before.agent_pid
+        })
+        .await?;
+    assert_eq!(after.state(), pb::SessionState::Working);
+    let requests = asked.all();
+    assert!(!requests.is_empty());
+    assert_eq!(requests[0]["model"], "test-model");
+    let prompt = requests[0]["messages"][1]["content"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        prompt.contains("Reading the repository"),
+        "the screen was not sent: {prompt}"
+    );
+    assert!(prompt.contains("\"session_name\": \"hung\""), "{prompt}");
+    let h = history(&c, "n1", "hung").await?;
+    let restart = commands(&h, "restart");
+    assert_eq!(restart.len(), 1, "{:?}", h.commands);
+    assert!(restart[0].reason.contains("escalation"), "{restart:?}");
+    Ok(())
 }

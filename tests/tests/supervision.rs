@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use argus_proto::v1 as pb;
-use argus_tests::cluster::{TestCluster, fake_agent, sref};
+use argus_tests::cluster::{TestCluster, fake_agent, sref, wait_event};
 use argus_tests::eventually;
 use argus_tests::tmux::TestTmux;
 
@@ -30,9 +30,24 @@ async fn states_conditions_nudges_and_people() -> anyhow::Result<()> {
     tmux.session("busy", &agent("working"), &claude)?;
     tmux.session("idle", &agent("idle"), &claude)?;
     tmux.session("asks", &agent("permission"), &claude)?;
-    tmux.session("ends", &agent("exit 3"), &claude)?;
     let mut c = TestCluster::start(FAST, &[]).await?;
     c.start_agent("n1", tmux.socket())?;
+    c.wait_session("n1", "idle", "node agent reporting", WAIT, |_| true)
+        .await?;
+    // Started once the node agent watches, and kept as a dead pane, exit status and all.
+    let ends = agent("exit 3");
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "ends",
+        &ends,
+        ";",
+        "set-option",
+        "-w",
+        "remain-on-exit",
+        "on",
+    ])?;
 
     let busy = c
         .wait_session("n1", "busy", "busy agent working and thinking", WAIT, |s| {
@@ -44,10 +59,16 @@ async fn states_conditions_nudges_and_people() -> anyhow::Result<()> {
         s.condition() == pb::Condition::WaitingPermission
     })
     .await?;
-    c.wait_session("n1", "ends", "exited agent dead", WAIT, |s| {
-        state(s) == pb::SessionState::Dead
-    })
-    .await?;
+    let ends = c
+        .wait_session(
+            "n1",
+            "ends",
+            "exited agent dead, with its status",
+            WAIT,
+            |s| state(s) == pb::SessionState::Dead && s.reason.contains("status 3"),
+        )
+        .await?;
+    assert!(ends.reason.contains("status 3"), "{ends:?}");
 
     // The idle agent is warned, then nudged: the nudge text reaches its screen.
     eventually("the nudge on the idle agent's screen", WAIT, || async {
@@ -133,15 +154,11 @@ async fn sigkilled_agent_is_noticed_at_once_and_restarted() -> anyhow::Result<()
     std::process::Command::new("kill")
         .args(["-KILL", &before.agent_pid.to_string()])
         .status()?;
-    let noticed = tokio::time::timeout(WAIT, async {
-        while let Some(e) = events.message().await? {
-            if e.session_name == "victim" && e.kind == "transition" {
-                return anyhow::Ok(killed_at.elapsed());
-            }
-        }
-        anyhow::bail!("event stream ended")
+    wait_event(&mut events, "the death", WAIT, |e| {
+        e.session_name == "victim" && e.kind == "transition"
     })
-    .await??;
+    .await?;
+    let noticed = killed_at.elapsed();
     println!("SIGKILL noticed by the controller after {noticed:?}");
     assert!(
         noticed < Duration::from_secs(1),
@@ -193,10 +210,16 @@ async fn kill_removes_exactly_the_target() -> anyhow::Result<()> {
     for name in ["build-2", "buildx", "other"] {
         assert!(tmux.has_session(name), "{name} was killed too");
     }
-    assert!(
-        !std::path::Path::new(&format!("/proc/{target_pid}")).exists(),
-        "agent process survived the kill"
-    );
+    // Gone, or at most a zombie until tmux reaps it.
+    eventually("the killed agent process to end", WAIT, || async {
+        let stat = std::fs::read_to_string(format!("/proc/{target_pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next());
+        Ok(matches!(state, None | Some("Z")).then_some(()))
+    })
+    .await?;
     c.wait_session("n1", "build", "killed session dead", WAIT, |s| {
         state(s) == pb::SessionState::Dead
     })

@@ -277,10 +277,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         )?,
         Cmd::Incidents { all } => {
             let r = c
-                .list_incidents(pb::ListIncidentsRequest { include_closed: all, limit: 100 })
+                .list_incidents(pb::ListIncidentsRequest {
+                    include_closed: all,
+                    limit: 100,
+                })
                 .await?
                 .into_inner();
-            println!("{:<28} {:<15} {:<20} {:<8} {:<23}  SUMMARY", "ID", "KIND", "SCOPE", "STATUS", "OPENED");
+            println!(
+                "{:<28} {:<15} {:<20} {:<8} {:<23}  SUMMARY",
+                "ID", "KIND", "SCOPE", "STATUS", "OPENED"
+            );
             for i in r.incidents {
                 let status = if i.closed_ms > 0 {
                     "closed"
@@ -291,12 +297,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 };
                 println!(
                     "{:<28} {:<15} {:<20} {:<8} {:<23}  {}",
-                    i.id, i.kind, i.scope, status, when(i.opened_ms), i.summary
+                    i.id,
+                    i.kind,
+                    i.scope,
+                    status,
+                    when(i.opened_ms),
+                    i.summary
                 );
             }
         }
         Cmd::Ack { id, by } => {
-            let i = c.ack_incident(pb::AckIncidentRequest { id, by }).await?.into_inner();
+            let i = c
+                .ack_incident(pb::AckIncidentRequest { id, by })
+                .await?
+                .into_inner();
             println!("{} acknowledged by {}", i.id, i.acked_by);
         }
         Cmd::Watch { node } => {
