@@ -1,7 +1,7 @@
 //! Durable state behind one interface: node epochs, session transitions and the command audit
 //! log. Decision code never waits on it: transitions and commands go through the [`Recorder`], a
-//! write-behind queue that batches them into transactions; only the epoch bump on attach is
-//! written before the controller answers.
+//! write-behind queue that batches them into transactions and retries a failing store without
+//! dropping anything; only the epoch bump on attach is written before the controller answers.
 
 pub mod sqlite;
 
@@ -186,15 +186,21 @@ impl Recorder {
                 if got == 0 {
                     break;
                 }
-                for attempt in 1..=5u32 {
+                // Nothing is dropped while the controller runs: a failing store is retried
+                // with backoff, and the bounded queue pushes back on the writers meanwhile.
+                let mut attempt = 0u32;
+                loop {
+                    attempt += 1;
                     match store.write(&batch).await {
                         Ok(()) => break,
-                        Err(e) if attempt == 5 => {
-                            tracing::error!(error = %e, writes = batch.len(), "store unavailable; dropping writes after 5 attempts");
+                        Err(e) if shutdown.is_cancelled() && attempt >= 3 => {
+                            tracing::error!(error = %e, writes = batch.len(), "store unavailable at shutdown; writes lost");
+                            break;
                         }
                         Err(e) => {
-                            tracing::warn!(error = %e, attempt, "store write failed; retrying");
-                            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                            tracing::warn!(error = %e, attempt, writes = batch.len(), "store write failed; retrying");
+                            let wait = Duration::from_millis(200 * u64::from(attempt.min(25)));
+                            tokio::time::sleep(wait).await;
                         }
                     }
                 }
