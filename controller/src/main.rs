@@ -41,6 +41,9 @@ struct Args {
     /// With --local: the node agent's state directory.
     #[arg(long, default_value = ".argus-node")]
     state_dir: PathBuf,
+    /// With --local: agent profiles (TOML) layered over the built-in ones.
+    #[arg(long, env = "ARGUS_PROFILES")]
+    profiles: Option<PathBuf>,
     /// With --local: probe interval.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     probe_interval: Duration,
@@ -99,6 +102,7 @@ async fn main() -> anyhow::Result<()> {
         };
         c.state_dir = args.state_dir.clone();
         c.probe_interval = args.probe_interval;
+        c.profiles_file = args.profiles.clone();
         c
     });
     let config = argus_controller::Config {

@@ -376,3 +376,65 @@ async fn llm_triage_sees_the_screen_and_its_verdict_is_carried_out() -> anyhow::
     assert!(restart[0].reason.contains("escalation"), "{restart:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mass_death_on_one_host_is_one_incident_not_n_restarts() -> anyhow::Result<()> {
+    let tmux = TestTmux::new();
+    let cmd = agent("quiet");
+    let names = ["w1", "w2", "w3", "w4"];
+    for name in names {
+        tmux.session(name, &cmd, &[("restart", &cmd)])?;
+    }
+    // Restarts wait at least 1 s, so a mass death seen within that second holds all of them.
+    let mut c = TestCluster::start(
+        "restart_backoff_min = \"2s\"\nmass_death_hold = \"60s\"",
+        &[],
+    )
+    .await?;
+    c.start_agent("n1", tmux.socket())?;
+    let mut pids = Vec::new();
+    for name in names {
+        pids.push(
+            c.wait_session("n1", name, "agent known", WAIT, |s| s.agent_pid > 0)
+                .await?
+                .agent_pid,
+        );
+    }
+    for pid in &pids {
+        std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()?;
+    }
+    let incident = eventually("a mass-death incident", WAIT, || async {
+        Ok(incidents(&c)
+            .await?
+            .into_iter()
+            .find(|i| i.kind == "mass_death"))
+    })
+    .await?;
+    assert_eq!(incident.scope, "n1");
+    // Past every session's backoff: still no restart, because the host is held.
+    let restarted = eventually(
+        "a restart during the hold (must not happen)",
+        Duration::from_secs(4),
+        || async {
+            for name in names {
+                if !commands(&history(&c, "n1", name).await?, "restart").is_empty() {
+                    return Ok(Some(()));
+                }
+            }
+            Ok(None)
+        },
+    )
+    .await;
+    assert!(
+        restarted.is_err(),
+        "restarted while the host incident holds restarts"
+    );
+    assert_eq!(
+        incidents(&c).await?.len(),
+        1,
+        "one root cause, one incident"
+    );
+    Ok(())
+}
