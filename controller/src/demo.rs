@@ -34,7 +34,7 @@ fn park() -> ! {
 /// - `permission`: a permission prompt, waiting for a person;
 /// - `ratelimit [SECONDS]`: a usage-limit message with a reset time SECONDS from now (epoch
 ///   form); each line typed gets the same message again (the limit is renewed);
-/// - `exit [CODE]`: one line, then exits with CODE (default 1) after 300 ms;
+/// - `exit [CODE]`: one line, then exits with CODE (default 1) after 1 s;
 /// - `quiet`: one line, then nothing and no CPU (hung silently).
 pub fn agent(mode: &str, arg: Option<&str>) -> ! {
     let mut out = std::io::stdout();
@@ -92,7 +92,7 @@ pub fn agent(mode: &str, arg: Option<&str>) -> ! {
             let code: i32 = arg.and_then(|c| c.parse().ok()).unwrap_or(1);
             let _ = writeln!(out, "⏺ agent exiting with {code}");
             let _ = out.flush();
-            std::thread::sleep(Duration::from_millis(300));
+            std::thread::sleep(Duration::from_secs(1));
             std::process::exit(code);
         }
         _ => {

@@ -107,8 +107,8 @@ async fn rate_limited_agent_waits_for_its_reset_then_is_resumed() -> anyhow::Res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_loop_is_restarted_no_more_than_the_policy_allows() -> anyhow::Result<()> {
     let tmux = TestTmux::new();
-    let cmd = agent("exit 1");
-    tmux.session("crashy", &cmd, &[("restart", &cmd)])?;
+    // A long-lived neighbour keeps the tmux server up between crashes.
+    tmux.session("keeper", &agent("quiet"), &[])?;
     let policy = r#"
 restart_backoff_min = "100ms"
 crash_loop_crashes = 3
@@ -117,6 +117,13 @@ crash_loop_cooldown = "60s"
 "#;
     let mut c = TestCluster::start(policy, &[]).await?;
     c.start_agent("n1", tmux.socket())?;
+    c.wait_session("n1", "keeper", "node agent reporting", WAIT, |s| {
+        s.agent_pid > 0
+    })
+    .await?;
+    // Started once the node agent watches: the agent lives 1 s each time.
+    let cmd = agent("exit 1");
+    tmux.session("crashy", &cmd, &[("restart", &cmd)])?;
     let mut events = c
         .admin()
         .await?
