@@ -134,7 +134,9 @@ impl Tmux {
         if guard.as_ref().is_some_and(ControlClient::is_closed) {
             *guard = None;
         }
-        if guard.is_none() {
+        // `attach-session` starts a server when none runs (and a control client then keeps that
+        // empty server alive): attach only to a server that already has a session.
+        if guard.is_none() && self.has_sessions().await {
             *guard = ControlClient::attach(&self.socket, self.wake.clone())
                 .await
                 .ok();
@@ -149,6 +151,17 @@ impl Tmux {
                 self.spawn(argv).await
             }
         }
+    }
+
+    /// True when a server runs on the socket and has at least one session (`list-sessions`
+    /// never starts a server).
+    async fn has_sessions(&self) -> bool {
+        if !self.socket.exists() {
+            return false;
+        }
+        self.spawn(&["list-sessions", "-F", "#{session_id}"])
+            .await
+            .is_ok_and(|lines| !lines.is_empty())
     }
 
     async fn spawn(&self, argv: &[&str]) -> Result<Vec<String>, TmuxError> {

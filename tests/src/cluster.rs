@@ -47,8 +47,22 @@ impl Proc {
         self.child.id()
     }
 
-    /// Stops the process (SIGKILL by pid) and reaps it.
+    /// Stops the process: SIGTERM by pid (so it ends its own children, such as a node agent's
+    /// tmux control client), SIGKILL after 3 s, then reaps it.
     pub fn stop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while std::time::Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
