@@ -85,7 +85,6 @@ pub struct Correlator {
     /// Rate-limited sessions per provider scope: (session, seen at, cooldown end).
     provider_hits: HashMap<String, Vec<(SessionRef, UnixMs, UnixMs)>>,
     deaths: HashMap<String, VecDeque<(UnixMs, SessionRef)>>,
-    health: HashMap<String, Health>,
     prefix: String,
     next: u64,
 }
@@ -239,16 +238,8 @@ impl Correlator {
             .contains_key(&(IncidentKind::MassDeath, node.to_owned()))
     }
 
-    /// A node's health changed. `total` is the number of nodes with a live stream or recent
-    /// contact.
-    pub fn node_health(
-        &mut self,
-        node: &str,
-        health: Health,
-        now: UnixMs,
-        policy: &Policy,
-    ) -> Vec<Change> {
-        self.health.insert(node.to_owned(), health);
+    /// A node's health changed.
+    pub fn node_health(&mut self, node: &str, health: Health, now: UnixMs) -> Vec<Change> {
         let mut out = Vec::new();
         let k = (IncidentKind::HostSilent, node.to_owned());
         match health {
@@ -272,14 +263,26 @@ impl Correlator {
                 }
             }
         }
-        let total = self.health.len();
-        let silent = self.health.values().filter(|h| **h != Health::Up).count();
+        out
+    }
+
+    /// The whole fleet's health: `silent` of `total` recently seen nodes are not up. When the
+    /// share reaches `self_suspect_share` (with at least two nodes), the controller suspects its
+    /// own network and freezes every destructive action until it sees the fleet again.
+    pub fn fleet(
+        &mut self,
+        total: usize,
+        silent: usize,
+        now: UnixMs,
+        policy: &Policy,
+    ) -> Vec<Change> {
         let share = if total == 0 {
             0.0
         } else {
             silent as f64 / total as f64
         };
         let k = (IncidentKind::SelfSuspect, "controller".to_owned());
+        let mut out = Vec::new();
         if total >= 2 && share >= policy.self_suspect_share {
             if !self.open.contains_key(&k) {
                 out.push(self.open(
@@ -293,11 +296,6 @@ impl Correlator {
             out.extend(self.close(IncidentKind::SelfSuspect, "controller", now));
         }
         out
-    }
-
-    /// Forgets a node (it will count again when it attaches).
-    pub fn node_forgotten(&mut self, node: &str) {
-        self.health.remove(node);
     }
 
     /// True while every destructive action is frozen.
@@ -403,18 +401,25 @@ mod tests {
     fn the_controller_suspects_itself_when_half_the_fleet_goes_silent() {
         let p = Policy::default();
         let mut c = Correlator::new("i".into());
-        for n in ["a", "b", "c", "d"] {
-            c.node_health(n, Health::Up, 0, &p);
-        }
-        c.node_health("a", Health::Suspect, 1, &p);
+        assert!(c.fleet(4, 1, 1, &p).is_empty());
         assert!(!c.frozen());
-        let ch = c.node_health("b", Health::Suspect, 2, &p);
+        let ch = c.fleet(4, 2, 2, &p);
         assert!(c.frozen());
         assert!(
             ch.iter()
                 .any(|x| matches!(x, Change::Opened(i) if i.kind == IncidentKind::SelfSuspect))
         );
-        c.node_health("b", Health::Up, 3, &p);
+        // One node alone going silent is that node's problem, not the controller's.
+        assert!(matches!(&c.fleet(1, 1, 3, &p)[..], [Change::Closed(_)]));
         assert!(!c.frozen());
+        // A host incident opens and closes with the node's health.
+        assert!(matches!(
+            &c.node_health("a", Health::Suspect, 4)[..],
+            [Change::Opened(_)]
+        ));
+        assert!(matches!(
+            &c.node_health("a", Health::Up, 5)[..],
+            [Change::Closed(_)]
+        ));
     }
 }

@@ -252,6 +252,20 @@ impl Track {
     }
 }
 
+/// False when a tick cannot change anything for this session now (so the supervisor may skip
+/// it): no restart pending, no cooldown, no ladder in progress, and not idle for
+/// `idle_checks` probe intervals. Conservative: `step` with [`Input::Tick`] decides.
+pub fn needs_tick(t: &Track, now: UnixMs, idle_checks: u32) -> bool {
+    if t.restart_wanted || t.durable.rate.is_some() || t.ladder.rung != Rung::Clear {
+        return true;
+    }
+    match t.state {
+        SessionState::Stalled => true,
+        SessionState::Working => now - t.last_activity_ms >= i64::from(idle_checks) * t.probe_ms,
+        _ => false,
+    }
+}
+
 /// Advances one session.
 pub fn step(t: &mut Track, input: Input, now: UnixMs, policy: &Policy, ctx: &Ctx) -> Vec<Effect> {
     let before = t.durable.clone();

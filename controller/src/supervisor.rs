@@ -388,8 +388,7 @@ impl Supervisor {
 
     /// A node attached (or came back): it is up.
     pub async fn node_up(&self, node_id: &str, now: UnixMs) {
-        let policy = self.policy();
-        let changes = lock(&self.correlator).node_health(node_id, Health::Up, now, &policy);
+        let changes = lock(&self.correlator).node_health(node_id, Health::Up, now);
         self.incident_changes(changes).await;
     }
 
@@ -486,9 +485,25 @@ impl Supervisor {
                 format!("node {} (silent for {} ms)", health.as_str(), silent),
                 None,
             );
-            changes.extend(lock(&self.correlator).node_health(&node, health, now, &policy));
+            changes.extend(lock(&self.correlator).node_health(&node, health, now));
         }
-        changes.extend(lock(&self.correlator).tick(now, &policy));
+        // Self-suspicion counts the nodes seen within the last 5 minutes: one that has been gone
+        // longer is its own incident, not a sign of the controller's network.
+        let recent = 300_000;
+        let (mut total, mut silent) = (0, 0);
+        for n in self.fleet.nodes.iter() {
+            if n.health == Health::Up {
+                total += 1;
+            } else if now - n.last_seen_ms < recent {
+                total += 1;
+                silent += 1;
+            }
+        }
+        {
+            let mut c = lock(&self.correlator);
+            changes.extend(c.fleet(total, silent, now, &policy));
+            changes.extend(c.tick(now, &policy));
+        }
         self.incident_changes(changes).await;
 
         let verdicts: Vec<_> = {
@@ -499,31 +514,40 @@ impl Supervisor {
             self.apply(&key, Input::Verdict(verdict), now).await;
         }
 
-        let keys: Vec<SessionRef> = self
+        // Only sessions whose time can bring a decision are stepped: dead sessions waiting for a
+        // restart, rate-limit cooldowns, ladders in progress, and sessions idle long enough to
+        // stall. A busy fleet costs one read per session per tick.
+        let up: std::collections::HashSet<String> = self
             .fleet
-            .sessions
+            .nodes
             .iter()
-            .map(|e| e.key().clone())
+            .filter(|n| n.health == Health::Up)
+            .map(|n| n.node_id.clone())
             .collect();
+        let idle_checks = policy
+            .groups
+            .values()
+            .map(|g| g.idle_checks)
+            .fold(policy.idle_checks, u32::min);
         let forget = policy.forget_dead_after.as_millis() as i64;
-        for key in keys {
-            let node_up = self
-                .fleet
-                .nodes
-                .get(&key.node_id)
-                .is_some_and(|n| n.health == Health::Up);
-            if !node_up {
+        let mut due = Vec::new();
+        let mut forgotten = Vec::new();
+        for e in self.fleet.sessions.iter() {
+            let (key, t) = (e.key(), e.value());
+            if !up.contains(&key.node_id) {
                 continue;
             }
-            let forgettable = self.fleet.sessions.get(&key).is_some_and(|t| {
-                t.state == SessionState::Dead
-                    && !t.restart_wanted
-                    && now - t.last_change_ms > forget
-            });
-            if forgettable {
-                self.fleet.sessions.remove(&key);
-                continue;
+            if t.state == SessionState::Dead && !t.restart_wanted && now - t.last_change_ms > forget
+            {
+                forgotten.push(key.clone());
+            } else if detect::needs_tick(t, now, idle_checks) {
+                due.push(key.clone());
             }
+        }
+        for key in forgotten {
+            self.fleet.sessions.remove(&key);
+        }
+        for key in due {
             self.apply(&key, Input::Tick, now).await;
         }
         self.dispatch.expire(now).await;

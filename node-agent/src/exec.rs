@@ -133,9 +133,25 @@ impl Executor {
                 ),
             );
         }
-        let result = self.run(&tmux, &session, action).await;
-        match result {
+        let restart = match &action {
+            Action::Restart {
+                command,
+                cwd,
+                labels,
+            } => Some((command.clone(), cwd.clone(), labels.clone())),
+            _ => None,
+        };
+        match self.run(&tmux, &session, action).await {
             Ok(output) => (S::Ok, String::new(), output),
+            // The session closed between the last probe and this restart (its agent died a
+            // moment ago): create it anew instead.
+            Err(e)
+                if restart.is_some() && (e.contains("can't find") || e.contains("no server")) =>
+            {
+                let (command, cwd, labels) = restart.unwrap_or_default();
+                self.recreate(&tmux, &cmd.session_name, &command, &cwd, &labels)
+                    .await
+            }
             Err(e) => (S::Failed, e, String::new()),
         }
     }
