@@ -7,6 +7,7 @@ use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
     CommandRow, History, IncidentRow, NodeRecord, SessionRef, Store, StoreError, TransitionRow,
@@ -16,6 +17,58 @@ use super::{
 /// SQLite through sqlx.
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Attaches waiting for their epoch bump: a writer task commits them in batches, so that a
+    /// fleet reconnecting at once costs one transaction per batch, not one per node.
+    attaches: mpsc::Sender<Attach>,
+}
+
+type Attach = (NodeRecord, u64, oneshot::Sender<Result<u64, StoreError>>);
+
+const EPOCH_BUMP: &str =
+    "INSERT INTO nodes (node_id, epoch, hostname, agent_version, boot_id, last_attach_ms)
+     VALUES (?1, ?2 + 1, ?3, ?4, ?5, ?6)
+     ON CONFLICT (node_id) DO UPDATE SET
+         epoch = MAX(nodes.epoch, ?2) + 1,
+         hostname = excluded.hostname,
+         agent_version = excluded.agent_version,
+         boot_id = excluded.boot_id,
+         last_attach_ms = excluded.last_attach_ms
+     RETURNING epoch";
+
+/// Commits queued epoch bumps, a batch per transaction; ends when the store is dropped.
+async fn bump_epochs(pool: SqlitePool, mut rx: mpsc::Receiver<Attach>) {
+    let mut batch = Vec::with_capacity(256);
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        let result = bump_batch(&pool, &batch).await;
+        for (i, (_, _, reply)) in batch.drain(..).enumerate() {
+            let _ = reply.send(match &result {
+                Ok(epochs) => Ok(epochs[i]),
+                Err(e) => Err(StoreError::Db {
+                    op: "attach node",
+                    source: sqlx::Error::Protocol(e.to_string()),
+                }),
+            });
+        }
+    }
+}
+
+async fn bump_batch(pool: &SqlitePool, batch: &[Attach]) -> Result<Vec<u64>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut epochs = Vec::with_capacity(batch.len());
+    for (n, at_least, _) in batch {
+        let row = sqlx::query(EPOCH_BUMP)
+            .bind(&n.node_id)
+            .bind(*at_least as i64)
+            .bind(&n.hostname)
+            .bind(&n.agent_version)
+            .bind(&n.boot_id)
+            .bind(n.last_attach_ms)
+            .fetch_one(&mut *tx)
+            .await?;
+        epochs.push(row.get::<i64, _>("epoch") as u64);
+    }
+    tx.commit().await?;
+    Ok(epochs)
 }
 
 fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
@@ -37,7 +90,10 @@ impl SqliteStore {
             .await
             .map_err(db("open"))?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        let (attaches, rx) = mpsc::channel(4096);
+        // Ends by itself when the store (the only sender) is dropped.
+        drop(tokio::spawn(bump_epochs(pool.clone(), rx)));
+        Ok(Self { pool, attaches })
     }
 }
 
@@ -77,27 +133,16 @@ fn command_row(r: &sqlx::sqlite::SqliteRow) -> CommandRow {
 #[async_trait]
 impl Store for SqliteStore {
     async fn attach_node(&self, n: &NodeRecord, at_least: u64) -> Result<u64, StoreError> {
-        let row = sqlx::query(
-            "INSERT INTO nodes (node_id, epoch, hostname, agent_version, boot_id, last_attach_ms)
-             VALUES (?1, ?2 + 1, ?3, ?4, ?5, ?6)
-             ON CONFLICT (node_id) DO UPDATE SET
-                 epoch = MAX(nodes.epoch, ?2) + 1,
-                 hostname = excluded.hostname,
-                 agent_version = excluded.agent_version,
-                 boot_id = excluded.boot_id,
-                 last_attach_ms = excluded.last_attach_ms
-             RETURNING epoch",
-        )
-        .bind(&n.node_id)
-        .bind(at_least as i64)
-        .bind(&n.hostname)
-        .bind(&n.agent_version)
-        .bind(&n.boot_id)
-        .bind(n.last_attach_ms)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db("attach node"))?;
-        Ok(row.get::<i64, _>("epoch") as u64)
+        let (reply, answer) = oneshot::channel();
+        let closed = || StoreError::Db {
+            op: "attach node",
+            source: sqlx::Error::PoolClosed,
+        };
+        self.attaches
+            .send((n.clone(), at_least, reply))
+            .await
+            .map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
     }
 
     async fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
