@@ -2,6 +2,7 @@
 //! child processes (killed by pid on drop, their logs printed when a test fails), an admin
 //! client, and `eventually`, the only way tests wait.
 
+pub mod bench;
 pub mod cluster;
 pub mod fake_controller;
 pub mod tmux;

@@ -1,0 +1,387 @@
+//! Benchmarks of Argus on one machine, run by the `bench` binary: the node agent's probe cost
+//! against the shell-style probe (`probe_cost`), death detection and restart (`death`), host
+//! silence (`silence`) and one controller under a simulated fleet (`load`, driven by `loadgen`).
+//! Every load is bounded in count and time, uses loopback only and private tmux servers, and
+//! every process started here is stopped by pid.
+
+pub mod death;
+pub mod load;
+pub mod loadgen;
+pub mod probe_cost;
+pub mod procs;
+pub mod proxy;
+pub mod report;
+pub mod silence;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use argus_proto::v1 as pb;
+use argus_proto::v1::admin_service_client::AdminServiceClient;
+use hdrhistogram::Histogram;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tonic::transport::Channel;
+
+use crate::{eventually, free_port};
+use procs::Proc;
+
+/// How big a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scale {
+    /// The figures for `docs/performance.md` (a few minutes on 2 cores).
+    Full,
+    /// A tiny configuration of every benchmark, for CI (under a minute in all).
+    Smoke,
+}
+
+/// A benchmark policy: the defaults, except what each benchmark needs to isolate what it
+/// measures (written into the generated sections).
+pub fn policy(extra: &str) -> String {
+    format!("restart_on_death = \"labelled\"\n{extra}")
+}
+
+/// Policy lines that let every death be restarted at once and on its own: no restart backoff,
+/// and the fleet-level brakes (budget, mass death, crash loops) out of the way, so that the
+/// benchmark times the decision, not a deliberate hold.
+pub const IMMEDIATE_RESTART: &str = "restart_backoff_min = \"0s\"
+restart_backoff_max = \"1s\"
+crash_loop_crashes = 1000000
+max_restarts = 1000000
+mass_death_deaths = 1000000
+fleet_destructive_per_minute = 1000000
+";
+
+/// Which benchmarks to run.
+#[derive(Debug, Clone, Copy)]
+pub enum Which {
+    All,
+    Probe,
+    Death,
+    Silence,
+    /// The controller under a simulated fleet; `None` takes the scale's plan.
+    Load(Option<load::Plan>),
+}
+
+/// Runs the chosen benchmarks in order (probe, death, silence, load), prints every section and,
+/// when `out` is given, writes it into that markdown file as soon as it is done. In `all`, a
+/// failing benchmark does not stop the others; the first failure is returned at the end.
+pub async fn run(which: Which, scale: Scale, out: Option<&Path>) -> anyhow::Result<()> {
+    let machine = report::Machine::detect();
+    println!("bench: {}", machine.line());
+    let started = Instant::now();
+    let keys: &[&str] = match which {
+        Which::All => &["probe", "death", "silence", "load"],
+        Which::Probe => &["probe"],
+        Which::Death => &["death"],
+        Which::Silence => &["silence"],
+        Which::Load(_) => &["load"],
+    };
+    let plan = match which {
+        Which::Load(p) => p,
+        _ => None,
+    };
+    let mut failure = None;
+    for key in keys {
+        let t = Instant::now();
+        let result = match *key {
+            "probe" => probe_cost::run(scale, &machine).await,
+            "death" => death::run(scale, &machine).await,
+            "silence" => silence::run(scale, &machine).await,
+            _ => load::run(scale, &machine, plan).await,
+        };
+        match result {
+            Ok(mut section) => {
+                if scale == Scale::Smoke {
+                    section.body = format!(
+                        "{}\n_Smoke run: a tiny configuration that checks the benchmark works; \
+                         its figures and verdicts are not the targets'._\n",
+                        section.body.trim_end()
+                    );
+                }
+                println!(
+                    "\n{}\n({key} took {:.0} s)\n",
+                    section.body,
+                    t.elapsed().as_secs_f64()
+                );
+                if let Some(out) = out {
+                    report::write_section(out, &section)?;
+                }
+            }
+            Err(e) => {
+                eprintln!(
+                    "bench {key} failed after {:.0} s: {e:#}",
+                    t.elapsed().as_secs_f64()
+                );
+                failure.get_or_insert(e.context(format!("benchmark {key}")));
+            }
+        }
+    }
+    println!("bench: done in {:.0} s", started.elapsed().as_secs_f64());
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// A scratch directory for one benchmark (logs, SQLite, node agent state). Removed afterwards
+/// unless `ARGUS_BENCH_KEEP` is set, in which case its path is printed.
+pub fn workdir(what: &str) -> anyhow::Result<tempfile::TempDir> {
+    let mut dir = tempfile::Builder::new()
+        .prefix(&format!("argus-bench-{what}-"))
+        .tempdir()?;
+    if std::env::var_os("ARGUS_BENCH_KEEP").is_some() {
+        dir.disable_cleanup(true);
+        println!("{what}: keeping {}", dir.path().display());
+    }
+    Ok(dir)
+}
+
+// === Latency summaries ===
+
+/// A latency histogram in microseconds, 1 us to 10 min, 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("constant histogram bounds are valid")
+}
+
+/// Records `d` into `h` (saturating at the histogram's bound).
+pub fn record(h: &mut Histogram<u64>, d: Duration) {
+    let us = (d.as_micros() as u64).clamp(1, h.high());
+    let _ = h.record(us);
+}
+
+/// p50 / p99 / max of a histogram, for tables.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Latency {
+    pub count: u64,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+}
+
+impl Latency {
+    /// Summarises `h`.
+    pub fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        let us = Duration::from_micros;
+        Self {
+            count: h.len(),
+            p50: us(h.value_at_quantile(0.5)),
+            p99: us(h.value_at_quantile(0.99)),
+            max: us(h.max()),
+        }
+    }
+
+    /// `p50 / p99 / max` in milliseconds.
+    pub fn triple(&self) -> String {
+        format!("{} / {} / {}", ms(self.p50), ms(self.p99), ms(self.max))
+    }
+}
+
+/// A duration in milliseconds with sensible precision.
+pub fn ms(d: Duration) -> String {
+    let v = d.as_secs_f64() * 1000.0;
+    if v >= 100.0 {
+        format!("{v:.0} ms")
+    } else if v >= 10.0 {
+        format!("{v:.1} ms")
+    } else {
+        format!("{v:.2} ms")
+    }
+}
+
+/// A duration in microseconds.
+pub fn us(d: Duration) -> String {
+    let v = d.as_secs_f64() * 1e6;
+    if v >= 100.0 {
+        format!("{v:.0} us")
+    } else {
+        format!("{v:.1} us")
+    }
+}
+
+/// A number with thousands separators.
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+// === Binaries and the controller ===
+
+/// A workspace binary next to this executable (`cargo build --release --workspace --bins`).
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the bench executable")?;
+    let mut dir = exe.parent().context("bench executable has no directory")?;
+    if dir.ends_with("deps") {
+        dir = dir.parent().context("deps without parent")?;
+    }
+    let path = dir.join(name);
+    anyhow::ensure!(
+        path.exists(),
+        "{} not found: build the workspace binaries into the same target directory first \
+         (`cargo build --release --workspace --bins`)",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// A real `argus-controller` process on loopback with its own SQLite file.
+pub struct Controller {
+    pub proc: Proc,
+    pub port: u16,
+    pub db: PathBuf,
+}
+
+impl Controller {
+    /// Starts a controller in `dir` with `policy` (TOML) and waits until it answers. `env` is
+    /// passed to the process (`RUST_LOG`).
+    pub async fn start(dir: &Path, policy: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let port = free_port();
+        let policy_path = dir.join("policy.toml");
+        std::fs::write(&policy_path, policy)?;
+        let db = dir.join("argus.db");
+        let args = vec![
+            "--insecure".to_owned(),
+            "--listen".to_owned(),
+            format!("127.0.0.1:{port}"),
+            "--http".to_owned(),
+            format!("127.0.0.1:{}", free_port()),
+            "--db".to_owned(),
+            format!("sqlite://{}", db.display()),
+            "--policy".to_owned(),
+            policy_path.display().to_string(),
+        ];
+        let proc = Proc::start(
+            "argus-controller",
+            &binary("argus-controller")?,
+            &args,
+            env,
+            dir.join("controller.log"),
+        )?;
+        let mut c = Self { proc, port, db };
+        let url = c.url();
+        let started = eventually("the controller to answer", Duration::from_secs(20), || {
+            let url = url.clone();
+            async move {
+                let ch = Channel::from_shared(url)?.connect().await?;
+                AdminServiceClient::new(ch)
+                    .list_sessions(pb::ListSessionsRequest::default())
+                    .await?;
+                Ok(Some(()))
+            }
+        })
+        .await;
+        if let Err(e) = started {
+            c.proc.check_alive()?;
+            return Err(e);
+        }
+        Ok(c)
+    }
+
+    /// The gRPC URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// An admin client.
+    pub async fn admin(&self) -> anyhow::Result<AdminServiceClient<Channel>> {
+        let ch = Channel::from_shared(self.url())?.connect().await?;
+        Ok(AdminServiceClient::new(ch).max_decoding_message_size(256 << 20))
+    }
+
+    /// The sessions of one node.
+    pub async fn sessions(&self, node: &str) -> anyhow::Result<Vec<pb::Session>> {
+        Ok(self
+            .admin()
+            .await?
+            .list_sessions(pb::ListSessionsRequest {
+                node_id: node.to_owned(),
+            })
+            .await?
+            .into_inner()
+            .sessions)
+    }
+
+    /// Size and modification time of the SQLite files (database, WAL): any durable write
+    /// changes them.
+    pub fn db_files(&self) -> Vec<(String, u64, Option<std::time::SystemTime>)> {
+        ["", "-wal"]
+            .iter()
+            .map(|suffix| {
+                let path = PathBuf::from(format!("{}{suffix}", self.db.display()));
+                let meta = std::fs::metadata(&path).ok();
+                (
+                    path.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    meta.as_ref().map_or(0, std::fs::Metadata::len),
+                    meta.and_then(|m| m.modified().ok()),
+                )
+            })
+            .collect()
+    }
+}
+
+// === Fleet events ===
+
+/// A subscription to `WatchEvents`, each event stamped with the instant it arrived here.
+pub struct EventTap {
+    pub rx: mpsc::Receiver<(Instant, pb::FleetEvent)>,
+    _task: JoinSet<()>,
+}
+
+impl EventTap {
+    /// Subscribes to the events of `node` (empty: all nodes).
+    pub async fn subscribe(c: &Controller, node: &str) -> anyhow::Result<Self> {
+        let mut stream = c
+            .admin()
+            .await?
+            .watch_events(pb::WatchEventsRequest {
+                node_id: node.to_owned(),
+            })
+            .await?
+            .into_inner();
+        let (tx, rx) = mpsc::channel(16_384);
+        let mut task = JoinSet::new();
+        task.spawn(async move {
+            while let Ok(Some(e)) = stream.message().await {
+                if tx.send((Instant::now(), e)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self { rx, _task: task })
+    }
+}
+
+/// A private tmux server's socket in a fresh directory; the server is killed on drop.
+pub use crate::tmux::TestTmux as Tmux;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summaries() {
+        let mut h = histogram();
+        for i in 1..=100u64 {
+            record(&mut h, Duration::from_millis(i));
+        }
+        let l = Latency::of(&h);
+        assert_eq!(l.count, 100);
+        assert!(l.p50 >= Duration::from_millis(49) && l.p50 <= Duration::from_millis(51));
+        assert!(l.max >= Duration::from_millis(99));
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(ms(Duration::from_micros(1500)), "1.50 ms");
+    }
+}
