@@ -28,6 +28,8 @@ use super::{Latency, histogram, record, thousands};
 /// Messages queued towards one stream before the node waits (backpressure from the controller
 /// reaches the simulated node like it reaches a real one).
 const OUT_QUEUE: usize = 16;
+/// Attempts to attach one node before the fleet gives up on it.
+const ATTACH_ATTEMPTS: u32 = 8;
 /// The tmux socket every simulated session claims.
 const SOCKET: &str = "/tmp/tmux-1000/default";
 
@@ -100,6 +102,7 @@ pub struct Counters {
     pub restarts: AtomicU64,
     pub other_commands: AtomicU64,
     pub stream_errors: AtomicU64,
+    pub attach_retries: AtomicU64,
 }
 
 /// A point-in-time copy of [`Counters`].
@@ -112,6 +115,7 @@ pub struct Count {
     pub restarts: u64,
     pub other_commands: u64,
     pub stream_errors: u64,
+    pub attach_retries: u64,
 }
 
 impl Counters {
@@ -126,6 +130,7 @@ impl Counters {
             restarts: r(&self.restarts),
             other_commands: r(&self.other_commands),
             stream_errors: r(&self.stream_errors),
+            attach_retries: r(&self.attach_retries),
         }
     }
 }
@@ -141,16 +146,31 @@ impl std::ops::Sub for Count {
             restarts: self.restarts - o.restarts,
             other_commands: self.other_commands - o.other_commands,
             stream_errors: self.stream_errors - o.stream_errors,
+            attach_retries: self.attach_retries - o.attach_retries,
         }
     }
 }
 
-/// Counters, latency histograms (microseconds, by tag) and the first errors.
+/// Counters, latency histograms (microseconds, by tag), the slowest faults and the first errors.
 #[derive(Default)]
 pub struct Stats {
     pub counters: Counters,
     latencies: Mutex<BTreeMap<&'static str, Histogram<u64>>>,
+    slowest: Mutex<Vec<Slow>>,
     errors: Mutex<Vec<String>>,
+}
+
+/// One fault's decision, with wall-clock times to find it in the controller's log.
+#[derive(Debug, Clone)]
+pub struct Slow {
+    pub took: Duration,
+    pub tag: &'static str,
+    pub node: String,
+    pub session: String,
+    /// Unix ms when the fault was handed to the stream.
+    pub sent_ms: i64,
+    /// Unix ms when the Restart arrived.
+    pub arrived_ms: i64,
 }
 
 impl Stats {
@@ -158,6 +178,19 @@ impl Stats {
         if let Ok(mut l) = self.latencies.lock() {
             record(l.entry(tag).or_insert_with(histogram), d);
         }
+    }
+
+    fn slow(&self, s: Slow) {
+        if let Ok(mut v) = self.slowest.lock() {
+            v.push(s);
+            v.sort_by_key(|w| std::cmp::Reverse(w.took));
+            v.truncate(5);
+        }
+    }
+
+    /// The five slowest faults (to find them in the controller's log by wall-clock time).
+    pub fn slowest(&self) -> Vec<Slow> {
+        self.slowest.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
     fn error(&self, e: String) {
@@ -390,6 +423,7 @@ struct Session {
 
 struct Pending {
     at: Instant,
+    at_ms: i64,
     tag: &'static str,
     done: Option<oneshot::Sender<()>>,
 }
@@ -419,20 +453,34 @@ async fn node(
     gate: Arc<Semaphore>,
     ready: oneshot::Sender<anyhow::Result<()>>,
 ) {
-    let (tx, rx) = mpsc::channel(OUT_QUEUE);
-    let mut n = Node::new(ix, id, cfg.sessions, tx, stats);
-    let attached = {
-        let _permit = gate.acquire().await;
-        n.attach(channel, rx).await
-    };
-    let mut inbound = match attached {
-        Ok(s) => {
-            let _ = ready.send(Ok(()));
-            s
-        }
-        Err(e) => {
-            let _ = ready.send(Err(e));
-            return;
+    let mut n = Node::new(ix, id, cfg.sessions, stats);
+    // Like the node agent: a refused or failed attach is retried with full-jitter backoff.
+    let mut delay = Duration::from_millis(250);
+    let mut attempt = 1;
+    let mut inbound = loop {
+        let attached = {
+            let _permit = gate.acquire().await;
+            n.attach(channel.clone()).await
+        };
+        match attached {
+            Ok(s) => {
+                let _ = ready.send(Ok(()));
+                break s;
+            }
+            Err(e) if attempt == ATTACH_ATTEMPTS => {
+                let _ = ready.send(Err(e.context(format!("{ATTACH_ATTEMPTS} attempts"))));
+                return;
+            }
+            Err(_) => {
+                n.stats
+                    .counters
+                    .attach_retries
+                    .fetch_add(1, Ordering::Relaxed);
+                let ms = rand::rng().random_range(0..=delay.as_millis() as u64);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+                attempt += 1;
+            }
         }
     };
     let jitter = |every: Duration| {
@@ -473,13 +521,7 @@ async fn node(
 }
 
 impl Node {
-    fn new(
-        ix: usize,
-        id: String,
-        sessions: usize,
-        tx: mpsc::Sender<pb::AgentMessage>,
-        stats: Arc<Stats>,
-    ) -> Self {
+    fn new(ix: usize, id: String, sessions: usize, stats: Arc<Stats>) -> Self {
         let base = 100_000 + (ix as u32 % 20_000) * 40;
         let sessions = (0..sessions)
             .map(|j| Session {
@@ -494,7 +536,8 @@ impl Node {
         Self {
             id,
             sessions,
-            tx,
+            // Replaced by every attach.
+            tx: mpsc::channel(1).0,
             stats,
             rate: 0.0,
             carry: 0.0,
@@ -509,8 +552,9 @@ impl Node {
     async fn attach(
         &mut self,
         channel: Channel,
-        rx: mpsc::Receiver<pb::AgentMessage>,
     ) -> anyhow::Result<tonic::Streaming<pb::ControllerMessage>> {
+        let (tx, rx) = mpsc::channel(OUT_QUEUE);
+        self.tx = tx;
         let hello = pb::Hello {
             node_id: self.id.clone(),
             hostname: self.id.clone(),
@@ -693,6 +737,7 @@ impl Node {
             name,
             Pending {
                 at: Instant::now(),
+                at_ms: now_ms(),
                 tag,
                 done,
             },
@@ -711,6 +756,17 @@ impl Node {
         let mut back = None;
         if is_restart && let Some(p) = self.pending.remove(&cmd.session_name) {
             self.stats.record(p.tag, arrived - p.at);
+            // Barriers kill every node at once: not the single-fault latency looked for.
+            if p.done.is_none() {
+                self.stats.slow(Slow {
+                    took: arrived - p.at,
+                    tag: p.tag,
+                    node: self.id.clone(),
+                    session: cmd.session_name.clone(),
+                    sent_ms: p.at_ms,
+                    arrived_ms: now_ms(),
+                });
+            }
             if let Some(d) = p.done {
                 let _ = d.send(());
             }

@@ -84,7 +84,7 @@ fn main() -> anyhow::Result<()> {
             faults,
             seconds,
         } => {
-            let mut p = load::Plan::new(scale);
+            let mut p = load::Plan::defaults(scale)[0];
             p.nodes = nodes.unwrap_or(p.nodes);
             p.sessions = sessions.unwrap_or(p.sessions);
             p.streams_per_conn = streams_per_conn.unwrap_or(p.streams_per_conn);
