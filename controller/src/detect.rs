@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 
 use argus_shared::command::{Action, shell_command_from_tmux};
+use argus_shared::labels;
 use argus_shared::profile::Condition;
 use argus_shared::state::SessionState;
 use argus_shared::time::UnixMs;
@@ -21,12 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::escalate::{Destructive, Ladder, Rung, Verdict};
 use crate::policy::{Policy, RestartOnDeath};
 
-/// An agent process's identity: pid and start time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Incarnation {
-    pub pid: u32,
-    pub start_time: u64,
-}
+pub use argus_shared::ids::Incarnation;
 
 /// One validated observation of a session (from the wire's `SessionObservation`).
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -239,7 +235,7 @@ impl Track {
 
     /// The command that restarts this session's agent, when one is known.
     pub fn restart_command(&self) -> Option<String> {
-        if let Some(l) = self.obs.label("restart") {
+        if let Some(l) = self.obs.label(labels::RESTART) {
             return Some(l.to_owned());
         }
         let cmd = shell_command_from_tmux(&self.obs.start_command);
@@ -758,7 +754,7 @@ fn death(t: &mut Track, what: &str, now: UnixMs, policy: &Policy, ctx: &Ctx, fx:
     });
     let allowed = match policy.restart_on_death {
         RestartOnDeath::Never => false,
-        RestartOnDeath::Labelled => t.obs.label("restart").is_some(),
+        RestartOnDeath::Labelled => t.obs.label(labels::RESTART).is_some(),
         RestartOnDeath::Always => true,
     };
     if !allowed || t.operator_killed || t.restart_command().is_none() || t.restart_wanted {

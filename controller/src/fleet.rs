@@ -10,27 +10,7 @@ use tokio::sync::mpsc;
 use crate::detect::Track;
 use crate::store::SessionRef;
 
-/// How a node looks from its heartbeats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Health {
-    /// Heard from recently.
-    Up,
-    /// Silent longer than `node_suspect_after`.
-    Suspect,
-    /// Silent longer than `node_down_after`, or disconnected.
-    Down,
-}
-
-impl Health {
-    /// Lower-case name for the API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Up => "up",
-            Self::Suspect => "suspect",
-            Self::Down => "down",
-        }
-    }
-}
+pub use argus_shared::state::Health;
 
 /// A node agent as the controller knows it.
 #[derive(Debug, Clone)]

@@ -40,13 +40,7 @@ pub struct NodeRecord {
     pub last_attach_ms: i64,
 }
 
-/// Addresses one session in the store.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionRef {
-    pub node_id: String,
-    pub tmux_socket: String,
-    pub session_name: String,
-}
+pub use argus_shared::ids::SessionRef;
 
 /// A recorded transition.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -183,10 +183,14 @@ impl Supervisor {
                 Input::Observed(o) => &o.labels,
                 _ => &track.obs.labels,
             };
-            let group = labels.get("group").cloned();
+            let group = labels.get(argus_shared::labels::GROUP).cloned();
             let scope = provider_scope(
-                labels.get("provider").map(String::as_str),
-                labels.get("account").map(String::as_str),
+                labels
+                    .get(argus_shared::labels::PROVIDER)
+                    .map(String::as_str),
+                labels
+                    .get(argus_shared::labels::ACCOUNT)
+                    .map(String::as_str),
             );
             let policy = base.for_group(group.as_deref()).clone();
             let ctx = self.ctx(&key.node_id, scope.as_deref(), now, &policy);

@@ -257,7 +257,11 @@ fn restart_argv(command: &str, s: &pb::SessionObservation) -> Vec<String> {
     if !command.is_empty() {
         return vec![command.to_owned()];
     }
-    if let Some(label) = s.labels.get("restart").filter(|l| !l.is_empty()) {
+    if let Some(label) = s
+        .labels
+        .get(argus_shared::labels::RESTART)
+        .filter(|l| !l.is_empty())
+    {
         return vec![label.clone()];
     }
     split_tmux_command(&s.start_command)

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use argus_proto::v1 as pb;
+use argus_shared::ids::Incarnation;
 use argus_shared::profile::{Classification, Profiles};
 use argus_shared::screen;
 use argus_shared::time::{local_utc_offset_secs, now_ms};
@@ -43,12 +44,6 @@ pub struct ProbeConfig {
     pub lines: usize,
     /// Re-capture a pane whose activity did not move after this many rounds.
     pub recapture_every: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Incarnation {
-    pid: u32,
-    start_time: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -199,7 +194,7 @@ impl Prober {
         // The screen: capture only when the pane's activity moved, or now and then.
         let fingerprint = (pane.window_activity, pane.history_size, pane.cursor_y);
         let profile_name = pane
-            .label("profile")
+            .label(argus_shared::labels::PROFILE)
             .map(str::to_owned)
             .or_else(|| cache.agent.as_ref().and_then(|a| a.profile.clone()));
         let stale = round.saturating_sub(cache.captured_round) >= self.config.recapture_every;

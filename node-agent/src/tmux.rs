@@ -32,7 +32,7 @@ pub enum TmuxError {
 const SEP: char = '\u{1f}';
 
 /// Labels read from tmux user options, in [`Pane::labels`] order.
-pub const LABELS: [&str; 5] = ["profile", "provider", "account", "group", "restart"];
+pub const LABELS: [&str; 5] = argus_shared::labels::ALL;
 
 const PANE_FORMAT: &str = concat!(
     "#{session_name}\u{1f}#{session_id}\u{1f}#{window_index}\u{1f}#{pane_index}\u{1f}",
@@ -263,7 +263,10 @@ impl Tmux {
             args.extend(["-c", cwd]);
         }
         args.extend(argv.iter().map(String::as_str));
-        let options: Vec<String> = labels.keys().map(|k| format!("@argus-{k}")).collect();
+        let options: Vec<String> = labels
+            .keys()
+            .map(|k| argus_shared::labels::option_name(k))
+            .collect();
         // `=NAME:` (with the colon) is the exact-match target set-option accepts.
         let target = format!("={name}:");
         for (option, value) in options.iter().zip(labels.values()) {

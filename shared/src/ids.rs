@@ -137,3 +137,38 @@ mod tests {
         assert!(SessionName::new("a\nb").is_err());
     }
 }
+
+/// Addresses one session in the fleet: the node, the tmux server's socket path on that node (a
+/// session name is unique only per tmux server) and the session name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionRef {
+    pub node_id: String,
+    pub tmux_socket: String,
+    pub session_name: String,
+}
+
+/// An agent process's identity: its pid and start time (clock ticks since boot), so that a
+/// reused pid is never taken for the process it replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Incarnation {
+    pub pid: u32,
+    pub start_time: u64,
+}
+
+impl From<&argus_proto::v1::Incarnation> for Incarnation {
+    fn from(p: &argus_proto::v1::Incarnation) -> Self {
+        Self {
+            pid: p.pid,
+            start_time: p.start_time,
+        }
+    }
+}
+
+impl From<Incarnation> for argus_proto::v1::Incarnation {
+    fn from(i: Incarnation) -> Self {
+        Self {
+            pid: i.pid,
+            start_time: i.start_time,
+        }
+    }
+}

@@ -3,6 +3,7 @@
 
 pub mod command;
 pub mod ids;
+pub mod labels;
 pub mod profile;
 pub mod screen;
 pub mod state;

@@ -114,3 +114,25 @@ mod tests {
         assert_eq!(SessionState::parse("nope"), None);
     }
 }
+
+/// How a node looks from its heartbeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Health {
+    /// Heard from recently.
+    Up,
+    /// Silent longer than `node_suspect_after`.
+    Suspect,
+    /// Silent longer than `node_down_after`, or disconnected.
+    Down,
+}
+
+impl Health {
+    /// Lower-case name for the API and the event stream.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Up => "up",
+            Self::Suspect => "suspect",
+            Self::Down => "down",
+        }
+    }
+}
