@@ -12,10 +12,10 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 use tonic::{Request, Response, Status};
 
-use crate::detect::{Input, Track};
 use crate::dispatch::{DispatchError, Origin};
 use crate::store::{CommandRow, SessionRef, StoreError};
 use crate::supervisor::Supervisor;
+use argus_decide::detect::{Input, Track};
 
 /// The AdminService implementation.
 pub struct AdminApi {

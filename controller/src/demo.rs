@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::policy::Policy;
+use argus_decide::policy::Policy;
 
 fn prompt(out: &mut impl Write) {
     let _ = write!(

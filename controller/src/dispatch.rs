@@ -12,10 +12,10 @@ use argus_shared::time::now_ms;
 use dashmap::DashMap;
 use tokio::sync::oneshot;
 
-use crate::detect::Incarnation;
 use crate::events::Events;
 use crate::fleet::Fleet;
 use crate::store::{CommandRow, Recorder, SessionRef, Write};
+use argus_decide::detect::Incarnation;
 
 /// Why a command could not be sent or answered.
 #[derive(Debug, thiserror::Error)]

@@ -7,8 +7,8 @@ use argus_shared::time::UnixMs;
 use dashmap::DashMap;
 use tokio::sync::mpsc;
 
-use crate::detect::Track;
 use crate::store::SessionRef;
+use argus_decide::detect::Track;
 
 pub use argus_shared::state::Health;
 

@@ -16,10 +16,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::detect::{Incarnation, Input, Observation};
 use crate::fleet::{Health, NodeEntry};
 use crate::store::{NodeRecord, SessionRef};
 use crate::supervisor::Supervisor;
+use argus_decide::detect::{Incarnation, Input, Observation};
 
 /// How long a node agent has to send Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);

@@ -2,18 +2,14 @@
 //! policy, persists what must survive a restart, sends commands back, and serves the admin API.
 
 pub mod api;
-pub mod correlate;
 pub mod demo;
-pub mod detect;
 pub mod dispatch;
-pub mod escalate;
 pub mod events;
 pub mod fleet;
 pub mod http;
 pub mod ingest;
 pub mod notify;
 pub mod outbound;
-pub mod policy;
 pub mod server;
 pub mod store;
 pub mod supervisor;
@@ -30,9 +26,9 @@ use argus_shared::time::now_ms;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::policy::Policy;
 use crate::store::Recorder;
 use crate::supervisor::Supervisor;
+use argus_decide::policy::Policy;
 
 /// Everything the controller needs to run.
 #[derive(Debug, Clone)]

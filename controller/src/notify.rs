@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::correlate::{Change, Incident};
+use argus_decide::correlate::{Change, Incident};
 
 /// Sends incident notifications to webhooks.
 #[derive(Clone)]

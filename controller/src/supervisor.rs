@@ -14,14 +14,14 @@ use argus_shared::time::UnixMs;
 use dashmap::DashMap;
 use tokio_util::task::TaskTracker;
 
-use crate::correlate::{Change, Correlator, Incident, provider_scope};
-use crate::detect::{self, Ctx, Durable, Effect, Input, Track};
 use crate::dispatch::{Dispatcher, Origin};
 use crate::events::Events;
 use crate::fleet::{Fleet, Health};
 use crate::notify::Notifier;
-use crate::policy::Policy;
 use crate::store::{IncidentRow, Recorder, SessionRef, Store, TransitionRow, Write};
+use argus_decide::correlate::{Change, Correlator, Incident, provider_scope};
+use argus_decide::detect::{self, Ctx, Durable, Effect, Input, Track};
+use argus_decide::policy::Policy;
 
 /// The fleet-wide budget of kills and restarts: a token bucket refilled continuously.
 #[derive(Debug)]
@@ -71,9 +71,10 @@ pub struct Supervisor {
     budget: Mutex<Budget>,
     notifier: Notifier,
     tasks: TaskTracker,
-    verdicts: tokio::sync::mpsc::Sender<(SessionRef, crate::escalate::Verdict)>,
-    verdicts_rx:
-        tokio::sync::Mutex<tokio::sync::mpsc::Receiver<(SessionRef, crate::escalate::Verdict)>>,
+    verdicts: tokio::sync::mpsc::Sender<(SessionRef, argus_decide::escalate::Verdict)>,
+    verdicts_rx: tokio::sync::Mutex<
+        tokio::sync::mpsc::Receiver<(SessionRef, argus_decide::escalate::Verdict)>,
+    >,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -371,8 +372,8 @@ impl Supervisor {
                 Change::Reminder(i) => ("incident_reminder", i),
                 Change::Closed(i) => ("incident_closed", i),
             };
-            let node = if i.kind == crate::correlate::IncidentKind::HostSilent
-                || i.kind == crate::correlate::IncidentKind::MassDeath
+            let node = if i.kind == argus_decide::correlate::IncidentKind::HostSilent
+                || i.kind == argus_decide::correlate::IncidentKind::MassDeath
             {
                 i.scope.as_str()
             } else {
@@ -576,7 +577,7 @@ fn incident_row(i: &Incident) -> IncidentRow {
 /// The stored form back as an incident.
 pub fn incident_from_row(r: IncidentRow) -> Option<Incident> {
     Some(Incident {
-        kind: crate::correlate::IncidentKind::parse(&r.kind)?,
+        kind: argus_decide::correlate::IncidentKind::parse(&r.kind)?,
         id: r.id,
         scope: r.scope,
         opened_ms: r.opened_ms,

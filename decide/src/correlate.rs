@@ -9,9 +9,9 @@ use std::collections::{HashMap, VecDeque};
 
 use argus_shared::time::UnixMs;
 
-use crate::fleet::Health;
 use crate::policy::Policy;
-use crate::store::SessionRef;
+use argus_shared::ids::SessionRef;
+use argus_shared::state::Health;
 
 /// What kind of root cause.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
