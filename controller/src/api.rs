@@ -35,7 +35,7 @@ impl AdminApi {
             .map_err(|e| Status::invalid_argument(format!("session.node_id: {e}")))?;
         SessionName::new(&r.session_name)
             .map_err(|e| Status::invalid_argument(format!("session.session_name: {e}")))?;
-        if !self.sup.fleet.nodes.contains_key(&r.node_id) {
+        if !self.sup.fleet.knows_node(&r.node_id) {
             return Err(Status::not_found(format!(
                 "node {:?} is not known",
                 r.node_id
@@ -70,7 +70,7 @@ impl AdminApi {
         let incarnation = if matches!(action, Action::Capture { .. } | Action::Restart { .. }) {
             None
         } else {
-            self.sup.fleet.sessions.get(&key).and_then(|t| t.obs.agent)
+            self.sup.fleet.session(&key, |t| t.obs.agent).flatten()
         };
         if matches!(action, Action::Kill { .. }) {
             self.sup
@@ -175,8 +175,8 @@ impl AdminService for AdminApi {
         let mut nodes: Vec<pb::Node> = stored
             .into_iter()
             .map(|n| {
-                let live = self.sup.fleet.nodes.get(&n.node_id);
-                let count = self.sup.fleet.node_sessions(&n.node_id).len() as u32;
+                let live = self.sup.fleet.node(&n.node_id);
+                let count = self.sup.fleet.node_session_count(&n.node_id) as u32;
                 pb::Node {
                     connected: live.as_ref().is_some_and(|l| l.link.is_some()),
                     epoch: live.as_ref().map_or(n.epoch, |l| l.epoch),
@@ -207,17 +207,13 @@ impl AdminService for AdminApi {
         request: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
         let node = request.into_inner().node_id;
-        if !node.is_empty() && !self.sup.fleet.nodes.contains_key(&node) {
+        if !node.is_empty() && !self.sup.fleet.knows_node(&node) {
             return Err(Status::not_found(format!("node {node:?} is not known")));
         }
         let mut sessions: Vec<pb::Session> = self
             .sup
             .fleet
-            .sessions
-            .iter()
-            .filter(|e| node.is_empty() || e.key().node_id == node)
-            .map(|e| session_pb(e.key(), e.value()))
-            .collect();
+            .map_sessions((!node.is_empty()).then_some(node.as_str()), session_pb);
         sessions.sort_by(|a, b| {
             (&a.node_id, &a.session_name, &a.tmux_socket).cmp(&(
                 &b.node_id,
@@ -237,9 +233,7 @@ impl AdminService for AdminApi {
         let session = self
             .sup
             .fleet
-            .sessions
-            .get(&key)
-            .map(|t| session_pb(&key, &t))
+            .session(&key, |t| session_pb(&key, t))
             .ok_or_else(|| Status::not_found("session vanished"))?;
         let limit = match req.history_limit {
             0 => 50,
@@ -326,7 +320,7 @@ impl AdminService for AdminApi {
             Some(s) => self
                 .resolve(Some(s))
                 .ok()
-                .and_then(|k| self.sup.fleet.sessions.get(&k).map(|t| t.obs.cwd.clone()))
+                .and_then(|k| self.sup.fleet.session(&k, |t| t.obs.cwd.clone()))
                 .unwrap_or_default(),
             None => String::new(),
         };
@@ -337,9 +331,8 @@ impl AdminService for AdminApi {
                 .and_then(|k| {
                     self.sup
                         .fleet
-                        .sessions
-                        .get(&k)
-                        .and_then(|t| t.restart_command())
+                        .session(&k, |t| t.restart_command())
+                        .flatten()
                 })
                 .unwrap_or_default()
         } else {
@@ -349,13 +342,7 @@ impl AdminService for AdminApi {
             .session
             .as_ref()
             .and_then(|s| self.resolve(Some(s)).ok())
-            .and_then(|k| {
-                self.sup
-                    .fleet
-                    .sessions
-                    .get(&k)
-                    .map(|t| t.obs.labels.clone())
-            })
+            .and_then(|k| self.sup.fleet.session(&k, |t| t.obs.labels.clone()))
             .unwrap_or_default();
         let action = Action::restart(&command, &cwd).map(|a| match a {
             Action::Restart { command, cwd, .. } => Action::Restart {

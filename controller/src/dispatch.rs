@@ -106,8 +106,7 @@ impl Dispatcher {
         let (link, epoch) = {
             let node = self
                 .fleet
-                .nodes
-                .get(&session.node_id)
+                .node(&session.node_id)
                 .ok_or_else(|| DispatchError::UnknownNode(session.node_id.clone()))?;
             let link = node
                 .link

@@ -106,20 +106,17 @@ impl NodeAgentService for AgentApi {
         } else {
             i64::from(hello.probe_interval_ms)
         };
-        self.sup.fleet.nodes.insert(
-            node_id.clone(),
-            NodeEntry {
-                node_id: node_id.clone(),
-                hostname: hello.hostname,
-                agent_version: hello.agent_version,
-                epoch,
-                last_seen_ms: now,
-                health: Health::Up,
-                link: Some(tx),
-                stream_id,
-                probe_ms,
-            },
-        );
+        self.sup.fleet.attach_node(NodeEntry {
+            node_id: node_id.clone(),
+            hostname: hello.hostname,
+            agent_version: hello.agent_version,
+            epoch,
+            last_seen_ms: now,
+            health: Health::Up,
+            link: Some(tx),
+            stream_id,
+            probe_ms,
+        });
         self.sup.events.publish(
             &node_id,
             "",
@@ -131,14 +128,7 @@ impl NodeAgentService for AgentApi {
         let sup = self.sup.clone();
         self.tasks.spawn(async move {
             let reason = serve_stream(&sup, &node_id, stream_id, &mut inbound).await;
-            let owner = sup
-                .fleet
-                .nodes
-                .get_mut(&node_id)
-                .filter(|n| n.stream_id == stream_id)
-                .map(|mut n| n.link = None)
-                .is_some();
-            if owner {
+            if sup.fleet.detach_if_owner(&node_id, stream_id) {
                 sup.events
                     .publish(&node_id, "", "node_detached", reason, None);
             }
@@ -161,14 +151,7 @@ async fn serve_stream(
             Err(status) => return format!("stream broke: {}", status.message()),
         };
         let now = now_ms();
-        let owner = match sup.fleet.nodes.get_mut(node_id) {
-            Some(mut n) if n.stream_id == stream_id => {
-                n.last_seen_ms = now;
-                true
-            }
-            _ => false,
-        };
-        if !owner {
+        if !sup.fleet.heard_from(node_id, stream_id, now) {
             return "replaced by a newer stream of the same node".to_owned();
         }
         match msg.msg {

@@ -167,9 +167,7 @@ pub async fn run(
     let drained = async {
         shutdown.cancelled().await;
         // Node agents' response streams end when their senders drop; they reconnect elsewhere.
-        for mut node in sup.fleet.nodes.iter_mut() {
-            node.link = None;
-        }
+        sup.fleet.drop_links();
         tokio::time::sleep(Duration::from_secs(3)).await;
     };
     let result = tokio::select! {

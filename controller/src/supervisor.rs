@@ -8,36 +8,26 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
+use argus_decide::budget::{Budget, Gate};
+use argus_decide::correlate::{Change, Correlator, Incident, IncidentKind, provider_scope};
+use argus_decide::detect::{self, Ctx, Durable, Effect, Input, Notice, Track, TriageCase};
+use argus_decide::escalate::Verdict;
+use argus_decide::health;
+use argus_decide::policy::Policy;
 use argus_shared::command::Action;
-use argus_shared::state::SessionState;
+use argus_shared::ids::Incarnation;
+use argus_shared::labels;
+use argus_shared::state::{Health, SessionState};
 use argus_shared::time::UnixMs;
 use dashmap::DashMap;
+use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 use crate::dispatch::{Dispatcher, Origin};
 use crate::events::Events;
-use crate::fleet::{Fleet, Health};
+use crate::fleet::Fleet;
 use crate::notify::Notifier;
 use crate::store::{IncidentRow, Recorder, SessionRef, Store, TransitionRow, Write};
-use argus_decide::correlate::{Change, Correlator, Incident, provider_scope};
-use argus_decide::detect::{self, Ctx, Durable, Effect, Input, Track};
-use argus_decide::policy::Policy;
-
-/// The fleet-wide budget of kills and restarts: a token bucket refilled continuously.
-#[derive(Debug)]
-struct Budget {
-    tokens: f64,
-    last_ms: UnixMs,
-}
-
-impl Budget {
-    fn refill(&mut self, now: UnixMs, per_minute: u32) {
-        let cap = f64::from(per_minute);
-        let elapsed = (now - self.last_ms).max(0) as f64;
-        self.tokens = (self.tokens + elapsed * cap / 60_000.0).min(cap);
-        self.last_ms = now;
-    }
-}
 
 /// What the supervisor is built from.
 pub struct Parts {
@@ -71,15 +61,37 @@ pub struct Supervisor {
     budget: Mutex<Budget>,
     notifier: Notifier,
     tasks: TaskTracker,
-    verdicts: tokio::sync::mpsc::Sender<(SessionRef, argus_decide::escalate::Verdict)>,
-    verdicts_rx: tokio::sync::Mutex<
-        tokio::sync::mpsc::Receiver<(SessionRef, argus_decide::escalate::Verdict)>,
-    >,
+    verdicts: mpsc::Sender<(SessionRef, Verdict)>,
+    verdicts_rx: tokio::sync::Mutex<mpsc::Receiver<(SessionRef, Verdict)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// The fleet budget as the decision core's [`Gate`]: a token is taken when a kill or restart is
+/// decided.
+struct FleetBudget<'a> {
+    budget: &'a Mutex<Budget>,
+    per_minute: u32,
+}
+
+impl Gate for FleetBudget<'_> {
+    fn reserve(&self, now: UnixMs) -> bool {
+        lock(self.budget).take(now, self.per_minute)
+    }
+}
+
+/// What one step of a session leaves for the supervisor to carry out.
+struct Decided {
+    effects: Vec<Effect>,
+    /// The session's provider scope (`provider/account`), for correlation.
+    scope: Option<String>,
+    /// The durable state after the step, when it changed.
+    durable: Option<Durable>,
+}
+
+// === impl Supervisor: deciding ===
 
 impl Supervisor {
     /// A supervisor over an empty live fleet.
@@ -95,12 +107,11 @@ impl Supervisor {
         );
         let mut correlator = Correlator::new(format!("inc-{}", p.controller_id));
         correlator.restore(p.incidents);
-        let per_minute = f64::from(p.policy.fleet_destructive_per_minute);
         let policy_mtime = p
             .policy_file
             .as_ref()
             .and_then(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok());
-        let (verdicts, verdicts_rx) = tokio::sync::mpsc::channel(1024);
+        let (verdicts, verdicts_rx) = mpsc::channel(1024);
         Self {
             verdicts,
             verdicts_rx: tokio::sync::Mutex::new(verdicts_rx),
@@ -110,16 +121,16 @@ impl Supervisor {
             recorder: p.recorder,
             events,
             store: p.store,
+            budget: Mutex::new(Budget::new(
+                p.policy.fleet_destructive_per_minute,
+                argus_shared::time::now_ms(),
+            )),
             policy: RwLock::new(Arc::new(p.policy)),
             policy_file: p.policy_file,
             policy_mtime: Mutex::new(policy_mtime),
             recorded: p.recorded.into_iter().collect(),
             durables: p.durables.into_iter().collect(),
             correlator: Mutex::new(correlator),
-            budget: Mutex::new(Budget {
-                tokens: per_minute,
-                last_ms: argus_shared::time::now_ms(),
-            }),
             notifier: p.notifier,
             tasks: p.tasks,
         }
@@ -133,13 +144,62 @@ impl Supervisor {
             .unwrap_or_else(|e| e.into_inner().clone())
     }
 
+    /// Feeds one input to a session and carries out what follows. Inputs other than observations
+    /// for sessions the controller does not track are ignored.
+    pub async fn apply(self: &Arc<Self>, key: &SessionRef, input: Input, now: UnixMs) {
+        let Some(decided) = self.decide(key, input, now) else {
+            return;
+        };
+        self.carry_out(key, decided, now).await;
+    }
+
+    /// One step of the decision core for `key`, with the fleet-level context from correlation.
+    fn decide(&self, key: &SessionRef, input: Input, now: UnixMs) -> Option<Decided> {
+        let base = self.policy();
+        let create = matches!(input, Input::Observed(_)).then(|| {
+            || {
+                let recorded = self.recorded.remove(key).map(|(_, s)| s);
+                let durable = self.durables.remove(key).map(|(_, d)| d);
+                let mut t = Track::new(now, recorded, durable);
+                if let Some(n) = self.fleet.node(&key.node_id) {
+                    t.probe_ms = n.probe_ms;
+                }
+                t
+            }
+        });
+        self.fleet.with_session(key, create, |track| {
+            // Labels come with the observation: use the new ones when there are.
+            let labels = match &input {
+                Input::Observed(o) => &o.labels,
+                _ => &track.obs.labels,
+            };
+            let group = labels.get(labels::GROUP).cloned();
+            let scope = provider_scope(
+                labels.get(labels::PROVIDER).map(String::as_str),
+                labels.get(labels::ACCOUNT).map(String::as_str),
+            );
+            let policy = base.for_group(group.as_deref());
+            let gate = FleetBudget {
+                budget: &self.budget,
+                per_minute: policy.fleet_destructive_per_minute,
+            };
+            let ctx = self.ctx(&key.node_id, scope.as_deref(), &gate);
+            let step = detect::step(track, input, now, policy, &ctx);
+            let durable = step
+                .effects
+                .contains(&Effect::Persist)
+                .then(|| track.durable.clone());
+            Decided {
+                effects: step.effects,
+                scope,
+                durable,
+            }
+        })
+    }
+
     /// The fleet-level context for one session's step.
-    fn ctx(&self, node_id: &str, scope: Option<&str>, now: UnixMs, policy: &Policy) -> Ctx {
-        let node_up = self
-            .fleet
-            .nodes
-            .get(node_id)
-            .is_some_and(|n| n.health == Health::Up && n.link.is_some());
+    fn ctx<'a>(&self, node_id: &str, scope: Option<&str>, gate: &'a dyn Gate) -> Ctx<'a> {
+        let node_up = self.fleet.reachable(node_id);
         let (frozen, held, cooldown) = {
             let c = lock(&self.correlator);
             (
@@ -148,184 +208,50 @@ impl Supervisor {
                 scope.and_then(|s| c.provider_cooldown(s)),
             )
         };
-        let budget_left = {
-            let mut b = lock(&self.budget);
-            b.refill(now, policy.fleet_destructive_per_minute);
-            b.tokens >= 1.0
-        };
         Ctx {
-            destructive_allowed: node_up && !frozen && !held && budget_left,
+            destructive_allowed: node_up && !frozen && !held,
             provider_cooldown_until: cooldown,
             jitter: rand::random::<f64>(),
+            gate,
         }
     }
+}
 
-    /// Feeds one input to a session and carries out what follows. Inputs other than observations
-    /// for sessions the controller does not track are ignored.
-    pub async fn apply(self: &Arc<Self>, key: &SessionRef, input: Input, now: UnixMs) {
-        let base = self.policy();
-        let (effects, scope, durable) = {
-            let creates = matches!(input, Input::Observed(_));
-            let mut track = match self.fleet.sessions.get_mut(key) {
-                Some(t) => t,
-                None if creates => {
-                    let recorded = self.recorded.remove(key).map(|(_, s)| s);
-                    let durable = self.durables.remove(key).map(|(_, d)| d);
-                    let mut t = Track::new(now, recorded, durable);
-                    if let Some(n) = self.fleet.nodes.get(&key.node_id) {
-                        t.probe_ms = n.probe_ms;
-                    }
-                    self.fleet.sessions.entry(key.clone()).or_insert(t)
-                }
-                None => return,
-            };
-            // Labels come with the observation: use the new ones when there are.
-            let labels = match &input {
-                Input::Observed(o) => &o.labels,
-                _ => &track.obs.labels,
-            };
-            let group = labels.get(argus_shared::labels::GROUP).cloned();
-            let scope = provider_scope(
-                labels
-                    .get(argus_shared::labels::PROVIDER)
-                    .map(String::as_str),
-                labels
-                    .get(argus_shared::labels::ACCOUNT)
-                    .map(String::as_str),
-            );
-            let policy = base.for_group(group.as_deref()).clone();
-            let ctx = self.ctx(&key.node_id, scope.as_deref(), now, &policy);
-            let effects = detect::step(&mut track, input, now, &policy, &ctx);
-            let durable = effects.contains(&Effect::Persist).then(|| {
-                (
-                    track.durable.clone(),
-                    track.durable.rate.as_ref().map(|r| r.until),
-                )
-            });
-            (effects, scope, durable)
-        };
-        self.carry_out(key, effects, scope, durable, now).await;
-    }
+// === impl Supervisor: carrying out effects ===
 
-    async fn carry_out(
-        self: &Arc<Self>,
-        key: &SessionRef,
-        effects: Vec<Effect>,
-        scope: Option<String>,
-        durable: Option<(Durable, Option<UnixMs>)>,
-        now: UnixMs,
-    ) {
-        let policy = self.policy();
+impl Supervisor {
+    /// Carries out a step's effects in order; incident changes they cause come last.
+    async fn carry_out(self: &Arc<Self>, key: &SessionRef, decided: Decided, now: UnixMs) {
+        let Decided {
+            effects,
+            scope,
+            durable,
+        } = decided;
         let mut changes = Vec::new();
         for effect in effects {
             match effect {
                 Effect::Transition { from, to, reason } => {
+                    self.transition(key, from, to, reason, now).await;
+                }
+                Effect::Notify(notice) => {
+                    changes.extend(self.correlate(key, &notice, scope.as_deref(), now));
                     self.events.publish(
                         &key.node_id,
                         &key.session_name,
-                        "transition",
-                        format!("{} -> {}: {reason}", from.as_str(), to.as_str()),
-                        Some(to),
+                        notice.kind(),
+                        notice.to_string(),
+                        None,
                     );
-                    self.recorder
-                        .record(Write::Transition(TransitionRow {
-                            session: key.clone(),
-                            at_ms: now,
-                            from: from.as_str().to_owned(),
-                            to: to.as_str().to_owned(),
-                            reason,
-                        }))
-                        .await;
-                }
-                Effect::Notify { kind, message } => {
-                    {
-                        let mut c = lock(&self.correlator);
-                        match (kind, &scope) {
-                            ("rate_limited" | "rate_limit_renewed", Some(s)) => {
-                                let until = durable.as_ref().and_then(|d| d.1).unwrap_or(now);
-                                changes.extend(c.rate_limited(key, s, until, now, &policy));
-                            }
-                            ("rate_limit_cleared", Some(s)) => {
-                                changes.extend(c.rate_cleared(key, s, now))
-                            }
-                            ("agent_died", _) => changes.extend(c.death(key, now, &policy)),
-                            _ => {}
-                        }
-                    }
-                    self.events
-                        .publish(&key.node_id, &key.session_name, kind, message, None);
                 }
                 Effect::Command {
                     action,
                     reason,
                     incarnation,
-                } => {
-                    if action.is_destructive() {
-                        let spent = {
-                            let mut b = lock(&self.budget);
-                            b.refill(now, policy.fleet_destructive_per_minute);
-                            let spent = b.tokens < 1.0;
-                            if !spent {
-                                b.tokens -= 1.0;
-                            }
-                            spent
-                        };
-                        if spent {
-                            self.events.publish(
-                                &key.node_id,
-                                &key.session_name,
-                                "command_held",
-                                format!("{} not sent: fleet budget of kills and restarts spent ({reason})", action.name()),
-                                None,
-                            );
-                            continue;
-                        }
-                    }
-                    self.send(key, action, incarnation, &reason).await;
-                }
-                Effect::Triage(case) => {
-                    let sup = self.clone();
-                    let key = key.clone();
-                    let policy = policy.clone();
-                    self.tasks.spawn(async move {
-                        let screen = sup
-                            .dispatch
-                            .call(
-                                &key,
-                                Action::Capture { lines: 40 },
-                                None,
-                                Origin::Policy,
-                                "triage reads the screen",
-                            )
-                            .await
-                            .map(|r| r.output)
-                            .unwrap_or_default();
-                        let verdict = crate::triage::ask(
-                            &policy.triage,
-                            policy.triage_timeout,
-                            &key.node_id,
-                            &key.session_name,
-                            &case,
-                            &screen,
-                        )
-                        .await;
-                        // Applied by the next tick (a direct call would make apply recursive).
-                        if sup.verdicts.send((key, verdict)).await.is_err() {
-                            tracing::warn!("triage verdict dropped: controller stopping");
-                        }
-                    });
-                }
+                } => self.command(key, action, incarnation, &reason).await,
+                Effect::Triage(case) => self.triage(key, case),
                 Effect::Persist => {
-                    if let Some((d, _)) = &durable
-                        && let Ok(data) = serde_json::to_string(d)
-                    {
-                        self.recorder
-                            .record(Write::Durable {
-                                session: key.clone(),
-                                data,
-                                at_ms: now,
-                            })
-                            .await;
+                    if let Some(d) = &durable {
+                        self.persist(key, d, now).await;
                     }
                 }
             }
@@ -333,19 +259,65 @@ impl Supervisor {
         self.incident_changes(changes).await;
     }
 
-    async fn send(
+    /// Records and announces a state change.
+    async fn transition(
+        &self,
+        key: &SessionRef,
+        from: SessionState,
+        to: SessionState,
+        reason: String,
+        now: UnixMs,
+    ) {
+        self.events.publish(
+            &key.node_id,
+            &key.session_name,
+            "transition",
+            format!("{} -> {}: {reason}", from.as_str(), to.as_str()),
+            Some(to),
+        );
+        self.recorder
+            .record(Write::Transition(TransitionRow {
+                session: key.clone(),
+                at_ms: now,
+                from: from.as_str().to_owned(),
+                to: to.as_str().to_owned(),
+                reason,
+            }))
+            .await;
+    }
+
+    /// Feeds the notices correlation reads (rate limits, deaths) to the correlator.
+    fn correlate(
+        &self,
+        key: &SessionRef,
+        notice: &Notice,
+        scope: Option<&str>,
+        now: UnixMs,
+    ) -> Vec<Change> {
+        let policy = self.policy();
+        let mut c = lock(&self.correlator);
+        match (notice, scope) {
+            (
+                Notice::RateLimited { until, .. } | Notice::RateLimitRenewed { until, .. },
+                Some(s),
+            ) => c.rate_limited(key, s, *until, now, &policy),
+            (Notice::RateLimitCleared, Some(s)) => c.rate_cleared(key, s, now),
+            (Notice::AgentDied { .. }, _) => c.death(key, now, &policy),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Sends a decided command. A destructive one already holds its fleet-budget token and was
+    /// decided only for a reachable node; when the node dropped since, the send fails and is
+    /// logged and audited by the dispatcher.
+    async fn command(
         &self,
         key: &SessionRef,
         action: Action,
-        incarnation: Option<detect::Incarnation>,
+        incarnation: Option<Incarnation>,
         reason: &str,
     ) {
-        let up = self
-            .fleet
-            .nodes
-            .get(&key.node_id)
-            .is_some_and(|n| n.health == Health::Up && n.link.is_some());
-        if !up {
+        if !self.fleet.reachable(&key.node_id) {
             self.events.publish(
                 &key.node_id,
                 &key.session_name,
@@ -364,6 +336,62 @@ impl Supervisor {
         }
     }
 
+    /// Asks triage in the background; the verdict comes back through the next tick.
+    fn triage(self: &Arc<Self>, key: &SessionRef, case: TriageCase) {
+        let sup = self.clone();
+        let key = key.clone();
+        let policy = self.policy();
+        self.tasks.spawn(async move {
+            let screen = sup
+                .dispatch
+                .call(
+                    &key,
+                    Action::Capture { lines: 40 },
+                    None,
+                    Origin::Policy,
+                    "triage reads the screen",
+                )
+                .await
+                .map(|r| r.output)
+                .unwrap_or_default();
+            let verdict = crate::triage::ask(
+                &policy.triage,
+                policy.triage_timeout,
+                &key.node_id,
+                &key.session_name,
+                &case,
+                &screen,
+            )
+            .await;
+            // Applied by the next tick (a direct call would make apply recursive).
+            if sup.verdicts.send((key, verdict)).await.is_err() {
+                tracing::warn!("triage verdict dropped: controller stopping");
+            }
+        });
+    }
+
+    /// Persists a session's durable state.
+    async fn persist(&self, key: &SessionRef, durable: &Durable, now: UnixMs) {
+        match serde_json::to_string(durable) {
+            Ok(data) => {
+                self.recorder
+                    .record(Write::Durable {
+                        session: key.clone(),
+                        data,
+                        at_ms: now,
+                    })
+                    .await;
+            }
+            Err(e) => {
+                tracing::error!(node = %key.node_id, session = %key.session_name, error = %e, "durable state not serialisable")
+            }
+        }
+    }
+}
+
+// === impl Supervisor: incidents and policy ===
+
+impl Supervisor {
     /// Records, announces and notifies incident changes.
     async fn incident_changes(&self, changes: Vec<Change>) {
         for change in changes {
@@ -372,9 +400,7 @@ impl Supervisor {
                 Change::Reminder(i) => ("incident_reminder", i),
                 Change::Closed(i) => ("incident_closed", i),
             };
-            let node = if i.kind == argus_decide::correlate::IncidentKind::HostSilent
-                || i.kind == argus_decide::correlate::IncidentKind::MassDeath
-            {
+            let node = if i.kind == IncidentKind::HostSilent || i.kind == IncidentKind::MassDeath {
                 i.scope.as_str()
             } else {
                 ""
@@ -454,30 +480,25 @@ impl Supervisor {
         }
     }
 
-    /// One controller tick: node health, incidents, then time-driven decisions for the sessions
-    /// of nodes that are up (a silent node's sessions get no per-session action).
+    /// One controller tick: node health and incidents, triage verdicts, then the sessions whose
+    /// due time has come on nodes that are up (a silent node's sessions get no per-session
+    /// action), and expiry of unanswered commands.
     pub async fn tick(self: &Arc<Self>, now: UnixMs) {
         self.reload_policy();
         let policy = self.policy();
-        let suspect = policy.node_suspect_after.as_millis() as i64;
-        let down = policy.node_down_after.as_millis() as i64;
-        let mut health_changes = Vec::new();
-        for mut node in self.fleet.nodes.iter_mut() {
-            let silent = now - node.last_seen_ms;
-            let health = if silent >= down {
-                Health::Down
-            } else if silent >= suspect {
-                Health::Suspect
-            } else {
-                Health::Up
-            };
-            if health != node.health {
-                node.health = health;
-                health_changes.push((node.node_id.clone(), health, silent));
-            }
-        }
+        self.node_health(now, &policy).await;
+        self.verdicts(now).await;
+        self.due_sessions(now, &policy).await;
+        self.dispatch.expire(now).await;
+    }
+
+    /// Node health from silence, host incidents, and the controller's self-suspicion.
+    async fn node_health(&self, now: UnixMs, policy: &Policy) {
+        let changed = self
+            .fleet
+            .update_health(now, |silent| health::from_silence(silent, policy));
         let mut changes = Vec::new();
-        for (node, health, silent) in health_changes {
+        for (node, health, silent) in changed {
             let kind = match health {
                 Health::Up => "node_up",
                 Health::Suspect => "node_suspect",
@@ -492,25 +513,17 @@ impl Supervisor {
             );
             changes.extend(lock(&self.correlator).node_health(&node, health, now));
         }
-        // Self-suspicion counts the nodes seen within the last 5 minutes: one that has been gone
-        // longer is its own incident, not a sign of the controller's network.
-        let recent = 300_000;
-        let (mut total, mut silent) = (0, 0);
-        for n in self.fleet.nodes.iter() {
-            if n.health == Health::Up {
-                total += 1;
-            } else if now - n.last_seen_ms < recent {
-                total += 1;
-                silent += 1;
-            }
-        }
+        let (total, silent) = health::fleet_silence(self.fleet.node_liveness(), now);
         {
             let mut c = lock(&self.correlator);
-            changes.extend(c.fleet(total, silent, now, &policy));
-            changes.extend(c.tick(now, &policy));
+            changes.extend(c.fleet(total, silent, now, policy));
+            changes.extend(c.tick(now, policy));
         }
         self.incident_changes(changes).await;
+    }
 
+    /// Applies the triage verdicts that arrived since the last tick.
+    async fn verdicts(self: &Arc<Self>, now: UnixMs) {
         let verdicts: Vec<_> = {
             let mut rx = self.verdicts_rx.lock().await;
             std::iter::from_fn(|| rx.try_recv().ok()).collect()
@@ -518,44 +531,38 @@ impl Supervisor {
         for (key, verdict) in verdicts {
             self.apply(&key, Input::Verdict(verdict), now).await;
         }
+    }
 
-        // Only sessions whose time can bring a decision are stepped: dead sessions waiting for a
-        // restart, rate-limit cooldowns, ladders in progress, and sessions idle long enough to
-        // stall. A busy fleet costs one read per session per tick.
-        let up: std::collections::HashSet<String> = self
-            .fleet
-            .nodes
-            .iter()
-            .filter(|n| n.health == Health::Up)
-            .map(|n| n.node_id.clone())
-            .collect();
-        let idle_checks = policy
-            .groups
-            .values()
-            .map(|g| g.idle_checks)
-            .fold(policy.idle_checks, u32::min);
+    /// Steps the sessions whose due time has come (restarts waiting for their backoff,
+    /// cooldowns ending, ladders, sessions idle long enough to stall) and forgets sessions dead
+    /// for long. A busy fleet costs one read per session per tick.
+    async fn due_sessions(self: &Arc<Self>, now: UnixMs, policy: &Policy) {
+        let up = self.fleet.up_nodes();
         let forget = policy.forget_dead_after.as_millis() as i64;
-        let mut due = Vec::new();
-        let mut forgotten = Vec::new();
-        for e in self.fleet.sessions.iter() {
-            let (key, t) = (e.key(), e.value());
+        enum Todo {
+            Tick(SessionRef),
+            Forget(SessionRef),
+        }
+        let todo = self.fleet.map_sessions(None, |key, t| {
             if !up.contains(&key.node_id) {
-                continue;
-            }
-            if t.state == SessionState::Dead && !t.restart_wanted && now - t.last_change_ms > forget
+                None
+            } else if t.state == SessionState::Dead
+                && !t.restart_wanted
+                && now - t.last_change_ms > forget
             {
-                forgotten.push(key.clone());
-            } else if detect::needs_tick(t, now, idle_checks) {
-                due.push(key.clone());
+                Some(Todo::Forget(key.clone()))
+            } else if t.next_due.is_some_and(|due| due <= now) {
+                Some(Todo::Tick(key.clone()))
+            } else {
+                None
+            }
+        });
+        for todo in todo.into_iter().flatten() {
+            match todo {
+                Todo::Forget(key) => self.fleet.remove_session(&key),
+                Todo::Tick(key) => self.apply(&key, Input::Tick, now).await,
             }
         }
-        for key in forgotten {
-            self.fleet.sessions.remove(&key);
-        }
-        for key in due {
-            self.apply(&key, Input::Tick, now).await;
-        }
-        self.dispatch.expire(now).await;
     }
 }
 
@@ -577,7 +584,7 @@ fn incident_row(i: &Incident) -> IncidentRow {
 /// The stored form back as an incident.
 pub fn incident_from_row(r: IncidentRow) -> Option<Incident> {
     Some(Incident {
-        kind: argus_decide::correlate::IncidentKind::parse(&r.kind)?,
+        kind: IncidentKind::parse(&r.kind)?,
         id: r.id,
         scope: r.scope,
         opened_ms: r.opened_ms,

@@ -1,6 +1,6 @@
-//! The session lifecycle and detection, as a pure function: `step(track, input, now, policy)`
-//! updates one session's [`Track`] and returns the [`Effect`]s to carry out. No I/O, no clock:
-//! tests drive it with a simulated one.
+//! The session lifecycle and detection, as a pure function: `step(track, input, now, policy, ctx)`
+//! updates one session's [`Track`] and returns a [`Step`]: the [`Effect`]s to carry out and when
+//! the session next needs time. No I/O, no clock: tests drive it with a simulated one.
 //!
 //! Observable state wins over recorded state: a dead pane is dead whatever was recorded, an agent
 //! seen running is working again. Idleness needs several signals agreeing (screen unchanged, no
@@ -19,6 +19,8 @@ use argus_shared::state::SessionState;
 use argus_shared::time::UnixMs;
 use serde::{Deserialize, Serialize};
 
+use crate::budget::{Gate, Unlimited};
+pub use crate::effect::{Effect, Notice, Step, TriageCase};
 use crate::escalate::{Destructive, Ladder, Rung, Verdict};
 use crate::policy::{Policy, RestartOnDeath};
 
@@ -74,63 +76,46 @@ pub enum Input {
 }
 
 /// The fleet-level context of one step, decided by correlation outside the session.
-#[derive(Debug, Clone, Copy)]
-pub struct Ctx {
+#[derive(Clone, Copy)]
+pub struct Ctx<'a> {
     /// Kills and restarts may be ordered now: the controller does not suspect itself, the host
-    /// has no mass-death incident, the fleet budget has room, the node is up.
+    /// has no mass-death incident, the node is up.
     pub destructive_allowed: bool,
     /// A provider incident covers this session's provider/account: the fleet-wide cooldown ends
     /// then (Unix ms).
     pub provider_cooldown_until: Option<UnixMs>,
     /// A random number in [0, 1) for backoff jitter.
     pub jitter: f64,
+    /// The fleet budget: a destructive command takes its token here when it is decided.
+    pub gate: &'a dyn Gate,
 }
 
-impl Default for Ctx {
+impl Ctx<'_> {
+    /// True when a kill or restart may be ordered now; takes its token from the fleet budget.
+    fn reserve_destructive(&self, now: UnixMs) -> bool {
+        self.destructive_allowed && self.gate.reserve(now)
+    }
+}
+
+impl std::fmt::Debug for Ctx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("destructive_allowed", &self.destructive_allowed)
+            .field("provider_cooldown_until", &self.provider_cooldown_until)
+            .field("jitter", &self.jitter)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Ctx<'static> {
     fn default() -> Self {
         Self {
             destructive_allowed: true,
             provider_cooldown_until: None,
             jitter: 1.0,
+            gate: &Unlimited,
         }
     }
-}
-
-/// What triage is asked about.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TriageCase {
-    pub state: String,
-    pub condition: String,
-    pub agent: String,
-    pub idle_for_s: i64,
-    pub nudges_in_window: usize,
-    pub nudge_budget: u32,
-    pub restarts_in_window: usize,
-    pub restart_known: bool,
-    pub reason: String,
-}
-
-/// Something to do because of a step.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Effect {
-    /// The state changed: record and announce it.
-    Transition {
-        from: SessionState,
-        to: SessionState,
-        reason: String,
-    },
-    /// Tell people (event stream, logs; correlation reads some kinds).
-    Notify { kind: &'static str, message: String },
-    /// Send a command to the node agent.
-    Command {
-        action: Action,
-        reason: String,
-        incarnation: Option<Incarnation>,
-    },
-    /// Ask triage; its answer comes back as [`Input::Verdict`].
-    Triage(TriageCase),
-    /// [`Durable`] changed: persist it.
-    Persist,
 }
 
 /// A rate-limit episode.
@@ -188,6 +173,8 @@ pub struct Track {
     pub probe_ms: i64,
     /// What survives a controller restart.
     pub durable: Durable,
+    /// When the session next needs a tick, as the last [`step`] returned it.
+    pub next_due: Option<UnixMs>,
 }
 
 impl Track {
@@ -216,6 +203,8 @@ impl Track {
                 version: 1,
                 ..Durable::default()
             }),
+            // A session recorded before a restart may be due at once.
+            next_due: Some(now),
         }
     }
 
@@ -248,22 +237,59 @@ impl Track {
     }
 }
 
-/// False when a tick cannot change anything for this session now (so the supervisor may skip
-/// it): no restart pending, no cooldown, no ladder in progress, and not idle for
-/// `idle_checks` probe intervals. Conservative: `step` with [`Input::Tick`] decides.
-pub fn needs_tick(t: &Track, now: UnixMs, idle_checks: u32) -> bool {
-    if t.restart_wanted || t.durable.rate.is_some() || t.ladder.rung != Rung::Clear {
-        return true;
+/// When `t` next needs an [`Input::Tick`] (Unix ms), or `None` while only a new input can
+/// change anything. Conservative: a due time may come early (the tick then does nothing and a
+/// new due time is computed), never late.
+pub fn next_due(t: &Track, now: UnixMs, policy: &Policy, ctx: &Ctx) -> Option<UnixMs> {
+    let ms = |d: std::time::Duration| d.as_millis() as i64;
+    if t.restart_wanted && !t.state.is_alive() {
+        return Some(t.durable.restart_not_before.max(now));
     }
-    match t.state {
-        SessionState::Stalled => true,
-        SessionState::Working => now - t.last_activity_ms >= i64::from(idle_checks) * t.probe_ms,
-        _ => false,
+    if !t.state.is_alive() || t.obs_at_ms.is_none() || t.obs.agent.is_none() {
+        return None;
     }
+    let confirming = matches!(t.ladder.rung, Rung::Confirming(_));
+    let mut due: Option<UnixMs> = None;
+    let mut at = |when: UnixMs| due = Some(due.map_or(when, |d| d.min(when)).max(now));
+    if let Some(r) = &t.durable.rate {
+        if r.resumed_at.is_none() && t.obs.condition == Condition::RateLimited {
+            at(r.until.max(ctx.provider_cooldown_until.unwrap_or(0)));
+        }
+        if !confirming {
+            return due;
+        }
+    }
+    let exempt = matches!(
+        t.obs.condition,
+        Condition::Thinking | Condition::WaitingPermission | Condition::RateLimited
+    ) && !confirming;
+    if exempt {
+        return due;
+    }
+    let idle_after = i64::from(policy.idle_checks) * t.probe_ms;
+    let hard = t.last_activity_ms + ms(policy.hard_stall);
+    let entered = t.ladder.entered_ms;
+    if t.state == SessionState::Working {
+        at(t.last_activity_ms + idle_after);
+    }
+    match (t.state, t.ladder.rung) {
+        (_, Rung::Confirming(_)) => at(entered + ms(policy.confirm_after)),
+        (SessionState::Stalled, Rung::Clear) => at(now),
+        (SessionState::Stalled, Rung::Warned | Rung::Nudged) => {
+            at(entered + ms(policy.nudge_dwell));
+            at(hard);
+        }
+        (SessionState::Stalled, Rung::Triaging) => {
+            at(entered + ms(policy.triage_timeout) + 5000);
+            at(hard);
+        }
+        _ => {}
+    }
+    due
 }
 
 /// Advances one session.
-pub fn step(t: &mut Track, input: Input, now: UnixMs, policy: &Policy, ctx: &Ctx) -> Vec<Effect> {
+pub fn step(t: &mut Track, input: Input, now: UnixMs, policy: &Policy, ctx: &Ctx) -> Step {
     let before = t.durable.clone();
     let mut fx = Vec::new();
     match input {
@@ -317,7 +343,11 @@ pub fn step(t: &mut Track, input: Input, now: UnixMs, policy: &Policy, ctx: &Ctx
     if t.durable != before {
         fx.push(Effect::Persist);
     }
-    fx
+    t.next_due = next_due(t, now, policy, ctx);
+    Step {
+        effects: fx,
+        next_due: t.next_due,
+    }
 }
 
 fn observe(
@@ -449,10 +479,9 @@ fn observe(
     if t.obs.condition == Condition::WaitingPermission {
         if !t.human_notified {
             t.human_notified = true;
-            fx.push(Effect::Notify {
-                kind: "needs_human",
-                message: "waiting for a permission or confirmation: a person must answer".into(),
-            });
+            fx.push(Effect::Notify(Notice::NeedsHuman(
+                "waiting for a permission or confirmation: a person must answer".into(),
+            )));
         }
     } else {
         t.human_notified = false;
@@ -478,18 +507,11 @@ fn rate_limit(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut V
                 resumed_at: None,
                 resume_hash: String::new(),
             });
-            fx.push(Effect::Notify {
-                kind: "rate_limited",
-                message: format!(
-                    "rate or usage limit; cooldown for {} s{}",
-                    (until - now) / 1000,
-                    if reset_ms > now {
-                        " (reset time read from the screen)"
-                    } else {
-                        ""
-                    }
-                ),
-            });
+            fx.push(Effect::Notify(Notice::RateLimited {
+                until,
+                cooldown_s: (until - now) / 1000,
+                from_screen: reset_ms > now,
+            }));
         }
         (Some(r), true) => {
             // Still limited after the resume nudge, on a screen that moved since: it came back.
@@ -504,11 +526,8 @@ fn rate_limit(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut V
             if r.renewals >= policy.rate_limit_max_renewals {
                 let n = r.renewals;
                 t.durable.rate = None;
-                fx.push(Effect::Notify {
-                    kind: "rate_limit_restart",
-                    message: format!("rate limit renewed {n} times: restarting the agent"),
-                });
-                if ctx.destructive_allowed && t.restart_command().is_some() {
+                fx.push(Effect::Notify(Notice::RateLimitRestart { renewals: n }));
+                if t.restart_command().is_some() && ctx.reserve_destructive(now) {
                     issue_restart(t, "rate limit renewed too often", now, policy, ctx, fx);
                 } else {
                     t.ladder.enter(Rung::Confirming(Destructive::Restart), now);
@@ -517,23 +536,17 @@ fn rate_limit(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut V
             }
             let shrunk = now + base / i64::from(r.renewals + 1);
             r.until = if reset_ms > now { reset_ms } else { shrunk };
-            fx.push(Effect::Notify {
-                kind: "rate_limit_renewed",
-                message: format!(
-                    "rate limit renewed ({} of {}); cooldown for {} s",
-                    r.renewals,
-                    policy.rate_limit_max_renewals,
-                    (r.until - now) / 1000
-                ),
-            });
+            fx.push(Effect::Notify(Notice::RateLimitRenewed {
+                renewals: r.renewals,
+                max: policy.rate_limit_max_renewals,
+                until: r.until,
+                cooldown_s: (r.until - now) / 1000,
+            }));
         }
         (Some(_), false) => {
             // The screen no longer shows the limit: the agent moved on.
             t.durable.rate = None;
-            fx.push(Effect::Notify {
-                kind: "rate_limit_cleared",
-                message: "rate limit over: the screen no longer shows it".into(),
-            });
+            fx.push(Effect::Notify(Notice::RateLimitCleared));
         }
         (None, false) => {}
     }
@@ -542,7 +555,7 @@ fn rate_limit(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut V
 /// Time-driven decisions: delayed restarts, the end of a cooldown, idleness and the ladder.
 fn tick(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut Vec<Effect>) {
     if t.restart_wanted && !t.state.is_alive() {
-        if now >= t.durable.restart_not_before && ctx.destructive_allowed {
+        if now >= t.durable.restart_not_before && ctx.reserve_destructive(now) {
             issue_restart(t, "agent died", now, policy, ctx, fx);
         }
         return;
@@ -599,19 +612,17 @@ fn tick(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut Vec<Eff
     let hard = policy.hard_stall.as_millis() as i64;
     if idle_for >= hard && !matches!(t.ladder.rung, Rung::Confirming(_) | Rung::Done) {
         t.ladder.enter(Rung::Confirming(Destructive::Restart), now);
-        fx.push(Effect::Notify {
-            kind: "hard_stall",
-            message: format!("unchanged for {} s (hard limit)", idle_for / 1000),
-        });
+        fx.push(Effect::Notify(Notice::HardStall {
+            idle_s: idle_for / 1000,
+        }));
         return;
     }
     match t.ladder.rung {
         Rung::Clear => {
             t.ladder.enter(Rung::Warned, now);
-            fx.push(Effect::Notify {
-                kind: "idle_warning",
-                message: format!("idle for {} s", idle_for / 1000),
-            });
+            fx.push(Effect::Notify(Notice::IdleWarning {
+                idle_s: idle_for / 1000,
+            }));
         }
         Rung::Warned | Rung::Nudged if now - t.ladder.entered_ms >= dwell => {
             let window = policy.nudge_window.as_millis() as i64;
@@ -652,26 +663,28 @@ fn tick(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut Vec<Eff
         Rung::Confirming(what)
             if now - t.ladder.entered_ms >= policy.confirm_after.as_millis() as i64 =>
         {
-            if !ctx.destructive_allowed {
+            let commands = match what {
+                Destructive::Restart => {
+                    t.restart_command().is_some() && !t.durable.restarts_blocked
+                }
+                Destructive::Kill => true,
+            };
+            if commands && !ctx.reserve_destructive(now) {
                 if !t.ladder.held_destructive {
                     t.ladder.held_destructive = true;
-                    fx.push(Effect::Notify {
-                        kind: "command_held",
-                        message: format!("{what:?} held: destructive actions are paused (correlation or fleet budget)"),
-                    });
+                    fx.push(Effect::Notify(Notice::CommandHeld(what)));
                 }
                 return;
             }
             t.ladder.enter(Rung::Done, now);
             match what {
                 Destructive::Restart => {
-                    if t.restart_command().is_some() && !t.durable.restarts_blocked {
+                    if commands {
                         issue_restart(t, "escalation (confirmed still idle)", now, policy, ctx, fx);
                     } else {
-                        fx.push(Effect::Notify {
-                            kind: "needs_human",
-                            message: "a restart is due but no restart command is known (or restarts are blocked)".into(),
-                        });
+                        fx.push(Effect::Notify(Notice::NeedsHuman(
+                            "a restart is due but no restart command is known (or restarts are blocked)".into(),
+                        )));
                     }
                 }
                 Destructive::Kill => fx.push(Effect::Command {
@@ -690,10 +703,7 @@ fn tick(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut Vec<Eff
 fn hold_for_human(t: &mut Track, fx: &mut Vec<Effect>) {
     if !t.ladder.held_for_human {
         t.ladder.held_for_human = true;
-        fx.push(Effect::Notify {
-            kind: "nudge_held",
-            message: "idle at its prompt, but a person is attached: no nudge".into(),
-        });
+        fx.push(Effect::Notify(Notice::NudgeHeld));
     }
 }
 
@@ -717,10 +727,7 @@ fn verdict(t: &mut Track, v: Verdict, now: UnixMs, policy: &Policy, fx: &mut Vec
     if t.ladder.rung != Rung::Triaging {
         return;
     }
-    fx.push(Effect::Notify {
-        kind: "triage",
-        message: format!("triage verdict: {v:?}"),
-    });
+    fx.push(Effect::Notify(Notice::Triage(v.clone())));
     match v {
         Verdict::Continue | Verdict::Extend => t.ladder.enter(Rung::Warned, now),
         Verdict::Nudge(text) => {
@@ -737,10 +744,7 @@ fn verdict(t: &mut Track, v: Verdict, now: UnixMs, policy: &Policy, fx: &mut Vec
         Verdict::Kill => t.ladder.enter(Rung::Confirming(Destructive::Kill), now),
         Verdict::NeedsHuman(why) => {
             t.ladder.enter(Rung::Done, now);
-            fx.push(Effect::Notify {
-                kind: "needs_human",
-                message: why,
-            });
+            fx.push(Effect::Notify(Notice::NeedsHuman(why)));
         }
     }
 }
@@ -748,10 +752,10 @@ fn verdict(t: &mut Track, v: Verdict, now: UnixMs, policy: &Policy, fx: &mut Vec
 /// A death: announce it, count it towards the crash-loop budget and, when the policy allows,
 /// schedule a restart with backoff.
 fn death(t: &mut Track, what: &str, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut Vec<Effect>) {
-    fx.push(Effect::Notify {
-        kind: "agent_died",
-        message: format!("{what}: {}", t.reason),
-    });
+    fx.push(Effect::Notify(Notice::AgentDied {
+        what: what.to_owned(),
+        reason: t.reason.clone(),
+    }));
     let allowed = match policy.restart_on_death {
         RestartOnDeath::Never => false,
         RestartOnDeath::Labelled => t.obs.label(labels::RESTART).is_some(),
@@ -775,14 +779,11 @@ fn death(t: &mut Track, what: &str, now: UnixMs, policy: &Policy, ctx: &Ctx, fx:
     if d.restarts_blocked || d.restarts.len() > policy.max_restarts as usize {
         if !d.restarts_blocked {
             d.restarts_blocked = true;
-            fx.push(Effect::Notify {
-                kind: "needs_human",
-                message: format!(
-                    "crash loop: {} restarts within {} s; no more blind restarts",
-                    d.restarts.len(),
-                    window / 1000
-                ),
-            });
+            fx.push(Effect::Notify(Notice::NeedsHuman(format!(
+                "crash loop: {} restarts within {} s; no more blind restarts",
+                d.restarts.len(),
+                window / 1000
+            ))));
         }
         return;
     }
@@ -796,20 +797,16 @@ fn death(t: &mut Track, what: &str, now: UnixMs, policy: &Policy, ctx: &Ctx, fx:
     if d.crashes.len() >= policy.crash_loop_crashes as usize {
         let cooldown = policy.crash_loop_cooldown.as_millis() as i64;
         not_before = not_before.max(now + cooldown);
-        fx.push(Effect::Notify {
-            kind: "crash_loop",
-            message: format!(
-                "{} crashes within {} s: no restart for {} s",
-                d.crashes.len(),
-                crash_window / 1000,
-                cooldown / 1000
-            ),
-        });
+        fx.push(Effect::Notify(Notice::CrashLoop {
+            crashes: d.crashes.len(),
+            window_s: crash_window / 1000,
+            cooldown_s: cooldown / 1000,
+        }));
         d.crashes.clear();
     }
     d.restart_not_before = not_before;
     t.restart_wanted = true;
-    if now >= not_before && ctx.destructive_allowed {
+    if now >= not_before && ctx.reserve_destructive(now) {
         issue_restart(t, what, now, policy, ctx, fx);
     }
 }

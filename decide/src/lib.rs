@@ -4,13 +4,19 @@
 //! This crate depends on `argus-shared` only, so the compiler keeps it that way.
 //!
 //! - [`detect`]: one session's lifecycle and detection (`step`), deaths and restarts;
+//! - [`effect`]: the typed effects and notices a step returns;
+//! - [`budget`]: the fleet-wide budget of kills and restarts, reserved where they are decided;
 //! - [`escalate`]: the escalation ladder (warn, nudge, triage, confirm, restart or kill);
 //! - [`correlate`]: incidents by failure domain, which gate per-session actions;
+//! - [`health`]: node health from silence, and the fleet's share of silent nodes;
 //! - [`policy`]: thresholds, dwell times and budgets;
 //! - [`triage`]: the built-in triage heuristic.
 
+pub mod budget;
 pub mod correlate;
 pub mod detect;
+pub mod effect;
 pub mod escalate;
+pub mod health;
 pub mod policy;
 pub mod triage;

@@ -30,11 +30,17 @@ fn obs(hash: &str, cpu: u64, condition: Condition) -> Observation {
     }
 }
 
-const CTX: Ctx = Ctx {
+const CTX: Ctx<'static> = Ctx {
     destructive_allowed: true,
     provider_cooldown_until: None,
     jitter: 1.0,
+    gate: &crate::budget::Unlimited,
 };
+
+/// The effects of one step.
+fn step(t: &mut Track, input: Input, now: i64, p: &Policy, ctx: &Ctx) -> Vec<Effect> {
+    super::step(t, input, now, p, ctx).effects
+}
 
 fn seen(o: Observation) -> Input {
     Input::Observed(Box::new(o))
@@ -69,7 +75,7 @@ fn commands(fx: &[Effect]) -> Vec<&Action> {
 
 fn notified(fx: &[Effect], kind: &str) -> usize {
     fx.iter()
-        .filter(|e| matches!(e, Effect::Notify { kind: k, .. } if *k == kind))
+        .filter(|e| matches!(e, Effect::Notify(n) if n.kind() == kind))
         .count()
 }
 
@@ -587,5 +593,122 @@ proptest! {
                 }
             }
         }
+    }
+}
+
+/// An input at a time, for the due-time equivalence below.
+#[derive(Debug, Clone)]
+enum Timed {
+    Obs {
+        hash: u8,
+        cpu: u64,
+        cond: u8,
+        attached: bool,
+        restart: bool,
+        reset_in_s: u8,
+    },
+    Exit,
+    PaneDied,
+    Gone,
+    Verdict(u8),
+}
+
+fn timed() -> impl Strategy<Value = (u16, Timed)> {
+    let input = prop_oneof![
+        6 => (0u8..3, 0u64..300, 0u8..6, any::<bool>(), any::<bool>(), 0u8..40).prop_map(
+            |(hash, cpu, cond, attached, restart, reset_in_s)| Timed::Obs {
+                hash, cpu, cond, attached, restart, reset_in_s,
+            }
+        ),
+        1 => Just(Timed::Exit),
+        1 => Just(Timed::PaneDied),
+        1 => Just(Timed::Gone),
+        1 => (0u8..6).prop_map(Timed::Verdict),
+    ];
+    // Gaps in 500 ms ticks: up to two minutes between inputs.
+    (0u16..240, input)
+}
+
+fn verdict_of(n: u8) -> Verdict {
+    match n {
+        0 => Verdict::Continue,
+        1 => Verdict::Extend,
+        2 => Verdict::Nudge("go on".into()),
+        3 => Verdict::Restart,
+        4 => Verdict::Kill,
+        _ => Verdict::NeedsHuman("why".into()),
+    }
+}
+
+proptest! {
+    /// `next_due` is never late: a supervisor that ticks a session only when its due time has
+    /// come (on a 500 ms tick grid) decides exactly what one that ticks it every 500 ms decides.
+    #[test]
+    fn ticking_only_when_due_decides_the_same(inputs in proptest::collection::vec(timed(), 1..60)) {
+        let p = Policy {
+            nudge_dwell: std::time::Duration::from_secs(5),
+            hard_stall: std::time::Duration::from_secs(90),
+            triage_timeout: std::time::Duration::from_secs(3),
+            rate_limit_cooldown: std::time::Duration::from_secs(20),
+            restart_on_death: RestartOnDeath::Labelled,
+            ..Policy::default()
+        };
+        let mut every = Track::new(0, None, None);
+        let mut due_only = Track::new(0, None, None);
+        let mut due: Option<i64> = None;
+        let (mut fx_every, mut fx_due) = (Vec::new(), Vec::new());
+        let mut now = 0i64;
+        let mut cpu = 0u64;
+        let mut feed = |now: i64, input: Option<Input>, due: &mut Option<i64>,
+                        fx_every: &mut Vec<(i64, Effect)>, fx_due: &mut Vec<(i64, Effect)>| {
+            match input {
+                Some(i) => {
+                    fx_every.extend(super::step(&mut every, i.clone(), now, &p, &CTX).effects.into_iter().map(|e| (now, e)));
+                    let s = super::step(&mut due_only, i, now, &p, &CTX);
+                    *due = s.next_due;
+                    fx_due.extend(s.effects.into_iter().map(|e| (now, e)));
+                }
+                None => {
+                    fx_every.extend(super::step(&mut every, Input::Tick, now, &p, &CTX).effects.into_iter().map(|e| (now, e)));
+                    if due.is_some_and(|d| d <= now) {
+                        let s = super::step(&mut due_only, Input::Tick, now, &p, &CTX);
+                        *due = s.next_due;
+                        fx_due.extend(s.effects.into_iter().map(|e| (now, e)));
+                    }
+                }
+            }
+        };
+        for (gap, input) in inputs {
+            for _ in 0..gap {
+                now += 500;
+                feed(now, None, &mut due, &mut fx_every, &mut fx_due);
+            }
+            now += 500;
+            let input = match input {
+                Timed::Obs { hash, cpu: c, cond, attached, restart, reset_in_s } => {
+                    cpu += c;
+                    let mut o = obs(&hash.to_string(), cpu, condition(cond));
+                    o.attached_clients = u32::from(attached);
+                    if restart {
+                        o.labels = BTreeMap::from([("restart".to_owned(), "claude -c".to_owned())]);
+                    }
+                    if reset_in_s > 0 {
+                        o.rate_limit_reset_at = now / 1000 + i64::from(reset_in_s);
+                    }
+                    seen(o)
+                }
+                Timed::Exit => Input::AgentExited(INC),
+                Timed::PaneDied => Input::PaneDied,
+                Timed::Gone => Input::Gone,
+                Timed::Verdict(v) => Input::Verdict(verdict_of(v)),
+            };
+            feed(now, Some(input), &mut due, &mut fx_every, &mut fx_due);
+        }
+        // Let every timer run out.
+        for _ in 0..600 {
+            now += 500;
+            feed(now, None, &mut due, &mut fx_every, &mut fx_due);
+        }
+        prop_assert_eq!(fx_every, fx_due);
     }
 }
