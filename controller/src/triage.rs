@@ -162,26 +162,6 @@ mod tests {
     }
 
     #[test]
-    fn heuristic_is_careful() {
-        assert_eq!(heuristic(&case("thinking", 9999, 0)), Verdict::Extend);
-        assert!(matches!(
-            heuristic(&case("waiting-permission", 9999, 0)),
-            Verdict::NeedsHuman(_)
-        ));
-        assert!(matches!(
-            heuristic(&case("at-prompt", 100, 0)),
-            Verdict::Nudge(_)
-        ));
-        assert!(matches!(
-            heuristic(&case("at-prompt", 100, 3)),
-            Verdict::NeedsHuman(_)
-        ));
-        assert_eq!(heuristic(&case("error", 10, 0)), Verdict::Restart);
-        assert_eq!(heuristic(&case("none", 60, 0)), Verdict::Extend);
-        assert_eq!(heuristic(&case("none", 700, 0)), Verdict::Restart);
-    }
-
-    #[test]
     fn verdicts_parse_from_noisy_answers() {
         assert_eq!(
             parse_verdict("```json\n{\"verdict\": \"restart\"}\n```"),

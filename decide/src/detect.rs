@@ -29,6 +29,7 @@ pub use argus_shared::ids::Incarnation;
 /// One validated observation of a session (from the wire's `SessionObservation`).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Observation {
+    pub session_name: String,
     pub pane_id: String,
     pub pane_dead: bool,
     pub exit_status: i32,
@@ -231,6 +232,28 @@ impl Track {
         (!cmd.is_empty()).then_some(cmd)
     }
 
+    /// Why the policy may type into, interrupt, kill or restart this session, or `None` when it
+    /// may only watch it: the first rule of a supervisor is to act only on positive evidence
+    /// that the target is an agent.
+    pub fn agent_evidence(&self, policy: &Policy) -> Option<&'static str> {
+        let profile = self.obs.profile.as_str();
+        if self.obs.label(labels::PROFILE).is_some() {
+            Some("@argus-profile label")
+        } else if self.obs.label(labels::RESTART).is_some() {
+            Some("@argus-restart label")
+        } else if !profile.is_empty() && profile != argus_shared::profile::GENERIC {
+            Some("recognised by its agent profile")
+        } else if policy
+            .act_on
+            .iter()
+            .any(|g| crate::policy::glob_matches(g, &self.obs.session_name))
+        {
+            Some("policy act_on")
+        } else {
+            None
+        }
+    }
+
     /// True while the session sits in a rate-limit cooldown.
     pub fn rate_limited(&self) -> bool {
         self.durable.rate.is_some()
@@ -267,6 +290,15 @@ pub fn next_due(t: &Track, now: UnixMs, policy: &Policy, ctx: &Ctx) -> Option<Un
         return due;
     }
     let idle_after = i64::from(policy.idle_checks) * t.probe_ms;
+    if t.agent_evidence(policy).is_none() && !confirming {
+        // Only watched: it may stall and be warned about, nothing more.
+        match (t.state, t.ladder.rung) {
+            (SessionState::Working, _) => at(t.last_activity_ms + idle_after),
+            (SessionState::Stalled, Rung::Clear) => at(now),
+            _ => {}
+        }
+        return due;
+    }
     let hard = t.last_activity_ms + ms(policy.hard_stall);
     let entered = t.ladder.entered_ms;
     if t.state == SessionState::Working {
@@ -608,6 +640,16 @@ fn tick(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut Vec<Eff
     if exempt {
         return;
     }
+    if t.agent_evidence(policy).is_none() {
+        // Not known to be an agent: watched and reported once, never typed into or ended.
+        if t.ladder.rung == Rung::Clear {
+            t.ladder.enter(Rung::Warned, now);
+            fx.push(Effect::Notify(Notice::IdleWarning {
+                idle_s: idle_for / 1000,
+            }));
+        }
+        return;
+    }
     let dwell = policy.nudge_dwell.as_millis() as i64;
     let hard = policy.hard_stall.as_millis() as i64;
     if idle_for >= hard && !matches!(t.ladder.rung, Rung::Confirming(_) | Rung::Done) {
@@ -759,7 +801,7 @@ fn death(t: &mut Track, what: &str, now: UnixMs, policy: &Policy, ctx: &Ctx, fx:
     let allowed = match policy.restart_on_death {
         RestartOnDeath::Never => false,
         RestartOnDeath::Labelled => t.obs.label(labels::RESTART).is_some(),
-        RestartOnDeath::Always => true,
+        RestartOnDeath::Always => t.agent_evidence(policy).is_some(),
     };
     if !allowed || t.operator_killed || t.restart_command().is_none() || t.restart_wanted {
         return;

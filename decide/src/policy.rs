@@ -40,6 +40,10 @@ pub struct Policy {
     pub nudge_text: String,
     /// When a dead agent is restarted.
     pub restart_on_death: RestartOnDeath,
+    /// Session names (globs, `*` matches any run of characters) the policy may act on although
+    /// no agent profile recognised them and no `@argus-profile`/`@argus-restart` label opts them
+    /// in. Everything else is only watched.
+    pub act_on: Vec<String>,
     /// First restart delay after a death; doubles per recent restart.
     #[serde(with = "humantime_serde")]
     pub restart_backoff_min: Duration,
@@ -152,6 +156,7 @@ impl Default for Policy {
             nudge_text: "Please continue with your task. If you are blocked, say what you need."
                 .to_owned(),
             restart_on_death: RestartOnDeath::Labelled,
+            act_on: Vec::new(),
             restart_backoff_min: Duration::from_secs(1),
             restart_backoff_max: Duration::from_secs(60),
             restart_window: Duration::from_secs(600),
@@ -258,6 +263,9 @@ impl Policy {
         if self.idle_checks == 0 {
             return invalid("idle_checks", "must be at least 1");
         }
+        if let Some(g) = self.act_on.iter().find(|g| g.trim().is_empty()) {
+            return invalid("act_on", &format!("empty session-name glob {g:?}"));
+        }
         if self.node_down_after <= self.node_suspect_after {
             return invalid("node_down_after", "must be longer than node_suspect_after");
         }
@@ -343,5 +351,48 @@ mod tests {
         assert!(e.to_string().contains("node_down_after"), "{e}");
         let e = Policy::from_toml("nudge_text = \"a\\nb\"").expect_err("control char");
         assert!(e.to_string().contains("nudge_text"), "{e}");
+    }
+}
+
+/// True when `name` matches `glob`, where `*` matches any run of characters and everything else
+/// matches itself.
+pub fn glob_matches(glob: &str, name: &str) -> bool {
+    let mut parts = glob.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+#[cfg(test)]
+mod glob_tests {
+    use super::glob_matches;
+
+    #[test]
+    fn globs_match_session_names() {
+        assert!(glob_matches("agent-*", "agent-1"));
+        assert!(glob_matches("agent-*", "agent-"));
+        assert!(!glob_matches("agent-*", "my-agent-1"));
+        assert!(glob_matches("*-worker", "codex-worker"));
+        assert!(glob_matches("a*b*c", "a-b-c"));
+        assert!(!glob_matches("a*b*c", "a-c"));
+        assert!(glob_matches("exact", "exact"));
+        assert!(!glob_matches("exact", "exact2"));
+        assert!(glob_matches("*", ""));
+        assert!(
+            !glob_matches("ab*ba", "aba"),
+            "the two ends must not overlap"
+        );
     }
 }

@@ -13,8 +13,12 @@ pub fn heuristic(case: &TriageCase) -> Verdict {
     match case.condition.as_str() {
         "waiting-permission" => Verdict::NeedsHuman("waiting for a permission".into()),
         "rate-limited" | "thinking" => Verdict::Extend,
-        "error" if case.restart_known => Verdict::Restart,
-        "error" => Verdict::NeedsHuman("error on screen and no restart command known".into()),
+        // An error banner is the agent's own report; a restart would throw its work away, and a
+        // nudge cannot fix a bad key or a provider outage. A person decides.
+        "error" => Verdict::NeedsHuman(format!(
+            "the agent shows an error and has been idle for {} s",
+            case.idle_for_s
+        )),
         "at-prompt" if case.nudges_in_window >= case.nudge_budget as usize => {
             Verdict::NeedsHuman(format!(
                 "idle at its prompt for {} s after {} nudges: done, or waiting for a task",
@@ -28,5 +32,51 @@ pub fn heuristic(case: &TriageCase) -> Verdict {
             case.idle_for_s
         )),
         _ => Verdict::Extend,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn case(condition: &str, idle: i64, nudges: usize) -> TriageCase {
+        TriageCase {
+            state: "stalled".into(),
+            condition: condition.into(),
+            agent: "claude".into(),
+            idle_for_s: idle,
+            nudges_in_window: nudges,
+            nudge_budget: 3,
+            restarts_in_window: 0,
+            restart_known: true,
+            reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn heuristic_is_careful() {
+        assert_eq!(heuristic(&case("thinking", 9999, 0)), Verdict::Extend);
+        assert!(matches!(
+            heuristic(&case("waiting-permission", 9999, 0)),
+            Verdict::NeedsHuman(_)
+        ));
+        assert!(matches!(
+            heuristic(&case("at-prompt", 100, 0)),
+            Verdict::Nudge(_)
+        ));
+        assert!(matches!(
+            heuristic(&case("at-prompt", 100, 3)),
+            Verdict::NeedsHuman(_)
+        ));
+        assert!(
+            matches!(heuristic(&case("error", 10, 0)), Verdict::NeedsHuman(_)),
+            "an error on screen never restarts by itself"
+        );
+        assert!(matches!(
+            heuristic(&case("error", 7200, 0)),
+            Verdict::NeedsHuman(_)
+        ));
+        assert_eq!(heuristic(&case("none", 60, 0)), Verdict::Extend);
+        assert_eq!(heuristic(&case("none", 700, 0)), Verdict::Restart);
     }
 }

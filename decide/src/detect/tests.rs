@@ -21,6 +21,7 @@ fn obs(hash: &str, cpu: u64, condition: Condition) -> Observation {
         pane_id: "%1".into(),
         agent: Some(INC),
         agent_name: "claude".into(),
+        profile: "claude".into(),
         agent_cpu_ms: cpu,
         screen_hash: hash.into(),
         condition,
@@ -503,6 +504,46 @@ fn recorded_zombie_seen_alive_is_working() {
     let fx = step(&mut t, seen(obs("a", 0, Condition::None)), 0, &p, &CTX);
     assert_eq!(t.state, SessionState::Working);
     assert!(commands(&fx).is_empty());
+}
+
+#[test]
+fn a_program_that_is_not_an_agent_is_watched_never_touched() {
+    // A dev server in the user's tmux: the generic profile, no labels, started with a command.
+    let p = Policy {
+        restart_on_death: RestartOnDeath::Always,
+        hard_stall: std::time::Duration::from_secs(120),
+        ..policy()
+    };
+    let mut o = obs("server log", 0, Condition::Error);
+    o.profile = argus_shared::profile::GENERIC.into();
+    o.agent_name = "node".into();
+    o.start_command = "npm run dev".into();
+    let mut t = Track::new(0, None, None);
+    let mut fx = step(&mut t, seen(o.clone()), 0, &p, &CTX);
+    let mut now = 0;
+    while now < 3_600_000 {
+        now += 500;
+        fx.extend(step(&mut t, Input::Tick, now, &p, &CTX));
+    }
+    assert_eq!(t.state, SessionState::Stalled);
+    assert_eq!(notified(&fx, "idle_warning"), 1, "reported once: {fx:?}");
+    assert!(commands(&fx).is_empty(), "{fx:?}");
+    assert!(!fx.iter().any(|e| matches!(e, Effect::Triage(_))));
+    assert_eq!(t.next_due, None, "nothing left to decide until it changes");
+    // It dies: reported, not restarted, even with restart_on_death = "always".
+    let fx = step(&mut t, Input::PaneDied, now + 1, &p, &CTX);
+    assert_eq!(notified(&fx, "agent_died"), 1);
+    assert!(!t.restart_wanted);
+
+    // The same program opted in by the policy's act_on is supervised.
+    let p = Policy {
+        act_on: vec!["dev-*".into()],
+        ..p
+    };
+    let mut t = Track::new(0, None, None);
+    o.session_name = "dev-server".into();
+    step(&mut t, seen(o), 0, &p, &CTX);
+    assert_eq!(t.agent_evidence(&p), Some("policy act_on"));
 }
 
 #[derive(Debug, Clone)]
