@@ -25,12 +25,45 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    /// A batched database operation failed; every request of the batch shares the cause.
+    #[error("database {op} failed: {source}")]
+    Batch {
+        op: &'static str,
+        #[source]
+        source: std::sync::Arc<sqlx::Error>,
+    },
     /// Migrations could not be applied.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// The URL names no supported backend.
     #[error("unsupported database URL {0:?}: use sqlite://PATH or memory://")]
     Unsupported(String),
+}
+
+impl StoreError {
+    /// The gRPC code for a call that failed on the store: a pool that is closed or exhausted
+    /// may recover (UNAVAILABLE, worth a retry); anything else is the server's fault (INTERNAL).
+    pub fn code(&self) -> tonic::Code {
+        let may_recover = |e: &sqlx::Error| {
+            matches!(
+                e,
+                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
+            )
+        };
+        match self {
+            Self::Db { source, .. } if may_recover(source) => tonic::Code::Unavailable,
+            Self::Batch { source, .. } if may_recover(source) => tonic::Code::Unavailable,
+            Self::Db { .. } | Self::Batch { .. } | Self::Migrate(_) | Self::Unsupported(_) => {
+                tonic::Code::Internal
+            }
+        }
+    }
+}
+
+impl From<StoreError> for tonic::Status {
+    fn from(e: StoreError) -> Self {
+        crate::server::status(e.code(), e)
+    }
 }
 
 /// A node as stored.

@@ -1,6 +1,7 @@
 //! The embedded SQLite backend: one file, WAL, migrations compiled into the binary.
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use sqlx::Row;
@@ -40,13 +41,14 @@ const EPOCH_BUMP: &str =
 async fn bump_epochs(pool: SqlitePool, mut rx: mpsc::Receiver<Attach>) {
     let mut batch = Vec::with_capacity(256);
     while rx.recv_many(&mut batch, 256).await > 0 {
-        let result = bump_batch(&pool, &batch).await;
+        // One failure answers every attach of the batch, so its cause is shared, not copied.
+        let result = bump_batch(&pool, &batch).await.map_err(Arc::new);
         for (i, (_, _, reply)) in batch.drain(..).enumerate() {
             let _ = reply.send(match &result {
                 Ok(epochs) => Ok(epochs[i]),
-                Err(e) => Err(StoreError::Db {
+                Err(e) => Err(StoreError::Batch {
                     op: "attach node",
-                    source: sqlx::Error::Protocol(e.to_string()),
+                    source: e.clone(),
                 }),
             });
         }
