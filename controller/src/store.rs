@@ -265,7 +265,8 @@ impl dyn Store {
     }
 }
 
-/// The durable store. Two backends are planned: SQLite (embedded default) and PostgreSQL.
+/// The durable store: SQLite (the embedded default) and an in-memory one for tests; PostgreSQL
+/// is planned. `store/tests.rs` holds the contract every backend passes.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Records an attach and returns the node's new epoch: larger than any stored before and

@@ -330,6 +330,33 @@ async fn refusals_have_specific_codes_and_name_the_field() -> anyhow::Result<()>
     assert_eq!(cmd.session_name, "work");
     let r = call.await??.into_inner();
     assert_eq!(r.status, pb::CommandStatus::Ok as i32);
+    // The audit log (write-behind, into the in-memory store) has the command and its result,
+    // under the session on that tmux server only.
+    let history = |socket: &'static str| {
+        let mut admin = admin.clone();
+        async move {
+            anyhow::Ok(
+                admin
+                    .get_session(pb::GetSessionRequest {
+                        session: sref("n1", socket, "work"),
+                        history_limit: 0,
+                    })
+                    .await?
+                    .into_inner()
+                    .commands,
+            )
+        }
+    };
+    let recorded = eventually("the command's result in the audit log", WAIT, || async {
+        let commands = history("/tmp/b.sock").await?;
+        Ok(commands
+            .into_iter()
+            .find(|k| k.status == pb::CommandStatus::Ok as i32))
+    })
+    .await?;
+    assert_eq!(recorded.command_id, r.command_id);
+    assert_eq!(recorded.origin, "admin");
+    assert!(history("/tmp/a.sock").await?.is_empty());
 
     // Once the node's stream is gone, its sessions are known but the node is unreachable.
     drop(agent);
