@@ -6,16 +6,124 @@ use std::sync::Arc;
 use argus_proto::v1 as pb;
 use argus_proto::v1::admin_service_server::AdminService;
 use argus_shared::command::{Action, CommandError};
-use argus_shared::ids::{NodeId, SessionName};
+use argus_shared::ids::{IdError, NodeId, SessionName};
 use argus_shared::state::SessionState;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use crate::dispatch::{DispatchError, Origin};
+use crate::server;
 use crate::store::{CommandRow, SessionRef, StoreError};
 use crate::supervisor::Supervisor;
 use argus_decide::detect::{Input, Track};
+
+/// Why an admin call was refused. Each variant maps to one gRPC code (see the `From` impl
+/// below); the message names the offending field or id, and sources stay attached.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A required field is missing.
+    #[error("{field} is required")]
+    Missing { field: &'static str },
+    /// A field holds an invalid identifier.
+    #[error("invalid {field}")]
+    BadId {
+        field: &'static str,
+        #[source]
+        source: IdError,
+    },
+    /// A command's arguments are invalid.
+    #[error("invalid {field}")]
+    BadCommand {
+        field: &'static str,
+        #[source]
+        source: CommandError,
+    },
+    /// No node with this id has ever attached.
+    #[error("node {node:?} is not known")]
+    UnknownNode { node: String },
+    /// The node has no such session (on that tmux server, when one was named).
+    #[error("no session {name:?} on node {node:?}{}", on_socket(.tmux_socket))]
+    UnknownSession {
+        node: String,
+        name: String,
+        tmux_socket: String,
+    },
+    /// The name exists on several tmux servers of the node and no socket was named.
+    #[error(
+        "session {name:?} exists on several tmux servers of node {node:?} ({}); set session.tmux_socket",
+        .sockets.join(", ")
+    )]
+    AmbiguousSession {
+        node: String,
+        name: String,
+        sockets: Vec<String>,
+    },
+    /// No open incident has this id.
+    #[error("no open incident {id:?}")]
+    UnknownIncident { id: String },
+    /// The command could not be sent or was not answered.
+    #[error(transparent)]
+    Dispatch(#[from] DispatchError),
+    /// The store failed while serving the call.
+    #[error("reading the {what} failed")]
+    Store {
+        what: &'static str,
+        #[source]
+        source: StoreError,
+    },
+}
+
+fn on_socket(socket: &str) -> String {
+    if socket.is_empty() {
+        String::new()
+    } else {
+        format!(" (tmux socket {socket:?})")
+    }
+}
+
+impl ApiError {
+    fn store(what: &'static str) -> impl FnOnce(StoreError) -> Self {
+        move |source| Self::Store { what, source }
+    }
+
+    /// The gRPC code this refusal is answered with.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::Missing { .. }
+            | Self::BadId { .. }
+            | Self::BadCommand { .. }
+            | Self::AmbiguousSession { .. } => Code::InvalidArgument,
+            Self::UnknownNode { .. }
+            | Self::UnknownSession { .. }
+            | Self::UnknownIncident { .. } => Code::NotFound,
+            Self::Dispatch(d) => d.code(),
+            Self::Store { source, .. } => source.code(),
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Self {
+        match e {
+            ApiError::Dispatch(d) => d.into(),
+            e => server::status(e.code(), e),
+        }
+    }
+}
+
+/// The field a refused command argument came from.
+fn command_field(e: &CommandError) -> &'static str {
+    match e {
+        CommandError::EmptyNudge
+        | CommandError::NudgeTooLong { .. }
+        | CommandError::ControlChar { .. } => "text",
+        CommandError::TooManyLines { .. } => "lines",
+        CommandError::GraceTooLong { .. } => "grace_ms",
+        CommandError::BadRestartCommand { .. } => "command",
+        CommandError::NoAction => "action",
+    }
+}
 
 /// The AdminService implementation.
 pub struct AdminApi {
@@ -29,17 +137,20 @@ impl AdminApi {
     }
 
     /// Validates a session reference and finds the session.
-    fn resolve(&self, r: Option<&pb::SessionRef>) -> Result<SessionRef, Status> {
-        let r = r.ok_or_else(|| Status::invalid_argument("session is required"))?;
-        NodeId::new(&r.node_id)
-            .map_err(|e| Status::invalid_argument(format!("session.node_id: {e}")))?;
-        SessionName::new(&r.session_name)
-            .map_err(|e| Status::invalid_argument(format!("session.session_name: {e}")))?;
+    fn resolve(&self, r: Option<&pb::SessionRef>) -> Result<SessionRef, ApiError> {
+        let r = r.ok_or(ApiError::Missing { field: "session" })?;
+        NodeId::new(&r.node_id).map_err(|source| ApiError::BadId {
+            field: "session.node_id",
+            source,
+        })?;
+        SessionName::new(&r.session_name).map_err(|source| ApiError::BadId {
+            field: "session.session_name",
+            source,
+        })?;
         if !self.sup.fleet.knows_node(&r.node_id) {
-            return Err(Status::not_found(format!(
-                "node {:?} is not known",
-                r.node_id
-            )));
+            return Err(ApiError::UnknownNode {
+                node: r.node_id.clone(),
+            });
         }
         match self
             .sup
@@ -47,16 +158,16 @@ impl AdminApi {
             .find(&r.node_id, &r.session_name, &r.tmux_socket)
         {
             Ok(Some(k)) => Ok(k),
-            Ok(None) => Err(Status::not_found(format!(
-                "no session {:?} on node {:?}",
-                r.session_name, r.node_id
-            ))),
-            Err(sockets) => Err(Status::invalid_argument(format!(
-                "session {:?} exists on several tmux servers of node {:?} ({}); set tmux_socket",
-                r.session_name,
-                r.node_id,
-                sockets.join(", ")
-            ))),
+            Ok(None) => Err(ApiError::UnknownSession {
+                node: r.node_id.clone(),
+                name: r.session_name.clone(),
+                tmux_socket: r.tmux_socket.clone(),
+            }),
+            Err(sockets) => Err(ApiError::AmbiguousSession {
+                node: r.node_id.clone(),
+                name: r.session_name.clone(),
+                sockets,
+            }),
         }
     }
 
@@ -64,9 +175,12 @@ impl AdminApi {
         &self,
         r: Option<&pb::SessionRef>,
         action: Result<Action, CommandError>,
-    ) -> Result<Response<pb::CommandResponse>, Status> {
+    ) -> Result<Response<pb::CommandResponse>, ApiError> {
         let key = self.resolve(r)?;
-        let action = action.map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let action = action.map_err(|source| ApiError::BadCommand {
+            field: command_field(&source),
+            source,
+        })?;
         let incarnation = if matches!(action, Action::Capture { .. } | Action::Restart { .. }) {
             None
         } else {
@@ -88,8 +202,7 @@ impl AdminApi {
                 Origin::Admin,
                 &format!("{name} requested through the admin API"),
             )
-            .await
-            .map_err(dispatch_status)?;
+            .await?;
         Ok(Response::new(pb::CommandResponse {
             command_id: result.command_id,
             status: result.status,
@@ -97,19 +210,6 @@ impl AdminApi {
             output: result.output,
         }))
     }
-}
-
-fn dispatch_status(e: DispatchError) -> Status {
-    match e {
-        DispatchError::UnknownNode(_) => Status::not_found(e.to_string()),
-        DispatchError::Disconnected(_) => Status::unavailable(e.to_string()),
-        DispatchError::Busy(_) => Status::resource_exhausted(e.to_string()),
-        DispatchError::Timeout { .. } => Status::deadline_exceeded(e.to_string()),
-    }
-}
-
-fn store_status(e: StoreError) -> Status {
-    Status::unavailable(format!("store unavailable: {e}"))
 }
 
 fn session_pb(key: &SessionRef, t: &Track) -> pb::Session {
@@ -171,7 +271,12 @@ impl AdminService for AdminApi {
         &self,
         _request: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
-        let stored = self.sup.store.nodes().await.map_err(store_status)?;
+        let stored = self
+            .sup
+            .store
+            .nodes()
+            .await
+            .map_err(ApiError::store("nodes"))?;
         let mut nodes: Vec<pb::Node> = stored
             .into_iter()
             .map(|n| {
@@ -208,7 +313,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
         let node = request.into_inner().node_id;
         if !node.is_empty() && !self.sup.fleet.knows_node(&node) {
-            return Err(Status::not_found(format!("node {node:?} is not known")));
+            return Err(ApiError::UnknownNode { node }.into());
         }
         let mut sessions: Vec<pb::Session> = self
             .sup
@@ -234,7 +339,11 @@ impl AdminService for AdminApi {
             .sup
             .fleet
             .session(&key, |t| session_pb(&key, t))
-            .ok_or_else(|| Status::not_found("session vanished"))?;
+            .ok_or_else(|| ApiError::UnknownSession {
+                node: key.node_id.clone(),
+                name: key.session_name.clone(),
+                tmux_socket: key.tmux_socket.clone(),
+            })?;
         let limit = match req.history_limit {
             0 => 50,
             n => n.min(1000),
@@ -244,7 +353,7 @@ impl AdminService for AdminApi {
             .store
             .history(&key, limit)
             .await
-            .map_err(store_status)?;
+            .map_err(ApiError::store("session history"))?;
         Ok(Response::new(pb::GetSessionResponse {
             session: Some(session),
             transitions: h
@@ -290,8 +399,9 @@ impl AdminService for AdminApi {
         request: Request<pb::NudgeRequest>,
     ) -> Result<Response<pb::CommandResponse>, Status> {
         let r = request.into_inner();
-        self.command(r.session.as_ref(), Action::nudge(&r.text))
-            .await
+        Ok(self
+            .command(r.session.as_ref(), Action::nudge(&r.text))
+            .await?)
     }
 
     async fn interrupt(
@@ -299,7 +409,7 @@ impl AdminService for AdminApi {
         request: Request<pb::SessionRef>,
     ) -> Result<Response<pb::CommandResponse>, Status> {
         let r = request.into_inner();
-        self.command(Some(&r), Ok(Action::Interrupt)).await
+        Ok(self.command(Some(&r), Ok(Action::Interrupt)).await?)
     }
 
     async fn kill(
@@ -307,8 +417,9 @@ impl AdminService for AdminApi {
         request: Request<pb::KillRequest>,
     ) -> Result<Response<pb::CommandResponse>, Status> {
         let r = request.into_inner();
-        self.command(r.session.as_ref(), Action::kill(r.grace_ms))
-            .await
+        Ok(self
+            .command(r.session.as_ref(), Action::kill(r.grace_ms))
+            .await?)
     }
 
     async fn restart(
@@ -352,7 +463,7 @@ impl AdminService for AdminApi {
             },
             other => other,
         });
-        self.command(r.session.as_ref(), action).await
+        Ok(self.command(r.session.as_ref(), action).await?)
     }
 
     async fn capture(
@@ -360,8 +471,9 @@ impl AdminService for AdminApi {
         request: Request<pb::CaptureRequest>,
     ) -> Result<Response<pb::CommandResponse>, Status> {
         let r = request.into_inner();
-        self.command(r.session.as_ref(), Action::capture(r.lines))
-            .await
+        Ok(self
+            .command(r.session.as_ref(), Action::capture(r.lines))
+            .await?)
     }
 
     async fn list_incidents(
@@ -378,7 +490,7 @@ impl AdminService for AdminApi {
             .store
             .incidents(r.include_closed, limit)
             .await
-            .map_err(store_status)?;
+            .map_err(ApiError::store("incidents"))?;
         Ok(Response::new(pb::ListIncidentsResponse {
             incidents: rows.into_iter().map(incident_pb).collect(),
         }))
@@ -390,7 +502,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::Incident>, Status> {
         let r = request.into_inner();
         if r.id.is_empty() {
-            return Err(Status::invalid_argument("id is required"));
+            return Err(ApiError::Missing { field: "id" }.into());
         }
         let by = if r.by.is_empty() {
             "anonymous".to_owned()
@@ -401,7 +513,88 @@ impl AdminService for AdminApi {
             .sup
             .ack_incident(&r.id, &by, argus_shared::time::now_ms())
             .await
-            .ok_or_else(|| Status::not_found(format!("no open incident {:?}", r.id)))?;
+            .ok_or(ApiError::UnknownIncident { id: r.id })?;
         Ok(Response::new(incident_pb(i)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    fn store_failure(source: sqlx::Error) -> ApiError {
+        ApiError::Store {
+            what: "incidents",
+            source: StoreError::Db {
+                op: "read incidents",
+                source,
+            },
+        }
+    }
+
+    #[test]
+    fn store_failures_are_internal_unless_the_pool_may_recover() {
+        let s = Status::from(store_failure(sqlx::Error::RowNotFound));
+        assert_eq!(s.code(), Code::Internal);
+        // The whole chain is in the message, each cause once.
+        assert_eq!(
+            s.message(),
+            format!(
+                "reading the incidents failed: database read incidents failed: {}",
+                sqlx::Error::RowNotFound
+            )
+        );
+        // And the error itself travels as the status' source.
+        let source = s.source().expect("source kept");
+        assert!(source.downcast_ref::<ApiError>().is_some(), "{source:?}");
+        let s = Status::from(store_failure(sqlx::Error::PoolTimedOut));
+        assert_eq!(s.code(), Code::Unavailable);
+    }
+
+    #[test]
+    fn dispatch_failures_keep_their_codes() {
+        let cases = [
+            (DispatchError::UnknownNode("n".into()), Code::NotFound),
+            (DispatchError::Disconnected("n".into()), Code::Unavailable),
+            (DispatchError::Busy("n".into()), Code::ResourceExhausted),
+            (
+                DispatchError::Timeout {
+                    node: "n".into(),
+                    command_id: "c".into(),
+                    secs: 1,
+                },
+                Code::DeadlineExceeded,
+            ),
+        ];
+        for (e, code) in cases {
+            let text = e.to_string();
+            let s = Status::from(ApiError::from(e));
+            assert_eq!(s.code(), code, "{s:?}");
+            assert_eq!(s.message(), text);
+        }
+    }
+
+    #[test]
+    fn bad_input_names_the_field_and_keeps_the_cause() {
+        let e = ApiError::BadCommand {
+            field: command_field(&CommandError::GraceTooLong { grace_ms: 1 }),
+            source: CommandError::GraceTooLong { grace_ms: 1 },
+        };
+        assert!(e.source().is_some());
+        let s = Status::from(e);
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(
+            s.message().starts_with("invalid grace_ms: kill grace"),
+            "{s:?}"
+        );
+        let s = Status::from(ApiError::AmbiguousSession {
+            node: "n1".into(),
+            name: "w".into(),
+            sockets: vec!["/a".into(), "/b".into()],
+        });
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(s.message().contains("(/a, /b)"), "{s:?}");
     }
 }

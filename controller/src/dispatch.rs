@@ -38,6 +38,24 @@ pub enum DispatchError {
     },
 }
 
+impl DispatchError {
+    /// The gRPC code a caller waiting for the command gets.
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            Self::UnknownNode(_) => tonic::Code::NotFound,
+            Self::Disconnected(_) => tonic::Code::Unavailable,
+            Self::Busy(_) => tonic::Code::ResourceExhausted,
+            Self::Timeout { .. } => tonic::Code::DeadlineExceeded,
+        }
+    }
+}
+
+impl From<DispatchError> for tonic::Status {
+    fn from(e: DispatchError) -> Self {
+        crate::server::status(e.code(), e)
+    }
+}
+
 /// Who decided a command.
 #[derive(Debug, Clone, Copy)]
 pub enum Origin {

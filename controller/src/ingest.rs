@@ -44,6 +44,52 @@ impl AgentApi {
     }
 }
 
+/// Why an Attach stream was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The node agent opened Attach and said nothing.
+    #[error("no Hello within {} s of opening Attach", HELLO_TIMEOUT.as_secs())]
+    NoHello,
+    /// Something other than Hello came first.
+    #[error("the first message on Attach must be Hello")]
+    NotHelloFirst,
+    /// The stream ended before Hello.
+    #[error("Attach closed before Hello")]
+    ClosedBeforeHello,
+    /// A Hello field is invalid.
+    #[error("{field}: invalid")]
+    BadHello {
+        field: &'static str,
+        #[source]
+        source: argus_shared::ids::IdError,
+    },
+    /// The epoch bump could not be stored; the node agent retries (Unavailable).
+    #[error("cannot record the attach of {node}")]
+    RecordAttach {
+        node: String,
+        #[source]
+        source: crate::store::StoreError,
+    },
+    /// The node agent went away before the Welcome.
+    #[error("stream closed before Welcome")]
+    ClosedBeforeWelcome,
+}
+
+impl From<IngestError> for Status {
+    fn from(e: IngestError) -> Self {
+        use tonic::Code;
+        let code = match &e {
+            IngestError::NoHello => Code::DeadlineExceeded,
+            IngestError::NotHelloFirst
+            | IngestError::ClosedBeforeHello
+            | IngestError::BadHello { .. } => Code::InvalidArgument,
+            IngestError::RecordAttach { .. } => Code::Unavailable,
+            IngestError::ClosedBeforeWelcome => Code::Internal,
+        };
+        crate::server::status(code, e)
+    }
+}
+
 #[tonic::async_trait]
 impl NodeAgentService for AgentApi {
     type AttachStream = ReceiverStream<Result<pb::ControllerMessage, Status>>;
@@ -55,20 +101,19 @@ impl NodeAgentService for AgentApi {
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
-            .map_err(|_| Status::deadline_exceeded("no Hello within 10 s of opening Attach"))??;
+            .map_err(|_| IngestError::NoHello)??;
         let hello = match first {
             Some(pb::AgentMessage {
                 msg: Some(pb::agent_message::Msg::Hello(h)),
             }) => h,
-            Some(_) => {
-                return Err(Status::invalid_argument(
-                    "the first message on Attach must be Hello",
-                ));
-            }
-            None => return Err(Status::invalid_argument("Attach closed before Hello")),
+            Some(_) => return Err(IngestError::NotHelloFirst.into()),
+            None => return Err(IngestError::ClosedBeforeHello.into()),
         };
         let node_id = NodeId::new(&hello.node_id)
-            .map_err(|e| Status::invalid_argument(format!("Hello.node_id: {e}")))?
+            .map_err(|source| IngestError::BadHello {
+                field: "Hello.node_id",
+                source,
+            })?
             .to_string();
         let now = now_ms();
         let epoch = self
@@ -86,8 +131,9 @@ impl NodeAgentService for AgentApi {
                 hello.last_epoch,
             )
             .await
-            .map_err(|e| {
-                Status::unavailable(format!("cannot record the attach of {node_id}: {e}"))
+            .map_err(|source| IngestError::RecordAttach {
+                node: node_id.clone(),
+                source,
             })?;
 
         let (tx, rx) = mpsc::channel(LINK_QUEUE);
@@ -98,7 +144,7 @@ impl NodeAgentService for AgentApi {
             })),
         }))
         .await
-        .map_err(|_| Status::internal("stream closed before Welcome"))?;
+        .map_err(|_| IngestError::ClosedBeforeWelcome)?;
 
         let stream_id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let probe_ms = if hello.probe_interval_ms == 0 {

@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use argus_shared::state::SessionState;
 use argus_shared::time::now_ms;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -89,28 +88,16 @@ pub async fn run(
     let store = store::open(&config.db)
         .await
         .with_context(|| format!("opening store {}", config.db))?;
-    let recorded: Vec<_> = store
-        .last_states()
-        .await?
-        .into_iter()
-        .filter_map(|(k, s)| SessionState::parse(&s).map(|s| (k, s)))
-        .collect();
+    let recorded = store.recorded_states().await?.reported("last states");
     let tasks = TaskTracker::new();
     let writer_stop = CancellationToken::new();
     let writer_tasks = TaskTracker::new();
     let recorder = Recorder::start(store.clone(), writer_stop.clone(), &writer_tasks);
     let durables = store
-        .durables()
+        .recorded_durables::<argus_decide::detect::Durable>()
         .await?
-        .into_iter()
-        .filter_map(|(k, data)| serde_json::from_str(&data).ok().map(|d| (k, d)))
-        .collect();
-    let incidents = store
-        .incidents(false, 10_000)
-        .await?
-        .into_iter()
-        .filter_map(supervisor::incident_from_row)
-        .collect();
+        .reported("durable session states");
+    let incidents = supervisor::restore_incidents(store.incidents(false, 10_000).await?);
     let controller_id = format!("ctl-{}-{}", std::process::id(), now_ms());
     let notifier = notify::Notifier::start(config.webhooks.clone(), &tasks, shutdown.clone());
     let sup = Arc::new(Supervisor::new(supervisor::Parts {

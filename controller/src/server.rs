@@ -67,6 +67,34 @@ pub async fn serve(
     Ok(())
 }
 
+/// A status with `code` whose message is `e` followed by its sources (each once), and which
+/// keeps `e` itself as its source for in-process callers. The `From<...> for Status` impls of
+/// each module's error go through here.
+pub fn status<E>(code: tonic::Code, e: E) -> tonic::Status
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let mut status = tonic::Status::new(code, message_chain(&e));
+    status.set_source(Arc::new(e));
+    status
+}
+
+/// `e`'s message and its sources', joined by `": "`; a source whose text the message already
+/// holds (errors that print their cause themselves) is not repeated.
+pub fn message_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        next = cause.source();
+    }
+    message
+}
+
 /// True for loopback addresses, the only ones plaintext may bind to unless forced.
 pub fn is_loopback(addr: &SocketAddr) -> bool {
     addr.ip().is_loopback()

@@ -3,10 +3,14 @@
 //! write-behind queue that batches them into transactions and retries a failing store without
 //! dropping anything; only the epoch bump on attach is written before the controller answers.
 
+pub mod memory;
 pub mod sqlite;
+#[cfg(test)]
+mod tests;
 
 use std::time::Duration;
 
+use argus_shared::state::SessionState;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -21,12 +25,45 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    /// A batched database operation failed; every request of the batch shares the cause.
+    #[error("database {op} failed: {source}")]
+    Batch {
+        op: &'static str,
+        #[source]
+        source: std::sync::Arc<sqlx::Error>,
+    },
     /// Migrations could not be applied.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// The URL names no supported backend.
-    #[error("unsupported database URL {0:?}: use sqlite://PATH")]
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or memory://")]
     Unsupported(String),
+}
+
+impl StoreError {
+    /// The gRPC code for a call that failed on the store: a pool that is closed or exhausted
+    /// may recover (UNAVAILABLE, worth a retry); anything else is the server's fault (INTERNAL).
+    pub fn code(&self) -> tonic::Code {
+        let may_recover = |e: &sqlx::Error| {
+            matches!(
+                e,
+                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
+            )
+        };
+        match self {
+            Self::Db { source, .. } if may_recover(source) => tonic::Code::Unavailable,
+            Self::Batch { source, .. } if may_recover(source) => tonic::Code::Unavailable,
+            Self::Db { .. } | Self::Batch { .. } | Self::Migrate(_) | Self::Unsupported(_) => {
+                tonic::Code::Internal
+            }
+        }
+    }
+}
+
+impl From<StoreError> for tonic::Status {
+    fn from(e: StoreError) -> Self {
+        crate::server::status(e.code(), e)
+    }
 }
 
 /// A node as stored.
@@ -113,7 +150,123 @@ pub struct History {
     pub commands: Vec<CommandRow>,
 }
 
-/// The durable store. Two backends are planned: SQLite (embedded default) and PostgreSQL.
+/// A stored row that cannot be read back. Reported (named by its session), never dropped
+/// silently: see [`Recovered`].
+#[derive(Debug, thiserror::Error)]
+pub enum UnreadableRow {
+    /// A session's durable policy state does not parse.
+    #[error("the stored policy state of {} does not parse", describe(.session))]
+    Durable {
+        session: SessionRef,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A session's last recorded state is not a state this controller knows.
+    #[error("the last recorded state {state:?} of {} is not a known state", describe(.session))]
+    State { session: SessionRef, state: String },
+}
+
+impl UnreadableRow {
+    /// The session whose row it is.
+    pub fn session(&self) -> &SessionRef {
+        match self {
+            Self::Durable { session, .. } | Self::State { session, .. } => session,
+        }
+    }
+}
+
+/// A session as people read it in messages.
+fn describe(s: &SessionRef) -> String {
+    format!(
+        "session {:?} on node {:?} (tmux socket {:?})",
+        s.session_name, s.node_id, s.tmux_socket
+    )
+}
+
+/// Rows read back at start-up: those that parsed, and those that did not.
+#[derive(Debug)]
+pub struct Recovered<T> {
+    pub rows: Vec<(SessionRef, T)>,
+    pub unreadable: Vec<UnreadableRow>,
+}
+
+impl<T> Recovered<T> {
+    fn decode(
+        raw: Vec<(SessionRef, String)>,
+        parse: impl Fn(SessionRef, String) -> Result<(SessionRef, T), UnreadableRow>,
+    ) -> Self {
+        let mut out = Self {
+            rows: Vec::with_capacity(raw.len()),
+            unreadable: Vec::new(),
+        };
+        for (session, text) in raw {
+            match parse(session, text) {
+                Ok(row) => out.rows.push(row),
+                Err(e) => out.unreadable.push(e),
+            }
+        }
+        out
+    }
+
+    /// Logs one warning per unreadable row, naming its session and the cause, then a count;
+    /// returns the rows that parsed. `what` names the data ("policy state", "last states").
+    pub fn reported(self, what: &str) -> Vec<(SessionRef, T)> {
+        for e in &self.unreadable {
+            let s = e.session();
+            let cause = std::error::Error::source(e).map(ToString::to_string);
+            tracing::warn!(
+                node = %s.node_id,
+                tmux_socket = %s.tmux_socket,
+                session = %s.session_name,
+                cause = cause.as_deref().unwrap_or(""),
+                "{e}: ignored; the session starts without it"
+            );
+        }
+        if !self.unreadable.is_empty() {
+            tracing::warn!(
+                unreadable = self.unreadable.len(),
+                readable = self.rows.len(),
+                "some stored {what} could not be read back"
+            );
+        }
+        self.rows
+    }
+}
+
+// === impl dyn Store: typed readers over the backends' raw rows ===
+
+impl dyn Store {
+    /// The last recorded state of every session, parsed; unknown states are returned as
+    /// [`UnreadableRow::State`].
+    pub async fn recorded_states(&self) -> Result<Recovered<SessionState>, StoreError> {
+        let raw = self.last_states().await?;
+        Ok(Recovered::decode(
+            raw,
+            |session, state| match SessionState::parse(&state) {
+                Some(parsed) => Ok((session, parsed)),
+                None => Err(UnreadableRow::State { session, state }),
+            },
+        ))
+    }
+
+    /// Every session's durable policy state, deserialized; rows that do not parse as `D` are
+    /// returned as [`UnreadableRow::Durable`].
+    pub async fn recorded_durables<D: serde::de::DeserializeOwned>(
+        &self,
+    ) -> Result<Recovered<D>, StoreError> {
+        let raw = self.durables().await?;
+        Ok(Recovered::decode(
+            raw,
+            |session, data| match serde_json::from_str(&data) {
+                Ok(d) => Ok((session, d)),
+                Err(source) => Err(UnreadableRow::Durable { session, source }),
+            },
+        ))
+    }
+}
+
+/// The durable store: SQLite (the embedded default) and an in-memory one for tests; PostgreSQL
+/// is planned. `store/tests.rs` holds the contract every backend passes.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Records an attach and returns the node's new epoch: larger than any stored before and
@@ -137,10 +290,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<IncidentRow>, StoreError>;
 }
 
-/// Opens the store named by `url`.
+/// Opens the store named by `url`: `sqlite://PATH`, or `memory://` (nothing survives the
+/// process; for tests and demos).
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
         Ok(std::sync::Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else if url.starts_with("memory:") {
+        Ok(std::sync::Arc::new(memory::MemoryStore::new()))
     } else {
         Err(StoreError::Unsupported(url.to_owned()))
     }

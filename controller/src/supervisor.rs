@@ -581,6 +581,21 @@ fn incident_row(i: &Incident) -> IncidentRow {
     }
 }
 
+/// Incidents read back from the store; a row of an unknown kind (written by a newer controller)
+/// is reported and left in the store, not silently dropped.
+pub fn restore_incidents(rows: Vec<IncidentRow>) -> Vec<Incident> {
+    rows.into_iter()
+        .filter_map(|r| {
+            let (id, kind) = (r.id.clone(), r.kind.clone());
+            let restored = incident_from_row(r);
+            if restored.is_none() {
+                tracing::warn!(incident = %id, kind = %kind, "stored incident of an unknown kind not restored");
+            }
+            restored
+        })
+        .collect()
+}
+
 /// The stored form back as an incident.
 pub fn incident_from_row(r: IncidentRow) -> Option<Incident> {
     Some(Incident {

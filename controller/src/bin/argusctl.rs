@@ -7,8 +7,11 @@ use clap::{Parser, Subcommand};
 use tonic::transport::Channel;
 
 /// Talk to an Argus controller.
+///
+/// Session commands take `NODE NAME`; when NAME exists on several tmux servers of the node,
+/// add `--socket PATH` (the SOCKET column of `argusctl sessions`).
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, long_about)]
 struct Args {
     /// The controller's gRPC URL.
     #[arg(
@@ -26,41 +29,47 @@ struct Args {
 enum Cmd {
     /// List node agents.
     Nodes,
-    /// List sessions (of one node with --node).
+    /// List sessions (of one node with --node), with the tmux server each lives on.
     Sessions {
         #[arg(long)]
         node: Option<String>,
     },
     /// Show one session with its history.
-    Session { node: String, name: String },
+    Session {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Type text into a session's agent and press Enter.
     Nudge {
-        node: String,
-        name: String,
+        #[command(flatten)]
+        target: Target,
         text: String,
     },
     /// Send Ctrl-C to a session.
-    Interrupt { node: String, name: String },
+    Interrupt {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Terminate a session (process tree, then the tmux session).
     Kill {
-        node: String,
-        name: String,
+        #[command(flatten)]
+        target: Target,
         /// Milliseconds between SIGTERM and SIGKILL.
         #[arg(long, default_value_t = 0)]
         grace_ms: u32,
     },
     /// Start a session's agent again.
     Restart {
-        node: String,
-        name: String,
+        #[command(flatten)]
+        target: Target,
         /// Command to run instead of the session's own.
         #[arg(long, default_value = "")]
         command: String,
     },
     /// Print the last lines of a session's screen.
     Capture {
-        node: String,
-        name: String,
+        #[command(flatten)]
+        target: Target,
         #[arg(long, default_value_t = 30)]
         lines: u32,
     },
@@ -83,13 +92,31 @@ enum Cmd {
     },
 }
 
-fn sref(node: String, name: String) -> pb::SessionRef {
-    pb::SessionRef {
-        node_id: node,
-        session_name: name,
-        tmux_socket: String::new(),
+/// Which session a command is about: `NODE NAME`, plus `--socket PATH` when the name exists on
+/// several tmux servers of the node (`argusctl sessions` shows each session's socket).
+#[derive(clap::Args, Debug, Clone)]
+struct Target {
+    /// The node's id.
+    node: String,
+    /// The tmux session's name.
+    name: String,
+    /// The tmux server's socket path on the node; needed only when NAME exists on several of
+    /// the node's tmux servers.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<String>,
+}
+
+impl Target {
+    fn sref(&self) -> pb::SessionRef {
+        pb::SessionRef {
+            node_id: self.node.clone(),
+            session_name: self.name.clone(),
+            tmux_socket: self.socket.clone().unwrap_or_default(),
+        }
     }
 }
+
+type Client = AdminServiceClient<Channel>;
 
 fn state_name(s: i32) -> String {
     pb::SessionState::try_from(s)
@@ -141,198 +168,270 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("connecting to {}", args.controller))?;
     let mut c = AdminServiceClient::new(channel);
     match args.cmd {
-        Cmd::Nodes => {
-            let r = c.list_nodes(pb::ListNodesRequest {}).await?.into_inner();
-            println!(
-                "{:<24} {:<8} {:>6} {:>8}  {:<20} LAST SEEN",
-                "NODE", "HEALTH", "EPOCH", "SESSIONS", "HOST"
-            );
-            for n in r.nodes {
-                println!(
-                    "{:<24} {:<8} {:>6} {:>8}  {:<20} {}",
-                    n.node_id,
-                    n.health,
-                    n.epoch,
-                    n.session_count,
-                    n.hostname,
-                    when(n.last_seen_ms)
-                );
-            }
-        }
-        Cmd::Sessions { node } => {
-            let r = c
-                .list_sessions(pb::ListSessionsRequest {
-                    node_id: node.unwrap_or_default(),
-                })
-                .await?
-                .into_inner();
-            println!(
-                "{:<16} {:<24} {:<10} {:<20} {:>8}  REASON",
-                "NODE", "SESSION", "STATE", "CONDITION", "PID"
-            );
-            for s in r.sessions {
-                println!(
-                    "{:<16} {:<24} {:<10} {:<20} {:>8}  {}",
-                    s.node_id,
-                    s.session_name,
-                    state_name(s.state),
-                    condition_name(s.condition),
-                    s.agent_pid,
-                    s.reason
-                );
-            }
-        }
-        Cmd::Session { node, name } => {
-            let r = c
-                .get_session(pb::GetSessionRequest {
-                    session: Some(sref(node, name)),
-                    history_limit: 20,
-                })
-                .await?
-                .into_inner();
-            if let Some(s) = r.session {
-                println!(
-                    "session   {} on {} ({})",
-                    s.session_name, s.node_id, s.tmux_socket
-                );
-                println!("state     {} ({})", state_name(s.state), s.reason);
-                println!("condition {}", condition_name(s.condition));
-                println!(
-                    "agent     {} pid {} profile {}",
-                    s.agent_name, s.agent_pid, s.profile
-                );
-                println!(
-                    "activity  {}   changed {}",
-                    when(s.last_activity_ms),
-                    when(s.last_change_ms)
-                );
-                println!("attached  {}   pane {}", s.attached_clients, s.pane_id);
-            }
-            println!("\ntransitions:");
-            for t in r.transitions {
-                println!(
-                    "  {}  {} -> {}  {}",
-                    when(t.at_ms),
-                    state_name(t.from),
-                    state_name(t.to),
-                    t.reason
-                );
-            }
-            println!("\ncommands:");
-            for k in r.commands {
-                let status = pb::CommandStatus::try_from(k.status).unwrap_or_default();
-                println!(
-                    "  {}  {:<9} {:<6} {:<28} {}  {}",
-                    when(k.issued_at_ms),
-                    k.action,
-                    k.origin,
-                    status.as_str_name(),
-                    k.reason,
-                    k.result_message
-                );
-            }
-        }
-        Cmd::Nudge { node, name, text } => print_result(
-            c.nudge(pb::NudgeRequest {
-                session: Some(sref(node, name)),
-                text,
-            })
-            .await?
-            .into_inner(),
-        )?,
-        Cmd::Interrupt { node, name } => {
-            print_result(c.interrupt(sref(node, name)).await?.into_inner())?
-        }
-        Cmd::Kill {
-            node,
-            name,
-            grace_ms,
-        } => print_result(
-            c.kill(pb::KillRequest {
-                session: Some(sref(node, name)),
-                grace_ms,
-            })
-            .await?
-            .into_inner(),
-        )?,
-        Cmd::Restart {
-            node,
-            name,
-            command,
-        } => print_result(
-            c.restart(pb::RestartRequest {
-                session: Some(sref(node, name)),
-                command,
-            })
-            .await?
-            .into_inner(),
-        )?,
-        Cmd::Capture { node, name, lines } => print_result(
-            c.capture(pb::CaptureRequest {
-                session: Some(sref(node, name)),
-                lines,
-            })
-            .await?
-            .into_inner(),
-        )?,
-        Cmd::Incidents { all } => {
-            let r = c
-                .list_incidents(pb::ListIncidentsRequest {
-                    include_closed: all,
-                    limit: 100,
-                })
-                .await?
-                .into_inner();
-            println!(
-                "{:<28} {:<15} {:<20} {:<8} {:<23}  SUMMARY",
-                "ID", "KIND", "SCOPE", "STATUS", "OPENED"
-            );
-            for i in r.incidents {
-                let status = if i.closed_ms > 0 {
-                    "closed"
-                } else if i.acked_ms > 0 {
-                    "acked"
-                } else {
-                    "open"
-                };
-                println!(
-                    "{:<28} {:<15} {:<20} {:<8} {:<23}  {}",
-                    i.id,
-                    i.kind,
-                    i.scope,
-                    status,
-                    when(i.opened_ms),
-                    i.summary
-                );
-            }
-        }
-        Cmd::Ack { id, by } => {
-            let i = c
-                .ack_incident(pb::AckIncidentRequest { id, by })
-                .await?
-                .into_inner();
-            println!("{} acknowledged by {}", i.id, i.acked_by);
-        }
-        Cmd::Watch { node } => {
-            let mut s = c
-                .watch_events(pb::WatchEventsRequest {
-                    node_id: node.unwrap_or_default(),
-                })
-                .await?
-                .into_inner();
-            while let Some(e) = s.message().await? {
-                println!(
-                    "{}  {:<12} {:<20} {:<16} {}",
-                    when(e.at_ms),
-                    e.node_id,
-                    e.session_name,
-                    e.kind,
-                    e.message
-                );
-            }
-        }
+        Cmd::Nodes => nodes(&mut c).await,
+        Cmd::Sessions { node } => sessions(&mut c, node).await,
+        Cmd::Session { target } => session(&mut c, &target).await,
+        Cmd::Nudge { target, text } => nudge(&mut c, &target, text).await,
+        Cmd::Interrupt { target } => interrupt(&mut c, &target).await,
+        Cmd::Kill { target, grace_ms } => kill(&mut c, &target, grace_ms).await,
+        Cmd::Restart { target, command } => restart(&mut c, &target, command).await,
+        Cmd::Capture { target, lines } => capture(&mut c, &target, lines).await,
+        Cmd::Incidents { all } => incidents(&mut c, all).await,
+        Cmd::Ack { id, by } => ack(&mut c, id, by).await,
+        Cmd::Watch { node } => watch(&mut c, node).await,
+    }
+}
+
+// === subcommands ===
+
+async fn nodes(c: &mut Client) -> anyhow::Result<()> {
+    let r = c.list_nodes(pb::ListNodesRequest {}).await?.into_inner();
+    println!(
+        "{:<24} {:<8} {:>6} {:>8}  {:<20} LAST SEEN",
+        "NODE", "HEALTH", "EPOCH", "SESSIONS", "HOST"
+    );
+    for n in r.nodes {
+        println!(
+            "{:<24} {:<8} {:>6} {:>8}  {:<20} {}",
+            n.node_id,
+            n.health,
+            n.epoch,
+            n.session_count,
+            n.hostname,
+            when(n.last_seen_ms)
+        );
     }
     Ok(())
+}
+
+async fn sessions(c: &mut Client, node: Option<String>) -> anyhow::Result<()> {
+    let r = c
+        .list_sessions(pb::ListSessionsRequest {
+            node_id: node.unwrap_or_default(),
+        })
+        .await?
+        .into_inner();
+    println!(
+        "{:<16} {:<24} {:<10} {:<20} {:>8}  {:<28} REASON",
+        "NODE", "SESSION", "STATE", "CONDITION", "PID", "SOCKET"
+    );
+    for s in r.sessions {
+        println!(
+            "{:<16} {:<24} {:<10} {:<20} {:>8}  {:<28} {}",
+            s.node_id,
+            s.session_name,
+            state_name(s.state),
+            condition_name(s.condition),
+            s.agent_pid,
+            s.tmux_socket,
+            s.reason
+        );
+    }
+    Ok(())
+}
+
+async fn session(c: &mut Client, target: &Target) -> anyhow::Result<()> {
+    let r = c
+        .get_session(pb::GetSessionRequest {
+            session: Some(target.sref()),
+            history_limit: 20,
+        })
+        .await;
+    let r = refine(c, target, r).await?;
+    if let Some(s) = r.session {
+        println!(
+            "session   {} on {} ({})",
+            s.session_name, s.node_id, s.tmux_socket
+        );
+        println!("state     {} ({})", state_name(s.state), s.reason);
+        println!("condition {}", condition_name(s.condition));
+        println!(
+            "agent     {} pid {} profile {}",
+            s.agent_name, s.agent_pid, s.profile
+        );
+        println!(
+            "activity  {}   changed {}",
+            when(s.last_activity_ms),
+            when(s.last_change_ms)
+        );
+        println!("attached  {}   pane {}", s.attached_clients, s.pane_id);
+    }
+    println!("\ntransitions:");
+    for t in r.transitions {
+        println!(
+            "  {}  {} -> {}  {}",
+            when(t.at_ms),
+            state_name(t.from),
+            state_name(t.to),
+            t.reason
+        );
+    }
+    println!("\ncommands:");
+    for k in r.commands {
+        let status = pb::CommandStatus::try_from(k.status).unwrap_or_default();
+        println!(
+            "  {}  {:<9} {:<6} {:<28} {}  {}",
+            when(k.issued_at_ms),
+            k.action,
+            k.origin,
+            status.as_str_name(),
+            k.reason,
+            k.result_message
+        );
+    }
+    Ok(())
+}
+
+async fn nudge(c: &mut Client, target: &Target, text: String) -> anyhow::Result<()> {
+    let r = c
+        .nudge(pb::NudgeRequest {
+            session: Some(target.sref()),
+            text,
+        })
+        .await;
+    print_result(refine(c, target, r).await?)
+}
+
+async fn interrupt(c: &mut Client, target: &Target) -> anyhow::Result<()> {
+    let r = c.interrupt(target.sref()).await;
+    print_result(refine(c, target, r).await?)
+}
+
+async fn kill(c: &mut Client, target: &Target, grace_ms: u32) -> anyhow::Result<()> {
+    let r = c
+        .kill(pb::KillRequest {
+            session: Some(target.sref()),
+            grace_ms,
+        })
+        .await;
+    print_result(refine(c, target, r).await?)
+}
+
+async fn restart(c: &mut Client, target: &Target, command: String) -> anyhow::Result<()> {
+    let r = c
+        .restart(pb::RestartRequest {
+            session: Some(target.sref()),
+            command,
+        })
+        .await;
+    print_result(refine(c, target, r).await?)
+}
+
+async fn capture(c: &mut Client, target: &Target, lines: u32) -> anyhow::Result<()> {
+    let r = c
+        .capture(pb::CaptureRequest {
+            session: Some(target.sref()),
+            lines,
+        })
+        .await;
+    print_result(refine(c, target, r).await?)
+}
+
+async fn incidents(c: &mut Client, all: bool) -> anyhow::Result<()> {
+    let r = c
+        .list_incidents(pb::ListIncidentsRequest {
+            include_closed: all,
+            limit: 100,
+        })
+        .await?
+        .into_inner();
+    println!(
+        "{:<28} {:<15} {:<20} {:<8} {:<23}  SUMMARY",
+        "ID", "KIND", "SCOPE", "STATUS", "OPENED"
+    );
+    for i in r.incidents {
+        let status = if i.closed_ms > 0 {
+            "closed"
+        } else if i.acked_ms > 0 {
+            "acked"
+        } else {
+            "open"
+        };
+        println!(
+            "{:<28} {:<15} {:<20} {:<8} {:<23}  {}",
+            i.id,
+            i.kind,
+            i.scope,
+            status,
+            when(i.opened_ms),
+            i.summary
+        );
+    }
+    Ok(())
+}
+
+async fn ack(c: &mut Client, id: String, by: String) -> anyhow::Result<()> {
+    let i = c
+        .ack_incident(pb::AckIncidentRequest { id, by })
+        .await?
+        .into_inner();
+    println!("{} acknowledged by {}", i.id, i.acked_by);
+    Ok(())
+}
+
+async fn watch(c: &mut Client, node: Option<String>) -> anyhow::Result<()> {
+    let mut s = c
+        .watch_events(pb::WatchEventsRequest {
+            node_id: node.unwrap_or_default(),
+        })
+        .await?
+        .into_inner();
+    while let Some(e) = s.message().await? {
+        println!(
+            "{}  {:<12} {:<20} {:<16} {}",
+            when(e.at_ms),
+            e.node_id,
+            e.session_name,
+            e.kind,
+            e.message
+        );
+    }
+    Ok(())
+}
+
+/// The answer to a call about `target`. When the controller refused the session reference and
+/// no `--socket` was given, looks whether the name exists on several tmux servers of the node
+/// and, if so, says so with the sockets to choose from.
+async fn refine<T>(
+    c: &mut Client,
+    target: &Target,
+    answer: Result<tonic::Response<T>, tonic::Status>,
+) -> anyhow::Result<T> {
+    let status = match answer {
+        Ok(r) => return Ok(r.into_inner()),
+        Err(status) => status,
+    };
+    if status.code() != tonic::Code::InvalidArgument || target.socket.is_some() {
+        return Err(status.into());
+    }
+    let sockets: Vec<String> = match c
+        .list_sessions(pb::ListSessionsRequest {
+            node_id: target.node.clone(),
+        })
+        .await
+    {
+        Ok(r) => r
+            .into_inner()
+            .sessions
+            .into_iter()
+            .filter(|s| s.session_name == target.name)
+            .map(|s| s.tmux_socket)
+            .collect(),
+        Err(_) => return Err(status.into()),
+    };
+    if sockets.len() < 2 {
+        return Err(status.into());
+    }
+    let mut msg = format!(
+        "session {:?} exists on {} tmux servers of node {:?}; choose one with --socket PATH:",
+        target.name,
+        sockets.len(),
+        target.node
+    );
+    for s in &sockets {
+        msg.push_str(&format!("\n  --socket {s}"));
+    }
+    Err(anyhow::anyhow!(msg))
 }
 
 #[tokio::main]

@@ -1,11 +1,13 @@
 //! The embedded SQLite backend: one file, WAL, migrations compiled into the binary.
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use sqlx::Row;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -39,13 +41,14 @@ const EPOCH_BUMP: &str =
 async fn bump_epochs(pool: SqlitePool, mut rx: mpsc::Receiver<Attach>) {
     let mut batch = Vec::with_capacity(256);
     while rx.recv_many(&mut batch, 256).await > 0 {
-        let result = bump_batch(&pool, &batch).await;
+        // One failure answers every attach of the batch, so its cause is shared, not copied.
+        let result = bump_batch(&pool, &batch).await.map_err(Arc::new);
         for (i, (_, _, reply)) in batch.drain(..).enumerate() {
             let _ = reply.send(match &result {
                 Ok(epochs) => Ok(epochs[i]),
-                Err(e) => Err(StoreError::Db {
+                Err(e) => Err(StoreError::Batch {
                     op: "attach node",
-                    source: sqlx::Error::Protocol(e.to_string()),
+                    source: e.clone(),
                 }),
             });
         }
@@ -166,101 +169,7 @@ impl Store for SqliteStore {
     async fn write(&self, batch: &[Write]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db("begin"))?;
         for w in batch {
-            match w {
-                Write::Transition(t) => {
-                    sqlx::query(
-                        "INSERT INTO transitions (node_id, tmux_socket, session_name, at_ms, from_state, to_state, reason)
-                         VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    )
-                    .bind(&t.session.node_id)
-                    .bind(&t.session.tmux_socket)
-                    .bind(&t.session.session_name)
-                    .bind(t.at_ms)
-                    .bind(&t.from)
-                    .bind(&t.to)
-                    .bind(&t.reason)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db("record transition"))?;
-                }
-                Write::CommandIssued(c) => {
-                    sqlx::query(
-                        "INSERT OR IGNORE INTO commands (command_id, node_id, tmux_socket, session_name, epoch, action, origin, reason, issued_at_ms, status, result_message, finished_at_ms)
-                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    )
-                    .bind(&c.command_id)
-                    .bind(&c.session.node_id)
-                    .bind(&c.session.tmux_socket)
-                    .bind(&c.session.session_name)
-                    .bind(c.epoch as i64)
-                    .bind(&c.action)
-                    .bind(&c.origin)
-                    .bind(&c.reason)
-                    .bind(c.issued_at_ms)
-                    .bind(&c.status)
-                    .bind(&c.result_message)
-                    .bind(c.finished_at_ms)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db("record command"))?;
-                }
-                Write::CommandFinished {
-                    command_id,
-                    status,
-                    message,
-                    at_ms,
-                } => {
-                    sqlx::query(
-                        "UPDATE commands SET status = ?, result_message = ?, finished_at_ms = ? WHERE command_id = ?",
-                    )
-                    .bind(status)
-                    .bind(message)
-                    .bind(at_ms)
-                    .bind(command_id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db("record command result"))?;
-                }
-                Write::Durable {
-                    session,
-                    data,
-                    at_ms,
-                } => {
-                    sqlx::query(
-                        "INSERT INTO session_durable (node_id, tmux_socket, session_name, data, updated_ms)
-                         VALUES (?, ?, ?, ?, ?)
-                         ON CONFLICT (node_id, tmux_socket, session_name)
-                         DO UPDATE SET data = excluded.data, updated_ms = excluded.updated_ms",
-                    )
-                    .bind(&session.node_id)
-                    .bind(&session.tmux_socket)
-                    .bind(&session.session_name)
-                    .bind(data)
-                    .bind(at_ms)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db("record session state"))?;
-                }
-                Write::Incident(i) => {
-                    sqlx::query(
-                        "INSERT OR REPLACE INTO incidents (id, kind, scope, opened_ms, closed_ms, acked_ms, acked_by, summary, sessions, until_ms)
-                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    )
-                    .bind(&i.id)
-                    .bind(&i.kind)
-                    .bind(&i.scope)
-                    .bind(i.opened_ms)
-                    .bind(i.closed_ms)
-                    .bind(i.acked_ms)
-                    .bind(&i.acked_by)
-                    .bind(&i.summary)
-                    .bind(i64::from(i.sessions))
-                    .bind(i.until_ms)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db("record incident"))?;
-                }
-            }
+            apply(&mut tx, w).await?;
         }
         tx.commit().await.map_err(db("commit"))
     }
@@ -379,6 +288,138 @@ impl SqliteStore {
     }
 }
 
+// === impl writes: one function per `Write` kind, all inside the batch's transaction ===
+
+/// Applies one write inside the batch's transaction.
+async fn apply(tx: &mut SqliteConnection, w: &Write) -> Result<(), StoreError> {
+    match w {
+        Write::Transition(t) => insert_transition(tx, t).await,
+        Write::CommandIssued(c) => insert_command(tx, c).await,
+        Write::CommandFinished {
+            command_id,
+            status,
+            message,
+            at_ms,
+        } => finish_command(tx, command_id, status, message, *at_ms).await,
+        Write::Durable {
+            session,
+            data,
+            at_ms,
+        } => upsert_durable(tx, session, data, *at_ms).await,
+        Write::Incident(i) => upsert_incident(tx, i).await,
+    }
+}
+
+async fn insert_transition(tx: &mut SqliteConnection, t: &TransitionRow) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO transitions (node_id, tmux_socket, session_name, at_ms, from_state, to_state, reason)
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&t.session.node_id)
+    .bind(&t.session.tmux_socket)
+    .bind(&t.session.session_name)
+    .bind(t.at_ms)
+    .bind(&t.from)
+    .bind(&t.to)
+    .bind(&t.reason)
+    .execute(tx)
+    .await
+    .map_err(db("record transition"))?;
+    Ok(())
+}
+
+/// Records an issued command; a command id already recorded is left as it is.
+async fn insert_command(tx: &mut SqliteConnection, c: &CommandRow) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT OR IGNORE INTO commands (command_id, node_id, tmux_socket, session_name, epoch, action, origin, reason, issued_at_ms, status, result_message, finished_at_ms)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&c.command_id)
+    .bind(&c.session.node_id)
+    .bind(&c.session.tmux_socket)
+    .bind(&c.session.session_name)
+    .bind(c.epoch as i64)
+    .bind(&c.action)
+    .bind(&c.origin)
+    .bind(&c.reason)
+    .bind(c.issued_at_ms)
+    .bind(&c.status)
+    .bind(&c.result_message)
+    .bind(c.finished_at_ms)
+    .execute(tx)
+    .await
+    .map_err(db("record command"))?;
+    Ok(())
+}
+
+/// Records a command's result; a command id never recorded changes nothing.
+async fn finish_command(
+    tx: &mut SqliteConnection,
+    command_id: &str,
+    status: &str,
+    message: &str,
+    at_ms: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE commands SET status = ?, result_message = ?, finished_at_ms = ? WHERE command_id = ?",
+    )
+    .bind(status)
+    .bind(message)
+    .bind(at_ms)
+    .bind(command_id)
+    .execute(tx)
+    .await
+    .map_err(db("record command result"))?;
+    Ok(())
+}
+
+/// Replaces a session's durable policy state.
+async fn upsert_durable(
+    tx: &mut SqliteConnection,
+    session: &SessionRef,
+    data: &str,
+    at_ms: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO session_durable (node_id, tmux_socket, session_name, data, updated_ms)
+         VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (node_id, tmux_socket, session_name)
+         DO UPDATE SET data = excluded.data, updated_ms = excluded.updated_ms",
+    )
+    .bind(&session.node_id)
+    .bind(&session.tmux_socket)
+    .bind(&session.session_name)
+    .bind(data)
+    .bind(at_ms)
+    .execute(tx)
+    .await
+    .map_err(db("record session state"))?;
+    Ok(())
+}
+
+/// Inserts or replaces an incident.
+async fn upsert_incident(tx: &mut SqliteConnection, i: &IncidentRow) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT OR REPLACE INTO incidents (id, kind, scope, opened_ms, closed_ms, acked_ms, acked_by, summary, sessions, until_ms)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&i.id)
+    .bind(&i.kind)
+    .bind(&i.scope)
+    .bind(i.opened_ms)
+    .bind(i.closed_ms)
+    .bind(i.acked_ms)
+    .bind(&i.acked_by)
+    .bind(&i.summary)
+    .bind(i64::from(i.sessions))
+    .bind(i.until_ms)
+    .execute(tx)
+    .await
+    .map_err(db("record incident"))?;
+    Ok(())
+}
+
+/// SQLite-only behaviour; the contract every backend keeps is tested in `store/tests.rs`.
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,14 +432,6 @@ mod tests {
             agent_version: "v".into(),
             boot_id: "b".into(),
             last_attach_ms: 1,
-        }
-    }
-
-    fn sref(name: &str) -> SessionRef {
-        SessionRef {
-            node_id: "n1".into(),
-            tmux_socket: "/s".into(),
-            session_name: name.into(),
         }
     }
 
@@ -415,57 +448,5 @@ mod tests {
         let s = SqliteStore::open(&url).await.expect("reopen");
         assert_eq!(s.attach_node(&node("n1"), 0).await.expect("attach"), 12);
         assert_eq!(s.nodes().await.expect("nodes").len(), 1);
-    }
-
-    #[tokio::test]
-    async fn history_and_last_states() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let url = format!("sqlite://{}", dir.path().join("b.db").display());
-        let s = SqliteStore::open(&url).await.expect("open");
-        let t = |name: &str, at, to: &str| {
-            Write::Transition(TransitionRow {
-                session: sref(name),
-                at_ms: at,
-                from: "booting".into(),
-                to: to.into(),
-                reason: "r".into(),
-            })
-        };
-        let cmd = CommandRow {
-            command_id: "c1".into(),
-            session: sref("a"),
-            epoch: 3,
-            action: "nudge".into(),
-            origin: "admin".into(),
-            reason: "test".into(),
-            issued_at_ms: 5,
-            status: "COMMAND_STATUS_UNSPECIFIED".into(),
-            result_message: String::new(),
-            finished_at_ms: 0,
-        };
-        s.write(&[
-            t("a", 1, "working"),
-            t("a", 2, "stalled"),
-            t("b", 3, "dead"),
-            Write::CommandIssued(cmd),
-            Write::CommandFinished {
-                command_id: "c1".into(),
-                status: "COMMAND_STATUS_OK".into(),
-                message: String::new(),
-                at_ms: 6,
-            },
-        ])
-        .await
-        .expect("write");
-        let h = s.history(&sref("a"), 10).await.expect("history");
-        assert_eq!(h.transitions.len(), 2);
-        assert_eq!(h.transitions[0].to, "stalled");
-        assert_eq!(h.commands[0].status, "COMMAND_STATUS_OK");
-        let mut last = s.last_states().await.expect("last");
-        last.sort();
-        assert_eq!(
-            last,
-            vec![(sref("a"), "stalled".into()), (sref("b"), "dead".into())]
-        );
     }
 }

@@ -1,0 +1,200 @@
+//! The in-memory backend: the same [`Store`] contract as SQLite, kept in a map behind a mutex, so
+//! that the supervisor, ingest and dispatch can be tested in-process without a database file.
+//! Nothing survives the process; `memory://` opens one.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+
+use super::{
+    CommandRow, History, IncidentRow, NodeRecord, SessionRef, Store, StoreError, TransitionRow,
+    Write,
+};
+
+/// A [`Store`] held in memory.
+#[derive(Default)]
+pub struct MemoryStore {
+    // A std mutex: no `.await` happens while it is held, and every operation is short.
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    nodes: HashMap<String, NodeRecord>,
+    /// Every transition in the order written (the order SQLite's row ids give).
+    transitions: Vec<TransitionRow>,
+    /// Every command in the order first issued, and where each id sits.
+    commands: Vec<CommandRow>,
+    command_index: HashMap<String, usize>,
+    durables: HashMap<SessionRef, String>,
+    incidents: HashMap<String, IncidentRow>,
+    /// Batches still to refuse (see [`MemoryStore::fail_writes`]).
+    failing_writes: u32,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes the next `batches` calls to [`Store::write`] fail (and write nothing), as a database
+    /// that is briefly unreachable would: for testing the writers' retries.
+    pub fn fail_writes(&self, batches: u32) {
+        self.lock().failing_writes = batches;
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Applying a write cannot panic halfway, so a lock poisoned by a panicking test thread
+        // still guards consistent state.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+// === impl State: one function per `Write` kind ===
+
+impl State {
+    fn apply(&mut self, w: &Write) {
+        match w {
+            Write::Transition(t) => self.transitions.push(t.clone()),
+            Write::CommandIssued(c) => self.insert_command(c),
+            Write::CommandFinished {
+                command_id,
+                status,
+                message,
+                at_ms,
+            } => self.finish_command(command_id, status, message, *at_ms),
+            Write::Durable { session, data, .. } => {
+                self.durables.insert(session.clone(), data.clone());
+            }
+            Write::Incident(i) => {
+                self.incidents.insert(i.id.clone(), i.clone());
+            }
+        }
+    }
+
+    /// Like SQLite's `INSERT OR IGNORE`: an id already recorded is left as it is.
+    fn insert_command(&mut self, c: &CommandRow) {
+        if !self.command_index.contains_key(&c.command_id) {
+            self.command_index
+                .insert(c.command_id.clone(), self.commands.len());
+            self.commands.push(c.clone());
+        }
+    }
+
+    /// A command id never recorded changes nothing.
+    fn finish_command(&mut self, command_id: &str, status: &str, message: &str, at_ms: i64) {
+        if let Some(&i) = self.command_index.get(command_id) {
+            let c = &mut self.commands[i];
+            status.clone_into(&mut c.status);
+            message.clone_into(&mut c.result_message);
+            c.finished_at_ms = at_ms;
+        }
+    }
+}
+
+fn injected_failure() -> StoreError {
+    StoreError::Db {
+        op: "write batch",
+        source: sqlx::Error::PoolTimedOut,
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn attach_node(&self, n: &NodeRecord, at_least: u64) -> Result<u64, StoreError> {
+        let mut s = self.lock();
+        let stored = s.nodes.get(&n.node_id).map_or(0, |r| r.epoch);
+        let epoch = stored.max(at_least) + 1;
+        s.nodes
+            .insert(n.node_id.clone(), NodeRecord { epoch, ..n.clone() });
+        Ok(epoch)
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        let mut nodes: Vec<NodeRecord> = self.lock().nodes.values().cloned().collect();
+        nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        Ok(nodes)
+    }
+
+    async fn write(&self, batch: &[Write]) -> Result<(), StoreError> {
+        let mut s = self.lock();
+        if s.failing_writes > 0 {
+            s.failing_writes -= 1;
+            return Err(injected_failure());
+        }
+        for w in batch {
+            s.apply(w);
+        }
+        Ok(())
+    }
+
+    async fn history(&self, session: &SessionRef, limit: u32) -> Result<History, StoreError> {
+        let s = self.lock();
+        let limit = limit as usize;
+        let transitions = s
+            .transitions
+            .iter()
+            .rev()
+            .filter(|t| &t.session == session)
+            .take(limit)
+            .cloned()
+            .collect();
+        let mut commands: Vec<(usize, &CommandRow)> = s
+            .commands
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| &c.session == session)
+            .collect();
+        // SQLite: ORDER BY issued_at_ms DESC, rowid DESC.
+        commands.sort_by(|(ia, a), (ib, b)| (b.issued_at_ms, ib).cmp(&(a.issued_at_ms, ia)));
+        Ok(History {
+            transitions,
+            commands: commands
+                .into_iter()
+                .take(limit)
+                .map(|(_, c)| c.clone())
+                .collect(),
+        })
+    }
+
+    async fn last_states(&self) -> Result<Vec<(SessionRef, String)>, StoreError> {
+        let s = self.lock();
+        let mut last: HashMap<&SessionRef, &str> = HashMap::new();
+        for t in &s.transitions {
+            last.insert(&t.session, &t.to);
+        }
+        Ok(last
+            .into_iter()
+            .map(|(k, to)| (k.clone(), to.to_owned()))
+            .collect())
+    }
+
+    async fn durables(&self) -> Result<Vec<(SessionRef, String)>, StoreError> {
+        Ok(self
+            .lock()
+            .durables
+            .iter()
+            .map(|(k, d)| (k.clone(), d.clone()))
+            .collect())
+    }
+
+    async fn incidents(
+        &self,
+        include_closed: bool,
+        limit: u32,
+    ) -> Result<Vec<IncidentRow>, StoreError> {
+        let mut rows: Vec<IncidentRow> = self
+            .lock()
+            .incidents
+            .values()
+            .filter(|i| include_closed || i.closed_ms == 0)
+            .cloned()
+            .collect();
+        // SQLite: ORDER BY closed_ms = 0 DESC, opened_ms DESC.
+        rows.sort_by_key(|i| std::cmp::Reverse((i.closed_ms == 0, i.opened_ms)));
+        rows.truncate(limit as usize);
+        Ok(rows)
+    }
+}
