@@ -128,9 +128,32 @@ pub struct RateLimit {
     pub until: UnixMs,
     /// How often the limit came back after a resume.
     pub renewals: u32,
-    /// When the resume nudge was sent, and the screen hash then.
+    /// When the last resume nudge of this cooldown was sent.
     pub resumed_at: Option<UnixMs>,
-    pub resume_hash: String,
+    /// Resume nudges sent while the same limit stayed on screen.
+    #[serde(default)]
+    pub resumes: u32,
+    /// After the resume, when the screen first stopped showing the limit (the agent went back to
+    /// work): a limit seen after this is a new occurrence, a renewal.
+    #[serde(default)]
+    pub left_at: Option<UnixMs>,
+    /// A person was called because resumes did not help.
+    #[serde(default)]
+    pub called_person: bool,
+}
+
+impl RateLimit {
+    /// When the next resume nudge is due, if one may be sent: the cooldown's end for the first,
+    /// then one more per `base` while the same limit stays on screen, at most `max` in all.
+    fn resume_due(&self, base: i64, max: u32, provider_until: Option<UnixMs>) -> Option<UnixMs> {
+        match self.resumed_at {
+            None => Some(self.until.max(provider_until.unwrap_or(0))),
+            Some(_) if self.left_at.is_some() => None,
+            Some(at) if self.resumes < max => Some(at + base),
+            Some(at) if !self.called_person => Some(at + base),
+            Some(_) => None,
+        }
+    }
 }
 
 /// Per-session state that survives a controller restart.
@@ -275,8 +298,16 @@ pub fn next_due(t: &Track, now: UnixMs, policy: &Policy, ctx: &Ctx) -> Option<Un
     let mut due: Option<UnixMs> = None;
     let mut at = |when: UnixMs| due = Some(due.map_or(when, |d| d.min(when)).max(now));
     if let Some(r) = &t.durable.rate {
-        if r.resumed_at.is_none() && t.obs.condition == Condition::RateLimited {
-            at(r.until.max(ctx.provider_cooldown_until.unwrap_or(0)));
+        let base = ms(policy.rate_limit_cooldown);
+        let resume = r.resume_due(
+            base,
+            policy.rate_limit_max_renewals,
+            ctx.provider_cooldown_until,
+        );
+        if let Some(d) = resume.filter(|_| {
+            t.obs.condition == Condition::RateLimited && t.agent_evidence(policy).is_some()
+        }) {
+            at(d);
         }
         if !confirming {
             return due;
@@ -523,21 +554,26 @@ fn observe(
 
 /// Rate limits: a cooldown (the parsed reset time, else `rate_limit_cooldown`), a resume nudge
 /// when it ends, renewals with shrinking cooldowns, and a restart at the last renewal.
+///
+/// A CLI that retries by itself shows its retry line or spinner (thinking) between attempts: the
+/// episode stays open and nothing is counted. A renewal is a new occurrence of the limit after a
+/// resume: the screen stopped showing the limit (the agent went back to work) and shows it again.
+/// The same message still on screen is never a renewal, however much else on screen changes.
 fn rate_limit(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut Vec<Effect>) {
-    let limited = t.obs.condition == Condition::RateLimited;
+    let cond = t.obs.condition;
     let reset_ms = t.obs.rate_limit_reset_at * 1000;
     let base = policy.rate_limit_cooldown.as_millis() as i64;
-    let confirm = policy.confirm_after.as_millis() as i64;
-    let hash = t.obs.screen_hash.clone();
-    match (&mut t.durable.rate, limited) {
-        (None, true) => {
+    match (&mut t.durable.rate, cond) {
+        (None, Condition::RateLimited) => {
             let until = if reset_ms > now { reset_ms } else { now + base };
             t.durable.rate = Some(RateLimit {
                 since: now,
                 until,
                 renewals: 0,
                 resumed_at: None,
-                resume_hash: String::new(),
+                resumes: 0,
+                left_at: None,
+                called_person: false,
             });
             fx.push(Effect::Notify(Notice::RateLimited {
                 until,
@@ -545,20 +581,22 @@ fn rate_limit(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut V
                 from_screen: reset_ms > now,
             }));
         }
-        (Some(r), true) => {
-            // Still limited after the resume nudge, on a screen that moved since: it came back.
-            let renewed = r
-                .resumed_at
-                .is_some_and(|at| now - at >= confirm && hash != r.resume_hash);
-            if !renewed {
+        (Some(r), Condition::RateLimited) => {
+            if r.resumed_at.is_none() || r.left_at.is_none() {
+                // The same limit, or the CLI's own retries before any resume: wait.
                 return;
             }
             r.renewals += 1;
             r.resumed_at = None;
+            r.resumes = 0;
+            r.left_at = None;
             if r.renewals >= policy.rate_limit_max_renewals {
                 let n = r.renewals;
                 t.durable.rate = None;
                 fx.push(Effect::Notify(Notice::RateLimitRestart { renewals: n }));
+                if t.agent_evidence(policy).is_none() {
+                    return;
+                }
                 if t.restart_command().is_some() && ctx.reserve_destructive(now) {
                     issue_restart(t, "rate limit renewed too often", now, policy, ctx, fx);
                 } else {
@@ -575,12 +613,18 @@ fn rate_limit(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut V
                 cooldown_s: (r.until - now) / 1000,
             }));
         }
-        (Some(_), false) => {
-            // The screen no longer shows the limit: the agent moved on.
+        (Some(r), Condition::Thinking) => {
+            // Busy: retrying by itself, or working again after the resume.
+            if r.resumed_at.is_some() && r.left_at.is_none() {
+                r.left_at = Some(now);
+            }
+        }
+        (Some(_), _) => {
+            // The screen no longer shows the limit and the agent is not busy: it moved on.
             t.durable.rate = None;
             fx.push(Effect::Notify(Notice::RateLimitCleared));
         }
-        (None, false) => {}
+        (None, _) => {}
     }
 }
 
@@ -595,22 +639,33 @@ fn tick(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut Vec<Eff
     if !t.state.is_alive() || t.obs_at_ms.is_none() || t.obs.agent.is_none() {
         return;
     }
+    let acts = t.agent_evidence(policy).is_some();
     if let Some(r) = &mut t.durable.rate {
-        let until = r.until.max(ctx.provider_cooldown_until.unwrap_or(0));
-        if r.resumed_at.is_none()
-            && now >= until
+        let base = policy.rate_limit_cooldown.as_millis() as i64;
+        let max = policy.rate_limit_max_renewals;
+        let due = r.resume_due(base, max, ctx.provider_cooldown_until);
+        if acts
+            && due.is_some_and(|d| now >= d)
             && t.obs.attached_clients == 0
             && t.obs.condition == Condition::RateLimited
         {
-            r.resumed_at = Some(now);
-            r.resume_hash.clone_from(&t.obs.screen_hash);
-            fx.push(Effect::Command {
-                action: Action::Nudge {
-                    text: policy.rate_limit_resume_text.clone(),
-                },
-                reason: "rate-limit cooldown over: resume".into(),
-                incarnation: t.obs.agent,
-            });
+            if r.resumed_at.is_some() && r.resumes >= max {
+                r.called_person = true;
+                fx.push(Effect::Notify(Notice::NeedsHuman(format!(
+                    "still rate limited after {} resume nudges: the limit message did not change",
+                    r.resumes
+                ))));
+            } else {
+                r.resumed_at = Some(now);
+                r.resumes += 1;
+                fx.push(Effect::Command {
+                    action: Action::Nudge {
+                        text: policy.rate_limit_resume_text.clone(),
+                    },
+                    reason: "rate-limit cooldown over: resume".into(),
+                    incarnation: t.obs.agent,
+                });
+            }
         }
         if !matches!(t.ladder.rung, Rung::Confirming(_)) {
             return;

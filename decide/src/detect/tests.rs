@@ -351,7 +351,16 @@ fn rate_limit_cooldown_resume_renewals_and_restart() {
     // The limit comes back three times: cooldowns 150 s, 100 s, 75 s...
     let mut now = 300_000;
     for (n, want) in [(2, 150_000), (3, 100_000), (4, 75_000)] {
-        now += 5_000;
+        // The agent goes back to work, then hits the limit again: a new occurrence.
+        now += 2_000;
+        step(
+            &mut t,
+            seen(obs(&format!("work-{n}"), 0, Condition::Thinking)),
+            now,
+            &p,
+            &CTX,
+        );
+        now += 3_000;
         o.screen_hash = format!("limit-{n}");
         let fx = step(&mut t, seen(o.clone()), now, &p, &CTX);
         assert_eq!(notified(&fx, "rate_limit_renewed"), 1, "{fx:?}");
@@ -363,7 +372,15 @@ fn rate_limit_cooldown_resume_renewals_and_restart() {
         assert_eq!(commands(&fx).len(), 1);
     }
     // ...and the 4th renewal forces a restart.
-    now += 5_000;
+    now += 2_000;
+    step(
+        &mut t,
+        seen(obs("work-5", 0, Condition::Thinking)),
+        now,
+        &p,
+        &CTX,
+    );
+    now += 3_000;
     o.screen_hash = "limit-5".into();
     let fx = step(&mut t, seen(o.clone()), now, &p, &CTX);
     assert!(
@@ -374,6 +391,64 @@ fn rate_limit_cooldown_resume_renewals_and_restart() {
         t.durable.restarts.len() == 1 && t.durable.crashes.is_empty(),
         "a rate limit is no crash"
     );
+}
+
+#[test]
+fn a_cli_retrying_by_itself_is_busy_and_a_limit_still_on_screen_is_no_renewal() {
+    let p = Policy {
+        rate_limit_cooldown: std::time::Duration::from_secs(300),
+        ..policy()
+    };
+    let mut t = Track::new(0, None, None);
+    // Aider: the provider's 429 names a reset 4 minutes ahead; Aider prints "Retrying in 1.0
+    // seconds" (thinking) and hits the 429 again, over and over, the screen changing each time.
+    let mut o = obs("429-0", 0, Condition::RateLimited);
+    o.rate_limit_reset_at = 240;
+    let mut fx = step(&mut t, seen(o.clone()), 0, &p, &CTX);
+    let mut now = 0;
+    for n in 1..100 {
+        now += 1_000;
+        fx.extend(step(
+            &mut t,
+            seen(obs(&format!("retry-{n}"), 0, Condition::Thinking)),
+            now,
+            &p,
+            &CTX,
+        ));
+        fx.extend(step(&mut t, Input::Tick, now + 500, &p, &CTX));
+        now += 1_000;
+        o.screen_hash = format!("429-{n}");
+        fx.extend(step(&mut t, seen(o.clone()), now, &p, &CTX));
+    }
+    assert!(
+        commands(&fx).is_empty(),
+        "no nudge while it retries: {fx:?}"
+    );
+    assert_eq!(notified(&fx, "rate_limited"), 1);
+    assert_eq!(notified(&fx, "rate_limit_renewed"), 0);
+    assert_eq!(t.durable.rate.as_ref().map(|r| r.until), Some(240_000));
+    // It gives up and shows the limit; the provider's reset time passes: one resume nudge.
+    let fx = tick_until(&mut t, now + 1000, 240_000, &p);
+    assert!(commands(&fx).is_empty(), "{fx:?}");
+    let fx = step(&mut t, Input::Tick, 240_000, &p, &CTX);
+    assert_eq!(commands(&fx).len(), 1, "{fx:?}");
+    // The same limit stays on screen (the nudge echoed, the screen changed): no renewal, and the
+    // next resume only after another cooldown.
+    o.screen_hash = "429 and continue".into();
+    let fx = step(&mut t, seen(o.clone()), 241_000, &p, &CTX);
+    assert_eq!(notified(&fx, "rate_limit_renewed"), 0, "{fx:?}");
+    let fx = tick_until(&mut t, 242_000, 540_000, &p);
+    assert!(commands(&fx).is_empty(), "{fx:?}");
+    let mut resumes = 1;
+    let mut fx = Vec::new();
+    let mut at = 540_000;
+    while at < 540_000 + 10 * 300_000 {
+        fx.extend(step(&mut t, Input::Tick, at, &p, &CTX));
+        at += 1_000;
+    }
+    resumes += commands(&fx).len();
+    assert_eq!(resumes, p.rate_limit_max_renewals as usize, "{fx:?}");
+    assert_eq!(notified(&fx, "needs_human"), 1, "then a person: {fx:?}");
 }
 
 #[test]
