@@ -136,6 +136,29 @@ impl Supervisor {
         }
     }
 
+    /// A supervisor over the in-memory store, for in-process tests of ingest, dispatch and the
+    /// policy without tmux or a database file. Its tasks run on `tasks` until `stop`.
+    pub async fn in_memory(
+        policy: Policy,
+        tasks: &TaskTracker,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Result<Arc<Self>, crate::store::StoreError> {
+        let store = crate::store::open("memory://").await?;
+        let recorder = Recorder::start(store.clone(), stop.clone(), tasks);
+        Ok(Arc::new(Self::new(Parts {
+            controller_id: "ctl-test".into(),
+            store,
+            recorder,
+            policy,
+            policy_file: None,
+            recorded: Vec::new(),
+            durables: Vec::new(),
+            incidents: Vec::new(),
+            notifier: Notifier::start(Vec::new(), tasks, stop),
+            tasks: tasks.clone(),
+        })))
+    }
+
     /// The policy in force.
     pub fn policy(&self) -> Arc<Policy> {
         self.policy

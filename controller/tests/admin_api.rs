@@ -3,14 +3,11 @@
 //! no database file). Every refusal must carry its specific gRPC code and name what was wrong.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use argus_controller::notify::Notifier;
 use argus_controller::server;
-use argus_controller::store::{self, Recorder};
-use argus_controller::supervisor::{Parts, Supervisor};
+use argus_controller::supervisor::Supervisor;
 use argus_decide::policy::Policy;
 use argus_proto::v1 as pb;
 use argus_proto::v1::admin_service_client::AdminServiceClient;
@@ -38,22 +35,9 @@ impl Drop for Controller {
 
 impl Controller {
     async fn start() -> anyhow::Result<Self> {
-        let store = store::open("memory://").await?;
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let recorder = Recorder::start(store.clone(), shutdown.clone(), &tasks);
-        let sup = Arc::new(Supervisor::new(Parts {
-            controller_id: "ctl-test".into(),
-            store,
-            recorder,
-            policy: Policy::default(),
-            policy_file: None,
-            recorded: Vec::new(),
-            durables: Vec::new(),
-            incidents: Vec::new(),
-            notifier: Notifier::start(Vec::new(), &tasks, shutdown.clone()),
-            tasks: tasks.clone(),
-        }));
+        let sup = Supervisor::in_memory(Policy::default(), &tasks, shutdown.clone()).await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         tasks.spawn(server::serve(
