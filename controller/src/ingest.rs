@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::fleet::{Health, NodeEntry};
 use crate::store::{NodeRecord, SessionRef};
@@ -172,13 +173,18 @@ impl NodeAgentService for AgentApi {
         );
 
         let sup = self.sup.clone();
-        self.tasks.spawn(async move {
-            let reason = serve_stream(&sup, &node_id, stream_id, &mut inbound).await;
-            if sup.fleet.detach_if_owner(&node_id, stream_id) {
-                sup.events
-                    .publish(&node_id, "", "node_detached", reason, None);
+        let span = tracing::info_span!("node_stream", node = %node_id, stream = stream_id, epoch);
+        self.tasks.spawn(
+            async move {
+                let reason = serve_stream(&sup, &node_id, stream_id, &mut inbound).await;
+                tracing::debug!(%reason, "stream ended");
+                if sup.fleet.detach_if_owner(&node_id, stream_id) {
+                    sup.events
+                        .publish(&node_id, "", "node_detached", reason, None);
+                }
             }
-        });
+            .instrument(span),
+        );
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
