@@ -121,8 +121,8 @@ impl Link {
             .await
             .map_err(|e| LinkError::Connect { url, source: e })?;
         let mut client = NodeAgentServiceClient::new(channel)
-            .max_decoding_message_size(16 << 20)
-            .max_encoding_message_size(16 << 20);
+            .max_decoding_message_size(argus_proto::MAX_AGENT_MESSAGE)
+            .max_encoding_message_size(argus_proto::MAX_AGENT_MESSAGE);
         let (tx, rx) = mpsc::channel::<pb::AgentMessage>(256);
         let hello = pb::Hello {
             node_id: self.config.node_id.clone(),
