@@ -31,7 +31,7 @@ async fn cluster_with_one_session() -> anyhow::Result<(TestTmux, TestCluster)> {
         &format!("{} working", fake_agent().display()),
         &[("profile", "claude")],
     )?;
-    let mut c = TestCluster::start("", &[]).await?;
+    let mut c = TestCluster::with_policy("").await?;
     c.start_agent("n1", tmux.socket())?;
     c.wait_session("n1", "work", "session working", WAIT, |s| {
         s.state() == pb::SessionState::Working
