@@ -149,11 +149,11 @@ pub struct Cli {
     pub db: Option<String>,
     /// Serve plaintext (loopback only unless --allow-remote-plaintext). Key `insecure`.
     #[arg(long, env = "ARGUS_INSECURE", num_args = 0..=1, require_equals = true,
-          default_missing_value = "true")]
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure: Option<bool>,
     /// Allow plaintext on a non-loopback address. Key `allow_remote_plaintext`.
     #[arg(long, env = "ARGUS_ALLOW_REMOTE_PLAINTEXT", num_args = 0..=1, require_equals = true,
-          default_missing_value = "true")]
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_remote_plaintext: Option<bool>,
     /// Policy file (TOML, reloadable). Key `policy`.
     #[arg(long, env = "ARGUS_POLICY")]
@@ -167,12 +167,12 @@ pub struct Cli {
     /// Also run a node agent in-process supervising this machine's tmux sessions. Key: a
     /// `[local]` table.
     #[arg(long, env = "ARGUS_LOCAL", num_args = 0..=1, require_equals = true,
-          default_missing_value = "true")]
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub local: Option<bool>,
     /// With --local: also start a private tmux server with simulated misbehaving agents and
     /// supervise it (instead of this machine's tmux sessions). Key `demo`.
     #[arg(long, env = "ARGUS_DEMO", num_args = 0..=1, require_equals = true,
-          default_missing_value = "true")]
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub demo: Option<bool>,
     /// The local node agent's flags (with --local); keys of the `[local]` table.
     #[command(flatten, next_help_heading = "The local node agent (with --local)")]

@@ -264,7 +264,7 @@ pub struct Cli {
     pub heartbeat: Option<Duration>,
     /// Talk plaintext to the controller (required until TLS is implemented). Key `insecure`.
     #[arg(long, env = "ARGUS_INSECURE", num_args = 0..=1, require_equals = true,
-          default_missing_value = "true")]
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure: Option<bool>,
     #[command(flatten)]
     pub node: NodeFlags,
