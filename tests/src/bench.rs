@@ -212,7 +212,6 @@ pub fn thousands(n: u64) -> String {
 
 // === Binaries and the controller ===
 
-pub use crate::process::binary;
 pub use crate::spec::Controller;
 
 // === Fleet events ===

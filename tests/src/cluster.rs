@@ -2,7 +2,7 @@
 //! started from typed specs ([`ControllerSpec`], [`NodeAgentSpec`]). Children are stopped by pid
 //! on drop, and their logs printed (the test harness shows them when a test fails).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use argus_proto::v1 as pb;
@@ -145,9 +145,11 @@ pub fn sref(node: &str, name: &str) -> Option<pb::SessionRef> {
     })
 }
 
-/// Path of the fake agent binary.
-pub fn fake_agent() -> PathBuf {
-    binary("fake-agent").expect("the fake agent is built with the workspace binaries")
+/// The command that runs the fake agent in `mode` (`idle`, `working`, `quiet`, ...), for a tmux
+/// session.
+pub fn fake_agent(mode: &str) -> String {
+    let path = binary("fake-agent").expect("the fake agent is built with the workspace binaries");
+    format!("{} {mode}", path.display())
 }
 
 /// Reads a `WatchEvents` stream until an event satisfies `pred`, failing after `deadline`.

@@ -78,11 +78,7 @@ fn nudge(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_agent_refuses_unsafe_commands() -> anyhow::Result<()> {
     let tmux = TestTmux::new();
-    tmux.session(
-        "target",
-        &format!("{} idle", fake_agent().display()),
-        &[("profile", "claude")],
-    )?;
+    tmux.session("target", &fake_agent("idle"), &[("profile", "claude")])?;
     let dir = tempfile::tempdir()?;
     // First attach gets epoch 5; after the agent restarts, a stale controller offers 3.
     let (addr, mut attaches) = fake_controller::start(vec![5, 3, 6]).await?;

@@ -4,15 +4,11 @@
 use std::time::Duration;
 
 use argus_proto::v1 as pb;
-use argus_tests::cluster::{TestCluster, fake_agent, sref, wait_event};
+use argus_tests::cluster::{TestCluster, fake_agent as agent, sref, wait_event};
 use argus_tests::eventually;
 use argus_tests::tmux::TestTmux;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn agent(mode: &str) -> String {
-    format!("{} {mode}", fake_agent().display())
-}
 
 async fn history(
     c: &TestCluster,

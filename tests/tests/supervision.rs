@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use argus_proto::v1 as pb;
-use argus_tests::cluster::{TestCluster, fake_agent, sref, wait_event};
+use argus_tests::cluster::{TestCluster, fake_agent as agent, sref, wait_event};
 use argus_tests::eventually;
 use argus_tests::tmux::TestTmux;
 
@@ -14,10 +14,6 @@ nudge_text = "please continue now"
 restart_backoff_min = "200ms"
 "#;
 const WAIT: Duration = Duration::from_secs(20);
-
-fn agent(mode: &str) -> String {
-    format!("{} {mode}", fake_agent().display())
-}
 
 fn state(s: &pb::Session) -> pb::SessionState {
     s.state()

@@ -21,8 +21,7 @@ use tokio::task::JoinSet;
 use super::procs;
 use super::report::{Machine, Row, Section, table};
 use super::{
-    Controller, EventTap, IMMEDIATE_RESTART, Latency, Scale, Tmux, binary, histogram, policy,
-    record,
+    Controller, EventTap, IMMEDIATE_RESTART, Latency, Scale, Tmux, histogram, policy, record,
 };
 use crate::eventually;
 use crate::spec::{ControllerSpec, NodeAgentSpec};
@@ -129,7 +128,7 @@ async fn measure(plan: Plan) -> anyhow::Result<Figures> {
         .start(dir.path())
         .await?;
     let tmux = Tmux::new();
-    let agent_cmd = format!("{} quiet", binary("fake-agent")?.display());
+    let agent_cmd = crate::cluster::fake_agent("quiet");
     let names: Vec<String> = (0..plan.sessions)
         .map(|i| format!("victim-{i:02}"))
         .collect();

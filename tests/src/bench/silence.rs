@@ -16,9 +16,7 @@ use rand::seq::SliceRandom;
 use super::loadgen::{FleetConfig, SimFleet};
 use super::proxy::Proxy;
 use super::report::{Machine, Row, Section, table};
-use super::{
-    EventTap, IMMEDIATE_RESTART, Latency, Scale, Tmux, binary, histogram, ms, policy, record,
-};
+use super::{EventTap, IMMEDIATE_RESTART, Latency, Scale, Tmux, histogram, ms, policy, record};
 use crate::eventually;
 use crate::spec::{ControllerSpec, NodeAgentSpec};
 
@@ -126,7 +124,7 @@ async fn measure(plan: Plan, s: &Settings) -> anyhow::Result<Figures> {
         .await?;
     let proxy = Proxy::start(format!("127.0.0.1:{}", controller.port).parse()?).await?;
     let tmux = Tmux::new();
-    let agent_cmd = format!("{} quiet", binary("fake-agent")?.display());
+    let agent_cmd = crate::cluster::fake_agent("quiet");
     tmux.session("a", &agent_cmd, &[])?;
     tmux.session("b", &agent_cmd, &[])?;
     let mut agent = NodeAgentSpec::new(REAL, &format!("http://{}", proxy.addr()), tmux.socket())
