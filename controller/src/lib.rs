@@ -2,6 +2,7 @@
 //! policy, persists what must survive a restart, sends commands back, and serves the admin API.
 
 pub mod api;
+pub mod config;
 pub mod demo;
 pub mod dispatch;
 pub mod events;
@@ -16,7 +17,6 @@ pub mod supervisor;
 pub mod triage;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,34 +25,10 @@ use argus_shared::time::now_ms;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use crate::config::Config;
 use crate::store::Recorder;
 use crate::supervisor::Supervisor;
 use argus_decide::policy::Policy;
-
-/// Everything the controller needs to run.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// gRPC listen address.
-    pub listen: SocketAddr,
-    /// HTTP side port (`/healthz`, `/readyz`), if any.
-    pub http: Option<SocketAddr>,
-    /// Store URL (`sqlite://argus.db`).
-    pub db: String,
-    /// Serve plaintext (loopback only unless `allow_remote_plaintext`).
-    pub insecure: bool,
-    /// Allow plaintext on a non-loopback address.
-    pub allow_remote_plaintext: bool,
-    /// The policy file, if any.
-    pub policy_file: Option<PathBuf>,
-    /// Run a node agent in-process supervising this machine (`--local`).
-    pub local: Option<argus_node_agent::Config>,
-    /// Controller tick.
-    pub tick: Duration,
-    /// Webhook URLs for incident notifications (`http://` only).
-    pub webhooks: Vec<String>,
-    /// A policy to use when there is no policy file (the demo's).
-    pub policy: Option<Policy>,
-}
 
 /// Loads the policy file, or the defaults.
 pub fn load_policy(path: Option<&std::path::Path>) -> anyhow::Result<Policy> {

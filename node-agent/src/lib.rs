@@ -2,6 +2,8 @@
 //! sees to the controller and executes the controller's commands, safely. It never kills on its
 //! own.
 
+pub mod config;
+pub mod daemon;
 pub mod events;
 pub mod exec;
 pub mod fence;
@@ -10,7 +12,6 @@ pub mod probe;
 pub mod procs;
 pub mod tmux;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,52 +20,13 @@ use argus_shared::profile::Profiles;
 use tokio::sync::{Mutex, Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+pub use crate::config::Config;
 use crate::events::EventBuffer;
 use crate::exec::Executor;
 use crate::fence::Fence;
 use crate::link::{Link, LinkConfig};
 use crate::probe::{ProbeConfig, Prober, Snapshot};
 use crate::tmux::Tmux;
-
-/// Everything the node agent needs to run.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// The controller's URL (`http://HOST:PORT`).
-    pub controller: String,
-    /// This node's id (default: the host name).
-    pub node_id: String,
-    /// tmux server sockets to watch (empty: the user's default server).
-    pub tmux_sockets: Vec<PathBuf>,
-    /// Where the highest accepted epoch is kept.
-    pub state_dir: PathBuf,
-    /// Probe interval.
-    pub probe_interval: Duration,
-    /// Heartbeat interval.
-    pub heartbeat: Duration,
-    /// Screen lines hashed and classified.
-    pub screen_lines: usize,
-    /// An operator's agent profiles (TOML) layered over the built-in ones.
-    pub profiles_file: Option<PathBuf>,
-    /// Events kept while the controller is away.
-    pub event_buffer: usize,
-}
-
-impl Config {
-    /// Defaults for `controller` and `node_id`.
-    pub fn new(controller: String, node_id: String) -> Self {
-        Self {
-            controller,
-            node_id,
-            tmux_sockets: Vec::new(),
-            state_dir: PathBuf::from(".argus-node"),
-            probe_interval: Duration::from_secs(1),
-            heartbeat: Duration::from_secs(2),
-            screen_lines: argus_shared::screen::DEFAULT_LINES,
-            profiles_file: None,
-            event_buffer: 4096,
-        }
-    }
-}
 
 /// This host's name.
 pub fn hostname() -> String {
@@ -89,8 +51,9 @@ pub fn load_profiles(file: Option<&std::path::Path>) -> anyhow::Result<Profiles>
 
 /// Runs the node agent until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    argus_shared::ids::NodeId::new(&config.node_id).context("invalid --node-id")?;
-    let profiles = Arc::new(load_profiles(config.profiles_file.as_deref())?);
+    let node_id = config.node_id();
+    argus_shared::ids::NodeId::new(&node_id).context("invalid node_id")?;
+    let profiles = Arc::new(load_profiles(config.profiles.as_deref())?);
     let fence = Fence::load(&config.state_dir)
         .with_context(|| format!("loading state dir {}", config.state_dir.display()))?;
     let fence = Arc::new(Mutex::new(fence));
@@ -128,7 +91,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let link = Link {
         config: LinkConfig {
             controller: config.controller.clone(),
-            node_id: config.node_id.clone(),
+            node_id: node_id.clone(),
             heartbeat: config.heartbeat,
             probe_interval: config.probe_interval,
             backoff_min: Duration::from_millis(250),
@@ -143,7 +106,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             .map(|s| s.trim().to_owned())
             .unwrap_or_default(),
     };
-    tracing::info!(node = %config.node_id, controller = %config.controller, "node agent starting");
+    tracing::info!(node = %node_id, controller = %config.controller, "node agent starting");
 
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(link.run(shutdown.clone()));

@@ -15,6 +15,8 @@ use tokio::sync::{Mutex, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tracing::Instrument;
 
 use crate::events::EventBuffer;
 use crate::exec::Executor;
@@ -72,14 +74,29 @@ pub struct Link {
     pub boot_id: String,
 }
 
+/// One open stream to the controller: what the node agent sends, what it receives.
+struct Stream {
+    tx: mpsc::Sender<pb::AgentMessage>,
+    inbound: tonic::Streaming<pb::ControllerMessage>,
+}
+
+// === impl Link ===
+
 impl Link {
-    /// Holds the link up until `shutdown`.
+    /// Holds the link up until `shutdown`. Each connection runs in its own `link` span.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut delay = self.config.backoff_min;
-        loop {
+        for attempt in 1u64.. {
+            let span = tracing::info_span!(
+                "link",
+                node = %self.config.node_id,
+                controller = %self.config.controller,
+                attempt,
+                epoch = tracing::field::Empty,
+            );
             let mut answered = false;
             let result = tokio::select! {
-                r = self.session(&mut answered, &shutdown) => r,
+                r = self.session(&mut answered, &shutdown).instrument(span.clone()) => r,
                 () = shutdown.cancelled() => return,
             };
             if shutdown.is_cancelled() {
@@ -89,10 +106,10 @@ impl Link {
                 delay = self.config.backoff_min;
             }
             let wait = full_jitter(delay);
-            match result {
+            span.in_scope(|| match result {
                 Ok(()) => tracing::info!(retry_in = ?wait, "controller closed the link"),
                 Err(e) => tracing::warn!(error = %e, retry_in = ?wait, "link down"),
-            }
+            });
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = shutdown.cancelled() => return,
@@ -101,12 +118,22 @@ impl Link {
         }
     }
 
-    /// One connection, from dial to break.
+    /// One connection, from dial to break: connect, handshake, resync, then pump until it ends.
+    /// `answered` turns true once the controller has welcomed this node.
     async fn session(
         &mut self,
         answered: &mut bool,
         shutdown: &CancellationToken,
     ) -> Result<(), LinkError> {
+        let client = self.connect().await?;
+        let mut stream = self.handshake(client).await?;
+        *answered = true;
+        let mut sent = self.resync(&stream.tx).await?;
+        self.pump(&mut stream, &mut sent, shutdown).await
+    }
+
+    /// Dials the controller.
+    async fn connect(&self) -> Result<NodeAgentServiceClient<Channel>, LinkError> {
         let url = self.config.controller.clone();
         let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
             .map_err(|e| LinkError::Connect {
@@ -120,9 +147,17 @@ impl Link {
             .connect()
             .await
             .map_err(|e| LinkError::Connect { url, source: e })?;
-        let mut client = NodeAgentServiceClient::new(channel)
-            .max_decoding_message_size(16 << 20)
-            .max_encoding_message_size(16 << 20);
+        Ok(NodeAgentServiceClient::new(channel)
+            .max_decoding_message_size(argus_proto::MAX_AGENT_MESSAGE)
+            .max_encoding_message_size(argus_proto::MAX_AGENT_MESSAGE))
+    }
+
+    /// Hello, then the controller's Welcome, whose epoch the fence must accept: a controller
+    /// older than one already obeyed is refused.
+    async fn handshake(
+        &self,
+        mut client: NodeAgentServiceClient<Channel>,
+    ) -> Result<Stream, LinkError> {
         let (tx, rx) = mpsc::channel::<pb::AgentMessage>(256);
         let hello = pb::Hello {
             node_id: self.config.node_id.clone(),
@@ -130,7 +165,8 @@ impl Link {
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             boot_id: self.boot_id.clone(),
             last_epoch: self.fence.lock().await.highest(),
-            probe_interval_ms: self.config.probe_interval.as_millis() as u32,
+            probe_interval_ms: u32::try_from(self.config.probe_interval.as_millis())
+                .unwrap_or(u32::MAX),
         };
         send(&tx, pb::agent_message::Msg::Hello(hello)).await?;
         let mut inbound = client
@@ -151,14 +187,20 @@ impl Link {
             .await
             .accept_epoch(welcome.epoch)
             .map_err(|e| LinkError::Protocol(format!("Welcome refused: {e}")))?;
-        *answered = true;
+        tracing::Span::current().record("epoch", welcome.epoch);
         tracing::info!(epoch = welcome.epoch, controller = %welcome.controller_id, "attached");
+        Ok(Stream { tx, inbound })
+    }
 
-        // Resync: the full snapshot first, then only what changed.
-        let mut sent: BTreeMap<SessionKey, pb::SessionObservation> = BTreeMap::new();
+    /// The full snapshot, then the events buffered while the link was down. Returns what the
+    /// controller now knows, which later reports are diffs against.
+    async fn resync(
+        &mut self,
+        tx: &mpsc::Sender<pb::AgentMessage>,
+    ) -> Result<BTreeMap<SessionKey, pb::SessionObservation>, LinkError> {
         let current = self.snapshot.borrow_and_update().clone();
         send(
-            &tx,
+            tx,
             pb::agent_message::Msg::Report(pb::Report {
                 full_snapshot: true,
                 sessions: current.sessions.values().cloned().collect(),
@@ -167,28 +209,38 @@ impl Link {
             }),
         )
         .await?;
-        sent.clone_from(&current.sessions);
         for event in self.events.drain() {
-            send(&tx, pb::agent_message::Msg::Event(event)).await?;
+            send(tx, pb::agent_message::Msg::Event(event)).await?;
         }
+        Ok(current.sessions.clone())
+    }
 
+    /// Until the stream ends or `shutdown`: executes the controller's commands and sends their
+    /// results, changed sessions, events and heartbeats.
+    async fn pump(
+        &mut self,
+        stream: &mut Stream,
+        sent: &mut BTreeMap<SessionKey, pb::SessionObservation>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), LinkError> {
+        let tx = &stream.tx;
         let mut heartbeat = tokio::time::interval(self.config.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut running: JoinSet<pb::CommandResult> = JoinSet::new();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
-                msg = inbound.message() => match msg.map_err(LinkError::Stream)? {
+                msg = stream.inbound.message() => match msg.map_err(LinkError::Stream)? {
                     Some(pb::ControllerMessage { msg: Some(pb::controller_message::Msg::Command(cmd)) }) => {
                         let exec = self.executor.clone();
-                        running.spawn(async move { exec.execute(cmd).await });
+                        running.spawn(async move { exec.execute(cmd).await }.in_current_span());
                     }
                     Some(_) => tracing::warn!("ignoring unexpected controller message"),
                     None => return Ok(()),
                 },
                 Some(done) = running.join_next() => {
                     if let Ok(result) = done {
-                        send(&tx, pb::agent_message::Msg::Result(result)).await?;
+                        send(tx, pb::agent_message::Msg::Result(result)).await?;
                     }
                 }
                 changed = self.snapshot.changed() => {
@@ -196,17 +248,17 @@ impl Link {
                         return Ok(());
                     }
                     let current = self.snapshot.borrow_and_update().clone();
-                    if let Some(report) = diff(&mut sent, &current) {
-                        send(&tx, pb::agent_message::Msg::Report(report)).await?;
+                    if let Some(report) = diff(sent, &current) {
+                        send(tx, pb::agent_message::Msg::Report(report)).await?;
                     }
                 }
                 () = self.events.wait() => {
                     for event in self.events.drain() {
-                        send(&tx, pb::agent_message::Msg::Event(event)).await?;
+                        send(tx, pb::agent_message::Msg::Event(event)).await?;
                     }
                 }
                 _ = heartbeat.tick() => {
-                    send(&tx, pb::agent_message::Msg::Heartbeat(pb::Heartbeat { sent_at_ms: now_ms() })).await?;
+                    send(tx, pb::agent_message::Msg::Heartbeat(pb::Heartbeat { sent_at_ms: now_ms() })).await?;
                 }
             }
         }

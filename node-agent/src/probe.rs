@@ -163,6 +163,8 @@ impl Prober {
         snapshot
     }
 
+    /// One session's observation: its agent, its screen, then the pure
+    /// [`observation`] of both; and a death watch on the agent and the pane's process.
     async fn observe(
         &mut self,
         tmux: &Tmux,
@@ -171,88 +173,26 @@ impl Prober {
         humans: &[String],
         key: &(String, String),
     ) -> pb::SessionObservation {
-        let round = self.round;
+        let known = self.panes.get(key).and_then(|c| c.agent.clone());
+        let (agent, pane_start) = self.agent(pane, known).await;
         let cache = self.panes.entry(key.clone()).or_default();
-
-        // The agent: keep the known one while it lives, otherwise search the pane's tree.
-        let known = cache.agent.clone();
-        let profiles = self.profiles.clone();
-        let pane_pid = pane.pane_pid;
-        let dead = pane.pane_dead;
-        let (agent, pane_start) = tokio::task::spawn_blocking(move || {
-            let pane_start = procs::stat(pane_pid).map(|s| s.start_time).unwrap_or(0);
-            if dead {
-                return (None, pane_start);
-            }
-            (resolve_agent(&profiles, pane_pid, known), pane_start)
-        })
-        .await
-        .unwrap_or((None, 0));
         cache.agent = agent;
         cache.pane_start = pane_start;
+        let profile = profile_name(pane, cache.agent.as_ref());
+        self.screen(tmux, pane, key, profile.as_deref()).await;
 
-        // The screen: capture only when the pane's activity moved, or now and then.
-        let fingerprint = (pane.window_activity, pane.history_size, pane.cursor_y);
-        let profile_name = pane
-            .label(argus_shared::labels::PROFILE)
-            .map(str::to_owned)
-            .or_else(|| cache.agent.as_ref().and_then(|a| a.profile.clone()));
-        let stale = round.saturating_sub(cache.captured_round) >= self.config.recapture_every;
-        if cache.captured_round == 0
-            || fingerprint != cache.fingerprint
-            || stale
-            || cache.classified_as != profile_name
-        {
-            match tmux.capture(&pane.pane_id, self.config.lines as u32).await {
-                Ok(text) => {
-                    let tail = screen::last_lines(&text, self.config.lines);
-                    cache.hash = screen::hash(tail);
-                    let profile = profile_name
-                        .as_deref()
-                        .and_then(|n| self.profiles.get(n))
-                        .unwrap_or_else(|| self.profiles.generic());
-                    cache.classification =
-                        profile.classify(tail, now_ms() / 1000, local_utc_offset_secs());
-                }
-                Err(e) => tracing::debug!(pane = %pane.pane_id, error = %e, "capture failed"),
-            }
-            cache.fingerprint = fingerprint;
-            cache.captured_round = round;
-            cache.classified_as.clone_from(&profile_name);
-        }
-
+        let cache = self.panes.entry(key.clone()).or_default();
         let agent = cache.agent.clone();
-        let labels = LABELS
-            .iter()
-            .filter_map(|l| pane.label(l).map(|v| (l.to_string(), v.to_owned())))
-            .collect();
-        let obs = pb::SessionObservation {
-            tmux_socket: socket.to_owned(),
-            session_name: pane.session_name.clone(),
-            session_id: pane.session_id.clone(),
-            pane_id: pane.pane_id.clone(),
-            pane_pid: pane.pane_pid,
-            pane_dead: pane.pane_dead,
-            agent: agent.as_ref().map(|a| pb::Incarnation {
-                pid: a.inc.pid,
-                start_time: a.inc.start_time,
-            }),
-            agent_name: agent.as_ref().map(|a| a.name.clone()).unwrap_or_default(),
-            agent_cpu_ms: agent
-                .as_ref()
-                .map(|a| a.cpu_ticks * self.ms_per_tick)
-                .unwrap_or(0),
-            screen_hash: cache.hash.clone(),
-            condition: pb::Condition::from(cache.classification.condition) as i32,
-            rate_limit_reset_at: cache.classification.reset_at.unwrap_or(0),
-            last_output_ms: pane.window_activity * 1000,
-            attached_clients: humans.iter().filter(|s| **s == pane.session_name).count() as u32,
-            start_command: pane.start_command.clone(),
-            cwd: pane.cwd.clone(),
-            labels,
-            profile: profile_name.unwrap_or_else(|| self.profiles.generic().name.clone()),
-            exit_status: if pane.pane_dead { pane.dead_status } else { -1 },
-        };
+        let obs = observation(&Seen {
+            socket,
+            pane,
+            humans,
+            agent: agent.as_ref(),
+            hash: &cache.hash,
+            classification: &cache.classification,
+            profile: profile.unwrap_or_else(|| self.profiles.generic().name.clone()),
+            ms_per_tick: self.ms_per_tick,
+        });
 
         if let Some(a) = &agent {
             self.watch(a.inc, socket, &pane.session_name, true);
@@ -267,6 +207,61 @@ impl Prober {
             }
         }
         obs
+    }
+
+    /// The pane's agent (the `known` one while it lives, otherwise searched for in the pane's
+    /// process tree) and the pane process's start time (0 when unknown). Reads `/proc` off the
+    /// runtime.
+    async fn agent(&self, pane: &Pane, known: Option<Agent>) -> (Option<Agent>, u64) {
+        let profiles = self.profiles.clone();
+        let pane_pid = pane.pane_pid;
+        let dead = pane.pane_dead;
+        tokio::task::spawn_blocking(move || {
+            let pane_start = procs::stat(pane_pid).map(|s| s.start_time).unwrap_or(0);
+            if dead {
+                return (None, pane_start);
+            }
+            (resolve_agent(&profiles, pane_pid, known), pane_start)
+        })
+        .await
+        .unwrap_or((None, 0))
+    }
+
+    /// Re-reads and classifies the pane's screen into its cache, but only when the pane's
+    /// activity moved, the profile changed, or now and then.
+    async fn screen(
+        &mut self,
+        tmux: &Tmux,
+        pane: &Pane,
+        key: &(String, String),
+        profile: Option<&str>,
+    ) {
+        let round = self.round;
+        let cache = self.panes.entry(key.clone()).or_default();
+        let fingerprint = (pane.window_activity, pane.history_size, pane.cursor_y);
+        let stale = round.saturating_sub(cache.captured_round) >= self.config.recapture_every;
+        if cache.captured_round != 0
+            && fingerprint == cache.fingerprint
+            && !stale
+            && cache.classified_as.as_deref() == profile
+        {
+            return;
+        }
+        match tmux.capture(&pane.pane_id, self.config.lines as u32).await {
+            Ok(text) => {
+                let tail = screen::last_lines(&text, self.config.lines);
+                cache.hash = screen::hash(tail);
+                let classifier = profile
+                    .and_then(|n| self.profiles.get(n))
+                    .unwrap_or_else(|| self.profiles.generic());
+                cache.classification =
+                    classifier.classify(tail, now_ms() / 1000, local_utc_offset_secs());
+            }
+            Err(e) => tracing::debug!(pane = %pane.pane_id, error = %e, "capture failed"),
+        }
+        cache.fingerprint = fingerprint;
+        cache.captured_round = round;
+        cache.classified_as = profile.map(str::to_owned);
     }
 
     /// Starts a pidfd watch on a process unless one runs already.
@@ -325,6 +320,63 @@ fn primary_panes(mut panes: Vec<Pane>) -> Vec<Pane> {
     panes
 }
 
+/// The profile a pane is classified with: its `@argus-profile` label, else its agent's.
+fn profile_name(pane: &Pane, agent: Option<&Agent>) -> Option<String> {
+    pane.label(argus_shared::labels::PROFILE)
+        .map(str::to_owned)
+        .or_else(|| agent.and_then(|a| a.profile.clone()))
+}
+
+/// What one probe saw of a session, the input of [`observation`].
+struct Seen<'a> {
+    socket: &'a str,
+    pane: &'a Pane,
+    /// Session names of the human clients attached to this tmux server.
+    humans: &'a [String],
+    agent: Option<&'a Agent>,
+    hash: &'a str,
+    classification: &'a Classification,
+    /// The profile name the screen was classified with.
+    profile: String,
+    ms_per_tick: u64,
+}
+
+/// The observation sent to the controller: a pure function of what the probe saw.
+fn observation(seen: &Seen<'_>) -> pb::SessionObservation {
+    let Seen { pane, agent, .. } = *seen;
+    pb::SessionObservation {
+        tmux_socket: seen.socket.to_owned(),
+        session_name: pane.session_name.clone(),
+        session_id: pane.session_id.clone(),
+        pane_id: pane.pane_id.clone(),
+        pane_pid: pane.pane_pid,
+        pane_dead: pane.pane_dead,
+        agent: agent.map(|a| pb::Incarnation {
+            pid: a.inc.pid,
+            start_time: a.inc.start_time,
+        }),
+        agent_name: agent.map(|a| a.name.clone()).unwrap_or_default(),
+        agent_cpu_ms: agent.map_or(0, |a| a.cpu_ticks * seen.ms_per_tick),
+        screen_hash: seen.hash.to_owned(),
+        condition: pb::Condition::from(seen.classification.condition) as i32,
+        rate_limit_reset_at: seen.classification.reset_at.unwrap_or(0),
+        last_output_ms: pane.window_activity * 1000,
+        attached_clients: seen
+            .humans
+            .iter()
+            .filter(|s| **s == pane.session_name)
+            .count() as u32,
+        start_command: pane.start_command.clone(),
+        cwd: pane.cwd.clone(),
+        labels: LABELS
+            .iter()
+            .filter_map(|l| pane.label(l).map(|v| (l.to_string(), v.to_owned())))
+            .collect(),
+        profile: seen.profile.clone(),
+        exit_status: if pane.pane_dead { pane.dead_status } else { -1 },
+    }
+}
+
 /// The agent under `pane_pid`: the known one if it still lives, else the first process (breadth
 /// first) whose name matches an agent profile, else the pane's process when it is not a shell.
 fn resolve_agent(profiles: &Profiles, pane_pid: u32, known: Option<Agent>) -> Option<Agent> {
@@ -361,4 +413,127 @@ fn resolve_agent(profiles: &Profiles, pane_pid: u32, known: Option<Agent>) -> Op
         profile,
         cpu_ticks: p.cpu_ticks,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use argus_shared::profile::Condition;
+
+    use super::*;
+
+    fn pane(name: &str) -> Pane {
+        Pane {
+            session_name: name.into(),
+            session_id: "$1".into(),
+            window_index: 0,
+            pane_index: 0,
+            pane_id: "%3".into(),
+            pane_pid: 100,
+            pane_dead: false,
+            dead_status: 0,
+            window_activity: 1_700_000_000,
+            history_size: 0,
+            cursor_y: 0,
+            cwd: "/work".into(),
+            labels: [
+                "claude".into(),
+                String::new(),
+                String::new(),
+                "g1".into(),
+                String::new(),
+            ],
+            start_command: "claude".into(),
+        }
+    }
+
+    fn agent() -> Agent {
+        Agent {
+            inc: Incarnation {
+                pid: 101,
+                start_time: 5,
+            },
+            comm: "node".into(),
+            name: "claude".into(),
+            profile: Some("claude".into()),
+            cpu_ticks: 7,
+        }
+    }
+
+    #[test]
+    fn observation_of_a_live_agent() {
+        let p = pane("work");
+        let a = agent();
+        let c = Classification {
+            condition: Condition::RateLimited,
+            reset_at: Some(42),
+        };
+        let humans = ["work".to_owned(), "other".to_owned(), "work".to_owned()];
+        let o = observation(&Seen {
+            socket: "/tmp/s",
+            pane: &p,
+            humans: &humans,
+            agent: Some(&a),
+            hash: "abc",
+            classification: &c,
+            profile: "claude".into(),
+            ms_per_tick: 10,
+        });
+        assert_eq!(o.tmux_socket, "/tmp/s");
+        assert_eq!(o.session_name, "work");
+        assert_eq!(
+            o.agent,
+            Some(pb::Incarnation {
+                pid: 101,
+                start_time: 5
+            })
+        );
+        assert_eq!(o.agent_name, "claude");
+        assert_eq!(o.agent_cpu_ms, 70);
+        assert_eq!(o.screen_hash, "abc");
+        assert_eq!(o.condition, pb::Condition::RateLimited as i32);
+        assert_eq!(o.rate_limit_reset_at, 42);
+        assert_eq!(o.last_output_ms, 1_700_000_000_000);
+        assert_eq!(o.attached_clients, 2);
+        assert_eq!(o.exit_status, -1);
+        assert_eq!(o.labels.len(), 2);
+        assert_eq!(
+            o.labels
+                .get(argus_shared::labels::PROFILE)
+                .map(String::as_str),
+            Some("claude")
+        );
+    }
+
+    #[test]
+    fn observation_of_a_dead_pane_without_agent() {
+        let mut p = pane("gone");
+        p.pane_dead = true;
+        p.dead_status = 3;
+        let o = observation(&Seen {
+            socket: "/tmp/s",
+            pane: &p,
+            humans: &[],
+            agent: None,
+            hash: "",
+            classification: &Classification::default(),
+            profile: "generic".into(),
+            ms_per_tick: 10,
+        });
+        assert!(o.agent.is_none() && o.agent_name.is_empty() && o.agent_cpu_ms == 0);
+        assert!(o.pane_dead);
+        assert_eq!(o.exit_status, 3);
+        assert_eq!(o.attached_clients, 0);
+        assert_eq!(o.profile, "generic");
+    }
+
+    #[test]
+    fn the_label_names_the_profile_before_the_agent() {
+        let mut p = pane("work");
+        let mut a = agent();
+        a.profile = Some("codex".into());
+        assert_eq!(profile_name(&p, Some(&a)).as_deref(), Some("claude"));
+        p.labels[0].clear();
+        assert_eq!(profile_name(&p, Some(&a)).as_deref(), Some("codex"));
+        assert_eq!(profile_name(&p, None), None);
+    }
 }

@@ -13,19 +13,13 @@ pub mod proxy;
 pub mod report;
 pub mod silence;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use argus_proto::v1 as pb;
-use argus_proto::v1::admin_service_client::AdminServiceClient;
 use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tonic::transport::Channel;
-
-use crate::{eventually, free_port};
-use procs::Proc;
 
 /// How big a run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,119 +212,7 @@ pub fn thousands(n: u64) -> String {
 
 // === Binaries and the controller ===
 
-/// A workspace binary next to this executable (`cargo build --release --workspace --bins`).
-pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating the bench executable")?;
-    let mut dir = exe.parent().context("bench executable has no directory")?;
-    if dir.ends_with("deps") {
-        dir = dir.parent().context("deps without parent")?;
-    }
-    let path = dir.join(name);
-    anyhow::ensure!(
-        path.exists(),
-        "{} not found: build the workspace binaries into the same target directory first \
-         (`cargo build --release --workspace --bins`)",
-        path.display()
-    );
-    Ok(path)
-}
-
-/// A real `argus-controller` process on loopback with its own SQLite file.
-pub struct Controller {
-    pub proc: Proc,
-    pub port: u16,
-    pub db: PathBuf,
-}
-
-impl Controller {
-    /// Starts a controller in `dir` with `policy` (TOML) and waits until it answers. `env` is
-    /// passed to the process (`RUST_LOG`).
-    pub async fn start(dir: &Path, policy: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
-        let port = free_port();
-        let policy_path = dir.join("policy.toml");
-        std::fs::write(&policy_path, policy)?;
-        let db = dir.join("argus.db");
-        let args = vec![
-            "--insecure".to_owned(),
-            "--listen".to_owned(),
-            format!("127.0.0.1:{port}"),
-            "--http".to_owned(),
-            format!("127.0.0.1:{}", free_port()),
-            "--db".to_owned(),
-            format!("sqlite://{}", db.display()),
-            "--policy".to_owned(),
-            policy_path.display().to_string(),
-        ];
-        let proc = Proc::start(
-            "argus-controller",
-            &binary("argus-controller")?,
-            &args,
-            env,
-            dir.join("controller.log"),
-        )?;
-        let mut c = Self { proc, port, db };
-        let url = c.url();
-        let started = eventually("the controller to answer", Duration::from_secs(20), || {
-            let url = url.clone();
-            async move {
-                let ch = Channel::from_shared(url)?.connect().await?;
-                AdminServiceClient::new(ch)
-                    .list_sessions(pb::ListSessionsRequest::default())
-                    .await?;
-                Ok(Some(()))
-            }
-        })
-        .await;
-        if let Err(e) = started {
-            c.proc.check_alive()?;
-            return Err(e);
-        }
-        Ok(c)
-    }
-
-    /// The gRPC URL.
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// An admin client.
-    pub async fn admin(&self) -> anyhow::Result<AdminServiceClient<Channel>> {
-        let ch = Channel::from_shared(self.url())?.connect().await?;
-        Ok(AdminServiceClient::new(ch).max_decoding_message_size(256 << 20))
-    }
-
-    /// The sessions of one node.
-    pub async fn sessions(&self, node: &str) -> anyhow::Result<Vec<pb::Session>> {
-        Ok(self
-            .admin()
-            .await?
-            .list_sessions(pb::ListSessionsRequest {
-                node_id: node.to_owned(),
-            })
-            .await?
-            .into_inner()
-            .sessions)
-    }
-
-    /// Size and modification time of the SQLite files (database, WAL): any durable write
-    /// changes them.
-    pub fn db_files(&self) -> Vec<(String, u64, Option<std::time::SystemTime>)> {
-        ["", "-wal"]
-            .iter()
-            .map(|suffix| {
-                let path = PathBuf::from(format!("{}{suffix}", self.db.display()));
-                let meta = std::fs::metadata(&path).ok();
-                (
-                    path.file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                    meta.as_ref().map_or(0, std::fs::Metadata::len),
-                    meta.and_then(|m| m.modified().ok()),
-                )
-            })
-            .collect()
-    }
-}
+pub use crate::spec::Controller;
 
 // === Fleet events ===
 

@@ -1,214 +1,97 @@
-//! `TestCluster`: a real controller and real node agents as child processes, on loopback.
-//! Children are killed by pid on drop; when the test thread is panicking their logs are printed.
+//! `TestCluster`: a real controller and real node agents as child processes on loopback,
+//! started from typed specs ([`ControllerSpec`], [`NodeAgentSpec`]). Children are stopped by pid
+//! on drop, and their logs printed (the test harness shows them when a test fails).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 use argus_proto::v1 as pb;
 use argus_proto::v1::admin_service_client::AdminServiceClient;
 use tonic::transport::Channel;
 
-use crate::{binary, eventually, free_port};
+use crate::eventually;
+use crate::process::{Proc, binary};
+use crate::spec::{Controller, ControllerSpec, NodeAgentSpec};
 
-/// One started binary.
-pub struct Proc {
-    pub name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    /// Starts `program` with `args`, its output going to `log`.
-    pub fn start_binary(
-        name: &str,
-        program: &Path,
-        args: &[String],
-        log: PathBuf,
-    ) -> anyhow::Result<Self> {
-        let file = std::fs::File::create(&log)?;
-        let child = Command::new(program)
-            .args(args)
-            .env("RUST_LOG", "info,argus_node_agent=debug")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .spawn()?;
-        Ok(Self {
-            name: name.to_owned(),
-            child,
-            log,
-        })
-    }
-
-    /// The child's pid.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Stops the process: SIGTERM by pid (so it ends its own children, such as a node agent's
-    /// tmux control client), SIGKILL after 3 s, then reaps it.
-    pub fn stop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = std::time::Instant::now() + Duration::from_secs(3);
-        while std::time::Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// The log so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-        // The test harness shows a test's output only when it fails: then these logs explain it.
-        let log = self.log();
-        let tail: String = log
-            .lines()
-            .rev()
-            .take(300)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n");
-        eprintln!("===== last lines of the log of {} =====\n{tail}", self.name);
-    }
-}
+/// Logging of every process a test starts.
+const RUST_LOG: &str = "info,argus_node_agent=debug";
 
 /// A controller plus node agents.
 pub struct TestCluster {
     // Fields drop in order: the processes (and their logs) before the directory holding them.
-    pub controller: Option<Proc>,
+    pub controller: Option<Controller>,
     pub agents: Vec<Proc>,
     pub dir: tempfile::TempDir,
     pub port: u16,
-    controller_args: Vec<String>,
+    spec: ControllerSpec,
 }
 
 impl TestCluster {
-    /// Starts a controller (SQLite in a temp dir) with `policy` (TOML) and extra flags.
-    pub async fn start(policy: &str, extra: &[&str]) -> anyhow::Result<Self> {
+    /// The controller of a test: a 100 ms tick, verbose logs, SQLite in the cluster's directory.
+    pub fn spec() -> ControllerSpec {
+        ControllerSpec::new()
+            .tick(Duration::from_millis(100))
+            .env("RUST_LOG", RUST_LOG)
+    }
+
+    /// Starts a cluster whose controller has `policy` (TOML) and otherwise [`Self::spec`].
+    pub async fn with_policy(policy: &str) -> anyhow::Result<Self> {
+        Self::start(Self::spec().policy(policy)).await
+    }
+
+    /// Starts a cluster's controller from `spec`, in a fresh directory.
+    pub async fn start(spec: ControllerSpec) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("argus-cluster-")
             .tempdir()?;
-        let port = free_port();
-        let policy_path = dir.path().join("policy.toml");
-        std::fs::write(&policy_path, policy)?;
-        let mut args = vec![
-            "--insecure".to_owned(),
-            "--listen".to_owned(),
-            format!("127.0.0.1:{port}"),
-            "--http".to_owned(),
-            format!("127.0.0.1:{}", free_port()),
-            "--db".to_owned(),
-            format!("sqlite://{}", dir.path().join("argus.db").display()),
-            "--policy".to_owned(),
-            policy_path.display().to_string(),
-            "--tick".to_owned(),
-            "100ms".to_owned(),
-        ];
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
         let mut c = Self {
             dir,
-            port,
+            port: spec.port(),
             controller: None,
             agents: Vec::new(),
-            controller_args: args,
+            spec,
         };
         c.start_controller().await?;
         Ok(c)
     }
 
-    /// (Re)starts the controller process with the same flags and database.
+    /// (Re)starts the controller process from the same spec: same ports, same database.
     pub async fn start_controller(&mut self) -> anyhow::Result<()> {
-        let n = self.agents.len() + usize::from(self.controller.is_some());
-        let log = self
-            .dir
-            .path()
-            .join(format!("controller-{n}-{}.log", crate::free_port()));
-        self.controller = Some(Proc::start_binary(
-            "argus-controller",
-            &binary("argus-controller"),
-            &self.controller_args,
-            log,
-        )?);
-        let url = self.url();
-        eventually("the controller to answer", Duration::from_secs(20), || {
-            let url = url.clone();
-            async move {
-                let ch = Channel::from_shared(url)?.connect().await?;
-                AdminServiceClient::new(ch)
-                    .list_nodes(pb::ListNodesRequest {})
-                    .await?;
-                Ok(Some(()))
-            }
-        })
-        .await
+        self.controller = Some(self.spec.start(self.dir.path()).await?);
+        Ok(())
     }
 
     /// Stops the controller process.
     pub fn stop_controller(&mut self) {
         if let Some(mut c) = self.controller.take() {
-            c.stop();
+            c.proc.stop();
         }
     }
 
     /// The controller's gRPC URL.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.spec.url()
     }
 
-    /// Starts a node agent watching `socket`, as node `node_id`.
+    /// The node agent of a test: `node_id` watching `socket`, probing every 250 ms, a heartbeat
+    /// every 500 ms.
+    pub fn agent_spec(&self, node_id: &str, socket: &Path) -> NodeAgentSpec {
+        NodeAgentSpec::new(node_id, &self.url(), socket)
+            .probe_interval(Duration::from_millis(250))
+            .heartbeat(Duration::from_millis(500))
+            .env("RUST_LOG", RUST_LOG)
+    }
+
+    /// Starts a node agent watching `socket`, as node `node_id`; returns its index in `agents`.
     pub fn start_agent(&mut self, node_id: &str, socket: &Path) -> anyhow::Result<usize> {
-        let state = self.dir.path().join(format!("state-{node_id}"));
-        let args = vec![
-            "--insecure".to_owned(),
-            "--controller".to_owned(),
-            self.url(),
-            "--node-id".to_owned(),
-            node_id.to_owned(),
-            "--tmux-socket".to_owned(),
-            socket.display().to_string(),
-            "--state-dir".to_owned(),
-            state.display().to_string(),
-            "--probe-interval".to_owned(),
-            "250ms".to_owned(),
-            "--heartbeat".to_owned(),
-            "500ms".to_owned(),
-        ];
-        let log = self
-            .dir
-            .path()
-            .join(format!("agent-{node_id}-{}.log", self.agents.len()));
-        self.agents.push(Proc::start_binary(
-            &format!("argus-node-agent {node_id}"),
-            &binary("argus-node-agent"),
-            &args,
-            log,
-        )?);
+        let spec = self.agent_spec(node_id, socket);
+        self.agents.push(spec.start(self.dir.path())?);
         Ok(self.agents.len() - 1)
     }
 
     /// An admin client.
     pub async fn admin(&self) -> anyhow::Result<AdminServiceClient<Channel>> {
-        let ch = Channel::from_shared(self.url())?.connect().await?;
-        Ok(AdminServiceClient::new(ch))
+        crate::spec::admin(&self.url()).await
     }
 
     /// One session as the controller reports it, if known.
@@ -246,7 +129,10 @@ impl TestCluster {
 
     /// The controller's log so far.
     pub fn controller_log(&self) -> String {
-        self.controller.as_ref().map(Proc::log).unwrap_or_default()
+        self.controller
+            .as_ref()
+            .map(|c| c.proc.log())
+            .unwrap_or_default()
     }
 }
 
@@ -259,9 +145,11 @@ pub fn sref(node: &str, name: &str) -> Option<pb::SessionRef> {
     })
 }
 
-/// Path of the fake agent binary.
-pub fn fake_agent() -> PathBuf {
-    binary("fake-agent")
+/// The command that runs the fake agent in `mode` (`idle`, `working`, `quiet`, ...), for a tmux
+/// session.
+pub fn fake_agent(mode: &str) -> String {
+    let path = binary("fake-agent").expect("the fake agent is built with the workspace binaries");
+    format!("{} {mode}", path.display())
 }
 
 /// Reads a `WatchEvents` stream until an event satisfies `pred`, failing after `deadline`.

@@ -1,15 +1,18 @@
 //! Test harness for the multi-process tests: private tmux servers, the real binaries started as
-//! child processes (killed by pid on drop, their logs printed when a test fails), an admin
-//! client, and `eventually`, the only way tests wait.
+//! child processes from typed specs (`spec`; stopped by pid on drop, their logs printed when a
+//! test fails), an admin client, and `eventually`, the only way tests wait.
 
 pub mod bench;
 pub mod cluster;
 pub mod fake_controller;
+pub mod process;
+pub mod spec;
 pub mod tmux;
 pub mod webhook;
 
+pub use process::binary;
+
 use std::future::Future;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Polls `check` until it returns `Some`, or fails after `deadline` with `what` and the last
@@ -38,29 +41,6 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Path of a workspace binary built next to the test executable (`cargo build --workspace
-/// --bins` builds them; the README's test command does).
-pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe
-        .parent()
-        .and_then(|d| {
-            if d.ends_with("deps") {
-                d.parent()
-            } else {
-                Some(d)
-            }
-        })
-        .expect("target dir");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} not found: run `cargo build --workspace --bins` first (the README's test command does)",
-        path.display()
-    );
-    path
 }
 
 /// A free loopback port (bound and released; the race is harmless on a test machine).

@@ -26,12 +26,8 @@ fn grpcurl(args: &[&str]) -> anyhow::Result<String> {
 
 async fn cluster_with_one_session() -> anyhow::Result<(TestTmux, TestCluster)> {
     let tmux = TestTmux::new();
-    tmux.session(
-        "work",
-        &format!("{} working", fake_agent().display()),
-        &[("profile", "claude")],
-    )?;
-    let mut c = TestCluster::start("", &[]).await?;
+    tmux.session("work", &fake_agent("working"), &[("profile", "claude")])?;
+    let mut c = TestCluster::with_policy("").await?;
     c.start_agent("n1", tmux.socket())?;
     c.wait_session("n1", "work", "session working", WAIT, |s| {
         s.state() == pb::SessionState::Working

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use argus_proto::v1 as pb;
-use argus_tests::cluster::{Proc, TestCluster};
+use argus_tests::cluster::TestCluster;
 use argus_tests::tmux::TestTmux;
 use argus_tests::{binary, eventually};
 
@@ -14,7 +14,7 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// Runs argusctl against the cluster; returns (success, stdout, stderr).
 fn argusctl(c: &TestCluster, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
-    let out = Command::new(binary("argusctl"))
+    let out = Command::new(binary("argusctl")?)
         .arg("--controller")
         .arg(c.url())
         .args(args)
@@ -37,35 +37,11 @@ async fn a_name_on_two_tmux_servers_is_addressed_by_socket() -> anyhow::Result<(
         b.socket().display().to_string(),
     );
 
-    let mut c = TestCluster::start("", &[]).await?;
-    // One node agent watching both servers (the harness's start_agent takes one socket).
-    let args: Vec<String> = [
-        "--insecure",
-        "--controller",
-        &c.url(),
-        "--node-id",
-        "n1",
-        "--tmux-socket",
-        &sock_a,
-        "--tmux-socket",
-        &sock_b,
-        "--state-dir",
-        &c.dir.path().join("state-n1").display().to_string(),
-        "--probe-interval",
-        "250ms",
-        "--heartbeat",
-        "500ms",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    let log = c.dir.path().join("agent-n1.log");
-    c.agents.push(Proc::start_binary(
-        "argus-node-agent n1",
-        &binary("argus-node-agent"),
-        &args,
-        log,
-    )?);
+    let mut c = TestCluster::start(TestCluster::spec()).await?;
+    // One node agent watching both servers.
+    let mut spec = c.agent_spec("n1", a.socket());
+    spec.config.tmux_sockets.push(b.socket().to_owned());
+    c.agents.push(spec.start(c.dir.path())?);
     eventually("both sessions named work", WAIT, || async {
         let r = c
             .admin()

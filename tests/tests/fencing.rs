@@ -6,37 +6,21 @@ use std::time::Duration;
 
 use argus_proto::v1 as pb;
 use argus_shared::time::now_ms;
-use argus_tests::cluster::{Proc, fake_agent};
+use argus_tests::cluster::fake_agent;
+use argus_tests::eventually;
 use argus_tests::fake_controller::{self, Attached};
+use argus_tests::process::Proc;
+use argus_tests::spec::NodeAgentSpec;
 use argus_tests::tmux::TestTmux;
-use argus_tests::{binary, eventually};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn start_agent(
-    dir: &std::path::Path,
-    url: &str,
-    socket: &std::path::Path,
-    n: usize,
-) -> anyhow::Result<Proc> {
-    Proc::start_binary(
-        "argus-node-agent",
-        &binary("argus-node-agent"),
-        &[
-            "--insecure".into(),
-            "--controller".into(),
-            url.into(),
-            "--node-id".into(),
-            "fenced".into(),
-            "--tmux-socket".into(),
-            socket.display().to_string(),
-            "--state-dir".into(),
-            dir.join("state").display().to_string(),
-            "--probe-interval".into(),
-            "250ms".into(),
-        ],
-        dir.join(format!("agent-{n}.log")),
-    )
+fn start_agent(dir: &std::path::Path, url: &str, socket: &std::path::Path) -> anyhow::Result<Proc> {
+    NodeAgentSpec::new("fenced", url, socket)
+        .state_dir("state")
+        .probe_interval(Duration::from_millis(250))
+        .env("RUST_LOG", "info,argus_node_agent=debug")
+        .start(dir)
 }
 
 /// The first full snapshot's observation of `name`.
@@ -94,16 +78,12 @@ fn nudge(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_agent_refuses_unsafe_commands() -> anyhow::Result<()> {
     let tmux = TestTmux::new();
-    tmux.session(
-        "target",
-        &format!("{} idle", fake_agent().display()),
-        &[("profile", "claude")],
-    )?;
+    tmux.session("target", &fake_agent("idle"), &[("profile", "claude")])?;
     let dir = tempfile::tempdir()?;
     // First attach gets epoch 5; after the agent restarts, a stale controller offers 3.
     let (addr, mut attaches) = fake_controller::start(vec![5, 3, 6]).await?;
     let url = format!("http://{addr}");
-    let mut agent = start_agent(dir.path(), &url, tmux.socket(), 0)?;
+    let mut agent = start_agent(dir.path(), &url, tmux.socket())?;
     let mut a = tokio::time::timeout(WAIT, attaches.recv())
         .await?
         .expect("attach");
@@ -180,7 +160,7 @@ async fn node_agent_refuses_unsafe_commands() -> anyhow::Result<()> {
     // Restart the node agent: the persisted epoch 5 makes it refuse a Welcome with epoch 3.
     agent.stop();
     drop(a);
-    let _agent = start_agent(dir.path(), &url, tmux.socket(), 1)?;
+    let _agent = start_agent(dir.path(), &url, tmux.socket())?;
     let stale = tokio::time::timeout(WAIT, attaches.recv())
         .await?
         .expect("second attach");

@@ -4,15 +4,11 @@
 use std::time::Duration;
 
 use argus_proto::v1 as pb;
-use argus_tests::cluster::{TestCluster, fake_agent, sref, wait_event};
+use argus_tests::cluster::{TestCluster, fake_agent as agent, sref, wait_event};
 use argus_tests::eventually;
 use argus_tests::tmux::TestTmux;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn agent(mode: &str) -> String {
-    format!("{} {mode}", fake_agent().display())
-}
 
 async fn history(
     c: &TestCluster,
@@ -55,9 +51,8 @@ async fn rate_limited_agent_waits_for_its_reset_then_is_resumed() -> anyhow::Res
         &agent(&format!("ratelimit {reset_in}")),
         &[("profile", "claude"), ("restart", &agent("idle"))],
     )?;
-    let mut c = TestCluster::start(
+    let mut c = TestCluster::with_policy(
         "nudge_dwell = \"1s\"\nhard_stall = \"2s\"\nrestart_on_death = \"always\"",
-        &[],
     )
     .await?;
     c.start_agent("n1", tmux.socket())?;
@@ -115,7 +110,7 @@ crash_loop_crashes = 3
 crash_loop_window = "60s"
 crash_loop_cooldown = "60s"
 "#;
-    let mut c = TestCluster::start(policy, &[]).await?;
+    let mut c = TestCluster::with_policy(policy).await?;
     c.start_agent("n1", tmux.socket())?;
     c.wait_session("n1", "keeper", "node agent reporting", WAIT, |s| {
         s.agent_pid > 0
@@ -176,7 +171,7 @@ async fn provider_rate_limit_across_two_nodes_is_one_incident() -> anyhow::Resul
         &agent("ratelimit 600"),
         &[("profile", "claude"), ("provider", "openai")],
     )?;
-    let mut c = TestCluster::start("", &["--webhook", &hook]).await?;
+    let mut c = TestCluster::start(TestCluster::spec().webhook(&hook)).await?;
     c.start_agent("n1", t1.socket())?;
     c.start_agent("n2", t2.socket())?;
     let opened = eventually("one provider incident", WAIT, || async {
@@ -241,7 +236,7 @@ confirm_after = "500ms"
 node_suspect_after = "1s"
 node_down_after = "2s"
 "#;
-    let mut c = TestCluster::start(policy, &[]).await?;
+    let mut c = TestCluster::with_policy(policy).await?;
     let n = c.start_agent("n1", tmux.socket())?;
     let before = c
         .wait_session("n1", "hung", "hung agent known", WAIT, |s| s.agent_pid > 0)
@@ -305,7 +300,7 @@ node_down_after = "2s"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_reloads_and_a_bad_file_keeps_the_old_one() -> anyhow::Result<()> {
-    let c = TestCluster::start("nudge_budget = 3", &[]).await?;
+    let c = TestCluster::with_policy("nudge_budget = 3").await?;
     let path = c.dir.path().join("policy.toml");
     let mut events = c
         .admin()
@@ -354,7 +349,7 @@ async fn llm_triage_sees_the_screen_and_its_verdict_is_carried_out() -> anyhow::
     let policy = format!(
         "nudge_dwell = \"1s\"\nconfirm_after = \"500ms\"\n[triage]\nkind = \"openai\"\nurl = \"{base}\"\nmodel = \"test-model\"\n"
     );
-    let mut c = TestCluster::start(&policy, &[]).await?;
+    let mut c = TestCluster::with_policy(&policy).await?;
     c.start_agent("n1", tmux.socket())?;
     let before = c
         .wait_session("n1", "hung", "hung agent known", WAIT, |s| s.agent_pid > 0)
@@ -393,11 +388,8 @@ async fn mass_death_on_one_host_is_one_incident_not_n_restarts() -> anyhow::Resu
         tmux.session(name, &cmd, &[("restart", &cmd)])?;
     }
     // Restarts wait at least 1 s, so a mass death seen within that second holds all of them.
-    let mut c = TestCluster::start(
-        "restart_backoff_min = \"2s\"\nmass_death_hold = \"60s\"",
-        &[],
-    )
-    .await?;
+    let mut c =
+        TestCluster::with_policy("restart_backoff_min = \"2s\"\nmass_death_hold = \"60s\"").await?;
     c.start_agent("n1", tmux.socket())?;
     let mut pids = Vec::new();
     for name in names {

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use argus_proto::v1 as pb;
-use argus_tests::cluster::{TestCluster, fake_agent, sref, wait_event};
+use argus_tests::cluster::{TestCluster, fake_agent as agent, sref, wait_event};
 use argus_tests::eventually;
 use argus_tests::tmux::TestTmux;
 
@@ -14,10 +14,6 @@ nudge_text = "please continue now"
 restart_backoff_min = "200ms"
 "#;
 const WAIT: Duration = Duration::from_secs(20);
-
-fn agent(mode: &str) -> String {
-    format!("{} {mode}", fake_agent().display())
-}
 
 fn state(s: &pb::Session) -> pb::SessionState {
     s.state()
@@ -30,7 +26,7 @@ async fn states_conditions_nudges_and_people() -> anyhow::Result<()> {
     tmux.session("busy", &agent("working"), &claude)?;
     tmux.session("idle", &agent("idle"), &claude)?;
     tmux.session("asks", &agent("permission"), &claude)?;
-    let mut c = TestCluster::start(FAST, &[]).await?;
+    let mut c = TestCluster::with_policy(FAST).await?;
     c.start_agent("n1", tmux.socket())?;
     c.wait_session("n1", "idle", "node agent reporting", WAIT, |_| true)
         .await?;
@@ -136,7 +132,7 @@ async fn sigkilled_agent_is_noticed_at_once_and_restarted() -> anyhow::Result<()
     let cmd = agent("quiet");
     tmux.session("victim", &cmd, &[("restart", &cmd)])?;
     tmux.session("bystander", &agent("quiet"), &[])?;
-    let mut c = TestCluster::start(FAST, &[]).await?;
+    let mut c = TestCluster::with_policy(FAST).await?;
     c.start_agent("n1", tmux.socket())?;
     let before = c
         .wait_session("n1", "victim", "victim running", WAIT, |s| s.agent_pid > 0)
@@ -189,7 +185,7 @@ async fn kill_removes_exactly_the_target() -> anyhow::Result<()> {
     for name in ["build", "build-2", "buildx", "other"] {
         tmux.session(name, &agent("quiet"), &[])?;
     }
-    let mut c = TestCluster::start(FAST, &[]).await?;
+    let mut c = TestCluster::with_policy(FAST).await?;
     c.start_agent("n1", tmux.socket())?;
     for name in ["build", "build-2", "buildx", "other"] {
         c.wait_session("n1", name, "session known", WAIT, |s| s.agent_pid > 0)
@@ -231,7 +227,7 @@ async fn kill_removes_exactly_the_target() -> anyhow::Result<()> {
 async fn node_agent_reconnects_and_history_survives_a_controller_restart() -> anyhow::Result<()> {
     let tmux = TestTmux::new();
     tmux.session("keep", &agent("working"), &[("profile", "claude")])?;
-    let mut c = TestCluster::start(FAST, &[]).await?;
+    let mut c = TestCluster::with_policy(FAST).await?;
     c.start_agent("n1", tmux.socket())?;
     c.wait_session("n1", "keep", "working", WAIT, |s| {
         state(s) == pb::SessionState::Working

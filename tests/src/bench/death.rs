@@ -18,13 +18,13 @@ use rand::Rng;
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinSet;
 
-use super::procs::{self, Proc};
+use super::procs;
 use super::report::{Machine, Row, Section, table};
 use super::{
-    Controller, EventTap, IMMEDIATE_RESTART, Latency, Scale, Tmux, binary, histogram, policy,
-    record,
+    Controller, EventTap, IMMEDIATE_RESTART, Latency, Scale, Tmux, histogram, policy, record,
 };
 use crate::eventually;
+use crate::spec::{ControllerSpec, NodeAgentSpec};
 
 /// One configuration: probe interval, sessions, kills, and whether panes stay after their
 /// process dies (`remain-on-exit`: the restart respawns the pane) or the session closes with it
@@ -122,9 +122,13 @@ type Tx = mpsc::Sender<(Instant, pb::FleetEvent)>;
 
 async fn measure(plan: Plan) -> anyhow::Result<Figures> {
     let dir = super::workdir("death")?;
-    let controller = Controller::start(dir.path(), &policy(IMMEDIATE_RESTART), &[]).await?;
+    let controller = ControllerSpec::new()
+        .policy(&policy(IMMEDIATE_RESTART))
+        .quiet()
+        .start(dir.path())
+        .await?;
     let tmux = Tmux::new();
-    let agent_cmd = format!("{} quiet", binary("fake-agent")?.display());
+    let agent_cmd = crate::cluster::fake_agent("quiet");
     let names: Vec<String> = (0..plan.sessions)
         .map(|i| format!("victim-{i:02}"))
         .collect();
@@ -142,25 +146,12 @@ async fn measure(plan: Plan) -> anyhow::Result<Figures> {
         }
     }
     let node = "death-node".to_owned();
-    let mut agent = Proc::start(
-        "argus-node-agent",
-        &binary("argus-node-agent")?,
-        &[
-            "--insecure".into(),
-            "--controller".into(),
-            controller.url(),
-            "--node-id".into(),
-            node.clone(),
-            "--tmux-socket".into(),
-            tmux.socket().display().to_string(),
-            "--state-dir".into(),
-            dir.path().join("state").display().to_string(),
-            "--probe-interval".into(),
-            format!("{}ms", plan.probe.as_millis()),
-        ],
-        &[("RUST_LOG", "info")],
-        dir.path().join("node-agent.log"),
-    )?;
+    let mut agent = NodeAgentSpec::new(&node, &controller.url(), tmux.socket())
+        .state_dir("state")
+        .probe_interval(plan.probe)
+        .env("RUST_LOG", "info")
+        .quiet()
+        .start(dir.path())?;
     let ready = eventually(
         "every victim running under the controller's eye",
         Duration::from_secs(30),

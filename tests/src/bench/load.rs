@@ -13,8 +13,9 @@ use rand::seq::SliceRandom;
 use super::loadgen::{Count, FleetConfig, SimFleet};
 use super::procs::{self, CpuReading};
 use super::report::{Machine, Row, Section, table};
-use super::{Controller, EventTap, IMMEDIATE_RESTART, Latency, Scale, ms, policy, thousands, us};
+use super::{EventTap, IMMEDIATE_RESTART, Latency, Scale, ms, policy, thousands, us};
 use crate::eventually;
+use crate::spec::{Controller, ControllerSpec};
 
 /// The shape of one run.
 #[derive(Debug, Clone, Copy)]
@@ -133,7 +134,11 @@ async fn measure(mut plan: Plan) -> anyhow::Result<Figures> {
         plan.nodes = fit;
     }
     let dir = super::workdir("load")?;
-    let controller = Controller::start(dir.path(), &policy(IMMEDIATE_RESTART), &[]).await?;
+    let controller = ControllerSpec::new()
+        .policy(&policy(IMMEDIATE_RESTART))
+        .quiet()
+        .start(dir.path())
+        .await?;
     let pid = controller.proc.pid();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_idle_kib = procs::memory(pid)?.rss_kib;

@@ -568,8 +568,8 @@ impl Node {
             .await
             .context("queueing Hello")?;
         let mut client = NodeAgentServiceClient::new(channel)
-            .max_decoding_message_size(16 << 20)
-            .max_encoding_message_size(16 << 20);
+            .max_decoding_message_size(argus_proto::MAX_AGENT_MESSAGE)
+            .max_encoding_message_size(argus_proto::MAX_AGENT_MESSAGE);
         let mut inbound = client
             .attach(ReceiverStream::new(rx))
             .await

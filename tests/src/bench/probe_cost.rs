@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use rand::Rng;
 
-use super::procs::{self, CpuReading, Proc};
+use super::procs::{self, CpuReading};
 use super::report::{Machine, Row, Section, table};
-use super::{Controller, Scale, Tmux, binary, policy, us};
+use super::{Controller, Scale, Tmux, policy, us};
 use crate::eventually;
+use crate::spec::{ControllerSpec, NodeAgentSpec};
 
 /// The probe interval the node agent runs with (its default).
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -128,7 +129,12 @@ pub async fn run(scale: Scale, machine: &Machine) -> anyhow::Result<Section> {
     }
     let plan = Plan::new(scale);
     let dir = super::workdir("probe")?;
-    let controller = Controller::start(dir.path(), &policy(""), &[("RUST_LOG", "warn")]).await?;
+    let controller = ControllerSpec::new()
+        .policy(&policy(""))
+        .env("RUST_LOG", "warn")
+        .quiet()
+        .start(dir.path())
+        .await?;
     let mut all = Vec::new();
     for &size in &plan.sizes {
         let f = measure(&plan, size, &controller, dir.path())
@@ -196,25 +202,11 @@ async fn measure(
     let idle = cpu_over(server, plan.idle).await?;
 
     let node = format!("probe-{size}");
-    let mut agent = Proc::start(
-        &format!("argus-node-agent {node}"),
-        &binary("argus-node-agent")?,
-        &[
-            "--insecure".into(),
-            "--controller".into(),
-            controller.url(),
-            "--node-id".into(),
-            node.clone(),
-            "--tmux-socket".into(),
-            tmux.socket().display().to_string(),
-            "--state-dir".into(),
-            dir.join(format!("state-{node}")).display().to_string(),
-            "--probe-interval".into(),
-            humantime_ms(PROBE_INTERVAL),
-        ],
-        &[("RUST_LOG", "info")],
-        dir.join(format!("{node}.log")),
-    )?;
+    let mut agent = NodeAgentSpec::new(&node, &controller.url(), tmux.socket())
+        .probe_interval(PROBE_INTERVAL)
+        .env("RUST_LOG", "info")
+        .quiet()
+        .start(dir)?;
     let seen = eventually(
         "the controller to see every session with its agent",
         Duration::from_secs(60),
@@ -239,7 +231,7 @@ async fn measure(
     let elapsed = start.elapsed();
     let mem = procs::memory(agent.pid())?;
     agent.check_alive()?;
-    agent.stop();
+    agent.kill();
     let tmux_for_agent = t1.since(&t0).saturating_sub(idle.rate(elapsed));
 
     // The shell baseline on the same sessions, the node agent stopped.
@@ -309,10 +301,6 @@ fn shell_rounds(socket: &Path, names: &[String], rounds: usize) -> anyhow::Resul
         }
     }
     Ok(n)
-}
-
-fn humantime_ms(d: Duration) -> String {
-    format!("{}ms", d.as_millis())
 }
 
 fn section(plan: &Plan, all: &[Figures], machine: &Machine) -> Section {

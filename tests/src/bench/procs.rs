@@ -1,88 +1,10 @@
-//! The processes a benchmark starts and what it reads about them from `/proc`: CPU time
-//! (nanosecond `schedstat` where it can, clock ticks otherwise), resident and peak memory, and
-//! the CPU of reaped children. Started processes are killed by pid when dropped.
+//! What a benchmark reads about the processes it starts from `/proc`: CPU time (nanosecond
+//! `schedstat` where it can, clock ticks otherwise), resident and peak memory, and the CPU of
+//! reaped children.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context;
-
-/// One started binary, its output going to a log file. Killed (SIGKILL, by pid) on drop.
-pub struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    /// Starts `program` with `args` and extra `env`; stdout and stderr go to `log`.
-    pub fn start(
-        name: &str,
-        program: &Path,
-        args: &[String],
-        env: &[(&str, &str)],
-        log: PathBuf,
-    ) -> anyhow::Result<Self> {
-        let file = std::fs::File::create(&log)
-            .with_context(|| format!("creating log {}", log.display()))?;
-        let child = Command::new(program)
-            .args(args)
-            .envs(env.iter().copied())
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .spawn()
-            .with_context(|| format!("starting {}", program.display()))?;
-        Ok(Self {
-            name: name.to_owned(),
-            child,
-            log,
-        })
-    }
-
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The name given at start.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Fails when the process has exited (with the end of its log).
-    pub fn check_alive(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            anyhow::bail!(
-                "{} exited ({status}); end of its log:\n{}",
-                self.name,
-                self.log_tail(30)
-            );
-        }
-        Ok(())
-    }
-
-    /// The last `lines` lines of its log.
-    pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-
-    /// Stops the process: SIGKILL by pid, then reaps it.
-    pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 // === CPU and memory from /proc ===
 

@@ -14,14 +14,11 @@ use rand::Rng;
 use rand::seq::SliceRandom;
 
 use super::loadgen::{FleetConfig, SimFleet};
-use super::procs::Proc;
 use super::proxy::Proxy;
 use super::report::{Machine, Row, Section, table};
-use super::{
-    Controller, EventTap, IMMEDIATE_RESTART, Latency, Scale, Tmux, binary, histogram, ms, policy,
-    record,
-};
+use super::{EventTap, IMMEDIATE_RESTART, Latency, Scale, Tmux, histogram, ms, policy, record};
 use crate::eventually;
+use crate::spec::{ControllerSpec, NodeAgentSpec};
 
 /// One fleet size.
 #[derive(Debug, Clone, Copy)]
@@ -120,31 +117,22 @@ async fn measure(plan: Plan, s: &Settings) -> anyhow::Result<Figures> {
     let dir = super::workdir("silence")?;
     // The simulated fleet's attach barrier is a death per node: restarts must go out at once.
     let rules = format!("{IMMEDIATE_RESTART}{}", s.policy);
-    let controller = Controller::start(dir.path(), &policy(&rules), &[]).await?;
+    let controller = ControllerSpec::new()
+        .policy(&policy(&rules))
+        .quiet()
+        .start(dir.path())
+        .await?;
     let proxy = Proxy::start(format!("127.0.0.1:{}", controller.port).parse()?).await?;
     let tmux = Tmux::new();
-    let agent_cmd = format!("{} quiet", binary("fake-agent")?.display());
+    let agent_cmd = crate::cluster::fake_agent("quiet");
     tmux.session("a", &agent_cmd, &[])?;
     tmux.session("b", &agent_cmd, &[])?;
-    let mut agent = Proc::start(
-        "argus-node-agent",
-        &binary("argus-node-agent")?,
-        &[
-            "--insecure".into(),
-            "--controller".into(),
-            format!("http://{}", proxy.addr()),
-            "--node-id".into(),
-            REAL.into(),
-            "--tmux-socket".into(),
-            tmux.socket().display().to_string(),
-            "--state-dir".into(),
-            dir.path().join("state").display().to_string(),
-            "--heartbeat".into(),
-            format!("{}ms", s.heartbeat.as_millis()),
-        ],
-        &[("RUST_LOG", "info")],
-        dir.path().join("node-agent.log"),
-    )?;
+    let mut agent = NodeAgentSpec::new(REAL, &format!("http://{}", proxy.addr()), tmux.socket())
+        .state_dir("state")
+        .heartbeat(s.heartbeat)
+        .env("RUST_LOG", "info")
+        .quiet()
+        .start(dir.path())?;
     let up = eventually(
         "the real node agent attached",
         Duration::from_secs(30),

@@ -1,0 +1,359 @@
+//! The controller's configuration, layered: the defaults (written once, in `Default`), then a
+//! TOML file (`--config FILE`), then `ARGUS_*` environment variables, then command-line flags.
+//! The in-process node agent of `--local` is configured by the node agent's own
+//! [`argus_node_agent::Config`], as the `[local]` table. The reloadable escalation policy is not
+//! here: it stays in its own file (`policy`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use argus_node_agent::config::{ConfigError, NodeFlags, positive, read_toml};
+use serde::{Deserialize, Serialize};
+
+use argus_decide::policy::Policy;
+
+/// Everything the controller needs to run. Every key is optional in the file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC listen address (node agents and the admin API).
+    pub listen: SocketAddr,
+    /// HTTP side port (`/healthz`, `/readyz`, `/metrics`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<SocketAddr>,
+    /// Store URL (`sqlite://argus.db`).
+    pub db: String,
+    /// Serve plaintext (loopback only unless `allow_remote_plaintext`).
+    pub insecure: bool,
+    /// Allow plaintext on a non-loopback address.
+    pub allow_remote_plaintext: bool,
+    /// The policy file (TOML, reloadable), if any. Key `policy`.
+    #[serde(rename = "policy", skip_serializing_if = "Option::is_none")]
+    pub policy_file: Option<PathBuf>,
+    /// Controller tick (time-driven decisions).
+    #[serde(with = "humantime_serde")]
+    pub tick: Duration,
+    /// Webhook URLs for incident notifications (`http://` only).
+    pub webhooks: Vec<String>,
+    /// With `local`: also start a private tmux server with simulated misbehaving agents and
+    /// supervise it instead of this machine's tmux sessions.
+    pub demo: bool,
+    /// Run a node agent in-process supervising this machine (`--local`, or a `[local]` table).
+    /// Its `controller` and `insecure` are set from this controller's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local: Option<argus_node_agent::Config>,
+    /// A policy to use when there is no policy file (the demo's); not a file key.
+    #[serde(skip)]
+    pub policy: Option<Policy>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            http: Some(SocketAddr::from(([127, 0, 0, 1], 7071))),
+            db: "sqlite://argus.db".to_owned(),
+            insecure: false,
+            allow_remote_plaintext: false,
+            policy_file: None,
+            tick: Duration::from_millis(500),
+            webhooks: Vec::new(),
+            demo: false,
+            local: None,
+            policy: None,
+        }
+    }
+}
+
+impl Config {
+    /// The configuration as TOML, as `--print-config` shows it.
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        Ok(toml::to_string(self)?)
+    }
+
+    /// Checks every value, the `[local]` table's too; the error names the first bad key and why
+    /// it is refused.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.insecure {
+            return Err(ConfigError::invalid(
+                "insecure",
+                "TLS is not implemented yet: set `insecure = true` (or pass --insecure) to serve \
+                 plaintext on loopback",
+            ));
+        }
+        if !crate::server::is_loopback(&self.listen) && !self.allow_remote_plaintext {
+            return Err(ConfigError::invalid(
+                "listen",
+                format!(
+                    "refusing to serve plaintext on non-loopback address {}: use a loopback \
+                     address or set `allow_remote_plaintext = true` (--allow-remote-plaintext)",
+                    self.listen
+                ),
+            ));
+        }
+        if self.db.is_empty() {
+            return Err(ConfigError::invalid(
+                "db",
+                "must not be empty: give a store URL such as sqlite://argus.db",
+            ));
+        }
+        positive("tick", self.tick)?;
+        if let Some((i, url)) = self
+            .webhooks
+            .iter()
+            .enumerate()
+            .find(|(_, u)| !u.starts_with("http://"))
+        {
+            return Err(ConfigError::invalid(
+                format!("webhooks[{i}]"),
+                format!("{url:?}: only http:// webhooks are supported"),
+            ));
+        }
+        match &self.local {
+            Some(local) => local.validate().map_err(|e| e.within("local"))?,
+            None if self.demo => {
+                return Err(ConfigError::invalid(
+                    "demo",
+                    "the demo runs under the local node agent: add --local or a [local] table",
+                ));
+            }
+            None => {}
+        }
+        Ok(())
+    }
+}
+
+// === Command line ===
+
+/// The Argus controller: supervises fleets of AI coding agents in tmux.
+///
+/// Settings come from the defaults, then `--config FILE`, then `ARGUS_*` variables, then flags.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "argus-controller", version, about)]
+pub struct Cli {
+    /// A TOML configuration file (see `--print-config` for every key).
+    #[arg(long, env = "ARGUS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// gRPC listen address (node agents and admin API). Key `listen`.
+    #[arg(long, env = "ARGUS_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// HTTP side port (/healthz, /readyz). Key `http`.
+    #[arg(long, env = "ARGUS_HTTP")]
+    pub http: Option<SocketAddr>,
+    /// Store URL. Key `db`.
+    #[arg(long, env = "ARGUS_DB")]
+    pub db: Option<String>,
+    /// Serve plaintext (loopback only unless --allow-remote-plaintext). Key `insecure`.
+    #[arg(long, env = "ARGUS_INSECURE", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub insecure: Option<bool>,
+    /// Allow plaintext on a non-loopback address. Key `allow_remote_plaintext`.
+    #[arg(long, env = "ARGUS_ALLOW_REMOTE_PLAINTEXT", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_remote_plaintext: Option<bool>,
+    /// Policy file (TOML, reloadable). Key `policy`.
+    #[arg(long, env = "ARGUS_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Webhook URL for incident notifications (repeatable; http:// only). Key `webhooks`.
+    #[arg(long = "webhook", env = "ARGUS_WEBHOOK")]
+    pub webhooks: Vec<String>,
+    /// Controller tick (time-driven decisions). Key `tick`.
+    #[arg(long, env = "ARGUS_TICK", value_parser = humantime::parse_duration)]
+    pub tick: Option<Duration>,
+    /// Also run a node agent in-process supervising this machine's tmux sessions. Key: a
+    /// `[local]` table.
+    #[arg(long, env = "ARGUS_LOCAL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub local: Option<bool>,
+    /// With --local: also start a private tmux server with simulated misbehaving agents and
+    /// supervise it (instead of this machine's tmux sessions). Key `demo`.
+    #[arg(long, env = "ARGUS_DEMO", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub demo: Option<bool>,
+    /// The local node agent's flags (with --local); keys of the `[local]` table.
+    #[command(flatten, next_help_heading = "The local node agent (with --local)")]
+    pub node: NodeFlags,
+}
+
+impl Cli {
+    /// The effective configuration, validated.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let config = self.resolve()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The effective configuration, not yet validated: defaults, the file, then the flags (and
+    /// their variables). The node flags apply only when the local node agent runs.
+    pub fn resolve(&self) -> Result<Config, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => read_toml(path)?,
+            None => Config::default(),
+        };
+        if let Some(v) = self.listen {
+            config.listen = v;
+        }
+        if let Some(v) = self.http {
+            config.http = Some(v);
+        }
+        if let Some(v) = &self.db {
+            config.db.clone_from(v);
+        }
+        if let Some(v) = self.insecure {
+            config.insecure = v;
+        }
+        if let Some(v) = self.allow_remote_plaintext {
+            config.allow_remote_plaintext = v;
+        }
+        if let Some(v) = &self.policy {
+            config.policy_file = Some(v.clone());
+        }
+        if !self.webhooks.is_empty() {
+            config.webhooks.clone_from(&self.webhooks);
+        }
+        if let Some(v) = self.tick {
+            config.tick = v;
+        }
+        if let Some(v) = self.demo {
+            config.demo = v;
+        }
+        match self.local {
+            Some(true) => config.local = Some(config.local.take().unwrap_or_default()),
+            Some(false) => config.local = None,
+            None => {}
+        }
+        if let Some(local) = &mut config.local {
+            self.node.apply(local);
+            local.controller = format!("http://{}", config.listen);
+            local.insecure = config.insecure;
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("argus-controller").chain(args.iter().copied()))
+            .expect("flags parse")
+    }
+
+    #[test]
+    fn local_flags_configure_the_embedded_node_agent() {
+        let c = cli(&[
+            "--insecure",
+            "--local",
+            "--tmux-socket",
+            "/tmp/s",
+            "--probe-interval",
+            "250ms",
+            "--node-id",
+            "here",
+        ])
+        .load()
+        .expect("valid");
+        let local = c.local.expect("local node agent");
+        assert_eq!(local.tmux_sockets, vec![PathBuf::from("/tmp/s")]);
+        assert_eq!(local.probe_interval, Duration::from_millis(250));
+        assert_eq!(local.node_id.as_deref(), Some("here"));
+        assert_eq!(
+            local.state_dir,
+            argus_node_agent::Config::default().state_dir
+        );
+        assert!(local.insecure);
+        // Without --local the node flags have nothing to configure, as before.
+        let c = cli(&["--insecure", "--node-id", "here"])
+            .load()
+            .expect("valid");
+        assert!(c.local.is_none());
+    }
+
+    #[test]
+    fn flags_override_the_file_and_local_table() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("controller.toml");
+        std::fs::write(
+            &file,
+            "insecure = true\ntick = \"2s\"\ndb = \"sqlite://file.db\"\n\n[local]\nstate_dir = \"/from/file\"\nheartbeat = \"7s\"\n",
+        )
+        .expect("write");
+        let path = file.display().to_string();
+        let c = cli(&[
+            "--config",
+            &path,
+            "--tick",
+            "100ms",
+            "--state-dir",
+            "/from/flag",
+        ])
+        .load()
+        .expect("valid");
+        assert_eq!(c.tick, Duration::from_millis(100));
+        assert_eq!(c.db, "sqlite://file.db");
+        let local = c.local.expect("[local] enables the local node agent");
+        assert_eq!(local.state_dir, PathBuf::from("/from/flag"));
+        assert_eq!(local.heartbeat, Duration::from_secs(7));
+        let c = cli(&["--config", &path, "--local=false"])
+            .load()
+            .expect("valid");
+        assert!(c.local.is_none());
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let err = |args: &[&str]| cli(args).load().expect_err("refused").to_string();
+        assert!(err(&[]).contains("insecure: TLS is not implemented"));
+        assert!(err(&["--insecure", "--listen", "0.0.0.0:7070"]).contains("listen: refusing"));
+        cli(&[
+            "--insecure",
+            "--listen",
+            "0.0.0.0:7070",
+            "--allow-remote-plaintext",
+        ])
+        .load()
+        .expect("forced");
+        assert!(err(&["--insecure", "--tick", "0s"]).contains("tick: must be"));
+        assert!(err(&["--insecure", "--demo"]).contains("demo: the demo runs under"));
+        assert!(
+            err(&["--insecure", "--webhook", "https://x"]).contains("webhooks[0]: \"https://x\"")
+        );
+        assert!(
+            err(&["--insecure", "--local", "--probe-interval", "0s"])
+                .contains("local.probe_interval: must be")
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_also_in_local() {
+        let e = toml::from_str::<Config>("[local]\nprobe = 1").expect_err("unknown key");
+        assert!(e.to_string().contains("unknown field `probe`"), "{e}");
+    }
+
+    #[test]
+    fn printed_config_parses_back() {
+        let c = cli(&[
+            "--insecure",
+            "--local",
+            "--webhook",
+            "http://h/x",
+            "--policy",
+            "p.toml",
+        ])
+        .load()
+        .expect("valid");
+        let text = c.to_toml().expect("toml");
+        assert!(text.contains("policy = \"p.toml\""), "{text}");
+        assert!(text.contains("[local]"), "{text}");
+        let back: Config = toml::from_str(&text).expect("parses back");
+        assert_eq!(back.to_toml().expect("toml"), text);
+        assert_eq!(back.local, c.local);
+    }
+}
