@@ -82,7 +82,9 @@ pub struct Dispatcher {
     waiting: DashMap<String, Waiting>,
     next_id: AtomicU64,
     prefix: String,
-    timeout: Duration,
+    /// How long a command may wait for its node agent (the policy's `command_timeout`, in ms;
+    /// a policy reload changes it).
+    timeout_ms: AtomicU64,
 }
 
 struct Waiting {
@@ -108,8 +110,18 @@ impl Dispatcher {
             waiting: DashMap::new(),
             next_id: AtomicU64::new(1),
             prefix,
-            timeout,
+            timeout_ms: AtomicU64::new(timeout.as_millis() as u64),
         }
+    }
+
+    /// The reloaded policy's `command_timeout`, for the commands sent from now on.
+    pub fn set_timeout(&self, timeout: Duration) {
+        self.timeout_ms
+            .store(timeout.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms.load(Ordering::Relaxed))
     }
 
     /// Sends `action` to a session's node; returns the command id and a receiver for the result.
@@ -145,7 +157,7 @@ impl Dispatcher {
                 pid: i.pid,
                 start_time: i.start_time,
             }),
-            not_after_ms: now + self.timeout.as_millis() as i64,
+            not_after_ms: now + self.timeout().as_millis() as i64,
             action: Some(action.into()),
         };
         let (tx, rx) = oneshot::channel();
@@ -209,7 +221,7 @@ impl Dispatcher {
         let (id, rx) = self
             .send(session, action, incarnation, origin, reason)
             .await?;
-        let wait = self.timeout + Duration::from_secs(1);
+        let wait = self.timeout() + Duration::from_secs(1);
         match tokio::time::timeout(wait, rx).await {
             Ok(Ok(result)) => Ok(result),
             _ => {
@@ -263,7 +275,7 @@ impl Dispatcher {
     /// Forgets commands that were never answered (their node went away), recording them as
     /// expired. Called from the controller's tick.
     pub async fn expire(&self, now: i64) {
-        let limit = 2 * self.timeout.as_millis() as i64;
+        let limit = 2 * self.timeout().as_millis() as i64;
         let stale: Vec<String> = self
             .waiting
             .iter()

@@ -149,7 +149,7 @@ impl NodeAgentService for AgentApi {
 
         let stream_id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let probe_ms = if hello.probe_interval_ms == 0 {
-            1000
+            argus_proto::DEFAULT_PROBE_INTERVAL.as_millis() as i64
         } else {
             i64::from(hello.probe_interval_ms)
         };

@@ -14,7 +14,7 @@ use crate::ingest::AgentApi;
 use crate::supervisor::Supervisor;
 
 /// Largest message a node agent may send (a full snapshot of a big node fits easily).
-pub const MAX_AGENT_MESSAGE: usize = 16 << 20;
+pub use argus_proto::MAX_AGENT_MESSAGE;
 /// Largest admin request.
 pub const MAX_ADMIN_MESSAGE: usize = 1 << 20;
 

@@ -476,6 +476,7 @@ impl Supervisor {
         }
         match crate::load_policy(Some(path)) {
             Ok(p) => {
+                self.dispatch.set_timeout(p.command_timeout);
                 if let Ok(mut cur) = self.policy.write() {
                     *cur = Arc::new(p);
                 }
