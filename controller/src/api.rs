@@ -17,6 +17,7 @@ use crate::server;
 use crate::store::{CommandRow, SessionRef, StoreError};
 use crate::supervisor::Supervisor;
 use argus_decide::detect::{Input, Track};
+use argus_decide::policy::Policy;
 
 /// Why an admin call was refused. Each variant maps to one gRPC code (see the `From` impl
 /// below); the message names the offending field or id, and sources stay attached.
@@ -212,8 +213,13 @@ impl AdminApi {
     }
 }
 
-fn session_pb(key: &SessionRef, t: &Track) -> pb::Session {
+fn session_pb(key: &SessionRef, t: &Track, policy: &Arc<Policy>) -> pb::Session {
+    let group = t.obs.label(argus_shared::labels::GROUP);
     pb::Session {
+        acted_on_because: t
+            .agent_evidence(policy.for_group(group))
+            .unwrap_or_default()
+            .to_owned(),
         node_id: key.node_id.clone(),
         session_name: key.session_name.clone(),
         tmux_socket: key.tmux_socket.clone(),
@@ -315,10 +321,13 @@ impl AdminService for AdminApi {
         if !node.is_empty() && !self.sup.fleet.knows_node(&node) {
             return Err(ApiError::UnknownNode { node }.into());
         }
+        let policy = self.sup.policy();
         let mut sessions: Vec<pb::Session> = self
             .sup
             .fleet
-            .map_sessions((!node.is_empty()).then_some(node.as_str()), session_pb);
+            .map_sessions((!node.is_empty()).then_some(node.as_str()), |k, t| {
+                session_pb(k, t, &policy)
+            });
         sessions.sort_by(|a, b| {
             (&a.node_id, &a.session_name, &a.tmux_socket).cmp(&(
                 &b.node_id,
@@ -338,7 +347,7 @@ impl AdminService for AdminApi {
         let session = self
             .sup
             .fleet
-            .session(&key, |t| session_pb(&key, t))
+            .session(&key, |t| session_pb(&key, t, &self.sup.policy()))
             .ok_or_else(|| ApiError::UnknownSession {
                 node: key.node_id.clone(),
                 name: key.session_name.clone(),

@@ -66,6 +66,10 @@ async fn a_name_on_two_tmux_servers_is_addressed_by_socket() -> anyhow::Result<(
     assert!(ok, "{err}");
     assert!(out.contains("SOCKET"), "{out}");
     assert!(out.contains(&sock_a) && out.contains(&sock_b), "{out}");
+    // A plain `sleep` is no agent: listed as only watched, never acted on by the policy.
+    let rows: Vec<&str> = out.lines().filter(|l| l.contains(" work ")).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert!(rows.iter().all(|l| l.contains(" watch ")), "{out}");
 
     // The name alone is ambiguous: a clear error listing both sockets.
     let (ok, _, err) = argusctl(&c, &["capture", "n1", "work"])?;

@@ -212,17 +212,24 @@ async fn sessions(c: &mut Client, node: Option<String>) -> anyhow::Result<()> {
         .await?
         .into_inner();
     println!(
-        "{:<16} {:<24} {:<10} {:<20} {:>8}  {:<28} REASON",
-        "NODE", "SESSION", "STATE", "CONDITION", "PID", "SOCKET"
+        "{:<16} {:<24} {:<10} {:<20} {:>8}  {:<6} {:<28} REASON",
+        "NODE", "SESSION", "STATE", "CONDITION", "PID", "POLICY", "SOCKET"
     );
     for s in r.sessions {
+        // "acts": the policy may nudge, interrupt, kill or restart it; "watch": only watched.
+        let policy = if s.acted_on_because.is_empty() {
+            "watch"
+        } else {
+            "acts"
+        };
         println!(
-            "{:<16} {:<24} {:<10} {:<20} {:>8}  {:<28} {}",
+            "{:<16} {:<24} {:<10} {:<20} {:>8}  {:<6} {:<28} {}",
             s.node_id,
             s.session_name,
             state_name(s.state),
             condition_name(s.condition),
             s.agent_pid,
+            policy,
             s.tmux_socket,
             s.reason
         );
