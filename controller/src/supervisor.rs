@@ -232,6 +232,7 @@ impl Supervisor {
             )
         };
         Ctx {
+            node_up,
             destructive_allowed: node_up && !frozen && !held,
             provider_cooldown_until: cooldown,
             jitter: rand::random::<f64>(),
@@ -330,9 +331,9 @@ impl Supervisor {
         }
     }
 
-    /// Sends a decided command. A destructive one already holds its fleet-budget token and was
-    /// decided only for a reachable node; when the node dropped since, the send fails and is
-    /// logged and audited by the dispatcher.
+    /// Sends a decided command as it is (a destructive one already holds its fleet-budget token,
+    /// and was decided only for a reachable node). When the node dropped in between, the send
+    /// fails: that is announced (`command_not_sent`), not silently dropped.
     async fn command(
         &self,
         key: &SessionRef,
@@ -340,22 +341,20 @@ impl Supervisor {
         incarnation: Option<Incarnation>,
         reason: &str,
     ) {
-        if !self.fleet.reachable(&key.node_id) {
-            self.events.publish(
-                &key.node_id,
-                &key.session_name,
-                "command_held",
-                format!("{} not sent: node is not up ({reason})", action.name()),
-                None,
-            );
-            return;
-        }
+        let name = action.name();
         if let Err(e) = self
             .dispatch
             .send(key, action, incarnation, Origin::Policy, reason)
             .await
         {
             tracing::warn!(node = %key.node_id, session = %key.session_name, error = %e, "policy command not sent");
+            self.events.publish(
+                &key.node_id,
+                &key.session_name,
+                "command_not_sent",
+                format!("{name} not sent: {e} ({reason})"),
+                None,
+            );
         }
     }
 

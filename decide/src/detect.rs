@@ -79,6 +79,9 @@ pub enum Input {
 /// The fleet-level context of one step, decided by correlation outside the session.
 #[derive(Clone, Copy)]
 pub struct Ctx<'a> {
+    /// The node is up and connected: commands can reach it. While it is not, no time-driven
+    /// decision and no nudge is made for its sessions.
+    pub node_up: bool,
     /// Kills and restarts may be ordered now: the controller does not suspect itself, the host
     /// has no mass-death incident, the node is up.
     pub destructive_allowed: bool,
@@ -101,6 +104,7 @@ impl Ctx<'_> {
 impl std::fmt::Debug for Ctx<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ctx")
+            .field("node_up", &self.node_up)
             .field("destructive_allowed", &self.destructive_allowed)
             .field("provider_cooldown_until", &self.provider_cooldown_until)
             .field("jitter", &self.jitter)
@@ -111,6 +115,7 @@ impl std::fmt::Debug for Ctx<'_> {
 impl Default for Ctx<'static> {
     fn default() -> Self {
         Self {
+            node_up: true,
             destructive_allowed: true,
             provider_cooldown_until: None,
             jitter: 1.0,
@@ -400,7 +405,7 @@ pub fn step(t: &mut Track, input: Input, now: UnixMs, policy: &Policy, ctx: &Ctx
             t.operator_killed = true;
             t.restart_wanted = false;
         }
-        Input::Verdict(v) => verdict(t, v, now, policy, &mut fx),
+        Input::Verdict(v) => verdict(t, v, now, policy, ctx, &mut fx),
         Input::Tick => tick(t, now, policy, ctx, &mut fx),
     }
     if t.durable != before {
@@ -630,6 +635,10 @@ fn rate_limit(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut V
 
 /// Time-driven decisions: delayed restarts, the end of a cooldown, idleness and the ladder.
 fn tick(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut Vec<Effect>) {
+    if !ctx.node_up {
+        // A silent node's sessions get no per-session action; their time resumes with the node.
+        return;
+    }
     if t.restart_wanted && !t.state.is_alive() {
         if now >= t.durable.restart_not_before && ctx.reserve_destructive(now) {
             issue_restart(t, "agent died", now, policy, ctx, fx);
@@ -755,7 +764,7 @@ fn tick(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut Vec<Eff
             if now - t.ladder.entered_ms >= policy.triage_timeout.as_millis() as i64 + 5000 =>
         {
             // The supervisor answers a timeout with Extend; this only guards a lost answer.
-            verdict(t, Verdict::Extend, now, policy, fx);
+            verdict(t, Verdict::Extend, now, policy, ctx, fx);
         }
         Rung::Confirming(what)
             if now - t.ladder.entered_ms >= policy.confirm_after.as_millis() as i64 =>
@@ -820,7 +829,14 @@ fn nudge(t: &mut Track, text: &str, reason: &str, now: UnixMs, fx: &mut Vec<Effe
 }
 
 /// Applies triage's answer.
-fn verdict(t: &mut Track, v: Verdict, now: UnixMs, policy: &Policy, fx: &mut Vec<Effect>) {
+fn verdict(
+    t: &mut Track,
+    v: Verdict,
+    now: UnixMs,
+    policy: &Policy,
+    ctx: &Ctx,
+    fx: &mut Vec<Effect>,
+) {
     if t.ladder.rung != Rung::Triaging {
         return;
     }
@@ -829,7 +845,8 @@ fn verdict(t: &mut Track, v: Verdict, now: UnixMs, policy: &Policy, fx: &mut Vec
         Verdict::Continue | Verdict::Extend => t.ladder.enter(Rung::Warned, now),
         Verdict::Nudge(text) => {
             let window = policy.nudge_window.as_millis() as i64;
-            if t.ladder.nudges_within(now, window) < policy.nudge_budget as usize
+            if ctx.node_up
+                && t.ladder.nudges_within(now, window) < policy.nudge_budget as usize
                 && argus_shared::command::validate_nudge(&text).is_ok()
             {
                 nudge(t, &text, "triage asked for a nudge", now, fx);

@@ -32,6 +32,7 @@ fn obs(hash: &str, cpu: u64, condition: Condition) -> Observation {
 }
 
 const CTX: Ctx<'static> = Ctx {
+    node_up: true,
     destructive_allowed: true,
     provider_cooldown_until: None,
     jitter: 1.0,
@@ -827,4 +828,32 @@ proptest! {
         }
         prop_assert_eq!(fx_every, fx_due);
     }
+}
+
+#[test]
+fn a_silent_node_gets_no_nudge_and_no_time_driven_step() {
+    let p = policy();
+    let mut t = Track::new(0, None, None);
+    step(&mut t, seen(obs("a", 0, Condition::AtPrompt)), 0, &p, &CTX);
+    let down = Ctx {
+        node_up: false,
+        destructive_allowed: false,
+        ..CTX
+    };
+    let mut fx = Vec::new();
+    for at in (500..600_000).step_by(500) {
+        fx.extend(step(&mut t, Input::Tick, at, &p, &down));
+    }
+    assert!(fx.is_empty(), "{fx:?}");
+    // Triage answered "nudge" while the node went silent: no nudge, the ladder waits.
+    t.ladder.enter(Rung::Triaging, 600_000);
+    let fx = step(
+        &mut t,
+        Input::Verdict(Verdict::Nudge("go on".into())),
+        600_000,
+        &p,
+        &down,
+    );
+    assert!(commands(&fx).is_empty(), "{fx:?}");
+    assert_eq!(t.ladder.rung, Rung::Warned);
 }
