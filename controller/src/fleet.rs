@@ -5,6 +5,7 @@
 //! reference into them is ever held across an `.await` (closures, not guards, cross the API).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use argus_decide::detect::Track;
 use argus_proto::v1 as pb;
@@ -46,10 +47,11 @@ impl NodeEntry {
 #[derive(Default)]
 pub struct Fleet {
     nodes: DashMap<String, NodeEntry>,
-    sessions: DashMap<SessionRef, Track>,
+    /// Keys are shared with `by_node` (one allocation per session).
+    sessions: DashMap<Arc<SessionRef>, Track>,
     /// The sessions of each node, so that a node's snapshot costs its own sessions, not the
     /// fleet's.
-    by_node: DashMap<String, HashSet<SessionRef>>,
+    by_node: DashMap<String, HashSet<Arc<SessionRef>>>,
 }
 
 // === impl Fleet: nodes ===
@@ -158,11 +160,12 @@ impl Fleet {
             return Some(f(&mut t));
         }
         let create = create?;
+        let key = Arc::new(key.clone());
         let mut t = self.sessions.entry(key.clone()).or_insert_with(create);
         self.by_node
             .entry(key.node_id.clone())
             .or_default()
-            .insert(key.clone());
+            .insert(key);
         Some(f(&mut t))
     }
 
@@ -183,7 +186,7 @@ impl Fleet {
     pub fn node_sessions(&self, node_id: &str) -> Vec<SessionRef> {
         self.by_node
             .get(node_id)
-            .map(|keys| keys.iter().cloned().collect())
+            .map(|keys| keys.iter().map(|k| SessionRef::clone(k)).collect())
             .unwrap_or_default()
     }
 
