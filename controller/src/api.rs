@@ -217,7 +217,7 @@ fn session_pb(key: &SessionRef, t: &Track, policy: &Arc<Policy>) -> pb::Session 
     let group = t.obs.label(argus_shared::labels::GROUP);
     pb::Session {
         acted_on_because: t
-            .agent_evidence(policy.for_group(group))
+            .agent_evidence(&key.session_name, policy.for_group(group))
             .unwrap_or_default()
             .to_owned(),
         node_id: key.node_id.clone(),

@@ -287,7 +287,6 @@ async fn apply_event(sup: &Arc<Supervisor>, node_id: &str, e: pb::Event, now: i6
 fn observation(o: pb::SessionObservation) -> Observation {
     Observation {
         condition: o.condition().into(),
-        session_name: o.session_name,
         pane_id: o.pane_id,
         pane_dead: o.pane_dead,
         exit_status: o.exit_status,

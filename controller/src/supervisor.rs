@@ -206,7 +206,7 @@ impl Supervisor {
                 budget: &self.budget,
                 per_minute: policy.fleet_destructive_per_minute,
             };
-            let ctx = self.ctx(&key.node_id, scope.as_deref(), &gate);
+            let ctx = self.ctx(key, scope.as_deref(), &gate);
             let step = detect::step(track, input, now, policy, &ctx);
             let durable = step
                 .effects
@@ -221,7 +221,8 @@ impl Supervisor {
     }
 
     /// The fleet-level context for one session's step.
-    fn ctx<'a>(&self, node_id: &str, scope: Option<&str>, gate: &'a dyn Gate) -> Ctx<'a> {
+    fn ctx<'a>(&self, key: &'a SessionRef, scope: Option<&str>, gate: &'a dyn Gate) -> Ctx<'a> {
+        let node_id = key.node_id.as_str();
         let node_up = self.fleet.reachable(node_id);
         let (frozen, held, cooldown) = {
             let c = lock(&self.correlator);
@@ -232,6 +233,7 @@ impl Supervisor {
             )
         };
         Ctx {
+            session_name: &key.session_name,
             node_up,
             destructive_allowed: node_up && !frozen && !held,
             provider_cooldown_until: cooldown,

@@ -69,13 +69,9 @@ impl Rig {
         }
     }
 
-    async fn observe(&self, o: Observation) {
+    async fn observe(&self, name: &str, o: Observation) {
         self.sup
-            .apply(
-                &Self::key(&o.session_name),
-                Input::Observed(Box::new(o)),
-                self.now,
-            )
+            .apply(&Self::key(name), Input::Observed(Box::new(o)), self.now)
             .await;
     }
 
@@ -110,9 +106,8 @@ impl Rig {
     }
 }
 
-fn obs(name: &str, profile: &str, condition: Condition, labels: &[(&str, &str)]) -> Observation {
+fn obs(profile: &str, condition: Condition, labels: &[(&str, &str)]) -> Observation {
     Observation {
-        session_name: name.into(),
         pane_id: "%1".into(),
         exit_status: -1,
         agent: Some(Incarnation {
@@ -141,10 +136,10 @@ async fn an_idle_agent_is_nudged_and_a_program_that_is_not_an_agent_is_never_tou
         ..Policy::default()
     })
     .await?;
-    rig.observe(obs("claude-1", "claude", Condition::AtPrompt, &[]))
+    rig.observe("claude-1", obs("claude", Condition::AtPrompt, &[]))
         .await;
     // A dev server that logged an error and went quiet, in the same tmux server.
-    rig.observe(obs("devserver", "shell", Condition::Error, &[]))
+    rig.observe("devserver", obs("shell", Condition::Error, &[]))
         .await;
     rig.run_for(Duration::from_secs(21)).await;
     let sent = rig.commands();
@@ -184,12 +179,10 @@ async fn the_fleet_budget_delays_restarts_but_never_drops_one() -> anyhow::Resul
     .await?;
     let names = ["a1", "a2", "a3"];
     for name in names {
-        rig.observe(obs(
+        rig.observe(
             name,
-            "claude",
-            Condition::None,
-            &[("restart", "claude -c")],
-        ))
+            obs("claude", Condition::None, &[("restart", "claude -c")]),
+        )
         .await;
     }
     // All three die at once; the budget holds one token and earns one a minute.

@@ -29,7 +29,6 @@ pub use argus_shared::ids::Incarnation;
 /// One validated observation of a session (from the wire's `SessionObservation`).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Observation {
-    pub session_name: String,
     pub pane_id: String,
     pub pane_dead: bool,
     pub exit_status: i32,
@@ -79,6 +78,8 @@ pub enum Input {
 /// The fleet-level context of one step, decided by correlation outside the session.
 #[derive(Clone, Copy)]
 pub struct Ctx<'a> {
+    /// The session's tmux name (for the policy's `act_on` globs).
+    pub session_name: &'a str,
     /// The node is up and connected: commands can reach it. While it is not, no time-driven
     /// decision and no nudge is made for its sessions.
     pub node_up: bool,
@@ -115,6 +116,7 @@ impl std::fmt::Debug for Ctx<'_> {
 impl Default for Ctx<'static> {
     fn default() -> Self {
         Self {
+            session_name: "",
             node_up: true,
             destructive_allowed: true,
             provider_cooldown_until: None,
@@ -263,7 +265,7 @@ impl Track {
     /// Why the policy may type into, interrupt, kill or restart this session, or `None` when it
     /// may only watch it: the first rule of a supervisor is to act only on positive evidence
     /// that the target is an agent.
-    pub fn agent_evidence(&self, policy: &Policy) -> Option<&'static str> {
+    pub fn agent_evidence(&self, session_name: &str, policy: &Policy) -> Option<&'static str> {
         let profile = self.obs.profile.as_str();
         if self.obs.label(labels::PROFILE).is_some() {
             Some("@argus-profile label")
@@ -274,7 +276,7 @@ impl Track {
         } else if policy
             .act_on
             .iter()
-            .any(|g| crate::policy::glob_matches(g, &self.obs.session_name))
+            .any(|g| crate::policy::glob_matches(g, session_name))
         {
             Some("policy act_on")
         } else {
@@ -310,7 +312,8 @@ pub fn next_due(t: &Track, now: UnixMs, policy: &Policy, ctx: &Ctx) -> Option<Un
             ctx.provider_cooldown_until,
         );
         if let Some(d) = resume.filter(|_| {
-            t.obs.condition == Condition::RateLimited && t.agent_evidence(policy).is_some()
+            t.obs.condition == Condition::RateLimited
+                && t.agent_evidence(ctx.session_name, policy).is_some()
         }) {
             at(d);
         }
@@ -326,7 +329,7 @@ pub fn next_due(t: &Track, now: UnixMs, policy: &Policy, ctx: &Ctx) -> Option<Un
         return due;
     }
     let idle_after = i64::from(policy.idle_checks) * t.probe_ms;
-    if t.agent_evidence(policy).is_none() && !confirming {
+    if t.agent_evidence(ctx.session_name, policy).is_none() && !confirming {
         // Only watched: it may stall and be warned about, nothing more.
         match (t.state, t.ladder.rung) {
             (SessionState::Working, _) => at(t.last_activity_ms + idle_after),
@@ -599,7 +602,7 @@ fn rate_limit(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut V
                 let n = r.renewals;
                 t.durable.rate = None;
                 fx.push(Effect::Notify(Notice::RateLimitRestart { renewals: n }));
-                if t.agent_evidence(policy).is_none() {
+                if t.agent_evidence(ctx.session_name, policy).is_none() {
                     return;
                 }
                 if t.restart_command().is_some() && ctx.reserve_destructive(now) {
@@ -648,7 +651,7 @@ fn tick(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut Vec<Eff
     if !t.state.is_alive() || t.obs_at_ms.is_none() || t.obs.agent.is_none() {
         return;
     }
-    let acts = t.agent_evidence(policy).is_some();
+    let acts = t.agent_evidence(ctx.session_name, policy).is_some();
     if let Some(r) = &mut t.durable.rate {
         let base = policy.rate_limit_cooldown.as_millis() as i64;
         let max = policy.rate_limit_max_renewals;
@@ -704,7 +707,7 @@ fn tick(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut Vec<Eff
     if exempt {
         return;
     }
-    if t.agent_evidence(policy).is_none() {
+    if t.agent_evidence(ctx.session_name, policy).is_none() {
         // Not known to be an agent: watched and reported once, never typed into or ended.
         if t.ladder.rung == Rung::Clear {
             t.ladder.enter(Rung::Warned, now);
@@ -873,7 +876,7 @@ fn death(t: &mut Track, what: &str, now: UnixMs, policy: &Policy, ctx: &Ctx, fx:
     let allowed = match policy.restart_on_death {
         RestartOnDeath::Never => false,
         RestartOnDeath::Labelled => t.obs.label(labels::RESTART).is_some(),
-        RestartOnDeath::Always => t.agent_evidence(policy).is_some(),
+        RestartOnDeath::Always => t.agent_evidence(ctx.session_name, policy).is_some(),
     };
     if !allowed || t.operator_killed || t.restart_command().is_none() || t.restart_wanted {
         return;

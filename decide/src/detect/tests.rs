@@ -32,6 +32,7 @@ fn obs(hash: &str, cpu: u64, condition: Condition) -> Observation {
 }
 
 const CTX: Ctx<'static> = Ctx {
+    session_name: "s",
     node_up: true,
     destructive_allowed: true,
     provider_cooldown_until: None,
@@ -617,9 +618,13 @@ fn a_program_that_is_not_an_agent_is_watched_never_touched() {
         ..p
     };
     let mut t = Track::new(0, None, None);
-    o.session_name = "dev-server".into();
-    step(&mut t, seen(o), 0, &p, &CTX);
-    assert_eq!(t.agent_evidence(&p), Some("policy act_on"));
+    let ctx = Ctx {
+        session_name: "dev-server",
+        ..CTX
+    };
+    step(&mut t, seen(o), 0, &p, &ctx);
+    assert_eq!(t.agent_evidence("dev-server", &p), Some("policy act_on"));
+    assert_eq!(t.agent_evidence("my-dev-server", &p), None);
 }
 
 #[derive(Debug, Clone)]
