@@ -23,6 +23,7 @@ Usage: fake_model.py PORT SCENARIO_FILE LOG_FILE
 """
 
 import json
+import re
 import sys
 import threading
 import time
@@ -34,6 +35,10 @@ SLOW_WORDS = ("streaming slowly word by word so that the screen keeps changing "
 SHELL_COMMAND = "touch argus-probe.txt"
 EDIT_FILE = "argus-edit.txt"
 EDIT_CONTENT = "written by the fake model\n"
+
+
+CWD = re.compile(r"(?i)(?:Working directory|working in the directory|Current working directory)"
+                 r"[:\s`'*]*(/[^\s\"'`\\]+)")
 
 
 class Scenario:
@@ -185,13 +190,17 @@ class Handler(BaseHTTPRequestHandler):
 
     def record(self, status, note=""):
         line = json.dumps({"t": time.time(), "method": self.command, "path": self.path,
-                           "status": status, "mode": self.sc.get("mode"), "note": note})
+                           "status": status, "mode": self.sc.get("mode"), "note": note,
+                           "tools": getattr(self, "tool_names", [])})
         with self.server.log_lock, open(self.server.log_path, "a", encoding="utf-8") as f:
             f.write(line + "\n")
 
     def body(self):
         n = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(n) if n else b""
+        # The CLIs tell the model their working directory; file edits go there.
+        m = CWD.search(raw.decode("utf-8", "replace"))
+        self.cwd = m.group(1) if m else self.server.workdir
         try:
             return json.loads(raw or b"{}")
         except ValueError:
@@ -264,10 +273,12 @@ class Handler(BaseHTTPRequestHandler):
             return self.send_json(200, {"input_tokens": 100})
         if path.endswith(":countTokens"):
             return self.send_json(200, {"totalTokens": 100})
+        tools = req.get("tools") or []
+        self.tool_names = [f'{t.get("name")}:{t.get("type")}' for t in tools if isinstance(t, dict)]
         if path.endswith("/messages"):
             return self.anthropic(req)
         if path.endswith("/responses"):
-            return self.responses(req)
+            return self.openai_responses(req)
         if path.endswith("/chat/completions"):
             return self.chat(req)
         if ":streamGenerateContent" in path or ":generateContent" in path:
@@ -313,7 +324,7 @@ class Handler(BaseHTTPRequestHandler):
             if self.sc["mode"] == "tool_shell":
                 name, args = "Bash", {"command": SHELL_COMMAND, "description": "Create a probe file"}
             else:
-                name, args = "Write", {"file_path": f"{self.server.workdir}/{EDIT_FILE}", "content": EDIT_CONTENT}
+                name, args = "Write", {"file_path": f"{self.cwd}/{EDIT_FILE}", "content": EDIT_CONTENT}
             self.event({"type": "content_block_start", "index": 0, "content_block": {
                 "type": "tool_use", "id": "toolu_fake1", "name": name, "input": {}}}, "content_block_start")
             self.event({"type": "content_block_delta", "index": 0, "delta": {
@@ -334,7 +345,7 @@ class Handler(BaseHTTPRequestHandler):
 
     # --- OpenAI Responses ---
 
-    def responses(self, req):
+    def openai_responses(self, req):
         if self.failing(openai_error):
             return
         items = req.get("input") or []
@@ -346,13 +357,7 @@ class Handler(BaseHTTPRequestHandler):
         self.start_sse()
         self.event({"type": "response.created", "response": resp}, "response.created")
         if self.tool_wanted(answered):
-            if self.sc["mode"] == "tool_shell":
-                cmd = ["bash", "-lc", SHELL_COMMAND]
-            else:
-                cmd = ["apply_patch", f"*** Begin Patch\n*** Add File: {EDIT_FILE}\n+"
-                       f"{EDIT_CONTENT.strip()}\n*** End Patch\n"]
-            item = {"type": "function_call", "id": "fc_fake1", "call_id": "call_fake1",
-                    "name": "shell", "arguments": json.dumps({"command": cmd}), "status": "completed"}
+            item = self.codex_tool_call(req)
             self.event({"type": "response.output_item.added", "output_index": 0, "item": item},
                        "response.output_item.added")
             self.event({"type": "response.output_item.done", "output_index": 0, "item": item},
@@ -378,6 +383,32 @@ class Handler(BaseHTTPRequestHandler):
             "output_tokens": 20, "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": 32})
         self.event({"type": "response.completed", "response": done}, "response.completed")
+
+    def codex_tool_call(self, req):
+        """A tool call in the shape of the tools the request offers: Codex's tool set changes
+        between versions (shell, shell_command, exec_command; apply_patch as function or
+        custom tool). Commands ask for escalation, which needs the user's approval."""
+        tools = {t.get("name"): t.get("type") for t in req.get("tools") or [] if isinstance(t, dict)}
+        ask = {"sandbox_permissions": "require_escalated", "justification": "Create a probe file"}
+        patch = (f"*** Begin Patch\n*** Add File: {EDIT_FILE}\n+{EDIT_CONTENT.strip()}\n"
+                 "*** End Patch\n")
+        base = {"id": "fc_fake1", "call_id": "call_fake1", "status": "completed"}
+        if self.sc["mode"] == "tool_edit" and "apply_patch" in tools:
+            if tools["apply_patch"] == "custom":
+                return base | {"type": "custom_tool_call", "name": "apply_patch", "input": patch}
+            return base | {"type": "function_call", "name": "apply_patch",
+                           "arguments": json.dumps({"input": patch})}
+        if self.sc["mode"] == "tool_edit":
+            command = f"printf '%s' '{EDIT_CONTENT.strip()}' > {EDIT_FILE}"
+        else:
+            command = SHELL_COMMAND
+        if "shell_command" in tools:
+            name, args = "shell_command", {"command": command} | ask
+        elif "exec_command" in tools:
+            name, args = "exec_command", {"cmd": command} | ask
+        else:
+            name, args = "shell", {"command": ["bash", "-lc", command]} | ask
+        return base | {"type": "function_call", "name": name, "arguments": json.dumps(args)}
 
     # --- OpenAI Chat Completions ---
 
@@ -437,7 +468,7 @@ class Handler(BaseHTTPRequestHandler):
                 call = {"name": "run_shell_command", "args": {"command": SHELL_COMMAND,
                                                               "description": "Create a probe file"}}
             else:
-                call = {"name": "write_file", "args": {"file_path": f"{self.server.workdir}/{EDIT_FILE}",
+                call = {"name": "write_file", "args": {"file_path": f"{self.cwd}/{EDIT_FILE}",
                                                        "content": EDIT_CONTENT}}
             pieces = None
             final = response([{"functionCall": call}])

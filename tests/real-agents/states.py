@@ -1,0 +1,44 @@
+"""The states each CLI is driven into: the fake server's scenario, what is typed, what to wait for,
+and the condition a right classification reports."""
+
+from dataclasses import dataclass
+
+
+@dataclass
+class State:
+    name: str
+    expect: str                 # Argus condition, kebab-case
+    mode: str = "answer"        # fake server scenario
+    prompt: str | None = "Reply with one line please."
+    variant: str = "normal"     # agents.Agent.launch variant
+    retries: bool = False       # let the CLI retry failed requests by itself
+    until: str = "settled"      # settled | text:<regex> | requests:<n> | hang
+    reset_in: int = 3600        # seconds until the reset the limit responses name
+    only: tuple = ()            # CLIs this state applies to (empty: all)
+    smoke: bool = False         # part of the CI smoke set
+
+
+STATES = [
+    State("fresh-prompt", "at-prompt", prompt=None, smoke=True),
+    State("after-answer", "at-prompt", smoke=True),
+    State("streaming", "thinking", mode="slow", until="text:streaming slowly word", smoke=True),
+    State("retrying-500", "thinking", mode="server_error", retries=True, until="requests:2"),
+    State("retrying-429", "thinking", mode="rate_limit", retries=True, until="requests:2",
+          reset_in=30),
+    State("hang", "thinking", mode="hang", until="hang"),
+    State("permission-shell", "waiting-permission", mode="tool_shell", smoke=True,
+          prompt="Create the probe file please."),
+    State("permission-edit", "waiting-permission", mode="tool_edit",
+          prompt="Write the edit file please."),
+    State("rate-limit", "rate-limited", mode="rate_limit", reset_in=600),
+    State("usage-limit", "rate-limited", mode="usage_limit", variant="subscription",
+          reset_in=7200, smoke=True),
+    State("error-500", "error", mode="server_error"),
+    State("error-overloaded", "error", mode="overloaded"),
+    State("error-bad-request", "error", mode="bad_request"),
+    State("dialog-trust", "dialog", prompt=None, variant="trust"),
+    # Codex's first run is its login screen (dialog-login).
+    State("dialog-onboarding", "dialog", prompt=None, variant="onboarding",
+          only=("claude", "gemini", "aider")),
+    State("dialog-login", "dialog", prompt=None, variant="login", smoke=True),
+]
