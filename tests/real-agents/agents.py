@@ -34,6 +34,8 @@ class Agent:
 
     # (regex, keys) of dialogs that may pop up mid-state, and how to dismiss them.
     hooks: list = field(default_factory=list)
+    # variant -> [(regex, keys)]: screens to step through before a dialog state's capture.
+    steps: dict = field(default_factory=dict)
 
     def launch(self, cache, home, work, port, variant, retries):
         raise NotImplementedError
@@ -64,7 +66,7 @@ def write_json(path, obj):
 
 class Claude(Agent):
     def launch(self, cache, home, work, port, variant, retries):
-        onboarded = variant not in ("onboarding",)
+        onboarded = variant not in ("onboarding", "login")
         trusted = variant != "trust"
         write_json(f"{home}/.claude.json", {
             "hasCompletedOnboarding": onboarded,
@@ -187,7 +189,9 @@ def all_agents(versions):
     return [
         Claude("claude", "claude", versions["CLAUDE_CODE_VERSION"],
                ready=r"^❯\s*$", busy=r"(?i)esc to interrupt",
-               hooks=[(r"Make auto mode your default permission mode", ["Escape"])]),
+               hooks=[(r"Make auto mode your default permission mode", ["Escape"])],
+               # Its login screen comes after the theme picker of the first run.
+               steps={"login": [(r"Dark mode", ["Enter"])]}),
         Codex("codex", "codex", versions["CODEX_VERSION"],
               ready=r"^› ", busy=r"(?i)esc to interrupt"),
         Gemini("gemini", "gemini", versions["GEMINI_CLI_VERSION"],

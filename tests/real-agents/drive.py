@@ -26,6 +26,7 @@ import time
 import traceback
 
 import agents
+import manifest
 from pane import Pane, Timeout, Tmux
 from states import STATES
 
@@ -134,6 +135,10 @@ def drive_one(agent, state, cache, server, root):
         if state.expect != "dialog":
             pane.hooks = agent.hooks
         if state.expect == "dialog":
+            for rx, keys in agent.steps.get(state.variant, []):
+                pane.wait_for(rx, 30)
+                pane.wait_quiet(1.0, 30)
+                pane.keys(*keys)
             # Some dialogs come after a welcome animation that shows the prompt: wait for the
             # prompt to go, then for the dialog to settle.
             if re.search(agent.ready, pane.wait_quiet(2.0, 60), re.M):
@@ -145,8 +150,9 @@ def drive_one(agent, state, cache, server, root):
         else:
             pane.wait_for(agent.ready, 60)
             pane.wait_quiet(1.0, 30)
+        since = time.time()
         if state.prompt is not None:
-            server.set({"mode": state.mode, "reset_in": state.reset_in})
+            server.set({"mode": state.mode, "reset_in": state.reset_in, "cwd": work})
             since = time.time()
             pane.submit(state.prompt)
             until = state.until
@@ -162,16 +168,17 @@ def drive_one(agent, state, cache, server, root):
                 if state.mode != "answer" and not asks:
                     wait_requests(server, state.mode, since, 1, 60)
                 # A permission dialog may keep the busy footer ("esc to interrupt").
-                pane.wait_quiet(2.0, 150, unless=None if asks else agent.busy)
-        return pane.text(), pane.text(escapes=True), pane.dialogs
+                # Gemini retries 500 and 503 for minutes before it gives up.
+                pane.wait_quiet(2.0, 420, unless=None if asks else agent.busy)
+        reset = None
+        if state.expect == "rate-limited" and agent.name not in state.no_reset:
+            reset = int(since) + state.reset_in
+        return pane.text(), pane.text(escapes=True), pane.dialogs, reset
     finally:
         tmux.kill_server()
         end_pids(pids_with_env(f"HOME={home}"))
         server.set({"mode": "answer"})
 
-
-def toml_str(s):
-    return json.dumps(s)
 
 
 def main():
@@ -189,7 +196,7 @@ def main():
               and (not args.smoke or s.smoke)]
     root = tempfile.mkdtemp(prefix="argus-real-agents-")
     server = Server(root)
-    manifest = []
+    runs = []
     failures = []
     try:
         for agent in chosen:
@@ -199,7 +206,7 @@ def main():
                 label = f"{agent.name}/{state.name}"
                 t0 = time.monotonic()
                 try:
-                    plain, ansi, dialogs = drive_one(agent, state, args.cache, server, root)
+                    plain, ansi, dialogs, reset = drive_one(agent, state, args.cache, server, root)
                 except Exception as e:  # one state failing must not lose the others
                     failures.append(label)
                     print(f"FAIL {label}: {e}", file=sys.stderr)
@@ -213,52 +220,41 @@ def main():
                     f.write(plain)
                 with open(base + ".ansi", "w", encoding="utf-8") as f:
                     f.write(ansi)
-                manifest.append((agent, state.name, state.expect, int(time.time())))
+                runs.append((agent, state.name, state.expect, int(time.time()), reset))
                 if dialogs:
                     name = "dialog-mid-state"
                     with open(os.path.join(d, f"real-{name}.txt"), "w", encoding="utf-8") as f:
                         f.write(dialogs[0][0])
                     with open(os.path.join(d, f"real-{name}.ansi"), "w", encoding="utf-8") as f:
                         f.write(dialogs[0][1])
-                    manifest.append((agent, name, "dialog", int(time.time())))
+                    runs.append((agent, name, "dialog", int(time.time()), None))
     finally:
         server.stop()
         if os.environ.get("KEEP"):
             print(f"kept {root}", file=sys.stderr)
         else:
             shutil.rmtree(root, ignore_errors=True)
-    write_manifest(args.out, manifest)
+    write_manifest(args.out, runs)
     if failures:
         print(f"{len(failures)} state(s) not reached: {', '.join(failures)}", file=sys.stderr)
         sys.exit(1)
 
 
-def write_manifest(out, manifest):
-    """Merges this run's entries into <out>/real.toml (one table per fixture)."""
+def write_manifest(out, runs):
+    """Merges this run's entries into <out>/real.toml."""
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "real.toml")
-    entries = {}
-    if os.path.exists(path):
-        import tomllib
-        with open(path, "rb") as f:
-            entries = {k: v for k, v in tomllib.load(f).items() if isinstance(v, dict)}
-    for agent, state, expect, now in manifest:
-        entries[f"{agent.profile}/real-{state}.txt"] = {
-            "cli": agent.name, "version": agent.version, "state": state,
-            "expect": expect, "captured_at": now,
+    entries = manifest.read(path)
+    for agent, state, expect, now, reset in runs:
+        entry = {
+            "cli": agent.name, "version": agent.version, "state": state, "expect": expect,
+            "captured_at": now,
             "utc_offset": -time.timezone if not time.daylight else -time.altzone,
         }
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("# Real CLI screens recorded by tests/real-agents/capture.sh: which CLI and version,\n"
-                "# the state it was driven into, the condition Argus must report, and when it was\n"
-                "# captured (Unix seconds; shared/tests/profiles.rs classifies at that time).\n")
-        for key in sorted(entries):
-            e = entries[key]
-            f.write(f"\n[{toml_str(key)}]\n")
-            for k in ("cli", "version", "state", "expect", "captured_at", "utc_offset", "reset_at"):
-                if k in e:
-                    v = e[k]
-                    f.write(f"{k} = {v if isinstance(v, int) else toml_str(v)}\n")
+        if reset is not None:
+            entry["reset_at"] = reset
+        entries[f"{agent.profile}/real-{state}.txt"] = entry
+    manifest.write(path, entries, out)
 
 
 if __name__ == "__main__":

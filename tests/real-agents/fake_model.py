@@ -8,7 +8,8 @@ every request, so a driver switches scenarios by rewriting the file:
     {"mode": "answer"}            a short text answer
     {"mode": "slow"}              a long answer streamed one word per `interval` seconds
     {"mode": "tool_shell"}        ask to run a shell command (needs permission), then answer
-    {"mode": "tool_edit"}         ask to write a file (needs permission), then answer
+    {"mode": "tool_edit"}         ask to write a file (needs permission), then answer; the
+                                  file goes to `cwd` when the scenario names one
     {"mode": "rate_limit"}        429 with the provider's real body and rate-limit headers
     {"mode": "usage_limit"}       the subscription usage limit (Claude: unified headers)
     {"mode": "server_error"}      500
@@ -39,6 +40,9 @@ EDIT_CONTENT = "written by the fake model\n"
 
 CWD = re.compile(r"(?i)(?:Working directory|working in the directory|Current working directory)"
                  r"[:\s`'*]*(/[^\s\"'`\\]+)")
+
+
+MARKER = re.compile(r"argus-marker-[a-z0-9]+")
 
 
 class Scenario:
@@ -191,7 +195,8 @@ class Handler(BaseHTTPRequestHandler):
     def record(self, status, note=""):
         line = json.dumps({"t": time.time(), "method": self.command, "path": self.path,
                            "status": status, "mode": self.sc.get("mode"), "note": note,
-                           "tools": getattr(self, "tool_names", [])})
+                           "tools": getattr(self, "tool_names", []),
+                           "markers": getattr(self, "markers", [])})
         with self.server.log_lock, open(self.server.log_path, "a", encoding="utf-8") as f:
             f.write(line + "\n")
 
@@ -199,8 +204,11 @@ class Handler(BaseHTTPRequestHandler):
         n = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(n) if n else b""
         # The CLIs tell the model their working directory; file edits go there.
-        m = CWD.search(raw.decode("utf-8", "replace"))
-        self.cwd = m.group(1) if m else self.server.workdir
+        text = raw.decode("utf-8", "replace")
+        # Markers typed by the action checks: which earlier inputs a request carries.
+        self.markers = sorted(set(MARKER.findall(text)))
+        m = CWD.search(text)
+        self.cwd = self.sc.get("cwd") or (m.group(1) if m else self.server.workdir)
         try:
             return json.loads(raw or b"{}")
         except ValueError:
@@ -454,6 +462,8 @@ class Handler(BaseHTTPRequestHandler):
         contents = req.get("contents") or []
         parts = contents[-1].get("parts", []) if contents else []
         answered = any("functionResponse" in p for p in parts)
+        if answered:
+            self.tool_names = [json.dumps(parts)[:300]]
         has_tools = bool(req.get("tools"))
 
         def response(parts, finish="STOP"):

@@ -15,6 +15,7 @@ class State:
     until: str = "settled"      # settled | text:<regex> | requests:<n> | hang
     reset_in: int = 3600        # seconds until the reset the limit responses name
     only: tuple = ()            # CLIs this state applies to (empty: all)
+    no_reset: tuple = ()        # CLIs whose screen names no reset time in this state
     smoke: bool = False         # part of the CI smoke set
 
 
@@ -25,20 +26,25 @@ STATES = [
     State("retrying-500", "thinking", mode="server_error", retries=True, until="requests:2"),
     State("retrying-429", "thinking", mode="rate_limit", retries=True, until="requests:2",
           reset_in=30),
+    # Aider's own back-off line ("Retrying in 1.0 seconds...") after litellm's retries.
+    State("retrying-backoff", "thinking", mode="rate_limit", retries=True,
+          until="text:Retrying in", reset_in=600, only=("aider",)),
     State("hang", "thinking", mode="hang", until="hang"),
     State("permission-shell", "waiting-permission", mode="tool_shell", smoke=True,
           prompt="Create the probe file please."),
     State("permission-edit", "waiting-permission", mode="tool_edit",
-          prompt="Write the edit file please."),
-    State("rate-limit", "rate-limited", mode="rate_limit", reset_in=600),
+          prompt="Create the edit file please."),
+    # Claude and Codex show the 429 without the provider's time (retry-after is in a header).
+    State("rate-limit", "rate-limited", mode="rate_limit", reset_in=600,
+          no_reset=("claude", "codex")),
     State("usage-limit", "rate-limited", mode="usage_limit", variant="subscription",
           reset_in=7200, smoke=True),
     State("error-500", "error", mode="server_error"),
     State("error-overloaded", "error", mode="overloaded"),
     State("error-bad-request", "error", mode="bad_request"),
     State("dialog-trust", "dialog", prompt=None, variant="trust"),
-    # Codex's first run is its login screen (dialog-login).
+    # Codex's first run is its login screen (dialog-login); Gemini's its trust and auth dialogs.
     State("dialog-onboarding", "dialog", prompt=None, variant="onboarding",
-          only=("claude", "gemini", "aider")),
+          only=("claude", "aider")),
     State("dialog-login", "dialog", prompt=None, variant="login", smoke=True),
 ]
