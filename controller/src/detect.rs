@@ -450,7 +450,10 @@ fn observe(
     }
 
     // Waiting for a person is its own condition: announced once per prompt, never acted on.
-    if t.obs.condition == Condition::WaitingPermission {
+    if matches!(
+        t.obs.condition,
+        Condition::WaitingPermission | Condition::Dialog
+    ) {
         if !t.human_notified {
             t.human_notified = true;
             fx.push(Effect::Notify {
@@ -578,7 +581,10 @@ fn tick(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut Vec<Eff
     let cond = t.obs.condition;
     let exempt = matches!(
         cond,
-        Condition::Thinking | Condition::WaitingPermission | Condition::RateLimited
+        Condition::Thinking
+            | Condition::WaitingPermission
+            | Condition::Dialog
+            | Condition::RateLimited
     ) && !matches!(t.ladder.rung, Rung::Confirming(_));
     let idle_for = now - t.last_activity_ms;
     let idle_after = i64::from(policy.idle_checks) * t.probe_ms;

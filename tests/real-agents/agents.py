@@ -66,7 +66,7 @@ def write_json(path, obj):
 
 class Claude(Agent):
     def launch(self, cache, home, work, port, variant, retries):
-        onboarded = variant not in ("onboarding", "login")
+        onboarded = variant != "onboarding"
         trusted = variant != "trust"
         write_json(f"{home}/.claude.json", {
             "hasCompletedOnboarding": onboarded,
@@ -190,8 +190,10 @@ def all_agents(versions):
         Claude("claude", "claude", versions["CLAUDE_CODE_VERSION"],
                ready=r"^❯\s*$", busy=r"(?i)esc to interrupt",
                hooks=[(r"Make auto mode your default permission mode", ["Escape"])],
-               # Its login screen comes after the theme picker of the first run.
-               steps={"login": [(r"Dark mode", ["Enter"])]}),
+               # Offline, a first run without a key stops at its connectivity check before the
+               # login screen; without a key after onboarding, the first message asks for /login.
+               steps={"login": [(r"^❯\s*$", ["-l", "Reply please."]),
+                                (r"Reply please\.", ["Enter"])]}),
         Codex("codex", "codex", versions["CODEX_VERSION"],
               ready=r"^› ", busy=r"(?i)esc to interrupt"),
         Gemini("gemini", "gemini", versions["GEMINI_CLI_VERSION"],

@@ -138,10 +138,9 @@ def openai_error(sc, mode):
                                    "type": "server_error", "param": None, "code": None}}
     if mode == "bad_request":
         return 400, {}, {"error": {"message":
-            "Invalid 'input[3].content': string too long. Expected a string with maximum length "
-            "1048576, but got a string with length 2097152 instead.",
-            "type": "invalid_request_error", "param": "input[3].content",
-            "code": "string_above_max_length"}}
+            "Invalid type for 'input[2].content': expected an array of objects, but got a "
+            "string instead.", "type": "invalid_request_error", "param": "input[2].content",
+            "code": "invalid_type"}}
     return 500, {}, {"error": {"message":
         "The server had an error while processing your request. Sorry about that!",
         "type": "server_error", "param": None, "code": None}}

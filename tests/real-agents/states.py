@@ -37,8 +37,9 @@ STATES = [
     # Claude and Codex show the 429 without the provider's time (retry-after is in a header).
     State("rate-limit", "rate-limited", mode="rate_limit", reset_in=600,
           no_reset=("claude", "codex")),
+    # Gemini's daily-quota screen names no time; neither does the usage-limit error Aider prints.
     State("usage-limit", "rate-limited", mode="usage_limit", variant="subscription",
-          reset_in=7200, smoke=True),
+          reset_in=7200, smoke=True, no_reset=("gemini", "aider")),
     State("error-500", "error", mode="server_error"),
     State("error-overloaded", "error", mode="overloaded"),
     State("error-bad-request", "error", mode="bad_request"),

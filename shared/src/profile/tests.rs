@@ -259,9 +259,14 @@ fn windows_and_precedence() {
     assert_eq!(c(">\ntext"), Condition::None);
     assert_eq!(c("ERR x\n>"), Condition::Error);
     assert_eq!(c("ERR x\nOK\n>"), Condition::AtPrompt);
-    assert_eq!(c("busy\nERR x\n>"), Condition::Thinking);
+    // The newest of a limit, a busy line and an error wins.
+    assert_eq!(c("busy\nERR x\n>"), Condition::Error);
+    assert_eq!(c("ERR x\nbusy\n>"), Condition::Thinking);
+    assert_eq!(c("LIMIT\nbusy"), Condition::Thinking);
+    assert_eq!(c("busy\nLIMIT"), Condition::RateLimited);
+    // A question holds the screen whatever is below it.
     assert_eq!(c("go on?\nbusy\n>"), Condition::WaitingPermission);
-    assert_eq!(c("LIMIT\ngo on?\nbusy"), Condition::RateLimited);
+    assert_eq!(c("LIMIT\ngo on?\nbusy"), Condition::WaitingPermission);
     // Blank lines do not count towards a window; the fourth non-blank line from the bottom is out.
     assert_eq!(c("LIMIT\n\n\na\n\nb\n\nc\n\n"), Condition::None);
     assert_eq!(c("LIMIT\n\n\na\n\nb\n\n"), Condition::RateLimited);
@@ -421,9 +426,19 @@ fn aider_retry_then_success_clears_the_rate_limit() {
     let retrying = "litellm.RateLimitError: AnthropicException - rate_limit_error\n\
                     The API provider has rate limited you. Try again later or check your quotas.\n\
                     Retrying in 0.5 seconds...";
+    // Aider retrying by itself is busy, and its back-off is no reset time.
     let c = classify("aider", retrying);
-    assert_eq!(c.condition, Condition::RateLimited);
-    assert_eq!(c.reset_at, Some(NOW + 1));
+    assert_eq!(c.condition, Condition::Thinking);
+    assert_eq!(c.reset_at, None);
+    // Once it stops at its prompt after the limit, the limit stands, without a reset time.
+    let gave_up = classify(
+        "aider",
+        &format!(
+            "{retrying}\nlitellm.RateLimitError: rate_limit_error\nThe API provider has rate limited you. Try again later or check your quotas.\n> "
+        ),
+    );
+    assert_eq!(gave_up.condition, Condition::RateLimited);
+    assert_eq!(gave_up.reset_at, None);
     let answered = format!("{retrying}\nParis.\nTokens: 12 sent, 4 received.\n> ");
     assert_eq!(condition("aider", &answered), Condition::AtPrompt);
 }
