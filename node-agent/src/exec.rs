@@ -167,9 +167,13 @@ impl Executor {
         match action {
             Action::Nudge { text } => {
                 tmux.send_literal(pane, &text).await.map_err(e)?;
-                let keys = self
-                    .profiles
-                    .get(&s.profile)
+                let profile = self.profiles.get(&s.profile);
+                // Some TUIs take an Enter that arrives right behind pasted text as part of the
+                // paste (Codex): the profile says how long to let the text settle first.
+                if let Some(delay) = profile.map(|p| p.submit_delay()).filter(|d| !d.is_zero()) {
+                    tokio::time::sleep(delay).await;
+                }
+                let keys = profile
                     .map(|p| p.submit_keys().to_vec())
                     .unwrap_or_else(|| vec!["Enter".to_owned()]);
                 for key in keys {
@@ -202,7 +206,7 @@ impl Executor {
                 }
             }
             Action::Restart { command, .. } => {
-                let argv = restart_argv(&command, s);
+                let argv = restart_argv(&command, s, &self.profiles);
                 tmux.respawn_pane(pane, &argv)
                     .await
                     .map(|()| String::new())
@@ -252,15 +256,49 @@ fn matches_incarnation(s: &pb::SessionObservation, want: &pb::Incarnation) -> bo
 }
 
 /// The argv for respawn-pane: the given command, else `@argus-restart`, else the pane's own start
-/// command; a single string is run by tmux through the shell.
-fn restart_argv(command: &str, s: &pb::SessionObservation) -> Vec<String> {
+/// command; a single string is run by tmux through the shell. Started again from its own start
+/// command, a recognised agent resumes its conversation in its CLI's own form (`claude
+/// --continue`, `codex resume --last`); a command given by the operator is taken as it is.
+fn restart_argv(command: &str, s: &pb::SessionObservation, profiles: &Profiles) -> Vec<String> {
     if !command.is_empty() {
         return vec![command.to_owned()];
     }
     if let Some(label) = s.labels.get("restart").filter(|l| !l.is_empty()) {
         return vec![label.clone()];
     }
-    split_tmux_command(&s.start_command)
+    let argv = split_tmux_command(&s.start_command);
+    let Some(program) = argv.first() else {
+        return argv;
+    };
+    // The session's profile, else the one the start command itself matches (the agent may have
+    // died already, so its process is gone).
+    let line = shell_join(&argv);
+    let comm = program.rsplit('/').next().unwrap_or(program);
+    let profile = profiles
+        .get(&s.profile)
+        .filter(|p| p.name != argus_shared::profile::GENERIC)
+        .or_else(|| profiles.match_process(comm, &argv.join(" ")));
+    match profile.filter(|p| p.resume().is_some()) {
+        Some(profile) => vec![profile.resume_command(&line)],
+        None => argv,
+    }
+}
+
+/// `argv` as one shell command line, each word quoted when it needs to be.
+fn shell_join(argv: &[String]) -> String {
+    argv.iter()
+        .map(|w| {
+            if !w.is_empty()
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:@,+%".contains(c))
+            {
+                w.clone()
+            } else {
+                format!("'{}'", w.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// SIGTERM to the tree under `root`, deepest first; wait up to `grace`; SIGKILL what is left.
@@ -284,5 +322,53 @@ async fn terminate_tree(root: u32, grace: Duration) {
         if procs::alive(p.pid, p.start_time) {
             let _ = procs::signal(p.pid, Signal::KILL);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(start_command: &str, profile: &str) -> pb::SessionObservation {
+        pb::SessionObservation {
+            start_command: start_command.to_owned(),
+            profile: profile.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_recognised_agent_restarts_in_its_resume_form() {
+        let p = Profiles::builtin();
+        assert_eq!(
+            restart_argv("", &obs("claude", "claude"), &p),
+            ["claude --continue"]
+        );
+        // Recognised from the start command when the agent is already gone.
+        assert_eq!(
+            restart_argv("", &obs("codex --model gpt-5", ""), &p),
+            ["codex resume --last --model gpt-5"]
+        );
+        assert_eq!(
+            restart_argv("", &obs("\"aider\" --model \"a b\"", "aider"), &p),
+            ["aider --restore-chat-history --model 'a b'"]
+        );
+    }
+
+    #[test]
+    fn other_commands_restart_as_they_are() {
+        let p = Profiles::builtin();
+        assert_eq!(
+            restart_argv("", &obs("npm run dev", "shell"), &p),
+            ["npm", "run", "dev"]
+        );
+        assert_eq!(
+            restart_argv("claude -p x", &obs("claude", "claude"), &p),
+            ["claude -p x"]
+        );
+        assert_eq!(
+            restart_argv("", &obs("claude --continue", "claude"), &p),
+            ["claude --continue"]
+        );
     }
 }

@@ -269,7 +269,7 @@ struct Rule {
 /// A numbered menu entry behind a selection marker (`› 1. Yes`, `❯ 2. No`): never an input
 /// prompt, whatever marker the CLI uses for both.
 static MENU_ITEM: LazyLock<regex::Regex> = LazyLock::new(|| {
-    regex::Regex::new(r"^\s*[│┃]?\s*[›❯>▌●]\s*\d+[.)]\s").unwrap_or_else(|_| unreachable!())
+    regex::Regex::new(r"^\s*[│┃]?\s*[›❯>▌●]\s*\d+[.)](?:\s|$)").unwrap_or_else(|_| unreachable!())
 });
 
 /// Conditions that hold the screen until a person answers: the newest of them wins over any
@@ -460,34 +460,62 @@ impl Profile {
     }
 
     /// `command` (a start command, shell words) in its resuming form: the resume arguments
-    /// inserted after the program, unless they, or a word of `present_if`, are already there.
+    /// inserted right after the program (after `env VAR=x`, and after the script of an
+    /// interpreter: `node …/codex.js`, `python -m aider`), unless the command already has them
+    /// or a word of `present_if`. The rest of the command is kept byte for byte.
     pub fn resume_command(&self, command: &str) -> String {
         let Some(resume) = &self.resume else {
             return command.to_owned();
         };
-        let words: Vec<&str> = command.split_whitespace().collect();
-        let Some(program) = words.first() else {
+        let words: Vec<(usize, &str)> = command
+            .split_whitespace()
+            .map(|w| (w.as_ptr() as usize - command.as_ptr() as usize, w))
+            .collect();
+        let present = words.iter().any(|(_, w)| {
+            resume.present_if.iter().any(|p| p == w) || resume.args.iter().any(|a| a == w)
+        });
+        let Some(end) = program_end(&words).filter(|_| !present) else {
             return command.to_owned();
         };
-        if words
-            .iter()
-            .any(|w| resume.present_if.iter().any(|p| p == w) || resume.args.iter().any(|a| a == w))
-        {
-            return command.to_owned();
-        }
-        let rest = command.trim_start()[program.len()..].trim_start();
-        let mut out = format!("{program} {}", resume.args.join(" "));
-        if !rest.is_empty() {
-            out.push(' ');
-            out.push_str(rest);
-        }
-        out
+        format!(
+            "{} {}{}",
+            &command[..end],
+            resume.args.join(" "),
+            &command[end..]
+        )
     }
 
     fn matches_process(&self, comm: &str, cmdline: &str) -> bool {
         self.comm.as_ref().is_some_and(|s| s.is_match(comm))
             || self.cmdline.as_ref().is_some_and(|s| s.is_match(cmdline))
     }
+}
+
+/// Byte offset just past the program word of a start command's `words` (offset, word).
+fn program_end(words: &[(usize, &str)]) -> Option<usize> {
+    let base = |w: &str| w.rsplit('/').next().unwrap_or(w).to_owned();
+    let mut i = 0;
+    while let Some((_, w)) = words.get(i)
+        && (*w == "env" || (w.contains('=') && !w.starts_with('-')))
+    {
+        i += 1;
+    }
+    let interpreter = words.get(i).is_some_and(|(_, w)| {
+        let b = base(w);
+        ["node", "nodejs", "bun", "deno"].contains(&b.as_str()) || b.starts_with("python")
+    });
+    if interpreter {
+        i += 1;
+        while let Some((_, w)) = words.get(i)
+            && w.starts_with('-')
+        {
+            i += 1;
+            if *w == "-m" {
+                break;
+            }
+        }
+    }
+    words.get(i).map(|(at, w)| at + w.len())
 }
 
 /// The last `n` non-blank lines of `screen`, trailing whitespace trimmed, oldest first. A line

@@ -2,9 +2,10 @@
 """Checks, live, what Argus's actions do to each real CLI, the way the node agent sends them:
 
 - nudge: the text typed with `send-keys -l`, then Enter as a separate `send-keys` right after
-  (no pause), and again with a pause: does the text reach the model as a submitted message?
+  (no pause), and again after the profile's `submit_delay_ms`: does the text reach the model
+  as a submitted message?
 - interrupt: one C-c while the CLI waits on a hung request: does it stop the turn and stay up?
-- resume: the CLI respawned in its resume form (the profile's `resume` args): does the next
+- resume: the CLI respawned in its resume form (the profile's `resume.args`): does the next
   request carry the earlier conversation?
 
 Run inside `unshare -n` (actions.sh does). Prints one line per check and exits 1 on a failure.
@@ -17,18 +18,20 @@ import os
 import sys
 import tempfile
 import time
+import tomllib
 
 import agents
 from drive import Server, end_pids, pids_with_env, read_versions
 from pane import Pane, Timeout, Tmux
 
-# The resume forms, as in shared/profiles/agents.toml `resume.args`.
-RESUME = {
-    "claude": ["--continue"],
-    "codex": ["resume", "--last"],
-    "gemini": ["--resume", "latest"],
-    "aider": ["--restore-chat-history"],
-}
+PROFILES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../shared/profiles/agents.toml")
+
+
+def profile_data(name):
+    """The profile's `resume.args` and `submit_delay_ms`: the checks test Argus's own data."""
+    with open(PROFILES, "rb") as f:
+        p = tomllib.load(f)["profiles"][name]
+    return p.get("resume", {}).get("args", []), p.get("submit_delay_ms", 0)
 
 
 def resumed(argv, args):
@@ -73,12 +76,13 @@ def check(agent, cache, server, root):
             wait_marker(server, "argus-marker-one", since, 20)
         pane.wait_quiet(2.0, 60, unless=agent.busy)
 
-        # Nudge with a pause between the text and Enter.
+        # Nudge as the node agent sends it with the profile's delay.
+        resume_args, delay_ms = profile_data(agent.profile)
         since = time.time()
         pane.tmux.run("send-keys", "-t", pane.name, "-l", "argus-marker-two please continue")
-        time.sleep(0.3)
+        time.sleep(delay_ms / 1000)
         pane.keys("Enter")
-        results["nudge_with_delay"] = wait_marker(server, "argus-marker-two", since, 20)
+        results["nudge_profile_delay"] = wait_marker(server, "argus-marker-two", since, 20)
         pane.wait_quiet(2.0, 60, unless=agent.busy)
 
         # Interrupt: one C-c on a hung turn.
@@ -99,7 +103,7 @@ def check(agent, cache, server, root):
 
         # Resume: end the CLI, start it again in its resume form, ask once more.
         server.set({"mode": "answer", "cwd": work})
-        argv = resumed(launch.argv, RESUME[agent.name])
+        argv = resumed(launch.argv, resume_args)
         envv = [f"{k}={v}" for k, v in sorted(launch.env.items())]
         # respawn-pane -k alone: a codex started at once meets its predecessor's app-server
         # still draining and exits ("Server is draining"); first end everything it left.
@@ -110,7 +114,8 @@ def check(agent, cache, server, root):
         since = time.time()
         pane.submit("argus-marker-four what did I say before?")
         results["resume_restores_history"] = wait_marker(server, "argus-marker-one", since, 30)
-        results["resume_command"] = " ".join(RESUME[agent.name])
+        results["resume_args"] = " ".join(resume_args)
+        results["submit_delay_ms"] = delay_ms
     finally:
         tmux.kill_server()
         end_pids(pids_with_env(f"HOME={home}"))
@@ -139,7 +144,7 @@ def main():
             print(f"{agent.name}: {json.dumps(r)}", flush=True)
             # What Argus relies on: a nudge with the profile's delay arrives, an interrupt
             # leaves the CLI running, a restart in resume form keeps the conversation.
-            failed |= not (r.get("nudge_with_delay") and r.get("interrupt_keeps_cli")
+            failed |= not (r.get("nudge_profile_delay") and r.get("interrupt_keeps_cli")
                            and r.get("resume_restores_history"))
     finally:
         server.stop()

@@ -490,3 +490,162 @@ proptest! {
         }
     }
 }
+
+// === acting on the real CLIs ===
+
+#[test]
+fn restarts_resume_in_each_cli_s_own_form() {
+    let p = builtin();
+    let resume = |profile: &str, cmd: &str| p.get(profile).unwrap().resume_command(cmd);
+    assert_eq!(resume("claude", "claude"), "claude --continue");
+    assert_eq!(
+        resume(
+            "claude",
+            "claude --model opus --append-system-prompt 'be brief'"
+        ),
+        "claude --continue --model opus --append-system-prompt 'be brief'"
+    );
+    assert_eq!(
+        resume("claude", "claude --resume abc"),
+        "claude --resume abc"
+    );
+    assert_eq!(resume("codex", "codex"), "codex resume --last");
+    assert_eq!(
+        resume(
+            "codex",
+            "node /usr/lib/node_modules/@openai/codex/bin/codex.js -m gpt-5"
+        ),
+        "node /usr/lib/node_modules/@openai/codex/bin/codex.js resume --last -m gpt-5"
+    );
+    assert_eq!(
+        resume("codex", "codex resume --last"),
+        "codex resume --last"
+    );
+    assert_eq!(
+        resume("gemini", "env FOO=1 gemini -y"),
+        "env FOO=1 gemini --resume latest -y"
+    );
+    assert_eq!(
+        resume("aider", "python3 -m aider --model x"),
+        "python3 -m aider --restore-chat-history --model x"
+    );
+    assert_eq!(resume("shell", "bash"), "bash");
+    assert_eq!(p.get("codex").unwrap().submit_delay().as_millis(), 300);
+}
+
+#[test]
+fn numbered_menus_are_never_prompts() {
+    for (profile, menu) in [
+        ("codex", "› 1. Yes, proceed (y)\n  2. No (esc)"),
+        ("claude", "❯ 1. Yes\n  2. No"),
+        ("codex", "Pick one\n› 2. Something else"),
+    ] {
+        assert_ne!(condition(profile, menu), Condition::AtPrompt, "{menu}");
+    }
+    assert_eq!(
+        condition("codex", "› Ask Codex to do anything"),
+        Condition::AtPrompt
+    );
+}
+
+#[test]
+fn an_old_banner_above_a_newer_turn_is_history() {
+    let claude = "● API Error: 500 Internal server error\n❯ try again\n● Done, the tests pass.\n❯ \n  ? for shortcuts";
+    assert_eq!(condition("claude", claude), Condition::AtPrompt);
+    let codex = "■ You've hit your usage limit. Try again at 3:05 PM.\n› go on\n• Fixed it.\n  Worked for 3s\n› Ask Codex to do anything\n  ? for shortcuts";
+    assert_eq!(condition("codex", codex), Condition::AtPrompt);
+    // The same banner with nothing newer below is the state.
+    let limited = "› go on\n■ You've hit your usage limit. Try again at 3:05 PM.\n› Ask Codex to do anything\n  ? for shortcuts";
+    assert_eq!(condition("codex", limited), Condition::RateLimited);
+}
+
+#[test]
+fn a_cli_retrying_by_itself_is_busy_and_its_back_off_is_no_reset() {
+    for (profile, screen) in [
+        (
+            "claude",
+            "❯ go\n✻ API error · retrying in 31s · attempt 2/10\n❯ \n  esc to interrupt",
+        ),
+        (
+            "claude",
+            "❯ go\nAPI error · retrying in 4s · attempt 3/10\n❯ ",
+        ),
+        (
+            "aider",
+            "litellm.RateLimitError: rate limited\nThe API provider has rate limited you. Try again in 10 minutes.\nRetrying in 1.0 seconds...",
+        ),
+    ] {
+        let c = classify(profile, screen);
+        assert_eq!(c.condition, Condition::Thinking, "{screen}");
+        assert_eq!(c.reset_at, None, "{screen}");
+    }
+}
+
+#[test]
+fn streaming_output_without_a_status_line_is_busy() {
+    let codex = "› hi\n• streaming slowly word\n› Ask Codex to do anything\n  gpt-5 · ~/src";
+    assert_eq!(condition("codex", codex), Condition::Thinking);
+    let done =
+        "› hi\n• the answer\n  Worked for 2s • 12:30\n› Ask Codex to do anything\n  gpt-5 · ~/src";
+    assert_eq!(condition("codex", done), Condition::AtPrompt);
+    let aider = "> explain\nThe probe loop walks every pane";
+    assert_eq!(condition("aider", aider), Condition::Thinking);
+    let aider_done =
+        "> explain\nThe probe loop walks every pane\nTokens: 2k sent, 13 received.\n> ";
+    assert_eq!(condition("aider", aider_done), Condition::AtPrompt);
+}
+
+#[test]
+fn login_trust_and_first_run_screens_are_dialogs() {
+    for (profile, line) in [
+        (
+            "claude",
+            " Quick safety check: Is this a project you created or one you trust? (Like your own code",
+        ),
+        ("claude", "  ⎿  Not logged in · Please run /login"),
+        (
+            "codex",
+            "  Trust this folder? Codex can read, edit, and run files here, subject to your",
+        ),
+        ("codex", "> 1. Sign in with ChatGPT"),
+        (
+            "gemini",
+            "│   How would you like to authenticate for this project?     │",
+        ),
+        (
+            "aider",
+            "Add .aider* to .gitignore (recommended)? (Y)es/(N)o [Yes]:",
+        ),
+    ] {
+        assert_eq!(condition(profile, line), Condition::Dialog, "{line}");
+    }
+}
+
+proptest! {
+    /// Whatever came before, a newer agent turn below it leaves no limit, error or dialog live.
+    #[test]
+    fn a_newer_turn_voids_every_banner_above_it(
+        banner in prop::sample::select(vec![
+            "● API Error: 500 Internal server error",
+            "  ⎿  You've hit your 5-hour limit · resets 2:29pm (UTC)",
+            "  ⎿  Not logged in · Please run /login",
+        ]),
+        filler in prop::collection::vec("[a-z ]{0,30}", 0..4),
+    ) {
+        let mut screen = vec![banner.to_owned()];
+        screen.extend(filler.iter().map(|f| format!("  {f}")));
+        screen.push("● Done.".to_owned());
+        screen.push("❯ ".to_owned());
+        let c = classify("claude", &screen.join("\n"));
+        prop_assert_eq!(c.condition, Condition::AtPrompt);
+    }
+
+    /// A numbered entry behind any selection marker is never read as a prompt.
+    #[test]
+    fn menu_entries_are_not_prompts(marker in "[›❯>]", n in 1u8..10, text in "[A-Za-z ,]{1,30}") {
+        let line = format!("{marker} {n}. {text}");
+        for profile in ["claude", "codex", "gemini"] {
+            prop_assert_ne!(condition(profile, &line), Condition::AtPrompt);
+        }
+    }
+}
