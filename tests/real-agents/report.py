@@ -6,7 +6,7 @@ its escapes, printed by `cat`, then a `sleep` holds it) with `@argus-profile` se
 profile, runs the real `argus-controller` (loopback, temp SQLite) and `argus-node-agent` on that
 server, and reads the conditions back with `argusctl sessions`. Prints a Markdown table (or JSON).
 
-Usage: report.py NODE_AGENT_BIN [--bin-dir target/debug] [--json OUT] [--markdown OUT]
+Usage: report.py NODE_AGENT_BIN [--bin-dir target/debug] [--screens DIR] [--json OUT] [--check]
 """
 
 import argparse
@@ -56,15 +56,18 @@ def main():
     ap.add_argument("node_agent")
     ap.add_argument("--bin-dir", default=os.path.join(HERE, "../../target/debug"))
     ap.add_argument("--json", default="")
+    ap.add_argument("--screens", default=SCREENS, help="a fixture tree with its real.toml")
+    ap.add_argument("--check", action="store_true", help="exit 1 when a screen is misread")
     args = ap.parse_args()
-    entries = manifest.read(os.path.join(SCREENS, "real.toml"))
+    screens = args.screens
+    entries = manifest.read(os.path.join(screens, "real.toml"))
     root = tempfile.mkdtemp(prefix="argus-report-")
     sock = os.path.join(root, "tmux.sock")
     tmux = ["tmux", "-S", sock, "-f", "/dev/null"]
     procs = []
     try:
         for key in sorted(entries):
-            ansi = os.path.join(SCREENS, key[:-len(".txt")] + ".ansi")
+            ansi = os.path.join(screens, key[:-len(".txt")] + ".ansi")
             name = session_name(key)
             # Wide enough that the joined lines of the capture do not wrap again.
             subprocess.run(tmux + ["new-session", "-d", "-x", "250", "-y", "60", "-s", name,
@@ -119,6 +122,8 @@ def main():
     for r in rows:
         print(f"| {r['cli']} {r['version']} | {r['state']} | {r['expect']} | {r['reported']} | "
               f"{'right' if r['right'] else 'WRONG'} |")
+    if args.check and right < len(rows):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -40,8 +40,10 @@ STATES = [
     # Gemini's daily-quota screen names no time; neither does the usage-limit error Aider prints.
     State("usage-limit", "rate-limited", mode="usage_limit", variant="subscription",
           reset_in=7200, smoke=True, no_reset=("gemini", "aider")),
-    State("error-500", "error", mode="server_error"),
-    State("error-overloaded", "error", mode="overloaded"),
+    # Gemini 0.61 retries a 500 or 503 for more than 7 minutes, showing only its thinking line
+    # (retrying-500 records that); it never reaches a final error screen here.
+    State("error-500", "error", mode="server_error", only=("claude", "codex", "aider")),
+    State("error-overloaded", "error", mode="overloaded", only=("claude", "codex", "aider")),
     State("error-bad-request", "error", mode="bad_request"),
     State("dialog-trust", "dialog", prompt=None, variant="trust"),
     # Codex's first run is its login screen (dialog-login); Gemini's its trust and auth dialogs.
