@@ -304,10 +304,20 @@ impl Profile {
     /// of them is live, and a numbered menu entry is never a prompt.
     pub fn classify(&self, screen: &str, now: i64, utc_offset_secs: i32) -> Classification {
         let tail = tail_lines(screen, self.max_lines);
+        // A busy line whose turn has ended makes everything above it history too.
+        let ended = self
+            .rules
+            .iter()
+            .find(|r| r.condition == Condition::Thinking)
+            .and_then(|r| {
+                (0..tail.len())
+                    .rev()
+                    .find(|&i| r.patterns.is_match(tail[i]) && !self.live_match(r, &tail, i, None))
+            });
         let newest: Vec<(&Rule, usize)> = self
             .rules
             .iter()
-            .filter_map(|rule| self.newest_match(rule, &tail).map(|i| (rule, i)))
+            .filter_map(|rule| self.newest_match(rule, &tail, ended).map(|i| (rule, i)))
             .collect();
         let pick = newest
             .iter()
@@ -350,15 +360,21 @@ impl Profile {
     }
 
     /// Index in `tail` of the newest line of `rule`'s window that matches and is still live.
-    fn newest_match(&self, rule: &Rule, tail: &[&str]) -> Option<usize> {
+    fn newest_match(&self, rule: &Rule, tail: &[&str], ended: Option<usize>) -> Option<usize> {
         let start = tail.len().saturating_sub(rule.last_lines);
         (start..tail.len())
             .rev()
-            .find(|&i| self.live_match(rule, tail, i))
+            .find(|&i| self.live_match(rule, tail, i, ended))
     }
 
-    fn live_match(&self, rule: &Rule, tail: &[&str], i: usize) -> bool {
+    /// Whether line `i` matches `rule` and is still live: not cleared by a line below it, not
+    /// above a newer turn, not above `ended` (a busy line whose turn is over).
+    fn live_match(&self, rule: &Rule, tail: &[&str], i: usize, ended: Option<usize>) -> bool {
         if !rule.patterns.is_match(tail[i]) {
+            return false;
+        }
+        let history = ended.is_some_and(|e| i < e) && rule.condition != Condition::AtPrompt;
+        if history {
             return false;
         }
         let below = &tail[i + 1..];
@@ -369,11 +385,23 @@ impl Profile {
         }
         match rule.condition {
             Condition::AtPrompt => !MENU_ITEM.is_match(tail[i]),
-            // A busy or retry line above the end of a turn is over.
-            Condition::Thinking => !self
-                .turn_done
-                .as_ref()
-                .is_some_and(|done| below.iter().any(|l| done.is_match(l))),
+            // A busy or retry line above the end of a turn is over, and so is one above a
+            // prompt on the very last line: that prompt handed control back (aider's "> " after
+            // an interrupted request; box prompts always have lines below them).
+            Condition::Thinking => {
+                let done = self
+                    .turn_done
+                    .as_ref()
+                    .is_some_and(|done| below.iter().any(|l| done.is_match(l)));
+                let prompt_last = below.last().is_some_and(|last| {
+                    self.rules.iter().any(|r| {
+                        r.condition == Condition::AtPrompt
+                            && r.patterns.is_match(last)
+                            && !MENU_ITEM.is_match(last)
+                    })
+                });
+                !done && !prompt_last
+            }
             Condition::None => true,
             Condition::Dialog
             | Condition::WaitingPermission
@@ -430,7 +458,7 @@ impl Profile {
         let start = tail.len().saturating_sub(rule.last_lines);
         (start..=line)
             .rev()
-            .filter(|&i| self.live_match(rule, tail, i))
+            .filter(|&i| self.live_match(rule, tail, i, None))
             .find_map(|i| {
                 let end = (i + 1 + RESET_CONTEXT_LINES).min(tail.len());
                 let stop = (i + 1..end)

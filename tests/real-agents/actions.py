@@ -15,6 +15,7 @@ Usage: actions.py CACHE [--only CLI[,CLI]] [--json OUT]
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -91,11 +92,16 @@ def check(agent, cache, server, root):
         pane.wait_for(agent.busy, 30)
         pid = pane.pid()
         pane.keys("C-c")
-        try:
-            pane.wait_for(agent.busy, 15, absent=True)
-            stopped = True
-        except Timeout:
-            stopped = False
+        # Stopped: the busy line is gone, or the prompt is back on the last line (Aider keeps
+        # its old spinner line in the scrollback).
+        deadline = time.monotonic() + 15
+        stopped = False
+        while not stopped and time.monotonic() < deadline:
+            screen = pane.text()
+            lines = [line for line in screen.splitlines() if line.strip()]
+            stopped = not re.search(agent.busy, screen, re.M) or bool(
+                lines and re.search(agent.ready, lines[-1]))
+            time.sleep(0.2)
         pane.wait_quiet(2.0, 30)
         alive = not pane.dead() and os.path.exists(f"/proc/{pid}")
         results["interrupt_stops_turn"] = stopped

@@ -260,12 +260,17 @@ fn windows_and_precedence() {
     assert_eq!(c("ERR x\n>"), Condition::Error);
     assert_eq!(c("ERR x\nOK\n>"), Condition::AtPrompt);
     // The newest of a limit, a busy line and an error wins.
+    assert_eq!(c("busy\nERR x\nmore"), Condition::Error);
+    assert_eq!(c("ERR x\nbusy\nmore"), Condition::Thinking);
+    // A prompt on the last line ends the busy line above it, and what came before it.
+    assert_eq!(c("ERR x\nbusy\n>"), Condition::AtPrompt);
     assert_eq!(c("busy\nERR x\n>"), Condition::Error);
-    assert_eq!(c("ERR x\nbusy\n>"), Condition::Thinking);
     assert_eq!(c("LIMIT\nbusy"), Condition::Thinking);
     assert_eq!(c("busy\nLIMIT"), Condition::RateLimited);
     // A question holds the screen whatever is below it.
-    assert_eq!(c("go on?\nbusy\n>"), Condition::WaitingPermission);
+    assert_eq!(c("go on?\nbusy"), Condition::WaitingPermission);
+    // ...until the turn ends: then the question was answered.
+    assert_eq!(c("go on?\nbusy\n>"), Condition::AtPrompt);
     assert_eq!(c("LIMIT\ngo on?\nbusy"), Condition::WaitingPermission);
     // Blank lines do not count towards a window; the fourth non-blank line from the bottom is out.
     assert_eq!(c("LIMIT\n\n\na\n\nb\n\nc\n\n"), Condition::None);
@@ -568,7 +573,7 @@ fn a_cli_retrying_by_itself_is_busy_and_its_back_off_is_no_reset() {
         ),
         (
             "claude",
-            "❯ go\nAPI error · retrying in 4s · attempt 3/10\n❯ ",
+            "❯ go\nAPI error · retrying in 4s · attempt 3/10\n❯ \n  ? for shortcuts",
         ),
         (
             "aider",
@@ -593,6 +598,15 @@ fn streaming_output_without_a_status_line_is_busy() {
     let aider_done =
         "> explain\nThe probe loop walks every pane\nTokens: 2k sent, 13 received.\n> ";
     assert_eq!(condition("aider", aider_done), Condition::AtPrompt);
+}
+
+#[test]
+fn a_prompt_on_the_last_line_ends_the_busy_line_above_it() {
+    // Aider after one C-c on a hung request: the spinner stays in the scrollback.
+    let aider = "> hello\n  ░█       Waiting for openai/gpt-5\n^C again to exit\n──────────\n> ";
+    assert_eq!(condition("aider", aider), Condition::AtPrompt);
+    let busy = "> hello\n  ░█       Waiting for openai/gpt-5";
+    assert_eq!(condition("aider", busy), Condition::Thinking);
 }
 
 #[test]
