@@ -36,7 +36,10 @@ STATES = [
           prompt="Create the edit file please."),
     # Claude and Codex show the 429 without the provider's time (retry-after is in a header).
     State("rate-limit", "rate-limited", mode="rate_limit", reset_in=600,
-          no_reset=("claude", "codex")),
+          no_reset=("claude", "codex"), only=("claude", "codex", "gemini")),
+    # Aider waits out a 10-minute retry-after inside litellm for longer than the lane waits
+    # (retrying-backoff records that screen); with a short one it gives up within two minutes.
+    State("rate-limit", "rate-limited", mode="rate_limit", reset_in=20, only=("aider",)),
     # Gemini's daily-quota screen names no time; neither does the usage-limit error Aider prints.
     State("usage-limit", "rate-limited", mode="usage_limit", variant="subscription",
           reset_in=7200, smoke=True, no_reset=("gemini", "aider")),
