@@ -32,6 +32,8 @@ class Agent:
     # The screen while it works on a turn; the driver waits for it to go away.
     busy: str
 
+    # The question a tool permission shows.
+    asks: str = ""
     # (regex, keys) of dialogs that may pop up mid-state, and how to dismiss them.
     hooks: list = field(default_factory=list)
     # variant -> [(regex, keys)]: screens to step through before a dialog state's capture.
@@ -189,15 +191,19 @@ def all_agents(versions):
     return [
         Claude("claude", "claude", versions["CLAUDE_CODE_VERSION"],
                ready=r"^❯\s*$", busy=r"(?i)esc to interrupt",
+               asks=r"Do you want to (?:proceed|make this edit|create)",
                hooks=[(r"Make auto mode your default permission mode", ["Escape"])],
                # Offline, a first run without a key stops at its connectivity check before the
                # login screen; without a key after onboarding, the first message asks for /login.
                steps={"login": [(r"^❯\s*$", ["-l", "Reply please."]),
                                 (r"Reply please\.", ["Enter"])]}),
         Codex("codex", "codex", versions["CODEX_VERSION"],
-              ready=r"^› ", busy=r"(?i)esc to interrupt"),
+              ready=r"^› ", busy=r"(?i)esc to interrupt",
+              asks=r"Would you like to|Press enter to confirm"),
         Gemini("gemini", "gemini", versions["GEMINI_CLI_VERSION"],
-               ready=r"Type your message", busy=r"\(esc to cancel"),
+               ready=r"Type your message", busy=r"\(esc to cancel",
+               asks=r"Allow execution|Apply this change|Allow edit|Allow once"),
         Aider("aider", "aider", versions["AIDER_VERSION"],
-              ready=r"^>\s*$", busy=r"Waiting for"),
+              ready=r"^>\s*$", busy=r"Waiting for",
+              asks=r"\(Y\)es/\(N\)o"),
     ]

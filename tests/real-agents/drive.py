@@ -164,12 +164,18 @@ def drive_one(agent, state, cache, server, root):
                 wait_requests(server, "hang", since, 1, 30)
                 pane.wait_for(agent.busy, 30)
             else:
-                asks = state.mode in ("tool_shell", "tool_edit")
-                if state.mode != "answer" and not asks:
-                    wait_requests(server, state.mode, since, 1, 60)
-                # A permission dialog may keep the busy footer ("esc to interrupt").
-                # Gemini retries 500 and 503 for minutes before it gives up.
-                pane.wait_quiet(2.0, 420, unless=None if asks else agent.busy)
+                if state.mode in ("tool_shell", "tool_edit"):
+                    # The question may come with a busy footer or a live timer: wait for it.
+                    pane.wait_for(agent.asks, 60)
+                    try:
+                        pane.wait_quiet(1.0, 5)
+                    except Timeout:
+                        pass
+                else:
+                    if state.mode != "answer":
+                        wait_requests(server, state.mode, since, 1, 60)
+                    # Gemini retries 500 and 503 for minutes before it gives up.
+                    pane.wait_quiet(2.0, 420, unless=agent.busy)
         reset = None
         if state.expect == "rate-limited" and agent.name not in state.no_reset:
             reset = int(since) + state.reset_in
