@@ -191,6 +191,13 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):  # quiet: requests go to the log file instead
         pass
 
+    def handle(self):
+        # A CLI ended mid-stream (the driver is done with it): not an error of the server.
+        try:
+            super().handle()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
     def record(self, status, note=""):
         line = json.dumps({"t": time.time(), "method": self.command, "path": self.path,
                            "status": status, "mode": self.sc.get("mode"), "note": note,
