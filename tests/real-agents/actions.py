@@ -15,6 +15,7 @@ Usage: actions.py CACHE [--only CLI[,CLI]] [--json OUT]
 import argparse
 import json
 import os
+import shutil
 import re
 import sys
 import tempfile
@@ -154,6 +155,7 @@ def main():
                            and r.get("resume_restores_history"))
     finally:
         server.stop()
+        shutil.rmtree(root, ignore_errors=True)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=1)

@@ -152,7 +152,8 @@ def drive_one(agent, state, cache, server, root):
             pane.wait_quiet(1.0, 30)
         since = time.time()
         if state.prompt is not None:
-            server.set({"mode": state.mode, "reset_in": state.reset_in, "cwd": work})
+            server.set({"mode": state.mode, "reset_in": state.reset_in, "cwd": work,
+                        "no_retry_after": state.no_retry_after})
             since = time.time()
             pane.submit(state.prompt)
             until = state.until
@@ -178,7 +179,7 @@ def drive_one(agent, state, cache, server, root):
                     pane.wait_quiet(2.0, 420, unless=agent.busy)
         reset = None
         if state.expect == "rate-limited" and agent.name not in state.no_reset:
-            reset = int(since) + state.reset_in
+            reset = int(time.time() if state.reset_from_capture else since) + state.reset_in
         return pane.text(), pane.text(escapes=True), pane.dialogs, reset
     finally:
         tmux.kill_server()

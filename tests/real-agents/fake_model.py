@@ -17,7 +17,9 @@ every request, so a driver switches scenarios by rewriting the file:
     {"mode": "bad_request"}       400
     {"mode": "hang"}              accept the request, never answer
 
-`reset_in` (seconds, default 3600) sets the reset time the limit responses name. Every request
+`reset_in` (seconds, default 3600) sets the reset time the limit responses name;
+`no_retry_after` leaves the retry-after header out of an OpenAI 429 (the body still names the
+time), so that clients back off on their own schedule. Every request
 is appended to the log file as one JSON line (method, path, status) for drivers to wait on.
 
 Usage: fake_model.py PORT SCENARIO_FILE LOG_FILE
@@ -114,8 +116,7 @@ def anthropic_error(sc, mode):
 def openai_error(sc, mode):
     reset_in = int(sc.get("reset_in", 3600))
     if mode == "rate_limit":
-        return 429, {
-            "retry-after": str(reset_in),
+        return 429, {} if sc.get("no_retry_after") else {"retry-after": str(reset_in)} | {
             "x-ratelimit-limit-requests": "500",
             "x-ratelimit-remaining-requests": "0",
             "x-ratelimit-reset-requests": f"{reset_in // 60}m{reset_in % 60}s",

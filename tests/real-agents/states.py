@@ -16,6 +16,8 @@ class State:
     reset_in: int = 3600        # seconds until the reset the limit responses name
     only: tuple = ()            # CLIs this state applies to (empty: all)
     no_reset: tuple = ()        # CLIs whose screen names no reset time in this state
+    no_retry_after: bool = False  # the 429 comes without a retry-after header
+    reset_from_capture: bool = False  # the screen's reset is relative to when it is read
     smoke: bool = False         # part of the CI smoke set
 
 
@@ -37,9 +39,11 @@ STATES = [
     # Claude and Codex show the 429 without the provider's time (retry-after is in a header).
     State("rate-limit", "rate-limited", mode="rate_limit", reset_in=600,
           no_reset=("claude", "codex"), only=("claude", "codex", "gemini")),
-    # Aider waits out a 10-minute retry-after inside litellm for longer than the lane waits
-    # (retrying-backoff records that screen); with a short one it gives up within two minutes.
-    State("rate-limit", "rate-limited", mode="rate_limit", reset_in=20, only=("aider",)),
+    # Aider waits out the retry-after header inside litellm on every attempt, for longer than
+    # the lane waits (retrying-backoff records that screen); without the header it gives up
+    # after its own minute of back-off. The body's "try again in 10m0s" is read at capture.
+    State("rate-limit", "rate-limited", mode="rate_limit", reset_in=600, only=("aider",),
+          no_retry_after=True, reset_from_capture=True),
     # Gemini's daily-quota screen names no time; neither does the usage-limit error Aider prints.
     State("usage-limit", "rate-limited", mode="usage_limit", variant="subscription",
           reset_in=7200, smoke=True, no_reset=("gemini", "aider")),
