@@ -40,10 +40,11 @@ STATES = [
     State("rate-limit", "rate-limited", mode="rate_limit", reset_in=600,
           no_reset=("claude", "codex"), only=("claude", "codex", "gemini")),
     # Aider waits out the retry-after header inside litellm on every attempt, for longer than
-    # the lane waits (retrying-backoff records that screen); without the header it gives up
-    # after its own minute of back-off. The body's "try again in 10m0s" is read at capture.
-    State("rate-limit", "rate-limited", mode="rate_limit", reset_in=600, only=("aider",),
-          no_retry_after=True, reset_from_capture=True),
+    # the lane waits (retrying-backoff records that screen). Without the header it gives up
+    # after its own minute of back-off and asks "Open URL for more info?" while its spinner
+    # still draws over the question: a person must answer.
+    State("rate-limit", "waiting-permission", mode="rate_limit", reset_in=600, only=("aider",),
+          no_retry_after=True, until=r"text:\[(?:Yes|No)\]:\s*$"),
     # Gemini's daily-quota screen names no time; neither does the usage-limit error Aider prints.
     State("usage-limit", "rate-limited", mode="usage_limit", variant="subscription",
           reset_in=7200, smoke=True, no_reset=("gemini", "aider")),
