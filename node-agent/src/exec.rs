@@ -17,7 +17,7 @@ use crate::fence::{Fence, FenceError};
 use crate::probe::Snapshot;
 use crate::procs;
 use crate::tmux::Tmux;
-use argus_shared::command::split_tmux_command;
+use argus_shared::command::{shell_command_from_tmux, split_tmux_command};
 
 /// Most processes signalled in one kill.
 const KILL_TREE_LIMIT: usize = 512;
@@ -256,49 +256,44 @@ fn matches_incarnation(s: &pb::SessionObservation, want: &pb::Incarnation) -> bo
 }
 
 /// The argv for respawn-pane: the given command, else `@argus-restart`, else the pane's own start
-/// command; a single string is run by tmux through the shell. Started again from its own start
-/// command, a recognised agent resumes its conversation in its CLI's own form (`claude
-/// --continue`, `codex resume --last`); a command given by the operator is taken as it is.
+/// command; a single string is run by tmux through the shell. A recognised agent started again
+/// from its own start command (none given, or the one the controller derives from it) resumes
+/// its conversation in its CLI's own form (`claude --continue`, `codex resume --last`); a
+/// command of the operator's (`@argus-restart`, or any other) is taken as it is.
 fn restart_argv(command: &str, s: &pb::SessionObservation, profiles: &Profiles) -> Vec<String> {
+    let label = s.labels.get("restart").filter(|l| !l.is_empty());
+    let own = shell_command_from_tmux(&s.start_command);
+    let from_start = if command.is_empty() {
+        label.is_none()
+    } else {
+        command == own && label.is_none_or(|l| l != command)
+    };
+    if from_start && let Some(profile) = agent_profile(s, profiles).filter(|p| p.resume().is_some())
+    {
+        return vec![profile.resume_command(&own)];
+    }
     if !command.is_empty() {
         return vec![command.to_owned()];
     }
-    if let Some(label) = s.labels.get("restart").filter(|l| !l.is_empty()) {
+    if let Some(label) = label {
         return vec![label.clone()];
     }
-    let argv = split_tmux_command(&s.start_command);
-    let Some(program) = argv.first() else {
-        return argv;
-    };
-    // The session's profile, else the one the start command itself matches (the agent may have
-    // died already, so its process is gone).
-    let line = shell_join(&argv);
-    let comm = program.rsplit('/').next().unwrap_or(program);
-    let profile = profiles
-        .get(&s.profile)
-        .filter(|p| p.name != argus_shared::profile::GENERIC)
-        .or_else(|| profiles.match_process(comm, &argv.join(" ")));
-    match profile.filter(|p| p.resume().is_some()) {
-        Some(profile) => vec![profile.resume_command(&line)],
-        None => argv,
-    }
+    split_tmux_command(&s.start_command)
 }
 
-/// `argv` as one shell command line, each word quoted when it needs to be.
-fn shell_join(argv: &[String]) -> String {
-    argv.iter()
-        .map(|w| {
-            if !w.is_empty()
-                && w.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:@,+%".contains(c))
-            {
-                w.clone()
-            } else {
-                format!("'{}'", w.replace('\'', "'\\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+/// The session's agent profile, else the one its start command matches (the agent may have
+/// died already, so its process is gone). None for the generic profile.
+fn agent_profile<'a>(
+    s: &pb::SessionObservation,
+    profiles: &'a Profiles,
+) -> Option<&'a argus_shared::profile::Profile> {
+    let argv = split_tmux_command(&s.start_command);
+    let program = argv.first()?;
+    let comm = program.rsplit('/').next().unwrap_or(program);
+    profiles
+        .get(&s.profile)
+        .filter(|p| p.name != argus_shared::profile::GENERIC)
+        .or_else(|| profiles.match_process(comm, &argv.join(" ")))
 }
 
 /// SIGTERM to the tree under `root`, deepest first; wait up to `grace`; SIGKILL what is left.
@@ -353,6 +348,13 @@ mod tests {
             restart_argv("", &obs("\"aider\" --model \"a b\"", "aider"), &p),
             ["aider --restore-chat-history --model 'a b'"]
         );
+        // The policy's restart names the start command as the controller derives it.
+        let s = obs("\"claude\" \"--model\" \"opus\"", "claude");
+        let own = shell_command_from_tmux(&s.start_command);
+        assert_eq!(
+            restart_argv(&own, &s, &p),
+            ["claude --continue --model opus"]
+        );
     }
 
     #[test]
@@ -369,6 +371,14 @@ mod tests {
         assert_eq!(
             restart_argv("", &obs("claude --continue", "claude"), &p),
             ["claude --continue"]
+        );
+        // @argus-restart is the operator's command, as it is.
+        let mut s = obs("claude", "claude");
+        s.labels.insert("restart".into(), "claude --model x".into());
+        assert_eq!(restart_argv("", &s, &p), ["claude --model x"]);
+        assert_eq!(
+            restart_argv("claude --model x", &s, &p),
+            ["claude --model x"]
         );
     }
 }
