@@ -181,11 +181,18 @@ impl Executor {
                 }
                 Ok(String::new())
             }
-            Action::Interrupt => tmux
-                .send_key(pane, "C-c")
-                .await
-                .map(|()| String::new())
-                .map_err(e),
+            Action::Interrupt => {
+                // The key that stops a turn without ending the CLI differs (Codex: Escape).
+                let keys = self
+                    .profiles
+                    .get(&s.profile)
+                    .map(|p| p.interrupt_keys().to_vec())
+                    .unwrap_or_else(|| vec!["C-c".to_owned()]);
+                for key in keys {
+                    tmux.send_key(pane, &key).await.map_err(e)?;
+                }
+                Ok(String::new())
+            }
             Action::Capture { lines } => {
                 let text = tmux.capture(pane, lines).await.map_err(e)?;
                 Ok(argus_shared::screen::last_lines(&text, lines as usize).to_owned())

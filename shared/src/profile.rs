@@ -242,6 +242,7 @@ pub struct Profile {
     turn_done: Option<RegexSet>,
     submit_keys: Vec<String>,
     submit_delay_ms: u64,
+    interrupt_keys: Vec<String>,
     resume: Option<Resume>,
 }
 
@@ -290,6 +291,7 @@ impl Profile {
             turn_done: None,
             submit_keys: vec!["Enter".to_owned()],
             submit_delay_ms: 0,
+            interrupt_keys: vec!["C-c".to_owned()],
             resume: None,
         }
     }
@@ -482,6 +484,12 @@ impl Profile {
         std::time::Duration::from_millis(self.submit_delay_ms)
     }
 
+    /// Keys that stop the agent's current turn without ending it, as tmux key names: C-c for
+    /// most; Codex answers C-c with a menu (cancel / background / exit) and stops on Escape.
+    pub fn interrupt_keys(&self) -> &[String] {
+        &self.interrupt_keys
+    }
+
     /// How a restart resumes this agent's conversation, when the CLI has a way.
     pub fn resume(&self) -> Option<&Resume> {
         self.resume.as_ref()
@@ -523,9 +531,12 @@ impl Profile {
 fn program_end(words: &[(usize, &str)]) -> Option<usize> {
     let base = |w: &str| w.rsplit('/').next().unwrap_or(w).to_owned();
     let mut i = 0;
+    let mut env = false;
+    // `env -i A=1 B=2 prog`, `A=1 prog`
     while let Some((_, w)) = words.get(i)
-        && (*w == "env" || (w.contains('=') && !w.starts_with('-')))
+        && (*w == "env" || (env && w.starts_with('-')) || (w.contains('=') && !w.starts_with('-')))
     {
+        env |= *w == "env";
         i += 1;
     }
     let interpreter = words.get(i).is_some_and(|(_, w)| {

@@ -1,28 +1,30 @@
 #!/usr/bin/env python3
-"""Checks, live, what Argus's actions do to each real CLI, the way the node agent sends them:
+"""Checks, live, what Argus's actions do to each real CLI, sent by the real node agent
+(`argusctl` to a real controller; the node agent watches the CLI's private tmux server):
 
-- nudge: the text typed with `send-keys -l`, then Enter as a separate `send-keys` right after
-  (no pause), and again after the profile's `submit_delay_ms`: does the text reach the model
-  as a submitted message?
-- interrupt: one C-c while the CLI waits on a hung request: does it stop the turn and stay up?
-- resume: the CLI respawned in its resume form (the profile's `resume.args`): does the next
-  request carry the earlier conversation?
+- the CLI itself: text typed with `send-keys -l`, then Enter at once as a separate `send-keys`:
+  does it arrive? (It does not on every TUI: hence the profiles' `submit_delay_ms`.)
+- nudge: `argusctl nudge`: does the text reach the model as a submitted message?
+- interrupt: `argusctl interrupt` (one C-c) on a hung request: does the turn stop, the CLI stay?
+- restart: `argusctl restart` from the session's own start command: the node agent adds the
+  profile's `resume.args`; does the next request carry the earlier conversation?
 
 Run inside `unshare -n` (actions.sh does). Prints one line per check and exits 1 on a failure.
-Usage: actions.py CACHE [--only CLI[,CLI]] [--json OUT]
+Usage: actions.py CACHE [--only CLI[,CLI]] [--json OUT] [--bin-dir target/debug]
 """
 
 import argparse
 import json
 import os
-import shutil
 import re
+import shutil
 import sys
 import tempfile
 import time
 import tomllib
 
 import agents
+from argus import BIN_DIR, Argus
 from drive import Server, end_pids, pids_with_env, read_versions
 from pane import Pane, Timeout, Tmux
 
@@ -34,12 +36,6 @@ def profile_data(name):
     with open(PROFILES, "rb") as f:
         p = tomllib.load(f)["profiles"][name]
     return p.get("resume", {}).get("args", []), p.get("submit_delay_ms", 0)
-
-
-def resumed(argv, args):
-    """argv with the resume args after the program (after `node script.js` for npm CLIs)."""
-    at = 2 if os.path.basename(argv[0]) == "node" else 1
-    return argv[:at] + args + argv[at:]
 
 
 def wait_marker(server, marker, since, timeout):
@@ -55,19 +51,22 @@ def wait_marker(server, marker, since, timeout):
     return False
 
 
-def check(agent, cache, server, root):
+def check(agent, cache, server, root, bin_dir):
     results = {}
     home = tempfile.mkdtemp(prefix=f"{agent.name}-actions-home-", dir=root)
     work = tempfile.mkdtemp(prefix=f"{agent.name}-actions-work-", dir=root)
     launch = agent.launch(cache, home, work, server.port, "normal", False)
-    tmux = Tmux(os.path.join(root, f"tmux-{agent.name}-actions.sock"))
+    sock = os.path.join(root, f"tmux-{agent.name}-actions.sock")
+    tmux = Tmux(sock)
+    argus = None
     try:
         pane = Pane.start(tmux, "agent", launch.argv, launch.env, work)
+        tmux.run("set-option", "-t", "agent", "@argus-profile", agent.profile)
         pane.hooks = agent.hooks
         pane.wait_for(agent.ready, 60)
         pane.wait_quiet(1.0, 30)
 
-        # Nudge as the node agent sends it without a delay: text, then Enter at once.
+        # The CLI itself: text, then Enter at once as a separate send-keys.
         server.set({"mode": "answer", "cwd": work})
         since = time.time()
         pane.tmux.run("send-keys", "-t", pane.name, "-l", "argus-marker-one please continue")
@@ -78,52 +77,74 @@ def check(agent, cache, server, root):
             wait_marker(server, "argus-marker-one", since, 20)
         pane.wait_quiet(2.0, 60, unless=agent.busy)
 
-        # Nudge as the node agent sends it with the profile's delay.
-        resume_args, delay_ms = profile_data(agent.profile)
+        # From here on through Argus: the real node agent executes the commands.
+        argus_root = tempfile.mkdtemp(prefix=f"{agent.name}-argus-", dir=root)
+        argus = Argus(argus_root, sock, bin_dir=bin_dir)
+        listed = argus.wait_listed(["agent"], 30)
+        results["argus_sees"] = listed.get("agent", "(not listed)")
+
+        # Nudge as the node agent sends it (the profile's submit delay).
+        _, delay_ms = profile_data(agent.profile)
+        results["submit_delay_ms"] = delay_ms
         since = time.time()
-        pane.tmux.run("send-keys", "-t", pane.name, "-l", "argus-marker-two please continue")
-        time.sleep(delay_ms / 1000)
-        pane.keys("Enter")
-        results["nudge_profile_delay"] = wait_marker(server, "argus-marker-two", since, 20)
+        code, out = argus.ctl("nudge", argus.node_id, "agent", "argus-marker-two please continue")
+        results["nudge_sent"] = code == 0 or out.strip()[-120:]
+        results["argus_nudge_arrives"] = wait_marker(server, "argus-marker-two", since, 20)
         pane.wait_quiet(2.0, 60, unless=agent.busy)
 
-        # Interrupt: one C-c on a hung turn.
+        # Interrupt (one C-c, as the policy sends it) on a hung turn.
         server.set({"mode": "hang", "cwd": work})
         pane.submit("argus-marker-three wait for it")
         pane.wait_for(agent.busy, 30)
         pid = pane.pid()
-        pane.keys("C-c")
+        code, out = argus.ctl("interrupt", argus.node_id, "agent")
+        results["interrupt_sent"] = code == 0 or out.strip()[-120:]
         # Stopped: the busy line is gone, or the prompt is back on the last line (Aider keeps
         # its old spinner line in the scrollback).
+        # It must hold for two seconds: a TUI redrawing may lose its busy line for a frame.
         deadline = time.monotonic() + 15
-        stopped = False
+        stopped, since_ok = False, None
         while not stopped and time.monotonic() < deadline:
             screen = pane.text()
             lines = [line for line in screen.splitlines() if line.strip()]
-            stopped = not re.search(agent.busy, screen, re.M) or bool(
+            ok = not re.search(agent.busy, screen, re.M) or bool(
                 lines and re.search(agent.ready, lines[-1]))
+            since_ok = (since_ok or time.monotonic()) if ok else None
+            stopped = since_ok is not None and time.monotonic() - since_ok >= 2.0
             time.sleep(0.2)
-        pane.wait_quiet(2.0, 30)
-        alive = not pane.dead() and os.path.exists(f"/proc/{pid}")
         results["interrupt_stops_turn"] = stopped
-        results["interrupt_keeps_cli"] = alive
+        results["after_interrupt"] = [l for l in pane.text().splitlines() if l.strip()][-4:]
+        if not stopped:
+            pane.keys("Escape")  # leave the hung turn, so that the restart check can run
+            pane.wait_for(agent.busy, 30, absent=True)
+        pane.wait_quiet(2.0, 30)
+        results["interrupt_keeps_cli"] = not pane.dead() and os.path.exists(f"/proc/{pid}")
 
-        # Resume: end the CLI, start it again in its resume form, ask once more.
+        # Restart through Argus, from the session's own start command: the node agent adds the
+        # profile's resume arguments. Does the next request carry the first conversation?
         server.set({"mode": "answer", "cwd": work})
-        argv = resumed(launch.argv, resume_args)
-        envv = [f"{k}={v}" for k, v in sorted(launch.env.items())]
-        # respawn-pane -k alone: a codex started at once meets its predecessor's app-server
-        # still draining and exits ("Server is draining"); first end everything it left.
-        end_pids(pids_with_env(f"HOME={home}"))
-        tmux.run("respawn-pane", "-k", "-t", pane.name, "env", "-i", *envv, *argv)
+        old_pid = pane.pid()
+        code, out = argus.ctl("restart", argus.node_id, "agent")
+        results["restart_accepted"] = code == 0 or out.strip()[-120:]
+        deadline = time.monotonic() + 30
+        while pane.pid() == old_pid and time.monotonic() < deadline:
+            time.sleep(0.2)
+        results["restarted"] = pane.pid() != old_pid
+        time.sleep(3)
+        results["after_restart"] = [l for l in pane.text().splitlines() if l.strip()][-6:]
         pane.wait_for(agent.ready, 60)
         pane.wait_quiet(2.0, 30)
+        results["restarted_as"] = tmux.run(
+            "display-message", "-p", "-t", "agent", "#{pane_start_command}").strip()[-80:]
         since = time.time()
         pane.submit("argus-marker-four what did I say before?")
         results["resume_restores_history"] = wait_marker(server, "argus-marker-one", since, 30)
-        results["resume_args"] = " ".join(resume_args)
-        results["submit_delay_ms"] = delay_ms
+    except Timeout as e:
+        print(e, file=sys.stderr)
+        results["error"] = str(e).splitlines()[0]
     finally:
+        if argus:
+            argus.stop()
         tmux.kill_server()
         end_pids(pids_with_env(f"HOME={home}"))
     return results
@@ -134,6 +155,7 @@ def main():
     ap.add_argument("cache")
     ap.add_argument("--only", default="")
     ap.add_argument("--json", default="")
+    ap.add_argument("--bin-dir", default=BIN_DIR)
     args = ap.parse_args()
     chosen = [a for a in agents.all_agents(read_versions())
               if not args.only or a.name in args.only.split(",")]
@@ -142,16 +164,12 @@ def main():
     report, failed = {}, False
     try:
         for agent in chosen:
-            try:
-                r = check(agent, args.cache, server, root)
-            except Timeout as e:
-                print(e, file=sys.stderr)
-                r = {"error": str(e).splitlines()[0]}
+            r = check(agent, args.cache, server, root, args.bin_dir)
             report[agent.name] = r
             print(f"{agent.name}: {json.dumps(r)}", flush=True)
             # What Argus relies on: a nudge with the profile's delay arrives, an interrupt
             # leaves the CLI running, a restart in resume form keeps the conversation.
-            failed |= not (r.get("nudge_profile_delay") and r.get("interrupt_keeps_cli")
+            failed |= not (r.get("argus_nudge_arrives") and r.get("interrupt_keeps_cli")
                            and r.get("resume_restores_history"))
     finally:
         server.stop()

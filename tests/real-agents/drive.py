@@ -158,7 +158,7 @@ def drive_one(agent, state, cache, server, root):
             pane.submit(state.prompt)
             until = state.until
             if until.startswith("text:"):
-                pane.wait_for(until[5:], 60)
+                pane.wait_for(until[5:], 300)
             elif until.startswith("requests:"):
                 wait_requests(server, state.mode, since, int(until[9:]), 90)
             elif until == "hang":

@@ -13,23 +13,15 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 import manifest
+from argus import BIN_DIR, Argus
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCREENS = os.path.join(HERE, "../../shared/tests/fixtures/screens")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def session_name(key):
@@ -38,23 +30,10 @@ def session_name(key):
     return f"{profile}--{file[len('real-'):-len('.txt')]}"
 
 
-def conditions(argusctl, url):
-    """session name -> condition column of `argusctl sessions`."""
-    out = subprocess.run([argusctl, "--controller", url, "sessions"], capture_output=True,
-                         text=True, timeout=20).stdout
-    found = {}
-    # NODE SESSION STATE CONDITION PID REASON…: the names hold no spaces, so split on any.
-    for line in out.splitlines()[1:]:
-        cols = line.split()
-        if len(cols) >= 4:
-            found[cols[1]] = cols[3]
-    return found
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("node_agent")
-    ap.add_argument("--bin-dir", default=os.path.join(HERE, "../../target/debug"))
+    ap.add_argument("--bin-dir", default=BIN_DIR)
     ap.add_argument("--json", default="")
     ap.add_argument("--screens", default=SCREENS, help="a fixture tree with its real.toml")
     ap.add_argument("--check", action="store_true", help="exit 1 when a screen is misread")
@@ -64,7 +43,7 @@ def main():
     root = tempfile.mkdtemp(prefix="argus-report-")
     sock = os.path.join(root, "tmux.sock")
     tmux = ["tmux", "-S", sock, "-f", "/dev/null"]
-    procs = []
+    argus = None
     try:
         for key in sorted(entries):
             ansi = os.path.join(screens, key[:-len(".txt")] + ".ansi")
@@ -74,28 +53,9 @@ def main():
                                    f"cat '{ansi}'; exec sleep 100000"], check=True)
             subprocess.run(tmux + ["set-option", "-t", name, "@argus-profile",
                                    key.split("/")[0]], check=True)
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        log = open(os.path.join(root, "log"), "w")
-        procs.append(subprocess.Popen(
-            [os.path.join(args.bin_dir, "argus-controller"), "--insecure",
-             "--listen", f"127.0.0.1:{port}", "--http", f"127.0.0.1:{free_port()}",
-             "--db", f"sqlite://{root}/argus.db"], stdout=log, stderr=log))
-        procs.append(subprocess.Popen(
-            [args.node_agent, "--insecure", "--controller", url, "--node-id", "replay",
-             "--tmux-socket", sock, "--state-dir", os.path.join(root, "node"),
-             "--probe-interval", "1s"], stdout=log, stderr=log))
-        want = {session_name(k) for k in entries}
-        deadline = time.monotonic() + 60
-        got = {}
-        while time.monotonic() < deadline:
-            try:
-                got = conditions(os.path.join(args.bin_dir, "argusctl"), url)
-            except subprocess.TimeoutExpired:
-                got = {}
-            if want <= set(got):
-                break
-            time.sleep(1)
+        argus = Argus(root, sock, node_agent=args.node_agent, bin_dir=args.bin_dir,
+                      node_id="replay")
+        got = argus.wait_listed({session_name(k) for k in entries}, 60)
         rows = []
         for key in sorted(entries):
             e = entries[key]
@@ -105,13 +65,8 @@ def main():
                          "state": e["state"], "expect": e["expect"], "reported": reported,
                          "right": reported == e["expect"]})
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        if argus:
+            argus.stop()
         subprocess.run(tmux + ["kill-server"], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
     if args.json:

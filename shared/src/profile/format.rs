@@ -36,6 +36,7 @@ struct RawProfile {
     last_lines: Option<usize>,
     submit_keys: Option<Vec<String>>,
     submit_delay_ms: Option<u64>,
+    interrupt_keys: Option<Vec<String>>,
     resume: Option<RawResume>,
     #[serde(default)]
     new_turn: Vec<String>,
@@ -150,6 +151,18 @@ fn compile_profile(name: String, raw: RawProfile) -> Result<Profile, ProfileErro
         }
     }
 
+    let interrupt_keys = raw
+        .interrupt_keys
+        .clone()
+        .unwrap_or_else(|| vec!["C-c".to_owned()]);
+    for (i, key) in interrupt_keys.iter().enumerate() {
+        if key.trim().is_empty() || key.chars().any(char::is_control) {
+            return Err(invalid(
+                &format!("{base}.interrupt_keys[{i}]"),
+                "must be a tmux key name such as \"C-c\" or \"Escape\"",
+            ));
+        }
+    }
     let submit_delay_ms = raw.submit_delay_ms.unwrap_or(0);
     if submit_delay_ms > MAX_SUBMIT_DELAY_MS {
         return Err(invalid(
@@ -230,6 +243,7 @@ fn compile_profile(name: String, raw: RawProfile) -> Result<Profile, ProfileErro
         turn_done,
         submit_keys,
         submit_delay_ms,
+        interrupt_keys,
         resume,
     })
 }

@@ -534,6 +534,13 @@ fn restarts_resume_in_each_cli_s_own_form() {
         resume("aider", "python3 -m aider --model x"),
         "python3 -m aider --restore-chat-history --model x"
     );
+    assert_eq!(
+        resume(
+            "claude",
+            "env -i HOME=/h PATH=/bin /opt/claude.exe --permission-mode default"
+        ),
+        "env -i HOME=/h PATH=/bin /opt/claude.exe --continue --permission-mode default"
+    );
     assert_eq!(resume("shell", "bash"), "bash");
     assert_eq!(p.get("codex").unwrap().submit_delay().as_millis(), 300);
 }
@@ -607,6 +614,19 @@ fn a_prompt_on_the_last_line_ends_the_busy_line_above_it() {
     assert_eq!(condition("aider", aider), Condition::AtPrompt);
     let busy = "> hello\n  ░█       Waiting for openai/gpt-5";
     assert_eq!(condition("aider", busy), Condition::Thinking);
+}
+
+#[test]
+fn codex_after_an_interrupt() {
+    // Escape (its interrupt key) ends the turn: back at the prompt, no error.
+    let stopped = "› wait for it\n■ Conversation interrupted - use /feedback if something went wrong\n› Ask Codex to do anything\n  gpt-5 default · ~/src";
+    assert_eq!(condition("codex", stopped), Condition::AtPrompt);
+    // C-c asks what to do, and the turn goes on meanwhile: a person must choose.
+    let menu = "› 1. Cancel task        Stop the current task and stay in Codex\n  2. Run in background  Exit Codex and leave the task running\n  3. Exit               Stop the current task and exit Codex\n  enter select · esc back";
+    assert_eq!(condition("codex", menu), Condition::WaitingPermission);
+    let p = builtin();
+    assert_eq!(p.get("codex").unwrap().interrupt_keys(), ["Escape"]);
+    assert_eq!(p.get("claude").unwrap().interrupt_keys(), ["C-c"]);
 }
 
 #[test]
