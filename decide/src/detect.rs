@@ -323,7 +323,10 @@ pub fn next_due(t: &Track, now: UnixMs, policy: &Policy, ctx: &Ctx) -> Option<Un
     }
     let exempt = matches!(
         t.obs.condition,
-        Condition::Thinking | Condition::WaitingPermission | Condition::RateLimited
+        Condition::Thinking
+            | Condition::WaitingPermission
+            | Condition::Dialog
+            | Condition::RateLimited
     ) && !confirming;
     if exempt {
         return due;
@@ -547,12 +550,18 @@ fn observe(
     }
 
     // Waiting for a person is its own condition: announced once per prompt, never acted on.
-    if t.obs.condition == Condition::WaitingPermission {
+    if matches!(
+        t.obs.condition,
+        Condition::WaitingPermission | Condition::Dialog
+    ) {
         if !t.human_notified {
             t.human_notified = true;
-            fx.push(Effect::Notify(Notice::NeedsHuman(
-                "waiting for a permission or confirmation: a person must answer".into(),
-            )));
+            let why = if t.obs.condition == Condition::Dialog {
+                "a login, trust or first-run dialog: a person must answer"
+            } else {
+                "waiting for a permission or confirmation: a person must answer"
+            };
+            fx.push(Effect::Notify(Notice::NeedsHuman(why.into())));
         }
     } else {
         t.human_notified = false;
@@ -686,7 +695,10 @@ fn tick(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut Vec<Eff
     let cond = t.obs.condition;
     let exempt = matches!(
         cond,
-        Condition::Thinking | Condition::WaitingPermission | Condition::RateLimited
+        Condition::Thinking
+            | Condition::WaitingPermission
+            | Condition::Dialog
+            | Condition::RateLimited
     ) && !matches!(t.ladder.rung, Rung::Confirming(_));
     let idle_for = now - t.last_activity_ms;
     let idle_after = i64::from(policy.idle_checks) * t.probe_ms;

@@ -12,6 +12,7 @@ const HUNG_RESTART_AFTER_S: i64 = 600;
 pub fn heuristic(case: &TriageCase) -> Verdict {
     match case.condition.as_str() {
         "waiting-permission" => Verdict::NeedsHuman("waiting for a permission".into()),
+        "dialog" => Verdict::NeedsHuman("a login, trust or first-run dialog".into()),
         "rate-limited" | "thinking" => Verdict::Extend,
         // An error banner is the agent's own report; a restart would throw its work away, and a
         // nudge cannot fix a bad key or a provider outage. A person decides.

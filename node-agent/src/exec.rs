@@ -17,7 +17,7 @@ use crate::fence::{Fence, FenceError};
 use crate::probe::Snapshot;
 use crate::procs;
 use crate::tmux::Tmux;
-use argus_shared::command::split_tmux_command;
+use argus_shared::command::{shell_command_from_tmux, split_tmux_command};
 
 /// Most processes signalled in one kill.
 const KILL_TREE_LIMIT: usize = 512;
@@ -167,9 +167,13 @@ impl Executor {
         match action {
             Action::Nudge { text } => {
                 tmux.send_literal(pane, &text).await.map_err(e)?;
-                let keys = self
-                    .profiles
-                    .get(&s.profile)
+                let profile = self.profiles.get(&s.profile);
+                // Some TUIs take an Enter that arrives right behind pasted text as part of the
+                // paste (Codex): the profile says how long to let the text settle first.
+                if let Some(delay) = profile.map(|p| p.submit_delay()).filter(|d| !d.is_zero()) {
+                    tokio::time::sleep(delay).await;
+                }
+                let keys = profile
                     .map(|p| p.submit_keys().to_vec())
                     .unwrap_or_else(|| vec!["Enter".to_owned()]);
                 for key in keys {
@@ -177,11 +181,18 @@ impl Executor {
                 }
                 Ok(String::new())
             }
-            Action::Interrupt => tmux
-                .send_key(pane, "C-c")
-                .await
-                .map(|()| String::new())
-                .map_err(e),
+            Action::Interrupt => {
+                // The key that stops a turn without ending the CLI differs (Codex: Escape).
+                let keys = self
+                    .profiles
+                    .get(&s.profile)
+                    .map(|p| p.interrupt_keys().to_vec())
+                    .unwrap_or_else(|| vec!["C-c".to_owned()]);
+                for key in keys {
+                    tmux.send_key(pane, &key).await.map_err(e)?;
+                }
+                Ok(String::new())
+            }
             Action::Capture { lines } => {
                 let text = tmux.capture(pane, lines).await.map_err(e)?;
                 Ok(argus_shared::screen::last_lines(&text, lines as usize).to_owned())
@@ -202,7 +213,7 @@ impl Executor {
                 }
             }
             Action::Restart { command, .. } => {
-                let argv = restart_argv(&command, s);
+                let argv = restart_argv(&command, s, &self.profiles);
                 tmux.respawn_pane(pane, &argv)
                     .await
                     .map(|()| String::new())
@@ -252,19 +263,47 @@ fn matches_incarnation(s: &pb::SessionObservation, want: &pb::Incarnation) -> bo
 }
 
 /// The argv for respawn-pane: the given command, else `@argus-restart`, else the pane's own start
-/// command; a single string is run by tmux through the shell.
-fn restart_argv(command: &str, s: &pb::SessionObservation) -> Vec<String> {
+/// command; a single string is run by tmux through the shell. A recognised agent started again
+/// from its own start command (none given, or the one the controller derives from it) resumes
+/// its conversation in its CLI's own form (`claude --continue`, `codex resume --last`); a
+/// command of the operator's (`@argus-restart`, or any other) is taken as it is.
+fn restart_argv(command: &str, s: &pb::SessionObservation, profiles: &Profiles) -> Vec<String> {
+    let label = s
+        .labels
+        .get(argus_shared::labels::RESTART)
+        .filter(|l| !l.is_empty());
+    let own = shell_command_from_tmux(&s.start_command);
+    let from_start = if command.is_empty() {
+        label.is_none()
+    } else {
+        command == own && label.is_none_or(|l| l != command)
+    };
+    if from_start && let Some(profile) = agent_profile(s, profiles).filter(|p| p.resume().is_some())
+    {
+        return vec![profile.resume_command(&own)];
+    }
     if !command.is_empty() {
         return vec![command.to_owned()];
     }
-    if let Some(label) = s
-        .labels
-        .get(argus_shared::labels::RESTART)
-        .filter(|l| !l.is_empty())
-    {
+    if let Some(label) = label {
         return vec![label.clone()];
     }
     split_tmux_command(&s.start_command)
+}
+
+/// The session's agent profile, else the one its start command matches (the agent may have
+/// died already, so its process is gone). None for the generic profile.
+fn agent_profile<'a>(
+    s: &pb::SessionObservation,
+    profiles: &'a Profiles,
+) -> Option<&'a argus_shared::profile::Profile> {
+    let argv = split_tmux_command(&s.start_command);
+    let program = argv.first()?;
+    let comm = program.rsplit('/').next().unwrap_or(program);
+    profiles
+        .get(&s.profile)
+        .filter(|p| p.name != argus_shared::profile::GENERIC)
+        .or_else(|| profiles.match_process(comm, &argv.join(" ")))
 }
 
 /// SIGTERM to the tree under `root`, deepest first; wait up to `grace`; SIGKILL what is left.
@@ -288,5 +327,68 @@ async fn terminate_tree(root: u32, grace: Duration) {
         if procs::alive(p.pid, p.start_time) {
             let _ = procs::signal(p.pid, Signal::KILL);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(start_command: &str, profile: &str) -> pb::SessionObservation {
+        pb::SessionObservation {
+            start_command: start_command.to_owned(),
+            profile: profile.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_recognised_agent_restarts_in_its_resume_form() {
+        let p = Profiles::builtin();
+        assert_eq!(
+            restart_argv("", &obs("claude", "claude"), &p),
+            ["claude --continue"]
+        );
+        // Recognised from the start command when the agent is already gone.
+        assert_eq!(
+            restart_argv("", &obs("codex --model gpt-5", ""), &p),
+            ["codex resume --last --model gpt-5"]
+        );
+        assert_eq!(
+            restart_argv("", &obs("\"aider\" --model \"a b\"", "aider"), &p),
+            ["aider --restore-chat-history --model 'a b'"]
+        );
+        // The policy's restart names the start command as the controller derives it.
+        let s = obs("\"claude\" \"--model\" \"opus\"", "claude");
+        let own = shell_command_from_tmux(&s.start_command);
+        assert_eq!(
+            restart_argv(&own, &s, &p),
+            ["claude --continue --model opus"]
+        );
+    }
+
+    #[test]
+    fn other_commands_restart_as_they_are() {
+        let p = Profiles::builtin();
+        assert_eq!(
+            restart_argv("", &obs("npm run dev", "shell"), &p),
+            ["npm", "run", "dev"]
+        );
+        assert_eq!(
+            restart_argv("claude -p x", &obs("claude", "claude"), &p),
+            ["claude -p x"]
+        );
+        assert_eq!(
+            restart_argv("", &obs("claude --continue", "claude"), &p),
+            ["claude --continue"]
+        );
+        // @argus-restart is the operator's command, as it is.
+        let mut s = obs("claude", "claude");
+        s.labels.insert("restart".into(), "claude --model x".into());
+        assert_eq!(restart_argv("", &s, &p), ["claude --model x"]);
+        assert_eq!(
+            restart_argv("claude --model x", &s, &p),
+            ["claude --model x"]
+        );
     }
 }

@@ -254,8 +254,11 @@ impl Prober {
                 let classifier = profile
                     .and_then(|n| self.profiles.get(n))
                     .unwrap_or_else(|| self.profiles.generic());
+                // The whole capture, not the hashed tail: full-screen TUIs (Claude 2.1) pin their
+                // input box to the bottom row with blank rows above it, so the last 30 rows can be
+                // all box and blanks. The profile reads its own window of non-blank lines.
                 cache.classification =
-                    classifier.classify(tail, now_ms() / 1000, local_utc_offset_secs());
+                    classifier.classify(&text, now_ms() / 1000, local_utc_offset_secs());
             }
             Err(e) => tracing::debug!(pane = %pane.pane_id, error = %e, "capture failed"),
         }

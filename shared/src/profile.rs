@@ -3,11 +3,11 @@
 //! The patterns live in `shared/profiles/agents.toml` (compiled in) and in an optional operator
 //! file layered on top; this module is the generic engine that reads them. A profile names regexes
 //! per [`Condition`]; [`Profile::classify`] looks for them in the last non-blank lines of a screen
-//! and lets the strongest condition win:
-//! `RateLimited > WaitingPermission > Thinking > Error > AtPrompt > None`.
-//! Each condition looks only at its own window of bottom lines, so text scrolled further up (an
-//! answered permission prompt, an old error) does not count, and a match can be voided by a
-//! `cleared_by` line below it (aider's "Tokens: … sent" after a retried rate limit).
+//! by the screen's structure: the newest thing on screen wins. A dialog or permission question
+//! holds the screen; otherwise the newest of a limit, a busy or retry line and an error wins; the
+//! prompt counts only when none of them is live. A match is history when a newer turn starts
+//! below it (`new_turn`, or the condition's own `cleared_by`), and each condition looks only at
+//! its own window of bottom lines.
 
 mod format;
 mod reset;
@@ -43,6 +43,8 @@ pub enum Condition {
     Thinking,
     /// The agent asks for a permission or confirmation: a person must answer.
     WaitingPermission,
+    /// A login, trust or first-run dialog: a person must answer, and it is no prompt to nudge.
+    Dialog,
     /// The agent reports a rate limit or usage limit.
     RateLimited,
     /// The agent shows an error banner.
@@ -51,7 +53,8 @@ pub enum Condition {
 
 impl Condition {
     /// Every condition a profile can match, strongest first. `None` is what is left.
-    pub const PRECEDENCE: [Condition; 5] = [
+    pub const PRECEDENCE: [Condition; 6] = [
+        Condition::Dialog,
         Condition::RateLimited,
         Condition::WaitingPermission,
         Condition::Thinking,
@@ -66,6 +69,7 @@ impl Condition {
             Self::AtPrompt => "at-prompt",
             Self::Thinking => "thinking",
             Self::WaitingPermission => "waiting-permission",
+            Self::Dialog => "dialog",
             Self::RateLimited => "rate-limited",
             Self::Error => "error",
         }
@@ -78,6 +82,7 @@ impl Condition {
             "at-prompt" => Self::AtPrompt,
             "thinking" => Self::Thinking,
             "waiting-permission" => Self::WaitingPermission,
+            "dialog" => Self::Dialog,
             "rate-limited" => Self::RateLimited,
             "error" => Self::Error,
             _ => return None,
@@ -91,6 +96,7 @@ impl Condition {
             Self::AtPrompt => "prompt",
             Self::Thinking => "thinking",
             Self::WaitingPermission => "permission",
+            Self::Dialog => "dialog",
             Self::RateLimited => "rate_limit",
             Self::Error => "error",
         }
@@ -227,7 +233,27 @@ pub struct Profile {
     rules: Vec<Rule>,
     /// The largest window of any rule: how many bottom lines classification reads at all.
     max_lines: usize,
+    /// Lines that open a newer turn (the user's echoed input, a new block of agent output): a
+    /// dialog, permission question, limit or error above one of them is history.
+    new_turn: Option<RegexSet>,
+    /// Where the agent's output starts and where a finished turn ends: output below the last
+    /// end of a turn is still streaming, even without a status line.
+    output: Option<RegexSet>,
+    turn_done: Option<RegexSet>,
     submit_keys: Vec<String>,
+    submit_delay_ms: u64,
+    interrupt_keys: Vec<String>,
+    resume: Option<Resume>,
+}
+
+/// How a restart resumes the agent's last conversation: the arguments added to its start
+/// command (`claude` + `--continue`), unless the command already has one of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    /// Inserted right after the program (`["resume", "--last"]` for `codex resume --last`).
+    pub args: Vec<String>,
+    /// The command already resumes when it contains one of these words.
+    pub present_if: Vec<String>,
 }
 
 /// The patterns of one condition.
@@ -241,6 +267,16 @@ struct Rule {
     cleared_by: Option<RegexSet>,
 }
 
+/// A numbered menu entry behind a selection marker (`› 1. Yes`, `❯ 2. No`): never an input
+/// prompt, whatever marker the CLI uses for both.
+static MENU_ITEM: LazyLock<regex::Regex> = LazyLock::new(|| {
+    regex::Regex::new(r"^\s*[│┃]?\s*[›❯>▌●]\s*\d+[.)](?:\s|$)").unwrap_or_else(|_| unreachable!())
+});
+
+/// Conditions that hold the screen until a person answers: the newest of them wins over any
+/// status line, since a CLI keeps its busy footer while it asks.
+const MODAL: [Condition; 2] = [Condition::Dialog, Condition::WaitingPermission];
+
 impl Profile {
     fn empty(name: &str) -> Profile {
         Profile {
@@ -250,47 +286,239 @@ impl Profile {
             cmdline: None,
             rules: Vec::new(),
             max_lines: 0,
+            new_turn: None,
+            output: None,
+            turn_done: None,
             submit_keys: vec!["Enter".to_owned()],
+            submit_delay_ms: 0,
+            interrupt_keys: vec!["C-c".to_owned()],
+            resume: None,
         }
     }
 
     /// Classify the last lines of a screen (plain text, lines separated by '\n', trailing blank
     /// lines possible). `now` = current Unix seconds, `utc_offset_secs` = local offset used to
     /// interpret wall-clock times like "resets 3pm".
+    ///
+    /// The rules are structural: each condition's newest live match counts (a match is history
+    /// when a newer turn starts below it); a dialog or permission question wins outright; among
+    /// a limit, a busy/retry line and an error, the newest wins; the prompt counts only when none
+    /// of them is live, and a numbered menu entry is never a prompt.
     pub fn classify(&self, screen: &str, now: i64, utc_offset_secs: i32) -> Classification {
         let tail = tail_lines(screen, self.max_lines);
-        for rule in &self.rules {
-            let window = &tail[tail.len().saturating_sub(rule.last_lines)..];
-            let below_start = tail.len() - window.len();
-            let mut matched = (0..window.len()).rev().filter(|&i| {
-                rule.patterns.is_match(window[i])
-                    && !rule.cleared_by.as_ref().is_some_and(|clear| {
-                        tail[below_start + i + 1..]
-                            .iter()
-                            .any(|line| clear.is_match(line))
-                    })
+        // A busy line whose turn has ended makes everything above it history too.
+        let ended = self
+            .rules
+            .iter()
+            .find(|r| r.condition == Condition::Thinking)
+            .and_then(|r| {
+                (0..tail.len())
+                    .rev()
+                    .find(|&i| r.patterns.is_match(tail[i]) && !self.live_match(r, &tail, i, None))
             });
-            let Some(last) = matched.next() else {
-                continue;
-            };
-            let reset_at = if rule.condition == Condition::RateLimited {
-                std::iter::once(last)
-                    .chain(matched)
-                    .find_map(|i| reset_near(window, i, now, utc_offset_secs))
-            } else {
-                None
-            };
-            return Classification {
-                condition: rule.condition,
-                reset_at,
-            };
+        let newest: Vec<(&Rule, usize)> = self
+            .rules
+            .iter()
+            .filter_map(|rule| self.newest_match(rule, &tail, ended).map(|i| (rule, i)))
+            .collect();
+        let pick = newest
+            .iter()
+            .find(|(r, _)| MODAL.contains(&r.condition))
+            .or_else(|| {
+                // Equal lines keep precedence order (max_by_key keeps the last maximum).
+                newest
+                    .iter()
+                    .filter(|(r, _)| {
+                        matches!(
+                            r.condition,
+                            Condition::RateLimited | Condition::Thinking | Condition::Error
+                        )
+                    })
+                    .rev()
+                    .max_by_key(|(_, i)| *i)
+            })
+            .or_else(|| {
+                newest
+                    .iter()
+                    .find(|(r, _)| r.condition == Condition::AtPrompt)
+            });
+        let Some(&(rule, line)) = pick else {
+            return self.streaming(&tail, false).unwrap_or_default();
+        };
+        if rule.condition == Condition::AtPrompt
+            && let Some(streaming) = self.streaming(&tail, true)
+        {
+            return streaming;
         }
-        Classification::default()
+        let reset_at = if rule.condition == Condition::RateLimited {
+            self.reset_at(rule, &tail, line, now, utc_offset_secs)
+        } else {
+            None
+        };
+        Classification {
+            condition: rule.condition,
+            reset_at,
+        }
+    }
+
+    /// Index in `tail` of the newest line of `rule`'s window that matches and is still live.
+    fn newest_match(&self, rule: &Rule, tail: &[&str], ended: Option<usize>) -> Option<usize> {
+        let start = tail.len().saturating_sub(rule.last_lines);
+        (start..tail.len())
+            .rev()
+            .find(|&i| self.live_match(rule, tail, i, ended))
+    }
+
+    /// Whether line `i` matches `rule` and is still live: not cleared by a line below it, not
+    /// above a newer turn, not above `ended` (a busy line whose turn is over).
+    fn live_match(&self, rule: &Rule, tail: &[&str], i: usize, ended: Option<usize>) -> bool {
+        if !rule.patterns.is_match(tail[i]) {
+            return false;
+        }
+        let history = ended.is_some_and(|e| i < e) && rule.condition != Condition::AtPrompt;
+        if history {
+            return false;
+        }
+        let below = &tail[i + 1..];
+        if let Some(clear) = &rule.cleared_by
+            && below.iter().any(|l| clear.is_match(l))
+        {
+            return false;
+        }
+        match rule.condition {
+            Condition::AtPrompt => !MENU_ITEM.is_match(tail[i]),
+            // A busy or retry line above the end of a turn is over, and so is one above a
+            // prompt on the very last line: that prompt handed control back (aider's "> " after
+            // an interrupted request; box prompts always have lines below them).
+            Condition::Thinking => {
+                let done = self
+                    .turn_done
+                    .as_ref()
+                    .is_some_and(|done| below.iter().any(|l| done.is_match(l)));
+                let prompt_last = below.last().is_some_and(|last| {
+                    self.rules.iter().any(|r| {
+                        r.condition == Condition::AtPrompt
+                            && r.patterns.is_match(last)
+                            && !MENU_ITEM.is_match(last)
+                    })
+                });
+                !done && !prompt_last
+            }
+            Condition::None => true,
+            Condition::Dialog
+            | Condition::WaitingPermission
+            | Condition::RateLimited
+            | Condition::Error => !self
+                .new_turn
+                .as_ref()
+                .is_some_and(|turn| below.iter().any(|l| turn.is_match(l))),
+        }
+    }
+
+    /// Thinking when the current turn has agent output but no end-of-turn line yet. The current
+    /// turn starts below the user's last echoed input: a prompt line above the input box (the
+    /// bottom-most prompt line, when it is within the prompt's window). Where a CLI puts its end
+    /// line (before or after the final message) then does not matter. `at_prompt`: the screen
+    /// ends in a prompt; a prompt on the very last line hands control back (aider's "> "), one
+    /// with lines below it is an input box that is always there (Codex's composer and footer).
+    fn streaming(&self, tail: &[&str], at_prompt: bool) -> Option<Classification> {
+        let (output, done) = (self.output.as_ref()?, self.turn_done.as_ref()?);
+        let prompt = self
+            .rules
+            .iter()
+            .find(|r| r.condition == Condition::AtPrompt)?;
+        let mut prompts = (0..tail.len())
+            .rev()
+            .filter(|&i| prompt.patterns.is_match(tail[i]) && !MENU_ITEM.is_match(tail[i]));
+        let newest = prompts.next();
+        let in_box = newest.filter(|&i| i + prompt.last_lines >= tail.len());
+        if at_prompt && in_box.is_none_or(|i| i + 1 == tail.len()) {
+            return None;
+        }
+        let echo = if in_box.is_some() {
+            prompts.next()
+        } else {
+            newest
+        };
+        let turn = &tail[echo.map_or(0, |i| i + 1)..in_box.unwrap_or(tail.len())];
+        let open =
+            turn.iter().any(|l| output.is_match(l)) && !turn.iter().any(|l| done.is_match(l));
+        open.then_some(Classification {
+            condition: Condition::Thinking,
+            reset_at: None,
+        })
+    }
+
+    /// The reset time of the newest limit message that names one. Only the provider's message
+    /// counts: the lines it wraps onto are read up to the CLI's own next line (a retry line is a
+    /// Thinking match, and its back-off is not a reset time).
+    fn reset_at(&self, rule: &Rule, tail: &[&str], line: usize, now: i64, off: i32) -> Option<i64> {
+        let thinking = self
+            .rules
+            .iter()
+            .find(|r| r.condition == Condition::Thinking);
+        let start = tail.len().saturating_sub(rule.last_lines);
+        (start..=line)
+            .rev()
+            .filter(|&i| self.live_match(rule, tail, i, None))
+            .find_map(|i| {
+                let end = (i + 1 + RESET_CONTEXT_LINES).min(tail.len());
+                let stop = (i + 1..end)
+                    .find(|&j| {
+                        thinking.is_some_and(|t| t.patterns.is_match(tail[j]))
+                            || rule.patterns.is_match(tail[j])
+                    })
+                    .unwrap_or(end);
+                reset_near(&tail[i..stop], now, off)
+            })
     }
 
     /// Keys that submit a nudge after the text is typed, as tmux key names, e.g. ["Enter"].
     pub fn submit_keys(&self) -> &[String] {
         &self.submit_keys
+    }
+
+    /// Pause between typing a nudge's text and sending [`Profile::submit_keys`]: TUIs that read
+    /// a paste and an Enter in one go take the Enter as part of the paste.
+    pub fn submit_delay(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.submit_delay_ms)
+    }
+
+    /// Keys that stop the agent's current turn without ending it, as tmux key names: C-c for
+    /// most; Codex answers C-c with a menu (cancel / background / exit) and stops on Escape.
+    pub fn interrupt_keys(&self) -> &[String] {
+        &self.interrupt_keys
+    }
+
+    /// How a restart resumes this agent's conversation, when the CLI has a way.
+    pub fn resume(&self) -> Option<&Resume> {
+        self.resume.as_ref()
+    }
+
+    /// `command` (a start command, shell words) in its resuming form: the resume arguments
+    /// inserted right after the program (after `env VAR=x`, and after the script of an
+    /// interpreter: `node …/codex.js`, `python -m aider`), unless the command already has them
+    /// or a word of `present_if`. The rest of the command is kept byte for byte.
+    pub fn resume_command(&self, command: &str) -> String {
+        let Some(resume) = &self.resume else {
+            return command.to_owned();
+        };
+        let words: Vec<(usize, &str)> = command
+            .split_whitespace()
+            .map(|w| (w.as_ptr() as usize - command.as_ptr() as usize, w))
+            .collect();
+        let present = words.iter().any(|(_, w)| {
+            resume.present_if.iter().any(|p| p == w) || resume.args.iter().any(|a| a == w)
+        });
+        let Some(end) = program_end(&words).filter(|_| !present) else {
+            return command.to_owned();
+        };
+        format!(
+            "{} {}{}",
+            &command[..end],
+            resume.args.join(" "),
+            &command[end..]
+        )
     }
 
     fn matches_process(&self, comm: &str, cmdline: &str) -> bool {
@@ -299,24 +527,54 @@ impl Profile {
     }
 }
 
-/// The last `n` non-blank lines of `screen`, trailing whitespace trimmed, oldest first.
+/// Byte offset just past the program word of a start command's `words` (offset, word).
+fn program_end(words: &[(usize, &str)]) -> Option<usize> {
+    let base = |w: &str| w.rsplit('/').next().unwrap_or(w).to_owned();
+    let mut i = 0;
+    let mut env = false;
+    // `env -i A=1 B=2 prog`, `A=1 prog`
+    while let Some((_, w)) = words.get(i)
+        && (*w == "env" || (env && w.starts_with('-')) || (w.contains('=') && !w.starts_with('-')))
+    {
+        env |= *w == "env";
+        i += 1;
+    }
+    let interpreter = words.get(i).is_some_and(|(_, w)| {
+        let b = base(w);
+        ["node", "nodejs", "bun", "deno"].contains(&b.as_str()) || b.starts_with("python")
+    });
+    if interpreter {
+        i += 1;
+        while let Some((_, w)) = words.get(i)
+            && w.starts_with('-')
+        {
+            i += 1;
+            if *w == "-m" {
+                break;
+            }
+        }
+    }
+    words.get(i).map(|(at, w)| at + w.len())
+}
+
+/// The last `n` non-blank lines of `screen`, trailing whitespace trimmed, oldest first. A line
+/// of nothing but a box's side borders (`│      │`, the inside of a tall dialog) is blank too.
 fn tail_lines(screen: &str, n: usize) -> Vec<&str> {
     let mut tail: Vec<&str> = screen
         .lines()
         .rev()
         .map(str::trim_end)
-        .filter(|l| !l.is_empty())
+        .filter(|l| !l.chars().all(|c| c.is_whitespace() || "│┃║".contains(c)))
         .take(n)
         .collect();
     tail.reverse();
     tail
 }
 
-/// The reset time named on line `i` of `window` or on the lines it wraps onto.
-fn reset_near(window: &[&str], i: usize, now: i64, utc_offset_secs: i32) -> Option<i64> {
-    let end = (i + 1 + RESET_CONTEXT_LINES).min(window.len());
+/// The reset time named in `lines` (a limit message and the lines it wraps onto).
+fn reset_near(lines: &[&str], now: i64, utc_offset_secs: i32) -> Option<i64> {
     // Box borders would split a wrapped sentence ("… try │ │ again at 3pm"): drop them.
-    let text = window[i..end]
+    let text = lines
         .iter()
         .map(|l| l.trim_matches(|c: char| c.is_whitespace() || "│┃║|".contains(c)))
         .collect::<Vec<_>>()

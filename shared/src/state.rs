@@ -76,6 +76,7 @@ impl From<Condition> for pb::Condition {
             Condition::AtPrompt => Self::AtPrompt,
             Condition::Thinking => Self::Thinking,
             Condition::WaitingPermission => Self::WaitingPermission,
+            Condition::Dialog => Self::Dialog,
             Condition::RateLimited => Self::RateLimited,
             Condition::Error => Self::Error,
         }
@@ -89,6 +90,7 @@ impl From<pb::Condition> for Condition {
             pb::Condition::AtPrompt => Self::AtPrompt,
             pb::Condition::Thinking => Self::Thinking,
             pb::Condition::WaitingPermission => Self::WaitingPermission,
+            pb::Condition::Dialog => Self::Dialog,
             pb::Condition::RateLimited => Self::RateLimited,
             pb::Condition::Error => Self::Error,
         }

@@ -7,6 +7,11 @@
 //!   to", an answered prompt far up in the scrollback).
 //!
 //! Rate-limited fixtures must also be listed in `reset_at.toml` with the reset time they name.
+//!
+//! `real-<state>.txt` files are screens of the real CLIs, recorded by `tests/real-agents/capture.sh`
+//! (with `real-<state>.ansi`, the same screen with its escapes). `real.toml` says for each which
+//! CLI and version, the state it was driven into, the condition it must classify as, when it was
+//! captured (the classification's `now`), and for limits the reset time the provider named.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -26,6 +31,9 @@ fn screens_dir() -> PathBuf {
 /// The condition a fixture's file name states.
 fn expected_condition(file_name: &str) -> Option<Condition> {
     let stem = file_name.strip_suffix(".txt")?;
+    if stem.starts_with("real-") {
+        return None;
+    }
     if let Some(rest) = stem.strip_prefix("near-miss-") {
         let (_, condition) = rest.rsplit_once('.')?;
         return Condition::parse(condition);
@@ -77,6 +85,9 @@ fn fixtures() -> Vec<Fixture> {
         for file in fs::read_dir(&dir).unwrap() {
             let path = file.unwrap().path();
             let file = path.file_name().unwrap().to_string_lossy().into_owned();
+            if file.starts_with("real-") {
+                continue;
+            }
             out.push(Fixture {
                 profile: profile.clone(),
                 file,
@@ -167,16 +178,26 @@ fn reset_manifest_lists_only_rate_limited_fixtures_that_exist() {
 #[test]
 fn every_agent_profile_has_fixtures_for_every_condition() {
     let fixtures = fixtures();
+    let reals = real_fixtures();
     for profile in ["claude", "codex", "aider", "gemini", "shell"] {
         for condition in Condition::PRECEDENCE {
-            let count = fixtures
+            // Dialogs are the agents' own (login, trust, first run); the shell has none.
+            if profile == "shell" && condition == Condition::Dialog {
+                continue;
+            }
+            let named = fixtures
                 .iter()
                 .filter(|f| f.profile == profile && !f.file.starts_with("near-miss-"))
                 .filter(|f| expected_condition(&f.file) == Some(condition))
                 .count();
+            let real = reals
+                .iter()
+                .filter(|r| r.key.starts_with(&format!("{profile}/")) && r.expect == condition)
+                .count();
             assert!(
-                count >= 2,
-                "{profile}: only {count} {condition} fixture(s), want 2 or more"
+                named + real >= 2,
+                "{profile}: only {} {condition} fixture(s), want 2 or more",
+                named + real
             );
         }
         let near_misses = fixtures
@@ -210,4 +231,117 @@ fn fixture_names_parse() {
     );
     assert_eq!(expected_condition("thinking.txt"), None);
     assert_eq!(expected_condition("README.md"), None);
+}
+
+// === screens of the real CLIs ===
+
+/// Most a parsed reset may differ from the one the fake server named: the CLIs print wall-clock
+/// times to the minute.
+const RESET_TOLERANCE_SECS: i64 = 120;
+
+/// One `real.toml` entry.
+struct Real {
+    key: String,
+    cli: String,
+    version: String,
+    state: String,
+    expect: Condition,
+    captured_at: i64,
+    utc_offset: i32,
+    /// `None`: no reset time on screen; `Some(t)`: about `t`.
+    reset_at: Option<i64>,
+}
+
+fn real_fixtures() -> Vec<Real> {
+    let text = fs::read_to_string(screens_dir().join("real.toml")).unwrap();
+    let table: toml::Table = toml::from_str(&text).unwrap();
+    table
+        .into_iter()
+        .map(|(key, v)| {
+            let t = v.as_table().unwrap_or_else(|| panic!("real.toml: {key}"));
+            let s = |k: &str| {
+                t.get(k)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_else(|| panic!("real.toml: {key}.{k}"))
+                    .to_owned()
+            };
+            let i = |k: &str| t.get(k).and_then(|v| v.as_integer());
+            let expect = Condition::parse(&s("expect"))
+                .unwrap_or_else(|| panic!("real.toml: {key}.expect is no condition"));
+            Real {
+                cli: s("cli"),
+                version: s("version"),
+                state: s("state"),
+                expect,
+                captured_at: i("captured_at").unwrap_or_else(|| panic!("{key}.captured_at")),
+                utc_offset: i("utc_offset").unwrap_or(0) as i32,
+                reset_at: i("reset_at"),
+                key,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn every_real_screen_classifies_as_recorded() {
+    let profiles = Profiles::builtin();
+    let reals = real_fixtures();
+    let mut failures = Vec::new();
+    for r in &reals {
+        let (profile, _) = r
+            .key
+            .split_once('/')
+            .expect("real.toml keys are profile/file");
+        let screen = fs::read_to_string(screens_dir().join(&r.key))
+            .unwrap_or_else(|e| panic!("{}: {e}", r.key));
+        let got = profiles
+            .get(profile)
+            .unwrap_or_else(|| panic!("{}: no profile {profile}", r.key))
+            .classify(&screen, r.captured_at, r.utc_offset);
+        let what = format!("{} ({} {}, {})", r.key, r.cli, r.version, r.state);
+        if got.condition != r.expect {
+            failures.push(format!(
+                "{what}: classified {}, want {}",
+                got.condition, r.expect
+            ));
+            continue;
+        }
+        let reset_ok = match (got.reset_at, r.reset_at) {
+            (None, None) => true,
+            (Some(g), Some(w)) => (g - w).abs() <= RESET_TOLERANCE_SECS,
+            _ => false,
+        };
+        if !reset_ok {
+            failures.push(format!(
+                "{what}: reset_at {:?}, want {:?} (±{RESET_TOLERANCE_SECS} s)",
+                got.reset_at, r.reset_at
+            ));
+        }
+    }
+    assert!(!reals.is_empty(), "real.toml lists no screens");
+    assert!(
+        failures.is_empty(),
+        "{} real screen(s) misread:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn every_real_screen_file_is_in_the_manifest() {
+    let listed: Vec<String> = real_fixtures().into_iter().map(|r| r.key).collect();
+    for dir in fs::read_dir(screens_dir()).unwrap() {
+        let dir = dir.unwrap().path();
+        if !dir.is_dir() {
+            continue;
+        }
+        let profile = dir.file_name().unwrap().to_string_lossy().into_owned();
+        for file in fs::read_dir(&dir).unwrap() {
+            let file = file.unwrap().file_name().to_string_lossy().into_owned();
+            if file.starts_with("real-") && file.ends_with(".txt") {
+                let key = format!("{profile}/{file}");
+                assert!(listed.contains(&key), "{key} is not in real.toml");
+            }
+        }
+    }
 }

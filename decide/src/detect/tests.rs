@@ -642,7 +642,7 @@ enum Sim {
 
 fn sim() -> impl Strategy<Value = Sim> {
     prop_oneof![
-        (0u8..3, 0u64..500, 0u8..6, any::<bool>()).prop_map(|(hash, cpu, cond, attached)| {
+        (0u8..3, 0u64..500, 0u8..7, any::<bool>()).prop_map(|(hash, cpu, cond, attached)| {
             Sim::Obs {
                 hash,
                 cpu,
@@ -664,7 +664,8 @@ fn condition(n: u8) -> Condition {
         Condition::WaitingPermission,
         Condition::RateLimited,
         Condition::Error,
-    ][n as usize % 6]
+        Condition::Dialog,
+    ][n as usize % 7]
 }
 
 proptest! {
@@ -696,7 +697,10 @@ proptest! {
                     let cond = t.obs.condition;
                     if t.state.is_alive() {
                         prop_assert!(
-                            !matches!(cond, Condition::Thinking | Condition::WaitingPermission),
+                            !matches!(
+                                cond,
+                                Condition::Thinking | Condition::WaitingPermission | Condition::Dialog
+                            ),
                             "{action:?} while {cond:?}"
                         );
                     }
@@ -737,7 +741,7 @@ enum Timed {
 
 fn timed() -> impl Strategy<Value = (u16, Timed)> {
     let input = prop_oneof![
-        6 => (0u8..3, 0u64..300, 0u8..6, any::<bool>(), any::<bool>(), 0u8..40).prop_map(
+        6 => (0u8..3, 0u64..300, 0u8..7, any::<bool>(), any::<bool>(), 0u8..40).prop_map(
             |(hash, cpu, cond, attached, restart, reset_in_s)| Timed::Obs {
                 hash, cpu, cond, attached, restart, reset_in_s,
             }

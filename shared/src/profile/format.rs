@@ -6,10 +6,15 @@ use std::collections::BTreeMap;
 use regex::{RegexSet, RegexSetBuilder};
 use serde::Deserialize;
 
-use super::{Condition, DEFAULT_LAST_LINES, GENERIC, Profile, ProfileError, Profiles, Rule};
+use super::{
+    Condition, DEFAULT_LAST_LINES, GENERIC, Profile, ProfileError, Profiles, Resume, Rule,
+};
 
 /// Upper bound for `last_lines`: classification reads bottom lines, not whole scrollbacks.
 const MAX_LAST_LINES: usize = 200;
+
+/// Upper bound for `submit_delay_ms`: a nudge waits this long at most between text and Enter.
+const MAX_SUBMIT_DELAY_MS: u64 = 5_000;
 
 /// Compiled size limit per pattern set, so an operator file cannot make the agent allocate
 /// without bound.
@@ -30,8 +35,19 @@ struct RawProfile {
     description: String,
     last_lines: Option<usize>,
     submit_keys: Option<Vec<String>>,
+    submit_delay_ms: Option<u64>,
+    interrupt_keys: Option<Vec<String>>,
+    resume: Option<RawResume>,
+    #[serde(default)]
+    new_turn: Vec<String>,
+    #[serde(default)]
+    output: Vec<String>,
+    #[serde(default)]
+    turn_done: Vec<String>,
     #[serde(default)]
     process: RawProcess,
+    #[serde(default)]
+    dialog: RawRule,
     #[serde(default)]
     prompt: RawRule,
     #[serde(default)]
@@ -42,6 +58,14 @@ struct RawProfile {
     rate_limit: RawRule,
     #[serde(default)]
     error: RawRule,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResume {
+    args: Vec<String>,
+    #[serde(default)]
+    present_if: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -69,6 +93,7 @@ impl RawProfile {
             Condition::AtPrompt => &self.prompt,
             Condition::Thinking => &self.thinking,
             Condition::WaitingPermission => &self.permission,
+            Condition::Dialog => &self.dialog,
             Condition::RateLimited => &self.rate_limit,
             Condition::Error | Condition::None => &self.error,
         }
@@ -126,6 +151,53 @@ fn compile_profile(name: String, raw: RawProfile) -> Result<Profile, ProfileErro
         }
     }
 
+    let interrupt_keys = raw
+        .interrupt_keys
+        .clone()
+        .unwrap_or_else(|| vec!["C-c".to_owned()]);
+    for (i, key) in interrupt_keys.iter().enumerate() {
+        if key.trim().is_empty() || key.chars().any(char::is_control) {
+            return Err(invalid(
+                &format!("{base}.interrupt_keys[{i}]"),
+                "must be a tmux key name such as \"C-c\" or \"Escape\"",
+            ));
+        }
+    }
+    let submit_delay_ms = raw.submit_delay_ms.unwrap_or(0);
+    if submit_delay_ms > MAX_SUBMIT_DELAY_MS {
+        return Err(invalid(
+            &format!("{base}.submit_delay_ms"),
+            &format!("must be at most {MAX_SUBMIT_DELAY_MS}, not {submit_delay_ms}"),
+        ));
+    }
+    let resume = match &raw.resume {
+        Some(r)
+            if r.args.is_empty()
+                || r.args
+                    .iter()
+                    .any(|a| a.trim().is_empty() || a.contains(char::is_whitespace)) =>
+        {
+            return Err(invalid(
+                &format!("{base}.resume.args"),
+                "must be one or more arguments without spaces",
+            ));
+        }
+        Some(r) => Some(Resume {
+            args: r.args.clone(),
+            present_if: r.present_if.clone(),
+        }),
+        None => None,
+    };
+    let new_turn = pattern_set(&name, &format!("{base}.new_turn"), &raw.new_turn)?;
+    let output = pattern_set(&name, &format!("{base}.output"), &raw.output)?;
+    let turn_done = pattern_set(&name, &format!("{base}.turn_done"), &raw.turn_done)?;
+    if output.is_some() != turn_done.is_some() {
+        return Err(invalid(
+            &format!("{base}.turn_done"),
+            "and `output` go together: set both or neither",
+        ));
+    }
+
     let comm = pattern_set(&name, &format!("{base}.process.comm"), &raw.process.comm)?;
     let cmdline = pattern_set(
         &name,
@@ -166,7 +238,13 @@ fn compile_profile(name: String, raw: RawProfile) -> Result<Profile, ProfileErro
         cmdline,
         rules,
         max_lines,
+        new_turn,
+        output,
+        turn_done,
         submit_keys,
+        submit_delay_ms,
+        interrupt_keys,
+        resume,
     })
 }
 

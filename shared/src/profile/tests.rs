@@ -259,9 +259,19 @@ fn windows_and_precedence() {
     assert_eq!(c(">\ntext"), Condition::None);
     assert_eq!(c("ERR x\n>"), Condition::Error);
     assert_eq!(c("ERR x\nOK\n>"), Condition::AtPrompt);
-    assert_eq!(c("busy\nERR x\n>"), Condition::Thinking);
-    assert_eq!(c("go on?\nbusy\n>"), Condition::WaitingPermission);
-    assert_eq!(c("LIMIT\ngo on?\nbusy"), Condition::RateLimited);
+    // The newest of a limit, a busy line and an error wins.
+    assert_eq!(c("busy\nERR x\nmore"), Condition::Error);
+    assert_eq!(c("ERR x\nbusy\nmore"), Condition::Thinking);
+    // A prompt on the last line ends the busy line above it, and what came before it.
+    assert_eq!(c("ERR x\nbusy\n>"), Condition::AtPrompt);
+    assert_eq!(c("busy\nERR x\n>"), Condition::Error);
+    assert_eq!(c("LIMIT\nbusy"), Condition::Thinking);
+    assert_eq!(c("busy\nLIMIT"), Condition::RateLimited);
+    // A question holds the screen whatever is below it.
+    assert_eq!(c("go on?\nbusy"), Condition::WaitingPermission);
+    // ...until the turn ends: then the question was answered.
+    assert_eq!(c("go on?\nbusy\n>"), Condition::AtPrompt);
+    assert_eq!(c("LIMIT\ngo on?\nbusy"), Condition::WaitingPermission);
     // Blank lines do not count towards a window; the fourth non-blank line from the bottom is out.
     assert_eq!(c("LIMIT\n\n\na\n\nb\n\nc\n\n"), Condition::None);
     assert_eq!(c("LIMIT\n\n\na\n\nb\n\n"), Condition::RateLimited);
@@ -421,9 +431,19 @@ fn aider_retry_then_success_clears_the_rate_limit() {
     let retrying = "litellm.RateLimitError: AnthropicException - rate_limit_error\n\
                     The API provider has rate limited you. Try again later or check your quotas.\n\
                     Retrying in 0.5 seconds...";
+    // Aider retrying by itself is busy, and its back-off is no reset time.
     let c = classify("aider", retrying);
-    assert_eq!(c.condition, Condition::RateLimited);
-    assert_eq!(c.reset_at, Some(NOW + 1));
+    assert_eq!(c.condition, Condition::Thinking);
+    assert_eq!(c.reset_at, None);
+    // Once it stops at its prompt after the limit, the limit stands, without a reset time.
+    let gave_up = classify(
+        "aider",
+        &format!(
+            "{retrying}\nlitellm.RateLimitError: rate_limit_error\nThe API provider has rate limited you. Try again later or check your quotas.\n> "
+        ),
+    );
+    assert_eq!(gave_up.condition, Condition::RateLimited);
+    assert_eq!(gave_up.reset_at, None);
     let answered = format!("{retrying}\nParis.\nTokens: 12 sent, 4 received.\n> ");
     assert_eq!(condition("aider", &answered), Condition::AtPrompt);
 }
@@ -472,6 +492,194 @@ proptest! {
         for name in profiles.names() {
             let p = profiles.get(name).unwrap();
             prop_assert_eq!(p.classify(&screen, NOW, 0), p.classify(&padded, NOW, 0), "{}", name);
+        }
+    }
+}
+
+// === acting on the real CLIs ===
+
+#[test]
+fn restarts_resume_in_each_cli_s_own_form() {
+    let p = builtin();
+    let resume = |profile: &str, cmd: &str| p.get(profile).unwrap().resume_command(cmd);
+    assert_eq!(resume("claude", "claude"), "claude --continue");
+    assert_eq!(
+        resume(
+            "claude",
+            "claude --model opus --append-system-prompt 'be brief'"
+        ),
+        "claude --continue --model opus --append-system-prompt 'be brief'"
+    );
+    assert_eq!(
+        resume("claude", "claude --resume abc"),
+        "claude --resume abc"
+    );
+    assert_eq!(resume("codex", "codex"), "codex resume --last");
+    assert_eq!(
+        resume(
+            "codex",
+            "node /usr/lib/node_modules/@openai/codex/bin/codex.js -m gpt-5"
+        ),
+        "node /usr/lib/node_modules/@openai/codex/bin/codex.js resume --last -m gpt-5"
+    );
+    assert_eq!(
+        resume("codex", "codex resume --last"),
+        "codex resume --last"
+    );
+    assert_eq!(
+        resume("gemini", "env FOO=1 gemini -y"),
+        "env FOO=1 gemini --resume latest -y"
+    );
+    assert_eq!(
+        resume("aider", "python3 -m aider --model x"),
+        "python3 -m aider --restore-chat-history --model x"
+    );
+    assert_eq!(
+        resume(
+            "claude",
+            "env -i HOME=/h PATH=/bin /opt/claude.exe --permission-mode default"
+        ),
+        "env -i HOME=/h PATH=/bin /opt/claude.exe --continue --permission-mode default"
+    );
+    assert_eq!(resume("shell", "bash"), "bash");
+    assert_eq!(p.get("codex").unwrap().submit_delay().as_millis(), 300);
+}
+
+#[test]
+fn numbered_menus_are_never_prompts() {
+    for (profile, menu) in [
+        ("codex", "› 1. Yes, proceed (y)\n  2. No (esc)"),
+        ("claude", "❯ 1. Yes\n  2. No"),
+        ("codex", "Pick one\n› 2. Something else"),
+    ] {
+        assert_ne!(condition(profile, menu), Condition::AtPrompt, "{menu}");
+    }
+    assert_eq!(
+        condition("codex", "› Ask Codex to do anything"),
+        Condition::AtPrompt
+    );
+}
+
+#[test]
+fn an_old_banner_above_a_newer_turn_is_history() {
+    let claude = "● API Error: 500 Internal server error\n❯ try again\n● Done, the tests pass.\n❯ \n  ? for shortcuts";
+    assert_eq!(condition("claude", claude), Condition::AtPrompt);
+    let codex = "■ You've hit your usage limit. Try again at 3:05 PM.\n› go on\n• Fixed it.\n  Worked for 3s\n› Ask Codex to do anything\n  ? for shortcuts";
+    assert_eq!(condition("codex", codex), Condition::AtPrompt);
+    // The same banner with nothing newer below is the state.
+    let limited = "› go on\n■ You've hit your usage limit. Try again at 3:05 PM.\n› Ask Codex to do anything\n  ? for shortcuts";
+    assert_eq!(condition("codex", limited), Condition::RateLimited);
+}
+
+#[test]
+fn a_cli_retrying_by_itself_is_busy_and_its_back_off_is_no_reset() {
+    for (profile, screen) in [
+        (
+            "claude",
+            "❯ go\n✻ API error · retrying in 31s · attempt 2/10\n❯ \n  esc to interrupt",
+        ),
+        (
+            "claude",
+            "❯ go\nAPI error · retrying in 4s · attempt 3/10\n❯ \n  ? for shortcuts",
+        ),
+        (
+            "aider",
+            "litellm.RateLimitError: rate limited\nThe API provider has rate limited you. Try again in 10 minutes.\nRetrying in 1.0 seconds...",
+        ),
+    ] {
+        let c = classify(profile, screen);
+        assert_eq!(c.condition, Condition::Thinking, "{screen}");
+        assert_eq!(c.reset_at, None, "{screen}");
+    }
+}
+
+#[test]
+fn streaming_output_without_a_status_line_is_busy() {
+    let codex = "› hi\n• streaming slowly word\n› Ask Codex to do anything\n  gpt-5 · ~/src";
+    assert_eq!(condition("codex", codex), Condition::Thinking);
+    let done =
+        "› hi\n• the answer\n  Worked for 2s • 12:30\n› Ask Codex to do anything\n  gpt-5 · ~/src";
+    assert_eq!(condition("codex", done), Condition::AtPrompt);
+    let aider = "> explain\nThe probe loop walks every pane";
+    assert_eq!(condition("aider", aider), Condition::Thinking);
+    let aider_done =
+        "> explain\nThe probe loop walks every pane\nTokens: 2k sent, 13 received.\n> ";
+    assert_eq!(condition("aider", aider_done), Condition::AtPrompt);
+}
+
+#[test]
+fn a_prompt_on_the_last_line_ends_the_busy_line_above_it() {
+    // Aider after one C-c on a hung request: the spinner stays in the scrollback.
+    let aider = "> hello\n  ░█       Waiting for openai/gpt-5\n^C again to exit\n──────────\n> ";
+    assert_eq!(condition("aider", aider), Condition::AtPrompt);
+    let busy = "> hello\n  ░█       Waiting for openai/gpt-5";
+    assert_eq!(condition("aider", busy), Condition::Thinking);
+}
+
+#[test]
+fn codex_after_an_interrupt() {
+    // Escape (its interrupt key) ends the turn: back at the prompt, no error.
+    let stopped = "› wait for it\n■ Conversation interrupted - use /feedback if something went wrong\n› Ask Codex to do anything\n  gpt-5 default · ~/src";
+    assert_eq!(condition("codex", stopped), Condition::AtPrompt);
+    // C-c asks what to do, and the turn goes on meanwhile: a person must choose.
+    let menu = "› 1. Cancel task        Stop the current task and stay in Codex\n  2. Run in background  Exit Codex and leave the task running\n  3. Exit               Stop the current task and exit Codex\n  enter select · esc back";
+    assert_eq!(condition("codex", menu), Condition::WaitingPermission);
+    let p = builtin();
+    assert_eq!(p.get("codex").unwrap().interrupt_keys(), ["Escape"]);
+    assert_eq!(p.get("claude").unwrap().interrupt_keys(), ["C-c"]);
+}
+
+#[test]
+fn login_trust_and_first_run_screens_are_dialogs() {
+    for (profile, line) in [
+        (
+            "claude",
+            " Quick safety check: Is this a project you created or one you trust? (Like your own code",
+        ),
+        ("claude", "  ⎿  Not logged in · Please run /login"),
+        (
+            "codex",
+            "  Trust this folder? Codex can read, edit, and run files here, subject to your",
+        ),
+        ("codex", "> 1. Sign in with ChatGPT"),
+        (
+            "gemini",
+            "│   How would you like to authenticate for this project?     │",
+        ),
+        (
+            "aider",
+            "Add .aider* to .gitignore (recommended)? (Y)es/(N)o [Yes]:",
+        ),
+    ] {
+        assert_eq!(condition(profile, line), Condition::Dialog, "{line}");
+    }
+}
+
+proptest! {
+    /// Whatever came before, a newer agent turn below it leaves no limit, error or dialog live.
+    #[test]
+    fn a_newer_turn_voids_every_banner_above_it(
+        banner in prop::sample::select(vec![
+            "● API Error: 500 Internal server error",
+            "  ⎿  You've hit your 5-hour limit · resets 2:29pm (UTC)",
+            "  ⎿  Not logged in · Please run /login",
+        ]),
+        filler in prop::collection::vec("[a-z ]{0,30}", 0..4),
+    ) {
+        let mut screen = vec![banner.to_owned()];
+        screen.extend(filler.iter().map(|f| format!("  {f}")));
+        screen.push("● Done.".to_owned());
+        screen.push("❯ ".to_owned());
+        let c = classify("claude", &screen.join("\n"));
+        prop_assert_eq!(c.condition, Condition::AtPrompt);
+    }
+
+    /// A numbered entry behind any selection marker is never read as a prompt.
+    #[test]
+    fn menu_entries_are_not_prompts(marker in "[›❯>]", n in 1u8..10, text in "[A-Za-z ,]{1,30}") {
+        let line = format!("{marker} {n}. {text}");
+        for profile in ["claude", "codex", "gemini"] {
+            prop_assert_ne!(condition(profile, &line), Condition::AtPrompt);
         }
     }
 }
