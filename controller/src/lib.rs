@@ -30,6 +30,9 @@ use crate::store::Recorder;
 use crate::supervisor::Supervisor;
 use argus_decide::policy::Policy;
 
+/// How often node health is evaluated (O(nodes) each time).
+const HEALTH_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Loads the policy file, or the defaults.
 pub fn load_policy(path: Option<&std::path::Path>) -> anyhow::Result<Policy> {
     match path {
@@ -111,6 +114,21 @@ pub async fn run(
             tokio::select! {
                 () = tick_stop.cancelled() => break,
                 _ = t.tick() => ticker.tick(now_ms()).await,
+            }
+        }
+    });
+    // Node health on its own short interval: a silent node is suspect (and down) within one
+    // health interval of its deadline, not one controller tick, whatever the fleet's size.
+    let health = sup.clone();
+    let health_stop = shutdown.clone();
+    let every = HEALTH_INTERVAL.min(config.tick);
+    tasks.spawn(async move {
+        let mut t = tokio::time::interval(every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = health_stop.cancelled() => break,
+                _ = t.tick() => health.health_tick(now_ms()).await,
             }
         }
     });

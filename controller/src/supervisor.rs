@@ -517,6 +517,11 @@ impl Supervisor {
         self.dispatch.expire(now).await;
     }
 
+    /// Node health alone, between ticks (the controller runs it on a short interval of its own).
+    pub async fn health_tick(&self, now: UnixMs) {
+        self.node_health(now, &self.policy()).await;
+    }
+
     /// Node health from silence, host incidents, and the controller's self-suspicion.
     async fn node_health(&self, now: UnixMs, policy: &Policy) {
         let changed = self
