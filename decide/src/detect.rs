@@ -267,7 +267,11 @@ impl Track {
     /// that the target is an agent.
     pub fn agent_evidence(&self, session_name: &str, policy: &Policy) -> Option<&'static str> {
         let profile = self.obs.profile.as_str();
-        if self.obs.label(labels::PROFILE).is_some() {
+        if self
+            .obs
+            .label(labels::PROFILE)
+            .is_some_and(|p| p != argus_shared::profile::GENERIC)
+        {
             Some("@argus-profile label")
         } else if self.obs.label(labels::RESTART).is_some() {
             Some("@argus-restart label")
@@ -332,8 +336,9 @@ pub fn next_due(t: &Track, now: UnixMs, policy: &Policy, ctx: &Ctx) -> Option<Un
         return due;
     }
     let idle_after = i64::from(policy.idle_checks) * t.probe_ms;
-    if t.agent_evidence(ctx.session_name, policy).is_none() && !confirming {
-        // Only watched: it may stall and be warned about, nothing more.
+    if t.agent_evidence(ctx.session_name, policy).is_none() {
+        // Only watched: it may stall and be warned about, nothing more (a rung confirming a
+        // restart or kill waits for evidence that never comes from time alone).
         match (t.state, t.ladder.rung) {
             (SessionState::Working, _) => at(t.last_activity_ms + idle_after),
             (SessionState::Stalled, Rung::Clear) => at(now),

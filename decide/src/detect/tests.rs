@@ -625,6 +625,13 @@ fn a_program_that_is_not_an_agent_is_watched_never_touched() {
     step(&mut t, seen(o), 0, &p, &ctx);
     assert_eq!(t.agent_evidence("dev-server", &p), Some("policy act_on"));
     assert_eq!(t.agent_evidence("my-dev-server", &p), None);
+    // Labelling it a shell says it is no agent.
+    let mut t = Track::new(0, None, None);
+    let mut shell = obs("prompt", 0, Condition::AtPrompt);
+    shell.profile = argus_shared::profile::GENERIC.into();
+    shell.labels = BTreeMap::from([("profile".to_owned(), "shell".to_owned())]);
+    step(&mut t, seen(shell), 0, &p, &CTX);
+    assert_eq!(t.agent_evidence("s", &p), None);
 }
 
 #[derive(Debug, Clone)]
@@ -732,6 +739,8 @@ enum Timed {
         attached: bool,
         restart: bool,
         reset_in_s: u8,
+        /// Not recognised as an agent (generic profile): only an `@argus-restart` makes it one.
+        generic: bool,
     },
     Exit,
     PaneDied,
@@ -741,9 +750,9 @@ enum Timed {
 
 fn timed() -> impl Strategy<Value = (u16, Timed)> {
     let input = prop_oneof![
-        6 => (0u8..3, 0u64..300, 0u8..7, any::<bool>(), any::<bool>(), 0u8..40).prop_map(
-            |(hash, cpu, cond, attached, restart, reset_in_s)| Timed::Obs {
-                hash, cpu, cond, attached, restart, reset_in_s,
+        6 => (0u8..3, 0u64..300, 0u8..7, any::<bool>(), any::<bool>(), 0u8..40, any::<bool>()).prop_map(
+            |(hash, cpu, cond, attached, restart, reset_in_s, generic)| Timed::Obs {
+                hash, cpu, cond, attached, restart, reset_in_s, generic,
             }
         ),
         1 => Just(Timed::Exit),
@@ -811,10 +820,13 @@ proptest! {
             }
             now += 500;
             let input = match input {
-                Timed::Obs { hash, cpu: c, cond, attached, restart, reset_in_s } => {
+                Timed::Obs { hash, cpu: c, cond, attached, restart, reset_in_s, generic } => {
                     cpu += c;
                     let mut o = obs(&hash.to_string(), cpu, condition(cond));
                     o.attached_clients = u32::from(attached);
+                    if generic {
+                        o.profile = argus_shared::profile::GENERIC.into();
+                    }
                     if restart {
                         o.labels = BTreeMap::from([("restart".to_owned(), "claude -c".to_owned())]);
                     }
