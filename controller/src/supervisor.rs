@@ -505,13 +505,13 @@ impl Supervisor {
         }
     }
 
-    /// One controller tick: node health and incidents, triage verdicts, then the sessions whose
-    /// due time has come on nodes that are up (a silent node's sessions get no per-session
-    /// action), and expiry of unanswered commands.
+    /// One controller tick: triage verdicts, then the sessions whose due time has come on nodes
+    /// that are up (a silent node's sessions get no per-session action), and expiry of
+    /// unanswered commands. Node health and incidents run on their own, shorter interval
+    /// ([`Self::health_tick`]).
     pub async fn tick(self: &Arc<Self>, now: UnixMs) {
         self.reload_policy();
         let policy = self.policy();
-        self.node_health(now, &policy).await;
         self.verdicts(now).await;
         self.due_sessions(now, &policy).await;
         self.dispatch.expire(now).await;

@@ -147,17 +147,10 @@ async fn ask_openai(
 mod tests {
     use super::*;
 
-    fn case(condition: &str, idle: i64, nudges: usize) -> TriageCase {
+    fn case() -> TriageCase {
         TriageCase {
-            state: "stalled".into(),
-            condition: condition.into(),
-            agent: "claude".into(),
-            idle_for_s: idle,
-            nudges_in_window: nudges,
-            nudge_budget: 3,
-            restarts_in_window: 0,
-            restart_known: true,
-            reason: String::new(),
+            condition: "none".into(),
+            ..TriageCase::default()
         }
     }
 
@@ -184,15 +177,7 @@ mod tests {
                 "sleep 5; echo '{\"verdict\":\"kill\"}'".into(),
             ],
         };
-        let v = ask(
-            &config,
-            Duration::from_millis(200),
-            "n",
-            "s",
-            &case("none", 1, 0),
-            "",
-        )
-        .await;
+        let v = ask(&config, Duration::from_millis(200), "n", "s", &case(), "").await;
         assert_eq!(v, Verdict::Extend);
         let config = TriageConfig::Command {
             argv: vec![
@@ -201,15 +186,7 @@ mod tests {
                 "cat >/dev/null; echo '{\"verdict\":\"restart\"}'".into(),
             ],
         };
-        let v = ask(
-            &config,
-            Duration::from_secs(5),
-            "n",
-            "s",
-            &case("none", 1, 0),
-            "",
-        )
-        .await;
+        let v = ask(&config, Duration::from_secs(5), "n", "s", &case(), "").await;
         assert_eq!(v, Verdict::Restart);
     }
 }

@@ -81,6 +81,7 @@ impl Rig {
         while self.now < end {
             self.now += 500;
             self.sup.fleet.heard_from("n1", 1, self.now);
+            self.sup.health_tick(self.now).await;
             self.sup.tick(self.now).await;
         }
     }

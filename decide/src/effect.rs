@@ -153,7 +153,7 @@ impl fmt::Display for Notice {
 }
 
 /// What triage is asked about.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct TriageCase {
     pub state: String,
     pub condition: String,
