@@ -33,6 +33,25 @@ use argus_decide::policy::Policy;
 /// How often node health is evaluated (O(nodes) each time).
 const HEALTH_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Runs `round` every `period` on `tasks` until `stop`; a slow round delays the next one instead
+/// of bunching them up.
+fn spawn_every<F, Fut>(tasks: &TaskTracker, period: Duration, stop: CancellationToken, mut round: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tasks.spawn(async move {
+        let mut t = tokio::time::interval(period);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = t.tick() => round().await,
+            }
+        }
+    });
+}
+
 /// Loads the policy file, or the defaults.
 pub fn load_policy(path: Option<&std::path::Path>) -> anyhow::Result<Policy> {
     match path {
@@ -105,33 +124,22 @@ pub async fn run(
         tasks.spawn(http::serve(l, sup.clone(), shutdown.clone()));
     }
     let ticker = sup.clone();
-    let tick_stop = shutdown.clone();
-    let every = config.tick;
-    tasks.spawn(async move {
-        let mut t = tokio::time::interval(every);
-        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = tick_stop.cancelled() => break,
-                _ = t.tick() => ticker.tick(now_ms()).await,
-            }
-        }
+    spawn_every(&tasks, config.tick, shutdown.clone(), move || {
+        let sup = ticker.clone();
+        async move { sup.tick(now_ms()).await }
     });
-    // Node health on its own short interval: a silent node is suspect (and down) within one
-    // health interval of its deadline, not one controller tick, whatever the fleet's size.
+    // Node health on its own short interval: a silent node turns suspect (and down) within one
+    // health interval of its deadline rather than up to one controller tick later.
     let health = sup.clone();
-    let health_stop = shutdown.clone();
-    let every = HEALTH_INTERVAL.min(config.tick);
-    tasks.spawn(async move {
-        let mut t = tokio::time::interval(every);
-        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = health_stop.cancelled() => break,
-                _ = t.tick() => health.health_tick(now_ms()).await,
-            }
-        }
-    });
+    spawn_every(
+        &tasks,
+        HEALTH_INTERVAL.min(config.tick),
+        shutdown.clone(),
+        move || {
+            let sup = health.clone();
+            async move { sup.health_tick(now_ms()).await }
+        },
+    );
     if let Some(mut local) = config.local.clone() {
         local.controller = format!("http://{addr}");
         let stop = shutdown.clone();
