@@ -74,17 +74,7 @@ async fn node_agent_file_then_env_then_flags() -> anyhow::Result<()> {
     );
 
     // The printed configuration loads back to the same configuration.
-    let printed = dir.path().join("printed.toml");
-    std::fs::write(&printed, &out)?;
-    let (ok, again, err) = run(
-        "argus-node-agent",
-        &["--config", &path(&printed), "--print-config"],
-        &[],
-    )
-    .await?;
-    assert!(ok, "{err}");
-    assert_eq!(again, out);
-    Ok(())
+    assert_round_trip("argus-node-agent", dir.path(), &out).await
 }
 
 #[tokio::test]
@@ -125,16 +115,16 @@ async fn controller_file_then_env_then_flags_with_its_local_node_agent() -> anyh
     assert_eq!(local.probe_interval, Duration::from_secs(5));
     assert_eq!(local.controller, "http://127.0.0.1:7070");
 
-    let printed = dir.path().join("printed.toml");
-    std::fs::write(&printed, &out)?;
-    let (ok, again, err) = run(
-        "argus-controller",
-        &["--config", &path(&printed), "--print-config"],
-        &[],
-    )
-    .await?;
+    assert_round_trip("argus-controller", dir.path(), &out).await
+}
+
+/// `printed` (a `--print-config` output of `binary`), loaded with `--config`, prints itself again.
+async fn assert_round_trip(binary: &str, dir: &Path, printed: &str) -> anyhow::Result<()> {
+    let file = dir.join("printed.toml");
+    std::fs::write(&file, printed)?;
+    let (ok, again, err) = run(binary, &["--config", &path(&file), "--print-config"], &[]).await?;
     assert!(ok, "{err}");
-    assert_eq!(again, out);
+    assert_eq!(again, printed);
     Ok(())
 }
 
