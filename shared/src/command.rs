@@ -27,9 +27,12 @@ pub enum CommandError {
     /// The nudge text was too long.
     #[error("nudge text is {len} bytes, at most {MAX_NUDGE_BYTES} allowed")]
     NudgeTooLong { len: usize },
-    /// The nudge text held a control character.
+    /// The nudge text held a control character or an invisible formatting character (a bidi
+    /// override, a line separator, a zero-width or tag character): what a person reads would not
+    /// be what the agent gets.
     #[error(
-        "nudge text contains control character U+{code:04X} at byte {at}; only printable text is sent"
+        "nudge text contains {} at byte {at}; only printable, visible text is sent",
+        describe_refused(*code)
     )]
     ControlChar { code: u32, at: usize },
     /// The capture asked for too many lines.
@@ -40,7 +43,7 @@ pub enum CommandError {
     GraceTooLong { grace_ms: u32 },
     /// The restart command was unusable.
     #[error(
-        "restart command is {len} bytes or holds a control character; at most {MAX_RESTART_COMMAND_BYTES} printable bytes allowed"
+        "restart command is {len} bytes or holds a control or invisible formatting character (bidi override, line separator, zero-width or tag character); at most {MAX_RESTART_COMMAND_BYTES} printable bytes allowed"
     )]
     BadRestartCommand { len: usize },
     /// The command named no action.
@@ -122,7 +125,7 @@ impl Action {
     /// A validated restart.
     pub fn restart(command: &str, cwd: &str) -> Result<Self, CommandError> {
         for s in [command, cwd] {
-            if s.len() > MAX_RESTART_COMMAND_BYTES || s.chars().any(char::is_control) {
+            if s.len() > MAX_RESTART_COMMAND_BYTES || s.chars().any(is_refused) {
                 return Err(CommandError::BadRestartCommand { len: s.len() });
             }
         }
@@ -135,7 +138,8 @@ impl Action {
 }
 
 /// Checks nudge text: non-empty, at most [`MAX_NUDGE_BYTES`], no control characters (a newline
-/// or an escape sequence typed into an agent could do anything).
+/// or an escape sequence typed into an agent could do anything) and no invisible formatting
+/// characters (see [`invisible`]).
 pub fn validate_nudge(text: &str) -> Result<(), CommandError> {
     if text.is_empty() {
         return Err(CommandError::EmptyNudge);
@@ -143,10 +147,48 @@ pub fn validate_nudge(text: &str) -> Result<(), CommandError> {
     if text.len() > MAX_NUDGE_BYTES {
         return Err(CommandError::NudgeTooLong { len: text.len() });
     }
-    if let Some((at, c)) = text.char_indices().find(|(_, c)| c.is_control()) {
+    if let Some((at, c)) = text.char_indices().find(|(_, c)| is_refused(*c)) {
         return Err(CommandError::ControlChar { code: c as u32, at });
     }
     Ok(())
+}
+
+/// True for characters never typed into an agent: control characters and [`invisible`] ones.
+pub fn is_refused(c: char) -> bool {
+    c.is_control() || invisible(c).is_some()
+}
+
+/// What an invisible formatting character is, for the characters refused in typed text: they
+/// change how text is shown, or hide text, so a person reviewing a nudge (or an audit row) would
+/// not read what the agent reads ("Trojan Source" bidi reordering, instructions smuggled in tag
+/// characters), and line or paragraph separators act as a newline in some TUIs.
+///
+/// The zero-width joiner and non-joiner (U+200C, U+200D) and the emoji variation selectors
+/// (U+FE00-FE0F) are kept: emoji and several scripts need them, and they hide nothing.
+pub fn invisible(c: char) -> Option<&'static str> {
+    Some(match c {
+        '\u{202A}'..='\u{202E}' => "a bidi embedding or override",
+        '\u{2066}'..='\u{2069}' => "a bidi isolate",
+        '\u{200E}' | '\u{200F}' | '\u{061C}' => "a bidi mark",
+        '\u{2028}' => "a line separator",
+        '\u{2029}' => "a paragraph separator",
+        '\u{200B}' | '\u{2060}' | '\u{FEFF}' | '\u{180E}' => "a zero-width space or joiner",
+        '\u{00AD}' => "a soft hyphen",
+        '\u{2061}'..='\u{2064}' => "an invisible operator",
+        '\u{206A}'..='\u{206F}' => "a deprecated format character",
+        '\u{FFF9}'..='\u{FFFB}' => "an interlinear annotation character",
+        '\u{E0000}'..='\u{E007F}' => "a tag character",
+        '\u{E0100}'..='\u{E01EF}' => "a supplementary variation selector",
+        _ => return None,
+    })
+}
+
+/// "control character U+000A" or "U+202E (a bidi embedding or override)".
+fn describe_refused(code: u32) -> String {
+    match char::from_u32(code).and_then(invisible) {
+        Some(what) => format!("U+{code:04X} ({what})"),
+        None => format!("control character U+{code:04X}"),
+    }
 }
 
 /// Splits a start command as tmux prints it (`#{pane_start_command}`: arguments separated by
@@ -226,7 +268,7 @@ impl TryFrom<pb::command::Action> for Action {
                         .filter(|(k, v)| {
                             k.len() <= 64
                                 && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                                && !v.chars().any(char::is_control)
+                                && !v.chars().any(is_refused)
                         })
                         .collect();
                 }
@@ -281,6 +323,70 @@ mod tests {
     }
 
     #[test]
+    fn invisible_formatting_is_refused() {
+        // Bidi overrides and isolates: the text shown is not the text typed.
+        for c in ['\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}'] {
+            let text = format!("ok {c}txt.exe");
+            assert_eq!(
+                validate_nudge(&text),
+                Err(CommandError::ControlChar {
+                    code: c as u32,
+                    at: 3
+                }),
+                "U+{:04X}",
+                c as u32
+            );
+        }
+        for c in ['\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}', '\u{200F}'] {
+            assert!(validate_nudge(&format!("a{c}b")).is_err(), "U+{:04X}", c as u32);
+        }
+        // Line and paragraph separators act as newlines.
+        assert_eq!(
+            validate_nudge("continue\u{2028}rm -rf /"),
+            Err(CommandError::ControlChar {
+                code: 0x2028,
+                at: 8
+            })
+        );
+        assert!(validate_nudge("a\u{2029}b").is_err());
+        // Hidden text: zero-width space, word joiner, BOM, tag characters.
+        for c in ['\u{200B}', '\u{2060}', '\u{FEFF}', '\u{E0041}', '\u{E0100}'] {
+            assert!(validate_nudge(&format!("a{c}b")).is_err(), "U+{:04X}", c as u32);
+        }
+        // The error says what was found and where.
+        let e = validate_nudge("abc\u{202E}").expect_err("refused");
+        assert_eq!(
+            e.to_string(),
+            "nudge text contains U+202E (a bidi embedding or override) at byte 3; only printable, \
+             visible text is sent"
+        );
+        let e = validate_nudge("a\tb").expect_err("refused");
+        assert!(e.to_string().contains("control character U+0009"), "{e}");
+        // Visible Unicode, emoji with joiners and variation selectors, right-to-left scripts
+        // without overrides: all fine.
+        for ok in [
+            "bitte weitermachen, danke",
+            "продолжай",
+            "继续",
+            "המשך בבקשה",
+            "استمر",
+            "\u{2764}\u{FE0F} \u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}",
+        ] {
+            assert_eq!(validate_nudge(ok), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn restart_commands_refuse_invisible_formatting() {
+        assert!(Action::restart("claude --continue", "/src/app").is_ok());
+        assert!(matches!(
+            Action::restart("claude \u{202E}eunitnoc--", ""),
+            Err(CommandError::BadRestartCommand { .. })
+        ));
+        assert!(Action::restart("claude", "/src/\u{2028}x").is_err());
+    }
+
+    #[test]
     fn defaults_and_limits() {
         assert_eq!(Action::capture(0), Ok(Action::Capture { lines: 30 }));
         assert!(Action::capture(MAX_CAPTURE_LINES + 1).is_err());
@@ -306,6 +412,13 @@ mod tests {
         fn accepted_nudges_have_no_control_chars(s in "\\PC*") {
             if validate_nudge(&s).is_ok() {
                 prop_assert!(!s.chars().any(char::is_control));
+            }
+        }
+
+        #[test]
+        fn accepted_nudges_hold_nothing_refused(s in any::<String>()) {
+            if validate_nudge(&s).is_ok() {
+                prop_assert!(!s.chars().any(is_refused));
                 prop_assert!(!s.is_empty() && s.len() <= MAX_NUDGE_BYTES);
             }
         }
