@@ -1,6 +1,6 @@
 //! Executes the controller's commands, safely: fenced by epoch and id, refused after their
-//! deadline or when the agent they were meant for is gone, targeted by pane id or exact session
-//! name only.
+//! deadline or when the agent they were meant for is gone, targeted by tmux ids only (`$N`,
+//! `%N`), resolved and checked against the session's name right before the action.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use tokio::sync::{Mutex, watch};
 use crate::fence::{Fence, FenceError};
 use crate::probe::Snapshot;
 use crate::procs;
-use crate::tmux::Tmux;
+use crate::tmux::{CreateError, TargetError, Tmux};
 use argus_shared::command::{shell_command_from_tmux, split_tmux_command};
 
 /// Most processes signalled in one kill.
@@ -133,6 +133,23 @@ impl Executor {
                 ),
             );
         }
+        if let Err(refused) = self.check_target(&tmux, &session, &cmd.session_name).await {
+            // A restart of a session that vanished a moment ago creates it anew.
+            if let (
+                TargetError::Gone { .. },
+                Action::Restart {
+                    command,
+                    cwd,
+                    labels,
+                },
+            ) = (&refused, &action)
+            {
+                return self
+                    .recreate(&tmux, &cmd.session_name, command, cwd, labels)
+                    .await;
+            }
+            return refused_target(refused);
+        }
         let restart = match &action {
             Action::Restart {
                 command,
@@ -197,21 +214,7 @@ impl Executor {
                 let text = tmux.capture(pane, lines).await.map_err(e)?;
                 Ok(argus_shared::screen::last_lines(&text, lines as usize).to_owned())
             }
-            Action::Kill { grace_ms } => {
-                if !s.pane_dead {
-                    terminate_tree(s.pane_pid, Duration::from_millis(grace_ms.into())).await;
-                }
-                match tmux.kill_session(&s.session_name).await {
-                    Ok(()) => Ok(String::new()),
-                    // The session closed by itself when its last process ended: that is the goal.
-                    Err(crate::tmux::TmuxError::Command { message, .. })
-                        if message.contains("can't find session") =>
-                    {
-                        Ok(String::new())
-                    }
-                    Err(err) => Err(err.to_string()),
-                }
-            }
+            Action::Kill { grace_ms } => self.kill(tmux, s, grace_ms).await,
             Action::Restart { command, .. } => {
                 let argv = restart_argv(&command, s, &self.profiles);
                 tmux.respawn_pane(pane, &argv)
@@ -240,17 +243,72 @@ impl Executor {
             );
         }
         match tmux
-            .new_session(name, cwd, &[command.to_owned()], labels)
+            .create_session(name, cwd, &[command.to_owned()], labels)
             .await
         {
-            Ok(()) => (
+            Ok(id) => (
                 pb::CommandStatus::Ok,
-                format!("session {name:?} created anew"),
+                format!("session {name:?} created anew ({id})"),
                 String::new(),
             ),
+            Err(err @ CreateError::Name(_)) => {
+                (pb::CommandStatus::Invalid, err.to_string(), String::new())
+            }
             Err(err) => (pb::CommandStatus::Failed, err.to_string(), String::new()),
         }
     }
+
+    /// Checks, right before acting, that the session observed as `s` is still there under its
+    /// ids: its pane `%N` in its session `$N`, and that session still named `name`.
+    async fn check_target(
+        &self,
+        tmux: &Tmux,
+        s: &pb::SessionObservation,
+        name: &str,
+    ) -> Result<(), TargetError> {
+        tmux.resolve(&s.session_id, &s.pane_id, name)
+            .await
+            .map(drop)
+    }
+
+    /// SIGTERM to the pane's process tree, SIGKILL after `grace_ms`, then the session by its id,
+    /// if it is still the same session on the same server (it usually closes by itself when its
+    /// last process ends). Runs to the end once started, whatever happens to the link.
+    async fn kill(
+        &self,
+        tmux: &Tmux,
+        s: &pb::SessionObservation,
+        grace_ms: u32,
+    ) -> Result<String, String> {
+        let target = match tmux
+            .resolve(&s.session_id, &s.pane_id, &s.session_name)
+            .await
+        {
+            Ok(t) => t,
+            // Closed since the check: that is the goal.
+            Err(TargetError::Gone { .. }) => return Ok(String::new()),
+            Err(e) => return Err(e.to_string()),
+        };
+        if !s.pane_dead {
+            terminate_tree(s.pane_pid, Duration::from_millis(grace_ms.into())).await;
+        }
+        tmux.kill_target(&target)
+            .await
+            .map(|_| String::new())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The outcome of a command whose target did not check out.
+fn refused_target(e: TargetError) -> Outcome {
+    let status = match &e {
+        TargetError::Gone { .. } | TargetError::Renamed { .. } | TargetError::NoIds { .. } => {
+            pb::CommandStatus::NoSuchSession
+        }
+        TargetError::PaneGone { .. } => pb::CommandStatus::WrongIncarnation,
+        TargetError::Tmux(_) => pb::CommandStatus::Failed,
+    };
+    (status, e.to_string(), String::new())
 }
 
 /// True when `want` is the session's current agent (or, without one, its pane process) and it

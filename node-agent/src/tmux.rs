@@ -1,8 +1,10 @@
 //! Access to one tmux server: a long-lived control-mode client when the server has a session to
-//! attach to, a spawned `tmux` command otherwise. Panes are always targeted by their unique id
-//! (`%12`) and sessions by exact-match targets (`=name`), never by a bare, prefix-matching name.
+//! attach to, a spawned `tmux` command otherwise. Sessions and panes are targeted by their ids
+//! only (`$3`, `%12`), resolved and checked against the name first (see [`target`]); a name is
+//! never a target.
 
 mod control;
+pub mod target;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,6 +12,7 @@ use std::sync::Arc;
 use tokio::sync::{Mutex, Notify};
 
 use control::ControlClient;
+pub use target::{CreateError, Target, TargetError};
 
 /// Why a tmux operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -236,63 +239,11 @@ impl Tmux {
         self.run(&["send-keys", "-t", pane_id, key]).await.map(drop)
     }
 
-    /// Kills exactly the session named `name` (exact-match target).
-    pub async fn kill_session(&self, name: &str) -> Result<(), TmuxError> {
-        let target = format!("={name}");
-        self.run(&["kill-session", "-t", &target]).await.map(drop)
-    }
-
     /// Replaces a pane's process with `argv` (empty: the pane's own start command).
     pub async fn respawn_pane(&self, pane_id: &str, argv: &[String]) -> Result<(), TmuxError> {
         let mut args = vec!["respawn-pane", "-k", "-t", pane_id];
         args.extend(argv.iter().map(String::as_str));
         self.run(&args).await.map(drop)
-    }
-
-    /// Creates a detached session `name` running `argv` in `cwd`, with `@argus-KEY` options
-    /// set from `labels` in the same tmux invocation.
-    pub async fn new_session(
-        &self,
-        name: &str,
-        cwd: &str,
-        argv: &[String],
-        labels: &std::collections::BTreeMap<String, String>,
-    ) -> Result<(), TmuxError> {
-        let mut args = vec!["new-session", "-d", "-s", name];
-        if !cwd.is_empty() {
-            args.extend(["-c", cwd]);
-        }
-        args.extend(argv.iter().map(String::as_str));
-        let options: Vec<String> = labels
-            .keys()
-            .map(|k| argus_shared::labels::option_name(k))
-            .collect();
-        // `=NAME:` (with the colon) is the exact-match target set-option accepts.
-        let target = format!("={name}:");
-        for (option, value) in options.iter().zip(labels.values()) {
-            args.extend([
-                ";",
-                "set-option",
-                "-t",
-                &target,
-                option.as_str(),
-                value.as_str(),
-            ]);
-        }
-        // Creating a session must work even when no control client can attach yet. When the
-        // last session just closed, the old server may still be exiting: try again briefly.
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.spawn(&args).await {
-                Err(TmuxError::Command { message, .. })
-                    if attempt < 5 && message.contains("server exited unexpectedly") =>
-                {
-                    tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
-                }
-                other => return other.map(drop),
-            }
-        }
     }
 }
 

@@ -1,0 +1,319 @@
+//! Exact targets. A session is acted on only through its tmux ids (`$N` for the session, `%N`
+//! for its pane), resolved from the last probe and checked against the server right before the
+//! action: the pane must still be in that session and the session must still carry the name the
+//! controller asked for. A name is never given to tmux as a target, because tmux reads a target
+//! `=NAME` as a session id when NAME starts with `$`, and as a client name (`client-PID`, the
+//! node agent's own control client) when no session has that name; and a name or a directory
+//! given to `new-session` is expanded as a format (`#(...)` runs a command), so `#` is escaped.
+
+use super::{SEP, Tmux, TmuxError};
+
+/// A session resolved to its tmux ids on one server, checked against its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The tmux server's pid: ids are unique only within one server's life.
+    pub server_pid: u32,
+    /// `$N`.
+    pub session_id: String,
+    /// `%N`.
+    pub pane_id: String,
+    /// The session's name, as checked.
+    pub name: String,
+}
+
+/// Why a session could not be resolved to its ids.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// The last probe gave no usable ids (never expected from our own probe).
+    #[error("session {name:?} has no tmux ids in the last probe ({session_id:?}, {pane_id:?})")]
+    NoIds {
+        name: String,
+        session_id: String,
+        pane_id: String,
+    },
+    /// The session (or its server) is gone.
+    #[error("session {name:?} ({session_id}) is gone")]
+    Gone { name: String, session_id: String },
+    /// The session with that id now has another name.
+    #[error(
+        "session {session_id} is now named {now:?}, not {name:?} (renamed since it was observed); \
+         not touched"
+    )]
+    Renamed {
+        name: String,
+        session_id: String,
+        now: String,
+    },
+    /// The observed pane is no longer in the session.
+    #[error("pane {pane_id} is no longer in session {name:?} ({session_id}); not touched")]
+    PaneGone {
+        name: String,
+        session_id: String,
+        pane_id: String,
+    },
+    /// tmux failed otherwise.
+    #[error(transparent)]
+    Tmux(#[from] TmuxError),
+}
+
+/// Why a session cannot be created under a name.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("session name {name:?} cannot be created as it is: {reason}")]
+pub struct NameError {
+    pub name: String,
+    pub reason: &'static str,
+}
+
+/// True for `$N` (`sigil` `$`) or `%N` (`sigil` `%`).
+fn is_id(s: &str, sigil: char) -> bool {
+    s.strip_prefix(sigil)
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// True when tmux answered that the target or the whole server is not there.
+pub(super) fn is_gone(e: &TmuxError) -> bool {
+    match e {
+        TmuxError::Command { message, .. } => {
+            message.contains("can't find")
+                || message.contains("no server running")
+                || message.contains("error connecting")
+                || message.contains("No such file")
+                || message.contains("server exited")
+        }
+        _ => false,
+    }
+}
+
+/// `s` with `#` doubled, for arguments tmux expands as formats (`new-session -s` and `-c`).
+pub fn escape_format(s: &str) -> String {
+    s.replace('#', "##")
+}
+
+/// Checks that tmux would create a session under exactly `name`: tmux turns `.` and `:` into `_`
+/// and writes `\` and non-printable characters in C-style escapes, so such a name would come
+/// back as another session. Names tmux reported never hold them; a command naming one is refused.
+pub fn creatable_name(name: &str) -> Result<(), NameError> {
+    let refuse = |reason| {
+        Err(NameError {
+            name: name.to_owned(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return refuse("it is empty");
+    }
+    if name.contains(['.', ':']) {
+        return refuse("tmux turns '.' and ':' into '_'");
+    }
+    if name.contains('\\') || name.chars().any(char::is_control) {
+        return refuse("tmux escapes '\\' and control characters");
+    }
+    Ok(())
+}
+
+// === impl Tmux ===
+
+impl Tmux {
+    /// Resolves a session from its ids in the last probe: the pane `pane_id` must still be in
+    /// session `session_id`, and that session must still be named `name`. Only ids are given to
+    /// tmux (`list-panes -s -t $N`: a `$` target is looked up by id alone).
+    pub async fn resolve(
+        &self,
+        session_id: &str,
+        pane_id: &str,
+        name: &str,
+    ) -> Result<Target, TargetError> {
+        if !is_id(session_id, '$') || !is_id(pane_id, '%') {
+            return Err(TargetError::NoIds {
+                name: name.to_owned(),
+                session_id: session_id.to_owned(),
+                pane_id: pane_id.to_owned(),
+            });
+        }
+        let format = format!("#{{pid}}{SEP}#{{session_id}}{SEP}#{{pane_id}}{SEP}#{{session_name}}");
+        let gone = || TargetError::Gone {
+            name: name.to_owned(),
+            session_id: session_id.to_owned(),
+        };
+        let lines = match self
+            .run(&["list-panes", "-s", "-t", session_id, "-F", &format])
+            .await
+        {
+            Ok(lines) => lines,
+            Err(e) if is_gone(&e) => return Err(gone()),
+            Err(e) => return Err(e.into()),
+        };
+        let rows: Vec<(u32, &str, &str, &str)> = lines
+            .iter()
+            .filter_map(|l| {
+                let mut f = l.splitn(4, SEP);
+                let pid = f.next()?.parse().ok()?;
+                Some((pid, f.next()?, f.next()?, f.next()?))
+            })
+            .filter(|(_, sid, _, _)| *sid == session_id)
+            .collect();
+        let Some(&(server_pid, _, _, now)) = rows.first() else {
+            return Err(gone());
+        };
+        if now != name {
+            return Err(TargetError::Renamed {
+                name: name.to_owned(),
+                session_id: session_id.to_owned(),
+                now: now.to_owned(),
+            });
+        }
+        if !rows.iter().any(|(_, _, pid, _)| *pid == pane_id) {
+            return Err(TargetError::PaneGone {
+                name: name.to_owned(),
+                session_id: session_id.to_owned(),
+                pane_id: pane_id.to_owned(),
+            });
+        }
+        Ok(Target {
+            server_pid,
+            session_id: session_id.to_owned(),
+            pane_id: pane_id.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// Kills the session of `target` if it is still that session on that server: same id, same
+    /// server pid, same name. Returns false when it was already gone (it closes by itself when
+    /// its last process ends; a server that exited and started again reuses ids, which the pid
+    /// check catches).
+    pub async fn kill_target(&self, target: &Target) -> Result<bool, TmuxError> {
+        let format = format!("#{{pid}}{SEP}#{{session_name}}");
+        let sid = target.session_id.as_str();
+        let check = ["display-message", "-p", "-t", sid, &format];
+        // A control client attached to the session that just closed is detached by tmux: try
+        // once more on a fresh client.
+        let seen = match self.run(&check).await {
+            Err(TmuxError::Closed) => self.run(&check).await,
+            other => other,
+        };
+        let seen = match seen {
+            Ok(lines) => lines.join("\n"),
+            Err(e) if is_gone(&e) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let expected = format!("{}{SEP}{}", target.server_pid, target.name);
+        if seen != expected {
+            tracing::info!(session = %target.name, id = %sid, %seen, "session id now names another session or server; not killed");
+            return Ok(false);
+        }
+        let kill = ["kill-session", "-t", sid];
+        let killed = match self.run(&kill).await {
+            Err(TmuxError::Closed) => self.run(&kill).await,
+            other => other,
+        };
+        match killed {
+            Ok(_) => Ok(true),
+            Err(e) if is_gone(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates a detached session named exactly `name` running `argv` in `cwd`, then sets the
+    /// `@argus-KEY` options from `labels` on it by its new id. `#` in the name and the directory
+    /// is escaped (tmux expands both as formats); a name tmux would store differently is refused.
+    pub async fn create_session(
+        &self,
+        name: &str,
+        cwd: &str,
+        argv: &[String],
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<String, CreateError> {
+        creatable_name(name)?;
+        let escaped = escape_format(name);
+        let format = format!("#{{session_id}}{SEP}#{{session_name}}");
+        let mut args = vec!["new-session", "-d", "-P", "-F", &format, "-s", &escaped];
+        let cwd = escape_format(cwd);
+        if !cwd.is_empty() {
+            args.extend(["-c", &cwd]);
+        }
+        args.extend(argv.iter().map(String::as_str));
+        // Creating a session must work even when no control client can attach yet. When the
+        // last session just closed, the old server may still be exiting: try again briefly.
+        let mut attempt = 0;
+        let lines = loop {
+            attempt += 1;
+            match self.spawn(&args).await {
+                Err(TmuxError::Command { message, .. })
+                    if attempt < 5 && message.contains("server exited unexpectedly") =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+                }
+                other => break other?,
+            }
+        };
+        let out = lines.join("\n");
+        let (id, created) = out.split_once(SEP).unwrap_or((out.as_str(), ""));
+        if !is_id(id, '$') || created != name {
+            return Err(CreateError::Unexpected {
+                name: name.to_owned(),
+                answer: out.clone(),
+            });
+        }
+        if !labels.is_empty() {
+            let options: Vec<String> = labels
+                .keys()
+                .map(|k| argus_shared::labels::option_name(k))
+                .collect();
+            let mut args: Vec<&str> = Vec::new();
+            for (option, value) in options.iter().zip(labels.values()) {
+                if !args.is_empty() {
+                    args.push(";");
+                }
+                args.extend(["set-option", "-t", id, option.as_str(), value.as_str()]);
+            }
+            self.spawn(&args).await?;
+        }
+        Ok(id.to_owned())
+    }
+}
+
+/// Why a session could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// The name cannot be created as it is.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// tmux failed.
+    #[error(transparent)]
+    Tmux(#[from] TmuxError),
+    /// tmux created something other than what was asked.
+    #[error("new-session for {name:?} answered {answer:?}")]
+    Unexpected { name: String, answer: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        assert!(is_id("$0", '$') && is_id("%12", '%'));
+        for bad in ["$", "0", "$1a", "=$0", "%1", "client-1"] {
+            assert!(!is_id(bad, '$'), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_tmux_would_rewrite_are_refused() {
+        for ok in [
+            "$0",
+            "client-123",
+            "a#(touch x)b",
+            "=x",
+            "%3",
+            "@2",
+            "with space",
+        ] {
+            assert_eq!(creatable_name(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "a.b", "a:b", "a\\b", "a\tb"] {
+            assert!(creatable_name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(escape_format("a#(x)#{y}"), "a##(x)##{y}");
+    }
+}
