@@ -338,7 +338,11 @@ mod tests {
             );
         }
         for c in ['\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}', '\u{200F}'] {
-            assert!(validate_nudge(&format!("a{c}b")).is_err(), "U+{:04X}", c as u32);
+            assert!(
+                validate_nudge(&format!("a{c}b")).is_err(),
+                "U+{:04X}",
+                c as u32
+            );
         }
         // Line and paragraph separators act as newlines.
         assert_eq!(
@@ -351,7 +355,11 @@ mod tests {
         assert!(validate_nudge("a\u{2029}b").is_err());
         // Hidden text: zero-width space, word joiner, BOM, tag characters.
         for c in ['\u{200B}', '\u{2060}', '\u{FEFF}', '\u{E0041}', '\u{E0100}'] {
-            assert!(validate_nudge(&format!("a{c}b")).is_err(), "U+{:04X}", c as u32);
+            assert!(
+                validate_nudge(&format!("a{c}b")).is_err(),
+                "U+{:04X}",
+                c as u32
+            );
         }
         // The error says what was found and where.
         let e = validate_nudge("abc\u{202E}").expect_err("refused");
