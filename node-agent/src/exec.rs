@@ -290,6 +290,7 @@ impl Executor {
             Err(e) => return Err(e.to_string()),
         };
         if !s.pane_dead {
+            tracing::info!(session = %s.session_name, id = %target.session_id, pane = %target.pane_id, pid = s.pane_pid, grace_ms, "kill: SIGTERM to the pane's process tree, SIGKILL after the grace");
             terminate_tree(s.pane_pid, Duration::from_millis(grace_ms.into())).await;
         }
         tmux.kill_target(&target)

@@ -2,8 +2,12 @@
 //! sessions, events, heartbeats and command results; reconnect with exponential backoff and full
 //! jitter (250 ms to 10 s), reset only once the controller has answered. While the link is down
 //! the prober keeps probing and events wait in the bounded buffer.
+//!
+//! Commands outlive the stream that brought them: a kill half-way through its grace period when
+//! the controller goes away still ends with SIGKILL. Their results wait in [`Commands`] and go to
+//! the next controller that welcomes this node, right after the full snapshot.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,6 +76,22 @@ pub struct Link {
     pub executor: Arc<Executor>,
     pub hostname: String,
     pub boot_id: String,
+    /// Commands running and results not yet delivered, across connections.
+    pub commands: Commands,
+}
+
+/// Most command results kept while no controller listens; the oldest are dropped beyond it.
+const UNDELIVERED_RESULTS: usize = 4096;
+
+/// How long shutdown waits for commands already started (a kill's grace is at most 60 s).
+const COMMAND_DRAIN: Duration = Duration::from_secs(70);
+
+/// The commands being executed and the results no controller has received yet. Owned by the
+/// link across its connections, so that neither a command nor its result ends with a stream.
+#[derive(Default)]
+pub struct Commands {
+    running: JoinSet<pb::CommandResult>,
+    undelivered: VecDeque<pb::CommandResult>,
 }
 
 /// One open stream to the controller: what the node agent sends, what it receives.
@@ -97,10 +117,10 @@ impl Link {
             let mut answered = false;
             let result = tokio::select! {
                 r = self.session(&mut answered, &shutdown).instrument(span.clone()) => r,
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => break,
             };
             if shutdown.is_cancelled() {
-                return;
+                break;
             }
             if answered {
                 delay = self.config.backoff_min;
@@ -112,10 +132,11 @@ impl Link {
             });
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => break,
             }
             delay = (delay * 2).min(self.config.backoff_max);
         }
+        self.commands.finish().await;
     }
 
     /// One connection, from dial to break: connect, handshake, resync, then pump until it ends.
@@ -129,6 +150,7 @@ impl Link {
         let mut stream = self.handshake(client).await?;
         *answered = true;
         let mut sent = self.resync(&stream.tx).await?;
+        self.commands.deliver(&stream.tx).await?;
         self.pump(&mut stream, &mut sent, shutdown).await
     }
 
@@ -226,21 +248,20 @@ impl Link {
         let tx = &stream.tx;
         let mut heartbeat = tokio::time::interval(self.config.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut running: JoinSet<pb::CommandResult> = JoinSet::new();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 msg = stream.inbound.message() => match msg.map_err(LinkError::Stream)? {
                     Some(pb::ControllerMessage { msg: Some(pb::controller_message::Msg::Command(cmd)) }) => {
-                        let exec = self.executor.clone();
-                        running.spawn(async move { exec.execute(cmd).await }.in_current_span());
+                        self.commands.start(self.executor.clone(), cmd);
                     }
                     Some(_) => tracing::warn!("ignoring unexpected controller message"),
                     None => return Ok(()),
                 },
-                Some(done) = running.join_next() => {
+                Some(done) = self.commands.running.join_next() => {
                     if let Ok(result) = done {
-                        send(tx, pb::agent_message::Msg::Result(result)).await?;
+                        self.commands.keep(result);
+                        self.commands.deliver(tx).await?;
                     }
                 }
                 changed = self.snapshot.changed() => {
@@ -261,6 +282,71 @@ impl Link {
                     send(tx, pb::agent_message::Msg::Heartbeat(pb::Heartbeat { sent_at_ms: now_ms() })).await?;
                 }
             }
+        }
+    }
+}
+
+// === impl Commands ===
+
+impl Commands {
+    /// Starts executing `cmd`; it runs to its end whatever happens to the stream.
+    fn start(&mut self, executor: Arc<Executor>, cmd: pb::Command) {
+        let span = tracing::info_span!("command", id = %cmd.command_id);
+        self.running
+            .spawn(async move { executor.execute(cmd).await }.instrument(span));
+    }
+
+    /// Keeps a result until a controller has it.
+    fn keep(&mut self, result: pb::CommandResult) {
+        if self.undelivered.len() >= UNDELIVERED_RESULTS
+            && let Some(old) = self.undelivered.pop_front()
+        {
+            tracing::warn!(command = %old.command_id, "result dropped: too many undelivered results");
+        }
+        self.undelivered.push_back(result);
+    }
+
+    /// Sends the results kept so far, oldest first, plus those of commands that finished since.
+    /// A result the stream did not take stays kept for the next connection.
+    async fn deliver(&mut self, tx: &mpsc::Sender<pb::AgentMessage>) -> Result<(), LinkError> {
+        while let Some(Ok(result)) = self.running.try_join_next() {
+            self.keep(result);
+        }
+        while let Some(result) = self.undelivered.pop_front() {
+            let id = result.command_id.clone();
+            let msg = pb::AgentMessage {
+                msg: Some(pb::agent_message::Msg::Result(result)),
+            };
+            if let Err(mpsc::error::SendError(msg)) = tx.send(msg).await {
+                if let Some(pb::agent_message::Msg::Result(r)) = msg.msg {
+                    self.undelivered.push_front(r);
+                }
+                return Err(LinkError::Closed);
+            }
+            tracing::debug!(command = %id, "command result sent");
+        }
+        Ok(())
+    }
+
+    /// At shutdown: lets the commands already started end (bounded by [`COMMAND_DRAIN`]), so that
+    /// no kill stops between its SIGTERM and its SIGKILL.
+    async fn finish(&mut self) {
+        if self.running.is_empty() {
+            return;
+        }
+        tracing::info!(
+            running = self.running.len(),
+            "letting the commands already started finish"
+        );
+        let drained = tokio::time::timeout(COMMAND_DRAIN, async {
+            while self.running.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                running = self.running.len(),
+                "commands still running at exit"
+            );
         }
     }
 }
