@@ -34,8 +34,7 @@ fn started_kill(log: &str) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_kill_finishes_and_is_reported_when_its_controller_dies_half_way() -> anyhow::Result<()>
-{
+async fn a_kill_finishes_and_is_reported_when_its_controller_dies_half_way() -> anyhow::Result<()> {
     let tmux = TestTmux::new();
     // An agent that ignores SIGTERM: only the SIGKILL after the grace ends it.
     let stubborn = format!("trap '' TERM; exec {}", agent("quiet"));
@@ -82,27 +81,31 @@ async fn a_kill_finishes_and_is_reported_when_its_controller_dies_half_way() -> 
 
     // ... and its result reaches the next controller once the node agent is welcomed again.
     c.start_controller().await?;
-    eventually("the result delivered to the restarted controller", WAIT, || async {
-        if c.controller_log().contains(&id) {
-            return Ok(Some(()));
-        }
-        // Or already recorded as the command's final row in the audit.
-        let s = c
-            .admin()
-            .await?
-            .get_session(pb::GetSessionRequest {
-                session: sref("n1", "stubborn"),
-                history_limit: 50,
-            })
-            .await;
-        Ok(s.ok().and_then(|s| {
-            s.into_inner()
-                .commands
-                .iter()
-                .any(|k| k.command_id == id && k.status() == pb::CommandStatus::Ok)
-                .then_some(())
-        }))
-    })
+    eventually(
+        "the result delivered to the restarted controller",
+        WAIT,
+        || async {
+            if c.controller_log().contains(&id) {
+                return Ok(Some(()));
+            }
+            // Or already recorded as the command's final row in the audit.
+            let s = c
+                .admin()
+                .await?
+                .get_session(pb::GetSessionRequest {
+                    session: sref("n1", "stubborn"),
+                    history_limit: 50,
+                })
+                .await;
+            Ok(s.ok().and_then(|s| {
+                s.into_inner()
+                    .commands
+                    .iter()
+                    .any(|k| k.command_id == id && k.status() == pb::CommandStatus::Ok)
+                    .then_some(())
+            }))
+        },
+    )
     .await?;
     Ok(())
 }
@@ -119,6 +122,28 @@ fn control_clients(tmux: &TestTmux) -> Vec<u32> {
         .collect()
 }
 
+/// Sends SIGCONT to a stopped process when dropped, whatever the test did.
+struct Stopped(u32);
+
+impl Stopped {
+    fn new(pid: u32) -> Self {
+        signal(pid, rustix::process::Signal::STOP);
+        Self(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal(self.0, rustix::process::Signal::CONT);
+    }
+}
+
+fn signal(pid: u32, sig: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, sig);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkilled_node_agent_leaves_no_tmux_client_behind() -> anyhow::Result<()> {
     let tmux = TestTmux::new();
@@ -132,16 +157,31 @@ async fn a_sigkilled_node_agent_leaves_no_tmux_client_behind() -> anyhow::Result
         Ok(Some(control_clients(&tmux)).filter(|c| !c.is_empty()))
     })
     .await?;
+    let server: u32 = tmux
+        .run(&["display-message", "-p", "#{pid}"])?
+        .trim()
+        .parse()?;
 
-    c.agents[0].kill();
-    eventually("the control client to end with its node agent", WAIT, || async {
-        Ok((clients.iter().all(|p| ended(*p)) && control_clients(&tmux).is_empty()).then_some(()))
+    // The node agent dies while its tmux server is not answering (stopped): the control client
+    // must still end with it, not linger until the server reads its closed stdin.
+    {
+        let _stopped = Stopped::new(server);
+        c.agents[0].kill();
+        eventually(
+            "the control client to end with its node agent",
+            WAIT,
+            || async { Ok(clients.iter().all(|p| ended(*p)).then_some(())) },
+        )
+        .await?;
+    }
+    eventually("the server to forget the control client", WAIT, || async {
+        Ok(control_clients(&tmux).is_empty().then_some(()))
     })
     .await?;
     // The server can be shut down: kill-server is accepted and the server goes away.
     tmux.run(&["kill-server"])?;
     eventually("the tmux server to exit", WAIT, || async {
-        Ok(tmux.run(&["list-sessions"]).is_err().then_some(()))
+        Ok(ended(server).then_some(()))
     })
     .await?;
     Ok(())

@@ -5,11 +5,16 @@
 //! this client). Blocks with flag 0 (the attach itself) and notification lines (`%sessions-changed`,
 //! `%unlinked-window-close`, ...) are not answers: notifications wake the prober so that a closed
 //! session is noticed at once instead of at the next tick.
+//!
+//! The client ends with its node agent, even a SIGKILLed one: its stdin (read by the tmux server)
+//! closes, and where util-linux `setpriv` is installed it also runs with a parent-death signal
+//! (`setpriv --pdeathsig KILL`), which ends it even when the server is not answering. (A
+//! `pre_exec` `prctl` would need `unsafe`, which the workspace forbids.)
 
 use std::collections::VecDeque;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
@@ -40,7 +45,8 @@ impl ControlClient {
     /// Attaches a control client to the tmux server at `socket`. Fails when the server is not
     /// running or has no session to attach to.
     pub async fn attach(socket: &Path, wake: Arc<Notify>) -> Result<Self, TmuxError> {
-        let mut child = Command::new("tmux")
+        let mut child = client_command()
+            .await
             .arg("-S")
             .arg(socket)
             .args(["-C", "attach-session", "-f", "ignore-size,no-output"])
@@ -100,6 +106,37 @@ impl ControlClient {
             Ok(Err(_)) => Err(TmuxError::Closed),
             Err(_) => Err(TmuxError::Timeout),
         }
+    }
+}
+
+/// `tmux`, under `setpriv --pdeathsig KILL` when that works here (checked once).
+async fn client_command() -> Command {
+    static PDEATHSIG: OnceLock<bool> = OnceLock::new();
+    let works = match PDEATHSIG.get() {
+        Some(w) => *w,
+        None => {
+            let works = Command::new("setpriv")
+                .args(["--pdeathsig", "KILL", "--", "true"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await
+                .is_ok_and(|s| s.success());
+            if !works {
+                tracing::info!(
+                    "setpriv --pdeathsig unavailable: the tmux control client ends with the node agent through its stdin only"
+                );
+            }
+            *PDEATHSIG.get_or_init(|| works)
+        }
+    };
+    if works {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--pdeathsig", "KILL", "--", "tmux"]);
+        cmd
+    } else {
+        Command::new("tmux")
     }
 }
 
