@@ -83,6 +83,15 @@ pub struct Link {
 /// Most command results kept while no controller listens; the oldest are dropped beyond it.
 const UNDELIVERED_RESULTS: usize = 4096;
 
+/// HTTP/2 keepalive: a stream that stopped carrying anything is declared broken after at most
+/// interval + timeout.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Results handed to a stream within this long before it broke may never have left the host
+/// (the stream is not acknowledged message by message): they are sent again on the next one.
+const RESEND_WINDOW: Duration = KEEPALIVE_INTERVAL.saturating_add(KEEPALIVE_TIMEOUT);
+
 /// How long shutdown waits for commands already started (a kill's grace is at most 60 s).
 const COMMAND_DRAIN: Duration = Duration::from_secs(70);
 
@@ -92,6 +101,8 @@ const COMMAND_DRAIN: Duration = Duration::from_secs(70);
 pub struct Commands {
     running: JoinSet<pb::CommandResult>,
     undelivered: VecDeque<pb::CommandResult>,
+    /// Results sent on the current stream within [`RESEND_WINDOW`], oldest first.
+    recent: VecDeque<(tokio::time::Instant, pb::CommandResult)>,
 }
 
 /// One open stream to the controller: what the node agent sends, what it receives.
@@ -149,9 +160,16 @@ impl Link {
         let client = self.connect().await?;
         let mut stream = self.handshake(client).await?;
         *answered = true;
-        let mut sent = self.resync(&stream.tx).await?;
-        self.commands.deliver(&stream.tx).await?;
-        self.pump(&mut stream, &mut sent, shutdown).await
+        let result = async {
+            let mut sent = self.resync(&stream.tx).await?;
+            self.commands.deliver(&stream.tx).await?;
+            self.pump(&mut stream, &mut sent, shutdown).await
+        }
+        .await;
+        if !shutdown.is_cancelled() {
+            self.commands.resend_recent();
+        }
+        result
     }
 
     /// Dials the controller.
@@ -163,8 +181,8 @@ impl Link {
                 source: e,
             })?
             .connect_timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5));
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT);
         let channel = endpoint
             .connect()
             .await
@@ -315,7 +333,7 @@ impl Commands {
         while let Some(result) = self.undelivered.pop_front() {
             let id = result.command_id.clone();
             let msg = pb::AgentMessage {
-                msg: Some(pb::agent_message::Msg::Result(result)),
+                msg: Some(pb::agent_message::Msg::Result(result.clone())),
             };
             if let Err(mpsc::error::SendError(msg)) = tx.send(msg).await {
                 if let Some(pb::agent_message::Msg::Result(r)) = msg.msg {
@@ -324,8 +342,40 @@ impl Commands {
                 return Err(LinkError::Closed);
             }
             tracing::debug!(command = %id, "command result sent");
+            self.sent(result);
         }
         Ok(())
+    }
+
+    /// Remembers a result handed to the stream, for [`Self::resend_recent`].
+    fn sent(&mut self, result: pb::CommandResult) {
+        let now = tokio::time::Instant::now();
+        while self
+            .recent
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > RESEND_WINDOW)
+        {
+            self.recent.pop_front();
+        }
+        if self.recent.len() >= UNDELIVERED_RESULTS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((now, result));
+    }
+
+    /// The stream ended: the results handed to it within [`RESEND_WINDOW`] may not have reached
+    /// the controller, so they go again, before those still waiting. A controller may thus get a
+    /// result twice; the command id tells it so.
+    fn resend_recent(&mut self) {
+        let now = tokio::time::Instant::now();
+        let recent = std::mem::take(&mut self.recent);
+        for (_, result) in recent
+            .into_iter()
+            .rev()
+            .filter(|(at, _)| now.duration_since(*at) <= RESEND_WINDOW)
+        {
+            self.undelivered.push_front(result);
+        }
     }
 
     /// At shutdown: lets the commands already started end (bounded by [`COMMAND_DRAIN`]), so that
@@ -428,6 +478,66 @@ mod tests {
         assert_eq!(r.sessions, vec![obs("a", "2")]);
         assert_eq!(r.gone.len(), 1);
         assert_eq!(r.gone[0].session_name, "b");
+    }
+
+    fn result(id: &str) -> pb::CommandResult {
+        pb::CommandResult {
+            command_id: id.into(),
+            ..Default::default()
+        }
+    }
+
+    fn ids(rx: &mut mpsc::Receiver<pb::AgentMessage>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            if let Some(pb::agent_message::Msg::Result(r)) = m.msg {
+                out.push(r.command_id);
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn results_wait_for_a_stream_and_go_again_after_a_break() {
+        let mut commands = Commands::default();
+        commands.keep(result("a"));
+        commands.keep(result("b"));
+        // No stream takes them: they stay, in order.
+        let (tx, rx) = mpsc::channel(8);
+        drop(rx);
+        assert!(commands.deliver(&tx).await.is_err());
+        assert_eq!(commands.undelivered.len(), 2);
+        // The next stream gets them, oldest first.
+        let (tx, mut rx) = mpsc::channel(8);
+        commands.deliver(&tx).await.expect("delivered");
+        assert_eq!(ids(&mut rx), ["a", "b"]);
+        assert!(commands.undelivered.is_empty());
+        // That stream breaks at once: both may be lost with it, so they go again, before a
+        // result kept meanwhile.
+        commands.keep(result("c"));
+        commands.resend_recent();
+        let (tx, mut rx) = mpsc::channel(8);
+        commands.deliver(&tx).await.expect("delivered");
+        assert_eq!(ids(&mut rx), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn only_recent_results_go_again() {
+        let mut commands = Commands::default();
+        let now = tokio::time::Instant::now();
+        let long_ago = now
+            .checked_sub(RESEND_WINDOW + Duration::from_secs(1))
+            .expect("uptime");
+        commands.recent.push_back((long_ago, result("old")));
+        commands.recent.push_back((now, result("new")));
+        commands.resend_recent();
+        let again: Vec<&str> = commands
+            .undelivered
+            .iter()
+            .map(|r| r.command_id.as_str())
+            .collect();
+        assert_eq!(again, ["new"]);
+        assert!(commands.recent.is_empty());
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub enum TmuxError {
     /// The control client went away.
     #[error("tmux control client closed")]
     Closed,
+    /// The control client had gone away before the command was written: it did not run.
+    #[error("tmux control client had closed; the command was not sent")]
+    NotSent,
     /// tmux did not answer in time.
     #[error("tmux did not answer within 5 s")]
     Timeout,
@@ -133,6 +136,15 @@ impl Tmux {
     /// Runs a tmux command given as argv: over the control client when one can be attached, by
     /// spawning `tmux` otherwise.
     pub async fn run(&self, argv: &[&str]) -> Result<Vec<String>, TmuxError> {
+        match self.run_once(argv).await {
+            // The client died (its server or its session went away) before it took the
+            // command, so it did not run: once more on a fresh client, or a spawned tmux.
+            Err(TmuxError::NotSent) => self.run_once(argv).await,
+            other => other,
+        }
+    }
+
+    async fn run_once(&self, argv: &[&str]) -> Result<Vec<String>, TmuxError> {
         let mut guard = self.control.lock().await;
         if guard.as_ref().is_some_and(ControlClient::is_closed) {
             *guard = None;
@@ -147,7 +159,11 @@ impl Tmux {
         match guard.as_ref() {
             Some(c) => {
                 let line = argv.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ");
-                c.run(&line).await
+                let result = c.run(&line).await;
+                if matches!(result, Err(TmuxError::NotSent)) {
+                    *guard = None;
+                }
+                result
             }
             None => {
                 drop(guard);

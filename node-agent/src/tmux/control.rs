@@ -84,9 +84,9 @@ impl ControlClient {
         {
             let mut w = self.inner.lock().await;
             {
-                let mut p = self.pending.lock().map_err(|_| TmuxError::Closed)?;
+                let mut p = self.pending.lock().map_err(|_| TmuxError::NotSent)?;
                 if p.closed {
-                    return Err(TmuxError::Closed);
+                    return Err(TmuxError::NotSent);
                 }
                 p.queue.push_back(tx);
             }
@@ -94,7 +94,8 @@ impl ControlClient {
             buf.extend_from_slice(line.as_bytes());
             buf.push(b'\n');
             if w.stdin.write_all(&buf).await.is_err() || w.stdin.flush().await.is_err() {
-                return Err(TmuxError::Closed);
+                // tmux reads whole lines: a line that did not reach it whole did not run.
+                return Err(TmuxError::NotSent);
             }
         }
         match tokio::time::timeout(std::time::Duration::from_secs(5), rx).await {

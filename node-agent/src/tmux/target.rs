@@ -289,6 +289,137 @@ pub enum CreateError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    /// A private tmux server for one test, killed on drop.
+    struct Server(tempfile::TempDir);
+
+    impl Server {
+        fn new() -> Self {
+            Self(tempfile::tempdir().expect("tempdir"))
+        }
+        fn socket(&self) -> std::path::PathBuf {
+            self.0.path().join("tmux.sock")
+        }
+        fn tmux(&self, args: &[&str]) -> String {
+            let out = std::process::Command::new("tmux")
+                .arg("-S")
+                .arg(self.socket())
+                .args(["-f", "/dev/null"])
+                .args(args)
+                .output()
+                .expect("tmux runs");
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        }
+        fn names(&self) -> Vec<String> {
+            let out = self.tmux(&["list-sessions", "-F", "#{session_name}"]);
+            out.lines().map(str::to_owned).collect()
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            self.tmux(&["kill-server"]);
+        }
+    }
+
+    fn new_session(server: &Server, name: &str) -> (String, String) {
+        // Right after kill-server the old server may still be exiting: try again briefly.
+        for _ in 0..50 {
+            let out = server.tmux(&[
+                "new-session",
+                "-d",
+                "-P",
+                "-F",
+                "#{session_id} #{pane_id}",
+                "-s",
+                name,
+                "sleep 100",
+            ]);
+            if let Some((s, p)) = out.split_once(' ') {
+                return (s.to_owned(), p.to_owned());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("could not create session {name:?}");
+    }
+
+    #[tokio::test]
+    async fn a_renamed_session_or_a_moved_pane_is_not_a_target() {
+        let server = Server::new();
+        let tmux = Tmux::new(server.socket(), Arc::default());
+        let (sid, pane) = new_session(&server, "a");
+        let (_, other_pane) = new_session(&server, "b");
+        let t = tmux.resolve(&sid, &pane, "a").await.expect("resolves");
+        assert_eq!(
+            (t.session_id.as_str(), t.pane_id.as_str()),
+            (sid.as_str(), pane.as_str())
+        );
+        assert!(matches!(
+            tmux.resolve(&sid, &other_pane, "a").await,
+            Err(TargetError::PaneGone { .. })
+        ));
+        server.tmux(&["rename-session", "-t", &sid, "c"]);
+        assert!(matches!(
+            tmux.resolve(&sid, &pane, "a").await,
+            Err(TargetError::Renamed { now, .. }) if now == "c"
+        ));
+        assert!(matches!(
+            tmux.resolve("$99", "%99", "a").await,
+            Err(TargetError::Gone { .. })
+        ));
+        assert!(matches!(
+            tmux.resolve("=a", &pane, "a").await,
+            Err(TargetError::NoIds { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn ids_of_an_earlier_server_kill_nothing() {
+        let server = Server::new();
+        let tmux = Tmux::new(server.socket(), Arc::default());
+        let (sid, pane) = new_session(&server, "old");
+        let target = tmux.resolve(&sid, &pane, "old").await.expect("resolves");
+        // The server goes away and another one starts on the socket: ids start again at $0.
+        server.tmux(&["kill-server"]);
+        let (again, _) = new_session(&server, "new");
+        assert_eq!(again, sid);
+        assert!(!tmux.kill_target(&target).await.expect("answers"));
+        assert_eq!(server.names(), ["new"]);
+        // The same server, the same session: killed.
+        let (sid, pane) = new_session(&server, "doomed");
+        let target = tmux.resolve(&sid, &pane, "doomed").await.expect("resolves");
+        assert!(tmux.kill_target(&target).await.expect("answers"));
+        assert_eq!(server.names(), ["new"]);
+    }
+
+    #[tokio::test]
+    async fn sessions_are_created_under_their_exact_name() {
+        let server = Server::new();
+        let tmux = Tmux::new(server.socket(), Arc::default());
+        new_session(&server, "first");
+        let labels = [("restart".to_owned(), "x #{session_id}".to_owned())].into();
+        for name in ["$0", "job#(echo hi)x", "client-1", "%0"] {
+            let id = tmux
+                .create_session(name, "", &["sleep 100".to_owned()], &labels)
+                .await
+                .expect("created");
+            let shown = server.tmux(&["show-options", "-v", "-t", &id, "@argus-restart"]);
+            assert_eq!(shown, "x #{session_id}", "{name}");
+        }
+        assert_eq!(
+            server.tmux(&["show-options", "-v", "-t", "$0", "@argus-restart"]),
+            "",
+            "labels landed on the session with id $0"
+        );
+        let mut names = server.names();
+        names.sort();
+        assert_eq!(names, ["$0", "%0", "client-1", "first", "job#(echo hi)x"]);
+        assert!(matches!(
+            tmux.create_session("a.b", "", &[], &labels).await,
+            Err(CreateError::Name(_))
+        ));
+    }
 
     #[test]
     fn ids() {
