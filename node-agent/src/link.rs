@@ -162,6 +162,13 @@ impl Link {
         *answered = true;
         let result = async {
             let mut sent = self.resync(&stream.tx).await?;
+            let waiting = self.commands.undelivered.len();
+            if waiting > 0 {
+                tracing::info!(
+                    results = waiting,
+                    "sending the results kept while no controller listened"
+                );
+            }
             self.commands.deliver(&stream.tx).await?;
             self.pump(&mut stream, &mut sent, shutdown).await
         }

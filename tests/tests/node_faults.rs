@@ -55,7 +55,7 @@ async fn a_kill_finishes_and_is_reported_when_its_controller_dies_half_way() -> 
         admin
             .kill(pb::KillRequest {
                 session: sref("n1", "stubborn"),
-                grace_ms: 3000,
+                grace_ms: 5000,
             })
             .await
     });
