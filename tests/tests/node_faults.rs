@@ -138,6 +138,14 @@ impl Drop for Stopped {
     }
 }
 
+/// True when `setpriv --pdeathsig` works here, as the node agent checks.
+fn pdeathsig_available() -> bool {
+    std::process::Command::new("setpriv")
+        .args(["--pdeathsig", "KILL", "--", "true"])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 fn signal(pid: u32, sig: rustix::process::Signal) {
     if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
         let _ = rustix::process::kill_process(pid, sig);
@@ -163,9 +171,11 @@ async fn a_sigkilled_node_agent_leaves_no_tmux_client_behind() -> anyhow::Result
         .parse()?;
 
     // The node agent dies while its tmux server is not answering (stopped): the control client
-    // must still end with it, not linger until the server reads its closed stdin.
+    // must still end with it, not linger until the server reads its closed stdin. That takes a
+    // parent-death signal, set through util-linux `setpriv`; without it, only the stdin closing
+    // is tested.
     {
-        let _stopped = Stopped::new(server);
+        let _stopped = pdeathsig_available().then(|| Stopped::new(server));
         c.agents[0].kill();
         eventually(
             "the control client to end with its node agent",
