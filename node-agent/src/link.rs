@@ -316,7 +316,8 @@ impl Link {
 impl Commands {
     /// Starts executing `cmd`; it runs to its end whatever happens to the stream.
     fn start(&mut self, executor: Arc<Executor>, cmd: pb::Command) {
-        let span = tracing::info_span!("command", id = %cmd.command_id);
+        // Its own root span: the command may outlive the connection (and its span) it came on.
+        let span = tracing::info_span!(parent: None, "command", id = %cmd.command_id);
         self.running
             .spawn(async move { executor.execute(cmd).await }.instrument(span));
     }

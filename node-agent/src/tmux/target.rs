@@ -419,6 +419,16 @@ mod tests {
             tmux.create_session("a.b", "", &[], &labels).await,
             Err(CreateError::Name(_))
         ));
+        // The directory is expanded as a format too.
+        let dir = server.0.path().join("w#{session_id}#(true)");
+        std::fs::create_dir(&dir).expect("mkdir");
+        let cwd = dir.display().to_string();
+        let id = tmux
+            .create_session("in-dir", &cwd, &["sleep 100".to_owned()], &labels)
+            .await
+            .expect("created");
+        let shown = server.tmux(&["display-message", "-p", "-t", &id, "#{pane_current_path}"]);
+        assert_eq!(shown, cwd);
     }
 
     #[test]
