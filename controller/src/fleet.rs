@@ -125,9 +125,40 @@ impl Fleet {
         self.nodes.get(node_id).map(|n| n.clone())
     }
 
-    /// True when the node attached at least once since the controller started.
+    /// True when the node attached at least once since the controller started, or has sessions
+    /// in the live view (restored from the store).
     pub fn knows_node(&self, node_id: &str) -> bool {
         self.nodes.contains_key(node_id)
+            || self.by_node.get(node_id).is_some_and(|k| !k.is_empty())
+    }
+
+    /// The nodes with sessions in the live view that have been gone (disconnected or down)
+    /// for longer than `retention` ms at `now`. A node not seen since the controller started at
+    /// `started_ms` is gone since then.
+    pub fn absent_nodes(&self, now: UnixMs, started_ms: UnixMs, retention: i64) -> HashSet<String> {
+        self.by_node
+            .iter()
+            .filter(|e| !e.value().is_empty())
+            .filter(|e| {
+                let since = match self.nodes.get(e.key()) {
+                    None => Some(started_ms),
+                    Some(n) if n.link.is_none() || n.health == Health::Down => Some(n.last_seen_ms),
+                    Some(_) => None,
+                };
+                since.is_some_and(|at| now - at > retention)
+            })
+            .map(|e| e.key().clone())
+            .collect()
+    }
+
+    /// Forgets a gone node's sessions; the node itself stays listed (from the store) until it
+    /// attaches again.
+    pub fn forget_node(&self, node_id: &str) {
+        if let Some((_, keys)) = self.by_node.remove(node_id) {
+            for k in keys {
+                self.sessions.remove(&k);
+            }
+        }
     }
 
     /// True when commands can reach the node now.

@@ -171,6 +171,9 @@ impl NodeAgentService for AgentApi {
             format!("attached with epoch {epoch}"),
             None,
         );
+        // A new stream is the node back: a silent-host incident of it (from this process or
+        // restored from the store) ends here, since its health starts up and never changes to up.
+        self.sup.node_up(&node_id, now).await;
 
         let sup = self.sup.clone();
         let span = tracing::info_span!("node_stream", node = %node_id, stream = stream_id, epoch);
@@ -189,6 +192,42 @@ impl NodeAgentService for AgentApi {
     }
 }
 
+/// Events and results per second on one stream: a token bucket holding a second's worth.
+struct EventBudget {
+    per_second: f64,
+    tokens: f64,
+    at_ms: i64,
+    /// Dropped since the last `limit_exceeded` event, and when that was.
+    dropped: u64,
+    told_ms: i64,
+}
+
+impl EventBudget {
+    fn new(per_second: u32, now: i64) -> Self {
+        Self {
+            per_second: f64::from(per_second),
+            tokens: f64::from(per_second),
+            at_ms: now,
+            dropped: 0,
+            told_ms: 0,
+        }
+    }
+
+    /// True when one more event may be applied at `now`.
+    fn take(&mut self, now: i64) -> bool {
+        let elapsed = (now - self.at_ms).max(0) as f64 / 1000.0;
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.per_second);
+        self.at_ms = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            self.dropped += 1;
+            false
+        }
+    }
+}
+
 /// Applies every message of one stream; returns why the stream ended.
 async fn serve_stream(
     sup: &Arc<Supervisor>,
@@ -196,6 +235,7 @@ async fn serve_stream(
     stream_id: u64,
     inbound: &mut Streaming<pb::AgentMessage>,
 ) -> String {
+    let mut budget = EventBudget::new(sup.limits.events_per_second, now_ms());
     loop {
         let msg = match inbound.message().await {
             Ok(Some(m)) => m,
@@ -205,6 +245,26 @@ async fn serve_stream(
         let now = now_ms();
         if !sup.fleet.heard_from(node_id, stream_id, now) {
             return "replaced by a newer stream of the same node".to_owned();
+        }
+        let counted = matches!(
+            msg.msg,
+            Some(pb::agent_message::Msg::Event(_) | pb::agent_message::Msg::Result(_))
+        );
+        if counted && !budget.take(now) {
+            if now - budget.told_ms >= 1000 {
+                refused(
+                    sup,
+                    node_id,
+                    "",
+                    format!(
+                        "{} events dropped: more than limits.events_per_second ({}) from this node; its next report carries the state",
+                        budget.dropped, sup.limits.events_per_second
+                    ),
+                );
+                budget.dropped = 0;
+                budget.told_ms = now;
+            }
+            continue;
         }
         match msg.msg {
             Some(pb::agent_message::Msg::Report(r)) => apply_report(sup, node_id, r, now).await,
@@ -217,6 +277,36 @@ async fn serve_stream(
             None => tracing::warn!(node = %node_id, "empty message ignored"),
         }
     }
+}
+
+/// Announces a refusal of something a node reported, naming the limit (a `limit_exceeded`
+/// event and a warning in the log).
+fn refused(sup: &Supervisor, node_id: &str, session: &str, message: String) {
+    tracing::warn!(node = %node_id, session, "{message}");
+    sup.events
+        .publish(node_id, session, "limit_exceeded", message, None);
+}
+
+/// Why an observation's labels are refused, if they are: too many, or one too long.
+fn labels_refused(o: &pb::SessionObservation, limits: &crate::config::Limits) -> Option<String> {
+    if o.labels.len() > limits.labels_per_session {
+        return Some(format!(
+            "{} labels, more than limits.labels_per_session ({})",
+            o.labels.len(),
+            limits.labels_per_session
+        ));
+    }
+    o.labels
+        .iter()
+        .find(|(k, v)| k.len() + v.len() > limits.label_bytes)
+        .map(|(k, v)| {
+            format!(
+                "label {:?} has {} bytes, more than limits.label_bytes ({})",
+                k.chars().take(64).collect::<String>(),
+                k.len() + v.len(),
+                limits.label_bytes
+            )
+        })
 }
 
 fn session_ref(node_id: &str, socket: &str, name: &str) -> Option<SessionRef> {
@@ -234,14 +324,42 @@ fn session_ref(node_id: &str, socket: &str, name: &str) -> Option<SessionRef> {
 }
 
 async fn apply_report(sup: &Arc<Supervisor>, node_id: &str, r: pb::Report, now: i64) {
+    let limits = &sup.limits;
     let mut seen = HashSet::new();
+    let mut over_count = 0usize;
     for o in r.sessions {
         let Some(key) = session_ref(node_id, &o.tmux_socket, &o.session_name) else {
             continue;
         };
+        // Seen, even when refused below: a refused observation is not a vanished session.
         seen.insert(key.clone());
+        let known = sup.fleet.session(&key, |_| ()).is_some();
+        if !known && sup.fleet.node_session_count(node_id) >= limits.sessions_per_node {
+            over_count += 1;
+            continue;
+        }
+        if let Some(why) = labels_refused(&o, limits) {
+            refused(
+                sup,
+                node_id,
+                &o.session_name,
+                format!("observation refused: {why}"),
+            );
+            continue;
+        }
         sup.apply(&key, Input::Observed(Box::new(observation(o))), now)
             .await;
+    }
+    if over_count > 0 {
+        refused(
+            sup,
+            node_id,
+            "",
+            format!(
+                "{over_count} sessions ignored: the node reports more than limits.sessions_per_node ({})",
+                limits.sessions_per_node
+            ),
+        );
     }
     let mut gone: Vec<SessionRef> = r
         .gone
