@@ -401,11 +401,17 @@ impl AdminService for AdminApi {
                     .session(&key, |t| session_pb(&key, t, &self.sup.policy()));
                 match live {
                     Some(s) => (key, s),
-                    None => self.recorded(&key.node_id, &key.session_name, &key.tmux_socket).await?,
+                    None => {
+                        self.recorded(&key.node_id, &key.session_name, &key.tmux_socket)
+                            .await?
+                    }
                 }
             }
             Err(ApiError::UnknownNode { .. } | ApiError::UnknownSession { .. }) => {
-                let r = req.session.as_ref().ok_or(ApiError::Missing { field: "session" })?;
+                let r = req
+                    .session
+                    .as_ref()
+                    .ok_or(ApiError::Missing { field: "session" })?;
                 self.recorded(&r.node_id, &r.session_name, &r.tmux_socket)
                     .await?
             }

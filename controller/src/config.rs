@@ -81,8 +81,9 @@ pub struct Limits {
     pub labels_per_session: usize,
     /// Bytes of one label (name and value); an observation with a longer one is refused.
     pub label_bytes: usize,
-    /// Events and command results per second per node (a burst of as many is allowed); the
-    /// excess is dropped (the next report carries the state).
+    /// Events (deaths) and unexpected command results per second per node (a burst of as many
+    /// is allowed); the excess is dropped (the next report carries the state). An answer to a
+    /// command the controller waits for is never dropped.
     pub events_per_second: u32,
     /// A node gone (disconnected or down) for longer leaves the live view with its sessions;
     /// their history stays in the store.

@@ -155,10 +155,14 @@ impl Dispatcher {
         reason: &str,
     ) -> Result<(String, oneshot::Receiver<pb::CommandResult>), DispatchError> {
         let (link, epoch) = {
-            let node = self
-                .fleet
-                .node(&session.node_id)
-                .ok_or_else(|| DispatchError::UnknownNode(session.node_id.clone()))?;
+            let node = self.fleet.node(&session.node_id).ok_or_else(|| {
+                // Known from the store but not attached since this controller started.
+                if self.fleet.knows_node(&session.node_id) {
+                    DispatchError::Disconnected(session.node_id.clone())
+                } else {
+                    DispatchError::UnknownNode(session.node_id.clone())
+                }
+            })?;
             let link = node
                 .link
                 .clone()
@@ -296,6 +300,11 @@ impl Dispatcher {
 }
 
 impl Dispatcher {
+    /// True while command `id` waits for its answer.
+    pub fn waiting_for(&self, id: &str) -> bool {
+        self.waiting.contains_key(id)
+    }
+
     /// Takes over the commands a previous controller process left pending: each is closed
     /// when its deadline (by the current `command_timeout`) has passed, at the next
     /// [`Self::expire`], and an answer that still comes is matched as usual.

@@ -34,6 +34,9 @@ pub struct NodeEntry {
     pub stream_id: u64,
     /// The node agent's probe interval.
     pub probe_ms: i64,
+    /// The stream's first full snapshot was applied: the live view of the node's sessions is
+    /// reconciled with the node, and time-driven decisions may be made for them.
+    pub synced: bool,
 }
 
 impl NodeEntry {
@@ -128,8 +131,7 @@ impl Fleet {
     /// True when the node attached at least once since the controller started, or has sessions
     /// in the live view (restored from the store).
     pub fn knows_node(&self, node_id: &str) -> bool {
-        self.nodes.contains_key(node_id)
-            || self.by_node.get(node_id).is_some_and(|k| !k.is_empty())
+        self.nodes.contains_key(node_id) || self.by_node.get(node_id).is_some_and(|k| !k.is_empty())
     }
 
     /// The nodes with sessions in the live view that have been gone (disconnected or down)
@@ -166,11 +168,21 @@ impl Fleet {
         self.nodes.get(node_id).is_some_and(|n| n.reachable())
     }
 
-    /// The ids of the nodes that are up.
+    /// Stream `stream_id` of `node_id` delivered its first full snapshot.
+    pub fn mark_synced(&self, node_id: &str, stream_id: u64) {
+        if let Some(mut n) = self.nodes.get_mut(node_id)
+            && n.stream_id == stream_id
+        {
+            n.synced = true;
+        }
+    }
+
+    /// The ids of the nodes that are up and whose sessions are reconciled with their first
+    /// full snapshot (until then, a session restored from the store is not what the node has).
     pub fn up_nodes(&self) -> HashSet<String> {
         self.nodes
             .iter()
-            .filter(|n| n.health == Health::Up)
+            .filter(|n| n.health == Health::Up && n.synced)
             .map(|n| n.node_id.clone())
             .collect()
     }
@@ -322,6 +334,7 @@ mod tests {
             link: Some(tx.clone()),
             stream_id,
             probe_ms: 1000,
+            synced: true,
         };
         f.attach_node(entry(1));
         f.attach_node(entry(2));

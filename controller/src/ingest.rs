@@ -163,6 +163,7 @@ impl NodeAgentService for AgentApi {
             link: Some(tx),
             stream_id,
             probe_ms,
+            synced: false,
         });
         self.sup.events.publish(
             &node_id,
@@ -246,10 +247,13 @@ async fn serve_stream(
         if !sup.fleet.heard_from(node_id, stream_id, now) {
             return "replaced by a newer stream of the same node".to_owned();
         }
-        let counted = matches!(
-            msg.msg,
-            Some(pb::agent_message::Msg::Event(_) | pb::agent_message::Msg::Result(_))
-        );
+        // Deaths and other events, and results nobody waits for (late or made up); an answer
+        // to a waiting command is never dropped.
+        let counted = match &msg.msg {
+            Some(pb::agent_message::Msg::Event(_)) => true,
+            Some(pb::agent_message::Msg::Result(r)) => !sup.dispatch.waiting_for(&r.command_id),
+            _ => false,
+        };
         if counted && !budget.take(now) {
             if now - budget.told_ms >= 1000 {
                 refused(
@@ -267,7 +271,13 @@ async fn serve_stream(
             continue;
         }
         match msg.msg {
-            Some(pb::agent_message::Msg::Report(r)) => apply_report(sup, node_id, r, now).await,
+            Some(pb::agent_message::Msg::Report(r)) => {
+                let full = r.full_snapshot;
+                apply_report(sup, node_id, r, now).await;
+                if full {
+                    sup.fleet.mark_synced(node_id, stream_id);
+                }
+            }
             Some(pb::agent_message::Msg::Event(e)) => apply_event(sup, node_id, e, now).await,
             Some(pb::agent_message::Msg::Result(r)) => sup.dispatch.complete(node_id, r).await,
             Some(pb::agent_message::Msg::Heartbeat(_)) => {}

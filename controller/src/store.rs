@@ -281,9 +281,7 @@ impl dyn Store {
 
     /// The last recorded state of every session and when it was entered (Unix ms), parsed;
     /// unknown states are returned as [`UnreadableRow::State`].
-    pub async fn recorded_sessions(
-        &self,
-    ) -> Result<Recovered<(SessionState, i64)>, StoreError> {
+    pub async fn recorded_sessions(&self) -> Result<Recovered<(SessionState, i64)>, StoreError> {
         let mut out = Recovered {
             rows: Vec::new(),
             unreadable: Vec::new(),

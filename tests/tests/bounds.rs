@@ -71,7 +71,10 @@ async fn a_node_reporting_too_much_is_refused_naming_the_limit() -> anyhow::Resu
         Ok((s.len() == 4).then_some(s))
     })
     .await?;
-    assert!(sessions.iter().all(|s| s.session_name != "fat"), "{sessions:?}");
+    assert!(
+        sessions.iter().all(|s| s.session_name != "fat"),
+        "{sessions:?}"
+    );
     // The stream stays open: the node is still connected and its sessions still reported.
     let nodes = c
         .admin()
@@ -80,7 +83,10 @@ async fn a_node_reporting_too_much_is_refused_naming_the_limit() -> anyhow::Resu
         .await?
         .into_inner()
         .nodes;
-    assert!(nodes.iter().any(|n| n.node_id == "n1" && n.connected), "{nodes:?}");
+    assert!(
+        nodes.iter().any(|n| n.node_id == "n1" && n.connected),
+        "{nodes:?}"
+    );
     Ok(())
 }
 
@@ -98,7 +104,10 @@ async fn a_gone_nodes_sessions_leave_the_live_view_and_keep_their_history() -> a
     })
     .await?;
     c.agents[0].kill();
-    wait_event(&mut ev, "the node retired", WAIT, |e| e.kind == "node_retired").await?;
+    wait_event(&mut ev, "the node retired", WAIT, |e| {
+        e.kind == "node_retired"
+    })
+    .await?;
     eventually("no session of n1 listed", WAIT, || async {
         Ok(listed(&c).await?.is_empty().then_some(()))
     })
@@ -145,7 +154,8 @@ node_down_after = "2s"
     )
     .await?;
     c.start_agent("n1", tmux.socket())?;
-    c.wait_session("n1", "work", "listed", WAIT, |_| true).await?;
+    c.wait_session("n1", "work", "listed", WAIT, |_| true)
+        .await?;
     // The node agent dies: its host goes silent.
     c.agents[0].kill();
     eventually("a host_silent incident", WAIT, || async {
@@ -226,9 +236,8 @@ async fn an_undecodable_message_is_invalid_argument() -> anyhow::Result<()> {
     grpc.ready().await?;
     // Field 1 as a length-delimited value claiming 100 bytes, followed by 2: truncated.
     let garbage = vec![0x0a, 0x64, 0x01, 0x02];
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
-        "/argus.v1.AdminService/GetSession",
-    );
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/argus.v1.AdminService/GetSession");
     let e = grpc
         .unary(tonic::Request::new(garbage), path, RawCodec)
         .await

@@ -64,7 +64,11 @@ async fn deaths_during_a_controller_outage_are_reconciled_and_restarted() -> any
     let claude = claude_binary(bin.path())?;
     // The agent runs under a shell that stays: its death leaves a live pane without an agent.
     let shelled = format!("{claude} quiet; exec sh");
-    tmux.session("shelled", &shelled, &[("restart", &format!("{claude} quiet"))])?;
+    tmux.session(
+        "shelled",
+        &shelled,
+        &[("restart", &format!("{claude} quiet"))],
+    )?;
     // The agent is the pane: its death closes the tmux session.
     let quiet = agent("quiet");
     tmux.session("vanish", &quiet, &[("restart", &quiet)])?;
@@ -293,7 +297,7 @@ command_timeout = "2s"
     .await?;
     let mut node = ScriptedNode::attach(&c.url()).await?;
     eventually("the session listed", WAIT, || async {
-        Ok(c.session("n1", "work").await?)
+        c.session("n1", "work").await
     })
     .await?;
     // A kill the node agent does not answer; the controller is SIGKILLed while it waits.
@@ -340,9 +344,6 @@ command_timeout = "2s"
     })
     .await?;
     assert!(late.result_message.contains("late"), "{late:?}");
-    assert!(
-        late.result_message.contains("killed after all"),
-        "{late:?}"
-    );
+    assert!(late.result_message.contains("killed after all"), "{late:?}");
     Ok(())
 }

@@ -257,13 +257,12 @@ impl Store for SqliteStore {
     }
 
     async fn pending_commands(&self) -> Result<Vec<CommandRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM commands WHERE status = ?1 ORDER BY issued_at_ms, rowid",
-        )
-        .bind(super::PENDING)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("read pending commands"))?;
+        let rows =
+            sqlx::query("SELECT * FROM commands WHERE status = ?1 ORDER BY issued_at_ms, rowid")
+                .bind(super::PENDING)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("read pending commands"))?;
         Ok(rows.iter().map(command_row).collect())
     }
 

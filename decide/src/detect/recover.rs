@@ -101,7 +101,9 @@ impl Track {
                 state,
                 SessionState::Working | SessionState::Stalled | SessionState::Zombie
             );
-        t.obs.agent = r.agent.map(|(pid, start_time)| Incarnation { pid, start_time });
+        t.obs.agent = r
+            .agent
+            .map(|(pid, start_time)| Incarnation { pid, start_time });
         t.obs.profile = r.profile;
         t.obs.labels = r.labels;
         t.obs.start_command = r.start_command;
