@@ -81,8 +81,9 @@ pub struct Limits {
     pub labels_per_session: usize,
     /// Bytes of one label (name and value); an observation with a longer one is refused.
     pub label_bytes: usize,
-    /// Events (deaths) and unexpected command results per second per node (a burst of as many
-    /// is allowed); the excess is dropped (the next report carries the state). An answer to a
+    /// Events (deaths) and unexpected command results per second per node (a burst of five
+    /// seconds' worth is allowed, for the events a reconnecting node agent kept); the excess is
+    /// dropped (the next report carries the state). An answer to a
     /// command the controller waits for is never dropped.
     pub events_per_second: u32,
     /// A node gone (disconnected or down) for longer leaves the live view with its sessions;

@@ -193,9 +193,15 @@ impl NodeAgentService for AgentApi {
     }
 }
 
-/// Events and results per second on one stream: a token bucket holding a second's worth.
+/// Seconds' worth of events a stream may send at once: a node agent flushes the events it kept
+/// while the controller was away when it reconnects.
+const EVENT_BURST_S: f64 = 5.0;
+
+/// Events and results per second on one stream: a token bucket holding [`EVENT_BURST_S`]
+/// seconds' worth.
 struct EventBudget {
     per_second: f64,
+    burst: f64,
     tokens: f64,
     at_ms: i64,
     /// Dropped since the last `limit_exceeded` event, and when that was.
@@ -205,9 +211,11 @@ struct EventBudget {
 
 impl EventBudget {
     fn new(per_second: u32, now: i64) -> Self {
+        let burst = f64::from(per_second) * EVENT_BURST_S;
         Self {
             per_second: f64::from(per_second),
-            tokens: f64::from(per_second),
+            burst,
+            tokens: burst,
             at_ms: now,
             dropped: 0,
             told_ms: 0,
@@ -217,7 +225,7 @@ impl EventBudget {
     /// True when one more event may be applied at `now`.
     fn take(&mut self, now: i64) -> bool {
         let elapsed = (now - self.at_ms).max(0) as f64 / 1000.0;
-        self.tokens = (self.tokens + elapsed * self.per_second).min(self.per_second);
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
         self.at_ms = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;

@@ -4,6 +4,8 @@
 //! dropping anything; only the epoch bump on attach is written before the controller answers.
 
 pub mod memory;
+#[cfg(test)]
+mod reader_tests;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;

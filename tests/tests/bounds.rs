@@ -337,7 +337,7 @@ async fn a_flood_of_sessions_and_events_stays_bounded() -> anyhow::Result<()> {
     })
     .await?;
     // A flood of events: the excess is dropped with one event naming the limit.
-    for i in 0..2_000 {
+    for i in 0..3_000 {
         node.send(pb::agent_message::Msg::Event(pb::Event {
             kind: pb::EventKind::AgentExited as i32,
             tmux_socket: "/tmp/flood.sock".into(),
