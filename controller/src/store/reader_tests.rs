@@ -75,7 +75,7 @@ async fn last_transitions_carry_their_time_and_sessions_are_found_by_name() {
         .await
         .expect("write");
         let mut last = s.last_transitions().await.expect("last");
-        last.sort_by(|x, y| x.at_ms.cmp(&y.at_ms));
+        last.sort_by_key(|t| t.at_ms);
         let got: Vec<(i64, &str)> = last.iter().map(|t| (t.at_ms, t.to.as_str())).collect();
         assert_eq!(got, [(3, "working"), (4, "stalled"), (5, "dead")]);
         let mut named = s.sessions_named("n1", "work").await.expect("named");
