@@ -347,3 +347,58 @@ command_timeout = "2s"
     assert!(late.result_message.contains("killed after all"), "{late:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_waiting_for_its_backoff_is_carried_out_by_the_next_controller()
+-> anyhow::Result<()> {
+    let tmux = TestTmux::new();
+    let quiet = agent("quiet");
+    tmux.session("crashy", &quiet, &[("restart", &quiet)])?;
+    // The first restart waits 5 to 10 s: the controller is stopped before it is due.
+    let mut c = TestCluster::with_policy(
+        r#"
+restart_backoff_min = "10s"
+"#,
+    )
+    .await?;
+    c.start_agent("n1", tmux.socket())?;
+    let before = c
+        .wait_session("n1", "crashy", "working", WAIT, |s| {
+            s.agent_pid > 0 && state(s) == pb::SessionState::Working
+        })
+        .await?;
+    kill9(before.agent_pid)?;
+    c.wait_session("n1", "crashy", "dead", WAIT, |s| {
+        state(s) == pb::SessionState::Dead
+    })
+    .await?;
+    c.stop_controller();
+    assert!(
+        !tmux.has_session("crashy"),
+        "restarted before the controller stopped"
+    );
+
+    c.start_controller().await?;
+    c.wait_session(
+        "n1",
+        "crashy",
+        "restarted by the next controller",
+        WAIT,
+        |s| {
+            s.agent_pid > 0
+                && s.agent_pid != before.agent_pid
+                && state(s) == pb::SessionState::Working
+        },
+    )
+    .await
+    .with_context(|| c.controller_log())?;
+    assert!(tmux.has_session("crashy"));
+    let restarts: Vec<_> = get_session(&c, "crashy")
+        .await?
+        .commands
+        .into_iter()
+        .filter(|k| k.action == "restart")
+        .collect();
+    assert_eq!(restarts.len(), 1, "{restarts:?}");
+    Ok(())
+}
