@@ -163,6 +163,11 @@ impl Fleet {
         }
     }
 
+    /// The node agent's probe interval, when the node attached since the controller started.
+    pub fn probe_ms(&self, node_id: &str) -> Option<i64> {
+        self.nodes.get(node_id).map(|n| n.probe_ms)
+    }
+
     /// True when commands can reach the node now.
     pub fn reachable(&self, node_id: &str) -> bool {
         self.nodes.get(node_id).is_some_and(|n| n.reachable())

@@ -442,3 +442,20 @@ fn observation(o: pb::SessionObservation) -> Observation {
         profile: o.profile,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_event_budget_allows_a_burst_then_its_rate() {
+        let mut b = EventBudget::new(10, 0);
+        let burst = (0..100).filter(|_| b.take(0)).count();
+        assert_eq!(burst, 50, "five seconds' worth at once");
+        assert!(!b.take(0));
+        assert_eq!(b.dropped, 51);
+        // A second later, ten more.
+        let more = (0..100).filter(|_| b.take(1_000)).count();
+        assert_eq!(more, 10);
+    }
+}

@@ -191,12 +191,11 @@ impl Supervisor {
         let base = self.policy();
         let observed = matches!(input, Input::Observed(_));
         let create = observed.then_some(|| Track::new(now, None, None));
-        let probe_ms = self.fleet.node(&key.node_id).map(|n| n.probe_ms);
         self.fleet.with_session(key, create, |track| {
             if observed && track.obs_at_ms.is_none() {
                 // First sight (new, or restored from the store): idleness counts this node's
                 // probe intervals.
-                if let Some(ms) = probe_ms {
+                if let Some(ms) = self.fleet.probe_ms(&key.node_id) {
                     track.probe_ms = ms;
                 }
             }
