@@ -172,6 +172,56 @@ impl AdminApi {
         }
     }
 
+    /// A session that left the live view (ended longer ago than the retention, or its node is
+    /// gone), as the store last recorded it: its history stays readable.
+    async fn recorded(
+        &self,
+        node: &str,
+        name: &str,
+        socket: &str,
+    ) -> Result<(SessionRef, pb::Session), ApiError> {
+        let mut rows = self
+            .sup
+            .store
+            .sessions_named(node, name)
+            .await
+            .map_err(ApiError::store("recorded sessions"))?;
+        rows.retain(|t| socket.is_empty() || t.session.tmux_socket == socket);
+        if rows.len() > 1 {
+            let mut sockets: Vec<String> =
+                rows.into_iter().map(|t| t.session.tmux_socket).collect();
+            sockets.sort();
+            return Err(ApiError::AmbiguousSession {
+                node: node.to_owned(),
+                name: name.to_owned(),
+                sockets,
+            });
+        }
+        let Some(last) = rows.pop() else {
+            return Err(if self.sup.fleet.knows_node(node) {
+                ApiError::UnknownSession {
+                    node: node.to_owned(),
+                    name: name.to_owned(),
+                    tmux_socket: socket.to_owned(),
+                }
+            } else {
+                ApiError::UnknownNode {
+                    node: node.to_owned(),
+                }
+            });
+        };
+        let session = pb::Session {
+            node_id: last.session.node_id.clone(),
+            session_name: last.session.session_name.clone(),
+            tmux_socket: last.session.tmux_socket.clone(),
+            state: state_pb(&last.to),
+            last_change_ms: last.at_ms,
+            reason: format!("{} (as last recorded; not in the live view)", last.reason),
+            ..Default::default()
+        };
+        Ok((last.session, session))
+    }
+
     async fn command(
         &self,
         r: Option<&pb::SessionRef>,
@@ -343,16 +393,30 @@ impl AdminService for AdminApi {
         request: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::GetSessionResponse>, Status> {
         let req = request.into_inner();
-        let key = self.resolve(req.session.as_ref())?;
-        let session = self
-            .sup
-            .fleet
-            .session(&key, |t| session_pb(&key, t, &self.sup.policy()))
-            .ok_or_else(|| ApiError::UnknownSession {
-                node: key.node_id.clone(),
-                name: key.session_name.clone(),
-                tmux_socket: key.tmux_socket.clone(),
-            })?;
+        let (key, session) = match self.resolve(req.session.as_ref()) {
+            Ok(key) => {
+                let live = self
+                    .sup
+                    .fleet
+                    .session(&key, |t| session_pb(&key, t, &self.sup.policy()));
+                match live {
+                    Some(s) => (key, s),
+                    None => {
+                        self.recorded(&key.node_id, &key.session_name, &key.tmux_socket)
+                            .await?
+                    }
+                }
+            }
+            Err(ApiError::UnknownNode { .. } | ApiError::UnknownSession { .. }) => {
+                let r = req
+                    .session
+                    .as_ref()
+                    .ok_or(ApiError::Missing { field: "session" })?;
+                self.recorded(&r.node_id, &r.session_name, &r.tmux_socket)
+                    .await?
+            }
+            Err(e) => return Err(e.into()),
+        };
         let limit = match req.history_limit {
             0 => 50,
             n => n.min(1000),

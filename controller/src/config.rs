@@ -39,6 +39,8 @@ pub struct Config {
     /// With `local`: also start a private tmux server with simulated misbehaving agents and
     /// supervise it instead of this machine's tmux sessions.
     pub demo: bool,
+    /// Bounds on what one node may report (the `[limits]` table).
+    pub limits: Limits,
     /// Run a node agent in-process supervising this machine (`--local`, or a `[local]` table).
     /// Its `controller` and `insecure` are set from this controller's.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -60,9 +62,65 @@ impl Default for Config {
             tick: Duration::from_millis(500),
             webhooks: Vec::new(),
             demo: false,
+            limits: Limits::default(),
             local: None,
             policy: None,
         }
+    }
+}
+
+/// Bounds on what one node agent may report, so that one broken or hostile node cannot exhaust
+/// the controller's memory or the database. What is over a limit is refused with a
+/// `limit_exceeded` event naming the limit; the node's stream stays open.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Sessions tracked per node; sessions reported beyond it are ignored.
+    pub sessions_per_node: usize,
+    /// `@argus-*` labels per session; an observation with more is refused.
+    pub labels_per_session: usize,
+    /// Bytes of one label (name and value); an observation with a longer one is refused.
+    pub label_bytes: usize,
+    /// Events (deaths) and unexpected command results per second per node (a burst of five
+    /// seconds' worth is allowed, for the events a reconnecting node agent kept); the excess is
+    /// dropped (the next report carries the state). An answer to a
+    /// command the controller waits for is never dropped.
+    pub events_per_second: u32,
+    /// A node gone (disconnected or down) for longer leaves the live view with its sessions;
+    /// their history stays in the store.
+    #[serde(with = "humantime_serde")]
+    pub node_retention: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            sessions_per_node: 5_000,
+            labels_per_session: 32,
+            label_bytes: 4_096,
+            events_per_second: 1_000,
+            node_retention: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl Limits {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let at_least_one = |key: &str, v: usize| {
+            if v == 0 {
+                Err(ConfigError::invalid(
+                    format!("limits.{key}"),
+                    "must be at least 1",
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        at_least_one("sessions_per_node", self.sessions_per_node)?;
+        at_least_one("label_bytes", self.label_bytes)?;
+        at_least_one("events_per_second", self.events_per_second as usize)?;
+        positive("limits.node_retention", self.node_retention)?;
+        Ok(())
     }
 }
 
@@ -99,6 +157,7 @@ impl Config {
             ));
         }
         positive("tick", self.tick)?;
+        self.limits.validate()?;
         if let Some((i, url)) = self
             .webhooks
             .iter()

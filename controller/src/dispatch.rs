@@ -1,6 +1,12 @@
 //! Commands out to node agents: each gets an id, the node's current epoch, the target's
 //! incarnation and a deadline; it is written to the audit log, sent on the stream that owns the
 //! node, and its result is matched back to whoever waits for it.
+//!
+//! Every command is closed: a command with no answer by its deadline (plus a second of slack) is
+//! closed in the audit as `unknown` (the node agent may have run it) or, for a capture, which
+//! changes nothing, `expired`. Commands a previous controller process left pending are adopted
+//! at start-up and closed the same way. A result that arrives after its command was closed is
+//! still recorded, over the closing outcome, with a message saying it came late.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,8 +96,23 @@ pub struct Dispatcher {
 struct Waiting {
     reply: Option<oneshot::Sender<pb::CommandResult>>,
     session: SessionRef,
-    action: &'static str,
+    action: String,
     issued_ms: i64,
+    /// The node agent refuses the command after this (Unix ms).
+    deadline_ms: i64,
+}
+
+/// Slack after a command's deadline for its answer to arrive.
+const SLACK_MS: i64 = 1_000;
+
+/// The outcome a command is closed with when no answer came: running a capture changes nothing
+/// (`expired`); anything else may have happened (`unknown`).
+fn closing_status(action: &str) -> pb::CommandStatus {
+    if action == "capture" {
+        pb::CommandStatus::Expired
+    } else {
+        pb::CommandStatus::Unknown
+    }
 }
 
 impl Dispatcher {
@@ -134,10 +155,14 @@ impl Dispatcher {
         reason: &str,
     ) -> Result<(String, oneshot::Receiver<pb::CommandResult>), DispatchError> {
         let (link, epoch) = {
-            let node = self
-                .fleet
-                .node(&session.node_id)
-                .ok_or_else(|| DispatchError::UnknownNode(session.node_id.clone()))?;
+            let node = self.fleet.node(&session.node_id).ok_or_else(|| {
+                // Known from the store but not attached since this controller started.
+                if self.fleet.knows_node(&session.node_id) {
+                    DispatchError::Disconnected(session.node_id.clone())
+                } else {
+                    DispatchError::UnknownNode(session.node_id.clone())
+                }
+            })?;
             let link = node
                 .link
                 .clone()
@@ -148,6 +173,7 @@ impl Dispatcher {
         let command_id = format!("{}-{seq}", self.prefix);
         let now = now_ms();
         let name = action.name();
+        let deadline_ms = now + self.timeout().as_millis() as i64;
         let cmd = pb::Command {
             command_id: command_id.clone(),
             epoch,
@@ -157,7 +183,7 @@ impl Dispatcher {
                 pid: i.pid,
                 start_time: i.start_time,
             }),
-            not_after_ms: now + self.timeout().as_millis() as i64,
+            not_after_ms: deadline_ms,
             action: Some(action.into()),
         };
         let (tx, rx) = oneshot::channel();
@@ -166,8 +192,9 @@ impl Dispatcher {
             Waiting {
                 reply: Some(tx),
                 session: session.clone(),
-                action: name,
+                action: name.to_owned(),
                 issued_ms: now,
+                deadline_ms,
             },
         );
         let msg = pb::ControllerMessage {
@@ -225,7 +252,8 @@ impl Dispatcher {
         match tokio::time::timeout(wait, rx).await {
             Ok(Ok(result)) => Ok(result),
             _ => {
-                self.waiting.remove(&id);
+                // Past its deadline: closed now, so that the audit says what the caller saw.
+                self.close(&id, now_ms()).await;
                 Err(DispatchError::Timeout {
                     node: session.node_id.clone(),
                     command_id: id,
@@ -238,7 +266,7 @@ impl Dispatcher {
     /// A result arrived from `node_id`: record it and wake whoever waits.
     pub async fn complete(&self, node_id: &str, result: pb::CommandResult) {
         let Some((_, mut w)) = self.waiting.remove(&result.command_id) else {
-            tracing::warn!(node = %node_id, command = %result.command_id, "result for an unknown or expired command");
+            self.late(node_id, result).await;
             return;
         };
         if w.session.node_id != node_id {
@@ -272,27 +300,106 @@ impl Dispatcher {
 }
 
 impl Dispatcher {
-    /// Forgets commands that were never answered (their node went away), recording them as
-    /// expired. Called from the controller's tick.
+    /// True while command `id` waits for its answer.
+    pub fn waiting_for(&self, id: &str) -> bool {
+        self.waiting.contains_key(id)
+    }
+
+    /// Takes over the commands a previous controller process left pending: each is closed
+    /// when its deadline (by the current `command_timeout`) has passed, at the next
+    /// [`Self::expire`], and an answer that still comes is matched as usual.
+    pub fn adopt(&self, pending: Vec<CommandRow>) {
+        let timeout = self.timeout().as_millis() as i64;
+        if !pending.is_empty() {
+            tracing::info!(
+                commands = pending.len(),
+                "pending commands of a previous controller process adopted; closed at their deadline"
+            );
+        }
+        for c in pending {
+            self.waiting.insert(
+                c.command_id,
+                Waiting {
+                    reply: None,
+                    session: c.session,
+                    action: c.action,
+                    issued_ms: c.issued_at_ms,
+                    deadline_ms: c.issued_at_ms + timeout,
+                },
+            );
+        }
+    }
+
+    /// Closes every command still unanswered a second after its deadline (called from the
+    /// controller's tick).
     pub async fn expire(&self, now: i64) {
-        let limit = 2 * self.timeout().as_millis() as i64;
         let stale: Vec<String> = self
             .waiting
             .iter()
-            .filter(|w| now - w.issued_ms > limit)
+            .filter(|w| now > w.deadline_ms + SLACK_MS)
             .map(|w| w.key().clone())
             .collect();
         for id in stale {
-            if self.waiting.remove(&id).is_some() {
-                self.recorder
-                    .record(Write::CommandFinished {
-                        command_id: id,
-                        status: pb::CommandStatus::Expired.as_str_name().to_owned(),
-                        message: "no answer from the node agent".to_owned(),
-                        at_ms: now,
-                    })
-                    .await;
-            }
+            self.close(&id, now).await;
         }
+    }
+
+    /// Closes one unanswered command in the audit with its closing outcome.
+    async fn close(&self, id: &str, now: i64) {
+        let Some((_, w)) = self.waiting.remove(id) else {
+            return;
+        };
+        let status = closing_status(&w.action);
+        let message = if status == pb::CommandStatus::Unknown {
+            "no answer from the node agent by the deadline; it may have run the command"
+        } else {
+            "no answer from the node agent by the deadline"
+        };
+        tracing::warn!(node = %w.session.node_id, session = %w.session.session_name, command = %id, action = %w.action, status = status.as_str_name(), "command closed without an answer");
+        self.events.publish(
+            &w.session.node_id,
+            &w.session.session_name,
+            "command_closed",
+            format!("{} {}: {message}", w.action, status.as_str_name()),
+            None,
+        );
+        self.recorder
+            .record(Write::CommandFinished {
+                command_id: id.to_owned(),
+                status: status.as_str_name().to_owned(),
+                message: message.to_owned(),
+                at_ms: now,
+            })
+            .await;
+    }
+
+    /// A result for a command that is not waiting: closed already, or sent by a previous
+    /// controller process. Recorded over the closing outcome when the audit has the command for
+    /// this node (the store checks), never dropped silently.
+    async fn late(&self, node_id: &str, result: pb::CommandResult) {
+        let status =
+            pb::CommandStatus::try_from(result.status).unwrap_or(pb::CommandStatus::Unspecified);
+        tracing::warn!(node = %node_id, command = %result.command_id, status = status.as_str_name(), "late result recorded");
+        self.events.publish(
+            node_id,
+            "",
+            "command_result_late",
+            format!(
+                "{} {} (late): {}",
+                result.command_id,
+                status.as_str_name(),
+                result.message
+            ),
+            None,
+        );
+        self.recorder
+            .record(Write::CommandLate {
+                command_id: result.command_id,
+                node_id: node_id.to_owned(),
+                status: status.as_str_name().to_owned(),
+                message: result.message,
+                at_ms: now_ms(),
+            })
+            .await;
     }
 }

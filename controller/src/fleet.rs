@@ -34,6 +34,9 @@ pub struct NodeEntry {
     pub stream_id: u64,
     /// The node agent's probe interval.
     pub probe_ms: i64,
+    /// The stream's first full snapshot was applied: the live view of the node's sessions is
+    /// reconciled with the node, and time-driven decisions may be made for them.
+    pub synced: bool,
 }
 
 impl NodeEntry {
@@ -125,9 +128,44 @@ impl Fleet {
         self.nodes.get(node_id).map(|n| n.clone())
     }
 
-    /// True when the node attached at least once since the controller started.
+    /// True when the node attached at least once since the controller started, or has sessions
+    /// in the live view (restored from the store).
     pub fn knows_node(&self, node_id: &str) -> bool {
-        self.nodes.contains_key(node_id)
+        self.nodes.contains_key(node_id) || self.by_node.get(node_id).is_some_and(|k| !k.is_empty())
+    }
+
+    /// The nodes with sessions in the live view that have been gone (disconnected or down)
+    /// for longer than `retention` ms at `now`. A node not seen since the controller started at
+    /// `started_ms` is gone since then.
+    pub fn absent_nodes(&self, now: UnixMs, started_ms: UnixMs, retention: i64) -> HashSet<String> {
+        self.by_node
+            .iter()
+            .filter(|e| !e.value().is_empty())
+            .filter(|e| {
+                let since = match self.nodes.get(e.key()) {
+                    None => Some(started_ms),
+                    Some(n) if n.link.is_none() || n.health == Health::Down => Some(n.last_seen_ms),
+                    Some(_) => None,
+                };
+                since.is_some_and(|at| now - at > retention)
+            })
+            .map(|e| e.key().clone())
+            .collect()
+    }
+
+    /// Forgets a gone node's sessions; the node itself stays listed (from the store) until it
+    /// attaches again.
+    pub fn forget_node(&self, node_id: &str) {
+        if let Some((_, keys)) = self.by_node.remove(node_id) {
+            for k in keys {
+                self.sessions.remove(&k);
+            }
+        }
+    }
+
+    /// The node agent's probe interval, when the node attached since the controller started.
+    pub fn probe_ms(&self, node_id: &str) -> Option<i64> {
+        self.nodes.get(node_id).map(|n| n.probe_ms)
     }
 
     /// True when commands can reach the node now.
@@ -135,11 +173,21 @@ impl Fleet {
         self.nodes.get(node_id).is_some_and(|n| n.reachable())
     }
 
-    /// The ids of the nodes that are up.
+    /// Stream `stream_id` of `node_id` delivered its first full snapshot.
+    pub fn mark_synced(&self, node_id: &str, stream_id: u64) {
+        if let Some(mut n) = self.nodes.get_mut(node_id)
+            && n.stream_id == stream_id
+        {
+            n.synced = true;
+        }
+    }
+
+    /// The ids of the nodes that are up and whose sessions are reconciled with their first
+    /// full snapshot (until then, a session restored from the store is not what the node has).
     pub fn up_nodes(&self) -> HashSet<String> {
         self.nodes
             .iter()
-            .filter(|n| n.health == Health::Up)
+            .filter(|n| n.health == Health::Up && n.synced)
             .map(|n| n.node_id.clone())
             .collect()
     }
@@ -291,6 +339,7 @@ mod tests {
             link: Some(tx.clone()),
             stream_id,
             probe_ms: 1000,
+            synced: true,
         };
         f.attach_node(entry(1));
         f.attach_node(entry(2));

@@ -163,6 +163,7 @@ impl NodeAgentService for AgentApi {
             link: Some(tx),
             stream_id,
             probe_ms,
+            synced: false,
         });
         self.sup.events.publish(
             &node_id,
@@ -171,6 +172,9 @@ impl NodeAgentService for AgentApi {
             format!("attached with epoch {epoch}"),
             None,
         );
+        // A new stream is the node back: a silent-host incident of it (from this process or
+        // restored from the store) ends here, since its health starts up and never changes to up.
+        self.sup.node_up(&node_id, now).await;
 
         let sup = self.sup.clone();
         let span = tracing::info_span!("node_stream", node = %node_id, stream = stream_id, epoch);
@@ -189,6 +193,50 @@ impl NodeAgentService for AgentApi {
     }
 }
 
+/// Seconds' worth of events a stream may send at once: a node agent flushes the events it kept
+/// while the controller was away when it reconnects.
+const EVENT_BURST_S: f64 = 5.0;
+
+/// Events and results per second on one stream: a token bucket holding [`EVENT_BURST_S`]
+/// seconds' worth.
+struct EventBudget {
+    per_second: f64,
+    burst: f64,
+    tokens: f64,
+    at_ms: i64,
+    /// Dropped since the last `limit_exceeded` event, and when that was.
+    dropped: u64,
+    told_ms: i64,
+}
+
+impl EventBudget {
+    fn new(per_second: u32, now: i64) -> Self {
+        let burst = f64::from(per_second) * EVENT_BURST_S;
+        Self {
+            per_second: f64::from(per_second),
+            burst,
+            tokens: burst,
+            at_ms: now,
+            dropped: 0,
+            told_ms: 0,
+        }
+    }
+
+    /// True when one more event may be applied at `now`.
+    fn take(&mut self, now: i64) -> bool {
+        let elapsed = (now - self.at_ms).max(0) as f64 / 1000.0;
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
+        self.at_ms = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            self.dropped += 1;
+            false
+        }
+    }
+}
+
 /// Applies every message of one stream; returns why the stream ended.
 async fn serve_stream(
     sup: &Arc<Supervisor>,
@@ -196,6 +244,7 @@ async fn serve_stream(
     stream_id: u64,
     inbound: &mut Streaming<pb::AgentMessage>,
 ) -> String {
+    let mut budget = EventBudget::new(sup.limits.events_per_second, now_ms());
     loop {
         let msg = match inbound.message().await {
             Ok(Some(m)) => m,
@@ -206,8 +255,37 @@ async fn serve_stream(
         if !sup.fleet.heard_from(node_id, stream_id, now) {
             return "replaced by a newer stream of the same node".to_owned();
         }
+        // Deaths and other events, and results nobody waits for (late or made up); an answer
+        // to a waiting command is never dropped.
+        let counted = match &msg.msg {
+            Some(pb::agent_message::Msg::Event(_)) => true,
+            Some(pb::agent_message::Msg::Result(r)) => !sup.dispatch.waiting_for(&r.command_id),
+            _ => false,
+        };
+        if counted && !budget.take(now) {
+            if now - budget.told_ms >= 1000 {
+                refused(
+                    sup,
+                    node_id,
+                    "",
+                    format!(
+                        "{} events dropped: more than limits.events_per_second ({}) from this node; its next report carries the state",
+                        budget.dropped, sup.limits.events_per_second
+                    ),
+                );
+                budget.dropped = 0;
+                budget.told_ms = now;
+            }
+            continue;
+        }
         match msg.msg {
-            Some(pb::agent_message::Msg::Report(r)) => apply_report(sup, node_id, r, now).await,
+            Some(pb::agent_message::Msg::Report(r)) => {
+                let full = r.full_snapshot;
+                apply_report(sup, node_id, r, now).await;
+                if full {
+                    sup.fleet.mark_synced(node_id, stream_id);
+                }
+            }
             Some(pb::agent_message::Msg::Event(e)) => apply_event(sup, node_id, e, now).await,
             Some(pb::agent_message::Msg::Result(r)) => sup.dispatch.complete(node_id, r).await,
             Some(pb::agent_message::Msg::Heartbeat(_)) => {}
@@ -217,6 +295,36 @@ async fn serve_stream(
             None => tracing::warn!(node = %node_id, "empty message ignored"),
         }
     }
+}
+
+/// Announces a refusal of something a node reported, naming the limit (a `limit_exceeded`
+/// event and a warning in the log).
+fn refused(sup: &Supervisor, node_id: &str, session: &str, message: String) {
+    tracing::warn!(node = %node_id, session, "{message}");
+    sup.events
+        .publish(node_id, session, "limit_exceeded", message, None);
+}
+
+/// Why an observation's labels are refused, if they are: too many, or one too long.
+fn labels_refused(o: &pb::SessionObservation, limits: &crate::config::Limits) -> Option<String> {
+    if o.labels.len() > limits.labels_per_session {
+        return Some(format!(
+            "{} labels, more than limits.labels_per_session ({})",
+            o.labels.len(),
+            limits.labels_per_session
+        ));
+    }
+    o.labels
+        .iter()
+        .find(|(k, v)| k.len() + v.len() > limits.label_bytes)
+        .map(|(k, v)| {
+            format!(
+                "label {:?} has {} bytes, more than limits.label_bytes ({})",
+                k.chars().take(64).collect::<String>(),
+                k.len() + v.len(),
+                limits.label_bytes
+            )
+        })
 }
 
 fn session_ref(node_id: &str, socket: &str, name: &str) -> Option<SessionRef> {
@@ -234,14 +342,42 @@ fn session_ref(node_id: &str, socket: &str, name: &str) -> Option<SessionRef> {
 }
 
 async fn apply_report(sup: &Arc<Supervisor>, node_id: &str, r: pb::Report, now: i64) {
+    let limits = &sup.limits;
     let mut seen = HashSet::new();
+    let mut over_count = 0usize;
     for o in r.sessions {
         let Some(key) = session_ref(node_id, &o.tmux_socket, &o.session_name) else {
             continue;
         };
+        // Seen, even when refused below: a refused observation is not a vanished session.
         seen.insert(key.clone());
+        let known = sup.fleet.session(&key, |_| ()).is_some();
+        if !known && sup.fleet.node_session_count(node_id) >= limits.sessions_per_node {
+            over_count += 1;
+            continue;
+        }
+        if let Some(why) = labels_refused(&o, limits) {
+            refused(
+                sup,
+                node_id,
+                &o.session_name,
+                format!("observation refused: {why}"),
+            );
+            continue;
+        }
         sup.apply(&key, Input::Observed(Box::new(observation(o))), now)
             .await;
+    }
+    if over_count > 0 {
+        refused(
+            sup,
+            node_id,
+            "",
+            format!(
+                "{over_count} sessions ignored: the node reports more than limits.sessions_per_node ({})",
+                limits.sessions_per_node
+            ),
+        );
     }
     let mut gone: Vec<SessionRef> = r
         .gone
@@ -304,5 +440,22 @@ fn observation(o: pb::SessionObservation) -> Observation {
         cwd: o.cwd,
         labels: o.labels.into_iter().collect::<BTreeMap<_, _>>(),
         profile: o.profile,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_event_budget_allows_a_burst_then_its_rate() {
+        let mut b = EventBudget::new(10, 0);
+        let burst = (0..100).filter(|_| b.take(0)).count();
+        assert_eq!(burst, 50, "five seconds' worth at once");
+        assert!(!b.take(0));
+        assert_eq!(b.dropped, 51);
+        // A second later, ten more.
+        let more = (0..100).filter(|_| b.take(1_000)).count();
+        assert_eq!(more, 10);
     }
 }

@@ -86,7 +86,8 @@ pub async fn run(
     let store = store::open(&config.db)
         .await
         .with_context(|| format!("opening store {}", config.db))?;
-    let recorded = store.recorded_states().await?.reported("last states");
+    let recorded = store.recorded_sessions().await?.reported("last states");
+    let pending = store.pending_commands().await?;
     let tasks = TaskTracker::new();
     let writer_stop = CancellationToken::new();
     let writer_tasks = TaskTracker::new();
@@ -106,6 +107,8 @@ pub async fn run(
         policy_file: config.policy_file.clone(),
         recorded,
         durables,
+        pending,
+        limits: config.limits.clone(),
         incidents,
         notifier,
         tasks: tasks.clone(),

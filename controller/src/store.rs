@@ -4,6 +4,8 @@
 //! dropping anything; only the epoch bump on attach is written before the controller answers.
 
 pub mod memory;
+#[cfg(test)]
+mod reader_tests;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;
@@ -141,6 +143,36 @@ pub enum Write {
     },
     /// An incident, inserted or replaced.
     Incident(IncidentRow),
+    /// A result that arrived after the controller closed its command (as `unknown` or
+    /// `expired`), or for a command of a previous controller process: it replaces the closing
+    /// outcome and the message says it came late. Only a row of `node_id` that is still pending
+    /// or was closed by the controller changes.
+    CommandLate {
+        command_id: String,
+        node_id: String,
+        status: String,
+        message: String,
+        at_ms: i64,
+    },
+}
+
+/// The status a command row has while no outcome is known.
+pub const PENDING: &str = "COMMAND_STATUS_UNSPECIFIED";
+/// The statuses the controller closes a command with (see `dispatch`): a late result may
+/// replace them.
+pub const CLOSED_BY_CONTROLLER: [&str; 2] = ["COMMAND_STATUS_UNKNOWN", "COMMAND_STATUS_EXPIRED"];
+
+/// The message of a late result: what the node said, and that it came after the command was
+/// closed (as `closed_as`, a status name).
+pub fn late_message(closed_as: &str, message: &str) -> String {
+    if closed_as == PENDING {
+        format!("arrived late, from a previous controller process: {message}")
+    } else {
+        let name = closed_as
+            .trim_start_matches("COMMAND_STATUS_")
+            .to_ascii_lowercase();
+        format!("arrived late, after the controller closed it as {name}: {message}")
+    }
 }
 
 /// A session's recorded history, newest first.
@@ -249,6 +281,25 @@ impl dyn Store {
         ))
     }
 
+    /// The last recorded state of every session and when it was entered (Unix ms), parsed;
+    /// unknown states are returned as [`UnreadableRow::State`].
+    pub async fn recorded_sessions(&self) -> Result<Recovered<(SessionState, i64)>, StoreError> {
+        let mut out = Recovered {
+            rows: Vec::new(),
+            unreadable: Vec::new(),
+        };
+        for t in self.last_transitions().await? {
+            match SessionState::parse(&t.to) {
+                Some(state) => out.rows.push((t.session, (state, t.at_ms))),
+                None => out.unreadable.push(UnreadableRow::State {
+                    session: t.session,
+                    state: t.to,
+                }),
+            }
+        }
+        Ok(out)
+    }
+
     /// Every session's durable policy state, deserialized; rows that do not parse as `D` are
     /// returned as [`UnreadableRow::Durable`].
     pub async fn recorded_durables<D: serde::de::DeserializeOwned>(
@@ -282,6 +333,38 @@ pub trait Store: Send + Sync + 'static {
     async fn last_states(&self) -> Result<Vec<(SessionRef, String)>, StoreError>;
     /// Every session's durable policy state (JSON).
     async fn durables(&self) -> Result<Vec<(SessionRef, String)>, StoreError>;
+    /// The last recorded transition of every session.
+    async fn last_transitions(&self) -> Result<Vec<TransitionRow>, StoreError> {
+        // A backend that keeps no times: the states alone.
+        Ok(self
+            .last_states()
+            .await?
+            .into_iter()
+            .map(|(session, to)| TransitionRow {
+                session,
+                at_ms: 0,
+                from: String::new(),
+                to,
+                reason: String::new(),
+            })
+            .collect())
+    }
+    /// The last recorded transition of each session named `name` on `node_id` (one per tmux
+    /// socket): sessions that left the live view, found by name.
+    async fn sessions_named(
+        &self,
+        node_id: &str,
+        name: &str,
+    ) -> Result<Vec<TransitionRow>, StoreError> {
+        Ok(self
+            .last_transitions()
+            .await?
+            .into_iter()
+            .filter(|t| t.session.node_id == node_id && t.session.session_name == name)
+            .collect())
+    }
+    /// Commands still pending (no outcome recorded), oldest first.
+    async fn pending_commands(&self) -> Result<Vec<CommandRow>, StoreError>;
     /// Incidents, open ones first then newest first; closed ones only with `include_closed`.
     async fn incidents(
         &self,

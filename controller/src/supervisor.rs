@@ -19,7 +19,6 @@ use argus_shared::ids::Incarnation;
 use argus_shared::labels;
 use argus_shared::state::{Health, SessionState};
 use argus_shared::time::UnixMs;
-use dashmap::DashMap;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
@@ -36,8 +35,13 @@ pub struct Parts {
     pub recorder: Recorder,
     pub policy: Policy,
     pub policy_file: Option<PathBuf>,
-    pub recorded: Vec<(SessionRef, SessionState)>,
+    /// The last recorded state of each session and when it was entered (Unix ms).
+    pub recorded: Vec<(SessionRef, (SessionState, UnixMs))>,
     pub durables: Vec<(SessionRef, Durable)>,
+    /// Commands a previous controller process left pending.
+    pub pending: Vec<crate::store::CommandRow>,
+    /// Bounds on what one node may report.
+    pub limits: crate::config::Limits,
     pub incidents: Vec<Incident>,
     pub notifier: Notifier,
     pub tasks: TaskTracker,
@@ -54,9 +58,10 @@ pub struct Supervisor {
     policy: RwLock<Arc<Policy>>,
     policy_file: Option<PathBuf>,
     policy_mtime: Mutex<Option<SystemTime>>,
-    /// Last states recorded before this controller started, consumed as sessions reappear.
-    recorded: DashMap<SessionRef, SessionState>,
-    durables: DashMap<SessionRef, Durable>,
+    /// Bounds on what one node may report.
+    pub limits: crate::config::Limits,
+    /// When this controller started: a node not seen since is absent since then.
+    started_ms: UnixMs,
     correlator: Mutex<Correlator>,
     budget: Mutex<Budget>,
     notifier: Notifier,
@@ -112,6 +117,9 @@ impl Supervisor {
             .as_ref()
             .and_then(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok());
         let (verdicts, verdicts_rx) = mpsc::channel(1024);
+        let now = argus_shared::time::now_ms();
+        restore_sessions(&fleet, p.recorded, p.durables, now, &p.policy);
+        dispatch.adopt(p.pending);
         Self {
             verdicts,
             verdicts_rx: tokio::sync::Mutex::new(verdicts_rx),
@@ -128,8 +136,8 @@ impl Supervisor {
             policy: RwLock::new(Arc::new(p.policy)),
             policy_file: p.policy_file,
             policy_mtime: Mutex::new(policy_mtime),
-            recorded: p.recorded.into_iter().collect(),
-            durables: p.durables.into_iter().collect(),
+            limits: p.limits,
+            started_ms: now,
             correlator: Mutex::new(correlator),
             notifier: p.notifier,
             tasks: p.tasks,
@@ -153,6 +161,8 @@ impl Supervisor {
             policy_file: None,
             recorded: Vec::new(),
             durables: Vec::new(),
+            pending: Vec::new(),
+            limits: crate::config::Limits::default(),
             incidents: Vec::new(),
             notifier: Notifier::start(Vec::new(), tasks, stop),
             tasks: tasks.clone(),
@@ -179,18 +189,16 @@ impl Supervisor {
     /// One step of the decision core for `key`, with the fleet-level context from correlation.
     fn decide(&self, key: &SessionRef, input: Input, now: UnixMs) -> Option<Decided> {
         let base = self.policy();
-        let create = matches!(input, Input::Observed(_)).then(|| {
-            || {
-                let recorded = self.recorded.remove(key).map(|(_, s)| s);
-                let durable = self.durables.remove(key).map(|(_, d)| d);
-                let mut t = Track::new(now, recorded, durable);
-                if let Some(n) = self.fleet.node(&key.node_id) {
-                    t.probe_ms = n.probe_ms;
-                }
-                t
-            }
-        });
+        let observed = matches!(input, Input::Observed(_));
+        let create = observed.then_some(|| Track::new(now, None, None));
         self.fleet.with_session(key, create, |track| {
+            if observed && track.obs_at_ms.is_none() {
+                // First sight (new, or restored from the store): idleness counts this node's
+                // probe intervals.
+                if let Some(ms) = self.fleet.probe_ms(&key.node_id) {
+                    track.probe_ms = ms;
+                }
+            }
             // Labels come with the observation: use the new ones when there are.
             let labels = match &input {
                 Input::Observed(o) => &o.labels,
@@ -441,7 +449,8 @@ impl Supervisor {
         }
     }
 
-    /// A node attached (or came back): it is up.
+    /// A node attached (or came back on a new stream): it is up, and a silent-host incident of
+    /// it ends.
     pub async fn node_up(&self, node_id: &str, now: UnixMs) {
         let changes = lock(&self.correlator).node_health(node_id, Health::Up, now);
         self.incident_changes(changes).await;
@@ -564,35 +573,96 @@ impl Supervisor {
     }
 
     /// Steps the sessions whose due time has come (restarts waiting for their backoff,
-    /// cooldowns ending, ladders, sessions idle long enough to stall) and forgets sessions dead
-    /// for long. A busy fleet costs one read per session per tick.
+    /// cooldowns ending, ladders, sessions idle long enough to stall), and takes out of the live
+    /// view the sessions that ended longer than `forget_dead_after` ago and those of nodes gone
+    /// longer than `limits.node_retention` (their history stays in the store). A busy fleet costs
+    /// one read per session per tick.
     async fn due_sessions(self: &Arc<Self>, now: UnixMs, policy: &Policy) {
         let up = self.fleet.up_nodes();
         let forget = policy.forget_dead_after.as_millis() as i64;
+        let retention = self.limits.node_retention.as_millis() as i64;
+        let gone = self.fleet.absent_nodes(now, self.started_ms, retention);
         enum Todo {
             Tick(SessionRef),
             Forget(SessionRef),
         }
         let todo = self.fleet.map_sessions(None, |key, t| {
-            if !up.contains(&key.node_id) {
-                None
-            } else if t.state == SessionState::Dead
-                && !t.restart_wanted
-                && now - t.last_change_ms > forget
-            {
+            if gone.contains(&key.node_id) || (t.ended() && now - t.last_change_ms > forget) {
                 Some(Todo::Forget(key.clone()))
+            } else if !up.contains(&key.node_id) {
+                None
             } else if t.next_due.is_some_and(|due| due <= now) {
                 Some(Todo::Tick(key.clone()))
             } else {
                 None
             }
         });
+        for node in &gone {
+            let n = self.fleet.node_session_count(node);
+            tracing::info!(node = %node, sessions = n, "node gone longer than its retention: its sessions leave the live view");
+            self.events.publish(
+                node,
+                "",
+                "node_retired",
+                format!(
+                    "node gone for more than {} s (limits.node_retention): its {n} sessions leave the live view; their history stays in the store",
+                    retention / 1000
+                ),
+                None,
+            );
+        }
         for todo in todo.into_iter().flatten() {
             match todo {
                 Todo::Forget(key) => self.fleet.remove_session(&key),
                 Todo::Tick(key) => self.apply(&key, Input::Tick, now).await,
             }
         }
+        for node in &gone {
+            self.fleet.forget_node(node);
+        }
+    }
+}
+
+/// Puts the sessions the store knows back into the live fleet, as they were recorded: the node
+/// agents' first snapshots then reconcile them (see `argus_decide::detect::recover`). Sessions
+/// that ended longer than `forget_dead_after` ago stay in the store only.
+fn restore_sessions(
+    fleet: &Fleet,
+    recorded: Vec<(SessionRef, (SessionState, UnixMs))>,
+    durables: Vec<(SessionRef, Durable)>,
+    now: UnixMs,
+    policy: &Policy,
+) {
+    let forget = policy.forget_dead_after.as_millis() as i64;
+    let mut durables: std::collections::HashMap<SessionRef, Durable> =
+        durables.into_iter().collect();
+    let mut restored = 0usize;
+    let mut sessions: Vec<(SessionRef, SessionState, UnixMs)> = recorded
+        .into_iter()
+        .map(|(k, (state, at))| (k, state, at))
+        .collect();
+    // A session seen but never recorded in a transition (still booting) has a durable row only.
+    let recorded_keys: std::collections::HashSet<SessionRef> =
+        sessions.iter().map(|(k, _, _)| k.clone()).collect();
+    let booting: Vec<SessionRef> = durables
+        .keys()
+        .filter(|k| !recorded_keys.contains(*k))
+        .cloned()
+        .collect();
+    sessions.extend(booting.into_iter().map(|k| (k, SessionState::Booting, now)));
+    for (key, state, at) in sessions {
+        let t = Track::recovered(now, state, at, durables.remove(&key));
+        if t.ended() && now - at > forget {
+            continue;
+        }
+        restored += 1;
+        fleet.with_session(&key, Some(|| t), |_| ());
+    }
+    if restored > 0 {
+        tracing::info!(
+            sessions = restored,
+            "sessions restored from the store; the node agents' first snapshots reconcile them"
+        );
     }
 }
 

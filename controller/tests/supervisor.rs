@@ -52,6 +52,7 @@ impl Rig {
             link: Some(tx),
             stream_id: 1,
             probe_ms: 1000,
+            synced: true,
         });
         Ok(Self {
             sup,

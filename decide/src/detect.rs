@@ -25,6 +25,9 @@ use crate::escalate::{Destructive, Ladder, Rung, Verdict};
 use crate::policy::{Policy, RestartOnDeath};
 
 pub use argus_shared::ids::Incarnation;
+pub use recover::Remembered;
+
+mod recover;
 
 /// One validated observation of a session (from the wire's `SessionObservation`).
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -178,6 +181,9 @@ pub struct Durable {
     pub restart_not_before: UnixMs,
     /// Too many restarts: no more blind restarts until a person acts or the agent runs healthy.
     pub restarts_blocked: bool,
+    /// What the controller last knew of the session, to reconcile it after a restart.
+    #[serde(default)]
+    pub remembered: Remembered,
 }
 
 /// Everything the controller remembers about one session between steps.
@@ -419,6 +425,7 @@ pub fn step(t: &mut Track, input: Input, now: UnixMs, policy: &Policy, ctx: &Ctx
         Input::Verdict(v) => verdict(t, v, now, policy, ctx, &mut fx),
         Input::Tick => tick(t, now, policy, ctx, &mut fx),
     }
+    recover::remember(t);
     if t.durable != before {
         fx.push(Effect::Persist);
     }

@@ -1,6 +1,8 @@
 //! Generated code for the `argus.v1` protocol, plus the encoded file descriptor set that the
 //! servers hand to gRPC reflection.
 
+pub mod codec;
+
 /// `argus.v1`: node agent <-> controller and the admin API.
 pub mod v1 {
     tonic::include_proto!("argus.v1");

@@ -142,7 +142,7 @@ async fn bad_input_gets_a_specific_status_and_nothing_breaks() -> anyhow::Result
         )
         .await
         .expect_err("malformed");
-    assert_eq!(e.code(), Code::Internal, "{e:?}");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     assert!(e.message().contains("decode"), "{e:?}");
 
     // A node agent stream that does not start with Hello, or names an invalid node.

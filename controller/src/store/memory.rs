@@ -71,7 +71,42 @@ impl State {
             Write::Incident(i) => {
                 self.incidents.insert(i.id.clone(), i.clone());
             }
+            Write::CommandLate {
+                command_id,
+                node_id,
+                status,
+                message,
+                at_ms,
+            } => self.late_result(command_id, node_id, status, message, *at_ms),
         }
+    }
+
+    /// Like SQLite: only a pending row, or one the controller closed, of the same node.
+    fn late_result(
+        &mut self,
+        command_id: &str,
+        node_id: &str,
+        status: &str,
+        message: &str,
+        at_ms: i64,
+    ) {
+        let Some(&i) = self.command_index.get(command_id) else {
+            return;
+        };
+        let c = &self.commands[i];
+        let closed_as = c.status.clone();
+        if c.session.node_id != node_id
+            || (closed_as != super::PENDING
+                && !super::CLOSED_BY_CONTROLLER.contains(&closed_as.as_str()))
+        {
+            return;
+        }
+        self.finish_command(
+            command_id,
+            status,
+            &super::late_message(&closed_as, message),
+            at_ms,
+        );
     }
 
     /// Like SQLite's `INSERT OR IGNORE`: an id already recorded is left as it is.
@@ -168,6 +203,25 @@ impl Store for MemoryStore {
         Ok(last
             .into_iter()
             .map(|(k, to)| (k.clone(), to.to_owned()))
+            .collect())
+    }
+
+    async fn last_transitions(&self) -> Result<Vec<TransitionRow>, StoreError> {
+        let s = self.lock();
+        let mut last: HashMap<&SessionRef, &TransitionRow> = HashMap::new();
+        for t in &s.transitions {
+            last.insert(&t.session, t);
+        }
+        Ok(last.into_values().cloned().collect())
+    }
+
+    async fn pending_commands(&self) -> Result<Vec<CommandRow>, StoreError> {
+        Ok(self
+            .lock()
+            .commands
+            .iter()
+            .filter(|c| c.status == super::PENDING)
+            .cloned()
             .collect())
     }
 

@@ -225,6 +225,47 @@ impl Store for SqliteStore {
         self.read_durables().await
     }
 
+    async fn last_transitions(&self) -> Result<Vec<TransitionRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT t.* FROM transitions t
+             JOIN (SELECT MAX(id) AS id FROM transitions GROUP BY node_id, tmux_socket, session_name) m
+             ON t.id = m.id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read last transitions"))?;
+        Ok(rows.iter().map(transition_row).collect())
+    }
+
+    async fn sessions_named(
+        &self,
+        node_id: &str,
+        name: &str,
+    ) -> Result<Vec<TransitionRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT t.* FROM transitions t
+             JOIN (SELECT MAX(id) AS id FROM transitions WHERE node_id = ?1 AND session_name = ?2
+                   GROUP BY tmux_socket) m
+             ON t.id = m.id",
+        )
+        .bind(node_id)
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read sessions by name"))?;
+        Ok(rows.iter().map(transition_row).collect())
+    }
+
+    async fn pending_commands(&self) -> Result<Vec<CommandRow>, StoreError> {
+        let rows =
+            sqlx::query("SELECT * FROM commands WHERE status = ?1 ORDER BY issued_at_ms, rowid")
+                .bind(super::PENDING)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("read pending commands"))?;
+        Ok(rows.iter().map(command_row).collect())
+    }
+
     async fn incidents(
         &self,
         include_closed: bool,
@@ -307,7 +348,46 @@ async fn apply(tx: &mut SqliteConnection, w: &Write) -> Result<(), StoreError> {
             at_ms,
         } => upsert_durable(tx, session, data, *at_ms).await,
         Write::Incident(i) => upsert_incident(tx, i).await,
+        Write::CommandLate {
+            command_id,
+            node_id,
+            status,
+            message,
+            at_ms,
+        } => late_result(tx, command_id, node_id, status, message, *at_ms).await,
     }
+}
+
+/// Records a late result over the controller's closing outcome (see [`Write::CommandLate`]).
+async fn late_result(
+    tx: &mut SqliteConnection,
+    command_id: &str,
+    node_id: &str,
+    status: &str,
+    message: &str,
+    at_ms: i64,
+) -> Result<(), StoreError> {
+    let row = sqlx::query("SELECT status FROM commands WHERE command_id = ? AND node_id = ?")
+        .bind(command_id)
+        .bind(node_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("read command"))?;
+    let Some(row) = row else {
+        return Ok(());
+    };
+    let closed_as: String = row.get("status");
+    if closed_as != super::PENDING && !super::CLOSED_BY_CONTROLLER.contains(&closed_as.as_str()) {
+        return Ok(());
+    }
+    finish_command(
+        tx,
+        command_id,
+        status,
+        &super::late_message(&closed_as, message),
+        at_ms,
+    )
+    .await
 }
 
 async fn insert_transition(tx: &mut SqliteConnection, t: &TransitionRow) -> Result<(), StoreError> {
