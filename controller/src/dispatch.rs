@@ -192,20 +192,18 @@ impl Dispatcher {
             format!("{name} ({}): {reason}", origin.as_str()),
             None,
         );
-        self.recorder
-            .record(Write::CommandIssued(CommandRow {
-                command_id: command_id.clone(),
-                session: session.clone(),
-                epoch,
-                action: name.to_owned(),
-                origin: origin.as_str().to_owned(),
-                reason: reason.to_owned(),
-                issued_at_ms: now,
-                status: pb::CommandStatus::Unspecified.as_str_name().to_owned(),
-                result_message: String::new(),
-                finished_at_ms: 0,
-            }))
-            .await;
+        self.recorder.record(Write::CommandIssued(CommandRow {
+            command_id: command_id.clone(),
+            session: session.clone(),
+            epoch,
+            action: name.to_owned(),
+            origin: origin.as_str().to_owned(),
+            reason: reason.to_owned(),
+            issued_at_ms: now,
+            status: pb::CommandStatus::Unspecified.as_str_name().to_owned(),
+            result_message: String::new(),
+            finished_at_ms: 0,
+        }));
         Ok((command_id, rx))
     }
 
@@ -257,14 +255,12 @@ impl Dispatcher {
             format!("{} {}: {}", w.action, status.as_str_name(), result.message),
             None,
         );
-        self.recorder
-            .record(Write::CommandFinished {
-                command_id: result.command_id.clone(),
-                status: status.as_str_name().to_owned(),
-                message: result.message.clone(),
-                at_ms: now,
-            })
-            .await;
+        self.recorder.record(Write::CommandFinished {
+            command_id: result.command_id.clone(),
+            status: status.as_str_name().to_owned(),
+            message: result.message.clone(),
+            at_ms: now,
+        });
         if let Some(reply) = w.reply.take() {
             let _ = reply.send(result);
         }
@@ -284,14 +280,12 @@ impl Dispatcher {
             .collect();
         for id in stale {
             if self.waiting.remove(&id).is_some() {
-                self.recorder
-                    .record(Write::CommandFinished {
-                        command_id: id,
-                        status: pb::CommandStatus::Expired.as_str_name().to_owned(),
-                        message: "no answer from the node agent".to_owned(),
-                        at_ms: now,
-                    })
-                    .await;
+                self.recorder.record(Write::CommandFinished {
+                    command_id: id,
+                    status: pb::CommandStatus::Expired.as_str_name().to_owned(),
+                    message: "no answer from the node agent".to_owned(),
+                    at_ms: now,
+                });
             }
         }
     }
