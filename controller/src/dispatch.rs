@@ -2,8 +2,8 @@
 //! incarnation and a deadline; it is written to the audit log, sent on the stream that owns the
 //! node, and its result is matched back to whoever waits for it.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use argus_proto::v1 as pb;
@@ -82,6 +82,9 @@ pub struct Dispatcher {
     waiting: DashMap<String, Waiting>,
     next_id: AtomicU64,
     prefix: String,
+    /// Held from sending a command until its audit row is queued, and while a result is queued:
+    /// a result never reaches the recorder before its command (no `.await` while held).
+    issuing: Mutex<()>,
     /// How long a command may wait for its node agent (the policy's `command_timeout`, in ms;
     /// a policy reload changes it).
     timeout_ms: AtomicU64,
@@ -109,6 +112,7 @@ impl Dispatcher {
             events,
             waiting: DashMap::new(),
             next_id: AtomicU64::new(1),
+            issuing: Mutex::new(()),
             prefix,
             timeout_ms: AtomicU64::new(timeout.as_millis() as u64),
         }
@@ -173,6 +177,9 @@ impl Dispatcher {
         let msg = pb::ControllerMessage {
             msg: Some(pb::controller_message::Msg::Command(cmd)),
         };
+        // The command's audit row is queued before its result can be: the node may answer
+        // before this function returns, and a result recorded first would find no row.
+        let issuing = self.issuing.lock().unwrap_or_else(PoisonError::into_inner);
         if let Err(e) = link.try_send(Ok(msg)) {
             self.waiting.remove(&command_id);
             return Err(match e {
@@ -184,14 +191,6 @@ impl Dispatcher {
                 }
             });
         }
-        tracing::info!(node = %session.node_id, session = %session.session_name, command = %command_id, action = name, origin = origin.as_str(), reason, "command sent");
-        self.events.publish(
-            &session.node_id,
-            &session.session_name,
-            "command",
-            format!("{name} ({}): {reason}", origin.as_str()),
-            None,
-        );
         self.recorder.record(Write::CommandIssued(CommandRow {
             command_id: command_id.clone(),
             session: session.clone(),
@@ -204,6 +203,15 @@ impl Dispatcher {
             result_message: String::new(),
             finished_at_ms: 0,
         }));
+        drop(issuing);
+        tracing::info!(node = %session.node_id, session = %session.session_name, command = %command_id, action = name, origin = origin.as_str(), reason, "command sent");
+        self.events.publish(
+            &session.node_id,
+            &session.session_name,
+            "command",
+            format!("{name} ({}): {reason}", origin.as_str()),
+            None,
+        );
         Ok((command_id, rx))
     }
 
@@ -255,12 +263,14 @@ impl Dispatcher {
             format!("{} {}: {}", w.action, status.as_str_name(), result.message),
             None,
         );
+        let issued = self.issuing.lock().unwrap_or_else(PoisonError::into_inner);
         self.recorder.record(Write::CommandFinished {
             command_id: result.command_id.clone(),
             status: status.as_str_name().to_owned(),
             message: result.message.clone(),
             at_ms: now,
         });
+        drop(issued);
         if let Some(reply) = w.reply.take() {
             let _ = reply.send(result);
         }
