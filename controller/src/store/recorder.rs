@@ -67,6 +67,8 @@ pub struct Recorder {
 struct Shared {
     queue: Mutex<VecDeque<Write>>,
     wake: Notify,
+    /// The queue reached [`SPILL_AT`]: a writer waiting out a failure spills at once.
+    spill: Notify,
     health: watch::Sender<StoreHealth>,
     /// Writes in the journal, not yet applied.
     journaled: AtomicUsize,
@@ -134,8 +136,12 @@ impl Recorder {
             return;
         }
         q.push_back(w);
+        let full = q.len() == SPILL_AT;
         drop(q);
         self.shared.wake.notify_one();
+        if full {
+            self.shared.spill.notify_one();
+        }
     }
 
     /// The store's health as the writer sees it; changes are announced.
@@ -227,6 +233,7 @@ impl Recorder {
         let shared = Arc::new(Shared {
             queue: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
+            spill: Notify::new(),
             health,
             journaled: AtomicUsize::new(journal.as_ref().map_or(0, |j| lock(j).pending())),
             dropped: AtomicU64::new(0),
@@ -383,9 +390,18 @@ impl Writer {
                         self.give_up(held);
                         return;
                     }
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = self.shutdown.cancelled(), if drain_deadline.is_none() => {}
+                    // Wait out the backoff; a queue that fills meanwhile spills at once.
+                    let retry_at = tokio::time::Instant::now() + backoff;
+                    loop {
+                        tokio::select! {
+                            () = tokio::time::sleep_until(retry_at) => break,
+                            () = self.shutdown.cancelled(), if drain_deadline.is_none() => break,
+                            () = self.shared.spill.notified() => {
+                                if !journal_broken && self.journal.is_some() {
+                                    held = self.spill(held).await;
+                                }
+                            }
+                        }
                     }
                     backoff = (backoff * 2).min(RETRY_MAX);
                 }
@@ -619,5 +635,154 @@ mod tests {
         // Replayed before start_journaled returns.
         assert_eq!(rows(&fresh).await, (0..1000).collect::<Vec<_>>());
         assert_eq!(r.backlog(), (0, 0, 0));
+    }
+}
+
+/// Throughput of the recorder into SQLite, with the store working and with it failing (every
+/// write spilled to the journal, then replayed): `cargo test -p argus-controller --lib
+/// recorder_throughput -- --ignored --nocapture`. Figures in docs/performance.md.
+#[cfg(test)]
+mod throughput {
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{History, IncidentRow, NodeRecord, SessionRef, StoreError, TransitionRow};
+    use std::sync::atomic::AtomicBool;
+
+    /// SQLite that refuses writes while `failing`.
+    struct Flaky {
+        inner: SqliteStore,
+        failing: AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl Store for Flaky {
+        async fn attach_node(&self, n: &NodeRecord, at_least: u64) -> Result<u64, StoreError> {
+            self.inner.attach_node(n, at_least).await
+        }
+        async fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+            self.inner.nodes().await
+        }
+        async fn write(&self, batch: &[Write]) -> Result<(), StoreError> {
+            if self.failing.load(Ordering::Relaxed) {
+                return Err(StoreError::Timeout {
+                    op: "write batch",
+                    after: Duration::ZERO,
+                });
+            }
+            self.inner.write(batch).await
+        }
+        async fn history(&self, s: &SessionRef, limit: u32) -> Result<History, StoreError> {
+            self.inner.history(s, limit).await
+        }
+        async fn last_states(&self) -> Result<Vec<(SessionRef, String)>, StoreError> {
+            self.inner.last_states().await
+        }
+        async fn durables(&self) -> Result<Vec<(SessionRef, String)>, StoreError> {
+            self.inner.durables().await
+        }
+        async fn incidents(&self, c: bool, l: u32) -> Result<Vec<IncidentRow>, StoreError> {
+            self.inner.incidents(c, l).await
+        }
+    }
+
+    fn write(i: usize) -> Write {
+        Write::Transition(TransitionRow {
+            session: SessionRef {
+                node_id: format!("n{}", i % 50),
+                tmux_socket: "/tmp/tmux-1000/default".into(),
+                session_name: format!("agent-{}", i % 997),
+            },
+            at_ms: i as i64,
+            from: "working".into(),
+            to: "idle".into(),
+            reason: "no screen change, output or CPU for 3 probe intervals".into(),
+        })
+    }
+
+    async fn drained(r: &Recorder) -> Duration {
+        let start = Instant::now();
+        loop {
+            let (q, j, _) = r.backlog();
+            if q == 0 && j == 0 && !r.health().borrow().is_failing() {
+                return start.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement; run by hand"]
+    async fn recorder_throughput() {
+        const N: usize = 100_000;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("a.db").display());
+        let store = Arc::new(Flaky {
+            inner: SqliteStore::open(&url).await.expect("open"),
+            failing: AtomicBool::new(false),
+        });
+        let tasks = TaskTracker::new();
+        let stop = CancellationToken::new();
+        let journal = dir.path().join("a.db.journal");
+        let r = Recorder::start_journaled(store.clone(), &journal, stop.clone(), &tasks)
+            .await
+            .expect("start");
+
+        // 1. The store works: record N, wait until all are committed.
+        let start = Instant::now();
+        for i in 0..N {
+            r.record(write(i));
+        }
+        let record = start.elapsed();
+        drained(&r).await;
+        let healthy = start.elapsed();
+
+        // 2. The store fails: record N; they spill to the journal.
+        store.failing.store(true, Ordering::Relaxed);
+        let start = Instant::now();
+        for i in N..2 * N {
+            r.record(write(i));
+        }
+        let record_failing = start.elapsed();
+        // Everything but the last partial spill is in the journal.
+        while r.backlog().1 < N - SPILL_AT {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let spilled = start.elapsed();
+        let journaled = r.backlog().1;
+
+        // 3. The store recovers: everything (journal, then memory) is committed.
+        store.failing.store(false, Ordering::Relaxed);
+        let recovered = drained(&r).await;
+
+        let per_s = |n: usize, d: Duration| n as f64 / d.as_secs_f64();
+        println!(
+            "record() calls, store working:  {:>10.0}/s",
+            per_s(N, record)
+        );
+        println!(
+            "record() calls, store failing:  {:>10.0}/s",
+            per_s(N, record_failing)
+        );
+        println!(
+            "committed, store working:       {:>10.0} writes/s ({N} in {healthy:?})",
+            per_s(N, healthy)
+        );
+        println!(
+            "spilled to the journal:         {:>10.0} writes/s ({journaled} in {spilled:?})",
+            per_s(journaled, spilled)
+        );
+        println!(
+            "replayed after recovery:        {:>10.0} writes/s ({N} in {recovered:?})",
+            per_s(N, recovered)
+        );
+        stop.cancel();
+        tasks.close();
+        tasks.wait().await;
+        let pool = sqlx::SqlitePool::connect(&url).await.expect("connect");
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM transitions")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        assert_eq!(rows as usize, 2 * N);
     }
 }
