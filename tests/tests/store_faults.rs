@@ -182,7 +182,7 @@ fn http(c: &TestCluster) -> SocketAddr {
 }
 
 async fn wait_readyz(c: &TestCluster, ready: bool) -> anyhow::Result<String> {
-    let addr = http(&c);
+    let addr = http(c);
     let want = if ready { 200 } else { 503 };
     eventually(&format!("/readyz to answer {want}"), WAIT, || async move {
         let (status, body) = readyz(addr)?;
@@ -468,7 +468,12 @@ async fn a_database_locked_by_another_process_delays_nothing() -> anyhow::Result
         async move { Ok(ended.then_some(())) }
     })
     .await?;
+    let released = Instant::now();
     wait_readyz(&c, true).await?;
+    eprintln!(
+        "store recovered {:?} after the lock was released",
+        released.elapsed()
+    );
     more_acked(&load, 10).await?;
     let acked = load.stop().await;
     assert_all_stored(&db, &acked).await?;
