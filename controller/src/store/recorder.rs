@@ -324,7 +324,7 @@ impl Writer {
                 drain_deadline = Some(Instant::now() + DRAIN_GRACE);
             }
             if matches!(held, Held::None) {
-                held = match self.next_batch().await {
+                held = match self.next_batch(journal_broken).await {
                     Ok(h) => h,
                     Err(e) => {
                         tracing::error!(error = %e, "journal unreadable; its writes stay in it for the next start");
@@ -406,16 +406,14 @@ impl Writer {
                     backoff = (backoff * 2).min(RETRY_MAX);
                 }
             }
-            if journal_broken && self.journal.is_some() && self.journal_pending() == 0 {
-                journal_broken = false;
-            }
         }
     }
 
     /// The next batch: the journal's front while it holds anything (it is older than memory),
-    /// else the memory queue's.
-    async fn next_batch(&self) -> Result<Held, JournalError> {
+    /// else the memory queue's. A journal that failed (`skip_journal`) is left to the next start.
+    async fn next_batch(&self, skip_journal: bool) -> Result<Held, JournalError> {
         if let Some(j) = &self.journal
+            && !skip_journal
             && lock(j).pending() > 0
         {
             let j = j.clone();

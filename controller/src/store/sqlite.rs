@@ -534,6 +534,33 @@ mod tests {
         }
     }
 
+    /// The epoch bump waits a bounded time for a database locked elsewhere, fails with
+    /// UNAVAILABLE, and works again once the lock is gone.
+    #[tokio::test]
+    async fn an_attach_fails_cleanly_while_the_database_is_locked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("a.db").display());
+        let s = SqliteStore::open(&url).await.expect("open");
+        assert_eq!(s.attach_node(&node("n1"), 0).await.expect("attach"), 1);
+        let mut other = SqliteConnection::connect(&url).await.expect("connect");
+        sqlx::raw_sql("BEGIN EXCLUSIVE")
+            .execute(&mut other)
+            .await
+            .expect("lock");
+        let started = std::time::Instant::now();
+        let e = s.attach_node(&node("n1"), 0).await.expect_err("locked");
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
+        assert!(started.elapsed() < ATTACH_WAIT + Duration::from_secs(2));
+        // Reads still answer (WAL).
+        assert_eq!(s.nodes().await.expect("nodes").len(), 1);
+        sqlx::raw_sql("ROLLBACK")
+            .execute(&mut other)
+            .await
+            .expect("unlock");
+        let epoch = s.attach_node(&node("n1"), 0).await.expect("attach");
+        assert!(epoch >= 2, "{epoch}");
+    }
+
     #[tokio::test]
     async fn epochs_grow_and_survive_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
