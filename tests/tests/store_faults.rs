@@ -346,6 +346,8 @@ impl Drop for SmallDisk {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_delays_nothing_and_loses_nothing() -> anyhow::Result<()> {
+    // 16 MiB rather than 2: the audit log of a few thousand commands (and SQLite's WAL) must fit
+    // once the filler is gone, or the disk is simply full again.
     let Some(disk) = SmallDisk::mount("16m")? else {
         return Ok(());
     };
