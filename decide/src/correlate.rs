@@ -379,6 +379,31 @@ mod tests {
     }
 
     #[test]
+    fn a_failing_store_is_one_incident_until_it_recovers() {
+        let mut c = Correlator::new("t".into());
+        assert!(c.store(None, 1).is_empty(), "nothing to close");
+        let opened = c.store(Some("database or disk is full"), 2);
+        assert!(
+            matches!(&opened[..], [Change::Opened(i)] if i.kind == IncidentKind::StoreFailing
+                && i.scope == "controller" && i.summary.contains("disk is full")),
+            "{opened:?}"
+        );
+        assert!(
+            c.store(Some("database is locked"), 3).is_empty(),
+            "still one"
+        );
+        let closed = c.store(None, 4);
+        assert!(
+            matches!(&closed[..], [Change::Closed(i)] if i.closed_ms == Some(4)),
+            "{closed:?}"
+        );
+        assert_eq!(
+            IncidentKind::parse("store_failing"),
+            Some(IncidentKind::StoreFailing)
+        );
+    }
+
+    #[test]
     fn one_provider_incident_for_many_sessions() {
         let p = Policy::default();
         let mut c = Correlator::new("i".into());
