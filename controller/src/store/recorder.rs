@@ -323,6 +323,14 @@ impl Writer {
             if self.shutdown.is_cancelled() && drain_deadline.is_none() {
                 drain_deadline = Some(Instant::now() + DRAIN_GRACE);
             }
+            if drain_deadline.is_some_and(|d| Instant::now() >= d) {
+                // A working but slow store had its grace: the rest goes to the journal.
+                if !journal_broken {
+                    held = self.spill(held).await;
+                }
+                self.give_up(held);
+                return;
+            }
             if matches!(held, Held::None) {
                 held = match self.next_batch(journal_broken).await {
                     Ok(h) => h,
