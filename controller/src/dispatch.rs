@@ -8,8 +8,8 @@
 //! at start-up and closed the same way. A result that arrives after its command was closed is
 //! still recorded, over the closing outcome, with a message saying it came late.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use argus_proto::v1 as pb;
@@ -88,6 +88,9 @@ pub struct Dispatcher {
     waiting: DashMap<String, Waiting>,
     next_id: AtomicU64,
     prefix: String,
+    /// Held from sending a command until its audit row is queued, and while a result is queued:
+    /// a result never reaches the recorder before its command (no `.await` while held).
+    issuing: Mutex<()>,
     /// How long a command may wait for its node agent (the policy's `command_timeout`, in ms;
     /// a policy reload changes it).
     timeout_ms: AtomicU64,
@@ -130,6 +133,7 @@ impl Dispatcher {
             events,
             waiting: DashMap::new(),
             next_id: AtomicU64::new(1),
+            issuing: Mutex::new(()),
             prefix,
             timeout_ms: AtomicU64::new(timeout.as_millis() as u64),
         }
@@ -200,6 +204,9 @@ impl Dispatcher {
         let msg = pb::ControllerMessage {
             msg: Some(pb::controller_message::Msg::Command(cmd)),
         };
+        // The command's audit row is queued before its result can be: the node may answer
+        // before this function returns, and a result recorded first would find no row.
+        let issuing = self.issuing.lock().unwrap_or_else(PoisonError::into_inner);
         if let Err(e) = link.try_send(Ok(msg)) {
             self.waiting.remove(&command_id);
             return Err(match e {
@@ -211,6 +218,19 @@ impl Dispatcher {
                 }
             });
         }
+        self.recorder.record(Write::CommandIssued(CommandRow {
+            command_id: command_id.clone(),
+            session: session.clone(),
+            epoch,
+            action: name.to_owned(),
+            origin: origin.as_str().to_owned(),
+            reason: reason.to_owned(),
+            issued_at_ms: now,
+            status: pb::CommandStatus::Unspecified.as_str_name().to_owned(),
+            result_message: String::new(),
+            finished_at_ms: 0,
+        }));
+        drop(issuing);
         tracing::info!(node = %session.node_id, session = %session.session_name, command = %command_id, action = name, origin = origin.as_str(), reason, "command sent");
         self.events.publish(
             &session.node_id,
@@ -219,20 +239,6 @@ impl Dispatcher {
             format!("{name} ({}): {reason}", origin.as_str()),
             None,
         );
-        self.recorder
-            .record(Write::CommandIssued(CommandRow {
-                command_id: command_id.clone(),
-                session: session.clone(),
-                epoch,
-                action: name.to_owned(),
-                origin: origin.as_str().to_owned(),
-                reason: reason.to_owned(),
-                issued_at_ms: now,
-                status: pb::CommandStatus::Unspecified.as_str_name().to_owned(),
-                result_message: String::new(),
-                finished_at_ms: 0,
-            }))
-            .await;
         Ok((command_id, rx))
     }
 
@@ -285,14 +291,14 @@ impl Dispatcher {
             format!("{} {}: {}", w.action, status.as_str_name(), result.message),
             None,
         );
-        self.recorder
-            .record(Write::CommandFinished {
-                command_id: result.command_id.clone(),
-                status: status.as_str_name().to_owned(),
-                message: result.message.clone(),
-                at_ms: now,
-            })
-            .await;
+        let issued = self.issuing.lock().unwrap_or_else(PoisonError::into_inner);
+        self.recorder.record(Write::CommandFinished {
+            command_id: result.command_id.clone(),
+            status: status.as_str_name().to_owned(),
+            message: result.message.clone(),
+            at_ms: now,
+        });
+        drop(issued);
         if let Some(reply) = w.reply.take() {
             let _ = reply.send(result);
         }
@@ -369,8 +375,7 @@ impl Dispatcher {
                 status: status.as_str_name().to_owned(),
                 message: message.to_owned(),
                 at_ms: now,
-            })
-            .await;
+            });
     }
 
     /// A result for a command that is not waiting: closed already, or sent by a previous
@@ -399,7 +404,6 @@ impl Dispatcher {
                 status: status.as_str_name().to_owned(),
                 message: result.message,
                 at_ms: now_ms(),
-            })
-            .await;
+            });
     }
 }

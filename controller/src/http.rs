@@ -1,4 +1,5 @@
-//! The HTTP side port: `/healthz` (the process answers) and `/readyz` (the store answers).
+//! The HTTP side port: `/healthz` (the process answers) and `/readyz` (the store answers and
+//! takes writes; when it does not, the reason and the backlog).
 
 use std::sync::Arc;
 
@@ -9,6 +10,9 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 use crate::supervisor::Supervisor;
+
+/// How long `/readyz` waits for the store to answer a read.
+const READ_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Serves the side port on `listener` until `shutdown`.
 pub async fn serve(
@@ -27,11 +31,28 @@ pub async fn serve(
 }
 
 async fn ready(State(sup): State<Arc<Supervisor>>) -> (StatusCode, String) {
-    match sup.store.nodes().await {
-        Ok(n) => (StatusCode::OK, format!("ready: {} nodes known\n", n.len())),
-        Err(e) => (
+    if sup.recorder.health().borrow().is_failing() {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("store unavailable: {e}\n"),
+            format!("not ready: {}\n", sup.recorder.describe()),
+        );
+    }
+    match tokio::time::timeout(READ_WAIT, sup.store.nodes()).await {
+        Ok(Ok(n)) => (
+            StatusCode::OK,
+            format!(
+                "ready: {} nodes known; {}\n",
+                n.len(),
+                sup.recorder.describe()
+            ),
+        ),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: store unavailable: {e}\n"),
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: the store did not answer within {READ_WAIT:?}\n"),
         ),
     }
 }

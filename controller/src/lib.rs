@@ -52,6 +52,26 @@ where
     });
 }
 
+/// Opens the `store_failing` incident while the store's writes fail and closes it when they work
+/// again (the gRPC health and `/readyz` read the same state).
+fn watch_store(tasks: &TaskTracker, sup: Arc<Supervisor>, stop: CancellationToken) {
+    let mut health = sup.recorder.health();
+    tasks.spawn(async move {
+        loop {
+            let now = health.borrow_and_update().clone();
+            let cause = match &now {
+                store::StoreHealth::Failing { cause, .. } => Some(cause.as_str()),
+                store::StoreHealth::Ok => None,
+            };
+            sup.store_health(cause, now_ms()).await;
+            tokio::select! {
+                () = stop.cancelled() => break,
+                changed = health.changed() => if changed.is_err() { break },
+            }
+        }
+    });
+}
+
 /// Loads the policy file, or the defaults.
 pub fn load_policy(path: Option<&std::path::Path>) -> anyhow::Result<Policy> {
     match path {
@@ -86,12 +106,20 @@ pub async fn run(
     let store = store::open(&config.db)
         .await
         .with_context(|| format!("opening store {}", config.db))?;
-    let recorded = store.recorded_sessions().await?.reported("last states");
-    let pending = store.pending_commands().await?;
     let tasks = TaskTracker::new();
     let writer_stop = CancellationToken::new();
     let writer_tasks = TaskTracker::new();
-    let recorder = Recorder::start(store.clone(), writer_stop.clone(), &writer_tasks);
+    // The journal of an earlier run is replayed before anything is read back or served.
+    let recorder = match store::journal::path_for(&config.db) {
+        Some(path) => {
+            Recorder::start_journaled(store.clone(), &path, writer_stop.clone(), &writer_tasks)
+                .await
+                .with_context(|| format!("opening the store's journal {}", path.display()))?
+        }
+        None => Recorder::start(store.clone(), writer_stop.clone(), &writer_tasks),
+    };
+    let recorded = store.recorded_sessions().await?.reported("last states");
+    let pending = store.pending_commands().await?;
     let durables = store
         .recorded_durables::<argus_decide::detect::Durable>()
         .await?
@@ -113,6 +141,8 @@ pub async fn run(
         notifier,
         tasks: tasks.clone(),
     }));
+
+    watch_store(&tasks, sup.clone(), shutdown.clone());
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

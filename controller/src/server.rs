@@ -1,5 +1,6 @@
 //! The gRPC server: both argus services, reflection v1 and v1alpha (grpcurl 1.8 speaks only
-//! v1alpha) and `grpc.health.v1`, which turns NOT_SERVING when draining starts.
+//! v1alpha) and `grpc.health.v1`, which turns NOT_SERVING when draining starts (and, for the
+//! admin service, while the store's writes fail).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,6 +39,30 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(argus_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
+    // The admin service reads and writes the store: NOT_SERVING while its writes fail. The node
+    // agents' service goes on serving (supervision never waits on the store).
+    let reporter = health.clone();
+    let mut store_health = sup.recorder.health();
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        loop {
+            let failing = store_health.borrow_and_update().is_failing();
+            if stop.is_cancelled() {
+                break;
+            }
+            if failing {
+                reporter
+                    .set_not_serving::<AdminServiceServer<AdminApi>>()
+                    .await;
+            } else {
+                reporter.set_serving::<AdminServiceServer<AdminApi>>().await;
+            }
+            tokio::select! {
+                () = stop.cancelled() => break,
+                changed = store_health.changed() => if changed.is_err() { break },
+            }
+        }
+    });
     let agents = NodeAgentServiceServer::new(AgentApi::new(sup.clone(), tasks))
         .max_decoding_message_size(MAX_AGENT_MESSAGE);
     let admin =

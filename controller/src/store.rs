@@ -3,19 +3,19 @@
 //! write-behind queue that batches them into transactions and retries a failing store without
 //! dropping anything; only the epoch bump on attach is written before the controller answers.
 
+pub mod journal;
 pub mod memory;
 #[cfg(test)]
 mod reader_tests;
+pub mod recorder;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;
 
-use std::time::Duration;
-
 use argus_shared::state::SessionState;
 use async_trait::async_trait;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+
+pub use recorder::{Recorder, StoreHealth};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,24 +37,36 @@ pub enum StoreError {
     /// Migrations could not be applied.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database did not answer in time (locked, or a wedged connection that is reopened).
+    #[error("database {op} did not answer within {after:?}")]
+    Timeout {
+        op: &'static str,
+        after: std::time::Duration,
+    },
     /// The URL names no supported backend.
     #[error("unsupported database URL {0:?}: use sqlite://PATH or memory://")]
     Unsupported(String),
 }
 
 impl StoreError {
-    /// The gRPC code for a call that failed on the store: a pool that is closed or exhausted
-    /// may recover (UNAVAILABLE, worth a retry); anything else is the server's fault (INTERNAL).
+    /// The gRPC code for a call that failed on the store: a pool that is closed or exhausted, a
+    /// database that is busy, locked or out of space, or one that does not answer may recover
+    /// (UNAVAILABLE, worth a retry); anything else is the server's fault (INTERNAL).
     pub fn code(&self) -> tonic::Code {
-        let may_recover = |e: &sqlx::Error| {
-            matches!(
-                e,
-                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
-            )
+        let may_recover = |e: &sqlx::Error| match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+            // SQLITE_BUSY (5), SQLITE_LOCKED (6), SQLITE_IOERR (10), SQLITE_FULL (13), with
+            // their extended codes in the high bits.
+            sqlx::Error::Database(d) => d
+                .code()
+                .and_then(|c| c.parse::<i64>().ok())
+                .is_some_and(|c| matches!(c & 0xff, 5 | 6 | 10 | 13)),
+            _ => false,
         };
         match self {
             Self::Db { source, .. } if may_recover(source) => tonic::Code::Unavailable,
             Self::Batch { source, .. } if may_recover(source) => tonic::Code::Unavailable,
+            Self::Timeout { .. } => tonic::Code::Unavailable,
             Self::Db { .. } | Self::Batch { .. } | Self::Migrate(_) | Self::Unsupported(_) => {
                 tonic::Code::Internal
             }
@@ -382,67 +394,5 @@ pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
         Ok(std::sync::Arc::new(memory::MemoryStore::new()))
     } else {
         Err(StoreError::Unsupported(url.to_owned()))
-    }
-}
-
-/// Write-behind queue in front of the store.
-#[derive(Clone)]
-pub struct Recorder {
-    tx: mpsc::Sender<Write>,
-}
-
-impl Recorder {
-    /// Queues a write. Waits when the queue is full (backpressure, nothing dropped).
-    pub async fn record(&self, w: Write) {
-        if self.tx.send(w).await.is_err() {
-            tracing::error!("recorder stopped; a write was lost");
-        }
-    }
-
-    /// Starts the writer task; it drains the queue before it ends on `shutdown`.
-    pub fn start(
-        store: std::sync::Arc<dyn Store>,
-        shutdown: CancellationToken,
-        tasks: &tokio_util::task::TaskTracker,
-    ) -> Self {
-        let (tx, mut rx) = mpsc::channel::<Write>(16_384);
-        tasks.spawn(async move {
-            let mut batch = Vec::with_capacity(512);
-            loop {
-                let got = tokio::select! {
-                    n = rx.recv_many(&mut batch, 512) => n,
-                    () = shutdown.cancelled() => {
-                        rx.close();
-                        rx.recv_many(&mut batch, usize::MAX).await
-                    }
-                };
-                if got == 0 {
-                    break;
-                }
-                // Nothing is dropped while the controller runs: a failing store is retried
-                // with backoff, and the bounded queue pushes back on the writers meanwhile.
-                let mut attempt = 0u32;
-                loop {
-                    attempt += 1;
-                    match store.write(&batch).await {
-                        Ok(()) => break,
-                        Err(e) if shutdown.is_cancelled() && attempt >= 3 => {
-                            tracing::error!(error = %e, writes = batch.len(), "store unavailable at shutdown; writes lost");
-                            break;
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, attempt, writes = batch.len(), "store write failed; retrying");
-                            let wait = Duration::from_millis(200 * u64::from(attempt.min(25)));
-                            tokio::time::sleep(wait).await;
-                        }
-                    }
-                }
-                batch.clear();
-                if shutdown.is_cancelled() && rx.is_closed() && rx.is_empty() {
-                    break;
-                }
-            }
-        });
-        Self { tx }
     }
 }

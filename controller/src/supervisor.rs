@@ -309,15 +309,13 @@ impl Supervisor {
             format!("{} -> {}: {reason}", from.as_str(), to.as_str()),
             Some(to),
         );
-        self.recorder
-            .record(Write::Transition(TransitionRow {
-                session: key.clone(),
-                at_ms: now,
-                from: from.as_str().to_owned(),
-                to: to.as_str().to_owned(),
-                reason,
-            }))
-            .await;
+        self.recorder.record(Write::Transition(TransitionRow {
+            session: key.clone(),
+            at_ms: now,
+            from: from.as_str().to_owned(),
+            to: to.as_str().to_owned(),
+            reason,
+        }));
     }
 
     /// Feeds the notices correlation reads (rate limits, deaths) to the correlator.
@@ -406,13 +404,11 @@ impl Supervisor {
     async fn persist(&self, key: &SessionRef, durable: &Durable, now: UnixMs) {
         match serde_json::to_string(durable) {
             Ok(data) => {
-                self.recorder
-                    .record(Write::Durable {
-                        session: key.clone(),
-                        data,
-                        at_ms: now,
-                    })
-                    .await;
+                self.recorder.record(Write::Durable {
+                    session: key.clone(),
+                    data,
+                    at_ms: now,
+                });
             }
             Err(e) => {
                 tracing::error!(node = %key.node_id, session = %key.session_name, error = %e, "durable state not serialisable")
@@ -445,7 +441,7 @@ impl Supervisor {
                 None,
             );
             self.notifier.incident(&change);
-            self.recorder.record(Write::Incident(incident_row(i))).await;
+            self.recorder.record(Write::Incident(incident_row(i)));
         }
     }
 
@@ -456,11 +452,18 @@ impl Supervisor {
         self.incident_changes(changes).await;
     }
 
+    /// The store's writes fail (`Some(cause)`) or work again (`None`): the `store_failing`
+    /// incident opens or closes.
+    pub async fn store_health(&self, failing: Option<&str>, now: UnixMs) {
+        let changes = lock(&self.correlator).store(failing, now);
+        self.incident_changes(changes).await;
+    }
+
     /// Acknowledges an open incident.
     pub async fn ack_incident(&self, id: &str, by: &str, now: UnixMs) -> Option<IncidentRow> {
         let i = lock(&self.correlator).ack(id, by, now)?;
         let row = incident_row(&i);
-        self.recorder.record(Write::Incident(row.clone())).await;
+        self.recorder.record(Write::Incident(row.clone()));
         self.events.publish(
             "",
             "",

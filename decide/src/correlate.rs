@@ -24,6 +24,8 @@ pub enum IncidentKind {
     ProviderLimit,
     /// A large share of the fleet went silent at once: probably the controller's own network.
     SelfSuspect,
+    /// The controller's store refuses writes (full disk, lock): they are queued and journaled.
+    StoreFailing,
 }
 
 impl IncidentKind {
@@ -34,6 +36,7 @@ impl IncidentKind {
             Self::MassDeath => "mass_death",
             Self::ProviderLimit => "provider_limit",
             Self::SelfSuspect => "self_suspect",
+            Self::StoreFailing => "store_failing",
         }
     }
 
@@ -44,6 +47,7 @@ impl IncidentKind {
             "mass_death" => Self::MassDeath,
             "provider_limit" => Self::ProviderLimit,
             "self_suspect" => Self::SelfSuspect,
+            "store_failing" => Self::StoreFailing,
             _ => return None,
         })
     }
@@ -298,6 +302,25 @@ impl Correlator {
         out
     }
 
+    /// The store's writes fail (`Some(cause)`) or work again (`None`): opens or closes the
+    /// controller's `store_failing` incident.
+    pub fn store(&mut self, failing: Option<&str>, now: UnixMs) -> Vec<Change> {
+        let k = (IncidentKind::StoreFailing, "controller".to_owned());
+        match failing {
+            Some(cause) if !self.open.contains_key(&k) => vec![self.open(
+                IncidentKind::StoreFailing,
+                "controller",
+                now,
+                format!("store writes failing: {cause}"),
+            )],
+            Some(_) => Vec::new(),
+            None => self
+                .close(IncidentKind::StoreFailing, "controller", now)
+                .into_iter()
+                .collect(),
+        }
+    }
+
     /// True while every destructive action is frozen.
     pub fn frozen(&self) -> bool {
         self.open
@@ -353,6 +376,31 @@ mod tests {
             tmux_socket: "/s".into(),
             session_name: name.into(),
         }
+    }
+
+    #[test]
+    fn a_failing_store_is_one_incident_until_it_recovers() {
+        let mut c = Correlator::new("t".into());
+        assert!(c.store(None, 1).is_empty(), "nothing to close");
+        let opened = c.store(Some("database or disk is full"), 2);
+        assert!(
+            matches!(&opened[..], [Change::Opened(i)] if i.kind == IncidentKind::StoreFailing
+                && i.scope == "controller" && i.summary.contains("disk is full")),
+            "{opened:?}"
+        );
+        assert!(
+            c.store(Some("database is locked"), 3).is_empty(),
+            "still one"
+        );
+        let closed = c.store(None, 4);
+        assert!(
+            matches!(&closed[..], [Change::Closed(i)] if i.closed_ms == Some(4)),
+            "{closed:?}"
+        );
+        assert_eq!(
+            IncidentKind::parse("store_failing"),
+            Some(IncidentKind::StoreFailing)
+        );
     }
 
     #[test]

@@ -73,6 +73,11 @@ impl TestCluster {
         self.spec.url()
     }
 
+    /// The controller's HTTP side port (`/healthz`, `/readyz`), when it has one.
+    pub fn http(&self) -> Option<std::net::SocketAddr> {
+        self.spec.config.http
+    }
+
     /// The node agent of a test: `node_id` watching `socket`, probing every 250 ms, a heartbeat
     /// every 500 ms.
     pub fn agent_spec(&self, node_id: &str, socket: &Path) -> NodeAgentSpec {

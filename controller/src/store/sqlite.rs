@@ -1,14 +1,22 @@
 //! The embedded SQLite backend: one file, WAL, migrations compiled into the binary.
+//!
+//! Reads go through a small pool; every write (the recorder's batches, the epoch bumps) goes
+//! through one dedicated connection that is closed and reopened after any failure. A failed
+//! COMMIT (SQLITE_FULL on a full disk) leaves SQLite's transaction open on its connection; a
+//! pooled connection in that state went on "committing" later batches as savepoints inside it,
+//! held the write lock ("database is locked" for every other connection, for good) and lost
+//! everything when it closed. A connection that failed is never used again.
 
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
+use sqlx::{Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
@@ -16,9 +24,22 @@ use super::{
     Write,
 };
 
+/// How long SQLite waits for a lock held by another connection or process.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a read waits for a pooled connection before the call fails (UNAVAILABLE).
+const READ_ACQUIRE: Duration = Duration::from_secs(3);
+/// How long an attach waits for its epoch bump before it fails (UNAVAILABLE; the node agent
+/// retries).
+const ATTACH_WAIT: Duration = Duration::from_secs(5);
+/// How long one write transaction may take before its connection is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(8);
+
 /// SQLite through sqlx.
 pub struct SqliteStore {
+    /// Reads.
     pool: SqlitePool,
+    /// Every write, one at a time.
+    writer: Arc<Writer>,
     /// Attaches waiting for their epoch bump: a writer task commits them in batches, so that a
     /// fleet reconnecting at once costs one transaction per batch, not one per node.
     attaches: mpsc::Sender<Attach>,
@@ -37,12 +58,66 @@ const EPOCH_BUMP: &str =
          last_attach_ms = excluded.last_attach_ms
      RETURNING epoch";
 
+/// The write connection: opened on first use, dropped (closed, which rolls back whatever it had
+/// open) after any failure, so that the next write starts on a fresh one.
+struct Writer {
+    options: SqliteConnectOptions,
+    conn: tokio::sync::Mutex<Option<SqliteConnection>>,
+}
+
+impl Writer {
+    /// Runs `work` in a transaction on the write connection, within [`WRITE_TIMEOUT`].
+    async fn transaction<T>(
+        &self,
+        op: &'static str,
+        work: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut slot = self.conn.lock().await;
+        let attempt = async {
+            let conn = match &mut *slot {
+                Some(c) => c,
+                None => slot.insert(
+                    SqliteConnection::connect_with(&self.options)
+                        .await
+                        .map_err(db("connect"))?,
+                ),
+            };
+            work(conn).await
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, attempt).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                *slot = None;
+                Err(e)
+            }
+            Err(_) => {
+                *slot = None;
+                Err(StoreError::Timeout {
+                    op,
+                    after: WRITE_TIMEOUT,
+                })
+            }
+        }
+    }
+}
+
 /// Commits queued epoch bumps, a batch per transaction; ends when the store is dropped.
-async fn bump_epochs(pool: SqlitePool, mut rx: mpsc::Receiver<Attach>) {
+async fn bump_epochs(writer: Arc<Writer>, mut rx: mpsc::Receiver<Attach>) {
     let mut batch = Vec::with_capacity(256);
     while rx.recv_many(&mut batch, 256).await > 0 {
+        // Attaches that gave up waiting are not bumped.
+        batch.retain(|(_, _, reply)| !reply.is_closed());
+        let nodes: Vec<(NodeRecord, u64)> = batch.iter().map(|(n, a, _)| (n.clone(), *a)).collect();
+        let result = writer
+            .transaction("attach node", async |conn| {
+                bump_batch(conn, &nodes).await.map_err(db("attach node"))
+            })
+            .await;
         // One failure answers every attach of the batch, so its cause is shared, not copied.
-        let result = bump_batch(&pool, &batch).await.map_err(Arc::new);
+        let result = result.map_err(|e| match e {
+            StoreError::Db { source, .. } => Arc::new(source),
+            other => Arc::new(sqlx::Error::Protocol(other.to_string())),
+        });
         for (i, (_, _, reply)) in batch.drain(..).enumerate() {
             let _ = reply.send(match &result {
                 Ok(epochs) => Ok(epochs[i]),
@@ -55,10 +130,13 @@ async fn bump_epochs(pool: SqlitePool, mut rx: mpsc::Receiver<Attach>) {
     }
 }
 
-async fn bump_batch(pool: &SqlitePool, batch: &[Attach]) -> Result<Vec<u64>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+async fn bump_batch(
+    conn: &mut SqliteConnection,
+    batch: &[(NodeRecord, u64)],
+) -> Result<Vec<u64>, sqlx::Error> {
+    let mut tx = conn.begin().await?;
     let mut epochs = Vec::with_capacity(batch.len());
-    for (n, at_least, _) in batch {
+    for (n, at_least) in batch {
         let row = sqlx::query(EPOCH_BUMP)
             .bind(&n.node_id)
             .bind(*at_least as i64)
@@ -86,17 +164,26 @@ impl SqliteStore {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(std::time::Duration::from_secs(5));
+            .busy_timeout(BUSY_TIMEOUT);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options)
+            .acquire_timeout(READ_ACQUIRE)
+            .connect_with(options.clone())
             .await
             .map_err(db("open"))?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        let writer = Arc::new(Writer {
+            options,
+            conn: tokio::sync::Mutex::new(None),
+        });
         let (attaches, rx) = mpsc::channel(4096);
         // Ends by itself when the store (the only sender) is dropped.
-        drop(tokio::spawn(bump_epochs(pool.clone(), rx)));
-        Ok(Self { pool, attaches })
+        drop(tokio::spawn(bump_epochs(writer.clone(), rx)));
+        Ok(Self {
+            pool,
+            writer,
+            attaches,
+        })
     }
 }
 
@@ -141,11 +228,19 @@ impl Store for SqliteStore {
             op: "attach node",
             source: sqlx::Error::PoolClosed,
         };
-        self.attaches
-            .send((n.clone(), at_least, reply))
-            .await
-            .map_err(|_| closed())?;
-        answer.await.map_err(|_| closed())?
+        let timeout = || StoreError::Timeout {
+            op: "attach node",
+            after: ATTACH_WAIT,
+        };
+        // The Welcome waits for a durable epoch, but only so long: past it the attach fails with
+        // UNAVAILABLE and the node agent retries, while its old stream (if any) stays served.
+        let send = self.attaches.send((n.clone(), at_least, reply));
+        let waited = tokio::time::timeout(ATTACH_WAIT, async {
+            send.await.map_err(|_| closed())?;
+            answer.await.map_err(|_| closed())?
+        })
+        .await;
+        waited.unwrap_or_else(|_| Err(timeout()))
     }
 
     async fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
@@ -167,11 +262,15 @@ impl Store for SqliteStore {
     }
 
     async fn write(&self, batch: &[Write]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db("begin"))?;
-        for w in batch {
-            apply(&mut tx, w).await?;
-        }
-        tx.commit().await.map_err(db("commit"))
+        self.writer
+            .transaction("write batch", async |conn| {
+                let mut tx = conn.begin().await.map_err(db("begin"))?;
+                for w in batch {
+                    apply(&mut tx, w).await?;
+                }
+                tx.commit().await.map_err(db("commit"))
+            })
+            .await
     }
 
     async fn history(&self, s: &SessionRef, limit: u32) -> Result<History, StoreError> {
@@ -513,6 +612,33 @@ mod tests {
             boot_id: "b".into(),
             last_attach_ms: 1,
         }
+    }
+
+    /// The epoch bump waits a bounded time for a database locked elsewhere, fails with
+    /// UNAVAILABLE, and works again once the lock is gone.
+    #[tokio::test]
+    async fn an_attach_fails_cleanly_while_the_database_is_locked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("a.db").display());
+        let s = SqliteStore::open(&url).await.expect("open");
+        assert_eq!(s.attach_node(&node("n1"), 0).await.expect("attach"), 1);
+        let mut other = SqliteConnection::connect(&url).await.expect("connect");
+        sqlx::raw_sql("BEGIN EXCLUSIVE")
+            .execute(&mut other)
+            .await
+            .expect("lock");
+        let started = std::time::Instant::now();
+        let e = s.attach_node(&node("n1"), 0).await.expect_err("locked");
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
+        assert!(started.elapsed() < ATTACH_WAIT + Duration::from_secs(2));
+        // Reads still answer (WAL).
+        assert_eq!(s.nodes().await.expect("nodes").len(), 1);
+        sqlx::raw_sql("ROLLBACK")
+            .execute(&mut other)
+            .await
+            .expect("unlock");
+        let epoch = s.attach_node(&node("n1"), 0).await.expect("attach");
+        assert!(epoch >= 2, "{epoch}");
     }
 
     #[tokio::test]

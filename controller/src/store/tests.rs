@@ -344,9 +344,7 @@ async fn recorder_writes_everything_before_it_stops(s: &Arc<dyn Store>) {
     let tasks = TaskTracker::new();
     let recorder = Recorder::start(s.clone(), stop.clone(), &tasks);
     for i in 0..100 {
-        recorder
-            .record(transition(&sref("/s", "a"), i, "working"))
-            .await;
+        recorder.record(transition(&sref("/s", "a"), i, "working"));
     }
     stop.cancel();
     tasks.close();
@@ -366,9 +364,7 @@ async fn recorder_retries_a_failing_store() {
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
     let recorder = Recorder::start(store.clone(), stop.clone(), &tasks);
-    recorder
-        .record(transition(&sref("/s", "a"), 1, "working"))
-        .await;
+    recorder.record(transition(&sref("/s", "a"), 1, "working"));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let h = store.history(&sref("/s", "a"), 10).await.expect("history");
