@@ -509,8 +509,12 @@ fn observe(
     };
 
     t.had_agent = true;
+    if t.obs.condition == Condition::Thinking {
+        t.ladder.worked();
+    }
     if new_agent {
         t.ladder.reset();
+        t.ladder.worked();
         t.restart_wanted = false;
         t.operator_killed = false;
     }
@@ -761,6 +765,8 @@ fn tick(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut Vec<Eff
                     now,
                     fx,
                 );
+            } else if t.ladder.may_interrupt(cond, now, interrupt_window_ms(t)) {
+                interrupt(t, idle_for, now, fx);
             } else if cond != Condition::AtPrompt || used >= policy.nudge_budget as usize {
                 if t.obs.attached_clients > 0 && cond == Condition::AtPrompt {
                     hold_for_human(t, fx);
@@ -824,6 +830,33 @@ fn tick(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut Vec<Eff
         }
         _ => {}
     }
+}
+
+/// The CLI's "press again to exit" window, from its built-in profile.
+fn interrupt_window_ms(t: &Track) -> i64 {
+    let window = argus_shared::profile::builtin_profile(&t.obs.profile)
+        .map_or(argus_shared::profile::DEFAULT_INTERRUPT_WINDOW_MS, |p| {
+            p.interrupt_window().as_millis() as u64
+        });
+    window as i64
+}
+
+/// Stops the turn of an agent stuck mid-turn, as a person would before asking it to go on:
+/// one interrupt ([`Ladder::may_interrupt`] says when), never while a person is attached.
+fn interrupt(t: &mut Track, idle_for: i64, now: UnixMs, fx: &mut Vec<Effect>) {
+    if t.obs.attached_clients > 0 {
+        hold_for_human(t, fx);
+        return;
+    }
+    t.ladder.interrupted(now);
+    fx.push(Effect::Command {
+        action: Action::Interrupt,
+        reason: format!(
+            "stuck mid-turn for {} s: no prompt, nothing moving",
+            idle_for / 1000
+        ),
+        incarnation: t.obs.agent,
+    });
 }
 
 fn hold_for_human(t: &mut Track, fx: &mut Vec<Effect>) {
