@@ -226,6 +226,32 @@ impl Profiles {
             .find(|p| p.matches_process(comm, cmdline))
     }
 
+    /// The profile whose process patterns match the program a shell command starts (`claude
+    /// --continue`, `env A=1 /opt/codex resume`, `node …/gemini.js`), as [`Self::match_process`]
+    /// would match that program once it runs.
+    pub fn match_command(&self, command: &str) -> Option<&Profile> {
+        let words = words_at(command);
+        let mut i = 0;
+        let mut env = false;
+        while let Some((_, w)) = words.get(i)
+            && (*w == "env"
+                || (env && w.starts_with('-'))
+                || (w.contains('=') && !w.starts_with('-')))
+        {
+            env |= *w == "env";
+            i += 1;
+        }
+        let (at, program) = *words.get(i)?;
+        let comm: String = program
+            .rsplit('/')
+            .next()
+            .unwrap_or(program)
+            .chars()
+            .take(15)
+            .collect();
+        self.match_process(&comm, &command[at..])
+    }
+
     /// The generic fallback profile ("shell"). A set without one (an operator file read on its
     /// own) falls back to a profile that classifies everything as `None`.
     pub fn generic(&self) -> &Profile {

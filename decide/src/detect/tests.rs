@@ -593,7 +593,13 @@ fn a_turn_stuck_mid_way_is_interrupted_once_per_episode() {
     let mut t = Track::new(0, None, None);
     step(&mut t, seen(obs("x", 0, Condition::None)), 0, &p, &CTX);
     tick_until(&mut t, 1000, 70_000, &p);
-    step(&mut t, seen(obs("w", 0, Condition::Thinking)), 70_000, &p, &CTX);
+    step(
+        &mut t,
+        seen(obs("w", 0, Condition::Thinking)),
+        70_000,
+        &p,
+        &CTX,
+    );
     step(&mut t, seen(obs("z", 0, Condition::None)), 71_000, &p, &CTX);
     let fx = tick_until(&mut t, 72_000, 150_000, &p);
     assert_eq!(interrupts(&fx), 1, "{fx:?}");
