@@ -765,7 +765,9 @@ fn tick(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut Vec<Eff
                     now,
                     fx,
                 );
-            } else if t.ladder.may_interrupt(cond, now, interrupt_window_ms(t)) {
+            } else if let Some(window) = interrupt_window_ms(t)
+                && t.ladder.may_interrupt(cond, now, window)
+            {
                 interrupt(t, idle_for, now, fx);
             } else if cond != Condition::AtPrompt || used >= policy.nudge_budget as usize {
                 if t.obs.attached_clients > 0 && cond == Condition::AtPrompt {
@@ -832,13 +834,13 @@ fn tick(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut Vec<Eff
     }
 }
 
-/// The CLI's "press again to exit" window, from its built-in profile.
-fn interrupt_window_ms(t: &Track) -> i64 {
-    let window = argus_shared::profile::builtin_profile(&t.obs.profile)
-        .map_or(argus_shared::profile::DEFAULT_INTERRUPT_WINDOW_MS, |p| {
-            p.interrupt_window().as_millis() as u64
-        });
-    window as i64
+/// The CLI's "press again to exit" window, from its built-in agent profile; `None` for any
+/// other program, which the policy never interrupts: nobody measured which key stops its work
+/// without ending it (a plain program ends on C-c).
+fn interrupt_window_ms(t: &Track) -> Option<i64> {
+    argus_shared::profile::builtin_profile(&t.obs.profile)
+        .filter(|p| p.name != argus_shared::profile::GENERIC)
+        .map(|p| p.interrupt_window().as_millis() as i64)
 }
 
 /// Stops the turn of an agent stuck mid-turn, as a person would before asking it to go on:

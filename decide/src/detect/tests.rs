@@ -638,9 +638,14 @@ fn no_second_interrupt_within_the_cli_s_window() {
     // The window is the CLI's own, from its profile.
     let mut t = Track::new(0, None, None);
     t.obs.profile = "codex".into();
-    assert_eq!(super::interrupt_window_ms(&t), 1000);
+    assert_eq!(super::interrupt_window_ms(&t), Some(1000));
     t.obs.profile = "aider".into();
-    assert_eq!(super::interrupt_window_ms(&t), 2000);
+    assert_eq!(super::interrupt_window_ms(&t), Some(2000));
+    // Any other program ends on C-c: the policy never interrupts it.
+    t.obs.profile = "shell".into();
+    assert_eq!(super::interrupt_window_ms(&t), None);
+    t.obs.profile = "my-wrapper".into();
+    assert_eq!(super::interrupt_window_ms(&t), None);
 }
 
 #[test]
