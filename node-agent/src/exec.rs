@@ -479,12 +479,15 @@ impl From<Ended> for Outcome {
 /// interrupt at a time per pane, so that two never interleave their keys.
 #[derive(Default)]
 struct Keyboard {
-    panes: std::sync::Mutex<HashMap<(String, String), Arc<Mutex<()>>>>,
-    interrupts: std::sync::Mutex<HashMap<(String, String), Instant>>,
+    panes: std::sync::Mutex<HashMap<PaneKey, Arc<Mutex<()>>>>,
+    interrupts: std::sync::Mutex<HashMap<PaneKey, Instant>>,
 }
 
+/// A pane on a tmux server: (socket path, pane id).
+type PaneKey = (String, String);
+
 impl Keyboard {
-    fn key(tmux: &Tmux, pane: &str) -> (String, String) {
+    fn key(tmux: &Tmux, pane: &str) -> PaneKey {
         (tmux.socket().display().to_string(), pane.to_owned())
     }
 
