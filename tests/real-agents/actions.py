@@ -18,6 +18,7 @@ Usage: actions.py CACHE [--only CLI[,CLI]] [--json OUT] [--bin-dir target/debug]
 """
 
 import argparse
+import concurrent.futures
 import json
 import os
 import re
@@ -208,8 +209,8 @@ def check(agent, cache, server, root, bin_dir):
         since = time.time()
         pane.submit("argus-marker-five and before that?")
         results["recreate_resumes"] = wait_marker(server, "argus-marker-one", since, 30)
-    except Timeout as e:
-        print(e, file=sys.stderr)
+    except (Timeout, RuntimeError, subprocess.TimeoutExpired) as e:
+        print(f"{agent.name}: {e}", file=sys.stderr)
         results["error"] = str(e).splitlines()[0]
     finally:
         if argus:
@@ -233,29 +234,41 @@ def failures(r):
     return bad
 
 
+def run_one(agent, args, root):
+    """One CLI's checks with a fake model server of its own (scenarios are per server)."""
+    sub = tempfile.mkdtemp(prefix=f"{agent.name}-", dir=root)
+    server = Server(sub)
+    try:
+        return check(agent, args.cache, server, sub, args.bin_dir)
+    finally:
+        server.stop()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("cache")
     ap.add_argument("--only", default="")
     ap.add_argument("--json", default="")
     ap.add_argument("--bin-dir", default=BIN_DIR)
+    # Two CLIs at a time keep the lane's CI time down; they wait on the model most of the time.
+    ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
     chosen = [a for a in agents.all_agents(read_versions())
               if not args.only or a.name in args.only.split(",")]
     root = tempfile.mkdtemp(prefix="argus-real-actions-")
-    server = Server(root)
     report, failed = {}, False
     try:
-        for agent in chosen:
-            r = check(agent, args.cache, server, root, args.bin_dir)
-            report[agent.name] = r
-            print(f"{agent.name}: {json.dumps(r)}", flush=True)
-            bad = failures(r)
-            if bad:
-                print(f"{agent.name}: FAILED {', '.join(bad)}", flush=True)
-            failed |= bool(bad)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            runs = {agent.name: pool.submit(run_one, agent, args, root) for agent in chosen}
+            for name, run in runs.items():
+                r = run.result()
+                report[name] = r
+                print(f"{name}: {json.dumps(r)}", flush=True)
+                bad = failures(r)
+                if bad:
+                    print(f"{name}: FAILED {', '.join(bad)}", flush=True)
+                failed |= bool(bad)
     finally:
-        server.stop()
         shutil.rmtree(root, ignore_errors=True)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
