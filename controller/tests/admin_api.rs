@@ -130,6 +130,7 @@ impl FakeAgent {
                     status: status as i32,
                     message: "done".into(),
                     output: String::new(),
+                    ..Default::default()
                 })),
             })
             .await?;

@@ -516,8 +516,12 @@ fn observe(
     };
 
     t.had_agent = true;
+    if t.obs.condition == Condition::Thinking {
+        t.ladder.worked();
+    }
     if new_agent {
         t.ladder.reset();
+        t.ladder.worked();
         t.restart_wanted = false;
         t.operator_killed = false;
     }
@@ -768,6 +772,10 @@ fn tick(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut Vec<Eff
                     now,
                     fx,
                 );
+            } else if let Some(window) = interrupt_window_ms(t)
+                && t.ladder.may_interrupt(cond, now, window)
+            {
+                interrupt(t, idle_for, now, fx);
             } else if cond != Condition::AtPrompt || used >= policy.nudge_budget as usize {
                 if t.obs.attached_clients > 0 && cond == Condition::AtPrompt {
                     hold_for_human(t, fx);
@@ -831,6 +839,33 @@ fn tick(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut Vec<Eff
         }
         _ => {}
     }
+}
+
+/// The CLI's "press again to exit" window, from its built-in agent profile; `None` for any
+/// other program, which the policy never interrupts: nobody measured which key stops its work
+/// without ending it (a plain program ends on C-c).
+fn interrupt_window_ms(t: &Track) -> Option<i64> {
+    argus_shared::profile::builtin_profile(&t.obs.profile)
+        .filter(|p| p.name != argus_shared::profile::GENERIC)
+        .map(|p| p.interrupt_window().as_millis() as i64)
+}
+
+/// Stops the turn of an agent stuck mid-turn, as a person would before asking it to go on:
+/// one interrupt ([`Ladder::may_interrupt`] says when), never while a person is attached.
+fn interrupt(t: &mut Track, idle_for: i64, now: UnixMs, fx: &mut Vec<Effect>) {
+    if t.obs.attached_clients > 0 {
+        hold_for_human(t, fx);
+        return;
+    }
+    t.ladder.interrupted(now);
+    fx.push(Effect::Command {
+        action: Action::Interrupt,
+        reason: format!(
+            "stuck mid-turn for {} s: no prompt, nothing moving",
+            idle_for / 1000
+        ),
+        incarnation: t.obs.agent,
+    });
 }
 
 fn hold_for_human(t: &mut Track, fx: &mut Vec<Effect>) {

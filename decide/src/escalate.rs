@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 
+use argus_shared::profile::Condition;
 use argus_shared::time::UnixMs;
 
 /// A destructive step waiting for its confirming re-check.
@@ -63,6 +64,12 @@ pub struct Ladder {
     pub held_for_human: bool,
     /// "Destructive step held" was announced.
     pub held_destructive: bool,
+    /// When the last interrupt was sent. Kept across resets, like the nudge history: an
+    /// interrupt moves the screen, and that activity must not make room for a second one.
+    pub interrupted_at: Option<UnixMs>,
+    /// An interrupt was sent in this stall episode; the episode ends when the agent is seen
+    /// working (thinking) again.
+    pub interrupted_episode: bool,
 }
 
 impl Ladder {
@@ -85,6 +92,30 @@ impl Ladder {
     pub fn nudged(&mut self, now: UnixMs) {
         self.nudges.push_back(now);
         self.enter(Rung::Nudged, now);
+    }
+
+    /// Whether the ladder may interrupt the agent's turn now. An interrupt must never end the
+    /// agent, and the CLIs exit on a second interrupt within their "press again to exit"
+    /// window (`window_ms`, the profile's): so only on a screen stuck mid-turn (`None`: no
+    /// prompt, nothing recognised; at an idle prompt there is nothing to interrupt, and a
+    /// question, dialog or limit is for a person or a cooldown), at most once per stall
+    /// episode, and never within `window_ms` of the last one.
+    pub fn may_interrupt(&self, condition: Condition, now: UnixMs, window_ms: i64) -> bool {
+        condition == Condition::None
+            && !self.interrupted_episode
+            && self.interrupted_at.is_none_or(|at| now - at >= window_ms)
+    }
+
+    /// Records an interrupt at `now`; the next rung waits a dwell.
+    pub fn interrupted(&mut self, now: UnixMs) {
+        self.interrupted_at = Some(now);
+        self.interrupted_episode = true;
+        self.enter(Rung::Warned, now);
+    }
+
+    /// The agent was seen working: a later stall is a new episode.
+    pub fn worked(&mut self) {
+        self.interrupted_episode = false;
     }
 
     /// Nudges sent within `window_ms` before `now`.

@@ -4,12 +4,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use argus_proto::v1 as pb;
 use argus_shared::command::Action;
-use argus_shared::profile::Profiles;
-use argus_shared::time::now_ms;
+use argus_shared::profile::{Condition, Profiles};
+use argus_shared::time::{local_utc_offset_secs, now_ms};
 use rustix::process::Signal;
 use tokio::sync::{Mutex, watch};
 
@@ -28,9 +28,27 @@ pub struct Executor {
     fence: Arc<Mutex<Fence>>,
     snapshot: watch::Receiver<Arc<Snapshot>>,
     profiles: Arc<Profiles>,
+    keys: Keyboard,
 }
 
-type Outcome = (pb::CommandStatus, String, String);
+/// How a command ended on the node.
+struct Outcome {
+    status: pb::CommandStatus,
+    message: String,
+    output: String,
+    delivery: pb::Delivery,
+}
+
+impl From<(pb::CommandStatus, String, String)> for Outcome {
+    fn from((status, message, output): (pb::CommandStatus, String, String)) -> Self {
+        Self {
+            status,
+            message,
+            output,
+            delivery: pb::Delivery::Unspecified,
+        }
+    }
+}
 
 impl Executor {
     /// An executor over `servers` (by socket path).
@@ -48,13 +66,19 @@ impl Executor {
             fence,
             snapshot,
             profiles,
+            keys: Keyboard::default(),
         }
     }
 
     /// Checks and executes one command; never fails, the outcome is in the result.
     pub async fn execute(&self, cmd: pb::Command) -> pb::CommandResult {
         let id = cmd.command_id.clone();
-        let (status, message, output) = self.check_and_run(cmd).await;
+        let Outcome {
+            status,
+            message,
+            output,
+            delivery,
+        } = self.check_and_run(cmd).await;
         if status != pb::CommandStatus::Ok {
             tracing::info!(command = %id, status = ?status, %message, "command refused or failed");
         }
@@ -63,12 +87,13 @@ impl Executor {
             status: status as i32,
             message,
             output,
+            delivery: delivery as i32,
         }
     }
 
     async fn check_and_run(&self, cmd: pb::Command) -> Outcome {
         use pb::CommandStatus as S;
-        let refuse = |s: S, m: String| (s, m, String::new());
+        let refuse = |s: S, m: String| Outcome::from((s, m, String::new()));
         if cmd.command_id.is_empty() {
             return refuse(S::Invalid, "command has no id".into());
         }
@@ -159,7 +184,7 @@ impl Executor {
             _ => None,
         };
         match self.run(&tmux, &session, action).await {
-            Ok(output) => (S::Ok, String::new(), output),
+            Ok(ended) => ended.into(),
             // The session closed between the last probe and this restart (its agent died a
             // moment ago): create it anew instead.
             Err(e)
@@ -169,7 +194,7 @@ impl Executor {
                 self.recreate(&tmux, &cmd.session_name, &command, &cwd, &labels)
                     .await
             }
-            Err(e) => (S::Failed, e, String::new()),
+            Err(e) => (S::Failed, e, String::new()).into(),
         }
     }
 
@@ -178,51 +203,113 @@ impl Executor {
         tmux: &Tmux,
         s: &pb::SessionObservation,
         action: Action,
-    ) -> Result<String, String> {
+    ) -> Result<Ended, String> {
         let pane = s.pane_id.as_str();
         let e = |e: crate::tmux::TmuxError| e.to_string();
         match action {
-            Action::Nudge { text } => {
-                tmux.send_literal(pane, &text).await.map_err(e)?;
-                let profile = self.profiles.get(&s.profile);
-                // Some TUIs take an Enter that arrives right behind pasted text as part of the
-                // paste (Codex): the profile says how long to let the text settle first.
-                if let Some(delay) = profile.map(|p| p.submit_delay()).filter(|d| !d.is_zero()) {
-                    tokio::time::sleep(delay).await;
-                }
-                let keys = profile
-                    .map(|p| p.submit_keys().to_vec())
-                    .unwrap_or_else(|| vec!["Enter".to_owned()]);
-                for key in keys {
-                    tmux.send_key(pane, &key).await.map_err(e)?;
-                }
-                Ok(String::new())
-            }
-            Action::Interrupt => {
-                // The key that stops a turn without ending the CLI differs (Codex: Escape).
-                let keys = self
-                    .profiles
-                    .get(&s.profile)
-                    .map(|p| p.interrupt_keys().to_vec())
-                    .unwrap_or_else(|| vec!["C-c".to_owned()]);
-                for key in keys {
-                    tmux.send_key(pane, &key).await.map_err(e)?;
-                }
-                Ok(String::new())
-            }
+            Action::Nudge { text } => self.nudge(tmux, s, &text).await,
+            Action::Interrupt => self.interrupt(tmux, s).await,
             Action::Capture { lines } => {
                 let text = tmux.capture(pane, lines).await.map_err(e)?;
-                Ok(argus_shared::screen::last_lines(&text, lines as usize).to_owned())
+                Ok(Ended::Output(
+                    argus_shared::screen::last_lines(&text, lines as usize).to_owned(),
+                ))
             }
-            Action::Kill { grace_ms } => self.kill(tmux, s, grace_ms).await,
+            Action::Kill { grace_ms } => self.kill(tmux, s, grace_ms).await.map(Ended::Output),
             Action::Restart { command, .. } => {
                 let argv = restart_argv(&command, s, &self.profiles);
                 tmux.respawn_pane(pane, &argv)
                     .await
-                    .map(|()| String::new())
+                    .map(|()| Ended::Output(String::new()))
                     .map_err(e)
             }
         }
+    }
+
+    /// Types a nudge and confirms it: the profile's pause, its submit keys, then the screen is
+    /// read until the text has left the input box (or the screen moved on); if it has not,
+    /// submit is pressed once more. Delivered: `Ok`; still in the box: `NotDelivered`.
+    async fn nudge(
+        &self,
+        tmux: &Tmux,
+        s: &pb::SessionObservation,
+        text: &str,
+    ) -> Result<Ended, String> {
+        let pane = s.pane_id.as_str();
+        let profile = self.profile(s);
+        let e = |e: crate::tmux::TmuxError| e.to_string();
+        let _typing = self.keys.hold(tmux, pane).await;
+        tmux.send_literal(pane, text).await.map_err(e)?;
+        // Some TUIs take an Enter that arrives right behind pasted text as part of the paste
+        // (Codex, Gemini CLI): the profile says how long to let the text settle first.
+        tokio::time::sleep(profile.submit_delay()).await;
+        let typed = tmux.capture(pane, CONFIRM_LINES).await.map_err(e)?;
+        for attempt in 1..=2 {
+            for key in profile.submit_keys() {
+                tmux.send_key(pane, key).await.map_err(e)?;
+            }
+            let deadline = Instant::now() + CONFIRM_WITHIN;
+            loop {
+                tokio::time::sleep(CONFIRM_POLL).await;
+                let screen = tmux.capture(pane, CONFIRM_LINES).await.map_err(e)?;
+                if let Some(how) = left_the_box(profile, &typed, &screen, text) {
+                    let again = if attempt > 1 {
+                        ", after submit was pressed again"
+                    } else {
+                        ""
+                    };
+                    return Ok(Ended::Delivered(format!("delivered: {how}{again}")));
+                }
+                if Instant::now() >= deadline {
+                    break;
+                }
+            }
+        }
+        Ok(Ended::NotDelivered(format!(
+            "not delivered: the text still sits in the input box after submit was pressed twice ({} profile)",
+            profile.name
+        )))
+    }
+
+    /// Sends the profile's interrupt keys, after the last safety check: never at an idle
+    /// prompt (there is nothing to interrupt, and C-c there exits some CLIs) and never a second
+    /// time within the CLI's "press again to exit" window.
+    async fn interrupt(&self, tmux: &Tmux, s: &pb::SessionObservation) -> Result<Ended, String> {
+        let pane = s.pane_id.as_str();
+        let profile = self.profile(s);
+        let e = |e: crate::tmux::TmuxError| e.to_string();
+        let _typing = self.keys.hold(tmux, pane).await;
+        let window = profile.interrupt_window();
+        if let Some(ago) = self.keys.since_interrupt(tmux, pane)
+            && ago < window
+        {
+            return Ok(Ended::Declined(format!(
+                "declined: an interrupt was sent {} ms ago, and a second one within {} ms could end the agent ({} profile)",
+                ago.as_millis(),
+                window.as_millis(),
+                profile.name
+            )));
+        }
+        let screen = tmux.capture(pane, CONFIRM_LINES).await.map_err(e)?;
+        let seen = profile.classify(&screen, now_ms() / 1000, local_utc_offset_secs());
+        if seen.condition == Condition::AtPrompt {
+            return Ok(Ended::Declined(format!(
+                "declined: the agent is at its prompt, there is nothing to interrupt ({} profile)",
+                profile.name
+            )));
+        }
+        for key in profile.interrupt_keys() {
+            tmux.send_key(pane, key).await.map_err(e)?;
+        }
+        self.keys.interrupted(tmux, pane);
+        Ok(Ended::Output(String::new()))
+    }
+
+    /// The profile the session is read with (its own, else the generic one).
+    fn profile(&self, s: &pb::SessionObservation) -> &argus_shared::profile::Profile {
+        self.profiles
+            .get(&s.profile)
+            .unwrap_or_else(|| self.profiles.generic())
     }
 
     async fn recreate(
@@ -240,21 +327,30 @@ impl Executor {
                     "session {name:?} is gone and the restart names no command to start it with"
                 ),
                 String::new(),
-            );
+            )
+                .into();
         }
+        let key = (tmux.socket().display().to_string(), name.to_owned());
+        // Its previous size, not tmux's 80x24: TUIs lay out their screen at start.
+        let size = self.snapshot.borrow().window_size(&key);
+        let command = recreate_command(command, labels, &self.profiles);
         match tmux
-            .create_session(name, cwd, &[command.to_owned()], labels)
+            .create_session(name, cwd, std::slice::from_ref(&command), labels, size)
             .await
         {
             Ok(id) => (
                 pb::CommandStatus::Ok,
-                format!("session {name:?} created anew ({id})"),
+                match size {
+                    Some((w, h)) => format!("session {name:?} created anew ({id}) at {w}x{h}"),
+                    None => format!("session {name:?} created anew ({id})"),
+                },
                 String::new(),
-            ),
+            )
+                .into(),
             Err(err @ CreateError::Name(_)) => {
-                (pb::CommandStatus::Invalid, err.to_string(), String::new())
+                (pb::CommandStatus::Invalid, err.to_string(), String::new()).into()
             }
-            Err(err) => (pb::CommandStatus::Failed, err.to_string(), String::new()),
+            Err(err) => (pb::CommandStatus::Failed, err.to_string(), String::new()).into(),
         }
     }
 
@@ -309,7 +405,7 @@ fn refused_target(e: TargetError) -> Outcome {
         TargetError::PaneGone { .. } => pb::CommandStatus::WrongIncarnation,
         TargetError::Tmux(_) => pb::CommandStatus::Failed,
     };
-    (status, e.to_string(), String::new())
+    (status, e.to_string(), String::new()).into()
 }
 
 /// True when `want` is the session's current agent (or, without one, its pane process) and it
@@ -337,17 +433,147 @@ fn restart_argv(command: &str, s: &pb::SessionObservation, profiles: &Profiles) 
     } else {
         command == own && label.is_none_or(|l| l != command)
     };
-    if from_start && let Some(profile) = agent_profile(s, profiles).filter(|p| p.resume().is_some())
-    {
+    let profile = agent_profile(s, profiles);
+    if from_start && let Some(profile) = profile.filter(|p| p.resume().is_some()) {
         return vec![profile.resume_command(&own)];
     }
     if !command.is_empty() {
-        return vec![command.to_owned()];
+        return vec![never_a_picker(command, profile, profiles)];
     }
     if let Some(label) = label {
-        return vec![label.clone()];
+        return vec![never_a_picker(label, profile, profiles)];
     }
     split_tmux_command(&s.start_command)
+}
+
+/// The command a session created anew starts with: the agent's own start command in its
+/// resume form, or the operator's `@argus-restart` as written (but never a picker form).
+fn recreate_command(
+    command: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+    profiles: &Profiles,
+) -> String {
+    let label = labels
+        .get(argus_shared::labels::RESTART)
+        .filter(|l| !l.is_empty());
+    let profile = profiles.match_command(command).or_else(|| {
+        labels
+            .get(argus_shared::labels::PROFILE)
+            .and_then(|p| profiles.get(p))
+            .filter(|p| p.name != argus_shared::profile::GENERIC)
+    });
+    match profile.filter(|p| p.resume().is_some()) {
+        Some(p) if label.is_none_or(|l| l != command) => p.resume_command(command),
+        _ => never_a_picker(command, profile, profiles),
+    }
+}
+
+/// `command` as written, unless it would open the agent's interactive session picker (`claude
+/// --resume`, `codex resume`), which waits for a person: then its non-interactive resume form.
+fn never_a_picker(
+    command: &str,
+    profile: Option<&argus_shared::profile::Profile>,
+    profiles: &Profiles,
+) -> String {
+    match profiles.match_command(command).or(profile) {
+        Some(p) if p.without_picker(command) != command => p.resume_command(command),
+        _ => command.to_owned(),
+    }
+}
+
+/// How a nudge's text left the input box, or `None` while it is still there: the box shows
+/// without it, or (where no box shows) the screen moved on from how it looked with the text
+/// typed.
+fn left_the_box(
+    profile: &argus_shared::profile::Profile,
+    typed: &str,
+    screen: &str,
+    text: &str,
+) -> Option<&'static str> {
+    match profile.draft_in_box(screen, text) {
+        Some(true) => None,
+        Some(false) => Some("the text left the input box"),
+        None if screen != typed => Some("the screen moved on"),
+        None => None,
+    }
+}
+
+/// Lines read to confirm a nudge or check an interrupt (the probe's window and some more).
+const CONFIRM_LINES: u32 = 50;
+/// How long a submit gets to take the text out of the box.
+const CONFIRM_WITHIN: Duration = Duration::from_millis(1500);
+const CONFIRM_POLL: Duration = Duration::from_millis(100);
+
+/// How an action that tmux carried out ended; each maps to the result's status and delivery.
+enum Ended {
+    /// Done; the output (capture only).
+    Output(String),
+    /// A nudge that was submitted; the message says how that was seen.
+    Delivered(String),
+    /// A nudge whose text stayed in the input box.
+    NotDelivered(String),
+    /// The last safety check declined (an interrupt at a prompt or within the window).
+    Declined(String),
+}
+
+impl From<Ended> for Outcome {
+    fn from(ended: Ended) -> Self {
+        use pb::CommandStatus as S;
+        let (status, message, output, delivery) = match ended {
+            Ended::Output(out) => (S::Ok, String::new(), out, pb::Delivery::Unspecified),
+            Ended::Delivered(m) => (S::Ok, m, String::new(), pb::Delivery::Delivered),
+            Ended::NotDelivered(m) => (S::Failed, m, String::new(), pb::Delivery::NotDelivered),
+            Ended::Declined(m) => (S::Declined, m, String::new(), pb::Delivery::Unspecified),
+        };
+        Outcome {
+            status,
+            message,
+            output,
+            delivery,
+        }
+    }
+}
+
+/// Who is typing into which pane, and when each pane was last interrupted: one nudge or
+/// interrupt at a time per pane, so that two never interleave their keys.
+#[derive(Default)]
+struct Keyboard {
+    panes: std::sync::Mutex<HashMap<PaneKey, Arc<Mutex<()>>>>,
+    interrupts: std::sync::Mutex<HashMap<PaneKey, Instant>>,
+}
+
+/// A pane on a tmux server: (socket path, pane id).
+type PaneKey = (String, String);
+
+impl Keyboard {
+    fn key(tmux: &Tmux, pane: &str) -> PaneKey {
+        (tmux.socket().display().to_string(), pane.to_owned())
+    }
+
+    /// Waits for the pane's keyboard and holds it until the guard drops.
+    async fn hold(&self, tmux: &Tmux, pane: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut panes = self.panes.lock().unwrap_or_else(|p| p.into_inner());
+            // Panes come and go: drop the locks nobody holds before the map grows.
+            if panes.len() > 1024 {
+                panes.retain(|_, l| Arc::strong_count(l) > 1);
+            }
+            panes.entry(Self::key(tmux, pane)).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    fn since_interrupt(&self, tmux: &Tmux, pane: &str) -> Option<Duration> {
+        let interrupts = self.interrupts.lock().unwrap_or_else(|p| p.into_inner());
+        interrupts.get(&Self::key(tmux, pane)).map(Instant::elapsed)
+    }
+
+    fn interrupted(&self, tmux: &Tmux, pane: &str) {
+        let mut interrupts = self.interrupts.lock().unwrap_or_else(|p| p.into_inner());
+        // Entries older than any CLI's window are of no use any more.
+        interrupts.retain(|_, at| at.elapsed() < Duration::from_secs(60));
+        interrupts.insert(Self::key(tmux, pane), Instant::now());
+    }
 }
 
 /// The session's agent profile, else the one its start command matches (the agent may have
@@ -448,6 +674,84 @@ mod tests {
         assert_eq!(
             restart_argv("claude --model x", &s, &p),
             ["claude --model x"]
+        );
+    }
+
+    #[test]
+    fn a_restart_never_opens_a_picker() {
+        let p = Profiles::builtin();
+        // An operator's command in a picker form waits for a person: its resume form instead.
+        let mut s = obs("claude", "claude");
+        s.labels.insert("restart".into(), "claude -r".into());
+        assert_eq!(restart_argv("", &s, &p), ["claude --continue"]);
+        assert_eq!(
+            restart_argv("codex resume", &obs("codex", "codex"), &p),
+            ["codex resume --last"]
+        );
+        assert_eq!(
+            restart_argv("codex resume 0199", &obs("codex", "codex"), &p),
+            ["codex resume 0199"]
+        );
+    }
+
+    #[test]
+    fn a_session_created_anew_resumes_its_agent() {
+        let p = Profiles::builtin();
+        let none = std::collections::BTreeMap::new();
+        assert_eq!(
+            recreate_command("/opt/bin/codex -m gpt-5", &none, &p),
+            "/opt/bin/codex resume --last -m gpt-5"
+        );
+        assert_eq!(
+            recreate_command("env -i HOME=/h gemini", &none, &p),
+            "env -i HOME=/h gemini --resume latest"
+        );
+        assert_eq!(recreate_command("npm run dev", &none, &p), "npm run dev");
+        // The operator's @argus-restart as written, but never a picker.
+        let mut labels = std::collections::BTreeMap::new();
+        labels.insert("restart".to_owned(), "claude --model x".to_owned());
+        assert_eq!(
+            recreate_command("claude --model x", &labels, &p),
+            "claude --model x"
+        );
+        labels.insert("restart".to_owned(), "claude --resume".to_owned());
+        assert_eq!(
+            recreate_command("claude --resume", &labels, &p),
+            "claude --continue"
+        );
+        // Recognised by its @argus-profile when the program is a wrapper script.
+        let mut labels = std::collections::BTreeMap::new();
+        labels.insert("profile".to_owned(), "aider".to_owned());
+        assert_eq!(
+            recreate_command("run-aider --yes", &labels, &p),
+            "run-aider --restore-chat-history --yes"
+        );
+    }
+
+    #[test]
+    fn a_nudge_is_delivered_when_its_text_left_the_box() {
+        let p = Profiles::builtin();
+        let codex = p.get("codex").unwrap();
+        let typed = "› please continue\n  gpt-5 default";
+        assert_eq!(
+            left_the_box(codex, typed, typed, "please continue"),
+            None,
+            "still in the box"
+        );
+        let sent = "› please continue\n• Working (1s • esc to interrupt)\n› Ask Codex to do anything\n  gpt-5 default";
+        assert!(left_the_box(codex, typed, sent, "please continue").is_some());
+        // No box to read (a plain shell): the screen moving on is the sign.
+        let shell = p.generic();
+        let typed = "user@host:~$ echo hi";
+        assert_eq!(left_the_box(shell, typed, typed, "echo hi"), None);
+        assert!(
+            left_the_box(
+                shell,
+                typed,
+                "user@host:~$ echo hi\nhi\nuser@host:~$",
+                "echo hi"
+            )
+            .is_some()
         );
     }
 }

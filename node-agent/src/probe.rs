@@ -24,6 +24,8 @@ const SHELLS: [&str; 10] = [
 ];
 /// Most processes looked at under one pane.
 const TREE_LIMIT: usize = 64;
+/// Window sizes of gone sessions kept for a restart that creates one anew.
+const GONE_SIZES: usize = 1024;
 
 /// Key of a session: (tmux socket path, session name).
 pub type SessionKey = (String, String);
@@ -35,6 +37,21 @@ pub struct Snapshot {
     pub sessions: BTreeMap<SessionKey, pb::SessionObservation>,
     /// Increases with every probe round.
     pub round: u64,
+    /// The last window size (columns, rows) of sessions that are gone, so that a restart that
+    /// creates one anew gives it back its size. At most [`GONE_SIZES`] are kept.
+    pub gone_sizes: Arc<BTreeMap<SessionKey, (u32, u32)>>,
+}
+
+impl Snapshot {
+    /// The window size session `key` has, or had when it was last seen.
+    pub fn window_size(&self, key: &SessionKey) -> Option<(u32, u32)> {
+        let live = self
+            .sessions
+            .get(key)
+            .map(|o| (o.window_width, o.window_height));
+        live.or_else(|| self.gone_sizes.get(key).copied())
+            .filter(|&(w, h)| w > 0 && h > 0)
+    }
 }
 
 /// Probe settings.
@@ -80,6 +97,9 @@ pub struct Prober {
     wake: Arc<Notify>,
     round: u64,
     ms_per_tick: u64,
+    /// Window sizes of sessions that were seen, by session (oldest first when trimmed).
+    sizes: BTreeMap<SessionKey, (u32, u32, u64)>,
+    gone_sizes: Arc<BTreeMap<SessionKey, (u32, u32)>>,
 }
 
 impl Prober {
@@ -102,6 +122,8 @@ impl Prober {
             wake,
             round: 0,
             ms_per_tick: procs::ms_per_tick(),
+            sizes: BTreeMap::new(),
+            gone_sizes: Arc::default(),
         }
     }
 
@@ -153,6 +175,8 @@ impl Prober {
             }
         }
         self.panes.retain(|k, _| live_panes.contains(k));
+        self.remember_sizes(&snapshot);
+        snapshot.gone_sizes = self.gone_sizes.clone();
         self.watches.retain(|inc, handle| {
             let keep = live_watches.contains(inc);
             if !keep {
@@ -267,6 +291,48 @@ impl Prober {
         cache.classified_as = profile.map(str::to_owned);
     }
 
+    /// Keeps the window size of every session seen (the newest [`GONE_SIZES`]), and rebuilds
+    /// the map of gone sessions' sizes when a session went away or changed size.
+    fn remember_sizes(&mut self, snapshot: &Snapshot) {
+        let mut changed = false;
+        for (key, o) in &snapshot.sessions {
+            let size = (o.window_width, o.window_height);
+            if size.0 == 0 || size.1 == 0 {
+                continue;
+            }
+            let old = self.sizes.insert(key.clone(), (size.0, size.1, self.round));
+            changed |= old.is_none_or(|(w, h, _)| (w, h) != size);
+        }
+        let gone = self
+            .sizes
+            .keys()
+            .filter(|k| !snapshot.sessions.contains_key(*k))
+            .count();
+        if !changed && gone == self.gone_sizes.len() {
+            return;
+        }
+        if self.sizes.len() > GONE_SIZES + snapshot.sessions.len() {
+            let mut by_age: Vec<(u64, SessionKey)> = self
+                .sizes
+                .iter()
+                .filter(|(k, _)| !snapshot.sessions.contains_key(*k))
+                .map(|(k, (_, _, seen))| (*seen, k.clone()))
+                .collect();
+            by_age.sort();
+            let excess = by_age.len().saturating_sub(GONE_SIZES);
+            for (_, k) in by_age.into_iter().take(excess) {
+                self.sizes.remove(&k);
+            }
+        }
+        self.gone_sizes = Arc::new(
+            self.sizes
+                .iter()
+                .filter(|(k, _)| !snapshot.sessions.contains_key(*k))
+                .map(|(k, (w, h, _))| (k.clone(), (*w, *h)))
+                .collect(),
+        );
+    }
+
     /// Starts a pidfd watch on a process unless one runs already.
     fn watch(&mut self, inc: Incarnation, socket: &str, session: &str, is_agent: bool) {
         if self.watches.contains_key(&inc) {
@@ -377,11 +443,16 @@ fn observation(seen: &Seen<'_>) -> pb::SessionObservation {
             .collect(),
         profile: seen.profile.clone(),
         exit_status: if pane.pane_dead { pane.dead_status } else { -1 },
+        window_width: pane.window_size.0,
+        window_height: pane.window_size.1,
     }
 }
 
 /// The agent under `pane_pid`: the known one if it still lives, else the first process (breadth
-/// first) whose name matches an agent profile, else the pane's process when it is not a shell.
+/// first) whose own program and arguments match an agent profile, else the pane's process when
+/// it is neither a shell nor tmux. tmux's own processes never count: a pane's process before
+/// tmux exec'd its command is a copy of the tmux server, with the command line of the
+/// `tmux new-session -s NAME …` that started it.
 fn resolve_agent(profiles: &Profiles, pane_pid: u32, known: Option<Agent>) -> Option<Agent> {
     if let Some(mut a) = known
         && let Some(s) = procs::stat(a.inc.pid)
@@ -392,20 +463,15 @@ fn resolve_agent(profiles: &Profiles, pane_pid: u32, known: Option<Agent>) -> Op
         a.cpu_ticks = s.cpu_ticks;
         return Some(a);
     }
-    let tree = procs::tree(pane_pid, TREE_LIMIT);
-    let by_profile = tree.iter().find_map(|p| {
-        let cmd = procs::cmdline(p.pid);
-        profiles
-            .match_process(&p.comm, &cmd)
-            .map(|prof| (p, Some(prof.name.clone())))
-    });
-    // Without a profile match, only the pane's own process counts, and only when it is not a
-    // shell: a shell's passing children (prompt hooks, `ls`) are not agents.
-    let (p, profile) = by_profile.or_else(|| {
-        tree.first()
-            .filter(|p| !SHELLS.contains(&p.comm.trim_start_matches('-')))
-            .map(|p| (p, None))
-    })?;
+    let tree: Vec<(procs::ProcStat, String)> = procs::tree(pane_pid, TREE_LIMIT)
+        .into_iter()
+        .map(|p| {
+            let cmd = procs::cmdline(p.pid);
+            (p, cmd)
+        })
+        .collect();
+    let (p, profile) = pick_agent(profiles, &tree)?;
+    let p = p.clone();
     Some(Agent {
         inc: Incarnation {
             pid: p.pid,
@@ -415,6 +481,28 @@ fn resolve_agent(profiles: &Profiles, pane_pid: u32, known: Option<Agent>) -> Op
         name: profile.clone().unwrap_or_else(|| p.comm.clone()),
         profile,
         cpu_ticks: p.cpu_ticks,
+    })
+}
+
+/// The agent among a pane's processes (breadth first, with their command lines): the first a
+/// profile recognises, else the pane's own process when it is neither a shell (a shell's passing
+/// children, prompt hooks and `ls`, are not agents) nor tmux.
+fn pick_agent<'a>(
+    profiles: &Profiles,
+    tree: &'a [(procs::ProcStat, String)],
+) -> Option<(&'a procs::ProcStat, Option<String>)> {
+    let by_profile = tree.iter().find_map(|(p, cmd)| {
+        profiles
+            .match_process(&p.comm, cmd)
+            .map(|prof| (p, Some(prof.name.clone())))
+    });
+    by_profile.or_else(|| {
+        tree.first()
+            .filter(|(p, cmd)| {
+                !SHELLS.contains(&p.comm.trim_start_matches('-'))
+                    && !argus_shared::profile::is_tmux(&p.comm, cmd)
+            })
+            .map(|(p, _)| (p, None))
     })
 }
 
@@ -445,6 +533,7 @@ mod tests {
                 "g1".into(),
                 String::new(),
             ],
+            window_size: (120, 40),
             start_command: "claude".into(),
         }
     }
@@ -498,6 +587,7 @@ mod tests {
         assert_eq!(o.last_output_ms, 1_700_000_000_000);
         assert_eq!(o.attached_clients, 2);
         assert_eq!(o.exit_status, -1);
+        assert_eq!((o.window_width, o.window_height), (120, 40));
         assert_eq!(o.labels.len(), 2);
         assert_eq!(
             o.labels
@@ -527,6 +617,81 @@ mod tests {
         assert_eq!(o.exit_status, 3);
         assert_eq!(o.attached_clients, 0);
         assert_eq!(o.profile, "generic");
+    }
+
+    fn proc(pid: u32, comm: &str) -> procs::ProcStat {
+        procs::ProcStat {
+            pid,
+            ppid: 1,
+            comm: comm.into(),
+            state: 'S',
+            cpu_ticks: 0,
+            start_time: 1,
+        }
+    }
+
+    #[test]
+    fn tmux_itself_is_never_the_agent() {
+        let p = Profiles::builtin();
+        // A pane's process before tmux exec'd its command: a copy of the server, with the
+        // command line of the `tmux new-session` that started it.
+        let pre_exec = [(
+            proc(10, "tmux: server"),
+            "tmux -S /tmp/s -f /dev/null new-session -d -s aider aider --model x".to_owned(),
+        )];
+        assert!(pick_agent(&p, &pre_exec).is_none());
+        // A nested tmux client in a pane is not an agent either.
+        let client = [(proc(11, "tmux: client"), "tmux attach -t claude".to_owned())];
+        assert!(pick_agent(&p, &client).is_none());
+        // Once exec'd: the agent, by its own program.
+        let tree = [
+            (proc(10, "bash"), "bash -c aider --model x".to_owned()),
+            (
+                proc(12, "aider"),
+                "/venv/bin/python /venv/bin/aider --model x".to_owned(),
+            ),
+        ];
+        let (agent, profile) = pick_agent(&p, &tree).expect("aider");
+        assert_eq!((agent.pid, profile.as_deref()), (12, Some("aider")));
+        // Another program is the pane's own process when it is neither a shell nor tmux.
+        let vim = [(proc(13, "vim"), "vim notes-about-claude.md".to_owned())];
+        assert_eq!(
+            pick_agent(&p, &vim).map(|(a, p)| (a.pid, p)),
+            Some((13, None))
+        );
+    }
+
+    #[test]
+    fn a_gone_session_s_size_is_remembered() {
+        let mut prober = Prober::new(
+            Vec::new(),
+            Arc::new(Profiles::builtin()),
+            ProbeConfig {
+                lines: 30,
+                recapture_every: 10,
+            },
+            Arc::new(EventBuffer::new(16)),
+            Arc::new(Notify::new()),
+        );
+        let key: SessionKey = ("/s".into(), "work".into());
+        let mut snap = Snapshot::default();
+        snap.sessions.insert(
+            key.clone(),
+            pb::SessionObservation {
+                window_width: 120,
+                window_height: 40,
+                ..Default::default()
+            },
+        );
+        prober.remember_sizes(&snap);
+        snap.gone_sizes = prober.gone_sizes.clone();
+        assert_eq!(snap.window_size(&key), Some((120, 40)));
+        assert!(snap.gone_sizes.is_empty());
+        let mut later = Snapshot::default();
+        prober.remember_sizes(&later);
+        later.gone_sizes = prober.gone_sizes.clone();
+        assert_eq!(later.window_size(&key), Some((120, 40)), "after it is gone");
+        assert_eq!(later.window_size(&("/s".into(), "other".into())), None);
     }
 
     #[test]

@@ -25,11 +25,28 @@ pub const GENERIC: &str = "shell";
 /// Lines each condition looks at when neither the profile nor the condition says otherwise.
 pub const DEFAULT_LAST_LINES: usize = 15;
 
+/// Pause between a nudge's text and its submit keys when the profile names none: the four real
+/// CLIs all submitted with 50 to 200 ms (an Enter right behind the text is read as part of a
+/// paste by some of them).
+pub const DEFAULT_SUBMIT_DELAY_MS: u64 = 200;
+
+/// The CLI's "press again to exit" window when the profile names none: the longest of the four
+/// real CLIs (Gemini CLI, 3 s).
+pub const DEFAULT_INTERRUPT_WINDOW_MS: u64 = 3_000;
+
+/// Characters of a nudge's text looked for in the input box to tell whether it was submitted.
+const DRAFT_PROBE_CHARS: usize = 16;
+
 /// Lines after a rate-limit match that are read for its reset time (the message may wrap).
 const RESET_CONTEXT_LINES: usize = 2;
 
 static BUILTIN: LazyLock<Result<Profiles, ProfileError>> =
     LazyLock::new(|| Profiles::from_toml(include_str!("../profiles/agents.toml")));
+
+/// The built-in profile `name` (for the decision core, which reads no operator file).
+pub fn builtin_profile(name: &str) -> Option<&'static Profile> {
+    BUILTIN.as_ref().ok()?.get(name)
+}
 
 /// What the screen shows. Mirrors proto `argus.v1.Condition`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -196,12 +213,43 @@ impl Profiles {
 
     /// The profile whose process patterns match this process (comm = /proc/PID/comm, cmdline =
     /// args joined by spaces). None if no agent profile matches. The generic profile never
-    /// matches, so ordinary shells (bash, zsh, sh, fish, dash) do not.
+    /// matches, so ordinary shells (bash, zsh, sh, fish, dash) do not; nor does tmux itself (its
+    /// server, a client, or a pane's process before tmux exec'd the pane's command, which still
+    /// carries the command line of the `tmux new-session` that started the server).
     pub fn match_process(&self, comm: &str, cmdline: &str) -> Option<&Profile> {
+        if is_tmux(comm, cmdline) {
+            return None;
+        }
         self.profiles
             .iter()
             .filter(|p| p.name != GENERIC)
             .find(|p| p.matches_process(comm, cmdline))
+    }
+
+    /// The profile whose process patterns match the program a shell command starts (`claude
+    /// --continue`, `env A=1 /opt/codex resume`, `node …/gemini.js`), as [`Self::match_process`]
+    /// would match that program once it runs.
+    pub fn match_command(&self, command: &str) -> Option<&Profile> {
+        let words = words_at(command);
+        let mut i = 0;
+        let mut env = false;
+        while let Some((_, w)) = words.get(i)
+            && (*w == "env"
+                || (env && w.starts_with('-'))
+                || (w.contains('=') && !w.starts_with('-')))
+        {
+            env |= *w == "env";
+            i += 1;
+        }
+        let (at, program) = *words.get(i)?;
+        let comm: String = program
+            .rsplit('/')
+            .next()
+            .unwrap_or(program)
+            .chars()
+            .take(15)
+            .collect();
+        self.match_process(&comm, &command[at..])
     }
 
     /// The generic fallback profile ("shell"). A set without one (an operator file read on its
@@ -243,6 +291,7 @@ pub struct Profile {
     submit_keys: Vec<String>,
     submit_delay_ms: u64,
     interrupt_keys: Vec<String>,
+    interrupt_window_ms: u64,
     resume: Option<Resume>,
 }
 
@@ -254,6 +303,9 @@ pub struct Resume {
     pub args: Vec<String>,
     /// The command already resumes when it contains one of these words.
     pub present_if: Vec<String>,
+    /// Words that open an interactive picker (which waits for a person) when no value follows
+    /// them (`claude --resume`, `codex resume`): a restart replaces such a word with `args`.
+    pub picker: Vec<String>,
 }
 
 /// The patterns of one condition.
@@ -290,8 +342,9 @@ impl Profile {
             output: None,
             turn_done: None,
             submit_keys: vec!["Enter".to_owned()],
-            submit_delay_ms: 0,
+            submit_delay_ms: DEFAULT_SUBMIT_DELAY_MS,
             interrupt_keys: vec!["C-c".to_owned()],
+            interrupt_window_ms: DEFAULT_INTERRUPT_WINDOW_MS,
             resume: None,
         }
     }
@@ -490,6 +543,31 @@ impl Profile {
         &self.interrupt_keys
     }
 
+    /// The CLI's "press again to exit" window: a second interrupt within it could end the CLI
+    /// (or, for Escape, open a menu), so none is sent within it.
+    pub fn interrupt_window(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.interrupt_window_ms)
+    }
+
+    /// Whether `text`, typed as a nudge, still sits in the input box of `screen`: `Some(true)`
+    /// when the box (the newest prompt line within the prompt's window) holds its start,
+    /// `Some(false)` when the box shows without it (the text was submitted and the box
+    /// cleared), `None` when no box shows (the screen moved on to output, or the profile has no
+    /// prompt to look for).
+    pub fn draft_in_box(&self, screen: &str, text: &str) -> Option<bool> {
+        let prompt = self
+            .rules
+            .iter()
+            .find(|r| r.condition == Condition::AtPrompt)?;
+        let probe: String = text.trim().chars().take(DRAFT_PROBE_CHARS).collect();
+        let tail = tail_lines(screen, prompt.last_lines);
+        let line = tail
+            .iter()
+            .rev()
+            .find(|l| prompt.patterns.is_match(l) && !MENU_ITEM.is_match(l))?;
+        Some(!probe.is_empty() && line.contains(probe.as_str()))
+    }
+
     /// How a restart resumes this agent's conversation, when the CLI has a way.
     pub fn resume(&self) -> Option<&Resume> {
         self.resume.as_ref()
@@ -498,16 +576,19 @@ impl Profile {
     /// `command` (a start command, shell words) in its resuming form: the resume arguments
     /// inserted right after the program (after `env VAR=x`, and after the script of an
     /// interpreter: `node …/codex.js`, `python -m aider`), unless the command already has them
-    /// or a word of `present_if`. The rest of the command is kept byte for byte.
+    /// or a word of `present_if`. A word that would open a picker (`claude --resume` with no
+    /// session after it) is replaced by the resume arguments: a restart must never wait for a
+    /// person to pick. The rest of the command is kept byte for byte.
     pub fn resume_command(&self, command: &str) -> String {
         let Some(resume) = &self.resume else {
             return command.to_owned();
         };
-        let words: Vec<(usize, &str)> = command
-            .split_whitespace()
-            .map(|w| (w.as_ptr() as usize - command.as_ptr() as usize, w))
-            .collect();
+        let picked = self.without_picker(command);
+        let command = picked.as_str();
+        let words = words_at(command);
         let present = words.iter().any(|(_, w)| {
+            // `--resume=abc` is `--resume abc`
+            let w = w.split('=').next().unwrap_or(w);
             resume.present_if.iter().any(|p| p == w) || resume.args.iter().any(|a| a == w)
         });
         let Some(end) = program_end(&words).filter(|_| !present) else {
@@ -521,10 +602,56 @@ impl Profile {
         )
     }
 
+    /// `command` without the words that would open the CLI's interactive session picker (a
+    /// `resume.picker` word with no value after it); unchanged when it has none. An operator's
+    /// restart command in a picker form is made non-interactive with this.
+    pub fn without_picker(&self, command: &str) -> String {
+        let Some(resume) = &self.resume else {
+            return command.to_owned();
+        };
+        let words = words_at(command);
+        let start = program_end(&words).map_or(0, |end| {
+            words.iter().take_while(|(at, _)| *at < end).count()
+        });
+        let picker = (start..words.len()).find(|&i| {
+            resume.picker.iter().any(|p| p == words[i].1)
+                && words.get(i + 1).is_none_or(|(_, next)| {
+                    next.starts_with('-') && !resume.args.iter().any(|a| a == next)
+                })
+        });
+        let Some(i) = picker else {
+            return command.to_owned();
+        };
+        let (at, word) = words[i];
+        let rest = command[at + word.len()..].trim_start();
+        let head = command[..at].trim_end();
+        if rest.is_empty() {
+            head.to_owned()
+        } else {
+            format!("{head} {rest}")
+        }
+    }
+
     fn matches_process(&self, comm: &str, cmdline: &str) -> bool {
         self.comm.as_ref().is_some_and(|s| s.is_match(comm))
             || self.cmdline.as_ref().is_some_and(|s| s.is_match(cmdline))
     }
+}
+
+/// True for tmux's own processes: `tmux: server`, `tmux: client` (comm), `tmux …`, `/usr/bin/tmux …`.
+pub fn is_tmux(comm: &str, cmdline: &str) -> bool {
+    let program = cmdline.split(' ').next().unwrap_or("");
+    comm == "tmux"
+        || comm.starts_with("tmux:")
+        || program.rsplit('/').next().is_some_and(|p| p == "tmux")
+}
+
+/// The words of a shell command with their byte offsets.
+fn words_at(command: &str) -> Vec<(usize, &str)> {
+    command
+        .split_whitespace()
+        .map(|w| (w.as_ptr() as usize - command.as_ptr() as usize, w))
+        .collect()
 }
 
 /// Byte offset just past the program word of a start command's `words` (offset, word).

@@ -345,3 +345,45 @@ fn every_real_screen_file_is_in_the_manifest() {
         }
     }
 }
+
+// === nudges: did the text leave the input box? ===
+
+/// Real screens (`tests/fixtures/drafts/<profile>-<moment>.txt`) of each CLI with
+/// "argus-draft-one please continue" typed and not submitted (`draft`), after a submit with the
+/// profile's pause (`submitted`: the box is empty or gone), and with an Enter sent right behind
+/// "argus-draft-two please continue" (`burst`: Codex and Gemini CLI take it into the draft).
+#[test]
+fn a_submitted_nudge_left_the_input_box() {
+    let profiles = Profiles::builtin();
+    let drafts = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/drafts");
+    let read = |name: &str| fs::read_to_string(drafts.join(name)).unwrap();
+    for cli in ["claude", "codex", "gemini", "aider"] {
+        let p = profiles.get(cli).unwrap();
+        let one = "argus-draft-one please continue";
+        let two = "argus-draft-two please continue";
+        let draft = read(&format!("{cli}-draft.txt"));
+        assert_eq!(p.draft_in_box(&draft, one), Some(true), "{cli}: typed");
+        assert_eq!(
+            p.draft_in_box(&draft, two),
+            Some(false),
+            "{cli}: other text"
+        );
+        let submitted = read(&format!("{cli}-submitted.txt"));
+        assert_eq!(p.draft_in_box(&submitted, one), Some(false), "{cli}: sent");
+        let burst = read(&format!("{cli}-burst.txt"));
+        let held = matches!(cli, "codex" | "gemini");
+        assert_eq!(p.draft_in_box(&burst, two), Some(held), "{cli}: burst");
+        // The echo of the earlier message above the box is history, not the box.
+        assert_eq!(p.draft_in_box(&burst, one), Some(false), "{cli}: echo");
+        // A typed draft is still a prompt.
+        assert_eq!(
+            p.classify(&draft, 0, 0).condition,
+            Condition::AtPrompt,
+            "{cli}"
+        );
+    }
+    // A screen streaming output shows no box: the profile cannot tell, the caller compares
+    // screens.
+    let aider = profiles.get("aider").unwrap();
+    assert_eq!(aider.draft_in_box("> go\nThe answer is", "go"), None);
+}

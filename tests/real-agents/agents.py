@@ -38,6 +38,9 @@ class Agent:
     hooks: list = field(default_factory=list)
     # variant -> [(regex, keys)]: screens to step through before a dialog state's capture.
     steps: dict = field(default_factory=dict)
+    # A dialog state's question, when the CLI goes quiet before it shows (Aider stalls on its
+    # offline price-list fetch first): the capture waits for it.
+    dialog: str = ""
 
     def launch(self, cache, home, work, port, variant, retries):
         raise NotImplementedError
@@ -205,5 +208,5 @@ def all_agents(versions):
                asks=r"Allow execution|Apply this change|Allow edit|Allow once"),
         Aider("aider", "aider", versions["AIDER_VERSION"],
               ready=r"^>\s*$", busy=r"Waiting for",
-              asks=r"\(Y\)es/\(N\)o"),
+              asks=r"\(Y\)es/\(N\)o", dialog=r"\(Y\)es/\(N\)o.*\[(?:Yes|No)\]:\s*$"),
     ]

@@ -147,6 +147,9 @@ def drive_one(agent, state, cache, server, root):
                 except Timeout:
                     pass
                 pane.wait_quiet(2.0, 60)
+            if agent.dialog:
+                pane.wait_for(agent.dialog, 30)
+                pane.wait_quiet(1.0, 30)
         else:
             pane.wait_for(agent.ready, 60)
             pane.wait_quiet(1.0, 30)

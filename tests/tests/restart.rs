@@ -265,7 +265,7 @@ impl ScriptedNode {
                     command_id: command_id.to_owned(),
                     status: status as i32,
                     message: "killed after all".into(),
-                    output: String::new(),
+                    ..Default::default()
                 })),
             })
             .await?;

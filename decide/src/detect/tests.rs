@@ -522,23 +522,24 @@ fn provider_cooldown_and_gate_hold_actions() {
 fn triage_verdicts_drive_the_ladder() {
     let p = policy();
     let mut t = Track::new(0, None, None);
-    // Hung silently (no prompt): warn, then triage after the dwell.
+    // Hung silently (no prompt): warn, one interrupt after the dwell, triage after the next.
     step(&mut t, seen(obs("x", 0, Condition::None)), 0, &p, &CTX);
-    let fx = tick_until(&mut t, 1000, 64_000, &p);
+    let fx = tick_until(&mut t, 1000, 128_000, &p);
+    assert_eq!(commands(&fx), [&Action::Interrupt], "{fx:?}");
     let case = fx.iter().find_map(|e| match e {
         Effect::Triage(c) => Some(c.clone()),
         _ => None,
     });
     assert!(case.is_some(), "{fx:?}");
     // Triage says restart: a confirming re-check first, then the restart.
-    let fx = step(&mut t, Input::Verdict(Verdict::Restart), 64_000, &p, &CTX);
+    let fx = step(&mut t, Input::Verdict(Verdict::Restart), 128_000, &p, &CTX);
     assert!(commands(&fx).is_empty());
-    let fx = step(&mut t, Input::Tick, 65_000, &p, &CTX);
+    let fx = step(&mut t, Input::Tick, 129_000, &p, &CTX);
     assert!(
         commands(&fx).is_empty(),
         "restart before the confirmation delay"
     );
-    let fx = step(&mut t, Input::Tick, 66_000, &p, &CTX);
+    let fx = step(&mut t, Input::Tick, 130_000, &p, &CTX);
     assert!(
         matches!(&commands(&fx)[..], [Action::Restart { .. }]),
         "{fx:?}"
@@ -546,17 +547,105 @@ fn triage_verdicts_drive_the_ladder() {
     // Activity during the confirmation cancels the destructive step.
     let mut t = Track::new(0, None, None);
     step(&mut t, seen(obs("x", 0, Condition::None)), 0, &p, &CTX);
-    tick_until(&mut t, 1000, 64_000, &p);
-    step(&mut t, Input::Verdict(Verdict::Kill), 64_000, &p, &CTX);
+    tick_until(&mut t, 1000, 128_000, &p);
+    step(&mut t, Input::Verdict(Verdict::Kill), 128_000, &p, &CTX);
     step(
         &mut t,
         seen(obs("moved", 0, Condition::None)),
-        65_000,
+        129_000,
         &p,
         &CTX,
     );
-    let fx = tick_until(&mut t, 66_000, 70_000, &p);
+    let fx = tick_until(&mut t, 130_000, 134_000, &p);
     assert!(commands(&fx).is_empty(), "{fx:?}");
+}
+
+#[test]
+fn a_turn_stuck_mid_way_is_interrupted_once_per_episode() {
+    let p = policy();
+    let interrupts = |fx: &[Effect]| {
+        commands(fx)
+            .iter()
+            .filter(|a| matches!(a, Action::Interrupt))
+            .count()
+    };
+    let mut t = Track::new(0, None, None);
+    step(&mut t, seen(obs("x", 0, Condition::None)), 0, &p, &CTX);
+    let fx = tick_until(&mut t, 1000, 70_000, &p);
+    assert_eq!(interrupts(&fx), 1, "{fx:?}");
+    let sent = fx.iter().find_map(|e| match e {
+        Effect::Command {
+            action: Action::Interrupt,
+            incarnation,
+            ..
+        } => *incarnation,
+        _ => None,
+    });
+    assert_eq!(sent, Some(INC), "meant for this agent only");
+    // The interrupt moved the screen, but the turn is still stuck: the same episode, so the
+    // ladder goes on to triage and never sends a second interrupt.
+    step(&mut t, seen(obs("y", 0, Condition::None)), 70_000, &p, &CTX);
+    let fx = tick_until(&mut t, 71_000, 300_000, &p);
+    assert_eq!(interrupts(&fx), 0, "{fx:?}");
+    assert!(fx.iter().any(|e| matches!(e, Effect::Triage(_))), "{fx:?}");
+
+    // Back at work, then stuck again: a new episode, one more interrupt.
+    let mut t = Track::new(0, None, None);
+    step(&mut t, seen(obs("x", 0, Condition::None)), 0, &p, &CTX);
+    tick_until(&mut t, 1000, 70_000, &p);
+    step(
+        &mut t,
+        seen(obs("w", 0, Condition::Thinking)),
+        70_000,
+        &p,
+        &CTX,
+    );
+    step(&mut t, seen(obs("z", 0, Condition::None)), 71_000, &p, &CTX);
+    let fx = tick_until(&mut t, 72_000, 150_000, &p);
+    assert_eq!(interrupts(&fx), 1, "{fx:?}");
+
+    // Never at an idle prompt (a nudge is what helps there), never with a person attached.
+    let mut t = Track::new(0, None, None);
+    step(&mut t, seen(obs("x", 0, Condition::AtPrompt)), 0, &p, &CTX);
+    let fx = tick_until(&mut t, 1000, 600_000, &p);
+    assert_eq!(interrupts(&fx), 0, "{fx:?}");
+    let mut t = Track::new(0, None, None);
+    let mut o = obs("x", 0, Condition::None);
+    o.attached_clients = 1;
+    step(&mut t, seen(o), 0, &p, &CTX);
+    let fx = tick_until(&mut t, 1000, 200_000, &p);
+    assert_eq!(interrupts(&fx), 0, "{fx:?}");
+}
+
+#[test]
+fn no_second_interrupt_within_the_cli_s_window() {
+    let mut l = crate::escalate::Ladder::default();
+    assert!(l.may_interrupt(Condition::None, 0, 2000));
+    l.interrupted(0);
+    l.worked();
+    assert!(!l.may_interrupt(Condition::None, 1999, 2000));
+    assert!(l.may_interrupt(Condition::None, 2000, 2000));
+    for c in [
+        Condition::AtPrompt,
+        Condition::Thinking,
+        Condition::WaitingPermission,
+        Condition::Dialog,
+        Condition::RateLimited,
+        Condition::Error,
+    ] {
+        assert!(!l.may_interrupt(c, 10_000, 2000), "{c:?}");
+    }
+    // The window is the CLI's own, from its profile.
+    let mut t = Track::new(0, None, None);
+    t.obs.profile = "codex".into();
+    assert_eq!(super::interrupt_window_ms(&t), Some(1000));
+    t.obs.profile = "aider".into();
+    assert_eq!(super::interrupt_window_ms(&t), Some(2000));
+    // Any other program ends on C-c: the policy never interrupts it.
+    t.obs.profile = "shell".into();
+    assert_eq!(super::interrupt_window_ms(&t), None);
+    t.obs.profile = "my-wrapper".into();
+    assert_eq!(super::interrupt_window_ms(&t), None);
 }
 
 #[test]
@@ -678,7 +767,8 @@ fn condition(n: u8) -> Condition {
 proptest! {
     /// Whatever happens: no command while the agent thinks or waits for a person; a ladder nudge
     /// only at a prompt with nobody attached, within the budget; a resume nudge only on a
-    /// rate-limited screen.
+    /// rate-limited screen; an interrupt only on a screen stuck mid-turn with nobody attached,
+    /// at most one per stall episode and never within the CLI's window.
     #[test]
     fn policy_invariants(steps in proptest::collection::vec(sim(), 1..200)) {
         let p = Policy { nudge_dwell: std::time::Duration::from_secs(5), ..Policy::default() };
@@ -686,6 +776,8 @@ proptest! {
         let mut now = 0i64;
         let mut cpu = 0u64;
         let mut nudges: Vec<i64> = Vec::new();
+        // (when, a thinking screen was seen since)
+        let mut last_interrupt: Option<(i64, bool)> = None;
         for s in steps {
             let fx = match s {
                 Sim::Obs { hash, cpu: c, cond, attached } => {
@@ -693,6 +785,9 @@ proptest! {
                     cpu += c;
                     let mut o = obs(&hash.to_string(), cpu, condition(cond));
                     o.attached_clients = u32::from(attached);
+                    if let Some((_, worked)) = &mut last_interrupt {
+                        *worked |= o.condition == Condition::Thinking;
+                    }
                     step(&mut t, seen(o), now, &p, &CTX)
                 }
                 Sim::Tick(ms) => { now += i64::from(ms); step(&mut t, Input::Tick, now, &p, &CTX) }
@@ -710,6 +805,15 @@ proptest! {
                             ),
                             "{action:?} while {cond:?}"
                         );
+                    }
+                    if let Action::Interrupt = action {
+                        prop_assert_eq!(t.obs.condition, Condition::None);
+                        prop_assert_eq!(t.obs.attached_clients, 0);
+                        if let Some((at, worked)) = last_interrupt {
+                            prop_assert!(worked, "a second interrupt in one stall episode");
+                            prop_assert!(now - at >= 2000, "within the CLI's window");
+                        }
+                        last_interrupt = Some((now, false));
                     }
                     if let Action::Nudge { text } = action {
                         prop_assert_eq!(t.obs.attached_clients, 0);

@@ -222,6 +222,7 @@ impl Tmux {
         cwd: &str,
         argv: &[String],
         labels: &std::collections::BTreeMap<String, String>,
+        size: Option<(u32, u32)>,
     ) -> Result<String, CreateError> {
         creatable_name(name)?;
         let escaped = escape_format(name);
@@ -230,6 +231,10 @@ impl Tmux {
         let cwd = escape_format(cwd);
         if !cwd.is_empty() {
             args.extend(["-c", &cwd]);
+        }
+        let (width, height) = size.map(|(w, h)| (w.to_string(), h.to_string())).unzip();
+        if let (Some(w), Some(h)) = (&width, &height) {
+            args.extend(["-x", w.as_str(), "-y", h.as_str()]);
         }
         args.extend(argv.iter().map(String::as_str));
         // Creating a session must work even when no control client can attach yet. When the
@@ -401,7 +406,7 @@ mod tests {
         let labels = [("restart".to_owned(), "x #{session_id}".to_owned())].into();
         for name in ["$0", "job#(echo hi)x", "client-1", "%0"] {
             let id = tmux
-                .create_session(name, "", &["sleep 100".to_owned()], &labels)
+                .create_session(name, "", &["sleep 100".to_owned()], &labels, None)
                 .await
                 .expect("created");
             let shown = server.tmux(&["show-options", "-v", "-t", &id, "@argus-restart"]);
@@ -416,7 +421,7 @@ mod tests {
         names.sort();
         assert_eq!(names, ["$0", "%0", "client-1", "first", "job#(echo hi)x"]);
         assert!(matches!(
-            tmux.create_session("a.b", "", &[], &labels).await,
+            tmux.create_session("a.b", "", &[], &labels, None).await,
             Err(CreateError::Name(_))
         ));
         // The directory is expanded as a format too.
@@ -424,7 +429,7 @@ mod tests {
         std::fs::create_dir(&dir).expect("mkdir");
         let cwd = dir.display().to_string();
         let id = tmux
-            .create_session("in-dir", &cwd, &["sleep 100".to_owned()], &labels)
+            .create_session("in-dir", &cwd, &["sleep 100".to_owned()], &labels, None)
             .await
             .expect("created");
         let shown = server.tmux(&["display-message", "-p", "-t", &id, "#{pane_current_path}"]);

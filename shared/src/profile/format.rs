@@ -16,6 +16,9 @@ const MAX_LAST_LINES: usize = 200;
 /// Upper bound for `submit_delay_ms`: a nudge waits this long at most between text and Enter.
 const MAX_SUBMIT_DELAY_MS: u64 = 5_000;
 
+/// Upper bound for `interrupt_window_ms`.
+const MAX_INTERRUPT_WINDOW_MS: u64 = 60_000;
+
 /// Compiled size limit per pattern set, so an operator file cannot make the agent allocate
 /// without bound.
 const SET_SIZE_LIMIT: usize = 16 << 20;
@@ -37,6 +40,7 @@ struct RawProfile {
     submit_keys: Option<Vec<String>>,
     submit_delay_ms: Option<u64>,
     interrupt_keys: Option<Vec<String>>,
+    interrupt_window_ms: Option<u64>,
     resume: Option<RawResume>,
     #[serde(default)]
     new_turn: Vec<String>,
@@ -66,6 +70,8 @@ struct RawResume {
     args: Vec<String>,
     #[serde(default)]
     present_if: Vec<String>,
+    #[serde(default)]
+    picker: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -163,11 +169,22 @@ fn compile_profile(name: String, raw: RawProfile) -> Result<Profile, ProfileErro
             ));
         }
     }
-    let submit_delay_ms = raw.submit_delay_ms.unwrap_or(0);
+    let submit_delay_ms = raw
+        .submit_delay_ms
+        .unwrap_or(super::DEFAULT_SUBMIT_DELAY_MS);
     if submit_delay_ms > MAX_SUBMIT_DELAY_MS {
         return Err(invalid(
             &format!("{base}.submit_delay_ms"),
             &format!("must be at most {MAX_SUBMIT_DELAY_MS}, not {submit_delay_ms}"),
+        ));
+    }
+    let interrupt_window_ms = raw
+        .interrupt_window_ms
+        .unwrap_or(super::DEFAULT_INTERRUPT_WINDOW_MS);
+    if interrupt_window_ms > MAX_INTERRUPT_WINDOW_MS {
+        return Err(invalid(
+            &format!("{base}.interrupt_window_ms"),
+            &format!("must be at most {MAX_INTERRUPT_WINDOW_MS}, not {interrupt_window_ms}"),
         ));
     }
     let resume = match &raw.resume {
@@ -185,6 +202,7 @@ fn compile_profile(name: String, raw: RawProfile) -> Result<Profile, ProfileErro
         Some(r) => Some(Resume {
             args: r.args.clone(),
             present_if: r.present_if.clone(),
+            picker: r.picker.clone(),
         }),
         None => None,
     };
@@ -198,6 +216,14 @@ fn compile_profile(name: String, raw: RawProfile) -> Result<Profile, ProfileErro
         ));
     }
 
+    // A pattern free to match anywhere in a command line matches other programs' arguments: a
+    // session name in `tmux new -s aider`, a path in `vim ~/.codex/config.toml`.
+    if let Some(i) = raw.process.cmdline.iter().position(|p| !p.starts_with('^')) {
+        return Err(invalid(
+            &format!("{base}.process.cmdline[{i}]"),
+            "must start with '^': it matches the process's own program, not a word further on",
+        ));
+    }
     let comm = pattern_set(&name, &format!("{base}.process.comm"), &raw.process.comm)?;
     let cmdline = pattern_set(
         &name,
@@ -244,6 +270,7 @@ fn compile_profile(name: String, raw: RawProfile) -> Result<Profile, ProfileErro
         submit_keys,
         submit_delay_ms,
         interrupt_keys,
+        interrupt_window_ms,
         resume,
     })
 }

@@ -624,9 +624,142 @@ fn codex_after_an_interrupt() {
     // C-c asks what to do, and the turn goes on meanwhile: a person must choose.
     let menu = "› 1. Cancel task        Stop the current task and stay in Codex\n  2. Run in background  Exit Codex and leave the task running\n  3. Exit               Stop the current task and exit Codex\n  enter select · esc back";
     assert_eq!(condition("codex", menu), Condition::WaitingPermission);
+}
+
+#[test]
+fn interrupts_use_the_key_that_never_exits_each_cli() {
+    // (profile, keys, "press again to exit" window): Claude Code and Gemini CLI say "esc to
+    // interrupt" / "esc to cancel" and exit on C-c twice; Codex answers C-c with a menu (and
+    // exits on one at an empty prompt); Aider stops on C-c and exits on a second within 2 s.
     let p = builtin();
-    assert_eq!(p.get("codex").unwrap().interrupt_keys(), ["Escape"]);
-    assert_eq!(p.get("claude").unwrap().interrupt_keys(), ["C-c"]);
+    for (name, keys, window_ms) in [
+        ("claude", ["Escape"], 2000),
+        ("codex", ["Escape"], 1000),
+        ("gemini", ["Escape"], 3000),
+        ("aider", ["C-c"], 2000),
+        ("shell", ["C-c"], DEFAULT_INTERRUPT_WINDOW_MS),
+    ] {
+        let profile = p.get(name).unwrap();
+        assert_eq!(profile.interrupt_keys(), keys, "{name}");
+        assert_eq!(
+            profile.interrupt_window().as_millis() as u64,
+            window_ms,
+            "{name}"
+        );
+    }
+    assert_eq!(
+        builtin_profile("codex").map(|p| p.interrupt_window().as_millis()),
+        Some(1000)
+    );
+    let err = Profiles::from_toml("version = 1\n[profiles.x]\ninterrupt_window_ms = 600000\n")
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("profiles.x.interrupt_window_ms"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_submit_pause_defaults_to_one_that_works_for_all_four() {
+    let p = builtin();
+    for (name, ms) in [
+        ("claude", 200),
+        ("codex", 300),
+        ("gemini", 300),
+        ("aider", 200),
+    ] {
+        assert_eq!(
+            p.get(name).unwrap().submit_delay().as_millis(),
+            ms,
+            "{name}"
+        );
+    }
+    let mine = Profiles::from_toml("version = 1\n[profiles.mine]\n").unwrap();
+    assert_eq!(
+        mine.get("mine").unwrap().submit_delay().as_millis() as u64,
+        DEFAULT_SUBMIT_DELAY_MS
+    );
+}
+
+#[test]
+fn a_restart_never_opens_a_picker() {
+    let p = builtin();
+    let resume = |profile: &str, cmd: &str| p.get(profile).unwrap().resume_command(cmd);
+    // The picker forms (no session named): replaced by the non-interactive resume form.
+    assert_eq!(resume("claude", "claude -r"), "claude --continue");
+    assert_eq!(
+        resume("claude", "claude --resume --model opus"),
+        "claude --continue --model opus"
+    );
+    assert_eq!(resume("codex", "codex resume"), "codex resume --last");
+    assert_eq!(
+        resume("codex", "codex resume -m gpt-5"),
+        "codex resume --last -m gpt-5"
+    );
+    assert_eq!(resume("codex", "codex fork"), "codex resume --last");
+    // A named session, or the resume form itself, is kept.
+    assert_eq!(resume("claude", "claude -r abc"), "claude -r abc");
+    assert_eq!(
+        resume("claude", "claude --resume=abc"),
+        "claude --resume=abc"
+    );
+    assert_eq!(
+        resume("codex", "codex resume 0199ab"),
+        "codex resume 0199ab"
+    );
+    assert_eq!(resume("codex", "codex fork --last"), "codex fork --last");
+    // Gemini CLI reads a bare `--resume` as "latest": no picker.
+    assert_eq!(resume("gemini", "gemini --resume"), "gemini --resume");
+    // Every built-in resume form is non-interactive, whatever the start command.
+    for name in ["claude", "codex", "gemini", "aider"] {
+        let profile = p.get(name).unwrap();
+        for start in [
+            name,
+            &format!("{name} --model x"),
+            &format!("/opt/bin/{name} -y"),
+        ] {
+            let form = profile.resume_command(start);
+            assert_ne!(form, *start, "{name}: {start}");
+            assert_eq!(profile.without_picker(&form), form, "{name}: {form}");
+        }
+    }
+}
+
+#[test]
+fn tmux_and_other_programs_arguments_are_never_agents() {
+    let p = builtin();
+    for (comm, cmdline) in [
+        // tmux's server, and a pane's process before tmux exec'd its command: the command line
+        // of the `tmux new-session` that started the server, session name and all.
+        (
+            "tmux: server",
+            "tmux -S /tmp/s -f /dev/null new-session -d -s aider aider --model x",
+        ),
+        ("tmux", "tmux new -s claude claude"),
+        ("tmux: client", "/usr/bin/tmux attach -t codex"),
+        (
+            "tmux: server",
+            "tmux new -s x node /usr/lib/node_modules/@anthropic-ai/claude-code/cli.js",
+        ),
+        // Another program naming an agent in its arguments.
+        ("vim", "vim /usr/lib/node_modules/@openai/codex/README.md"),
+        ("watch", "watch -n1 tmux capture-pane -p -t gemini"),
+        ("less", "less /home/u/.aider.chat.history.md"),
+    ] {
+        assert!(
+            p.match_process(comm, cmdline).is_none(),
+            "{comm}: {cmdline}"
+        );
+    }
+    // Patterns free to match anywhere in a command line are refused.
+    let err = Profiles::from_toml(
+        "version = 1\n[profiles.x.process]\ncmdline = ['@anthropic-ai/claude-code/']\n",
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("profiles.x.process.cmdline[0]"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -793,6 +793,7 @@ impl Node {
             status: pb::CommandStatus::Ok as i32,
             message: String::new(),
             output: String::new(),
+            ..Default::default()
         }));
         if !self.send(result).await {
             return false;
@@ -850,6 +851,7 @@ fn observation(s: &Session) -> pb::SessionObservation {
         .collect(),
         profile: "claude".to_owned(),
         exit_status: -1,
+        ..Default::default()
     }
 }
 
