@@ -369,13 +369,12 @@ impl Dispatcher {
             format!("{} {}: {message}", w.action, status.as_str_name()),
             None,
         );
-        self.recorder
-            .record(Write::CommandFinished {
-                command_id: id.to_owned(),
-                status: status.as_str_name().to_owned(),
-                message: message.to_owned(),
-                at_ms: now,
-            });
+        self.recorder.record(Write::CommandFinished {
+            command_id: id.to_owned(),
+            status: status.as_str_name().to_owned(),
+            message: message.to_owned(),
+            at_ms: now,
+        });
     }
 
     /// A result for a command that is not waiting: closed already, or sent by a previous
@@ -397,13 +396,12 @@ impl Dispatcher {
             ),
             None,
         );
-        self.recorder
-            .record(Write::CommandLate {
-                command_id: result.command_id,
-                node_id: node_id.to_owned(),
-                status: status.as_str_name().to_owned(),
-                message: result.message,
-                at_ms: now_ms(),
-            });
+        self.recorder.record(Write::CommandLate {
+            command_id: result.command_id,
+            node_id: node_id.to_owned(),
+            status: status.as_str_name().to_owned(),
+            message: result.message,
+            at_ms: now_ms(),
+        });
     }
 }
