@@ -3,6 +3,7 @@
 //! supervisor feeds it and executes what it returns, and tests drive it with a simulated clock.
 //! This crate depends on `argus-shared` only, so the compiler keeps it that way.
 //!
+//! - [`alarm`]: when a due alarm is delivered (at the prompt) or held;
 //! - [`detect`]: one session's lifecycle and detection (`step`), deaths and restarts;
 //! - [`effect`]: the typed effects and notices a step returns;
 //! - [`budget`]: the fleet-wide budget of kills and restarts, reserved where they are decided;
@@ -12,6 +13,7 @@
 //! - [`policy`]: thresholds, dwell times and budgets;
 //! - [`triage`]: the built-in triage heuristic.
 
+pub mod alarm;
 pub mod budget;
 pub mod correlate;
 pub mod detect;
