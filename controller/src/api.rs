@@ -589,6 +589,59 @@ impl AdminService for AdminApi {
             .ok_or(ApiError::UnknownIncident { id: r.id })?;
         Ok(Response::new(incident_pb(i)))
     }
+
+    async fn schedule_nudge(
+        &self,
+        request: Request<pb::ScheduleNudgeRequest>,
+    ) -> Result<Response<pb::Alarm>, Status> {
+        let r = request.into_inner();
+        let key = self.resolve(r.session.as_ref())?;
+        let row = self
+            .sup
+            .schedule_alarm(
+                &key,
+                r.in_ms,
+                r.at_ms,
+                &r.note,
+                "admin",
+                argus_shared::time::now_ms(),
+            )
+            .await?;
+        Ok(Response::new(crate::alarms::alarm_pb(row)))
+    }
+
+    async fn list_alarms(
+        &self,
+        request: Request<pb::ListAlarmsRequest>,
+    ) -> Result<Response<pb::ListAlarmsResponse>, Status> {
+        let r = request.into_inner();
+        let limit = match r.limit {
+            0 => 100,
+            n => n.min(1000),
+        };
+        let rows = self
+            .sup
+            .list_alarms(&r.node_id, r.include_closed, limit)
+            .await?;
+        Ok(Response::new(pb::ListAlarmsResponse {
+            alarms: rows.into_iter().map(crate::alarms::alarm_pb).collect(),
+        }))
+    }
+
+    async fn cancel_alarm(
+        &self,
+        request: Request<pb::CancelAlarmRequest>,
+    ) -> Result<Response<pb::Alarm>, Status> {
+        let r = request.into_inner();
+        if r.id.is_empty() {
+            return Err(ApiError::Missing { field: "id" }.into());
+        }
+        let row = self
+            .sup
+            .cancel_alarm(&r.id, argus_shared::time::now_ms())
+            .await?;
+        Ok(Response::new(crate::alarms::alarm_pb(row)))
+    }
 }
 
 #[cfg(test)]

@@ -69,6 +69,8 @@ pub enum Origin {
     Admin,
     /// The controller's policy.
     Policy,
+    /// A durable alarm that came due (`crate::alarms`).
+    Alarm,
 }
 
 impl Origin {
@@ -76,6 +78,7 @@ impl Origin {
         match self {
             Self::Admin => "admin",
             Self::Policy => "policy",
+            Self::Alarm => "alarm",
         }
     }
 }

@@ -258,7 +258,9 @@ async fn serve_stream(
         // Deaths and other events, and results nobody waits for (late or made up); an answer
         // to a waiting command is never dropped.
         let counted = match &msg.msg {
-            Some(pb::agent_message::Msg::Event(_)) => true,
+            Some(pb::agent_message::Msg::Event(_) | pb::agent_message::Msg::LocalRequest(_)) => {
+                true
+            }
             Some(pb::agent_message::Msg::Result(r)) => !sup.dispatch.waiting_for(&r.command_id),
             _ => false,
         };
@@ -289,6 +291,7 @@ async fn serve_stream(
             Some(pb::agent_message::Msg::Event(e)) => apply_event(sup, node_id, e, now).await,
             Some(pb::agent_message::Msg::Result(r)) => sup.dispatch.complete(node_id, r).await,
             Some(pb::agent_message::Msg::Heartbeat(_)) => {}
+            Some(pb::agent_message::Msg::LocalRequest(r)) => sup.local_request(node_id, r),
             Some(pb::agent_message::Msg::Hello(_)) => {
                 tracing::warn!(node = %node_id, "second Hello on one stream ignored");
             }

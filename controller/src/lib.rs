@@ -1,6 +1,7 @@
 //! The Argus controller: receives node agents' streams, runs detection and the escalation
 //! policy, persists what must survive a restart, sends commands back, and serves the admin API.
 
+pub mod alarms;
 pub mod api;
 pub mod config;
 pub mod demo;
@@ -142,6 +143,7 @@ pub async fn run(
         tasks: tasks.clone(),
     }));
 
+    sup.alarms.restore(sup.store.alarms(false, u32::MAX).await?);
     watch_store(&tasks, sup.clone(), shutdown.clone());
 
     let listener = tokio::net::TcpListener::bind(config.listen)

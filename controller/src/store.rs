@@ -136,6 +136,42 @@ pub struct IncidentRow {
     pub until_ms: i64,
 }
 
+/// A stored alarm (see `crate::alarms`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlarmRow {
+    pub id: String,
+    pub session: SessionRef,
+    pub note: String,
+    /// `admin` or `self`.
+    pub origin: String,
+    pub created_ms: i64,
+    pub due_ms: i64,
+    /// `pending`, `delivered` or `cancelled`.
+    pub state: String,
+    /// 0 while pending.
+    pub closed_ms: i64,
+    /// The nudge that delivered it.
+    pub command_id: String,
+    pub message: String,
+}
+
+/// The state of an alarm not yet delivered or cancelled.
+pub const ALARM_PENDING: &str = "pending";
+
+/// The order alarms are listed in: pending first, soonest due first; then closed ones, most
+/// recently closed first; the id breaks ties.
+pub fn alarm_order(a: &AlarmRow, b: &AlarmRow) -> std::cmp::Ordering {
+    let key = |r: &AlarmRow| {
+        let pending = r.state == ALARM_PENDING;
+        (
+            !pending,
+            if pending { r.due_ms } else { -r.closed_ms },
+            r.id.clone(),
+        )
+    };
+    key(a).cmp(&key(b))
+}
+
 /// One write for the recorder.
 #[derive(Debug, Clone)]
 pub enum Write {
@@ -165,6 +201,16 @@ pub enum Write {
         status: String,
         message: String,
         at_ms: i64,
+    },
+    /// A new alarm; an id already stored is left as it is.
+    AlarmScheduled(AlarmRow),
+    /// An alarm delivered or cancelled; only a pending alarm changes.
+    AlarmClosed {
+        id: String,
+        state: String,
+        at_ms: i64,
+        command_id: String,
+        message: String,
     },
 }
 
@@ -383,6 +429,17 @@ pub trait Store: Send + Sync + 'static {
         include_closed: bool,
         limit: u32,
     ) -> Result<Vec<IncidentRow>, StoreError>;
+    /// Alarms: pending ones (soonest due first), then with `include_closed` the most recently
+    /// closed ones, at most `limit` in all. A backend that keeps no alarms has none.
+    async fn alarms(&self, include_closed: bool, limit: u32) -> Result<Vec<AlarmRow>, StoreError> {
+        let _ = (include_closed, limit);
+        Ok(Vec::new())
+    }
+    /// One alarm by id.
+    async fn alarm(&self, id: &str) -> Result<Option<AlarmRow>, StoreError> {
+        let _ = id;
+        Ok(None)
+    }
 }
 
 /// Opens the store named by `url`: `sqlite://PATH`, or `memory://` (nothing survives the

@@ -68,6 +68,8 @@ pub struct Supervisor {
     tasks: TaskTracker,
     verdicts: mpsc::Sender<(SessionRef, Verdict)>,
     verdicts_rx: tokio::sync::Mutex<mpsc::Receiver<(SessionRef, Verdict)>>,
+    /// Pending durable alarms (`crate::alarms`).
+    pub alarms: crate::alarms::Alarms,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -140,6 +142,7 @@ impl Supervisor {
             started_ms: now,
             correlator: Mutex::new(correlator),
             notifier: p.notifier,
+            alarms: crate::alarms::Alarms::new(p.tasks.clone()),
             tasks: p.tasks,
         }
     }
@@ -526,6 +529,7 @@ impl Supervisor {
         let policy = self.policy();
         self.verdicts(now).await;
         self.due_sessions(now, &policy).await;
+        self.due_alarms(now).await;
         self.dispatch.expire(now).await;
     }
 

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{CommandRow, IncidentRow, SessionRef, TransitionRow, Write};
+use super::{AlarmRow, CommandRow, IncidentRow, SessionRef, TransitionRow, Write};
 
 /// Why the journal could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -333,6 +333,27 @@ enum EntryV1 {
         sessions: u32,
         until_ms: i64,
     },
+    AlarmScheduled {
+        id: String,
+        node: String,
+        socket: String,
+        session: String,
+        note: String,
+        origin: String,
+        created_ms: i64,
+        due_ms: i64,
+        state: String,
+        closed_ms: i64,
+        command_id: String,
+        message: String,
+    },
+    AlarmClosed {
+        id: String,
+        state: String,
+        at_ms: i64,
+        command_id: String,
+        message: String,
+    },
 }
 
 fn sref(node: String, socket: String, session: String) -> SessionRef {
@@ -415,6 +436,33 @@ impl From<&Write> for Entry {
                 summary: i.summary,
                 sessions: i.sessions,
                 until_ms: i.until_ms,
+            },
+            Write::AlarmScheduled(a) => EntryV1::AlarmScheduled {
+                id: a.id,
+                node: a.session.node_id,
+                socket: a.session.tmux_socket,
+                session: a.session.session_name,
+                note: a.note,
+                origin: a.origin,
+                created_ms: a.created_ms,
+                due_ms: a.due_ms,
+                state: a.state,
+                closed_ms: a.closed_ms,
+                command_id: a.command_id,
+                message: a.message,
+            },
+            Write::AlarmClosed {
+                id,
+                state,
+                at_ms,
+                command_id,
+                message,
+            } => EntryV1::AlarmClosed {
+                id,
+                state,
+                at_ms,
+                command_id,
+                message,
             },
         })
     }
@@ -522,6 +570,44 @@ impl From<Entry> for Write {
                 sessions,
                 until_ms,
             }),
+            EntryV1::AlarmScheduled {
+                id,
+                node,
+                socket,
+                session,
+                note,
+                origin,
+                created_ms,
+                due_ms,
+                state,
+                closed_ms,
+                command_id,
+                message,
+            } => Write::AlarmScheduled(AlarmRow {
+                id,
+                session: sref(node, socket, session),
+                note,
+                origin,
+                created_ms,
+                due_ms,
+                state,
+                closed_ms,
+                command_id,
+                message,
+            }),
+            EntryV1::AlarmClosed {
+                id,
+                state,
+                at_ms,
+                command_id,
+                message,
+            } => Write::AlarmClosed {
+                id,
+                state,
+                at_ms,
+                command_id,
+                message,
+            },
         }
     }
 }
@@ -593,6 +679,25 @@ mod tests {
                 sessions: 2,
                 until_ms: 0,
             }),
+            Write::AlarmScheduled(AlarmRow {
+                id: "al-1".into(),
+                session: sref("n1".into(), "/s".into(), "w".into()),
+                note: "check the CI run".into(),
+                origin: "self".into(),
+                created_ms: 9,
+                due_ms: 10,
+                state: "pending".into(),
+                closed_ms: 0,
+                command_id: String::new(),
+                message: String::new(),
+            }),
+            Write::AlarmClosed {
+                id: "al-1".into(),
+                state: "delivered".into(),
+                at_ms: 11,
+                command_id: "c2".into(),
+                message: "delivered".into(),
+            },
         ]
     }
 

@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 
 use super::{
-    CommandRow, History, IncidentRow, NodeRecord, SessionRef, Store, StoreError, TransitionRow,
+    AlarmRow, CommandRow, History, IncidentRow, NodeRecord, SessionRef, Store, StoreError, TransitionRow,
     Write,
 };
 
@@ -29,6 +29,7 @@ struct State {
     command_index: HashMap<String, usize>,
     durables: HashMap<SessionRef, String>,
     incidents: HashMap<String, IncidentRow>,
+    alarms: HashMap<String, AlarmRow>,
     /// Batches still to refuse (see [`MemoryStore::fail_writes`]).
     failing_writes: u32,
 }
@@ -78,6 +79,25 @@ impl State {
                 message,
                 at_ms,
             } => self.late_result(command_id, node_id, status, message, *at_ms),
+            Write::AlarmScheduled(a) => {
+                self.alarms.entry(a.id.clone()).or_insert_with(|| a.clone());
+            }
+            Write::AlarmClosed {
+                id,
+                state,
+                at_ms,
+                command_id,
+                message,
+            } => {
+                if let Some(a) = self.alarms.get_mut(id)
+                    && a.state == super::ALARM_PENDING
+                {
+                    state.clone_into(&mut a.state);
+                    a.closed_ms = *at_ms;
+                    command_id.clone_into(&mut a.command_id);
+                    message.clone_into(&mut a.message);
+                }
+            }
         }
     }
 
@@ -250,5 +270,23 @@ impl Store for MemoryStore {
         rows.sort_by_key(|i| std::cmp::Reverse((i.closed_ms == 0, i.opened_ms)));
         rows.truncate(limit as usize);
         Ok(rows)
+    }
+
+    async fn alarms(&self, include_closed: bool, limit: u32) -> Result<Vec<AlarmRow>, StoreError> {
+        let mut rows: Vec<AlarmRow> = self
+            .lock()
+            .alarms
+            .values()
+            .filter(|a| include_closed || a.state == super::ALARM_PENDING)
+            .cloned()
+            .collect();
+        // SQLite: pending first by due time, then closed ones newest first.
+        rows.sort_by(|a, b| super::alarm_order(a, b));
+        rows.truncate(limit as usize);
+        Ok(rows)
+    }
+
+    async fn alarm(&self, id: &str) -> Result<Option<AlarmRow>, StoreError> {
+        Ok(self.lock().alarms.get(id).cloned())
     }
 }

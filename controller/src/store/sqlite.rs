@@ -20,7 +20,7 @@ use sqlx::{Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    CommandRow, History, IncidentRow, NodeRecord, SessionRef, Store, StoreError, TransitionRow,
+    AlarmRow, CommandRow, History, IncidentRow, NodeRecord, SessionRef, Store, StoreError, TransitionRow,
     Write,
 };
 
@@ -372,6 +372,49 @@ impl Store for SqliteStore {
     ) -> Result<Vec<IncidentRow>, StoreError> {
         self.read_incidents(include_closed, limit).await
     }
+
+    async fn alarms(&self, include_closed: bool, limit: u32) -> Result<Vec<AlarmRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM alarms WHERE state = ?1 OR ?2
+             ORDER BY state != ?1, CASE WHEN state = ?1 THEN due_ms ELSE -closed_ms END, id
+             LIMIT ?3",
+        )
+        .bind(super::ALARM_PENDING)
+        .bind(include_closed)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read alarms"))?;
+        Ok(rows.iter().map(alarm_row).collect())
+    }
+
+    async fn alarm(&self, id: &str) -> Result<Option<AlarmRow>, StoreError> {
+        let row = sqlx::query("SELECT * FROM alarms WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("read alarm"))?;
+        Ok(row.as_ref().map(alarm_row))
+    }
+}
+
+fn alarm_row(r: &sqlx::sqlite::SqliteRow) -> AlarmRow {
+    AlarmRow {
+        id: r.get("id"),
+        session: SessionRef {
+            node_id: r.get("node_id"),
+            tmux_socket: r.get("tmux_socket"),
+            session_name: r.get("session_name"),
+        },
+        note: r.get("note"),
+        origin: r.get("origin"),
+        created_ms: r.get("created_ms"),
+        due_ms: r.get("due_ms"),
+        state: r.get("state"),
+        closed_ms: r.get("closed_ms"),
+        command_id: r.get("command_id"),
+        message: r.get("message"),
+    }
 }
 
 impl SqliteStore {
@@ -454,7 +497,64 @@ async fn apply(tx: &mut SqliteConnection, w: &Write) -> Result<(), StoreError> {
             message,
             at_ms,
         } => late_result(tx, command_id, node_id, status, message, *at_ms).await,
+        Write::AlarmScheduled(a) => insert_alarm(tx, a).await,
+        Write::AlarmClosed {
+            id,
+            state,
+            at_ms,
+            command_id,
+            message,
+        } => close_alarm(tx, id, state, *at_ms, command_id, message).await,
     }
+}
+
+/// Stores a new alarm; an id already stored is left as it is.
+async fn insert_alarm(tx: &mut SqliteConnection, a: &AlarmRow) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT OR IGNORE INTO alarms (id, node_id, tmux_socket, session_name, note, origin, created_ms, due_ms, state, closed_ms, command_id, message)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&a.id)
+    .bind(&a.session.node_id)
+    .bind(&a.session.tmux_socket)
+    .bind(&a.session.session_name)
+    .bind(&a.note)
+    .bind(&a.origin)
+    .bind(a.created_ms)
+    .bind(a.due_ms)
+    .bind(&a.state)
+    .bind(a.closed_ms)
+    .bind(&a.command_id)
+    .bind(&a.message)
+    .execute(tx)
+    .await
+    .map_err(db("record alarm"))?;
+    Ok(())
+}
+
+/// Closes a pending alarm (delivered or cancelled); a closed one stays as it is.
+async fn close_alarm(
+    tx: &mut SqliteConnection,
+    id: &str,
+    state: &str,
+    at_ms: i64,
+    command_id: &str,
+    message: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE alarms SET state = ?, closed_ms = ?, command_id = ?, message = ?
+         WHERE id = ? AND state = ?",
+    )
+    .bind(state)
+    .bind(at_ms)
+    .bind(command_id)
+    .bind(message)
+    .bind(id)
+    .bind(super::ALARM_PENDING)
+    .execute(tx)
+    .await
+    .map_err(db("close alarm"))?;
+    Ok(())
 }
 
 /// Records a late result over the controller's closing outcome (see [`Write::CommandLate`]).

@@ -69,6 +69,7 @@ suite!(
     incidents_open_first_then_newest,
     unreadable_rows_are_reported_by_session,
     recorder_writes_everything_before_it_stops,
+    alarms_pending_first_and_closed_once,
 );
 
 fn node(id: &str, host: &str) -> NodeRecord {
@@ -386,4 +387,69 @@ async fn recorder_retries_a_failing_store() {
 async fn unsupported_urls_are_refused() {
     let e = open("postgres://x").await.err().expect("refused");
     assert!(matches!(e, StoreError::Unsupported(_)), "{e}");
+}
+
+fn alarm(id: &str, due_ms: i64) -> AlarmRow {
+    AlarmRow {
+        id: id.into(),
+        session: SessionRef {
+            node_id: "n1".into(),
+            tmux_socket: "/s".into(),
+            session_name: "w".into(),
+        },
+        note: "check the CI run".into(),
+        origin: "self".into(),
+        created_ms: 1,
+        due_ms,
+        state: ALARM_PENDING.into(),
+        closed_ms: 0,
+        command_id: String::new(),
+        message: String::new(),
+    }
+}
+
+async fn alarms_pending_first_and_closed_once(s: &Arc<dyn Store>) {
+    let close = |id: &str, state: &str, at_ms: i64| Write::AlarmClosed {
+        id: id.into(),
+        state: state.into(),
+        at_ms,
+        command_id: format!("c-{id}-{at_ms}"),
+        message: state.into(),
+    };
+    s.write(&[
+        Write::AlarmScheduled(alarm("a", 30)),
+        Write::AlarmScheduled(alarm("b", 10)),
+        Write::AlarmScheduled(alarm("c", 20)),
+        Write::AlarmScheduled(alarm("d", 5)),
+        // The same id again changes nothing.
+        Write::AlarmScheduled(alarm("b", 99)),
+    ])
+    .await
+    .expect("schedule");
+    s.write(&[close("c", "delivered", 40), close("d", "cancelled", 41)])
+        .await
+        .expect("close");
+    // A closed alarm stays as it was closed.
+    s.write(&[close("c", "cancelled", 50)])
+        .await
+        .expect("close again");
+    let pending: Vec<String> = s
+        .alarms(false, 100)
+        .await
+        .expect("alarms")
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    assert_eq!(pending, ["b", "a"]);
+    let all = s.alarms(true, 100).await.expect("alarms");
+    let ids: Vec<&str> = all.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, ["b", "a", "d", "c"]);
+    assert_eq!(all[0].due_ms, 10);
+    let c = s.alarm("c").await.expect("alarm").expect("stored");
+    assert_eq!(
+        (c.state.as_str(), c.closed_ms, c.command_id.as_str()),
+        ("delivered", 40, "c-c-40")
+    );
+    assert_eq!(s.alarms(true, 1).await.expect("alarms").len(), 1);
+    assert!(s.alarm("zz").await.expect("alarm").is_none());
 }
