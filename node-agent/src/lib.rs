@@ -8,6 +8,7 @@ pub mod events;
 pub mod exec;
 pub mod fence;
 pub mod link;
+pub mod local;
 pub mod probe;
 pub mod procs;
 pub mod tmux;
@@ -88,7 +89,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         snap_rx.clone(),
         profiles,
     ));
+    let (forward, inbox) = local::channel();
+    let local_snap = snap_rx.clone();
     let link = Link {
+        local: inbox,
         config: LinkConfig {
             controller: config.controller.clone(),
             node_id: node_id.clone(),
@@ -110,6 +114,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     tracing::info!(node = %node_id, controller = %config.controller, "node agent starting");
 
     let tasks = tokio_util::task::TaskTracker::new();
+    // The local socket for agents inside the sessions; the node agent works without it.
+    match local::bind(&config.state_dir) {
+        Ok((listener, path)) => {
+            tasks.spawn(local::advertise(
+                path.clone(),
+                local_snap.clone(),
+                shutdown.clone(),
+            ));
+            let server = local::Server {
+                path,
+                snapshot: local_snap,
+                forward,
+            };
+            tasks.spawn(server.serve(listener, shutdown.clone()));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, state_dir = %config.state_dir.display(), "local socket not available: agents cannot set their own alarms");
+        }
+    }
     tasks.spawn(link.run(shutdown.clone()));
     let probe_shutdown = shutdown.clone();
     let interval = config.probe_interval;

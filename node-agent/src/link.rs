@@ -78,6 +78,8 @@ pub struct Link {
     pub boot_id: String,
     /// Commands running and results not yet delivered, across connections.
     pub commands: Commands,
+    /// Requests from the local socket for the controller, and their callers.
+    pub local: crate::local::Inbox,
 }
 
 /// Most command results kept while no controller listens; the oldest are dropped beyond it.
@@ -176,6 +178,7 @@ impl Link {
         if !shutdown.is_cancelled() {
             self.commands.resend_recent();
         }
+        self.local.broke();
         result
     }
 
@@ -280,6 +283,9 @@ impl Link {
                     Some(pb::ControllerMessage { msg: Some(pb::controller_message::Msg::Command(cmd)) }) => {
                         self.commands.start(self.executor.clone(), cmd);
                     }
+                    Some(pb::ControllerMessage { msg: Some(pb::controller_message::Msg::LocalAnswer(a)) }) => {
+                        self.local.answer(a);
+                    }
                     Some(_) => tracing::warn!("ignoring unexpected controller message"),
                     None => return Ok(()),
                 },
@@ -303,6 +309,7 @@ impl Link {
                         send(tx, pb::agent_message::Msg::Event(event)).await?;
                     }
                 }
+                Some(msg) = self.local.next() => send(tx, msg).await?,
                 _ = heartbeat.tick() => {
                     send(tx, pb::agent_message::Msg::Heartbeat(pb::Heartbeat { sent_at_ms: now_ms() })).await?;
                 }
