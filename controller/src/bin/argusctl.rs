@@ -90,6 +90,81 @@ enum Cmd {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Set a durable alarm: when due, NOTE is typed into the session's agent at its prompt.
+    Schedule {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        when: When,
+        /// The text the agent gets.
+        note: String,
+    },
+    /// List pending alarms (--all: delivered and cancelled ones too).
+    Alarms {
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Act on one alarm.
+    Alarm {
+        #[command(subcommand)]
+        cmd: AlarmCmd,
+    },
+    /// For agents, from inside their own tmux session: talk to the node agent's local socket
+    /// (found through ARGUS_NODE_SOCKET, which the node agent sets in its tmux servers). Needs
+    /// no controller address and no credential.
+    #[command(name = "self", subcommand)]
+    Myself(SelfCmd),
+}
+
+/// When an alarm is due: `--in 30m` or `--at 2026-01-01T09:00:00Z`.
+#[derive(clap::Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
+struct When {
+    /// Due after this long (`90s`, `20m`, `2h`).
+    #[arg(long = "in", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    after: Option<std::time::Duration>,
+    /// Due at this time (RFC 3339, e.g. `2026-01-01T09:00:00Z`).
+    #[arg(long, value_name = "TIME")]
+    at: Option<String>,
+}
+
+impl When {
+    /// `(in_ms, at_ms)`, one of them zero.
+    fn split(&self) -> anyhow::Result<(u64, i64)> {
+        match (&self.after, &self.at) {
+            (Some(d), None) => Ok((u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1), 0)),
+            (None, Some(t)) => {
+                let t = chrono::DateTime::parse_from_rfc3339(t)
+                    .with_context(|| format!("--at {t:?} is not an RFC 3339 time"))?;
+                Ok((0, t.timestamp_millis()))
+            }
+            _ => anyhow::bail!("give one of --in and --at"),
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum AlarmCmd {
+    /// Cancel a pending alarm.
+    Cancel { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum SelfCmd {
+    /// Set an alarm for this session: NOTE is typed in at your prompt when due.
+    Schedule {
+        #[command(flatten)]
+        when: When,
+        /// The text you get.
+        note: String,
+        /// The session meant (refused unless it is the caller's own).
+        #[arg(long)]
+        session: Option<String>,
+    },
+    /// Which session the node agent sees this process in.
+    Whoami,
 }
 
 /// Which session a command is about: `NODE NAME`, plus `--socket PATH` when the name exists on
@@ -162,6 +237,10 @@ fn print_result(r: pb::CommandResponse) -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let args = match args.cmd {
+        Cmd::Myself(cmd) => return myself(cmd).await,
+        _ => args,
+    };
     let channel = Channel::from_shared(args.controller.clone())?
         .connect()
         .await
@@ -179,6 +258,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Cmd::Incidents { all } => incidents(&mut c, all).await,
         Cmd::Ack { id, by } => ack(&mut c, id, by).await,
         Cmd::Watch { node } => watch(&mut c, node).await,
+        Cmd::Schedule { target, when, note } => schedule(&mut c, &target, &when, note).await,
+        Cmd::Alarms { all, node } => alarms(&mut c, all, node).await,
+        Cmd::Alarm {
+            cmd: AlarmCmd::Cancel { id },
+        } => cancel_alarm(&mut c, id).await,
+        Cmd::Myself(_) => unreachable!("handled without a controller"),
     }
 }
 
@@ -392,6 +477,125 @@ async fn watch(c: &mut Client, node: Option<String>) -> anyhow::Result<()> {
             e.kind,
             e.message
         );
+    }
+    Ok(())
+}
+
+async fn schedule(
+    c: &mut Client,
+    target: &Target,
+    due: &When,
+    note: String,
+) -> anyhow::Result<()> {
+    let (in_ms, at_ms) = due.split()?;
+    let r = c
+        .schedule_nudge(pb::ScheduleNudgeRequest {
+            session: Some(target.sref()),
+            in_ms,
+            at_ms,
+            note,
+        })
+        .await;
+    let a = refine(c, target, r).await?;
+    println!("{} due {}", a.id, when(a.due_ms));
+    Ok(())
+}
+
+fn alarm_state(s: i32) -> String {
+    pb::AlarmState::try_from(s)
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("ALARM_STATE_")
+                .to_lowercase()
+        })
+        .unwrap_or_else(|_| s.to_string())
+}
+
+async fn alarms(c: &mut Client, all: bool, node: Option<String>) -> anyhow::Result<()> {
+    let r = c
+        .list_alarms(pb::ListAlarmsRequest {
+            node_id: node.unwrap_or_default(),
+            include_closed: all,
+            limit: 1000,
+        })
+        .await?
+        .into_inner();
+    println!(
+        "{:<22} {:<16} {:<20} {:<10} {:<6} {:<23} {:<40} STATUS",
+        "ID", "NODE", "SESSION", "STATE", "BY", "DUE", "NOTE"
+    );
+    for a in r.alarms {
+        let s = a.session.unwrap_or_default();
+        let note: String = a.note.chars().take(40).collect();
+        println!(
+            "{:<22} {:<16} {:<20} {:<10} {:<6} {:<23} {:<40} {}",
+            a.id,
+            s.node_id,
+            s.session_name,
+            alarm_state(a.state),
+            a.origin,
+            when(a.due_ms),
+            note,
+            a.message
+        );
+    }
+    Ok(())
+}
+
+async fn cancel_alarm(c: &mut Client, id: String) -> anyhow::Result<()> {
+    let a = c
+        .cancel_alarm(pb::CancelAlarmRequest { id })
+        .await?
+        .into_inner();
+    println!("{} {}", a.id, alarm_state(a.state));
+    Ok(())
+}
+
+/// `argusctl self ...`: one request on the node agent's local socket.
+async fn myself(cmd: SelfCmd) -> anyhow::Result<()> {
+    use argus_node_agent::local::{self, Op, Request};
+    let path = local::socket_for_caller().ok_or(local::ClientError::NoSocket)?;
+    let op = match cmd {
+        SelfCmd::Schedule {
+            when,
+            note,
+            session,
+        } => {
+            let (in_ms, at_ms) = when.split()?;
+            Op::Schedule {
+                in_ms,
+                at_ms,
+                note,
+                session,
+            }
+        }
+        SelfCmd::Whoami => Op::Whoami,
+    };
+    let is_schedule = matches!(op, Op::Schedule { .. });
+    let a = local::call(
+        &path,
+        &Request {
+            v: local::VERSION,
+            op,
+        },
+    )
+    .await?;
+    if !a.ok {
+        anyhow::bail!(
+            "{} ({})",
+            a.error.unwrap_or_default(),
+            a.code.unwrap_or_default()
+        );
+    }
+    let session = a.session.unwrap_or_default();
+    if is_schedule {
+        println!(
+            "alarm {} set for session {session}, due {}",
+            a.alarm_id.unwrap_or_default(),
+            when(a.due_ms.unwrap_or_default())
+        );
+    } else {
+        println!("{session} {}", a.tmux_socket.unwrap_or_default());
     }
     Ok(())
 }
