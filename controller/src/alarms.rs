@@ -390,7 +390,9 @@ impl Supervisor {
             };
             if let Some(row) = deliver {
                 let sup = self.clone();
-                self.alarms.tasks.spawn(async move { sup.deliver(row).await });
+                self.alarms
+                    .tasks
+                    .spawn(async move { sup.deliver(row).await });
             }
         }
     }

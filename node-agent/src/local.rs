@@ -331,7 +331,10 @@ impl Server {
                 return;
             }
             let answer = if !line.ends_with('\n') && n as u64 >= MAX_LINE {
-                Answer::refused("bad_request", format!("a request line is at most {MAX_LINE} bytes"))
+                Answer::refused(
+                    "bad_request",
+                    format!("a request line is at most {MAX_LINE} bytes"),
+                )
             } else {
                 match (&cred, parse(line.trim())) {
                     (_, Err(a)) => a,
@@ -414,7 +417,10 @@ impl Server {
     async fn ask(&self, request: pb::LocalRequest) -> Answer {
         let (reply, answer) = oneshot::channel();
         if self.forward.try_send((request, reply)).is_err() {
-            return Answer::refused("unavailable", "too many requests waiting for the controller");
+            return Answer::refused(
+                "unavailable",
+                "too many requests waiting for the controller",
+            );
         }
         match tokio::time::timeout(ANSWER_WAIT, answer).await {
             Ok(Ok(a)) if a.code == 0 => Answer {
@@ -486,7 +492,9 @@ pub async fn advertise(
                     tracing::debug!(tmux = %server, "{ENV} set in the tmux server's environment");
                     done.insert(server.clone());
                 }
-                Ok(o) => tracing::debug!(tmux = %server, error = %String::from_utf8_lossy(&o.stderr).trim(), "could not set {ENV}"),
+                Ok(o) => {
+                    tracing::debug!(tmux = %server, error = %String::from_utf8_lossy(&o.stderr).trim(), "could not set {ENV}")
+                }
                 Err(e) => tracing::debug!(tmux = %server, error = %e, "could not run tmux"),
             }
         }
@@ -559,7 +567,9 @@ mod tests {
     #[test]
     fn requests_parse_and_unknown_ops_or_versions_are_answered() {
         let r = parse(r#"{"v":1,"op":"schedule","in_ms":5,"note":"n"}"#).expect("schedule");
-        assert!(matches!(r.op, Op::Schedule { in_ms: 5, at_ms: 0, ref note, session: None } if note == "n"));
+        assert!(
+            matches!(r.op, Op::Schedule { in_ms: 5, at_ms: 0, ref note, session: None } if note == "n")
+        );
         assert!(matches!(
             parse(r#"{"v":1,"op":"whoami"}"#).expect("whoami").op,
             Op::Whoami

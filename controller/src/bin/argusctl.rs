@@ -481,12 +481,7 @@ async fn watch(c: &mut Client, node: Option<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn schedule(
-    c: &mut Client,
-    target: &Target,
-    due: &When,
-    note: String,
-) -> anyhow::Result<()> {
+async fn schedule(c: &mut Client, target: &Target, due: &When, note: String) -> anyhow::Result<()> {
     let (in_ms, at_ms) = due.split()?;
     let r = c
         .schedule_nudge(pb::ScheduleNudgeRequest {

@@ -8,8 +8,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 
 use super::{
-    AlarmRow, CommandRow, History, IncidentRow, NodeRecord, SessionRef, Store, StoreError, TransitionRow,
-    Write,
+    AlarmRow, CommandRow, History, IncidentRow, NodeRecord, SessionRef, Store, StoreError,
+    TransitionRow, Write,
 };
 
 /// A [`Store`] held in memory.

@@ -20,8 +20,8 @@ use sqlx::{Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    AlarmRow, CommandRow, History, IncidentRow, NodeRecord, SessionRef, Store, StoreError, TransitionRow,
-    Write,
+    AlarmRow, CommandRow, History, IncidentRow, NodeRecord, SessionRef, Store, StoreError,
+    TransitionRow, Write,
 };
 
 /// How long SQLite waits for a lock held by another connection or process.
