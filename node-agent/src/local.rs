@@ -136,18 +136,18 @@ impl Answer {
 }
 
 /// Parses one request line; a wrong version or an unknown op is an answer of its own.
-fn parse(line: &str) -> Result<Request, Answer> {
+fn parse(line: &str) -> Result<Request, Box<Answer>> {
     let value: serde_json::Value = serde_json::from_str(line)
-        .map_err(|e| Answer::refused("bad_request", format!("not JSON: {e}")))?;
+        .map_err(|e| Box::new(Answer::refused("bad_request", format!("not JSON: {e}"))))?;
     match value.get("v").and_then(serde_json::Value::as_u64) {
         Some(v) if v == u64::from(VERSION) => {}
         Some(v) => {
-            return Err(Answer::refused(
+            return Err(Box::new(Answer::refused(
                 "unsupported",
                 format!("protocol version {v}; this node agent speaks {VERSION}"),
-            ));
+            )));
         }
-        None => return Err(Answer::refused("bad_request", "\"v\" is missing")),
+        None => return Err(Box::new(Answer::refused("bad_request", "\"v\" is missing"))),
     }
     let op = value
         .get("op")
@@ -155,11 +155,11 @@ fn parse(line: &str) -> Result<Request, Answer> {
         .unwrap_or("")
         .to_owned();
     serde_json::from_value(value).map_err(|e| {
-        if matches!(op.as_str(), "schedule" | "whoami") {
+        Box::new(if matches!(op.as_str(), "schedule" | "whoami") {
             Answer::refused("bad_request", e.to_string())
         } else {
             Answer::refused("unsupported", format!("unknown op {op:?}"))
-        }
+        })
     })
 }
 
@@ -337,7 +337,7 @@ impl Server {
                 )
             } else {
                 match (&cred, parse(line.trim())) {
-                    (_, Err(a)) => a,
+                    (_, Err(a)) => *a,
                     (Err(e), _) => Answer::refused("refused", format!("no peer credentials: {e}")),
                     (Ok(c), Ok(req)) if c.uid() != uid => {
                         let _ = req;

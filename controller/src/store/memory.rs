@@ -281,7 +281,7 @@ impl Store for MemoryStore {
             .cloned()
             .collect();
         // SQLite: pending first by due time, then closed ones newest first.
-        rows.sort_by(|a, b| super::alarm_order(a, b));
+        rows.sort_by(super::alarm_order);
         rows.truncate(limit as usize);
         Ok(rows)
     }
