@@ -93,6 +93,8 @@ struct Entry {
 /// The pending alarms.
 pub struct Alarms {
     pending: Mutex<HashMap<String, Entry>>,
+    /// When each session last had an alarm delivered (kept for `alarm::SETTLE_MS`).
+    delivered: Mutex<HashMap<SessionRef, UnixMs>>,
     tasks: TaskTracker,
 }
 
@@ -105,6 +107,7 @@ impl Alarms {
     pub fn new(tasks: TaskTracker) -> Self {
         Self {
             pending: Mutex::new(HashMap::new()),
+            delivered: Mutex::new(HashMap::new()),
             tasks,
         }
     }
@@ -326,7 +329,7 @@ impl Supervisor {
     }
 
     /// What the controller sees of an alarm's node and session.
-    fn alarm_seen(&self, key: &SessionRef) -> Seen {
+    fn alarm_seen(&self, key: &SessionRef, sibling_first: bool) -> Seen {
         let node_ready = self
             .fleet
             .node(&key.node_id)
@@ -336,16 +339,21 @@ impl Supervisor {
             condition: t.obs.condition,
             attached: t.obs.attached_clients,
             has_agent: t.obs.agent.is_some(),
+            observed_ms: t.obs_at_ms.unwrap_or(0),
         });
         Seen {
             node_ready,
             session,
+            sibling_first,
+            last_delivery_ms: lock(&self.alarms.delivered).get(key).copied(),
         }
     }
 
-    /// Looks at every pending alarm: delivers those due at a prompt, notes why the others wait.
+    /// Looks at every pending alarm: delivers those due at a prompt, one per session at a time
+    /// (the earliest due first), and notes why the others wait.
     pub async fn due_alarms(self: &Arc<Self>, now: UnixMs) {
-        let due: Vec<(String, SessionRef, Timing)> = lock(&self.alarms.pending)
+        lock(&self.alarms.delivered).retain(|_, at| now - *at < alarm::SETTLE_MS);
+        let mut due: Vec<(String, SessionRef, Timing)> = lock(&self.alarms.pending)
             .values()
             .filter(|e| e.row.due_ms <= now)
             .map(|e| {
@@ -360,8 +368,16 @@ impl Supervisor {
                 )
             })
             .collect();
+        due.sort_by(|a, b| (a.2.due_ms, &a.0).cmp(&(b.2.due_ms, &b.0)));
+        // Sessions with an alarm in flight, then each session's earliest: the others queue.
+        let mut first: std::collections::HashSet<SessionRef> = due
+            .iter()
+            .filter(|(_, _, t)| t.in_flight)
+            .map(|(_, k, _)| k.clone())
+            .collect();
         for (id, key, timing) in due {
-            let decision = alarm::decide(&timing, &self.alarm_seen(&key), now);
+            let sibling_first = !timing.in_flight && !first.insert(key.clone());
+            let decision = alarm::decide(&timing, &self.alarm_seen(&key, sibling_first), now);
             let deliver = {
                 let mut p = lock(&self.alarms.pending);
                 let Some(e) = p.get_mut(&id) else { continue };
@@ -428,6 +444,7 @@ impl Supervisor {
                     message: r.message.clone(),
                 });
                 lock(&self.alarms.pending).remove(&row.id);
+                lock(&self.alarms.delivered).insert(key.clone(), now);
                 self.events.publish(
                     &key.node_id,
                     &key.session_name,

@@ -15,6 +15,9 @@ use argus_shared::time::UnixMs;
 pub const MAX_AHEAD_MS: i64 = 30 * 24 * 3600 * 1000;
 /// Longest note, in bytes.
 pub const MAX_NOTE: usize = 1000;
+/// After a delivery, the session's next alarm waits for an observation newer than it (the
+/// agent answered: its screen moved), or this long when none comes.
+pub const SETTLE_MS: i64 = 10_000;
 
 /// An alarm's timing, as the controller keeps it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +37,10 @@ pub struct Seen {
     pub node_ready: bool,
     /// The session is in the live view; `None` fields below when it is not.
     pub session: Option<SessionSeen>,
+    /// Another alarm of the same session is being delivered, or comes first (due earlier).
+    pub sibling_first: bool,
+    /// When the session's last alarm was delivered (by this controller process).
+    pub last_delivery_ms: Option<UnixMs>,
 }
 
 /// The session's part of [`Seen`].
@@ -45,6 +52,8 @@ pub struct SessionSeen {
     pub attached: u32,
     /// An agent process (or the pane's own non-shell program) is known.
     pub has_agent: bool,
+    /// When the latest observation arrived.
+    pub observed_ms: UnixMs,
 }
 
 /// Why a due alarm waits.
@@ -70,6 +79,10 @@ pub enum Hold {
     Retrying { at_ms: UnixMs },
     /// A delivery is under way.
     InFlight,
+    /// Another alarm of the session goes first.
+    Queued,
+    /// An alarm was just delivered: waiting to see the agent take it.
+    Settling,
 }
 
 impl std::fmt::Display for Hold {
@@ -85,6 +98,8 @@ impl std::fmt::Display for Hold {
             Self::NotAtPrompt => write!(f, "held: the agent is not at its prompt"),
             Self::Retrying { .. } => write!(f, "held: the last delivery failed, retrying"),
             Self::InFlight => write!(f, "being delivered"),
+            Self::Queued => write!(f, "held: another alarm of this session goes first"),
+            Self::Settling => write!(f, "held: the agent is taking the previous alarm"),
         }
     }
 }
@@ -138,6 +153,16 @@ pub fn decide(t: &Timing, seen: &Seen, now: UnixMs) -> Decision {
     }
     if s.attached > 0 {
         return Decision::Held(Hold::PersonAttached);
+    }
+    if seen.sibling_first {
+        return Decision::Held(Hold::Queued);
+    }
+    // The prompt seen may be the one from before the last delivery: wait for a newer look.
+    if let Some(last) = seen.last_delivery_ms
+        && s.observed_ms <= last
+        && now - last < SETTLE_MS
+    {
+        return Decision::Held(Hold::Settling);
     }
     Decision::Deliver
 }
@@ -225,7 +250,10 @@ mod tests {
                 condition,
                 attached,
                 has_agent: true,
+                observed_ms: 0,
             }),
+            sibling_first: false,
+            last_delivery_ms: None,
         }
     }
 
@@ -300,6 +328,8 @@ mod tests {
         let absent = Seen {
             node_ready: true,
             session: None,
+            sibling_first: false,
+            last_delivery_ms: None,
         };
         assert_eq!(
             decide(&timing(0), &absent, 10),
@@ -318,6 +348,26 @@ mod tests {
             Decision::Held(Hold::Retrying { at_ms: 50 })
         );
         assert_eq!(decide(&t, &ok, 50), Decision::Deliver);
+    }
+
+    #[test]
+    fn one_alarm_of_a_session_at_a_time_each_at_a_fresh_prompt() {
+        let mut s = seen(SessionState::Stalled, Condition::AtPrompt, 0);
+        s.sibling_first = true;
+        assert_eq!(decide(&timing(0), &s, 10), Decision::Held(Hold::Queued));
+        s.sibling_first = false;
+        // Delivered at 100; the prompt was seen at 90: not yet.
+        s.last_delivery_ms = Some(100);
+        if let Some(x) = s.session.as_mut() {
+            x.observed_ms = 90;
+        }
+        assert_eq!(decide(&timing(0), &s, 200), Decision::Held(Hold::Settling));
+        // A newer look at the prompt, or long enough without one.
+        assert_eq!(decide(&timing(0), &s, 100 + SETTLE_MS), Decision::Deliver);
+        if let Some(x) = s.session.as_mut() {
+            x.observed_ms = 150;
+        }
+        assert_eq!(decide(&timing(0), &s, 200), Decision::Deliver);
     }
 
     #[test]

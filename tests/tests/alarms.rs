@@ -299,5 +299,43 @@ async fn an_alarm_set_through_the_api_survives_a_node_agent_restart_and_can_be_c
             .find(|a| a.id == set.id && a.state() == pb::AlarmState::Delivered))
     })
     .await?;
+
+    // Two due at once: one at a time, in order, the second at a prompt seen after the first was
+    // delivered (this agent answers at once and then shows nothing new, so the second waits
+    // out alarm::SETTLE_MS, 10 s).
+    let mut ids = Vec::new();
+    for n in 1..=2 {
+        let a = admin
+            .schedule_nudge(pb::ScheduleNudgeRequest {
+                session: sref("n1", "idle"),
+                in_ms: 300,
+                at_ms: 0,
+                note: format!("batch {n}"),
+            })
+            .await?
+            .into_inner();
+        ids.push(a.id);
+    }
+    let delivered = eventually("two alarms delivered", WAIT + WAIT, || async {
+        let all = alarms(&c, true).await?;
+        let done: Vec<pb::Alarm> = all
+            .into_iter()
+            .filter(|a| ids.contains(&a.id) && a.state() == pb::AlarmState::Delivered)
+            .collect();
+        Ok((done.len() == 2).then_some(done))
+    })
+    .await?;
+    let text = pane_history(&tmux, "idle")?;
+    let at: Vec<usize> = (1..=2)
+        .map(|n| {
+            let line = format!("received: [alarm set by an operator] batch {n}");
+            assert_eq!(text.matches(&line).count(), 1, "{text}");
+            text.find(&line).unwrap_or_default()
+        })
+        .collect();
+    assert!(at[0] < at[1], "{text}");
+    let mut lag: Vec<i64> = delivered.iter().map(|a| a.closed_ms - a.due_ms).collect();
+    lag.sort_unstable();
+    eprintln!("FIGURE alarm delivery after due, two due at once on one session: {lag:?} ms");
     Ok(())
 }
