@@ -66,7 +66,9 @@ async fn an_alarm_set_from_inside_fires_after_a_controller_restart_at_the_prompt
     // spinner line above its input box means it is working).
     let script = format!(
         r#"
-until {argusctl} self schedule --in 2s "check the CI run" > {dir}/own.out 2>&1; do sleep 0.2; done
+s=$(date +%s%N)
+until {argusctl} self schedule --in 2s "check the CI run" > {dir}/own.out 2>&1; do sleep 0.2; s=$(date +%s%N); done
+echo $(( ($(date +%s%N) - s) / 1000000 )) > {dir}/own.ms
 {argusctl} self schedule --session other --in 1m "not mine" > {dir}/other.out 2>&1
 echo $? > {dir}/other.rc
 {claude} working & w=$!
@@ -98,6 +100,9 @@ exec {claude} idle
     assert_eq!(set.note, "check the CI run");
     assert_eq!(set.state(), pb::AlarmState::Pending);
     let own = std::fs::read_to_string(work.path().join("own.out"))?;
+    if let Ok(ms) = std::fs::read_to_string(work.path().join("own.ms")) {
+        eprintln!("FIGURE argusctl self schedule, answered: {} ms", ms.trim());
+    }
     assert!(own.contains(&set.id) && own.contains("worker"), "{own}");
 
     // Another session's alarm is refused, and none is stored.
