@@ -258,6 +258,41 @@ async fn an_alarm_set_through_the_api_survives_a_node_agent_restart_and_can_be_c
     let all = alarms(&c, true).await?;
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].state(), pb::AlarmState::Cancelled);
+    // `--at` with an RFC 3339 time; one in the past is refused.
+    let at = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default()
+    };
+    let now = argus_shared::time::now_ms();
+    let out = std::process::Command::new(&argusctl)
+        .args(["--controller", &c.url(), "schedule", "n1", "idle"])
+        .args(["--at", &at(now + 7_200_000), "at a time"])
+        .output()?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.starts_with("al-"), "{said}");
+    let id = said
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let listed = alarms(&c, false).await?;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, id);
+    assert!(
+        (listed[0].due_ms - (now + 7_200_000)).abs() < 1000,
+        "{listed:?}"
+    );
+    admin.cancel_alarm(pb::CancelAlarmRequest { id }).await?;
+    let out = std::process::Command::new(&argusctl)
+        .args(["--controller", &c.url(), "schedule", "n1", "idle"])
+        .args(["--at", &at(now - 60_000), "too late"])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("in the past"),
+        "{err}"
+    );
     // Bad requests name what is wrong.
     let bad = admin
         .schedule_nudge(pb::ScheduleNudgeRequest {
