@@ -76,6 +76,8 @@ pub enum Input {
     Verdict(Verdict),
     /// Time passed (the controller ticks every session periodically).
     Tick,
+    /// What the node agent reported for a quality gate run.
+    Gate(crate::gate::GateResult),
 }
 
 /// The fleet-level context of one step, decided by correlation outside the session.
@@ -184,6 +186,9 @@ pub struct Durable {
     /// What the controller last knew of the session, to reconcile it after a restart.
     #[serde(default)]
     pub remembered: Remembered,
+    /// The quality gate's episode (attempts, a run awaited).
+    #[serde(default)]
+    pub gate: crate::gate::GateState,
 }
 
 /// Everything the controller remembers about one session between steps.
@@ -314,6 +319,9 @@ pub fn next_due(t: &Track, now: UnixMs, policy: &Policy, ctx: &Ctx) -> Option<Un
     let confirming = matches!(t.ladder.rung, Rung::Confirming(_));
     let mut due: Option<UnixMs> = None;
     let mut at = |when: UnixMs| due = Some(due.map_or(when, |d| d.min(when)).max(now));
+    if let Some(d) = crate::gate::due(&t.durable.gate, policy) {
+        at(d);
+    }
     if let Some(r) = &t.durable.rate {
         let base = ms(policy.rate_limit_cooldown);
         let resume = r.resume_due(
@@ -424,6 +432,7 @@ pub fn step(t: &mut Track, input: Input, now: UnixMs, policy: &Policy, ctx: &Ctx
         }
         Input::Verdict(v) => verdict(t, v, now, policy, ctx, &mut fx),
         Input::Tick => tick(t, now, policy, ctx, &mut fx),
+        Input::Gate(result) => crate::gate::outcome(t, result, now, policy, &mut fx),
     }
     recover::remember(t);
     if t.durable != before {
@@ -483,6 +492,9 @@ fn observe(
             if was_alive && to == SessionState::Dead {
                 death(t, "pane died", now, policy, ctx, fx);
             }
+            if was_alive && to == SessionState::Completed {
+                crate::gate::at_exit(t, now, policy, ctx, fx);
+            }
         }
         return;
     }
@@ -525,10 +537,17 @@ fn observe(
         t.restart_wanted = false;
         t.operator_killed = false;
     }
+    if new_agent && !first {
+        // A new agent process starts a new gate episode.
+        t.durable.gate = crate::gate::GateState::default();
+    }
     if active {
         t.last_activity_ms = now;
         if t.ladder.rung != Rung::Clear {
             t.ladder.reset();
+        }
+        if !first {
+            crate::gate::worked(t, policy);
         }
     }
     // A long healthy run forgives past restarts.
@@ -728,6 +747,10 @@ fn tick(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut Vec<Eff
             now,
             fx,
         );
+    }
+    if crate::gate::at_prompt(t, now, policy, ctx, fx) {
+        // A quality gate runs: the idle ladder waits for its outcome.
+        return;
     }
     if t.state != SessionState::Stalled && !matches!(t.ladder.rung, Rung::Confirming(_)) {
         return;

@@ -115,6 +115,18 @@ pub struct Policy {
     /// An open incident is notified again (webhooks) at most this often.
     #[serde(with = "humantime_serde")]
     pub notify_repeat: Duration,
+    /// The quality gate command (`sh -c`, in the session's working directory) run at a finish
+    /// point; empty: none. A session's `@argus-gate` label overrides it.
+    pub gate: String,
+    /// Gate runs per episode: failures before the last one send feedback, the last calls a person.
+    pub gate_attempts: u32,
+    /// A gate still running after this is killed and counts as failed.
+    #[serde(with = "humantime_serde")]
+    pub gate_timeout: Duration,
+    /// Lines of the gate's output in a feedback nudge.
+    pub gate_feedback_lines: u32,
+    /// Bytes of the gate's output in a feedback nudge.
+    pub gate_feedback_bytes: usize,
     /// Per-group overrides (`@argus-group`): `[groups.NAME]` with any of the keys above.
     #[serde(skip)]
     pub groups: std::collections::BTreeMap<String, std::sync::Arc<Policy>>,
@@ -183,6 +195,11 @@ impl Default for Policy {
             self_suspect_share: 0.5,
             fleet_destructive_per_minute: 30,
             notify_repeat: Duration::from_secs(4 * 3600),
+            gate: String::new(),
+            gate_attempts: 3,
+            gate_timeout: Duration::from_secs(600),
+            gate_feedback_lines: 20,
+            gate_feedback_bytes: 1500,
             groups: std::collections::BTreeMap::new(),
         }
     }
@@ -304,6 +321,30 @@ impl Policy {
         if self.command_timeout.is_zero() {
             return invalid("command_timeout", "must be positive");
         }
+        self.validate_gate()
+    }
+
+    /// The quality-gate keys.
+    fn validate_gate(&self) -> Result<(), PolicyError> {
+        let invalid = |key: &str, why: String| Err(PolicyError::Invalid { key: key.into(), why });
+        let max_ms = argus_shared::command::MAX_GATE_TIMEOUT_MS;
+        if self.gate_timeout.is_zero() || self.gate_timeout.as_millis() > u128::from(max_ms) {
+            return invalid("gate_timeout", format!("must be positive and at most {max_ms} ms"));
+        }
+        if !self.gate.trim().is_empty()
+            && let Err(e) = argus_shared::command::Action::gate(&self.gate, 0)
+        {
+            return invalid("gate", e.to_string());
+        }
+        if self.gate_attempts == 0 {
+            return invalid("gate_attempts", "must be at least 1".into());
+        }
+        if !(100..=3000).contains(&self.gate_feedback_bytes) || self.gate_feedback_lines == 0 {
+            return invalid(
+                "gate_feedback_bytes",
+                "must be 100 to 3000 (and gate_feedback_lines at least 1)".into(),
+            );
+        }
         Ok(())
     }
 }
@@ -351,6 +392,17 @@ mod tests {
         assert!(e.to_string().contains("node_down_after"), "{e}");
         let e = Policy::from_toml("nudge_text = \"a\\nb\"").expect_err("control char");
         assert!(e.to_string().contains("nudge_text"), "{e}");
+    }
+
+    #[test]
+    fn gate_keys() {
+        let p = Policy::from_toml("gate = \"cargo test\"\ngate_attempts = 2\ngate_timeout = \"5m\"")
+            .expect("parses");
+        assert_eq!((p.gate.as_str(), p.gate_attempts), ("cargo test", 2));
+        for bad in ["gate_attempts = 0", "gate_timeout = \"2h\"", "gate = \"a\\u0007\""] {
+            let e = Policy::from_toml(bad).expect_err(bad);
+            assert!(e.to_string().contains("gate"), "{e}");
+        }
     }
 }
 

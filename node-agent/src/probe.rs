@@ -532,6 +532,7 @@ mod tests {
                 String::new(),
                 "g1".into(),
                 String::new(),
+                String::new(),
             ],
             window_size: (120, 40),
             start_command: "claude".into(),
