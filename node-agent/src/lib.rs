@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod events;
 pub mod exec;
 pub mod fence;
+pub mod gate;
 pub mod link;
 pub mod probe;
 pub mod procs;
