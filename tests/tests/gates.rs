@@ -1,0 +1,276 @@
+//! Quality gates through the real controller and node agent, on a private tmux server with a
+//! fake agent working in a real git repository: the gate runs at the agent's finish point in its
+//! working directory, a failure comes back to the agent as specific feedback (read from the
+//! pane), the last failure opens one incident and nothing more is typed.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use argus_proto::v1 as pb;
+use argus_tests::cluster::{TestCluster, fake_agent, sref, wait_event};
+use argus_tests::eventually;
+use argus_tests::tmux::TestTmux;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The idle ladder stays out of the way: only gate feedback is typed.
+const POLICY: &str = "nudge_dwell = \"10m\"\n";
+
+fn git(repo: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+        .arg("-C")
+        .arg(repo)
+        .args(args)
+        .output()?;
+    anyhow::ensure!(out.status.success(), "git {args:?}: {out:?}");
+    Ok(())
+}
+
+/// A git repository with `gate.sh` committed: it counts its runs in `.gate-runs`, records where
+/// it ran in `.gate-cwd`, prints `body`'s output and exits as `body` says.
+fn repo(body: &str) -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new().prefix("argus-gate-").tempdir()?;
+    let script = format!(
+        "n=$(cat .gate-runs 2>/dev/null || echo 0); n=$((n+1)); echo $n > .gate-runs\npwd > .gate-cwd\necho 'running 12 tests'\n{body}\n"
+    );
+    std::fs::write(dir.path().join("gate.sh"), script)?;
+    std::fs::write(dir.path().join(".gitignore"), ".gate-*\n")?;
+    git(dir.path(), &["init", "-q"])?;
+    git(dir.path(), &["add", "."])?;
+    git(dir.path(), &["commit", "-qm", "init"])?;
+    Ok(dir)
+}
+
+fn runs(repo: &Path) -> u32 {
+    std::fs::read_to_string(repo.join(".gate-runs"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A Claude-shaped fake agent at its prompt in `repo`, gated by `sh gate.sh`.
+fn start_worker(tmux: &TestTmux, repo: &Path) -> anyhow::Result<()> {
+    let dir = repo.display().to_string();
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "worker",
+        "-x",
+        "200",
+        "-y",
+        "50",
+        "-c",
+        &dir,
+        &fake_agent("idle"),
+        ";",
+        "set-option",
+        "-t",
+        "=worker:",
+        "@argus-profile",
+        "claude",
+        ";",
+        "set-option",
+        "-t",
+        "=worker:",
+        "@argus-gate",
+        "sh gate.sh",
+    ])
+    .map(drop)
+}
+
+/// The pane's whole history, wrapped lines joined.
+fn pane(tmux: &TestTmux) -> anyhow::Result<String> {
+    tmux.run(&["capture-pane", "-p", "-J", "-S", "-500", "-t", "=worker:"])
+}
+
+/// The feedback lines the agent received.
+fn feedback(tmux: &TestTmux) -> anyhow::Result<Vec<String>> {
+    Ok(pane(tmux)?
+        .lines()
+        .filter(|l| l.starts_with("received: The quality gate"))
+        .map(str::to_owned)
+        .collect())
+}
+
+async fn started(
+    tmux: &TestTmux,
+) -> anyhow::Result<(TestCluster, tonic::Streaming<pb::FleetEvent>)> {
+    let mut c = TestCluster::with_policy(POLICY).await?;
+    c.start_agent("n1", tmux.socket())?;
+    c.wait_session("n1", "worker", "agent known", WAIT, |s| s.agent_pid > 0)
+        .await?;
+    let mut admin = c.admin().await?;
+    let events = admin
+        .watch_events(pb::WatchEventsRequest::default())
+        .await?
+        .into_inner();
+    // The task: the agent works on it (its screen moves), then sits at its prompt again.
+    let r = admin
+        .nudge(pb::NudgeRequest {
+            session: sref("n1", "worker"),
+            text: "implement add() in src/lib.rs".into(),
+        })
+        .await?
+        .into_inner();
+    anyhow::ensure!(r.status() == pb::CommandStatus::Ok, "{r:?}");
+    Ok((c, events))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_that_fails_twice_sends_the_failure_back_then_passes() -> anyhow::Result<()> {
+    let repo = repo(
+        "if [ $n -le 2 ]; then echo \"test_add FAILED: expected 4, got $n\"; exit 1; fi\necho 'all 12 tests passed'",
+    )?;
+    let tmux = TestTmux::new();
+    start_worker(&tmux, repo.path())?;
+    let (c, mut events) = started(&tmux).await?;
+
+    let failed = std::cell::RefCell::new(Vec::new());
+    let passed = wait_event(&mut events, "gate_passed", WAIT, |e| {
+        if e.kind == "gate_failed" {
+            failed.borrow_mut().push(e.message.clone());
+        }
+        e.kind == "gate_passed"
+    })
+    .await;
+    let failed = failed.into_inner();
+    let passed = passed.map_err(|e| anyhow::anyhow!("{e}\n{}", c.controller_log()))?;
+    assert_eq!(passed.session_name, "worker");
+    assert!(passed.message.contains("attempt 3"), "{passed:?}");
+    assert_eq!(failed.len(), 2, "{failed:?}");
+
+    // The agent received the two failures' own text, in order, as typed feedback.
+    let got = feedback(&tmux)?;
+    assert_eq!(got.len(), 2, "{}", pane(&tmux)?);
+    for (i, line) in got.iter().enumerate() {
+        let n = i + 1;
+        assert!(
+            line.contains(&format!("test_add FAILED: expected 4, got {n}")),
+            "{line}"
+        );
+        assert!(line.contains(&format!("attempt {n} of 3")), "{line}");
+        assert!(line.contains("`sh gate.sh` failed with exit status 1"), "{line}");
+    }
+    assert_eq!(runs(repo.path()), 3);
+    // It ran in the session's working directory.
+    let cwd = std::fs::read_to_string(repo.path().join(".gate-cwd"))?;
+    assert_eq!(
+        Path::new(cwd.trim()).canonicalize()?,
+        repo.path().canonicalize()?
+    );
+
+    // Recorded: the three runs and the two feedback nudges in the session's audit.
+    let mut admin = c.admin().await?;
+    let history = eventually("the gate runs recorded", WAIT, || {
+        let mut admin = admin.clone();
+        async move {
+            let s = admin
+                .get_session(pb::GetSessionRequest {
+                    session: sref("n1", "worker"),
+                    history_limit: 50,
+                })
+                .await?
+                .into_inner();
+            let gates: Vec<_> = s
+                .commands
+                .iter()
+                .filter(|k| k.action == "gate" && !k.result_message.is_empty())
+                .cloned()
+                .collect();
+            Ok((gates.len() == 3).then_some(s))
+        }
+    })
+    .await?;
+    let feedback_nudges = history
+        .commands
+        .iter()
+        .filter(|k| k.action == "nudge" && k.reason.contains("quality gate failed"))
+        .count();
+    assert_eq!(feedback_nudges, 2);
+    assert!(
+        history
+            .commands
+            .iter()
+            .any(|k| k.action == "gate" && k.result_message.contains("exited with status 0")),
+        "{:?}",
+        history.commands
+    );
+    let incidents = admin
+        .list_incidents(pb::ListIncidentsRequest {
+            include_closed: true,
+            limit: 100,
+        })
+        .await?
+        .into_inner();
+    assert!(
+        incidents.incidents.iter().all(|i| i.kind != "gate_failed"),
+        "{incidents:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_that_always_fails_runs_three_times_then_calls_a_person_once() -> anyhow::Result<()>
+{
+    let repo = repo("echo \"error[E0308]: mismatched types (run $n)\"; exit 2")?;
+    let tmux = TestTmux::new();
+    start_worker(&tmux, repo.path())?;
+    let (c, mut events) = started(&tmux).await?;
+
+    let opened = wait_event(&mut events, "the gate incident", WAIT, |e| {
+        e.kind == "incident_opened" && e.message.contains("gate_failed")
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", c.controller_log()))?;
+    assert!(opened.message.contains("n1/worker"), "{opened:?}");
+    assert!(
+        opened.message.contains("mismatched types (run 3)"),
+        "{opened:?}"
+    );
+    assert_eq!(runs(repo.path()), 3);
+    let got = feedback(&tmux)?;
+    assert_eq!(got.len(), 2, "{}", pane(&tmux)?);
+    assert!(got[1].contains("mismatched types (run 2)"), "{}", got[1]);
+
+    // The agent works and finishes once more: no fourth run, no more feedback, one incident.
+    let mut admin = c.admin().await?;
+    admin
+        .nudge(pb::NudgeRequest {
+            session: sref("n1", "worker"),
+            text: "anything else?".into(),
+        })
+        .await?;
+    wait_event(&mut events, "working again", WAIT, |e| {
+        e.kind == "transition" && e.message.contains("-> working")
+    })
+    .await?;
+    wait_event(&mut events, "at its prompt again", WAIT, |e| {
+        e.kind == "transition" && e.message.contains("-> stalled")
+    })
+    .await?;
+    let quiet = eventually("a fourth run", Duration::from_secs(3), || async {
+        Ok((runs(repo.path()) > 3).then_some(()))
+    })
+    .await;
+    assert!(quiet.is_err(), "the gate ran again after it called a person");
+    assert_eq!(feedback(&tmux)?.len(), 2);
+    let incidents = admin
+        .list_incidents(pb::ListIncidentsRequest {
+            include_closed: true,
+            limit: 100,
+        })
+        .await?
+        .into_inner();
+    let gate: Vec<_> = incidents
+        .incidents
+        .iter()
+        .filter(|i| i.kind == "gate_failed")
+        .collect();
+    assert_eq!(gate.len(), 1, "{incidents:?}");
+    assert_eq!(gate[0].scope, "n1/worker");
+    assert_eq!(gate[0].closed_ms, 0);
+    Ok(())
+}
