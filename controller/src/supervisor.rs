@@ -517,6 +517,37 @@ impl Supervisor {
         Some(row)
     }
 
+    /// The policy's guarded files as the node agents get them: the base policy's (group ""),
+    /// then each group's whose guards differ from the base.
+    pub fn guards_message(&self) -> argus_proto::v1::ControllerMessage {
+        use argus_proto::v1 as pb;
+        let policy = self.policy();
+        let entry = |group: &str, g: &argus_decide::policy::Guard| pb::Guard {
+            group: group.to_owned(),
+            path: g.path.clone(),
+            marker: g.marker.clone(),
+        };
+        let mut guards: Vec<pb::Guard> = policy.guards.iter().map(|g| entry("", g)).collect();
+        for (name, p) in &policy.groups {
+            if p.guards != policy.guards {
+                guards.extend(p.guards.iter().map(|g| entry(name, g)));
+            }
+        }
+        pb::ControllerMessage {
+            msg: Some(pb::controller_message::Msg::Guards(pb::Guards { guards })),
+        }
+    }
+
+    /// Sends the guarded files to every attached node agent (after a policy reload).
+    fn send_guards(&self) {
+        let msg = self.guards_message();
+        for node in self.fleet.up_nodes() {
+            if let Some(link) = self.fleet.node(&node).and_then(|n| n.link) {
+                let _ = link.try_send(Ok(msg.clone()));
+            }
+        }
+    }
+
     /// Reloads the policy file when it changed; a bad file is refused and the old policy stays.
     pub fn reload_policy(&self) {
         let Some(path) = &self.policy_file else {
@@ -536,6 +567,7 @@ impl Supervisor {
                 if let Ok(mut cur) = self.policy.write() {
                     *cur = Arc::new(p);
                 }
+                self.send_guards();
                 self.events.publish(
                     "",
                     "",

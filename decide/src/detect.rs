@@ -78,6 +78,8 @@ pub enum Input {
     Tick,
     /// What the node agent reported for a quality gate run.
     Gate(crate::gate::GateResult),
+    /// The node agent restored a guarded file of this session (`path`; `detail` for people).
+    GuardRestored { path: String, detail: String },
 }
 
 /// The fleet-level context of one step, decided by correlation outside the session.
@@ -189,6 +191,9 @@ pub struct Durable {
     /// The quality gate's episode (attempts, a run awaited).
     #[serde(default)]
     pub gate: crate::gate::GateState,
+    /// A guarded file was restored: this warning waits for the agent's prompt.
+    #[serde(default)]
+    pub guard_warning: Option<String>,
 }
 
 /// Everything the controller remembers about one session between steps.
@@ -386,7 +391,10 @@ pub fn step(t: &mut Track, input: Input, now: UnixMs, policy: &Policy, ctx: &Ctx
     let before = t.durable.clone();
     let mut fx = Vec::new();
     match input {
-        Input::Observed(o) => observe(t, *o, now, policy, ctx, &mut fx),
+        Input::Observed(o) => {
+            observe(t, *o, now, policy, ctx, &mut fx);
+            crate::guard::deliver(t, ctx, &mut fx);
+        }
         Input::AgentExited(inc) => {
             if t.obs.agent == Some(inc) && t.state.is_alive() {
                 t.go(
@@ -433,6 +441,9 @@ pub fn step(t: &mut Track, input: Input, now: UnixMs, policy: &Policy, ctx: &Ctx
         Input::Verdict(v) => verdict(t, v, now, policy, ctx, &mut fx),
         Input::Tick => tick(t, now, policy, ctx, &mut fx),
         Input::Gate(result) => crate::gate::outcome(t, result, now, policy, &mut fx),
+        Input::GuardRestored { path, detail } => {
+            crate::guard::restored(t, &path, detail, policy, ctx, &mut fx);
+        }
     }
     recover::remember(t);
     if t.durable != before {

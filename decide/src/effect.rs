@@ -88,6 +88,8 @@ pub enum Notice {
     },
     /// A gate run was ordered but not carried out; no attempt counted.
     GateNotRun(String),
+    /// The node agent restored a guarded file (what, from where).
+    GuardRestored(String),
 }
 
 impl Notice {
@@ -110,6 +112,7 @@ impl Notice {
             Self::GateFailed { .. } => "gate_failed",
             Self::GateEscalated { .. } => "gate_escalated",
             Self::GateNotRun(_) => "gate_not_run",
+            Self::GuardRestored(_) => "guard_restored",
         }
     }
 }
@@ -180,6 +183,7 @@ impl fmt::Display for Notice {
                 "quality gate: {why} (after {attempts} attempts); a person must look, no more nudges: {tail}"
             ),
             Self::GateNotRun(why) => write!(f, "quality gate not run: {why}"),
+            Self::GuardRestored(what) => f.write_str(what),
         }
     }
 }

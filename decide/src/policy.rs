@@ -127,9 +127,21 @@ pub struct Policy {
     pub gate_feedback_lines: u32,
     /// Bytes of the gate's output in a feedback nudge.
     pub gate_feedback_bytes: usize,
+    /// Files an agent must not change (`[[guards]]`): the node agent restores them from git
+    /// HEAD or from the copy it took when it first saw the session, and the agent is warned.
+    pub guards: Vec<Guard>,
     /// Per-group overrides (`@argus-group`): `[groups.NAME]` with any of the keys above.
     #[serde(skip)]
     pub groups: std::collections::BTreeMap<String, std::sync::Arc<Policy>>,
+}
+
+/// A guarded file: `path` relative to the session's work tree, `marker` a string that must stay
+/// in it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Guard {
+    pub path: String,
+    pub marker: String,
 }
 
 /// Who answers at the triage rung.
@@ -200,6 +212,7 @@ impl Default for Policy {
             gate_timeout: Duration::from_secs(600),
             gate_feedback_lines: 20,
             gate_feedback_bytes: 1500,
+            guards: Vec::new(),
             groups: std::collections::BTreeMap::new(),
         }
     }
@@ -336,6 +349,26 @@ impl Policy {
         {
             return invalid("gate", e.to_string());
         }
+        for (i, g) in self.guards.iter().enumerate() {
+            let path = std::path::Path::new(&g.path);
+            let bad_path = g.path.is_empty()
+                || path.is_absolute()
+                || path
+                    .components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)));
+            if bad_path {
+                return invalid(
+                    &format!("guards[{i}].path"),
+                    format!("{:?} must be a relative path inside the work tree", g.path),
+                );
+            }
+            if g.marker.is_empty() || g.marker.contains('\n') {
+                return invalid(
+                    &format!("guards[{i}].marker"),
+                    "must be a non-empty string on one line".into(),
+                );
+            }
+        }
         if self.gate_attempts == 0 {
             return invalid("gate_attempts", "must be at least 1".into());
         }
@@ -399,6 +432,13 @@ mod tests {
         let p = Policy::from_toml("gate = \"cargo test\"\ngate_attempts = 2\ngate_timeout = \"5m\"")
             .expect("parses");
         assert_eq!((p.gate.as_str(), p.gate_attempts), ("cargo test", 2));
+        let p = Policy::from_toml("[[guards]]\npath = \"RULES.md\"\nmarker = \"IRON_LAW\"")
+            .expect("parses");
+        assert_eq!(p.guards[0].path, "RULES.md");
+        for bad in ["[[guards]]\npath = \"../x\"\nmarker = \"m\"", "[[guards]]\npath = \"/etc/x\"\nmarker = \"m\"", "[[guards]]\npath = \"x\"\nmarker = \"\""] {
+            let e = Policy::from_toml(bad).expect_err(bad);
+            assert!(e.to_string().contains("guards[0]"), "{e}");
+        }
         for bad in ["gate_attempts = 0", "gate_timeout = \"2h\"", "gate = \"a\\u0007\""] {
             let e = Policy::from_toml(bad).expect_err(bad);
             assert!(e.to_string().contains("gate"), "{e}");

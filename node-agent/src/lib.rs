@@ -8,6 +8,7 @@ pub mod events;
 pub mod exec;
 pub mod fence;
 pub mod gate;
+pub mod guard;
 pub mod link;
 pub mod probe;
 pub mod procs;
@@ -83,13 +84,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // The first snapshot is taken before the link dials, so the controller's first view is full.
     snap_tx.send_replace(Arc::new(prober.round().await));
 
+    let snap_rx_guard = snap_rx.clone();
+    let events_guard = events.clone();
     let executor = Arc::new(Executor::new(
         &servers,
         fence.clone(),
         snap_rx.clone(),
         profiles,
     ));
+    let (guards_tx, guards_rx) = watch::channel(Arc::new(Vec::new()));
     let link = Link {
+        guards: guards_tx,
         config: LinkConfig {
             controller: config.controller.clone(),
             node_id: node_id.clone(),
@@ -112,6 +117,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(link.run(shutdown.clone()));
+    tasks.spawn(guard::run(
+        guards_rx,
+        snap_rx_guard,
+        events_guard,
+        config.state_dir.clone(),
+        shutdown.clone(),
+    ));
     let probe_shutdown = shutdown.clone();
     let interval = config.probe_interval;
     tasks.spawn(async move {

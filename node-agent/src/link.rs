@@ -78,6 +78,8 @@ pub struct Link {
     pub boot_id: String,
     /// Commands running and results not yet delivered, across connections.
     pub commands: Commands,
+    /// The guarded files the controller sent last (see [`crate::guard`]).
+    pub guards: watch::Sender<Arc<Vec<pb::Guard>>>,
 }
 
 /// Most command results kept while no controller listens; the oldest are dropped beyond it.
@@ -279,6 +281,10 @@ impl Link {
                 msg = stream.inbound.message() => match msg.map_err(LinkError::Stream)? {
                     Some(pb::ControllerMessage { msg: Some(pb::controller_message::Msg::Command(cmd)) }) => {
                         self.commands.start(self.executor.clone(), cmd);
+                    }
+                    Some(pb::ControllerMessage { msg: Some(pb::controller_message::Msg::Guards(g)) }) => {
+                        tracing::info!(guards = g.guards.len(), "guarded files from the controller");
+                        self.guards.send_replace(Arc::new(g.guards));
                     }
                     Some(_) => tracing::warn!("ignoring unexpected controller message"),
                     None => return Ok(()),

@@ -368,6 +368,7 @@ impl Prober {
                 }),
                 at_ms: now_ms(),
                 detail: format!("{what} (pid {})", inc.pid),
+                ..Default::default()
             });
             wake.notify_one();
         });

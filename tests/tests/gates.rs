@@ -52,6 +52,10 @@ fn runs(repo: &Path) -> u32 {
 
 /// A Claude-shaped fake agent at its prompt in `repo`, gated by `sh gate.sh`.
 fn start_worker(tmux: &TestTmux, repo: &Path) -> anyhow::Result<()> {
+    start_in(tmux, repo, "sh gate.sh")
+}
+
+fn start_in(tmux: &TestTmux, repo: &Path, gate: &str) -> anyhow::Result<()> {
     let dir = repo.display().to_string();
     tmux.run(&[
         "new-session",
@@ -76,7 +80,7 @@ fn start_worker(tmux: &TestTmux, repo: &Path) -> anyhow::Result<()> {
         "-t",
         "=worker:",
         "@argus-gate",
-        "sh gate.sh",
+        gate,
     ])
     .map(drop)
 }
@@ -98,7 +102,14 @@ fn feedback(tmux: &TestTmux) -> anyhow::Result<Vec<String>> {
 async fn started(
     tmux: &TestTmux,
 ) -> anyhow::Result<(TestCluster, tonic::Streaming<pb::FleetEvent>)> {
-    let mut c = TestCluster::with_policy(POLICY).await?;
+    started_with(tmux, POLICY).await
+}
+
+async fn started_with(
+    tmux: &TestTmux,
+    policy: &str,
+) -> anyhow::Result<(TestCluster, tonic::Streaming<pb::FleetEvent>)> {
+    let mut c = TestCluster::with_policy(policy).await?;
     c.start_agent("n1", tmux.socket())?;
     c.wait_session("n1", "worker", "agent known", WAIT, |s| s.agent_pid > 0)
         .await?;
@@ -272,5 +283,83 @@ async fn a_gate_that_always_fails_runs_three_times_then_calls_a_person_once() ->
     assert_eq!(gate.len(), 1, "{incidents:?}");
     assert_eq!(gate[0].scope, "n1/worker");
     assert_eq!(gate[0].closed_ms, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guarded_file_that_loses_its_marker_is_restored_and_the_agent_warned()
+-> anyhow::Result<()> {
+    const RULES: &str = "# Rules\nIRON_LAW: never change a test to make it pass\n";
+    let repo = repo("exit 0")?;
+    std::fs::write(repo.path().join("RULES.md"), RULES)?;
+    git(repo.path(), &["add", "RULES.md"])?;
+    git(repo.path(), &["commit", "-qm", "rules"])?;
+    // The gate passes at once: it stays out of this test's way.
+    let tmux = TestTmux::new();
+    start_in(&tmux, repo.path(), "true")?;
+    let policy = format!("{POLICY}[[guards]]\npath = \"RULES.md\"\nmarker = \"IRON_LAW\"\n");
+    let (c, mut events) = started_with(&tmux, &policy).await?;
+    eventually("the node agent guarding RULES.md", WAIT, || async {
+        Ok(c.agents[0].log().contains("guarding file").then_some(()))
+    })
+    .await?;
+
+    // The agent "relaxes" the rules: the marker is gone.
+    let rules = repo.path().join("RULES.md");
+    let edited = "# Rules\nbe pragmatic about tests\n";
+    let start = std::time::Instant::now();
+    std::fs::write(&rules, edited)?;
+    eventually("RULES.md restored", Duration::from_secs(1), || async {
+        Ok((std::fs::read_to_string(&rules)? == RULES).then_some(()))
+    })
+    .await?;
+    let took = start.elapsed();
+    let e = wait_event(&mut events, "guard_restored", WAIT, |e| {
+        e.kind == "guard_restored" && e.session_name == "worker"
+    })
+    .await?;
+    assert!(
+        e.message.contains("RULES.md") && e.message.contains("IRON_LAW"),
+        "{e:?}"
+    );
+    // Nothing the agent wrote is lost: its version is kept aside.
+    let kept = e
+        .message
+        .rsplit("kept in ")
+        .next()
+        .map(str::trim)
+        .unwrap_or_default();
+    assert_eq!(std::fs::read_to_string(kept)?, edited, "{e:?}");
+    // The agent is warned in its pane, and the warning is in the audit.
+    eventually("the warning in the pane", WAIT, || async {
+        Ok(pane(&tmux)?
+            .lines()
+            .any(|l| l.starts_with("received: Argus restored RULES.md"))
+            .then_some(()))
+    })
+    .await?;
+    let mut admin = c.admin().await?;
+    let s = admin
+        .get_session(pb::GetSessionRequest {
+            session: sref("n1", "worker"),
+            history_limit: 50,
+        })
+        .await?
+        .into_inner();
+    assert!(
+        s.commands
+            .iter()
+            .any(|k| k.action == "nudge" && k.reason.contains("guarded file restored")),
+        "{:?}",
+        s.commands
+    );
+
+    // Deleted: back too.
+    std::fs::remove_file(&rules)?;
+    eventually("RULES.md back after a delete", Duration::from_secs(1), || async {
+        Ok((std::fs::read_to_string(&rules).ok().as_deref() == Some(RULES)).then_some(()))
+    })
+    .await?;
+    eprintln!("guarded file restored {} ms after the marker was removed", took.as_millis());
     Ok(())
 }
