@@ -420,7 +420,9 @@ impl Supervisor {
         let sup = self.clone();
         let key = key.clone();
         let runs = match &action {
-            Action::Gate { timeout_ms, .. } => std::time::Duration::from_millis((*timeout_ms).into()),
+            Action::Gate { timeout_ms, .. } => {
+                std::time::Duration::from_millis((*timeout_ms).into())
+            }
             _ => std::time::Duration::ZERO,
         };
         self.tasks.spawn(async move {

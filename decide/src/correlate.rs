@@ -331,7 +331,11 @@ impl Correlator {
         let scope = format!("{}/{}", key.node_id, key.session_name);
         match failed {
             // One open incident per session: people were called already.
-            Some(_) if self.open.contains_key(&(IncidentKind::GateFailed, scope.clone())) => {
+            Some(_)
+                if self
+                    .open
+                    .contains_key(&(IncidentKind::GateFailed, scope.clone())) =>
+            {
                 Vec::new()
             }
             Some(summary) => {

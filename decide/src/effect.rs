@@ -79,7 +79,11 @@ pub enum Notice {
     /// The quality gate passed (on this attempt).
     GatePassed { attempt: u32 },
     /// The quality gate failed; the agent gets the failure's last lines as feedback.
-    GateFailed { attempt: u32, max: u32, tail: String },
+    GateFailed {
+        attempt: u32,
+        max: u32,
+        tail: String,
+    },
     /// The quality gate failed for the last time (or said NOT_READY): a person is called.
     GateEscalated {
         attempts: u32,

@@ -124,7 +124,13 @@ pub(crate) fn at_prompt(
 }
 
 /// The exit finish point: the agent exited with status 0.
-pub(crate) fn at_exit(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut Vec<Effect>) {
+pub(crate) fn at_exit(
+    t: &mut Track,
+    now: UnixMs,
+    policy: &Policy,
+    ctx: &Ctx,
+    fx: &mut Vec<Effect>,
+) {
     if t.durable.gate.running_since.is_none()
         && !t.durable.gate.escalated
         && t.agent_evidence(ctx.session_name, policy).is_some()
@@ -197,7 +203,15 @@ pub(crate) fn outcome(
     let alive = t.state.is_alive() && t.obs.agent.is_some();
     if judgement == Judgement::Retry && attempt < max && alive {
         let command = command(t, policy).unwrap_or_default().to_owned();
-        let text = feedback(&command, exit, timed_out, &output, attempt, max, (lines, bytes));
+        let text = feedback(
+            &command,
+            exit,
+            timed_out,
+            &output,
+            attempt,
+            max,
+            (lines, bytes),
+        );
         fx.push(Effect::Notify(Notice::GateFailed {
             attempt,
             max,
@@ -396,9 +410,15 @@ mod tests {
         /// command is ordered (or 30 s pass).
         fn work_then_prompt(&mut self, n: u32) -> Option<Action> {
             self.now += 1000;
-            self.input(Input::Observed(Box::new(obs(&format!("w{n}"), Condition::Thinking))));
+            self.input(Input::Observed(Box::new(obs(
+                &format!("w{n}"),
+                Condition::Thinking,
+            ))));
             self.now += 1000;
-            self.input(Input::Observed(Box::new(obs(&format!("p{n}"), Condition::AtPrompt))));
+            self.input(Input::Observed(Box::new(obs(
+                &format!("p{n}"),
+                Condition::AtPrompt,
+            ))));
             for _ in 0..30 {
                 self.now += 1000;
                 self.input(Input::Tick);
@@ -410,9 +430,15 @@ mod tests {
         }
 
         fn take_gate(&mut self) -> Option<Action> {
-            let at = self.fx.iter().position(
-                |e| matches!(e, Effect::Command { action: Action::Gate { .. }, .. }),
-            )?;
+            let at = self.fx.iter().position(|e| {
+                matches!(
+                    e,
+                    Effect::Command {
+                        action: Action::Gate { .. },
+                        ..
+                    }
+                )
+            })?;
             match self.fx.remove(at) {
                 Effect::Command { action, .. } => Some(action),
                 _ => None,
@@ -465,7 +491,11 @@ mod tests {
             r.now += 1000;
             r.input(Input::Tick);
         }
-        assert!(r.nudges().is_empty() && r.take_gate().is_none(), "{:?}", r.fx);
+        assert!(
+            r.nudges().is_empty() && r.take_gate().is_none(),
+            "{:?}",
+            r.fx
+        );
     }
 
     #[test]
@@ -566,7 +596,10 @@ mod tests {
         assert_eq!(judge(0, false, "ok"), Judgement::Pass);
         assert_eq!(judge(1, false, "FAILED"), Judgement::Retry);
         assert_eq!(judge(1, false, "x\nREADY\n"), Judgement::Pass);
-        assert_eq!(judge(0, false, "NEEDS_WORK: tests missing"), Judgement::Retry);
+        assert_eq!(
+            judge(0, false, "NEEDS_WORK: tests missing"),
+            Judgement::Retry
+        );
         assert_eq!(judge(0, false, "  NOT_READY  "), Judgement::Escalate);
         // The last verdict line wins; words that only start like one are not verdicts.
         assert_eq!(judge(1, false, "NOT_READY\nREADY"), Judgement::Pass);
@@ -583,7 +616,10 @@ mod tests {
         argus_shared::command::validate_nudge(&f).expect("typeable");
         assert!(f.contains("test_add FAILED"), "{f}");
         assert!(f.contains("line 1 | "), "{f}");
-        assert!(f.contains("exit status 101") && f.contains("attempt 1 of 3"), "{f}");
+        assert!(
+            f.contains("exit status 101") && f.contains("attempt 1 of 3"),
+            "{f}"
+        );
         let long = "é".repeat(10_000);
         let f = feedback("make", 2, false, &long, 2, 3, (20, 1000));
         argus_shared::command::validate_nudge(&f).expect("typeable");

@@ -25,7 +25,13 @@ pub(crate) fn restored(
     }
     let path: String = path
         .chars()
-        .map(|c| if argus_shared::command::is_refused(c) { ' ' } else { c })
+        .map(|c| {
+            if argus_shared::command::is_refused(c) {
+                ' '
+            } else {
+                c
+            }
+        })
         .take(300)
         .collect();
     let text = format!(
@@ -53,5 +59,63 @@ pub(crate) fn deliver(t: &mut Track, ctx: &Ctx, fx: &mut Vec<Effect>) {
             reason: "guarded file restored: the agent is warned".into(),
             incarnation: t.obs.agent,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use argus_shared::command::Action;
+    use argus_shared::profile::Condition;
+
+    use crate::detect::{Ctx, Effect, Incarnation, Input, Observation, Track, step};
+    use crate::policy::Policy;
+
+    fn obs(condition: Condition, attached: u32) -> Input {
+        Input::Observed(Box::new(Observation {
+            agent: Some(Incarnation {
+                pid: 1,
+                start_time: 1,
+            }),
+            profile: "claude".into(),
+            screen_hash: format!("{condition:?}{attached}"),
+            condition,
+            attached_clients: attached,
+            exit_status: -1,
+            ..Default::default()
+        }))
+    }
+
+    fn warnings(fx: &[Effect]) -> usize {
+        fx.iter()
+            .filter(|e| matches!(e, Effect::Command { action: Action::Nudge { text }, .. } if text.starts_with("Argus restored RULES.md")))
+            .count()
+    }
+
+    #[test]
+    fn the_warning_waits_for_the_prompt_and_for_nobody_attached() {
+        let p = Policy::default();
+        let ctx = Ctx::default();
+        let mut t = Track::new(0, None, None);
+        step(&mut t, obs(Condition::Thinking, 0), 0, &p, &ctx);
+        let restored = || Input::GuardRestored {
+            path: "RULES.md".into(),
+            detail: "guarded file RULES.md was changed: restored from git HEAD".into(),
+        };
+        let fx = step(&mut t, restored(), 100, &p, &ctx).effects;
+        assert!(
+            fx.iter()
+                .any(|e| matches!(e, Effect::Notify(n) if n.kind() == "guard_restored"))
+        );
+        assert_eq!(warnings(&fx), 0, "never typed while the agent works");
+        let fx = step(&mut t, obs(Condition::AtPrompt, 1), 200, &p, &ctx).effects;
+        assert_eq!(warnings(&fx), 0, "never typed over a person");
+        let fx = step(&mut t, obs(Condition::AtPrompt, 0), 300, &p, &ctx).effects;
+        assert_eq!(warnings(&fx), 1);
+        let fx = step(&mut t, obs(Condition::Thinking, 0), 400, &p, &ctx).effects;
+        let fx2 = step(&mut t, obs(Condition::AtPrompt, 0), 500, &p, &ctx).effects;
+        assert_eq!(warnings(&fx) + warnings(&fx2), 0, "once");
+        // At the prompt already: typed at once.
+        let fx = step(&mut t, restored(), 600, &p, &ctx).effects;
+        assert_eq!(warnings(&fx), 1);
     }
 }

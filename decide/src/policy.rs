@@ -339,10 +339,18 @@ impl Policy {
 
     /// The quality-gate keys.
     fn validate_gate(&self) -> Result<(), PolicyError> {
-        let invalid = |key: &str, why: String| Err(PolicyError::Invalid { key: key.into(), why });
+        let invalid = |key: &str, why: String| {
+            Err(PolicyError::Invalid {
+                key: key.into(),
+                why,
+            })
+        };
         let max_ms = argus_shared::command::MAX_GATE_TIMEOUT_MS;
         if self.gate_timeout.is_zero() || self.gate_timeout.as_millis() > u128::from(max_ms) {
-            return invalid("gate_timeout", format!("must be positive and at most {max_ms} ms"));
+            return invalid(
+                "gate_timeout",
+                format!("must be positive and at most {max_ms} ms"),
+            );
         }
         if !self.gate.trim().is_empty()
             && let Err(e) = argus_shared::command::Action::gate(&self.gate, 0)
@@ -429,17 +437,26 @@ mod tests {
 
     #[test]
     fn gate_keys() {
-        let p = Policy::from_toml("gate = \"cargo test\"\ngate_attempts = 2\ngate_timeout = \"5m\"")
-            .expect("parses");
+        let p =
+            Policy::from_toml("gate = \"cargo test\"\ngate_attempts = 2\ngate_timeout = \"5m\"")
+                .expect("parses");
         assert_eq!((p.gate.as_str(), p.gate_attempts), ("cargo test", 2));
         let p = Policy::from_toml("[[guards]]\npath = \"RULES.md\"\nmarker = \"IRON_LAW\"")
             .expect("parses");
         assert_eq!(p.guards[0].path, "RULES.md");
-        for bad in ["[[guards]]\npath = \"../x\"\nmarker = \"m\"", "[[guards]]\npath = \"/etc/x\"\nmarker = \"m\"", "[[guards]]\npath = \"x\"\nmarker = \"\""] {
+        for bad in [
+            "[[guards]]\npath = \"../x\"\nmarker = \"m\"",
+            "[[guards]]\npath = \"/etc/x\"\nmarker = \"m\"",
+            "[[guards]]\npath = \"x\"\nmarker = \"\"",
+        ] {
             let e = Policy::from_toml(bad).expect_err(bad);
             assert!(e.to_string().contains("guards[0]"), "{e}");
         }
-        for bad in ["gate_attempts = 0", "gate_timeout = \"2h\"", "gate = \"a\\u0007\""] {
+        for bad in [
+            "gate_attempts = 0",
+            "gate_timeout = \"2h\"",
+            "gate = \"a\\u0007\"",
+        ] {
             let e = Policy::from_toml(bad).expect_err(bad);
             assert!(e.to_string().contains("gate"), "{e}");
         }

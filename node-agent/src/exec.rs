@@ -283,7 +283,11 @@ impl Executor {
 
     /// Runs the session's quality gate in its working directory (the pane's current path);
     /// the controller judges the outcome.
-    async fn gate(s: &pb::SessionObservation, command: &str, timeout_ms: u32) -> Result<Ended, String> {
+    async fn gate(
+        s: &pb::SessionObservation,
+        command: &str,
+        timeout_ms: u32,
+    ) -> Result<Ended, String> {
         if s.cwd.is_empty() {
             return Err(format!(
                 "session {:?} has no known working directory to run its gate in",
@@ -552,10 +556,20 @@ impl From<Ended> for Outcome {
         let (status, message, output, delivery, gate) = match ended {
             Ended::Output(out) => (S::Ok, String::new(), out, pb::Delivery::Unspecified, None),
             Ended::Delivered(m) => (S::Ok, m, String::new(), pb::Delivery::Delivered, None),
-            Ended::NotDelivered(m) => {
-                (S::Failed, m, String::new(), pb::Delivery::NotDelivered, None)
-            }
-            Ended::Declined(m) => (S::Declined, m, String::new(), pb::Delivery::Unspecified, None),
+            Ended::NotDelivered(m) => (
+                S::Failed,
+                m,
+                String::new(),
+                pb::Delivery::NotDelivered,
+                None,
+            ),
+            Ended::Declined(m) => (
+                S::Declined,
+                m,
+                String::new(),
+                pb::Delivery::Unspecified,
+                None,
+            ),
             Ended::Gate(run) => (
                 S::Ok,
                 gate_message(&run),
@@ -577,7 +591,10 @@ impl From<Ended> for Outcome {
 /// "gate exited with status 1 after 420 ms", for the audit.
 fn gate_message(run: &crate::gate::GateRun) -> String {
     if run.timed_out {
-        format!("gate killed at its time limit after {} ms", run.took.as_millis())
+        format!(
+            "gate killed at its time limit after {} ms",
+            run.took.as_millis()
+        )
     } else {
         format!(
             "gate exited with status {} after {} ms",

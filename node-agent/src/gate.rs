@@ -106,7 +106,10 @@ async fn pump(mut r: impl AsyncRead + Unpin, tail: Arc<Mutex<Tail>>) {
     loop {
         match r.read(&mut buf).await {
             Ok(0) | Err(_) => return,
-            Ok(n) => tail.lock().unwrap_or_else(|p| p.into_inner()).push(&buf[..n]),
+            Ok(n) => tail
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(&buf[..n]),
         }
     }
 }

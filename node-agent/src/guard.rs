@@ -123,7 +123,10 @@ impl Guards {
                 if s.cwd.is_empty() {
                     continue;
                 }
-                let group = s.labels.get(argus_shared::labels::GROUP).map(String::as_str);
+                let group = s
+                    .labels
+                    .get(argus_shared::labels::GROUP)
+                    .map(String::as_str);
                 let own: Vec<&pb::Guard> = guards
                     .iter()
                     .filter(|g| group.is_some_and(|n| !n.is_empty() && g.group == n))
@@ -141,7 +144,12 @@ impl Guards {
                     let file = root.join(&g.path);
                     want.entry(file)
                         .or_insert_with(|| {
-                            (g.path.clone(), root.clone(), g.marker.clone(), BTreeSet::new())
+                            (
+                                g.path.clone(),
+                                root.clone(),
+                                g.marker.clone(),
+                                BTreeSet::new(),
+                            )
                         })
                         .3
                         .insert(key.clone());
@@ -323,7 +331,13 @@ async fn keep(dir: &Path, rel: &str, data: &[u8]) -> Option<PathBuf> {
     tokio::fs::create_dir_all(dir).await.ok()?;
     let name: String = rel
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let path = dir.join(format!("{}-{name}", now_ms()));
     tokio::fs::write(&path, data).await.ok()?;

@@ -163,7 +163,10 @@ async fn a_gate_that_fails_twice_sends_the_failure_back_then_passes() -> anyhow:
             "{line}"
         );
         assert!(line.contains(&format!("attempt {n} of 3")), "{line}");
-        assert!(line.contains("`sh gate.sh` failed with exit status 1"), "{line}");
+        assert!(
+            line.contains("`sh gate.sh` failed with exit status 1"),
+            "{line}"
+        );
     }
     assert_eq!(runs(repo.path()), 3);
     // It ran in the session's working directory.
@@ -266,7 +269,10 @@ async fn a_gate_that_always_fails_runs_three_times_then_calls_a_person_once() ->
         Ok((runs(repo.path()) > 3).then_some(()))
     })
     .await;
-    assert!(quiet.is_err(), "the gate ran again after it called a person");
+    assert!(
+        quiet.is_err(),
+        "the gate ran again after it called a person"
+    );
     assert_eq!(feedback(&tmux)?.len(), 2);
     let incidents = admin
         .list_incidents(pb::ListIncidentsRequest {
@@ -356,10 +362,17 @@ async fn a_guarded_file_that_loses_its_marker_is_restored_and_the_agent_warned()
 
     // Deleted: back too.
     std::fs::remove_file(&rules)?;
-    eventually("RULES.md back after a delete", Duration::from_secs(1), || async {
-        Ok((std::fs::read_to_string(&rules).ok().as_deref() == Some(RULES)).then_some(()))
-    })
+    eventually(
+        "RULES.md back after a delete",
+        Duration::from_secs(1),
+        || async {
+            Ok((std::fs::read_to_string(&rules).ok().as_deref() == Some(RULES)).then_some(()))
+        },
+    )
     .await?;
-    eprintln!("guarded file restored {} ms after the marker was removed", took.as_millis());
+    eprintln!(
+        "guarded file restored {} ms after the marker was removed",
+        took.as_millis()
+    );
     Ok(())
 }
