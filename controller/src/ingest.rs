@@ -419,6 +419,9 @@ async fn apply_event(sup: &Arc<Supervisor>, node_id: &str, e: pb::Event, now: i6
             path: e.path,
             detail: e.detail,
         },
+        Ok(pb::EventKind::WorkTree) => Input::WorkTree {
+            dirty_since_ms: e.dirty_since_ms,
+        },
         _ => {
             tracing::warn!(node = %node_id, kind = e.kind, "unknown event kind ignored");
             return;

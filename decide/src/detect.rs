@@ -80,6 +80,8 @@ pub enum Input {
     Gate(crate::gate::GateResult),
     /// The node agent restored a guarded file of this session (`path`; `detail` for people).
     GuardRestored { path: String, detail: String },
+    /// The session's work tree has held uncommitted work since then (Unix ms); 0: clean.
+    WorkTree { dirty_since_ms: UnixMs },
 }
 
 /// The fleet-level context of one step, decided by correlation outside the session.
@@ -194,6 +196,12 @@ pub struct Durable {
     /// A guarded file was restored: this warning waits for the agent's prompt.
     #[serde(default)]
     pub guard_warning: Option<String>,
+    /// Since when the session's work tree has held uncommitted work (Unix ms); 0: clean.
+    #[serde(default)]
+    pub dirty_since: UnixMs,
+    /// When the agent was last reminded to commit.
+    #[serde(default)]
+    pub commit_reminded_at: Option<UnixMs>,
 }
 
 /// Everything the controller remembers about one session between steps.
@@ -327,6 +335,12 @@ pub fn next_due(t: &Track, now: UnixMs, policy: &Policy, ctx: &Ctx) -> Option<Un
     if let Some(d) = crate::gate::due(&t.durable.gate, policy) {
         at(d);
     }
+    if t.obs.condition == Condition::AtPrompt
+        && let Some(d) = crate::worktree::due(t, policy)
+    {
+        // Only at the prompt: a change of condition comes as an observation anyway.
+        at(d);
+    }
     if let Some(r) = &t.durable.rate {
         let base = ms(policy.rate_limit_cooldown);
         let resume = r.resume_due(
@@ -444,7 +458,14 @@ pub fn step(t: &mut Track, input: Input, now: UnixMs, policy: &Policy, ctx: &Ctx
         Input::GuardRestored { path, detail } => {
             crate::guard::restored(t, &path, detail, policy, ctx, &mut fx);
         }
+        Input::WorkTree { dirty_since_ms } => {
+            if dirty_since_ms <= 0 {
+                t.durable.commit_reminded_at = None;
+            }
+            t.durable.dirty_since = dirty_since_ms.max(0);
+        }
     }
+    crate::worktree::remind(t, now, policy, ctx, &mut fx);
     recover::remember(t);
     if t.durable != before {
         fx.push(Effect::Persist);

@@ -12,7 +12,8 @@
 //! - [`correlate`]: incidents by failure domain, which gate per-session actions;
 //! - [`health`]: node health from silence, and the fleet's share of silent nodes;
 //! - [`policy`]: thresholds, dwell times and budgets;
-//! - [`triage`]: the built-in triage heuristic.
+//! - [`triage`]: the built-in triage heuristic;
+//! - [`worktree`]: git discipline: the reminder to commit old uncommitted work.
 
 pub mod budget;
 pub mod correlate;
@@ -24,3 +25,4 @@ pub mod guard;
 pub mod health;
 pub mod policy;
 pub mod triage;
+pub mod worktree;

@@ -130,6 +130,12 @@ pub struct Policy {
     /// Files an agent must not change (`[[guards]]`): the node agent restores them from git
     /// HEAD or from the copy it took when it first saw the session, and the agent is warned.
     pub guards: Vec<Guard>,
+    /// Uncommitted work older than this gets a reminder nudge at the agent's prompt, at most
+    /// one per this long; 0 turns reminders off.
+    #[serde(with = "humantime_serde")]
+    pub commit_reminder_after: Duration,
+    /// What the reminder types.
+    pub commit_reminder_text: String,
     /// Per-group overrides (`@argus-group`): `[groups.NAME]` with any of the keys above.
     #[serde(skip)]
     pub groups: std::collections::BTreeMap<String, std::sync::Arc<Policy>>,
@@ -213,6 +219,8 @@ impl Default for Policy {
             gate_feedback_lines: 20,
             gate_feedback_bytes: 1500,
             guards: Vec::new(),
+            commit_reminder_after: Duration::from_secs(30 * 60),
+            commit_reminder_text: "You have uncommitted work older than 30 minutes: please commit your work now (git add, git commit) with a clear message, then continue.".to_owned(),
             groups: std::collections::BTreeMap::new(),
         }
     }
@@ -376,6 +384,9 @@ impl Policy {
                     "must be a non-empty string on one line".into(),
                 );
             }
+        }
+        if let Err(e) = argus_shared::command::validate_nudge(&self.commit_reminder_text) {
+            return invalid("commit_reminder_text", e.to_string());
         }
         if self.gate_attempts == 0 {
             return invalid("gate_attempts", "must be at least 1".into());

@@ -255,6 +255,7 @@ impl Guards {
                 at_ms: now_ms(),
                 detail: detail.clone(),
                 path: g.rel.clone(),
+                ..Default::default()
             });
         }
     }

@@ -13,6 +13,7 @@ pub mod link;
 pub mod probe;
 pub mod procs;
 pub mod tmux;
+pub mod worktree;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,6 +118,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(link.run(shutdown.clone()));
+    tasks.spawn(worktree::run(
+        snap_rx_guard.clone(),
+        events_guard.clone(),
+        shutdown.clone(),
+    ));
     tasks.spawn(guard::run(
         guards_rx,
         snap_rx_guard,

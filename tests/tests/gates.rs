@@ -395,3 +395,93 @@ async fn a_guarded_file_that_loses_its_marker_is_restored_and_the_agent_warned()
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_uncommitted_work_gets_one_reminder_at_the_prompt_never_while_busy()
+-> anyhow::Result<()> {
+    let repo = repo("exit 0")?;
+    // Uncommitted work, two hours old.
+    let notes = repo.path().join("notes.txt");
+    std::fs::write(&notes, "half done\n")?;
+    let two_hours_ago = format!("@{}", argus_shared::time::now_ms() / 1000 - 7200);
+    let out = Command::new("touch")
+        .args(["-d", &two_hours_ago])
+        .arg(&notes)
+        .output()?;
+    anyhow::ensure!(out.status.success(), "{out:?}");
+    let tmux = TestTmux::new();
+    start_in(&tmux, repo.path(), "true")?;
+    let dir = repo.path().display().to_string();
+    tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "busy",
+        "-c",
+        &dir,
+        &fake_agent("working"),
+        ";",
+        "set-option",
+        "-t",
+        "=busy:",
+        "@argus-profile",
+        "claude",
+    ])?;
+    let policy = format!("{POLICY}commit_reminder_after = \"1h\"\n");
+    let mut c = TestCluster::with_policy(&policy).await?;
+    c.start_agent("n1", tmux.socket())?;
+    let reminded = |tmux: &TestTmux, name: &str| -> anyhow::Result<usize> {
+        let text = tmux.run(&[
+            "capture-pane",
+            "-p",
+            "-J",
+            "-S",
+            "-500",
+            "-t",
+            &format!("={name}:"),
+        ])?;
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with("received: You have uncommitted work"))
+            .count())
+    };
+    eventually("the reminder in the idle agent's pane", WAIT, || async {
+        Ok((reminded(&tmux, "worker")? == 1).then_some(()))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", c.controller_log()))?;
+    let mut admin = c.admin().await?;
+    let s = admin
+        .get_session(pb::GetSessionRequest {
+            session: sref("n1", "worker"),
+            history_limit: 50,
+        })
+        .await?
+        .into_inner();
+    assert!(
+        s.commands
+            .iter()
+            .any(|k| k.action == "nudge" && k.reason.contains("reminder to commit")),
+        "{:?}",
+        s.commands
+    );
+    // One per window: no second one; and never into the agent that works.
+    let more = eventually("a second reminder", Duration::from_secs(3), || async {
+        Ok((reminded(&tmux, "worker")? > 1 || reminded(&tmux, "busy")? > 0).then_some(()))
+    })
+    .await;
+    assert!(more.is_err(), "reminded again, or while busy");
+    let busy = admin
+        .get_session(pb::GetSessionRequest {
+            session: sref("n1", "busy"),
+            history_limit: 50,
+        })
+        .await?
+        .into_inner();
+    assert!(
+        busy.commands.iter().all(|k| k.action != "nudge"),
+        "{:?}",
+        busy.commands
+    );
+    Ok(())
+}
