@@ -121,7 +121,7 @@ fn command_field(e: &CommandError) -> &'static str {
         | CommandError::ControlChar { .. } => "text",
         CommandError::TooManyLines { .. } => "lines",
         CommandError::GraceTooLong { .. } => "grace_ms",
-        CommandError::BadRestartCommand { .. } => "command",
+        CommandError::BadRestartCommand { .. } | CommandError::BadGate => "command",
         CommandError::NoAction => "action",
     }
 }

@@ -161,6 +161,47 @@ impl Dispatcher {
         origin: Origin,
         reason: &str,
     ) -> Result<(String, oneshot::Receiver<pb::CommandResult>), DispatchError> {
+        self.send_running(session, action, incarnation, origin, reason, Duration::ZERO)
+            .await
+    }
+
+    /// Sends a command that runs for up to `runs` once started (a quality gate): the node must
+    /// start it by the usual deadline, and its answer is awaited `runs` longer before the
+    /// command is closed as unknown.
+    pub async fn call_running(
+        &self,
+        session: &SessionRef,
+        action: Action,
+        origin: Origin,
+        reason: &str,
+        runs: Duration,
+    ) -> Result<pb::CommandResult, DispatchError> {
+        let (id, rx) = self
+            .send_running(session, action, None, origin, reason, runs)
+            .await?;
+        let wait = self.timeout() + runs + Duration::from_secs(1);
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(result)) => Ok(result),
+            _ => {
+                self.close(&id, now_ms()).await;
+                Err(DispatchError::Timeout {
+                    node: session.node_id.clone(),
+                    command_id: id,
+                    secs: wait.as_secs(),
+                })
+            }
+        }
+    }
+
+    async fn send_running(
+        &self,
+        session: &SessionRef,
+        action: Action,
+        incarnation: Option<Incarnation>,
+        origin: Origin,
+        reason: &str,
+        runs: Duration,
+    ) -> Result<(String, oneshot::Receiver<pb::CommandResult>), DispatchError> {
         let (link, epoch) = {
             let node = self.fleet.node(&session.node_id).ok_or_else(|| {
                 // Known from the store but not attached since this controller started.
@@ -201,7 +242,7 @@ impl Dispatcher {
                 session: session.clone(),
                 action: name.to_owned(),
                 issued_ms: now,
-                deadline_ms,
+                deadline_ms: deadline_ms + runs.as_millis() as i64,
             },
         );
         let msg = pb::ControllerMessage {

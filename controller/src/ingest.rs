@@ -146,6 +146,10 @@ impl NodeAgentService for AgentApi {
         }))
         .await
         .map_err(|_| IngestError::ClosedBeforeWelcome)?;
+        // The guarded files of the policy in force (again after every reload).
+        tx.send(Ok(self.sup.guards_message()))
+            .await
+            .map_err(|_| IngestError::ClosedBeforeWelcome)?;
 
         let stream_id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let probe_ms = if hello.probe_interval_ms == 0 {
@@ -414,6 +418,13 @@ async fn apply_event(sup: &Arc<Supervisor>, node_id: &str, e: pb::Event, now: i6
         },
         Ok(pb::EventKind::PaneDied) => Input::PaneDied,
         Ok(pb::EventKind::SessionClosed) => Input::Gone,
+        Ok(pb::EventKind::GuardRestored) => Input::GuardRestored {
+            path: e.path,
+            detail: e.detail,
+        },
+        Ok(pb::EventKind::WorkTree) => Input::WorkTree {
+            dirty_since_ms: e.dirty_since_ms,
+        },
         _ => {
             tracing::warn!(node = %node_id, kind = e.kind, "unknown event kind ignored");
             return;

@@ -12,6 +12,7 @@ use argus_decide::budget::{Budget, Gate};
 use argus_decide::correlate::{Change, Correlator, Incident, IncidentKind, provider_scope};
 use argus_decide::detect::{self, Ctx, Durable, Effect, Input, Notice, Track, TriageCase};
 use argus_decide::escalate::Verdict;
+use argus_decide::gate::GateResult;
 use argus_decide::health;
 use argus_decide::policy::Policy;
 use argus_shared::command::Action;
@@ -70,6 +71,9 @@ pub struct Supervisor {
     verdicts_rx: tokio::sync::Mutex<mpsc::Receiver<(SessionRef, Verdict)>>,
     /// Pending durable alarms (`crate::alarms`).
     pub alarms: crate::alarms::Alarms,
+    /// Quality gate outcomes, applied by the tick like triage verdicts.
+    gates: mpsc::Sender<(SessionRef, GateResult)>,
+    gates_rx: tokio::sync::Mutex<mpsc::Receiver<(SessionRef, GateResult)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -119,12 +123,15 @@ impl Supervisor {
             .as_ref()
             .and_then(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok());
         let (verdicts, verdicts_rx) = mpsc::channel(1024);
+        let (gates, gates_rx) = mpsc::channel(1024);
         let now = argus_shared::time::now_ms();
         restore_sessions(&fleet, p.recorded, p.durables, now, &p.policy);
         dispatch.adopt(p.pending);
         Self {
             verdicts,
             verdicts_rx: tokio::sync::Mutex::new(verdicts_rx),
+            gates,
+            gates_rx: tokio::sync::Mutex::new(gates_rx),
             controller_id: p.controller_id,
             fleet,
             dispatch,
@@ -281,6 +288,11 @@ impl Supervisor {
                     );
                 }
                 Effect::Command {
+                    action: action @ Action::Gate { .. },
+                    reason,
+                    ..
+                } => self.gate(key, action, reason),
+                Effect::Command {
                     action,
                     reason,
                     incarnation,
@@ -338,6 +350,8 @@ impl Supervisor {
             ) => c.rate_limited(key, s, *until, now, &policy),
             (Notice::RateLimitCleared, Some(s)) => c.rate_cleared(key, s, now),
             (Notice::AgentDied { .. }, _) => c.death(key, now, &policy),
+            (Notice::GateEscalated { .. }, _) => c.gate(key, Some(notice.to_string()), now),
+            (Notice::GatePassed { .. }, _) => c.gate(key, None, now),
             _ => Vec::new(),
         }
     }
@@ -399,6 +413,37 @@ impl Supervisor {
             // Applied by the next tick (a direct call would make apply recursive).
             if sup.verdicts.send((key, verdict)).await.is_err() {
                 tracing::warn!("triage verdict dropped: controller stopping");
+            }
+        });
+    }
+
+    /// Runs a quality gate on the session's node in the background; its outcome comes back
+    /// through the next tick as [`Input::Gate`].
+    fn gate(self: &Arc<Self>, key: &SessionRef, action: Action, reason: String) {
+        let sup = self.clone();
+        let key = key.clone();
+        let runs = match &action {
+            Action::Gate { timeout_ms, .. } => {
+                std::time::Duration::from_millis((*timeout_ms).into())
+            }
+            _ => std::time::Duration::ZERO,
+        };
+        self.tasks.spawn(async move {
+            let result = match sup
+                .dispatch
+                .call_running(&key, action, Origin::Policy, &reason, runs)
+                .await
+            {
+                Ok(r) if r.status() == argus_proto::v1::CommandStatus::Ok => GateResult::Ran {
+                    exit: r.gate_exit,
+                    timed_out: r.gate_timed_out,
+                    output: r.output,
+                },
+                Ok(r) => GateResult::NotRun(format!("{}: {}", r.status().as_str_name(), r.message)),
+                Err(e) => GateResult::NotRun(e.to_string()),
+            };
+            if sup.gates.send((key, result)).await.is_err() {
+                tracing::warn!("gate outcome dropped: controller stopping");
             }
         });
     }
@@ -477,6 +522,37 @@ impl Supervisor {
         Some(row)
     }
 
+    /// The policy's guarded files as the node agents get them: the base policy's (group ""),
+    /// then each group's whose guards differ from the base.
+    pub fn guards_message(&self) -> argus_proto::v1::ControllerMessage {
+        use argus_proto::v1 as pb;
+        let policy = self.policy();
+        let entry = |group: &str, g: &argus_decide::policy::Guard| pb::Guard {
+            group: group.to_owned(),
+            path: g.path.clone(),
+            marker: g.marker.clone(),
+        };
+        let mut guards: Vec<pb::Guard> = policy.guards.iter().map(|g| entry("", g)).collect();
+        for (name, p) in &policy.groups {
+            if p.guards != policy.guards {
+                guards.extend(p.guards.iter().map(|g| entry(name, g)));
+            }
+        }
+        pb::ControllerMessage {
+            msg: Some(pb::controller_message::Msg::Guards(pb::Guards { guards })),
+        }
+    }
+
+    /// Sends the guarded files to every attached node agent (after a policy reload).
+    fn send_guards(&self) {
+        let msg = self.guards_message();
+        for node in self.fleet.up_nodes() {
+            if let Some(link) = self.fleet.node(&node).and_then(|n| n.link) {
+                let _ = link.try_send(Ok(msg.clone()));
+            }
+        }
+    }
+
     /// Reloads the policy file when it changed; a bad file is refused and the old policy stays.
     pub fn reload_policy(&self) {
         let Some(path) = &self.policy_file else {
@@ -496,6 +572,7 @@ impl Supervisor {
                 if let Ok(mut cur) = self.policy.write() {
                     *cur = Arc::new(p);
                 }
+                self.send_guards();
                 self.events.publish(
                     "",
                     "",
@@ -528,6 +605,7 @@ impl Supervisor {
         self.reload_policy();
         let policy = self.policy();
         self.verdicts(now).await;
+        self.gate_results(now).await;
         self.due_sessions(now, &policy).await;
         self.due_alarms(now).await;
         self.dispatch.expire(now).await;
@@ -576,6 +654,17 @@ impl Supervisor {
         };
         for (key, verdict) in verdicts {
             self.apply(&key, Input::Verdict(verdict), now).await;
+        }
+    }
+
+    /// Applies the quality gate outcomes that arrived since the last tick.
+    async fn gate_results(self: &Arc<Self>, now: UnixMs) {
+        let results: Vec<_> = {
+            let mut rx = self.gates_rx.lock().await;
+            std::iter::from_fn(|| rx.try_recv().ok()).collect()
+        };
+        for (key, result) in results {
+            self.apply(&key, Input::Gate(result), now).await;
         }
     }
 

@@ -116,10 +116,16 @@ impl FakeAgent {
 
     /// Answers the next command with `status`; returns it.
     async fn answer(&mut self, status: pb::CommandStatus) -> anyhow::Result<pb::Command> {
-        let msg = tokio::time::timeout(WAIT, self.inbound.message())
-            .await
-            .context("no command within the deadline")??
-            .context("stream ended")?;
+        let msg = loop {
+            let msg = tokio::time::timeout(WAIT, self.inbound.message())
+                .await
+                .context("no command within the deadline")??
+                .context("stream ended")?;
+            // The guarded files follow the Welcome; not a command.
+            if !matches!(msg.msg, Some(pb::controller_message::Msg::Guards(_))) {
+                break msg;
+            }
+        };
         let Some(pb::controller_message::Msg::Command(cmd)) = msg.msg else {
             anyhow::bail!("expected a command, got {msg:?}");
         };

@@ -26,6 +26,8 @@ pub enum IncidentKind {
     SelfSuspect,
     /// The controller's store refuses writes (full disk, lock): they are queued and journaled.
     StoreFailing,
+    /// A session's quality gate failed its last attempt (or said NOT_READY): a person must look.
+    GateFailed,
 }
 
 impl IncidentKind {
@@ -37,6 +39,7 @@ impl IncidentKind {
             Self::ProviderLimit => "provider_limit",
             Self::SelfSuspect => "self_suspect",
             Self::StoreFailing => "store_failing",
+            Self::GateFailed => "gate_failed",
         }
     }
 
@@ -48,6 +51,7 @@ impl IncidentKind {
             "provider_limit" => Self::ProviderLimit,
             "self_suspect" => Self::SelfSuspect,
             "store_failing" => Self::StoreFailing,
+            "gate_failed" => Self::GateFailed,
             _ => return None,
         })
     }
@@ -316,6 +320,36 @@ impl Correlator {
             Some(_) => Vec::new(),
             None => self
                 .close(IncidentKind::StoreFailing, "controller", now)
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    /// A session's quality gate failed for good (`Some(summary)`: a person is called), or
+    /// passed (`None`: its incident, if any, closes). Scope: `node/session`.
+    pub fn gate(&mut self, key: &SessionRef, failed: Option<String>, now: UnixMs) -> Vec<Change> {
+        let scope = format!("{}/{}", key.node_id, key.session_name);
+        match failed {
+            // One open incident per session: people were called already.
+            Some(_)
+                if self
+                    .open
+                    .contains_key(&(IncidentKind::GateFailed, scope.clone())) =>
+            {
+                Vec::new()
+            }
+            Some(summary) => {
+                let mut opened = self.open(IncidentKind::GateFailed, &scope, now, summary);
+                if let Change::Opened(i) = &mut opened {
+                    i.sessions = 1;
+                }
+                if let Some(i) = self.open.get_mut(&(IncidentKind::GateFailed, scope)) {
+                    i.sessions = 1;
+                }
+                vec![opened]
+            }
+            None => self
+                .close(IncidentKind::GateFailed, &scope, now)
                 .into_iter()
                 .collect(),
         }

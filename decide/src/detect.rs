@@ -76,6 +76,12 @@ pub enum Input {
     Verdict(Verdict),
     /// Time passed (the controller ticks every session periodically).
     Tick,
+    /// What the node agent reported for a quality gate run.
+    Gate(crate::gate::GateResult),
+    /// The node agent restored a guarded file of this session (`path`; `detail` for people).
+    GuardRestored { path: String, detail: String },
+    /// The session's work tree has held uncommitted work since then (Unix ms); 0: clean.
+    WorkTree { dirty_since_ms: UnixMs },
 }
 
 /// The fleet-level context of one step, decided by correlation outside the session.
@@ -184,6 +190,18 @@ pub struct Durable {
     /// What the controller last knew of the session, to reconcile it after a restart.
     #[serde(default)]
     pub remembered: Remembered,
+    /// The quality gate's episode (attempts, a run awaited).
+    #[serde(default)]
+    pub gate: crate::gate::GateState,
+    /// A guarded file was restored: this warning waits for the agent's prompt.
+    #[serde(default)]
+    pub guard_warning: Option<String>,
+    /// Since when the session's work tree has held uncommitted work (Unix ms); 0: clean.
+    #[serde(default)]
+    pub dirty_since: UnixMs,
+    /// When the agent was last reminded to commit.
+    #[serde(default)]
+    pub commit_reminded_at: Option<UnixMs>,
 }
 
 /// Everything the controller remembers about one session between steps.
@@ -314,6 +332,15 @@ pub fn next_due(t: &Track, now: UnixMs, policy: &Policy, ctx: &Ctx) -> Option<Un
     let confirming = matches!(t.ladder.rung, Rung::Confirming(_));
     let mut due: Option<UnixMs> = None;
     let mut at = |when: UnixMs| due = Some(due.map_or(when, |d| d.min(when)).max(now));
+    if let Some(d) = crate::gate::due(&t.durable.gate, policy) {
+        at(d);
+    }
+    if t.obs.condition == Condition::AtPrompt
+        && let Some(d) = crate::worktree::due(t, policy)
+    {
+        // Only at the prompt: a change of condition comes as an observation anyway.
+        at(d);
+    }
     if let Some(r) = &t.durable.rate {
         let base = ms(policy.rate_limit_cooldown);
         let resume = r.resume_due(
@@ -378,7 +405,10 @@ pub fn step(t: &mut Track, input: Input, now: UnixMs, policy: &Policy, ctx: &Ctx
     let before = t.durable.clone();
     let mut fx = Vec::new();
     match input {
-        Input::Observed(o) => observe(t, *o, now, policy, ctx, &mut fx),
+        Input::Observed(o) => {
+            observe(t, *o, now, policy, ctx, &mut fx);
+            crate::guard::deliver(t, ctx, &mut fx);
+        }
         Input::AgentExited(inc) => {
             if t.obs.agent == Some(inc) && t.state.is_alive() {
                 t.go(
@@ -424,7 +454,18 @@ pub fn step(t: &mut Track, input: Input, now: UnixMs, policy: &Policy, ctx: &Ctx
         }
         Input::Verdict(v) => verdict(t, v, now, policy, ctx, &mut fx),
         Input::Tick => tick(t, now, policy, ctx, &mut fx),
+        Input::Gate(result) => crate::gate::outcome(t, result, now, policy, &mut fx),
+        Input::GuardRestored { path, detail } => {
+            crate::guard::restored(t, &path, detail, policy, ctx, &mut fx);
+        }
+        Input::WorkTree { dirty_since_ms } => {
+            if dirty_since_ms <= 0 {
+                t.durable.commit_reminded_at = None;
+            }
+            t.durable.dirty_since = dirty_since_ms.max(0);
+        }
     }
+    crate::worktree::remind(t, now, policy, ctx, &mut fx);
     recover::remember(t);
     if t.durable != before {
         fx.push(Effect::Persist);
@@ -483,6 +524,9 @@ fn observe(
             if was_alive && to == SessionState::Dead {
                 death(t, "pane died", now, policy, ctx, fx);
             }
+            if was_alive && to == SessionState::Completed {
+                crate::gate::at_exit(t, now, policy, ctx, fx);
+            }
         }
         return;
     }
@@ -525,10 +569,17 @@ fn observe(
         t.restart_wanted = false;
         t.operator_killed = false;
     }
+    if new_agent && !first {
+        // A new agent process starts a new gate episode.
+        t.durable.gate = crate::gate::GateState::default();
+    }
     if active {
         t.last_activity_ms = now;
         if t.ladder.rung != Rung::Clear {
             t.ladder.reset();
+        }
+        if !first {
+            crate::gate::worked(t, policy);
         }
     }
     // A long healthy run forgives past restarts.
@@ -728,6 +779,10 @@ fn tick(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut Vec<Eff
             now,
             fx,
         );
+    }
+    if crate::gate::at_prompt(t, now, policy, ctx, fx) {
+        // A quality gate runs: the idle ladder waits for its outcome.
+        return;
     }
     if t.state != SessionState::Stalled && !matches!(t.ladder.rung, Rung::Confirming(_)) {
         return;

@@ -76,6 +76,24 @@ pub enum Notice {
     CommandHeld(Destructive),
     /// Triage answered.
     Triage(Verdict),
+    /// The quality gate passed (on this attempt).
+    GatePassed { attempt: u32 },
+    /// The quality gate failed; the agent gets the failure's last lines as feedback.
+    GateFailed {
+        attempt: u32,
+        max: u32,
+        tail: String,
+    },
+    /// The quality gate failed for the last time (or said NOT_READY): a person is called.
+    GateEscalated {
+        attempts: u32,
+        why: String,
+        tail: String,
+    },
+    /// A gate run was ordered but not carried out; no attempt counted.
+    GateNotRun(String),
+    /// The node agent restored a guarded file (what, from where).
+    GuardRestored(String),
 }
 
 impl Notice {
@@ -94,6 +112,11 @@ impl Notice {
             Self::NudgeHeld => "nudge_held",
             Self::CommandHeld(_) => "command_held",
             Self::Triage(_) => "triage",
+            Self::GatePassed { .. } => "gate_passed",
+            Self::GateFailed { .. } => "gate_failed",
+            Self::GateEscalated { .. } => "gate_escalated",
+            Self::GateNotRun(_) => "gate_not_run",
+            Self::GuardRestored(_) => "guard_restored",
         }
     }
 }
@@ -148,6 +171,23 @@ impl fmt::Display for Notice {
                 "{what:?} held: destructive actions are paused (correlation, node not up or fleet budget)"
             ),
             Self::Triage(v) => write!(f, "triage verdict: {v:?}"),
+            Self::GatePassed { attempt } => {
+                write!(f, "quality gate passed (attempt {attempt})")
+            }
+            Self::GateFailed { attempt, max, tail } => write!(
+                f,
+                "quality gate failed (attempt {attempt} of {max}), feedback sent: {tail}"
+            ),
+            Self::GateEscalated {
+                attempts,
+                why,
+                tail,
+            } => write!(
+                f,
+                "quality gate: {why} (after {attempts} attempts); a person must look, no more nudges: {tail}"
+            ),
+            Self::GateNotRun(why) => write!(f, "quality gate not run: {why}"),
+            Self::GuardRestored(what) => f.write_str(what),
         }
     }
 }

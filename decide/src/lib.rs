@@ -8,10 +8,13 @@
 //! - [`effect`]: the typed effects and notices a step returns;
 //! - [`budget`]: the fleet-wide budget of kills and restarts, reserved where they are decided;
 //! - [`escalate`]: the escalation ladder (warn, nudge, triage, confirm, restart or kill);
+//! - [`gate`]: quality gates: when they run, how an outcome is judged, feedback and escalation;
+//! - [`guard`]: guarded files restored on a node: the record and the agent's warning;
 //! - [`correlate`]: incidents by failure domain, which gate per-session actions;
 //! - [`health`]: node health from silence, and the fleet's share of silent nodes;
 //! - [`policy`]: thresholds, dwell times and budgets;
-//! - [`triage`]: the built-in triage heuristic.
+//! - [`triage`]: the built-in triage heuristic;
+//! - [`worktree`]: git discipline: the reminder to commit old uncommitted work.
 
 pub mod alarm;
 pub mod budget;
@@ -19,6 +22,9 @@ pub mod correlate;
 pub mod detect;
 pub mod effect;
 pub mod escalate;
+pub mod gate;
+pub mod guard;
 pub mod health;
 pub mod policy;
 pub mod triage;
+pub mod worktree;

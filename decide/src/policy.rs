@@ -115,9 +115,39 @@ pub struct Policy {
     /// An open incident is notified again (webhooks) at most this often.
     #[serde(with = "humantime_serde")]
     pub notify_repeat: Duration,
+    /// The quality gate command (`sh -c`, in the session's working directory) run at a finish
+    /// point; empty: none. A session's `@argus-gate` label overrides it.
+    pub gate: String,
+    /// Gate runs per episode: failures before the last one send feedback, the last calls a person.
+    pub gate_attempts: u32,
+    /// A gate still running after this is killed and counts as failed.
+    #[serde(with = "humantime_serde")]
+    pub gate_timeout: Duration,
+    /// Lines of the gate's output in a feedback nudge.
+    pub gate_feedback_lines: u32,
+    /// Bytes of the gate's output in a feedback nudge.
+    pub gate_feedback_bytes: usize,
+    /// Files an agent must not change (`[[guards]]`): the node agent restores them from git
+    /// HEAD or from the copy it took when it first saw the session, and the agent is warned.
+    pub guards: Vec<Guard>,
+    /// Uncommitted work older than this gets a reminder nudge at the agent's prompt, at most
+    /// one per this long; 0 turns reminders off.
+    #[serde(with = "humantime_serde")]
+    pub commit_reminder_after: Duration,
+    /// What the reminder types.
+    pub commit_reminder_text: String,
     /// Per-group overrides (`@argus-group`): `[groups.NAME]` with any of the keys above.
     #[serde(skip)]
     pub groups: std::collections::BTreeMap<String, std::sync::Arc<Policy>>,
+}
+
+/// A guarded file: `path` relative to the session's work tree, `marker` a string that must stay
+/// in it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Guard {
+    pub path: String,
+    pub marker: String,
 }
 
 /// Who answers at the triage rung.
@@ -183,6 +213,14 @@ impl Default for Policy {
             self_suspect_share: 0.5,
             fleet_destructive_per_minute: 30,
             notify_repeat: Duration::from_secs(4 * 3600),
+            gate: String::new(),
+            gate_attempts: 3,
+            gate_timeout: Duration::from_secs(600),
+            gate_feedback_lines: 20,
+            gate_feedback_bytes: 1500,
+            guards: Vec::new(),
+            commit_reminder_after: Duration::from_secs(30 * 60),
+            commit_reminder_text: "You have uncommitted work older than 30 minutes: please commit your work now (git add, git commit) with a clear message, then continue.".to_owned(),
             groups: std::collections::BTreeMap::new(),
         }
     }
@@ -304,6 +342,61 @@ impl Policy {
         if self.command_timeout.is_zero() {
             return invalid("command_timeout", "must be positive");
         }
+        self.validate_gate()
+    }
+
+    /// The quality-gate keys.
+    fn validate_gate(&self) -> Result<(), PolicyError> {
+        let invalid = |key: &str, why: String| {
+            Err(PolicyError::Invalid {
+                key: key.into(),
+                why,
+            })
+        };
+        let max_ms = argus_shared::command::MAX_GATE_TIMEOUT_MS;
+        if self.gate_timeout.is_zero() || self.gate_timeout.as_millis() > u128::from(max_ms) {
+            return invalid(
+                "gate_timeout",
+                format!("must be positive and at most {max_ms} ms"),
+            );
+        }
+        if !self.gate.trim().is_empty()
+            && let Err(e) = argus_shared::command::Action::gate(&self.gate, 0)
+        {
+            return invalid("gate", e.to_string());
+        }
+        for (i, g) in self.guards.iter().enumerate() {
+            let path = std::path::Path::new(&g.path);
+            let bad_path = g.path.is_empty()
+                || path.is_absolute()
+                || path
+                    .components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)));
+            if bad_path {
+                return invalid(
+                    &format!("guards[{i}].path"),
+                    format!("{:?} must be a relative path inside the work tree", g.path),
+                );
+            }
+            if g.marker.is_empty() || g.marker.contains('\n') {
+                return invalid(
+                    &format!("guards[{i}].marker"),
+                    "must be a non-empty string on one line".into(),
+                );
+            }
+        }
+        if let Err(e) = argus_shared::command::validate_nudge(&self.commit_reminder_text) {
+            return invalid("commit_reminder_text", e.to_string());
+        }
+        if self.gate_attempts == 0 {
+            return invalid("gate_attempts", "must be at least 1".into());
+        }
+        if !(100..=3000).contains(&self.gate_feedback_bytes) || self.gate_feedback_lines == 0 {
+            return invalid(
+                "gate_feedback_bytes",
+                "must be 100 to 3000 (and gate_feedback_lines at least 1)".into(),
+            );
+        }
         Ok(())
     }
 }
@@ -351,6 +444,33 @@ mod tests {
         assert!(e.to_string().contains("node_down_after"), "{e}");
         let e = Policy::from_toml("nudge_text = \"a\\nb\"").expect_err("control char");
         assert!(e.to_string().contains("nudge_text"), "{e}");
+    }
+
+    #[test]
+    fn gate_keys() {
+        let p =
+            Policy::from_toml("gate = \"cargo test\"\ngate_attempts = 2\ngate_timeout = \"5m\"")
+                .expect("parses");
+        assert_eq!((p.gate.as_str(), p.gate_attempts), ("cargo test", 2));
+        let p = Policy::from_toml("[[guards]]\npath = \"RULES.md\"\nmarker = \"IRON_LAW\"")
+            .expect("parses");
+        assert_eq!(p.guards[0].path, "RULES.md");
+        for bad in [
+            "[[guards]]\npath = \"../x\"\nmarker = \"m\"",
+            "[[guards]]\npath = \"/etc/x\"\nmarker = \"m\"",
+            "[[guards]]\npath = \"x\"\nmarker = \"\"",
+        ] {
+            let e = Policy::from_toml(bad).expect_err(bad);
+            assert!(e.to_string().contains("guards[0]"), "{e}");
+        }
+        for bad in [
+            "gate_attempts = 0",
+            "gate_timeout = \"2h\"",
+            "gate = \"a\\u0007\"",
+        ] {
+            let e = Policy::from_toml(bad).expect_err(bad);
+            assert!(e.to_string().contains("gate"), "{e}");
+        }
     }
 }
 

@@ -37,6 +37,8 @@ struct Outcome {
     message: String,
     output: String,
     delivery: pb::Delivery,
+    /// A gate's exit status and whether it ran past its limit.
+    gate: Option<(i32, bool)>,
 }
 
 impl From<(pb::CommandStatus, String, String)> for Outcome {
@@ -46,6 +48,7 @@ impl From<(pb::CommandStatus, String, String)> for Outcome {
             message,
             output,
             delivery: pb::Delivery::Unspecified,
+            gate: None,
         }
     }
 }
@@ -78,6 +81,7 @@ impl Executor {
             message,
             output,
             delivery,
+            gate,
         } = self.check_and_run(cmd).await;
         if status != pb::CommandStatus::Ok {
             tracing::info!(command = %id, status = ?status, %message, "command refused or failed");
@@ -88,6 +92,8 @@ impl Executor {
             message,
             output,
             delivery: delivery as i32,
+            gate_exit: gate.map_or(0, |(exit, _)| exit),
+            gate_timed_out: gate.is_some_and(|(_, timed_out)| timed_out),
         }
     }
 
@@ -216,6 +222,10 @@ impl Executor {
                 ))
             }
             Action::Kill { grace_ms } => self.kill(tmux, s, grace_ms).await.map(Ended::Output),
+            Action::Gate {
+                command,
+                timeout_ms,
+            } => Self::gate(s, &command, timeout_ms).await,
             Action::Restart { command, .. } => {
                 let argv = restart_argv(&command, s, &self.profiles);
                 tmux.respawn_pane(pane, &argv)
@@ -269,6 +279,28 @@ impl Executor {
             "not delivered: the text still sits in the input box after submit was pressed twice ({} profile)",
             profile.name
         )))
+    }
+
+    /// Runs the session's quality gate in its working directory (the pane's current path);
+    /// the controller judges the outcome.
+    async fn gate(
+        s: &pb::SessionObservation,
+        command: &str,
+        timeout_ms: u32,
+    ) -> Result<Ended, String> {
+        if s.cwd.is_empty() {
+            return Err(format!(
+                "session {:?} has no known working directory to run its gate in",
+                s.session_name
+            ));
+        }
+        let timeout = Duration::from_millis(timeout_ms.into());
+        tracing::info!(session = %s.session_name, cwd = %s.cwd, %command, "running quality gate");
+        let run = crate::gate::run(command, std::path::Path::new(&s.cwd), timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(session = %s.session_name, exit = run.exit, timed_out = run.timed_out, took_ms = run.took.as_millis() as u64, "quality gate ended");
+        Ok(Ended::Gate(run))
     }
 
     /// Sends the profile's interrupt keys, after the last safety check: never at an idle
@@ -514,23 +546,61 @@ enum Ended {
     NotDelivered(String),
     /// The last safety check declined (an interrupt at a prompt or within the window).
     Declined(String),
+    /// A gate ran (whatever its exit status: judging it is the controller's).
+    Gate(crate::gate::GateRun),
 }
 
 impl From<Ended> for Outcome {
     fn from(ended: Ended) -> Self {
         use pb::CommandStatus as S;
-        let (status, message, output, delivery) = match ended {
-            Ended::Output(out) => (S::Ok, String::new(), out, pb::Delivery::Unspecified),
-            Ended::Delivered(m) => (S::Ok, m, String::new(), pb::Delivery::Delivered),
-            Ended::NotDelivered(m) => (S::Failed, m, String::new(), pb::Delivery::NotDelivered),
-            Ended::Declined(m) => (S::Declined, m, String::new(), pb::Delivery::Unspecified),
+        let (status, message, output, delivery, gate) = match ended {
+            Ended::Output(out) => (S::Ok, String::new(), out, pb::Delivery::Unspecified, None),
+            Ended::Delivered(m) => (S::Ok, m, String::new(), pb::Delivery::Delivered, None),
+            Ended::NotDelivered(m) => (
+                S::Failed,
+                m,
+                String::new(),
+                pb::Delivery::NotDelivered,
+                None,
+            ),
+            Ended::Declined(m) => (
+                S::Declined,
+                m,
+                String::new(),
+                pb::Delivery::Unspecified,
+                None,
+            ),
+            Ended::Gate(run) => (
+                S::Ok,
+                gate_message(&run),
+                run.output,
+                pb::Delivery::Unspecified,
+                Some((run.exit, run.timed_out)),
+            ),
         };
         Outcome {
             status,
             message,
             output,
             delivery,
+            gate,
         }
+    }
+}
+
+/// "gate exited with status 1 after 420 ms", for the audit.
+fn gate_message(run: &crate::gate::GateRun) -> String {
+    if run.timed_out {
+        format!(
+            "gate killed at its time limit after {} ms",
+            run.took.as_millis()
+        )
+    } else {
+        format!(
+            "gate exited with status {} after {} ms",
+            run.exit,
+            run.took.as_millis()
+        )
     }
 }
 

@@ -7,11 +7,14 @@ pub mod daemon;
 pub mod events;
 pub mod exec;
 pub mod fence;
+pub mod gate;
+pub mod guard;
 pub mod link;
 pub mod local;
 pub mod probe;
 pub mod procs;
 pub mod tmux;
+pub mod worktree;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,6 +86,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // The first snapshot is taken before the link dials, so the controller's first view is full.
     snap_tx.send_replace(Arc::new(prober.round().await));
 
+    let snap_rx_guard = snap_rx.clone();
+    let events_guard = events.clone();
     let executor = Arc::new(Executor::new(
         &servers,
         fence.clone(),
@@ -91,8 +96,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     ));
     let (forward, inbox) = local::channel();
     let local_snap = snap_rx.clone();
+    let (guards_tx, guards_rx) = watch::channel(Arc::new(Vec::new()));
     let link = Link {
         local: inbox,
+        guards: guards_tx,
         config: LinkConfig {
             controller: config.controller.clone(),
             node_id: node_id.clone(),
@@ -134,6 +141,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
     }
     tasks.spawn(link.run(shutdown.clone()));
+    tasks.spawn(worktree::run(
+        snap_rx_guard.clone(),
+        events_guard.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(guard::run(
+        guards_rx,
+        snap_rx_guard,
+        events_guard,
+        config.state_dir.clone(),
+        shutdown.clone(),
+    ));
     let probe_shutdown = shutdown.clone();
     let interval = config.probe_interval;
     tasks.spawn(async move {

@@ -80,6 +80,8 @@ pub struct Link {
     pub commands: Commands,
     /// Requests from the local socket for the controller, and their callers.
     pub local: crate::local::Inbox,
+    /// The guarded files the controller sent last (see [`crate::guard`]).
+    pub guards: watch::Sender<Arc<Vec<pb::Guard>>>,
 }
 
 /// Most command results kept while no controller listens; the oldest are dropped beyond it.
@@ -285,6 +287,10 @@ impl Link {
                     }
                     Some(pb::ControllerMessage { msg: Some(pb::controller_message::Msg::LocalAnswer(a)) }) => {
                         self.local.answer(a);
+                    }
+                    Some(pb::ControllerMessage { msg: Some(pb::controller_message::Msg::Guards(g)) }) => {
+                        tracing::info!(guards = g.guards.len(), "guarded files from the controller");
+                        self.guards.send_replace(Arc::new(g.guards));
                     }
                     Some(_) => tracing::warn!("ignoring unexpected controller message"),
                     None => return Ok(()),

@@ -368,6 +368,7 @@ impl Prober {
                 }),
                 at_ms: now_ms(),
                 detail: format!("{what} (pid {})", inc.pid),
+                ..Default::default()
             });
             wake.notify_one();
         });
@@ -531,6 +532,7 @@ mod tests {
                 String::new(),
                 String::new(),
                 "g1".into(),
+                String::new(),
                 String::new(),
             ],
             window_size: (120, 40),

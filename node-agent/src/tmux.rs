@@ -38,14 +38,14 @@ pub enum TmuxError {
 const SEP: char = '\u{1f}';
 
 /// Labels read from tmux user options, in [`Pane::labels`] order.
-pub const LABELS: [&str; 5] = argus_shared::labels::ALL;
+pub const LABELS: [&str; 6] = argus_shared::labels::ALL;
 
 const PANE_FORMAT: &str = concat!(
     "#{session_name}\u{1f}#{session_id}\u{1f}#{window_index}\u{1f}#{pane_index}\u{1f}",
     "#{pane_id}\u{1f}#{pane_pid}\u{1f}#{pane_dead}\u{1f}#{pane_dead_status}\u{1f}",
     "#{window_activity}\u{1f}#{history_size}\u{1f}#{cursor_y}\u{1f}#{pane_current_path}\u{1f}",
     "#{@argus-profile}\u{1f}#{@argus-provider}\u{1f}#{@argus-account}\u{1f}#{@argus-group}\u{1f}",
-    "#{@argus-restart}\u{1f}#{window_width}\u{1f}#{window_height}\u{1f}#{pane_start_command}"
+    "#{@argus-restart}\u{1f}#{@argus-gate}\u{1f}#{window_width}\u{1f}#{window_height}\u{1f}#{pane_start_command}"
 );
 
 /// One pane as `list-panes -a` reports it.
@@ -65,7 +65,7 @@ pub struct Pane {
     pub cursor_y: u32,
     pub cwd: String,
     /// Values of the `@argus-*` options, in [`LABELS`] order (empty when unset).
-    pub labels: [String; 5],
+    pub labels: [String; 6],
     /// The window's size (columns, rows): a session created anew gets it back.
     pub window_size: (u32, u32),
     /// The pane's start command as tmux prints it (quoted).
@@ -74,8 +74,8 @@ pub struct Pane {
 
 impl Pane {
     fn parse(line: &str) -> Option<Self> {
-        let f: Vec<&str> = line.splitn(20, SEP).collect();
-        if f.len() != 20 {
+        let f: Vec<&str> = line.splitn(21, SEP).collect();
+        if f.len() != 21 {
             return None;
         }
         Some(Self {
@@ -97,9 +97,10 @@ impl Pane {
                 f[14].to_owned(),
                 f[15].to_owned(),
                 f[16].to_owned(),
+                f[17].to_owned(),
             ],
-            window_size: (f[17].parse().unwrap_or(0), f[18].parse().unwrap_or(0)),
-            start_command: f[19].to_owned(),
+            window_size: (f[18].parse().unwrap_or(0), f[19].parse().unwrap_or(0)),
+            start_command: f[20].to_owned(),
         })
     }
 
@@ -303,7 +304,7 @@ mod tests {
 
     #[test]
     fn pane_lines() {
-        let line = "s\u{1f}$1\u{1f}0\u{1f}0\u{1f}%3\u{1f}42\u{1f}0\u{1f}\u{1f}1700\u{1f}5\u{1f}2\u{1f}/tmp\u{1f}claude\u{1f}\u{1f}\u{1f}\u{1f}\u{1f}120\u{1f}40\u{1f}\"sleep 1\"";
+        let line = "s\u{1f}$1\u{1f}0\u{1f}0\u{1f}%3\u{1f}42\u{1f}0\u{1f}\u{1f}1700\u{1f}5\u{1f}2\u{1f}/tmp\u{1f}claude\u{1f}\u{1f}\u{1f}\u{1f}\u{1f}\u{1f}120\u{1f}40\u{1f}\"sleep 1\"";
         let p = Pane::parse(line).expect("parses");
         assert_eq!(p.pane_id, "%3");
         assert_eq!(p.pane_pid, 42);

@@ -17,6 +17,12 @@ pub const DEFAULT_KILL_GRACE_MS: u32 = 2000;
 pub const MAX_KILL_GRACE_MS: u32 = 60_000;
 /// Longest restart command accepted, in bytes.
 pub const MAX_RESTART_COMMAND_BYTES: usize = 4096;
+/// Longest gate command accepted, in bytes.
+pub const MAX_GATE_COMMAND_BYTES: usize = 4096;
+/// A gate's time limit when the command says 0.
+pub const DEFAULT_GATE_TIMEOUT_MS: u32 = 600_000;
+/// Longest gate time limit accepted.
+pub const MAX_GATE_TIMEOUT_MS: u32 = 3_600_000;
 
 /// Why a command was refused before it was sent or executed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -49,6 +55,12 @@ pub enum CommandError {
     /// The command named no action.
     #[error("command has no action")]
     NoAction,
+    /// The gate command was empty, too long or held a refused character, or its time limit was
+    /// too long.
+    #[error(
+        "gate command is empty, longer than {MAX_GATE_COMMAND_BYTES} bytes or holds a control or invisible formatting character, or its time limit is over {MAX_GATE_TIMEOUT_MS} ms"
+    )]
+    BadGate,
 }
 
 /// What a command does, validated.
@@ -69,6 +81,9 @@ pub enum Action {
     },
     /// Return the last `lines` lines.
     Capture { lines: u32 },
+    /// Run the quality gate `command` (`sh -c`) in the session's working directory, stopped
+    /// after `timeout_ms`; the result carries its exit status and the end of its output.
+    Gate { command: String, timeout_ms: u32 },
 }
 
 impl Action {
@@ -80,6 +95,7 @@ impl Action {
             Self::Kill { .. } => "kill",
             Self::Restart { .. } => "restart",
             Self::Capture { .. } => "capture",
+            Self::Gate { .. } => "gate",
         }
     }
 
@@ -120,6 +136,26 @@ impl Action {
             grace_ms
         };
         Ok(Self::Kill { grace_ms })
+    }
+
+    /// A validated gate (0 ms means the default time limit).
+    pub fn gate(command: &str, timeout_ms: u32) -> Result<Self, CommandError> {
+        if command.trim().is_empty()
+            || command.len() > MAX_GATE_COMMAND_BYTES
+            || command.chars().any(is_refused)
+            || timeout_ms > MAX_GATE_TIMEOUT_MS
+        {
+            return Err(CommandError::BadGate);
+        }
+        let timeout_ms = if timeout_ms == 0 {
+            DEFAULT_GATE_TIMEOUT_MS
+        } else {
+            timeout_ms
+        };
+        Ok(Self::Gate {
+            command: command.to_owned(),
+            timeout_ms,
+        })
     }
 
     /// A validated restart.
@@ -275,6 +311,7 @@ impl TryFrom<pb::command::Action> for Action {
                 Ok(a)
             }
             pb::command::Action::Capture(c) => Self::capture(c.lines),
+            pb::command::Action::Gate(g) => Self::gate(&g.command, g.timeout_ms),
         }
     }
 }
@@ -295,6 +332,13 @@ impl From<Action> for pb::command::Action {
                 labels: labels.into_iter().collect(),
             }),
             Action::Capture { lines } => Self::Capture(pb::Capture { lines }),
+            Action::Gate {
+                command,
+                timeout_ms,
+            } => Self::Gate(pb::Gate {
+                command,
+                timeout_ms,
+            }),
         }
     }
 }
@@ -401,6 +445,16 @@ mod tests {
         assert_eq!(Action::kill(0), Ok(Action::Kill { grace_ms: 2000 }));
         assert!(Action::kill(MAX_KILL_GRACE_MS + 1).is_err());
         assert!(Action::restart("claude\n", "").is_err());
+        assert_eq!(
+            Action::gate("cargo test", 0),
+            Ok(Action::Gate {
+                command: "cargo test".into(),
+                timeout_ms: DEFAULT_GATE_TIMEOUT_MS
+            })
+        );
+        assert!(Action::gate(" ", 0).is_err());
+        assert!(Action::gate("make\u{202E}", 0).is_err());
+        assert!(Action::gate("make", MAX_GATE_TIMEOUT_MS + 1).is_err());
     }
 
     #[test]

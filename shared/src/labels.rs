@@ -15,8 +15,11 @@ pub const ACCOUNT: &str = "account";
 /// The policy group (`[groups.NAME]` in the policy).
 pub const GROUP: &str = "group";
 
+/// The session's quality gate command (run in its working directory at a finish point).
+pub const GATE: &str = "gate";
+
 /// Every label the node agent reads.
-pub const ALL: [&str; 5] = [PROFILE, PROVIDER, ACCOUNT, GROUP, RESTART];
+pub const ALL: [&str; 6] = [PROFILE, PROVIDER, ACCOUNT, GROUP, RESTART, GATE];
 
 /// The tmux option name of a label (`@argus-restart`).
 pub fn option_name(label: &str) -> String {

@@ -716,6 +716,7 @@ impl Node {
                 }),
                 at_ms: now_ms(),
                 detail: format!("agent process exited (pid {})", s.pid),
+                ..Default::default()
             }),
             FaultKind::PaneDead => {
                 let mut o = observation(s);
