@@ -37,6 +37,9 @@ pub const DEFAULT_INTERRUPT_WINDOW_MS: u64 = 3_000;
 /// Characters of a nudge's text looked for in the input box to tell whether it was submitted.
 const DRAFT_PROBE_CHARS: usize = 16;
 
+/// What a masked part of the screen is replaced with.
+const MASK: &str = "\u{2026}";
+
 /// Lines after a rate-limit match that are read for its reset time (the message may wrap).
 const RESET_CONTEXT_LINES: usize = 2;
 
@@ -293,6 +296,11 @@ pub struct Profile {
     interrupt_keys: Vec<String>,
     interrupt_window_ms: u64,
     resume: Option<Resume>,
+    /// Volatile parts of the screen (spinner glyphs, timers, token counters): replaced before
+    /// the progress hash, so that an animation alone is no progress.
+    mask: Vec<regex::Regex>,
+    /// What the pane title says, strongest first.
+    title: Vec<(Condition, RegexSet)>,
 }
 
 /// How a restart resumes the agent's last conversation: the arguments added to its start
@@ -346,6 +354,8 @@ impl Profile {
             interrupt_keys: vec!["C-c".to_owned()],
             interrupt_window_ms: DEFAULT_INTERRUPT_WINDOW_MS,
             resume: None,
+            mask: Vec::new(),
+            title: Vec::new(),
         }
     }
 
@@ -567,6 +577,46 @@ impl Profile {
             .find(|l| prompt.patterns.is_match(l) && !MENU_ITEM.is_match(l))?;
         Some(!probe.is_empty() && line.contains(probe.as_str()))
     }
+
+    /// `screen` with its volatile parts replaced by a placeholder, line by line: the spinner
+    /// glyphs, elapsed-time and token counters the profile's `mask` names. Two frames of the
+    /// same animation mask to the same text; a new output line does not.
+    pub fn masked(&self, screen: &str) -> String {
+        let mut out = String::with_capacity(screen.len());
+        for (i, line) in screen.lines().enumerate() {
+            if i > 0 {
+                out.push('\n');
+            }
+            let mut line = std::borrow::Cow::Borrowed(line.trim_end());
+            for re in &self.mask {
+                if let std::borrow::Cow::Owned(o) = re.replace_all(&line, MASK) {
+                    line = std::borrow::Cow::Owned(o);
+                }
+            }
+            out.push_str(&line);
+        }
+        out
+    }
+
+    /// The hash of `tail` (the hashed bottom lines of a screen) with its animation masked: it
+    /// moves only when the agent shows something new.
+    pub fn progress_hash(&self, tail: &str) -> String {
+        crate::screen::hash(&self.masked(tail))
+    }
+
+    /// What the pane title (`#{pane_title}`) says, by the profile's `title` rules: a question
+    /// first, then busy, then the prompt; `None` when no rule matches.
+    pub fn title_condition(&self, title: &str) -> Condition {
+        let title = title.trim();
+        if title.is_empty() {
+            return Condition::None;
+        }
+        self.title
+            .iter()
+            .find(|(_, set)| set.is_match(title))
+            .map_or(Condition::None, |(c, _)| *c)
+    }
+
 
     /// How a restart resumes this agent's conversation, when the CLI has a way.
     pub fn resume(&self) -> Option<&Resume> {
