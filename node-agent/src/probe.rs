@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use argus_proto::v1 as pb;
 use argus_shared::ids::Incarnation;
-use argus_shared::profile::{Classification, Profiles};
+use argus_shared::profile::{Classification, Condition, Profiles};
 use argus_shared::screen;
 use argus_shared::time::{local_utc_offset_secs, now_ms};
 use tokio::sync::Notify;
@@ -78,7 +78,11 @@ struct PaneCache {
     fingerprint: (i64, u64, u32),
     captured_round: u64,
     hash: String,
+    /// The hash of the same lines with the profile's animation masked.
+    progress: String,
     classification: Classification,
+    /// What the pane title said, and since when (see [`Reading`]).
+    title: TitleSeen,
     agent: Option<Agent>,
     pane_start: u64,
     /// The profile the screen was last classified with.
@@ -207,13 +211,25 @@ impl Prober {
 
         let cache = self.panes.entry(key.clone()).or_default();
         let agent = cache.agent.clone();
+        let classifier = profile
+            .as_deref()
+            .and_then(|n| self.profiles.get(n))
+            .unwrap_or_else(|| self.profiles.generic());
+        let now = now_ms();
+        cache
+            .title
+            .update(&pane.title, classifier.title_condition(&pane.title), now);
+        let (classification, decided_by) =
+            precedence(&cache.classification, &[cache.title.reading()], now);
         let obs = observation(&Seen {
             socket,
             pane,
             humans,
             agent: agent.as_ref(),
             hash: &cache.hash,
-            classification: &cache.classification,
+            progress: &cache.progress,
+            classification: &classification,
+            decided_by,
             profile: profile.unwrap_or_else(|| self.profiles.generic().name.clone()),
             ms_per_tick: self.ms_per_tick,
         });
@@ -278,6 +294,7 @@ impl Prober {
                 let classifier = profile
                     .and_then(|n| self.profiles.get(n))
                     .unwrap_or_else(|| self.profiles.generic());
+                cache.progress = classifier.progress_hash(tail);
                 // The whole capture, not the hashed tail: full-screen TUIs (Claude 2.1) pin their
                 // input box to the bottom row with blank rows above it, so the last 30 rows can be
                 // all box and blanks. The profile reads its own window of non-blank lines.
@@ -404,7 +421,11 @@ struct Seen<'a> {
     humans: &'a [String],
     agent: Option<&'a Agent>,
     hash: &'a str,
+    /// The hash with the screen's animation masked.
+    progress: &'a str,
     classification: &'a Classification,
+    /// The source that decided `classification` ([`precedence`]).
+    decided_by: &'static str,
     /// The profile name the screen was classified with.
     profile: String,
     ms_per_tick: u64,
@@ -445,6 +466,105 @@ fn observation(seen: &Seen<'_>) -> pb::SessionObservation {
         exit_status: if pane.pane_dead { pane.dead_status } else { -1 },
         window_width: pane.window_size.0,
         window_height: pane.window_size.1,
+        progress_hash: seen.progress.to_owned(),
+        decided_by: seen.decided_by.to_owned(),
+        agent_session_id: String::new(),
+    }
+}
+
+// === Precedence of the sources ===
+
+/// How long a pane title's reading counts after the title last changed: a CLI that stopped
+/// updating its title (crashed renderer, a title left behind by an earlier program) must not
+/// pin a state.
+const TITLE_FRESH_MS: i64 = 5 * 60 * 1000;
+
+/// The source names an observation's `decided_by` carries.
+pub mod source {
+    /// The pane's text, classified by the profile: the fallback that always works.
+    pub const SCREEN: &str = "screen";
+    /// The pane title the CLI set (`#{pane_title}`).
+    pub const TITLE: &str = "title";
+    /// The agent's own state file.
+    pub const SESSION_FILE: &str = "session-file";
+}
+
+/// One source's reading of a session, beside the screen.
+#[derive(Debug, Clone, PartialEq)]
+struct Reading {
+    source: &'static str,
+    classification: Classification,
+    /// When the source's condition last changed (Unix ms): the newest reading wins.
+    since_ms: i64,
+    /// When the source last said anything new (Unix ms).
+    heard_ms: i64,
+    /// The reading is stale once this long has passed since `heard_ms`.
+    fresh_ms: i64,
+}
+
+/// What the pane title said, and since when.
+#[derive(Debug, Default, Clone)]
+struct TitleSeen {
+    text: String,
+    condition: Condition,
+    since_ms: i64,
+    heard_ms: i64,
+}
+
+impl TitleSeen {
+    fn update(&mut self, text: &str, condition: Condition, now: i64) {
+        if text != self.text {
+            self.text = text.to_owned();
+            self.heard_ms = now;
+        }
+        if condition != self.condition || self.since_ms == 0 {
+            self.condition = condition;
+            self.since_ms = now;
+            self.heard_ms = now;
+        }
+    }
+
+    fn reading(&self) -> Reading {
+        Reading {
+            source: source::TITLE,
+            classification: Classification {
+                condition: self.condition,
+                reset_at: None,
+            },
+            since_ms: self.since_ms,
+            heard_ms: self.heard_ms,
+            fresh_ms: TITLE_FRESH_MS,
+        }
+    }
+}
+
+/// Which source decides a session's condition: the screen, unless it shows nothing recognised
+/// (an ambiguous screen: streaming text with no status line), or a fresh reading of a more
+/// trusted source says the agent is rate limited. Among the fresh readings that say something,
+/// the newest wins; a stale one (older than its window) never pins a state, and the screen is
+/// the fallback that always works. `others` are in order of trust, most trusted first.
+fn precedence(
+    screen: &Classification,
+    others: &[Reading],
+    now: i64,
+) -> (Classification, &'static str) {
+    let mut best: Option<&Reading> = None;
+    for r in others {
+        let fresh = now - r.heard_ms <= r.fresh_ms;
+        let speaks = match r.classification.condition {
+            Condition::None => false,
+            // A limit from the agent's own records outranks its screen; anything else only
+            // settles a screen that says nothing.
+            Condition::RateLimited => true,
+            _ => screen.condition == Condition::None,
+        };
+        if fresh && speaks && best.is_none_or(|b| r.since_ms > b.since_ms) {
+            best = Some(r);
+        }
+    }
+    match best {
+        Some(r) => (r.classification.clone(), r.source),
+        None => (screen.clone(), source::SCREEN),
     }
 }
 
@@ -508,8 +628,6 @@ fn pick_agent<'a>(
 
 #[cfg(test)]
 mod tests {
-    use argus_shared::profile::Condition;
-
     use super::*;
 
     fn pane(name: &str) -> Pane {
@@ -535,6 +653,7 @@ mod tests {
             ],
             window_size: (120, 40),
             start_command: "claude".into(),
+            title: String::new(),
         }
     }
 
@@ -566,7 +685,9 @@ mod tests {
             humans: &humans,
             agent: Some(&a),
             hash: "abc",
+            progress: "def",
             classification: &c,
+            decided_by: source::SCREEN,
             profile: "claude".into(),
             ms_per_tick: 10,
         });
@@ -608,7 +729,9 @@ mod tests {
             humans: &[],
             agent: None,
             hash: "",
+            progress: "",
             classification: &Classification::default(),
+            decided_by: source::SCREEN,
             profile: "generic".into(),
             ms_per_tick: 10,
         });
@@ -703,5 +826,77 @@ mod tests {
         p.labels[0].clear();
         assert_eq!(profile_name(&p, Some(&a)).as_deref(), Some("codex"));
         assert_eq!(profile_name(&p, None), None);
+    }
+
+    fn cls(condition: Condition) -> Classification {
+        Classification {
+            condition,
+            reset_at: None,
+        }
+    }
+
+    #[test]
+    fn the_title_settles_an_ambiguous_screen_while_fresh() {
+        let mut title = TitleSeen::default();
+        title.update("\u{2810} Fix the bug", Condition::Thinking, 1_000);
+        let r = [title.reading()];
+        // The screen says nothing recognised: the title decides.
+        assert_eq!(
+            precedence(&cls(Condition::None), &r, 2_000),
+            (cls(Condition::Thinking), source::TITLE)
+        );
+        // The screen recognises something: the screen decides.
+        assert_eq!(
+            precedence(&cls(Condition::AtPrompt), &r, 2_000),
+            (cls(Condition::AtPrompt), source::SCREEN)
+        );
+        // The spinner in the title keeps it fresh; a title left alone goes stale.
+        title.update("\u{2802} Fix the bug", Condition::Thinking, 200_000);
+        let r = [title.reading()];
+        assert_eq!(
+            precedence(&cls(Condition::None), &r, 200_000 + TITLE_FRESH_MS).1,
+            source::TITLE
+        );
+        assert_eq!(
+            precedence(&cls(Condition::None), &r, 200_001 + TITLE_FRESH_MS),
+            (cls(Condition::None), source::SCREEN),
+            "a stale title never pins a state"
+        );
+    }
+
+    #[test]
+    fn the_newest_fresh_reading_wins() {
+        let limit = Reading {
+            source: source::SESSION_FILE,
+            classification: cls(Condition::RateLimited),
+            since_ms: 5_000,
+            heard_ms: 5_000,
+            fresh_ms: 60_000,
+        };
+        let mut title = TitleSeen::default();
+        title.update("\u{2810} topic", Condition::Thinking, 1_000);
+        let both = [limit.clone(), title.reading()];
+        // The limit is newer than the title's busy reading.
+        assert_eq!(
+            precedence(&cls(Condition::None), &both, 6_000).1,
+            source::SESSION_FILE
+        );
+        // A limit outranks the screen's busy line, until it goes stale.
+        assert_eq!(
+            precedence(&cls(Condition::Thinking), &both, 6_000).1,
+            source::SESSION_FILE
+        );
+        assert_eq!(
+            precedence(&cls(Condition::Thinking), &both, 70_000),
+            (cls(Condition::Thinking), source::SCREEN)
+        );
+        // The title turned busy after the limit: the agent went back to work.
+        title.update("\u{2810} topic 2", Condition::AtPrompt, 7_000);
+        title.update("\u{2810} topic 2", Condition::Thinking, 8_000);
+        let both = [limit, title.reading()];
+        assert_eq!(
+            precedence(&cls(Condition::None), &both, 9_000),
+            (cls(Condition::Thinking), source::TITLE)
+        );
     }
 }
