@@ -115,6 +115,14 @@ pub struct Policy {
     /// An open incident is notified again (webhooks) at most this often.
     #[serde(with = "humantime_serde")]
     pub notify_repeat: Duration,
+    /// A busy agent whose screen moves only in its animation (spinner glyph, elapsed-time and
+    /// token counters, masked by its profile) for this long, with no new output line, is hung
+    /// although its spinner moves: the ladder takes it up, triage first.
+    #[serde(with = "humantime_serde")]
+    pub animated_hang: Duration,
+    /// `animated_hang` per agent profile (`{ claude = "20m" }`), for CLIs whose turns are slow.
+    pub animated_hang_profiles:
+        std::collections::BTreeMap<String, humantime_serde::Serde<Duration>>,
     /// Per-group overrides (`@argus-group`): `[groups.NAME]` with any of the keys above.
     #[serde(skip)]
     pub groups: std::collections::BTreeMap<String, std::sync::Arc<Policy>>,
@@ -183,6 +191,8 @@ impl Default for Policy {
             self_suspect_share: 0.5,
             fleet_destructive_per_minute: 30,
             notify_repeat: Duration::from_secs(4 * 3600),
+            animated_hang: Duration::from_secs(15 * 60),
+            animated_hang_profiles: std::collections::BTreeMap::new(),
             groups: std::collections::BTreeMap::new(),
         }
     }
@@ -252,6 +262,13 @@ impl Policy {
         group.and_then(|g| self.groups.get(g)).unwrap_or(self)
     }
 
+    /// How long a busy agent of `profile` may show only its animation before it is hung.
+    pub fn animated_hang_for(&self, profile: &str) -> Duration {
+        self.animated_hang_profiles
+            .get(profile)
+            .map_or(self.animated_hang, |d| d.into_inner())
+    }
+
     /// Checks ranges and relations between keys.
     pub fn validate(&self) -> Result<(), PolicyError> {
         let invalid = |key: &str, why: &str| {
@@ -295,6 +312,19 @@ impl Policy {
         }
         if self.triage_timeout.is_zero() {
             return invalid("triage_timeout", "must be positive");
+        }
+        if self.animated_hang.is_zero() {
+            return invalid("animated_hang", "must be positive");
+        }
+        if let Some((name, _)) = self
+            .animated_hang_profiles
+            .iter()
+            .find(|(_, d)| d.into_inner().is_zero())
+        {
+            return invalid(
+                &format!("animated_hang_profiles.{name}"),
+                "must be positive",
+            );
         }
         if let TriageConfig::Command { argv } = &self.triage
             && argv.is_empty()
