@@ -50,7 +50,7 @@ pub struct Observation {
     /// The screen's hash with its animation masked (empty when the node agent does not compute
     /// it: then no animated hang is ever found).
     pub progress_hash: String,
-    /// The source that decided `condition` ("screen", "title", "session-file").
+    /// The source that decided `condition` ("screen", "title", "transcript").
     pub decided_by: String,
     /// The agent's own conversation id, when it reported one.
     pub agent_session_id: String,
@@ -275,7 +275,20 @@ impl Track {
             return Some(l.to_owned());
         }
         let cmd = shell_command_from_tmux(&self.obs.start_command);
-        (!cmd.is_empty()).then_some(cmd)
+        if cmd.is_empty() {
+            return None;
+        }
+        Some(self.resume_reported(&cmd).unwrap_or(cmd))
+    }
+
+    /// `cmd` resuming the conversation the agent itself reported (`claude --resume <id>`), so
+    /// that a restart continues that one, not the last one in its directory.
+    fn resume_reported(&self, cmd: &str) -> Option<String> {
+        let id = self.obs.agent_session_id.as_str();
+        if id.is_empty() {
+            return None;
+        }
+        argus_shared::profile::builtin_profile(&self.obs.profile)?.resume_with_id(cmd, id)
     }
 
     /// Why the policy may type into, interrupt, kill or restart this session, or `None` when it
@@ -748,8 +761,7 @@ fn tick(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut Vec<Eff
         && hung.is_none();
     let idle_for = hung.unwrap_or(now - t.last_activity_ms);
     let idle_after = i64::from(policy.idle_checks) * t.probe_ms;
-    if t.state == SessionState::Working && !exempt && (idle_for >= idle_after || hung.is_some())
-    {
+    if t.state == SessionState::Working && !exempt && (idle_for >= idle_after || hung.is_some()) {
         let reason = match hung {
             Some(ms) => hung_reason(ms),
             None => format!(

@@ -86,7 +86,10 @@ mod tests {
         ));
         assert_eq!(heuristic(&case("none", 60, 0)), Verdict::Extend);
         assert!(
-            matches!(heuristic(&case("animated-hang", 900, 0)), Verdict::NeedsHuman(_)),
+            matches!(
+                heuristic(&case("animated-hang", 900, 0)),
+                Verdict::NeedsHuman(_)
+            ),
             "a hang that animates calls a person, never restarts by itself"
         );
         assert_eq!(heuristic(&case("none", 700, 0)), Verdict::Restart);

@@ -209,7 +209,10 @@ mod tests {
         session(dir.path(), 4242, "987654");
         let s = read_claude(dir.path(), 4242, 987_654).expect("known");
         assert_eq!(s.session_id, ID);
-        assert_eq!(s.rate_limited_at_ms, None, "no transcript: nothing known of limits");
+        assert_eq!(
+            s.rate_limited_at_ms, None,
+            "no transcript: nothing known of limits"
+        );
         // The same pid, another process (the file of an earlier one left behind): nothing.
         assert_eq!(read_claude(dir.path(), 4242, 987_655), None);
         // Another pid's file, or none.

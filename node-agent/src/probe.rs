@@ -250,10 +250,7 @@ impl Prober {
             progress: &cache.progress,
             classification: &classification,
             decided_by,
-            agent_session_id: cache
-                .files
-                .as_ref()
-                .map_or("", |f| f.session_id.as_str()),
+            agent_session_id: cache.files.as_ref().map_or("", |f| f.session_id.as_str()),
             profile: profile.unwrap_or_else(|| self.profiles.generic().name.clone()),
             ms_per_tick: self.ms_per_tick,
         });
@@ -354,11 +351,10 @@ impl Prober {
             return;
         }
         cache.files_read_ms = now;
-        cache.files = tokio::task::spawn_blocking(move || {
-            crate::agentfiles::claude(inc.pid, inc.start_time)
-        })
-        .await
-        .unwrap_or(None);
+        cache.files =
+            tokio::task::spawn_blocking(move || crate::agentfiles::claude(inc.pid, inc.start_time))
+                .await
+                .unwrap_or(None);
     }
 
     /// Keeps the window size of every session seen (the newest [`GONE_SIZES`]), and rebuilds
@@ -769,7 +765,10 @@ mod tests {
         assert_eq!(o.agent_cpu_ms, 70);
         assert_eq!(o.screen_hash, "abc");
         assert_eq!(o.progress_hash, "def");
-        assert_eq!((o.decided_by.as_str(), o.agent_session_id.as_str()), ("screen", "2b246e8d"));
+        assert_eq!(
+            (o.decided_by.as_str(), o.agent_session_id.as_str()),
+            ("screen", "2b246e8d")
+        );
         assert_eq!(o.condition, pb::Condition::RateLimited as i32);
         assert_eq!(o.rate_limit_reset_at, 42);
         assert_eq!(o.last_output_ms, 1_700_000_000_000);

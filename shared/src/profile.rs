@@ -314,6 +314,9 @@ pub struct Resume {
     /// Words that open an interactive picker (which waits for a person) when no value follows
     /// them (`claude --resume`, `codex resume`): a restart replaces such a word with `args`.
     pub picker: Vec<String>,
+    /// The arguments that resume one conversation by its id, the id after them
+    /// (`["--resume"]`: `claude --resume <id>`); empty when the CLI reports no id.
+    pub by_id: Vec<String>,
 }
 
 /// The patterns of one condition.
@@ -617,7 +620,6 @@ impl Profile {
             .map_or(Condition::None, |(c, _)| *c)
     }
 
-
     /// How a restart resumes this agent's conversation, when the CLI has a way.
     pub fn resume(&self) -> Option<&Resume> {
         self.resume.as_ref()
@@ -650,6 +652,54 @@ impl Profile {
             resume.args.join(" "),
             &command[end..]
         )
+    }
+
+    /// `command` resuming exactly the conversation `id` the agent reported: its resume words
+    /// (`--continue`, `--resume <old id>`) replaced by `by_id` and the id, right after the
+    /// program. `None` when the profile resumes by no id or `id` is not a plain id.
+    pub fn resume_with_id(&self, command: &str, id: &str) -> Option<String> {
+        let resume = self.resume.as_ref().filter(|r| !r.by_id.is_empty())?;
+        let plain = !id.is_empty()
+            && id.len() <= 128
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !plain {
+            return None;
+        }
+        let words = words_at(command);
+        let end = program_end(&words)?;
+        let is_resume = |w: &str| {
+            let w = w.split('=').next().unwrap_or(w);
+            resume.present_if.iter().any(|p| p == w)
+                || resume.args.iter().any(|a| a == w)
+                || resume.by_id.iter().any(|a| a == w)
+        };
+        let mut rest = Vec::new();
+        let mut skip_value = false;
+        for (at, w) in words.iter().filter(|(at, _)| *at >= end) {
+            if skip_value && !w.starts_with('-') {
+                skip_value = false;
+                continue;
+            }
+            skip_value = false;
+            if is_resume(w) {
+                // A picker word takes an optional value: the old id goes with it.
+                skip_value = !w.contains('=') && resume.picker.iter().any(|p| p == w);
+                continue;
+            }
+            rest.push(&command[*at..*at + w.len()]);
+        }
+        let mut out = format!(
+            "{} {} {id}",
+            command[..end].trim_end(),
+            resume.by_id.join(" ")
+        );
+        for w in rest {
+            out.push(' ');
+            out.push_str(w);
+        }
+        Some(out)
     }
 
     /// `command` without the words that would open the CLI's interactive session picker (a

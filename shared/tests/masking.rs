@@ -72,7 +72,10 @@ fn claude_s_spinner_verb_timer_and_tokens_are_animation() {
         "hang",
         &[
             ("✻ Galloping…", "✶ Galloping… (12s · ↓ 40 tokens)"),
-            ("✻ Galloping…", "✢ Percolating… (3m 2s · ↑ 1.2k tokens · esc to interrupt)"),
+            (
+                "✻ Galloping…",
+                "✢ Percolating… (3m 2s · ↑ 1.2k tokens · esc to interrupt)",
+            ),
             ("◐ medium", "◓ medium"),
         ],
         "✻ Galloping…",
@@ -81,7 +84,10 @@ fn claude_s_spinner_verb_timer_and_tokens_are_animation() {
     check(
         "claude",
         "streaming",
-        &[("✶ Generating… (11s · ↓ 32 tokens)", "✳ Generating… (14s · ↓ 33 tokens)")],
+        &[(
+            "✶ Generating… (11s · ↓ 32 tokens)",
+            "✳ Generating… (14s · ↓ 33 tokens)",
+        )],
         "✶ Generating…",
         "  and a second line of the answer",
     );
@@ -151,9 +157,15 @@ fn titles_say_what_the_clis_show() {
     assert_eq!(title("claude", "✳ Fix the login bug"), Condition::AtPrompt);
     assert_eq!(title("claude", "claude-host"), Condition::None);
     assert_eq!(title("claude", ""), Condition::None);
-    assert_eq!(title("codex", "Action Required · argus"), Condition::WaitingPermission);
+    assert_eq!(
+        title("codex", "Action Required · argus"),
+        Condition::WaitingPermission
+    );
     assert_eq!(title("codex", "Working · argus"), Condition::Thinking);
-    assert_eq!(title("gemini", "✋ Action Required (argus)"), Condition::WaitingPermission);
+    assert_eq!(
+        title("gemini", "✋ Action Required (argus)"),
+        Condition::WaitingPermission
+    );
     assert_eq!(title("gemini", "✦ Working… (argus)"), Condition::Thinking);
     assert_eq!(title("gemini", "◇ Ready (argus)"), Condition::AtPrompt);
     // A host name as title (tmux's default) says nothing.

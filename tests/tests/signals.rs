@@ -167,11 +167,7 @@ async fn the_pane_title_settles_a_screen_that_says_nothing() -> anyhow::Result<(
         &format!("python3 {titled} {}", ctl.display()),
         &claude,
     )?;
-    tmux.session(
-        "plain",
-        &format!("python3 {titled} -"),
-        &claude,
-    )?;
+    tmux.session("plain", &format!("python3 {titled} -"), &claude)?;
     let mut c = TestCluster::with_policy("nudge_dwell = \"1h\"").await?;
     c.start_agent("n1", tmux.socket())?;
 

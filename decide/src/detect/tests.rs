@@ -1004,7 +1004,13 @@ fn hang_policy() -> Policy {
 }
 
 /// Observes every second from `from` to `to` (exclusive) with ticks between, collecting effects.
-fn animate(t: &mut Track, from: i64, to: i64, p: &Policy, progress: impl Fn(i64) -> String) -> Vec<Effect> {
+fn animate(
+    t: &mut Track,
+    from: i64,
+    to: i64,
+    p: &Policy,
+    progress: impl Fn(i64) -> String,
+) -> Vec<Effect> {
     let mut fx = Vec::new();
     for i in from..to {
         fx.extend(step(t, seen(animating(i, &progress(i))), i * 1000, p, &CTX));
@@ -1024,7 +1030,11 @@ fn a_spinner_over_no_new_output_is_hung_and_triage_decides_first() {
     // At 30 s without progress: stalled, with its own reason, and warned.
     let fx = animate(&mut t, 29, 32, &p, |_| "same".into());
     assert_eq!(t.state, SessionState::Stalled, "{fx:?}");
-    assert!(t.reason.starts_with("animated but no progress for 30 s"), "{}", t.reason);
+    assert!(
+        t.reason.starts_with("animated but no progress for 30 s"),
+        "{}",
+        t.reason
+    );
     assert_eq!(notified(&fx, "idle_warning"), 1);
     // After the dwell: triage with its own condition; never a nudge or an interrupt first.
     let fx = animate(&mut t, 32, 45, &p, |_| "same".into());
@@ -1053,7 +1063,10 @@ fn a_slow_answer_that_progresses_is_never_hung() {
     // A new line every 20 s (less often than the dwell, more often than the hang time).
     let fx = animate(&mut t, 0, 300, &p, |i| format!("line{}", i / 20));
     assert_eq!(t.state, SessionState::Working);
-    assert!(fx.iter().all(|e| !matches!(e, Effect::Triage(_) | Effect::Command { .. })));
+    assert!(
+        fx.iter()
+            .all(|e| !matches!(e, Effect::Triage(_) | Effect::Command { .. }))
+    );
     assert_eq!(notified(&fx, "idle_warning"), 0);
 }
 
@@ -1079,4 +1092,24 @@ fn the_hang_time_is_per_profile_and_next_due_wakes_for_it() {
     assert_eq!(t.state, SessionState::Working, "{fx:?}");
     animate(&mut t, 80, 92, &p, |_| "same".into());
     assert_eq!(t.state, SessionState::Stalled);
+}
+
+#[test]
+fn a_restart_resumes_the_conversation_the_agent_reported() {
+    let mut t = Track::new(0, None, None);
+    let mut o = obs("a", 0, Condition::None);
+    o.start_command = "\"claude --continue\"".into();
+    step(&mut t, seen(o.clone()), 0, &policy(), &CTX);
+    assert_eq!(t.restart_command().as_deref(), Some("claude --continue"));
+    o.agent_session_id = "2b246e8d-f2c5".into();
+    step(&mut t, seen(o.clone()), 1000, &policy(), &CTX);
+    assert_eq!(
+        t.restart_command().as_deref(),
+        Some("claude --resume 2b246e8d-f2c5")
+    );
+    // An operator's restart label is used as written.
+    o.labels
+        .insert(labels::RESTART.to_owned(), "claude --continue".into());
+    step(&mut t, seen(o), 2000, &policy(), &CTX);
+    assert_eq!(t.restart_command().as_deref(), Some("claude --continue"));
 }

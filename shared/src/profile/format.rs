@@ -76,6 +76,8 @@ struct RawResume {
     present_if: Vec<String>,
     #[serde(default)]
     picker: Vec<String>,
+    #[serde(default)]
+    by_id: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -219,6 +221,7 @@ fn compile_profile(name: String, raw: RawProfile) -> Result<Profile, ProfileErro
             args: r.args.clone(),
             present_if: r.present_if.clone(),
             picker: r.picker.clone(),
+            by_id: r.by_id.clone(),
         }),
         None => None,
     };
