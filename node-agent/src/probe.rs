@@ -315,7 +315,7 @@ impl Prober {
                 let classifier = profile
                     .and_then(|n| self.profiles.get(n))
                     .unwrap_or_else(|| self.profiles.generic());
-                cache.progress = classifier.progress_hash(tail);
+                cache.progress = classifier.progress_hash(&text);
                 // The whole capture, not the hashed tail: full-screen TUIs (Claude 2.1) pin their
                 // input box to the bottom row with blank rows above it, so the last 30 rows can be
                 // all box and blanks. The profile reads its own window of non-blank lines.

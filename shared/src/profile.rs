@@ -601,10 +601,14 @@ impl Profile {
         out
     }
 
-    /// The hash of `tail` (the hashed bottom lines of a screen) with its animation masked: it
-    /// moves only when the agent shows something new.
-    pub fn progress_hash(&self, tail: &str) -> String {
-        crate::screen::hash(&self.masked(tail))
+    /// The hash of the screen's last [`crate::screen::DEFAULT_LINES`] non-blank lines with its
+    /// animation masked: it moves only when the agent shows something new. Non-blank lines, not
+    /// bottom rows: Claude Code 2.1 pins its input box to the bottom of a tall pane with blank
+    /// rows above it, and the rows at the bottom never show its new output lines.
+    pub fn progress_hash(&self, screen: &str) -> String {
+        let lines: Vec<&str> = screen.lines().filter(|l| !l.trim().is_empty()).collect();
+        let start = lines.len().saturating_sub(crate::screen::DEFAULT_LINES);
+        crate::screen::hash(&self.masked(&lines[start..].join("\n")))
     }
 
     /// What the pane title (`#{pane_title}`) says, by the profile's `title` rules: a question

@@ -17,11 +17,11 @@ fn real(cli: &str, state: &str) -> String {
     fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// The progress hash of a screen as the node agent computes it (the hashed bottom lines).
+/// The progress hash of a screen as the node agent computes it (the whole capture).
 fn progress(cli: &str, text: &str) -> String {
     let profiles = Profiles::builtin();
     let p = profiles.get(cli).expect("profile");
-    p.progress_hash(screen::last_lines(text, screen::DEFAULT_LINES))
+    p.progress_hash(text)
 }
 
 /// Replaces the one line containing `old` with `new` (the line must be on screen).
@@ -146,6 +146,33 @@ fn aider_s_bar_is_animation() {
         "Waiting for openai",
         "Here is the answer.",
     );
+}
+
+/// Claude Code 2.1 draws a streamed answer one whole line at a time, high up in a tall pane,
+/// with its input box pinned to the bottom rows and blank rows between (as it showed live, at
+/// 120x40): the new line is progress although the bottom rows do not change.
+#[test]
+fn a_new_line_high_up_a_tall_claude_pane_is_progress() {
+    let blank = "\n".repeat(25);
+    let frame = |answer: &str, timer: &str| {
+        format!(
+            " ▐▛███▛█   Claude Code v2.1.332\n\n❯ tell me a long story\n\n{answer}{blank}✢ Lollygagging… ({timer} · ↓ 59 tokens)\n\n{rule}\n❯\u{a0}\n{rule}\n  ⏸ manual mode on · esc to interrupt\n",
+            rule = "─".repeat(100)
+        )
+    };
+    let one = "● streaming slowly word by word so that the screen keeps changing\n";
+    let two = "● streaming slowly word by word so that the screen keeps changing\n  changing streaming slowly word by word\n";
+    assert_eq!(
+        progress("claude", &frame(one, "20s")),
+        progress("claude", &frame(one, "21s"))
+    );
+    assert_ne!(
+        progress("claude", &frame(one, "20s")),
+        progress("claude", &frame(two, "22s"))
+    );
+    // The raw hash of the bottom rows, as before, sees only the timer.
+    let bottom = |t: &str| screen::hash(screen::last_lines(t, screen::DEFAULT_LINES));
+    assert_eq!(bottom(&frame(one, "20s")), bottom(&frame(two, "20s")));
 }
 
 #[test]

@@ -269,6 +269,9 @@ async fn session(c: &mut Client, target: &Target) -> anyhow::Result<()> {
             "agent     {} pid {} profile {}",
             s.agent_name, s.agent_pid, s.profile
         );
+        if !s.agent_session_id.is_empty() {
+            println!("resumes   conversation {}", s.agent_session_id);
+        }
         println!(
             "activity  {}   changed {}",
             when(s.last_activity_ms),
