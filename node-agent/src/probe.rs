@@ -905,7 +905,7 @@ mod tests {
     #[test]
     fn the_title_settles_an_ambiguous_screen_while_fresh() {
         let mut title = TitleSeen::default();
-        title.update("\u{2810} Fix the bug", Condition::Thinking, 1_000);
+        title.update("\u{25d0} Claude Code", Condition::Thinking, 1_000);
         let r = [title.reading()];
         // The screen says nothing recognised: the title decides.
         assert_eq!(
@@ -918,7 +918,7 @@ mod tests {
             (cls(Condition::AtPrompt), source::SCREEN)
         );
         // The spinner in the title keeps it fresh; a title left alone goes stale.
-        title.update("\u{2802} Fix the bug", Condition::Thinking, 200_000);
+        title.update("\u{25d1} Claude Code", Condition::Thinking, 200_000);
         let r = [title.reading()];
         assert_eq!(
             precedence((&cls(Condition::None), 0), &r, 200_000 + TITLE_FRESH_MS).1,

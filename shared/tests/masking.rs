@@ -179,9 +179,15 @@ fn a_new_line_high_up_a_tall_claude_pane_is_progress() {
 fn titles_say_what_the_clis_show() {
     let profiles = Profiles::builtin();
     let title = |cli: &str, t: &str| profiles.get(cli).expect(cli).title_condition(t);
-    assert_eq!(title("claude", "⠐ Fix the login bug"), Condition::Thinking);
-    assert_eq!(title("claude", "⠂ Fix the login bug"), Condition::Thinking);
-    assert_eq!(title("claude", "✳ Fix the login bug"), Condition::AtPrompt);
+    // As Claude Code 2.1.332 set them live (tests/real-agents/hang.sh).
+    assert_eq!(title("claude", "◐ Claude Code"), Condition::Thinking);
+    assert_eq!(title("claude", "◑ Claude Code"), Condition::Thinking);
+    assert_eq!(title("claude", "✳ Claude Code"), Condition::AtPrompt);
+    // Before its first turn it leaves a stray graphics query there.
+    assert_eq!(
+        title("claude", "Gi=31,s=1,v=1,a=q,t=d,f=24;AAAA"),
+        Condition::None
+    );
     assert_eq!(title("claude", "claude-host"), Condition::None);
     assert_eq!(title("claude", ""), Condition::None);
     assert_eq!(
@@ -197,4 +203,33 @@ fn titles_say_what_the_clis_show() {
     assert_eq!(title("gemini", "◇ Ready (argus)"), Condition::AtPrompt);
     // A host name as title (tmux's default) says nothing.
     assert_eq!(title("shell", "build-01"), Condition::None);
+}
+
+/// The progress hash's cost beside the raw hash and the classification the node agent already
+/// runs on every capture (`cargo test -p argus-shared --test masking -- --ignored --nocapture`).
+#[test]
+#[ignore = "a measurement, not a check"]
+fn progress_hash_cost() {
+    let profiles = Profiles::builtin();
+    for cli in ["claude", "codex", "gemini", "aider"] {
+        let p = profiles.get(cli).expect("profile");
+        let text = real(cli, "hang");
+        let n = 2_000;
+        let time = |f: &dyn Fn() -> usize| {
+            let t = std::time::Instant::now();
+            let mut sink = 0;
+            for _ in 0..n {
+                sink += f();
+            }
+            assert!(sink > 0);
+            t.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+        };
+        let raw = time(&|| screen::hash(screen::last_lines(&text, screen::DEFAULT_LINES)).len());
+        let progress = time(&|| p.progress_hash(&text).len());
+        let classify = time(&|| p.classify(&text, 0, 0).condition as usize + 1);
+        println!(
+            "{cli}: raw hash {raw:.1} µs, progress hash {progress:.1} µs ({:.1}x), classify {classify:.1} µs",
+            progress / raw
+        );
+    }
 }

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 
 import agents
 from argus import BIN_DIR, Argus
@@ -32,6 +33,13 @@ from pane import Pane, Timeout, Tmux
 HANG_S = 20
 # No idle stalls (nor nudges) of the prompt between the two turns: only the hang is looked at.
 POLICY = f'animated_hang = "{HANG_S}s"\nnudge_dwell = "3s"\nidle_checks = 1000\n'
+
+
+def title_rules():
+    """The claude profile's title rules, from Argus's own data."""
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                           "../../shared/profiles/agents.toml"), "rb") as f:
+        return tomllib.load(f)["profiles"]["claude"]["title"]
 
 
 def session(argus):
@@ -66,6 +74,8 @@ def check(agent, cache, server, root, bin_dir):
         argus = Argus(tempfile.mkdtemp(prefix="argus-", dir=root), sock, bin_dir=bin_dir)
         argus.wait_listed(["agent"], 30)
 
+        title = lambda: tmux.run("display-message", "-p", "-t", "=agent:", "#{pane_title}").strip()
+        r["title_at_prompt"] = title()
         # A slow answer, for longer than the hang time: never stalled.
         server.set({"mode": "slow", "cwd": work})
         pane.submit("argus-marker-slow tell me a long story")
@@ -82,6 +92,7 @@ def check(agent, cache, server, root, bin_dir):
         pane.keys("Escape")
         pane.wait_for(agent.busy, 30, absent=True)
         pane.wait_quiet(2.0, 30)
+        r["title_after_turn"] = title()
 
         # A request that is never answered: the spinner moves, nothing else.
         server.set({"mode": "hang", "cwd": work})
@@ -128,6 +139,11 @@ def check(agent, cache, server, root, bin_dir):
             r["argus_names_conversation"] = (
                 f"resumes   conversation {r['session_id']}" in session(argus)[2])
         r["still_animating"] = bool(re.search(agent.busy, pane.text(), re.M))
+        r["title_busy"] = sorted({title() for _ in range(6) if time.sleep(0.3) is None})
+        rules = title_rules()
+        r["title_rules_hold"] = (
+            all(any(re.search(p, t) for p in rules["thinking"]) for t in r["title_busy"])
+            and any(re.search(p, r["title_after_turn"]) for p in rules["prompt"]))
     except (Timeout, RuntimeError, subprocess.TimeoutExpired) as e:
         print(f"claude: {e}", file=sys.stderr)
         r["error"] = str(e).splitlines()[0]
@@ -156,7 +172,8 @@ def main():
         shutil.rmtree(root, ignore_errors=True)
     print(f"claude hang: {json.dumps(r)}", flush=True)
     ok = (r.get("slow_never_stalled") and r.get("hang_reported") and r.get("triaged")
-          and not r.get("commands_other_than_triage") and r.get("argus_names_conversation"))
+          and not r.get("commands_other_than_triage") and r.get("argus_names_conversation")
+          and r.get("title_rules_hold"))
     sys.exit(0 if ok else 1)
 
 

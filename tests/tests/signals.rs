@@ -56,7 +56,7 @@ while True:
     except OSError:
         want = "busy"
     if want != shown and ctl != "-":
-        title = "\u2810 Fixing the login bug" if want == "busy" else "\u2733 Fixing the login bug"
+        title = "\u25d0 Claude Code" if want == "busy" else "\u2733 Claude Code"
         sys.stdout.write("\033]2;%s\033\\" % title)
         sys.stdout.flush()
         shown = want
