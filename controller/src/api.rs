@@ -266,6 +266,8 @@ impl AdminApi {
 fn session_pb(key: &SessionRef, t: &Track, policy: &Arc<Policy>) -> pb::Session {
     let group = t.obs.label(argus_shared::labels::GROUP);
     pb::Session {
+        decided_by: t.obs.decided_by.clone(),
+        agent_session_id: t.obs.agent_session_id.clone(),
         acted_on_because: t
             .agent_evidence(&key.session_name, policy.for_group(group))
             .unwrap_or_default()

@@ -454,6 +454,9 @@ fn observation(o: pb::SessionObservation) -> Observation {
         cwd: o.cwd,
         labels: o.labels.into_iter().collect::<BTreeMap<_, _>>(),
         profile: o.profile,
+        progress_hash: o.progress_hash,
+        decided_by: o.decided_by,
+        agent_session_id: o.agent_session_id,
     }
 }
 

@@ -47,6 +47,13 @@ pub struct Observation {
     pub cwd: String,
     pub labels: BTreeMap<String, String>,
     pub profile: String,
+    /// The screen's hash with its animation masked (empty when the node agent does not compute
+    /// it: then no animated hang is ever found).
+    pub progress_hash: String,
+    /// The source that decided `condition` ("screen", "title", "transcript").
+    pub decided_by: String,
+    /// The agent's own conversation id, when it reported one.
+    pub agent_session_id: String,
 }
 
 impl Observation {
@@ -230,6 +237,8 @@ pub struct Track {
     pub durable: Durable,
     /// When the session next needs a tick, as the last [`step`] returned it.
     pub next_due: Option<UnixMs>,
+    /// When the agent last showed progress: a new masked screen, a new turn, a new agent.
+    pub progress_ms: UnixMs,
 }
 
 impl Track {
@@ -260,6 +269,7 @@ impl Track {
             }),
             // A session recorded before a restart may be due at once.
             next_due: Some(now),
+            progress_ms: now,
         }
     }
 
@@ -283,7 +293,20 @@ impl Track {
             return Some(l.to_owned());
         }
         let cmd = shell_command_from_tmux(&self.obs.start_command);
-        (!cmd.is_empty()).then_some(cmd)
+        if cmd.is_empty() {
+            return None;
+        }
+        Some(self.resume_reported(&cmd).unwrap_or(cmd))
+    }
+
+    /// `cmd` resuming the conversation the agent itself reported (`claude --resume <id>`), so
+    /// that a restart continues that one, not the last one in its directory.
+    fn resume_reported(&self, cmd: &str) -> Option<String> {
+        let id = self.obs.agent_session_id.as_str();
+        if id.is_empty() {
+            return None;
+        }
+        argus_shared::profile::builtin_profile(&self.obs.profile)?.resume_with_id(cmd, id)
     }
 
     /// Why the policy may type into, interrupt, kill or restart this session, or `None` when it
@@ -358,14 +381,20 @@ pub fn next_due(t: &Track, now: UnixMs, policy: &Policy, ctx: &Ctx) -> Option<Un
             return due;
         }
     }
+    let hang_due = animated_hang_due(t, policy);
+    let hung = hang_due.is_some_and(|d| now >= d);
     let exempt = matches!(
         t.obs.condition,
         Condition::Thinking
             | Condition::WaitingPermission
             | Condition::Dialog
             | Condition::RateLimited
-    ) && !confirming;
+    ) && !confirming
+        && !hung;
     if exempt {
+        if let Some(d) = hang_due {
+            at(d);
+        }
         return due;
     }
     let idle_after = i64::from(policy.idle_checks) * t.probe_ms;
@@ -379,10 +408,15 @@ pub fn next_due(t: &Track, now: UnixMs, policy: &Policy, ctx: &Ctx) -> Option<Un
         }
         return due;
     }
-    let hard = t.last_activity_ms + ms(policy.hard_stall);
+    let since = if hung {
+        t.progress_ms
+    } else {
+        t.last_activity_ms
+    };
+    let hard = since + ms(policy.hard_stall);
     let entered = t.ladder.entered_ms;
     if t.state == SessionState::Working {
-        at(t.last_activity_ms + idle_after);
+        at(if hung { now } else { since + idle_after });
     }
     match (t.state, t.ladder.rung) {
         (_, Rung::Confirming(_)) => at(entered + ms(policy.confirm_after)),
@@ -493,14 +527,21 @@ fn observe(
         !first && !new_agent && cpu_delta * 1000 >= policy.cpu_active_ms_per_s * elapsed_ms;
     let screen_moved = !first && o.screen_hash != t.obs.screen_hash;
     let output = !first && o.last_output_ms > t.obs.last_output_ms;
-    let active = first
-        || new_agent
-        || screen_moved
-        || busy_cpu
-        || output
-        || o.condition == Condition::Thinking;
+    if first || new_agent || progressed(&t.obs, &o) {
+        t.progress_ms = now;
+    }
     t.obs = o;
     t.obs_at_ms = Some(now);
+    // A busy screen that moves only in its animation is no activity once it has done so for
+    // `animated_hang`: its spinner must not keep resetting the ladder.
+    let hung = animated_hang(t, now, policy).is_some();
+    let active = !hung
+        && (first
+            || new_agent
+            || screen_moved
+            || busy_cpu
+            || output
+            || t.obs.condition == Condition::Thinking);
 
     if t.obs.pane_dead {
         // tmux may report the pane dead a moment before it knows the exit status (-1).
@@ -560,7 +601,7 @@ fn observe(
     };
 
     t.had_agent = true;
-    if t.obs.condition == Condition::Thinking {
+    if t.obs.condition == Condition::Thinking && !hung {
         t.ladder.worked();
     }
     if new_agent {
@@ -760,25 +801,26 @@ fn tick(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut Vec<Eff
         }
     }
     let cond = t.obs.condition;
+    let hung = animated_hang(t, now, policy);
     let exempt = matches!(
         cond,
         Condition::Thinking
             | Condition::WaitingPermission
             | Condition::Dialog
             | Condition::RateLimited
-    ) && !matches!(t.ladder.rung, Rung::Confirming(_));
-    let idle_for = now - t.last_activity_ms;
+    ) && !matches!(t.ladder.rung, Rung::Confirming(_))
+        && hung.is_none();
+    let idle_for = hung.unwrap_or(now - t.last_activity_ms);
     let idle_after = i64::from(policy.idle_checks) * t.probe_ms;
-    if t.state == SessionState::Working && !exempt && idle_for >= idle_after {
-        t.go(
-            SessionState::Stalled,
-            format!(
+    if t.state == SessionState::Working && !exempt && (idle_for >= idle_after || hung.is_some()) {
+        let reason = match hung {
+            Some(ms) => hung_reason(ms),
+            None => format!(
                 "idle for {} s: screen unchanged, no output, no agent CPU, not thinking",
                 idle_for / 1000
             ),
-            now,
-            fx,
-        );
+        };
+        t.go(SessionState::Stalled, reason, now, fx);
     }
     if crate::gate::at_prompt(t, now, policy, ctx, fx) {
         // A quality gate runs: the idle ladder waits for its outcome.
@@ -839,7 +881,11 @@ fn tick(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut Vec<Eff
                 t.ladder.enter(Rung::Triaging, now);
                 fx.push(Effect::Triage(TriageCase {
                     state: t.state.as_str().to_owned(),
-                    condition: cond.as_str().to_owned(),
+                    condition: if hung.is_some() {
+                        ANIMATED_HANG.to_owned()
+                    } else {
+                        cond.as_str().to_owned()
+                    },
                     agent: t.obs.agent_name.clone(),
                     idle_for_s: idle_for / 1000,
                     nudges_in_window: used,
@@ -894,6 +940,44 @@ fn tick(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut Vec<Eff
         }
         _ => {}
     }
+}
+
+// === Hangs that still animate ===
+
+/// The triage case's condition for an agent that is busy by its screen but shows no progress.
+pub const ANIMATED_HANG: &str = "animated-hang";
+
+/// The agent showed progress between two observations: a new masked screen (new output, not
+/// just its spinner, timer or token counter moving), or a turn that starts or ends. Without a
+/// progress hash from the node agent every observation counts as progress.
+fn progressed(old: &Observation, new: &Observation) -> bool {
+    new.progress_hash.is_empty()
+        || new.progress_hash != old.progress_hash
+        || new.condition != Condition::Thinking
+        || old.condition != Condition::Thinking
+}
+
+/// When a busy agent with no progress since `progress_ms` counts as hung, if it is busy at all.
+fn animated_hang_due(t: &Track, policy: &Policy) -> Option<UnixMs> {
+    (t.obs.condition == Condition::Thinking
+        && !t.obs.progress_hash.is_empty()
+        && t.obs.agent.is_some())
+    .then(|| t.progress_ms + policy.animated_hang_for(&t.obs.profile).as_millis() as i64)
+}
+
+/// How long a busy agent has shown nothing but its animation, once that is `animated_hang` or
+/// more: it is hung, not working.
+fn animated_hang(t: &Track, now: UnixMs, policy: &Policy) -> Option<i64> {
+    animated_hang_due(t, policy)
+        .filter(|due| now >= *due)
+        .map(|_| now - t.progress_ms)
+}
+
+fn hung_reason(ms: i64) -> String {
+    format!(
+        "animated but no progress for {} s: only its spinner, timer or token counter moves, no new output",
+        ms / 1000
+    )
 }
 
 /// The CLI's "press again to exit" window, from its built-in agent profile; `None` for any

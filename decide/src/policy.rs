@@ -136,6 +136,14 @@ pub struct Policy {
     pub commit_reminder_after: Duration,
     /// What the reminder types.
     pub commit_reminder_text: String,
+    /// A busy agent whose screen moves only in its animation (spinner glyph, elapsed-time and
+    /// token counters, masked by its profile) for this long, with no new output line, is hung
+    /// although its spinner moves: the ladder takes it up, triage first.
+    #[serde(with = "humantime_serde")]
+    pub animated_hang: Duration,
+    /// `animated_hang` per agent profile (`{ claude = "20m" }`), for CLIs whose turns are slow.
+    pub animated_hang_profiles:
+        std::collections::BTreeMap<String, humantime_serde::Serde<Duration>>,
     /// Per-group overrides (`@argus-group`): `[groups.NAME]` with any of the keys above.
     #[serde(skip)]
     pub groups: std::collections::BTreeMap<String, std::sync::Arc<Policy>>,
@@ -221,6 +229,8 @@ impl Default for Policy {
             guards: Vec::new(),
             commit_reminder_after: Duration::from_secs(30 * 60),
             commit_reminder_text: "You have uncommitted work older than 30 minutes: please commit your work now (git add, git commit) with a clear message, then continue.".to_owned(),
+            animated_hang: Duration::from_secs(15 * 60),
+            animated_hang_profiles: std::collections::BTreeMap::new(),
             groups: std::collections::BTreeMap::new(),
         }
     }
@@ -290,6 +300,13 @@ impl Policy {
         group.and_then(|g| self.groups.get(g)).unwrap_or(self)
     }
 
+    /// How long a busy agent of `profile` may show only its animation before it is hung.
+    pub fn animated_hang_for(&self, profile: &str) -> Duration {
+        self.animated_hang_profiles
+            .get(profile)
+            .map_or(self.animated_hang, |d| d.into_inner())
+    }
+
     /// Checks ranges and relations between keys.
     pub fn validate(&self) -> Result<(), PolicyError> {
         let invalid = |key: &str, why: &str| {
@@ -333,6 +350,19 @@ impl Policy {
         }
         if self.triage_timeout.is_zero() {
             return invalid("triage_timeout", "must be positive");
+        }
+        if self.animated_hang.is_zero() {
+            return invalid("animated_hang", "must be positive");
+        }
+        if let Some((name, _)) = self
+            .animated_hang_profiles
+            .iter()
+            .find(|(_, d)| d.into_inner().is_zero())
+        {
+            return invalid(
+                &format!("animated_hang_profiles.{name}"),
+                "must be positive",
+            );
         }
         if let TriageConfig::Command { argv } = &self.triage
             && argv.is_empty()

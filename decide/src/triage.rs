@@ -27,6 +27,13 @@ pub fn heuristic(case: &TriageCase) -> Verdict {
             ))
         }
         "at-prompt" => Verdict::Nudge("Please continue with your task.".into()),
+        // Busy by its screen, but only its spinner and counters moved for `animated_hang`: a
+        // nudge would queue behind the hung turn and a restart throws the turn away. A person
+        // decides (an external triage may answer restart).
+        crate::detect::ANIMATED_HANG => Verdict::NeedsHuman(format!(
+            "busy for {} s with no new output: only its spinner, timer or token counter moves",
+            case.idle_for_s
+        )),
         _ if case.idle_for_s >= HUNG_RESTART_AFTER_S && case.restart_known => Verdict::Restart,
         _ if case.idle_for_s >= HUNG_RESTART_AFTER_S => Verdict::NeedsHuman(format!(
             "silent for {} s and no restart command known",
@@ -78,6 +85,13 @@ mod tests {
             Verdict::NeedsHuman(_)
         ));
         assert_eq!(heuristic(&case("none", 60, 0)), Verdict::Extend);
+        assert!(
+            matches!(
+                heuristic(&case("animated-hang", 900, 0)),
+                Verdict::NeedsHuman(_)
+            ),
+            "a hang that animates calls a person, never restarts by itself"
+        );
         assert_eq!(heuristic(&case("none", 700, 0)), Verdict::Restart);
     }
 }

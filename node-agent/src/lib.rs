@@ -2,6 +2,7 @@
 //! sees to the controller and executes the controller's commands, safely. It never kills on its
 //! own.
 
+pub mod agentfiles;
 pub mod config;
 pub mod daemon;
 pub mod events;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use argus_proto::v1 as pb;
 use argus_shared::ids::Incarnation;
-use argus_shared::profile::{Classification, Profiles};
+use argus_shared::profile::{Classification, Condition, Profiles};
 use argus_shared::screen;
 use argus_shared::time::{local_utc_offset_secs, now_ms};
 use tokio::sync::Notify;
@@ -78,7 +78,16 @@ struct PaneCache {
     fingerprint: (i64, u64, u32),
     captured_round: u64,
     hash: String,
+    /// The hash of the same lines with the profile's animation masked.
+    progress: String,
     classification: Classification,
+    /// What the pane title said, and since when (see [`Reading`]).
+    title: TitleSeen,
+    /// When the screen's condition last changed (Unix ms).
+    screen_since_ms: i64,
+    /// What the agent's own files said (Claude Code), and when they were last read.
+    files: Option<crate::agentfiles::ClaudeState>,
+    files_read_ms: i64,
     agent: Option<Agent>,
     pane_start: u64,
     /// The profile the screen was last classified with.
@@ -204,16 +213,44 @@ impl Prober {
         cache.pane_start = pane_start;
         let profile = profile_name(pane, cache.agent.as_ref());
         self.screen(tmux, pane, key, profile.as_deref()).await;
+        self.agent_files(key, profile.as_deref()).await;
 
         let cache = self.panes.entry(key.clone()).or_default();
         let agent = cache.agent.clone();
+        let classifier = profile
+            .as_deref()
+            .and_then(|n| self.profiles.get(n))
+            .unwrap_or_else(|| self.profiles.generic());
+        let now = now_ms();
+        cache
+            .title
+            .update(&pane.title, classifier.title_condition(&pane.title), now);
+        let mut readings = Vec::with_capacity(2);
+        if let Some(at) = cache.files.as_ref().and_then(|f| f.rate_limited_at_ms) {
+            readings.push(Reading {
+                source: source::TRANSCRIPT,
+                classification: Classification {
+                    condition: Condition::RateLimited,
+                    reset_at: None,
+                },
+                since_ms: at,
+                heard_ms: at,
+                fresh_ms: TRANSCRIPT_FRESH_MS,
+            });
+        }
+        readings.push(cache.title.reading());
+        let screen = (&cache.classification, cache.screen_since_ms);
+        let (classification, decided_by) = precedence(screen, &readings, now);
         let obs = observation(&Seen {
             socket,
             pane,
             humans,
             agent: agent.as_ref(),
             hash: &cache.hash,
-            classification: &cache.classification,
+            progress: &cache.progress,
+            classification: &classification,
+            decided_by,
+            agent_session_id: cache.files.as_ref().map_or("", |f| f.session_id.as_str()),
             profile: profile.unwrap_or_else(|| self.profiles.generic().name.clone()),
             ms_per_tick: self.ms_per_tick,
         });
@@ -278,17 +315,46 @@ impl Prober {
                 let classifier = profile
                     .and_then(|n| self.profiles.get(n))
                     .unwrap_or_else(|| self.profiles.generic());
+                cache.progress = classifier.progress_hash(&text);
                 // The whole capture, not the hashed tail: full-screen TUIs (Claude 2.1) pin their
                 // input box to the bottom row with blank rows above it, so the last 30 rows can be
                 // all box and blanks. The profile reads its own window of non-blank lines.
-                cache.classification =
+                let classification =
                     classifier.classify(&text, now_ms() / 1000, local_utc_offset_secs());
+                if classification.condition != cache.classification.condition
+                    || cache.screen_since_ms == 0
+                {
+                    cache.screen_since_ms = now_ms();
+                }
+                cache.classification = classification;
             }
             Err(e) => tracing::debug!(pane = %pane.pane_id, error = %e, "capture failed"),
         }
         cache.fingerprint = fingerprint;
         cache.captured_round = round;
         cache.classified_as = profile.map(str::to_owned);
+    }
+
+    /// Reads the agent's own state files (Claude Code's session file and transcript) into the
+    /// pane's cache, at most every [`FILES_EVERY_MS`]; off the runtime. Other agents have none.
+    async fn agent_files(&mut self, key: &(String, String), profile: Option<&str>) {
+        let now = now_ms();
+        let Some(cache) = self.panes.get_mut(key) else {
+            return;
+        };
+        let agent = cache.agent.as_ref().map(|a| a.inc);
+        let Some(inc) = agent.filter(|_| profile == Some("claude")) else {
+            cache.files = None;
+            return;
+        };
+        if now - cache.files_read_ms < FILES_EVERY_MS {
+            return;
+        }
+        cache.files_read_ms = now;
+        cache.files =
+            tokio::task::spawn_blocking(move || crate::agentfiles::claude(inc.pid, inc.start_time))
+                .await
+                .unwrap_or(None);
     }
 
     /// Keeps the window size of every session seen (the newest [`GONE_SIZES`]), and rebuilds
@@ -405,7 +471,13 @@ struct Seen<'a> {
     humans: &'a [String],
     agent: Option<&'a Agent>,
     hash: &'a str,
+    /// The hash with the screen's animation masked.
+    progress: &'a str,
     classification: &'a Classification,
+    /// The source that decided `classification` ([`precedence`]).
+    decided_by: &'static str,
+    /// The agent's own conversation id, when its files name one.
+    agent_session_id: &'a str,
     /// The profile name the screen was classified with.
     profile: String,
     ms_per_tick: u64,
@@ -446,6 +518,114 @@ fn observation(seen: &Seen<'_>) -> pb::SessionObservation {
         exit_status: if pane.pane_dead { pane.dead_status } else { -1 },
         window_width: pane.window_size.0,
         window_height: pane.window_size.1,
+        progress_hash: seen.progress.to_owned(),
+        decided_by: seen.decided_by.to_owned(),
+        agent_session_id: seen.agent_session_id.to_owned(),
+    }
+}
+
+// === Precedence of the sources ===
+
+/// How long a pane title's reading counts after the title last changed: a CLI that stopped
+/// updating its title (crashed renderer, a title left behind by an earlier program) must not
+/// pin a state.
+const TITLE_FRESH_MS: i64 = 5 * 60 * 1000;
+
+/// How long a 429 in the transcript counts: the ladder's own cooldown takes over once the
+/// limit is observed, and a transcript nobody writes to any more must not pin a limit.
+const TRANSCRIPT_FRESH_MS: i64 = 10 * 60 * 1000;
+
+/// How often an agent's own files are read.
+const FILES_EVERY_MS: i64 = 2_000;
+
+/// The source names an observation's `decided_by` carries.
+pub mod source {
+    /// The pane's text, classified by the profile: the fallback that always works.
+    pub const SCREEN: &str = "screen";
+    /// The pane title the CLI set (`#{pane_title}`).
+    pub const TITLE: &str = "title";
+    /// The agent's own transcript (Claude Code: an API error with status 429).
+    pub const TRANSCRIPT: &str = "transcript";
+}
+
+/// One source's reading of a session, beside the screen.
+#[derive(Debug, Clone, PartialEq)]
+struct Reading {
+    source: &'static str,
+    classification: Classification,
+    /// When the source's condition last changed (Unix ms): the newest reading wins.
+    since_ms: i64,
+    /// When the source last said anything new (Unix ms).
+    heard_ms: i64,
+    /// The reading is stale once this long has passed since `heard_ms`.
+    fresh_ms: i64,
+}
+
+/// What the pane title said, and since when.
+#[derive(Debug, Default, Clone)]
+struct TitleSeen {
+    text: String,
+    condition: Condition,
+    since_ms: i64,
+    heard_ms: i64,
+}
+
+impl TitleSeen {
+    fn update(&mut self, text: &str, condition: Condition, now: i64) {
+        if text != self.text {
+            self.text = text.to_owned();
+            self.heard_ms = now;
+        }
+        if condition != self.condition || self.since_ms == 0 {
+            self.condition = condition;
+            self.since_ms = now;
+            self.heard_ms = now;
+        }
+    }
+
+    fn reading(&self) -> Reading {
+        Reading {
+            source: source::TITLE,
+            classification: Classification {
+                condition: self.condition,
+                reset_at: None,
+            },
+            since_ms: self.since_ms,
+            heard_ms: self.heard_ms,
+            fresh_ms: TITLE_FRESH_MS,
+        }
+    }
+}
+
+/// Which source decides a session's condition: the screen, unless it shows nothing recognised
+/// (an ambiguous screen: streaming text with no status line), or a fresh reading of a more
+/// trusted source, newer than the screen's last change, says the agent is rate limited. Among
+/// the fresh readings that say something, the newest wins; a stale one (older than its window)
+/// never pins a state, and the screen is the fallback that always works. `screen` is the
+/// screen's classification and when its condition last changed; `others` are in order of
+/// trust, most trusted first.
+fn precedence(
+    (screen, screen_since): (&Classification, i64),
+    others: &[Reading],
+    now: i64,
+) -> (Classification, &'static str) {
+    let mut best: Option<&Reading> = None;
+    for r in others {
+        let fresh = now - r.heard_ms <= r.fresh_ms;
+        let speaks = match r.classification.condition {
+            Condition::None => false,
+            // A limit from the agent's own records outranks its screen; anything else only
+            // settles a screen that says nothing.
+            Condition::RateLimited => r.since_ms > screen_since,
+            _ => screen.condition == Condition::None,
+        };
+        if fresh && speaks && best.is_none_or(|b| r.since_ms > b.since_ms) {
+            best = Some(r);
+        }
+    }
+    match best {
+        Some(r) => (r.classification.clone(), r.source),
+        None => (screen.clone(), source::SCREEN),
     }
 }
 
@@ -509,8 +689,6 @@ fn pick_agent<'a>(
 
 #[cfg(test)]
 mod tests {
-    use argus_shared::profile::Condition;
-
     use super::*;
 
     fn pane(name: &str) -> Pane {
@@ -537,6 +715,7 @@ mod tests {
             ],
             window_size: (120, 40),
             start_command: "claude".into(),
+            title: String::new(),
         }
     }
 
@@ -568,7 +747,10 @@ mod tests {
             humans: &humans,
             agent: Some(&a),
             hash: "abc",
+            progress: "def",
             classification: &c,
+            decided_by: source::SCREEN,
+            agent_session_id: "2b246e8d",
             profile: "claude".into(),
             ms_per_tick: 10,
         });
@@ -584,6 +766,11 @@ mod tests {
         assert_eq!(o.agent_name, "claude");
         assert_eq!(o.agent_cpu_ms, 70);
         assert_eq!(o.screen_hash, "abc");
+        assert_eq!(o.progress_hash, "def");
+        assert_eq!(
+            (o.decided_by.as_str(), o.agent_session_id.as_str()),
+            ("screen", "2b246e8d")
+        );
         assert_eq!(o.condition, pb::Condition::RateLimited as i32);
         assert_eq!(o.rate_limit_reset_at, 42);
         assert_eq!(o.last_output_ms, 1_700_000_000_000);
@@ -610,7 +797,10 @@ mod tests {
             humans: &[],
             agent: None,
             hash: "",
+            progress: "",
             classification: &Classification::default(),
+            decided_by: source::SCREEN,
+            agent_session_id: "",
             profile: "generic".into(),
             ms_per_tick: 10,
         });
@@ -705,5 +895,82 @@ mod tests {
         p.labels[0].clear();
         assert_eq!(profile_name(&p, Some(&a)).as_deref(), Some("codex"));
         assert_eq!(profile_name(&p, None), None);
+    }
+
+    fn cls(condition: Condition) -> Classification {
+        Classification {
+            condition,
+            reset_at: None,
+        }
+    }
+
+    #[test]
+    fn the_title_settles_an_ambiguous_screen_while_fresh() {
+        let mut title = TitleSeen::default();
+        title.update("\u{25d0} Claude Code", Condition::Thinking, 1_000);
+        let r = [title.reading()];
+        // The screen says nothing recognised: the title decides.
+        assert_eq!(
+            precedence((&cls(Condition::None), 0), &r, 2_000),
+            (cls(Condition::Thinking), source::TITLE)
+        );
+        // The screen recognises something: the screen decides.
+        assert_eq!(
+            precedence((&cls(Condition::AtPrompt), 0), &r, 2_000),
+            (cls(Condition::AtPrompt), source::SCREEN)
+        );
+        // The spinner in the title keeps it fresh; a title left alone goes stale.
+        title.update("\u{25d1} Claude Code", Condition::Thinking, 200_000);
+        let r = [title.reading()];
+        assert_eq!(
+            precedence((&cls(Condition::None), 0), &r, 200_000 + TITLE_FRESH_MS).1,
+            source::TITLE
+        );
+        assert_eq!(
+            precedence((&cls(Condition::None), 0), &r, 200_001 + TITLE_FRESH_MS),
+            (cls(Condition::None), source::SCREEN),
+            "a stale title never pins a state"
+        );
+    }
+
+    #[test]
+    fn the_newest_fresh_reading_wins() {
+        let limit = Reading {
+            source: source::TRANSCRIPT,
+            classification: cls(Condition::RateLimited),
+            since_ms: 5_000,
+            heard_ms: 5_000,
+            fresh_ms: 60_000,
+        };
+        let mut title = TitleSeen::default();
+        title.update("\u{2810} topic", Condition::Thinking, 1_000);
+        let both = [limit.clone(), title.reading()];
+        // The limit is newer than the title's busy reading.
+        assert_eq!(
+            precedence((&cls(Condition::None), 0), &both, 6_000).1,
+            source::TRANSCRIPT
+        );
+        // A limit outranks the screen's busy line, until it goes stale.
+        assert_eq!(
+            precedence((&cls(Condition::Thinking), 0), &both, 6_000).1,
+            source::TRANSCRIPT
+        );
+        assert_eq!(
+            precedence((&cls(Condition::Thinking), 0), &both, 70_000),
+            (cls(Condition::Thinking), source::SCREEN)
+        );
+        // The screen changed after the limit (Claude retrying by itself): the screen decides.
+        assert_eq!(
+            precedence((&cls(Condition::Thinking), 5_500), &both, 6_000),
+            (cls(Condition::Thinking), source::SCREEN)
+        );
+        // The title turned busy after the limit: the agent went back to work.
+        title.update("\u{2810} topic 2", Condition::AtPrompt, 7_000);
+        title.update("\u{2810} topic 2", Condition::Thinking, 8_000);
+        let both = [limit, title.reading()];
+        assert_eq!(
+            precedence((&cls(Condition::None), 0), &both, 9_000),
+            (cls(Condition::Thinking), source::TITLE)
+        );
     }
 }

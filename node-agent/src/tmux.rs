@@ -45,7 +45,9 @@ const PANE_FORMAT: &str = concat!(
     "#{pane_id}\u{1f}#{pane_pid}\u{1f}#{pane_dead}\u{1f}#{pane_dead_status}\u{1f}",
     "#{window_activity}\u{1f}#{history_size}\u{1f}#{cursor_y}\u{1f}#{pane_current_path}\u{1f}",
     "#{@argus-profile}\u{1f}#{@argus-provider}\u{1f}#{@argus-account}\u{1f}#{@argus-group}\u{1f}",
-    "#{@argus-restart}\u{1f}#{@argus-gate}\u{1f}#{window_width}\u{1f}#{window_height}\u{1f}#{pane_start_command}"
+    "#{@argus-restart}\u{1f}#{@argus-gate}\u{1f}#{window_width}\u{1f}#{window_height}\u{1f}#{pane_start_command}",
+    // Last: a title is whatever the program set, so it takes any separator left over.
+    "\u{1f}#{pane_title}"
 );
 
 /// One pane as `list-panes -a` reports it.
@@ -70,12 +72,15 @@ pub struct Pane {
     pub window_size: (u32, u32),
     /// The pane's start command as tmux prints it (quoted).
     pub start_command: String,
+    /// `#{pane_title}`: what the program set as its terminal title (tmux's default is the host
+    /// name). Empty from a format without it.
+    pub title: String,
 }
 
 impl Pane {
     fn parse(line: &str) -> Option<Self> {
-        let f: Vec<&str> = line.splitn(21, SEP).collect();
-        if f.len() != 21 {
+        let f: Vec<&str> = line.splitn(22, SEP).collect();
+        if f.len() < 21 {
             return None;
         }
         Some(Self {
@@ -101,6 +106,7 @@ impl Pane {
             ],
             window_size: (f[18].parse().unwrap_or(0), f[19].parse().unwrap_or(0)),
             start_command: f[20].to_owned(),
+            title: f.get(21).map_or_else(String::new, |t| (*t).to_owned()),
         })
     }
 
@@ -312,5 +318,10 @@ mod tests {
         assert_eq!(p.label("group"), None);
         assert_eq!(p.window_size, (120, 40));
         assert_eq!(p.start_command, "\"sleep 1\"");
+        assert_eq!(p.title, "");
+        let titled = format!("{line}\u{1f}\u{2810} Fix the bug");
+        let p = Pane::parse(&titled).expect("parses with a title");
+        assert_eq!(p.start_command, "\"sleep 1\"");
+        assert_eq!(p.title, "\u{2810} Fix the bug");
     }
 }

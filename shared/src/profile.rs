@@ -37,6 +37,9 @@ pub const DEFAULT_INTERRUPT_WINDOW_MS: u64 = 3_000;
 /// Characters of a nudge's text looked for in the input box to tell whether it was submitted.
 const DRAFT_PROBE_CHARS: usize = 16;
 
+/// What a masked part of the screen is replaced with.
+const MASK: &str = "\u{2026}";
+
 /// Lines after a rate-limit match that are read for its reset time (the message may wrap).
 const RESET_CONTEXT_LINES: usize = 2;
 
@@ -293,6 +296,11 @@ pub struct Profile {
     interrupt_keys: Vec<String>,
     interrupt_window_ms: u64,
     resume: Option<Resume>,
+    /// Volatile parts of the screen (spinner glyphs, timers, token counters): replaced before
+    /// the progress hash, so that an animation alone is no progress.
+    mask: Vec<regex::Regex>,
+    /// What the pane title says, strongest first.
+    title: Vec<(Condition, RegexSet)>,
 }
 
 /// How a restart resumes the agent's last conversation: the arguments added to its start
@@ -306,6 +314,9 @@ pub struct Resume {
     /// Words that open an interactive picker (which waits for a person) when no value follows
     /// them (`claude --resume`, `codex resume`): a restart replaces such a word with `args`.
     pub picker: Vec<String>,
+    /// The arguments that resume one conversation by its id, the id after them
+    /// (`["--resume"]`: `claude --resume <id>`); empty when the CLI reports no id.
+    pub by_id: Vec<String>,
 }
 
 /// The patterns of one condition.
@@ -346,6 +357,8 @@ impl Profile {
             interrupt_keys: vec!["C-c".to_owned()],
             interrupt_window_ms: DEFAULT_INTERRUPT_WINDOW_MS,
             resume: None,
+            mask: Vec::new(),
+            title: Vec::new(),
         }
     }
 
@@ -568,6 +581,49 @@ impl Profile {
         Some(!probe.is_empty() && line.contains(probe.as_str()))
     }
 
+    /// `screen` with its volatile parts replaced by a placeholder, line by line: the spinner
+    /// glyphs, elapsed-time and token counters the profile's `mask` names. Two frames of the
+    /// same animation mask to the same text; a new output line does not.
+    pub fn masked(&self, screen: &str) -> String {
+        let mut out = String::with_capacity(screen.len());
+        for (i, line) in screen.lines().enumerate() {
+            if i > 0 {
+                out.push('\n');
+            }
+            let mut line = std::borrow::Cow::Borrowed(line.trim_end());
+            for re in &self.mask {
+                if let std::borrow::Cow::Owned(o) = re.replace_all(&line, MASK) {
+                    line = std::borrow::Cow::Owned(o);
+                }
+            }
+            out.push_str(&line);
+        }
+        out
+    }
+
+    /// The hash of the screen's last [`crate::screen::DEFAULT_LINES`] non-blank lines with its
+    /// animation masked: it moves only when the agent shows something new. Non-blank lines, not
+    /// bottom rows: Claude Code 2.1 pins its input box to the bottom of a tall pane with blank
+    /// rows above it, and the rows at the bottom never show its new output lines.
+    pub fn progress_hash(&self, screen: &str) -> String {
+        let lines: Vec<&str> = screen.lines().filter(|l| !l.trim().is_empty()).collect();
+        let start = lines.len().saturating_sub(crate::screen::DEFAULT_LINES);
+        crate::screen::hash(&self.masked(&lines[start..].join("\n")))
+    }
+
+    /// What the pane title (`#{pane_title}`) says, by the profile's `title` rules: a question
+    /// first, then busy, then the prompt; `None` when no rule matches.
+    pub fn title_condition(&self, title: &str) -> Condition {
+        let title = title.trim();
+        if title.is_empty() {
+            return Condition::None;
+        }
+        self.title
+            .iter()
+            .find(|(_, set)| set.is_match(title))
+            .map_or(Condition::None, |(c, _)| *c)
+    }
+
     /// How a restart resumes this agent's conversation, when the CLI has a way.
     pub fn resume(&self) -> Option<&Resume> {
         self.resume.as_ref()
@@ -600,6 +656,54 @@ impl Profile {
             resume.args.join(" "),
             &command[end..]
         )
+    }
+
+    /// `command` resuming exactly the conversation `id` the agent reported: its resume words
+    /// (`--continue`, `--resume <old id>`) replaced by `by_id` and the id, right after the
+    /// program. `None` when the profile resumes by no id or `id` is not a plain id.
+    pub fn resume_with_id(&self, command: &str, id: &str) -> Option<String> {
+        let resume = self.resume.as_ref().filter(|r| !r.by_id.is_empty())?;
+        let plain = !id.is_empty()
+            && id.len() <= 128
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !plain {
+            return None;
+        }
+        let words = words_at(command);
+        let end = program_end(&words)?;
+        let is_resume = |w: &str| {
+            let w = w.split('=').next().unwrap_or(w);
+            resume.present_if.iter().any(|p| p == w)
+                || resume.args.iter().any(|a| a == w)
+                || resume.by_id.iter().any(|a| a == w)
+        };
+        let mut rest = Vec::new();
+        let mut skip_value = false;
+        for (at, w) in words.iter().filter(|(at, _)| *at >= end) {
+            if skip_value && !w.starts_with('-') {
+                skip_value = false;
+                continue;
+            }
+            skip_value = false;
+            if is_resume(w) {
+                // A picker word takes an optional value: the old id goes with it.
+                skip_value = !w.contains('=') && resume.picker.iter().any(|p| p == w);
+                continue;
+            }
+            rest.push(&command[*at..*at + w.len()]);
+        }
+        let mut out = format!(
+            "{} {} {id}",
+            command[..end].trim_end(),
+            resume.by_id.join(" ")
+        );
+        for w in rest {
+            out.push(' ');
+            out.push_str(w);
+        }
+        Some(out)
     }
 
     /// `command` without the words that would open the CLI's interactive session picker (a

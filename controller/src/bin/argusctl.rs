@@ -322,6 +322,15 @@ async fn sessions(c: &mut Client, node: Option<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Which source decided a session's condition, as `argusctl session` shows it.
+fn decided_by(source: &str) -> String {
+    if source.is_empty() {
+        String::new()
+    } else {
+        format!("   (decided by the {source})")
+    }
+}
+
 async fn session(c: &mut Client, target: &Target) -> anyhow::Result<()> {
     let r = c
         .get_session(pb::GetSessionRequest {
@@ -336,11 +345,18 @@ async fn session(c: &mut Client, target: &Target) -> anyhow::Result<()> {
             s.session_name, s.node_id, s.tmux_socket
         );
         println!("state     {} ({})", state_name(s.state), s.reason);
-        println!("condition {}", condition_name(s.condition));
+        println!(
+            "condition {}{}",
+            condition_name(s.condition),
+            decided_by(&s.decided_by)
+        );
         println!(
             "agent     {} pid {} profile {}",
             s.agent_name, s.agent_pid, s.profile
         );
+        if !s.agent_session_id.is_empty() {
+            println!("resumes   conversation {}", s.agent_session_id);
+        }
         println!(
             "activity  {}   changed {}",
             when(s.last_activity_ms),

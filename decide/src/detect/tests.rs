@@ -982,3 +982,134 @@ fn a_silent_node_gets_no_nudge_and_no_time_driven_step() {
     assert!(commands(&fx).is_empty(), "{fx:?}");
     assert_eq!(t.ladder.rung, Rung::Warned);
 }
+
+// === Hangs that still animate ===
+
+/// A busy observation at second `i`: the raw screen, its output time and the agent's CPU move
+/// every time (the spinner, the timer), the progress hash is `progress`.
+fn animating(i: i64, progress: &str) -> Observation {
+    Observation {
+        progress_hash: progress.into(),
+        last_output_ms: i * 1000,
+        ..obs(&format!("frame{i}"), (i as u64) * 500, Condition::Thinking)
+    }
+}
+
+fn hang_policy() -> Policy {
+    Policy {
+        animated_hang: std::time::Duration::from_secs(30),
+        nudge_dwell: std::time::Duration::from_secs(10),
+        ..Policy::default()
+    }
+}
+
+/// Observes every second from `from` to `to` (exclusive) with ticks between, collecting effects.
+fn animate(
+    t: &mut Track,
+    from: i64,
+    to: i64,
+    p: &Policy,
+    progress: impl Fn(i64) -> String,
+) -> Vec<Effect> {
+    let mut fx = Vec::new();
+    for i in from..to {
+        fx.extend(step(t, seen(animating(i, &progress(i))), i * 1000, p, &CTX));
+        fx.extend(step(t, Input::Tick, i * 1000 + 500, p, &CTX));
+    }
+    fx
+}
+
+#[test]
+fn a_spinner_over_no_new_output_is_hung_and_triage_decides_first() {
+    let p = hang_policy();
+    let mut t = Track::new(0, None, None);
+    // Busy and animating for 29 s: working, whatever the spinner does.
+    let fx = animate(&mut t, 0, 29, &p, |_| "same".into());
+    assert_eq!(t.state, SessionState::Working, "{fx:?}");
+    assert!(commands(&fx).is_empty());
+    // At 30 s without progress: stalled, with its own reason, and warned.
+    let fx = animate(&mut t, 29, 32, &p, |_| "same".into());
+    assert_eq!(t.state, SessionState::Stalled, "{fx:?}");
+    assert!(
+        t.reason.starts_with("animated but no progress for 30 s"),
+        "{}",
+        t.reason
+    );
+    assert_eq!(notified(&fx, "idle_warning"), 1);
+    // After the dwell: triage with its own condition; never a nudge or an interrupt first.
+    let fx = animate(&mut t, 32, 45, &p, |_| "same".into());
+    assert!(commands(&fx).is_empty(), "{fx:?}");
+    let cases: Vec<&TriageCase> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Triage(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(cases.len(), 1, "{fx:?}");
+    assert_eq!(cases[0].condition, ANIMATED_HANG);
+    assert!(cases[0].idle_for_s >= 40, "{:?}", cases[0]);
+    assert_eq!(t.ladder.rung, Rung::Triaging);
+    // A new output line: working again, the ladder back at the bottom.
+    let fx = animate(&mut t, 45, 47, &p, |i| format!("new{i}"));
+    assert_eq!(t.state, SessionState::Working, "{fx:?}");
+    assert_eq!(t.ladder.rung, Rung::Clear);
+}
+
+#[test]
+fn a_slow_answer_that_progresses_is_never_hung() {
+    let p = hang_policy();
+    let mut t = Track::new(0, None, None);
+    // A new line every 20 s (less often than the dwell, more often than the hang time).
+    let fx = animate(&mut t, 0, 300, &p, |i| format!("line{}", i / 20));
+    assert_eq!(t.state, SessionState::Working);
+    assert!(
+        fx.iter()
+            .all(|e| !matches!(e, Effect::Triage(_) | Effect::Command { .. }))
+    );
+    assert_eq!(notified(&fx, "idle_warning"), 0);
+}
+
+#[test]
+fn no_progress_hash_means_no_animated_hang() {
+    // An older node agent sends none: busy stays working, as before.
+    let p = hang_policy();
+    let mut t = Track::new(0, None, None);
+    let fx = animate(&mut t, 0, 120, &p, |_| String::new());
+    assert_eq!(t.state, SessionState::Working);
+    assert_eq!(notified(&fx, "idle_warning"), 0);
+}
+
+#[test]
+fn the_hang_time_is_per_profile_and_next_due_wakes_for_it() {
+    let mut p = hang_policy();
+    p.animated_hang_profiles
+        .insert("claude".into(), std::time::Duration::from_secs(90).into());
+    let mut t = Track::new(0, None, None);
+    let s = super::step(&mut t, seen(animating(0, "same")), 0, &p, &CTX);
+    assert_eq!(s.next_due, Some(90_000), "woken when the hang is due");
+    let fx = animate(&mut t, 1, 80, &p, |_| "same".into());
+    assert_eq!(t.state, SessionState::Working, "{fx:?}");
+    animate(&mut t, 80, 92, &p, |_| "same".into());
+    assert_eq!(t.state, SessionState::Stalled);
+}
+
+#[test]
+fn a_restart_resumes_the_conversation_the_agent_reported() {
+    let mut t = Track::new(0, None, None);
+    let mut o = obs("a", 0, Condition::None);
+    o.start_command = "\"claude --continue\"".into();
+    step(&mut t, seen(o.clone()), 0, &policy(), &CTX);
+    assert_eq!(t.restart_command().as_deref(), Some("claude --continue"));
+    o.agent_session_id = "2b246e8d-f2c5".into();
+    step(&mut t, seen(o.clone()), 1000, &policy(), &CTX);
+    assert_eq!(
+        t.restart_command().as_deref(),
+        Some("claude --resume 2b246e8d-f2c5")
+    );
+    // An operator's restart label is used as written.
+    o.labels
+        .insert(labels::RESTART.to_owned(), "claude --continue".into());
+    step(&mut t, seen(o), 2000, &policy(), &CTX);
+    assert_eq!(t.restart_command().as_deref(), Some("claude --continue"));
+}

@@ -49,6 +49,10 @@ struct RawProfile {
     #[serde(default)]
     turn_done: Vec<String>,
     #[serde(default)]
+    mask: Vec<String>,
+    #[serde(default)]
+    title: RawTitle,
+    #[serde(default)]
     process: RawProcess,
     #[serde(default)]
     dialog: RawRule,
@@ -72,6 +76,8 @@ struct RawResume {
     present_if: Vec<String>,
     #[serde(default)]
     picker: Vec<String>,
+    #[serde(default)]
+    by_id: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -81,6 +87,18 @@ struct RawProcess {
     comm: Vec<String>,
     #[serde(default)]
     cmdline: Vec<String>,
+}
+
+/// `[profiles.<name>.title]`: what the pane title (`#{pane_title}`) says, per condition.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTitle {
+    #[serde(default)]
+    thinking: Vec<String>,
+    #[serde(default)]
+    permission: Vec<String>,
+    #[serde(default)]
+    prompt: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -203,6 +221,7 @@ fn compile_profile(name: String, raw: RawProfile) -> Result<Profile, ProfileErro
             args: r.args.clone(),
             present_if: r.present_if.clone(),
             picker: r.picker.clone(),
+            by_id: r.by_id.clone(),
         }),
         None => None,
     };
@@ -256,6 +275,8 @@ fn compile_profile(name: String, raw: RawProfile) -> Result<Profile, ProfileErro
         }
     }
     let max_lines = rules.iter().map(|r| r.last_lines).max().unwrap_or(0);
+    let mask = mask_rules(&name, &format!("{base}.mask"), &raw.mask)?;
+    let title = title_rules(&name, &format!("{base}.title"), &raw.title)?;
 
     Ok(Profile {
         name,
@@ -272,7 +293,52 @@ fn compile_profile(name: String, raw: RawProfile) -> Result<Profile, ProfileErro
         interrupt_keys,
         interrupt_window_ms,
         resume,
+        mask,
+        title,
     })
+}
+
+/// Compiles the `mask` regexes one by one: each match is replaced, not just detected.
+fn mask_rules(
+    profile: &str,
+    key: &str,
+    patterns: &[String],
+) -> Result<Vec<regex::Regex>, ProfileError> {
+    // Validates (index in the error, no empty pattern) before compiling each on its own.
+    pattern_set(profile, key, patterns)?;
+    patterns
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            regex::RegexBuilder::new(p)
+                .size_limit(SET_SIZE_LIMIT)
+                .build()
+                .map_err(|source| ProfileError::Pattern {
+                    profile: profile.to_owned(),
+                    key: format!("{key}[{i}]"),
+                    source,
+                })
+        })
+        .collect()
+}
+
+/// Compiles the title rules, strongest first (a question over a busy title over the prompt).
+fn title_rules(
+    profile: &str,
+    key: &str,
+    raw: &RawTitle,
+) -> Result<Vec<(Condition, RegexSet)>, ProfileError> {
+    let mut rules = Vec::new();
+    for (condition, sub, patterns) in [
+        (Condition::WaitingPermission, "permission", &raw.permission),
+        (Condition::Thinking, "thinking", &raw.thinking),
+        (Condition::AtPrompt, "prompt", &raw.prompt),
+    ] {
+        if let Some(set) = pattern_set(profile, &format!("{key}.{sub}"), patterns)? {
+            rules.push((condition, set));
+        }
+    }
+    Ok(rules)
 }
 
 fn check_lines(key: &str, lines: Option<usize>) -> Result<Option<usize>, ProfileError> {

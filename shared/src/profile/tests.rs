@@ -816,3 +816,31 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_restart_resumes_the_conversation_the_agent_named() {
+    let p = builtin();
+    let claude = p.get("claude").expect("claude");
+    let id = "2b246e8d-f2c5-4cc9-aa53-2c283548eb0d";
+    assert_eq!(
+        claude.resume_with_id("claude", id).as_deref(),
+        Some("claude --resume 2b246e8d-f2c5-4cc9-aa53-2c283548eb0d")
+    );
+    assert_eq!(
+        claude
+            .resume_with_id("env A=1 claude --continue --model opus", id)
+            .as_deref(),
+        Some("env A=1 claude --resume 2b246e8d-f2c5-4cc9-aa53-2c283548eb0d --model opus")
+    );
+    assert_eq!(
+        claude
+            .resume_with_id("claude --resume 0ld-id -r --verbose", id)
+            .as_deref(),
+        Some("claude --resume 2b246e8d-f2c5-4cc9-aa53-2c283548eb0d --verbose")
+    );
+    // Not a plain id, or a CLI that resumes by no id: the usual resume form instead.
+    assert_eq!(claude.resume_with_id("claude", "x; rm -rf ~"), None);
+    assert_eq!(claude.resume_with_id("claude", ""), None);
+    let codex = p.get("codex").expect("codex");
+    assert_eq!(codex.resume_with_id("codex", id), None);
+}
