@@ -251,7 +251,10 @@ impl AdminApi {
                 action,
                 incarnation,
                 Origin::Admin,
-                &format!("{name} requested through the admin API"),
+                &format!(
+                    "{name} requested through the admin API{}",
+                    crate::auth::audit_by()
+                ),
             )
             .await?;
         Ok(Response::new(pb::CommandResponse {
@@ -500,6 +503,9 @@ impl AdminService for AdminApi {
         request: Request<pb::RestartRequest>,
     ) -> Result<Response<pb::CommandResponse>, Status> {
         let r = request.into_inner();
+        if !r.command.is_empty() {
+            crate::auth::require(crate::auth::Role::Admin, "Restart with a command")?;
+        }
         let cwd = match &r.session {
             Some(s) => self
                 .resolve(Some(s))
@@ -577,7 +583,10 @@ impl AdminService for AdminApi {
         if r.id.is_empty() {
             return Err(ApiError::Missing { field: "id" }.into());
         }
-        let by = if r.by.is_empty() {
+        // An authenticated caller acks as themselves; on plaintext the request says who.
+        let by = if let Some(c) = crate::auth::caller().filter(|c| c.via != "insecure") {
+            c.name
+        } else if r.by.is_empty() {
             "anonymous".to_owned()
         } else {
             r.by.chars().take(128).collect()

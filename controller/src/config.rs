@@ -24,8 +24,21 @@ pub struct Config {
     pub http: Option<SocketAddr>,
     /// Store URL (`sqlite://argus.db`).
     pub db: String,
-    /// Serve plaintext (loopback only unless `allow_remote_plaintext`).
+    /// Serve plaintext (loopback only unless `allow_remote_plaintext`); otherwise TLS 1.3 with
+    /// `tls_cert`, `tls_key` and `client_ca`.
     pub insecure: bool,
+    /// The controller's certificate chain (PEM); re-read when the file changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// The controller's private key (PEM); re-read when the file changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA of node agents' and admin callers' client certificates (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+    /// Bearer tokens for the admin API (TOML, `[[token]]` with `name`, `role`, `blake3`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<PathBuf>,
     /// Allow plaintext on a non-loopback address.
     pub allow_remote_plaintext: bool,
     /// The policy file (TOML, reloadable), if any. Key `policy`.
@@ -57,6 +70,10 @@ impl Default for Config {
             http: Some(SocketAddr::from(([127, 0, 0, 1], 7071))),
             db: "sqlite://argus.db".to_owned(),
             insecure: false,
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
+            tokens: None,
             allow_remote_plaintext: false,
             policy_file: None,
             tick: Duration::from_millis(500),
@@ -134,13 +151,23 @@ impl Config {
     /// it is refused.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.insecure {
-            return Err(ConfigError::invalid(
-                "insecure",
-                "TLS is not implemented yet: set `insecure = true` (or pass --insecure) to serve \
-                 plaintext on loopback",
-            ));
-        }
-        if !crate::server::is_loopback(&self.listen) && !self.allow_remote_plaintext {
+            for (key, flag, value) in [
+                ("tls_cert", "--tls-cert", &self.tls_cert),
+                ("tls_key", "--tls-key", &self.tls_key),
+                ("client_ca", "--client-ca", &self.client_ca),
+            ] {
+                if value.is_none() {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!(
+                            "is required to serve TLS ({flag}; `argusctl certs` makes a \
+                             development set), or set `insecure = true` (--insecure) to serve \
+                             plaintext on loopback"
+                        ),
+                    ));
+                }
+            }
+        } else if !crate::server::is_loopback(&self.listen) && !self.allow_remote_plaintext {
             return Err(ConfigError::invalid(
                 "listen",
                 format!(
@@ -210,6 +237,18 @@ pub struct Cli {
     #[arg(long, env = "ARGUS_INSECURE", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure: Option<bool>,
+    /// The controller's certificate (PEM). Key `tls_cert`.
+    #[arg(long, env = "ARGUS_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The controller's private key (PEM). Key `tls_key`.
+    #[arg(long, env = "ARGUS_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA of client certificates (PEM). Key `client_ca`.
+    #[arg(long, env = "ARGUS_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+    /// Bearer tokens file for the admin API. Key `tokens`.
+    #[arg(long, env = "ARGUS_TOKENS")]
+    pub tokens: Option<PathBuf>,
     /// Allow plaintext on a non-loopback address. Key `allow_remote_plaintext`.
     #[arg(long, env = "ARGUS_ALLOW_REMOTE_PLAINTEXT", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
@@ -268,6 +307,16 @@ impl Cli {
         if let Some(v) = self.allow_remote_plaintext {
             config.allow_remote_plaintext = v;
         }
+        for (flag, key) in [
+            (&self.tls_cert, &mut config.tls_cert),
+            (&self.tls_key, &mut config.tls_key),
+            (&self.client_ca, &mut config.client_ca),
+            (&self.tokens, &mut config.tokens),
+        ] {
+            if let Some(v) = flag {
+                *key = Some(v.clone());
+            }
+        }
         if let Some(v) = &self.policy {
             config.policy_file = Some(v.clone());
         }
@@ -285,12 +334,23 @@ impl Cli {
             Some(false) => config.local = None,
             None => {}
         }
+        let url = local_url(&config);
         if let Some(local) = &mut config.local {
             self.node.apply(local);
-            local.controller = format!("http://{}", config.listen);
+            local.controller = url;
             local.insecure = config.insecure;
         }
         Ok(config)
+    }
+}
+
+/// The URL the in-process node agent dials: with TLS, `localhost` (the name `argusctl certs`
+/// puts in the controller's certificate); its `[local]` table then needs `ca`, `cert`, `key`.
+pub fn local_url(config: &Config) -> String {
+    if config.insecure {
+        format!("http://{}", config.listen)
+    } else {
+        format!("https://localhost:{}", config.listen.port())
     }
 }
 
@@ -369,7 +429,22 @@ mod tests {
     #[test]
     fn validation_names_the_key() {
         let err = |args: &[&str]| cli(args).load().expect_err("refused").to_string();
-        assert!(err(&[]).contains("insecure: TLS is not implemented"));
+        assert!(err(&[]).contains("tls_cert: is required to serve TLS (--tls-cert"));
+        assert!(
+            err(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).contains("client_ca: is required")
+        );
+        cli(&[
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--client-ca",
+            "ca.pem",
+            "--listen",
+            "0.0.0.0:7070",
+        ])
+        .load()
+        .expect("TLS may listen anywhere");
         assert!(err(&["--insecure", "--listen", "0.0.0.0:7070"]).contains("listen: refusing"));
         cli(&[
             "--insecure",

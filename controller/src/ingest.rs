@@ -116,6 +116,7 @@ impl NodeAgentService for AgentApi {
                 source,
             })?
             .to_string();
+        crate::auth::check_node(&node_id)?;
         let now = now_ms();
         let epoch = self
             .sup

@@ -2,6 +2,7 @@
 //! policy, persists what must survive a restart, sends commands back, and serves the admin API.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod dispatch;
@@ -11,9 +12,11 @@ pub mod http;
 pub mod ingest;
 pub mod notify;
 pub mod outbound;
+pub mod pki;
 pub mod server;
 pub mod store;
 pub mod supervisor;
+pub mod tls;
 pub mod triage;
 
 use std::net::SocketAddr;
@@ -144,6 +147,8 @@ pub async fn run(
 
     watch_store(&tasks, sup.clone(), shutdown.clone());
 
+    // Certificates are read before binding: a controller that cannot serve TLS does not start.
+    let transport = server::Transport::from_config(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding gRPC on {}", config.listen))?;
@@ -174,7 +179,11 @@ pub async fn run(
         },
     );
     if let Some(mut local) = config.local.clone() {
-        local.controller = format!("http://{addr}");
+        local.controller = if config.insecure {
+            format!("http://{addr}")
+        } else {
+            format!("https://localhost:{}", addr.port())
+        };
         let stop = shutdown.clone();
         tasks.spawn(async move {
             if let Err(e) = argus_node_agent::run(local, stop).await {
@@ -185,7 +194,13 @@ pub async fn run(
     if let Some(r) = ready {
         let _ = r.send(addr);
     }
-    let server = server::serve(listener, sup.clone(), tasks.clone(), shutdown.clone());
+    let server = server::serve(
+        listener,
+        transport,
+        sup.clone(),
+        tasks.clone(),
+        shutdown.clone(),
+    );
     let drained = async {
         shutdown.cancelled().await;
         // Node agents' response streams end when their senders drop; they reconnect elsewhere.

@@ -87,7 +87,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         fence.clone(),
         snap_rx.clone(),
         profiles,
-    ));
+    )
+    .allowing_any_restart_command(config.allow_any_restart_command));
     let link = Link {
         config: LinkConfig {
             controller: config.controller.clone(),
@@ -96,6 +97,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             probe_interval: config.probe_interval,
             backoff_min: Duration::from_millis(250),
             backoff_max: Duration::from_secs(10),
+            tls: link_tls(&config),
         },
         fence,
         snapshot: snap_rx,
@@ -138,4 +140,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 /// Tells systemd's watchdog the probe loop is alive (no-op outside systemd).
 fn sd_ping() {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+}
+
+/// The link's TLS files, unless the node talks plaintext.
+fn link_tls(config: &Config) -> Option<link::ClientTls> {
+    if config.insecure {
+        return None;
+    }
+    Some(link::ClientTls {
+        ca: config.ca.clone()?,
+        cert: config.cert.clone()?,
+        key: config.key.clone()?,
+    })
 }
