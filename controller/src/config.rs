@@ -354,6 +354,95 @@ pub fn local_url(config: &Config) -> String {
     }
 }
 
+// === argusctl ===
+
+/// `argusctl`'s configuration: the defaults, then `~/.config/argus/config.toml` (or
+/// `--config FILE`), then `ARGUS_*` environment variables, then flags.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CtlConfig {
+    /// The controller's gRPC URL (`https://HOST:PORT`, or `http://` for a plaintext one).
+    pub controller: String,
+    /// The CA that signed the controller's certificate (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// This caller's certificate (PEM, URI SAN `spiffe://argus/user/<name>/<role>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// A bearer token, instead of a certificate (or the file that holds it, as `@PATH`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl Default for CtlConfig {
+    fn default() -> Self {
+        Self {
+            controller: "http://127.0.0.1:7070".to_owned(),
+            ca: None,
+            cert: None,
+            key: None,
+            token: None,
+        }
+    }
+}
+
+impl CtlConfig {
+    /// `~/.config/argus/config.toml` (under `$XDG_CONFIG_HOME` when set).
+    pub fn default_path() -> Option<PathBuf> {
+        let base = std::env::var_os("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+        Some(base.join("argus").join("config.toml"))
+    }
+
+    /// The file at `path` (given explicitly: it must exist), else the default file if it
+    /// exists, over the defaults.
+    pub fn load(path: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        match path {
+            Some(p) => read_toml(p),
+            None => match Self::default_path().filter(|p| p.exists()) {
+                Some(p) => read_toml(&p),
+                None => Ok(Self::default()),
+            },
+        }
+    }
+
+    /// Checks the combination; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.controller.split_once("://") {
+            Some(("http", rest)) if !rest.is_empty() => {}
+            Some(("https", rest)) if !rest.is_empty() => {
+                if self.ca.is_none() {
+                    return Err(ConfigError::invalid(
+                        "ca",
+                        "is required with an https:// controller (--ca or ARGUS_CA): the CA \
+                         that signed the controller's certificate",
+                    ));
+                }
+                if self.cert.is_some() != self.key.is_some() {
+                    return Err(ConfigError::invalid(
+                        if self.cert.is_none() { "cert" } else { "key" },
+                        "cert and key go together",
+                    ));
+                }
+            }
+            _ => {
+                return Err(ConfigError::invalid(
+                    "controller",
+                    format!(
+                        "{:?} is not an https://HOST:PORT or http://HOST:PORT URL",
+                        self.controller
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -489,5 +578,26 @@ mod tests {
         let back: Config = toml::from_str(&text).expect("parses back");
         assert_eq!(back.to_toml().expect("toml"), text);
         assert_eq!(back.local, c.local);
+    }
+
+    #[test]
+    fn argusctl_config_layers_and_checks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("config.toml");
+        std::fs::write(
+            &file,
+            "controller = \"https://ctl:7070\"\nca = \"/c/ca.pem\"\ncert = \"/c/me.pem\"\nkey = \"/c/me-key.pem\"\n",
+        )
+        .expect("write");
+        let c = CtlConfig::load(Some(&file)).expect("loads");
+        assert_eq!(c.controller, "https://ctl:7070");
+        c.validate().expect("valid");
+        let no_ca = CtlConfig {
+            ca: None,
+            ..c.clone()
+        };
+        assert!(no_ca.validate().expect_err("no ca").to_string().contains("ca: is required"));
+        let half = CtlConfig { key: None, ..c };
+        assert!(half.validate().expect_err("half").to_string().contains("key: cert and key"));
     }
 }
