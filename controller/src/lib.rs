@@ -93,10 +93,7 @@ pub async fn run(
     shutdown: CancellationToken,
     ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> anyhow::Result<()> {
-    if !config.insecure {
-        anyhow::bail!("TLS is not implemented yet: pass --insecure to serve plaintext on loopback");
-    }
-    if !server::is_loopback(&config.listen) && !config.allow_remote_plaintext {
+    if config.insecure && !server::is_loopback(&config.listen) && !config.allow_remote_plaintext {
         anyhow::bail!(
             "refusing to serve plaintext on non-loopback address {}: use a loopback address or add --allow-remote-plaintext",
             config.listen

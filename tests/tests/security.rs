@@ -44,7 +44,7 @@ async fn working(c: &TestCluster, node: &str, name: &str) -> anyhow::Result<pb::
     .await
 }
 
-fn code<T>(r: Result<T, tonic::Status>) -> Option<(Code, String)> {
+fn refusal<T>(r: Result<T, tonic::Status>) -> Option<(Code, String)> {
     r.err().map(|s| (s.code(), s.message().to_owned()))
 }
 
@@ -72,7 +72,7 @@ async fn a_node_certificate_speaks_only_for_its_own_node() -> anyhow::Result<()>
     let refused = NodeAgentServiceClient::new(ch)
         .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await;
-    let (code, message) = code(refused).expect("the impostor is refused");
+    let (code, message) = refusal(refused).expect("the impostor is refused");
     assert_eq!(code, Code::PermissionDenied, "{message}");
     assert!(message.contains("may not attach as node \"b\""), "{message}");
 
@@ -82,7 +82,7 @@ async fn a_node_certificate_speaks_only_for_its_own_node() -> anyhow::Result<()>
         .connect()
         .await?;
     let (_tx2, rx2) = tokio::sync::mpsc::channel::<pb::AgentMessage>(1);
-    let (code, _) = code(
+    let (code, _) = refusal(
         NodeAgentServiceClient::new(ch)
             .attach(tokio_stream::wrappers::ReceiverStream::new(rx2))
             .await,
@@ -126,7 +126,7 @@ async fn bad_clients_are_refused_and_the_controller_keeps_serving() -> anyhow::R
         )?
         .connect()
         .await?;
-    let (code, message) = code(list(AdminServiceClient::new(ch)).await).expect("refused");
+    let (code, message) = refusal(list(AdminServiceClient::new(ch)).await).expect("refused");
     assert_eq!(code, Code::Unauthenticated, "{message}");
     assert!(message.contains("client certificate"), "{message}");
 
@@ -174,12 +174,18 @@ async fn bad_clients_are_refused_and_the_controller_keeps_serving() -> anyhow::R
     // The controller says why, and goes on serving: the admin lists, the node stays attached.
     argus_tests::eventually("the refusals in the log", WAIT, || async {
         let log = c.controller_log();
-        Ok((log.matches("TLS handshake refused").count() >= 3).then_some(()))
+        Ok(log.contains("received corrupt message").then_some(()))
     })
     .await?;
     let log = c.controller_log();
-    assert!(log.contains("UnknownIssuer") || log.contains("unknown issuer"), "{log}");
-    assert!(log.contains("Expired") || log.contains("expired"), "{log}");
+    // Another CA of the same name: its signature does not verify.
+    assert!(
+        log.contains("invalid peer certificate: BadSignature")
+            || log.contains("invalid peer certificate: UnknownIssuer"),
+        "{log}"
+    );
+    assert!(log.contains("invalid peer certificate: certificate expired"), "{log}");
+    assert!(log.contains("received corrupt message"), "{log}");
     let sessions = list(c.admin().await?).await?.into_inner().sessions;
     assert_eq!(sessions.len(), 1);
     working(&c, "n1", "work").await?;
@@ -207,7 +213,7 @@ async fn roles_decide_and_the_audit_names_the_caller() -> anyhow::Result<()> {
         session: sref("n1", "work"),
         grace_ms: 0,
     };
-    let (code, message) = code(viewer.clone().kill(kill.clone()).await).expect("refused");
+    let (code, message) = refusal(viewer.clone().kill(kill.clone()).await).expect("refused");
     assert_eq!(code, Code::PermissionDenied, "{message}");
     assert!(message.contains("Kill needs the operator role"), "{message}");
     assert!(tmux.has_session("work"));
@@ -218,7 +224,7 @@ async fn roles_decide_and_the_audit_names_the_caller() -> anyhow::Result<()> {
         command: "sh -c 'touch pwned'".into(),
     };
     let (code, message) =
-        code(operator.clone().restart(foreign.clone()).await).expect("refused");
+        refusal(operator.clone().restart(foreign.clone()).await).expect("refused");
     assert_eq!(code, Code::PermissionDenied, "{message}");
     assert!(message.contains("needs the admin role"), "{message}");
 
