@@ -191,7 +191,7 @@ pub async fn run(
     if let Some(r) = ready {
         let _ = r.send(addr);
     }
-    let server = server::serve(
+    let server = server::serve_with(
         listener,
         transport,
         sup.clone(),

@@ -65,8 +65,28 @@ impl Transport {
     }
 }
 
-/// Serves gRPC on `listener` until `shutdown`.
+/// Serves plaintext gRPC on `listener` until `shutdown`, every caller admin (in-process tests).
 pub async fn serve(
+    listener: tokio::net::TcpListener,
+    sup: Arc<Supervisor>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    serve_with(
+        listener,
+        Transport {
+            tls: None,
+            auth: Auth::Insecure,
+        },
+        sup,
+        tasks,
+        shutdown,
+    )
+    .await
+}
+
+/// Serves gRPC on `listener` over `transport` until `shutdown`.
+pub async fn serve_with(
     listener: tokio::net::TcpListener,
     transport: Transport,
     sup: Arc<Supervisor>,

@@ -126,7 +126,7 @@ struct CertsArgs {
     users: Vec<String>,
     /// A bearer token to make, as NAME:ROLE: printed once, its hash appended to DIR/tokens.toml
     /// (repeatable).
-    #[arg(long = "token", value_name = "NAME:ROLE")]
+    #[arg(long = "new-token", value_name = "NAME:ROLE")]
     tokens: Vec<String>,
     /// How long the certificates are valid, in days.
     #[arg(long, default_value_t = 365)]
@@ -600,7 +600,7 @@ fn certs(a: &CertsArgs) -> anyhow::Result<()> {
     for u in &users {
         let (name, role) = name_role(u)?;
         let cert = write_pair(&a.dir, &format!("user-{name}"), &ca.issue(&Leaf::User(name.clone(), role), validity)?)?;
-        println!("{role:<11} {} (spiffe://argus/user/{name}/{role})", cert.display());
+        println!("{:<11} {} (spiffe://argus/user/{name}/{role})", role.as_str(), cert.display());
     }
     for t in &a.tokens {
         use rand::Rng;
