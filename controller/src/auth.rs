@@ -121,11 +121,9 @@ pub fn require(role: Role, what: &str) -> Result<(), Status> {
 /// node than `hello_node` (a node may speak only for itself).
 pub fn check_node(hello_node: &str) -> Result<(), Status> {
     match NODE.try_with(Clone::clone) {
-        Ok(Some(cert_node)) if cert_node != hello_node => Err(Status::permission_denied(
-            format!(
-                "this certificate is node {cert_node:?}'s; it may not attach as node {hello_node:?}"
-            ),
-        )),
+        Ok(Some(cert_node)) if cert_node != hello_node => Err(Status::permission_denied(format!(
+            "this certificate is node {cert_node:?}'s; it may not attach as node {hello_node:?}"
+        ))),
         _ => Ok(()),
     }
 }
@@ -469,8 +467,11 @@ mod tests {
             Some(("ci".into(), Role::Operator))
         );
         assert!(tokens.check("guess").is_none());
-        std::fs::write(&path, "[[token]]\nname = \"x\"\nrole = \"admin\"\nblake3 = \"zz\"\n")
-            .expect("write");
+        std::fs::write(
+            &path,
+            "[[token]]\nname = \"x\"\nrole = \"admin\"\nblake3 = \"zz\"\n",
+        )
+        .expect("write");
         let e = Tokens::load(&path).expect_err("bad hash");
         assert!(e.to_string().contains("blake3 must be 64 hex"), "{e}");
     }

@@ -596,8 +596,19 @@ mod tests {
             ca: None,
             ..c.clone()
         };
-        assert!(no_ca.validate().expect_err("no ca").to_string().contains("ca: is required"));
+        assert!(
+            no_ca
+                .validate()
+                .expect_err("no ca")
+                .to_string()
+                .contains("ca: is required")
+        );
         let half = CtlConfig { key: None, ..c };
-        assert!(half.validate().expect_err("half").to_string().contains("key: cert and key"));
+        assert!(
+            half.validate()
+                .expect_err("half")
+                .to_string()
+                .contains("key: cert and key")
+        );
     }
 }

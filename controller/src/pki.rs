@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, date_time_ymd,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, date_time_ymd,
 };
 
 use crate::auth::{NODE_URI, Role, USER_URI};
@@ -86,7 +86,9 @@ impl Ca {
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, name);
-        params.distinguished_name.push(DnType::OrganizationName, "Argus");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Argus");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -132,7 +134,10 @@ impl Ca {
                         Err(_) => SanType::DnsName(n.as_str().try_into()?),
                     });
                 }
-                ("argus-controller".to_owned(), ExtendedKeyUsagePurpose::ServerAuth)
+                (
+                    "argus-controller".to_owned(),
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                )
             }
             Leaf::Node(id) => {
                 params
@@ -220,18 +225,25 @@ mod tests {
                 .expect("pem")
                 .remove(0)
         };
-        let node = ca.issue(&Leaf::Node("n1".into()), Validity::days(1)).expect("node");
+        let node = ca
+            .issue(&Leaf::Node("n1".into()), Validity::days(1))
+            .expect("node");
         assert_eq!(identity_of(&der(&node)), Some(Identity::Node("n1".into())));
         let user = ca
             .issue(&Leaf::User("ann".into(), Role::Viewer), Validity::days(1))
             .expect("user");
-        assert!(matches!(identity_of(&der(&user)), Some(Identity::User(c)) if c.name == "ann" && c.role == Role::Viewer));
+        assert!(
+            matches!(identity_of(&der(&user)), Some(Identity::User(c)) if c.name == "ann" && c.role == Role::Viewer)
+        );
         let dir = tempfile::tempdir().expect("tempdir");
         write_pair(dir.path(), "ca", &ca.pair).expect("write");
         let (again, made) = dir_ca(dir.path(), Validity::days(1)).expect("load");
         assert!(!made);
         again
-            .issue(&Leaf::Controller(vec!["localhost".into(), "127.0.0.1".into()]), Validity::days(1))
+            .issue(
+                &Leaf::Controller(vec!["localhost".into(), "127.0.0.1".into()]),
+                Validity::days(1),
+            )
             .expect("issued by the loaded CA");
     }
 }

@@ -14,9 +14,9 @@ use anyhow::Context;
 
 use crate::api::AdminApi;
 use crate::auth::{Auth, AuthLayer, Tokens};
-use crate::tls::{ServerTls, TlsFiles};
 use crate::ingest::AgentApi;
 use crate::supervisor::Supervisor;
+use crate::tls::{ServerTls, TlsFiles};
 
 /// Largest message a node agent may send (a full snapshot of a big node fits easily).
 pub use argus_proto::MAX_AGENT_MESSAGE;
@@ -156,7 +156,9 @@ pub async fn serve_with(
     match transport.tls {
         Some(tls) => {
             let incoming = tls.incoming(listener, &accept_tasks, shutdown.clone());
-            router.serve_with_incoming_shutdown(incoming, signal).await?;
+            router
+                .serve_with_incoming_shutdown(incoming, signal)
+                .await?;
         }
         None => {
             router

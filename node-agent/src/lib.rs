@@ -82,13 +82,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // The first snapshot is taken before the link dials, so the controller's first view is full.
     snap_tx.send_replace(Arc::new(prober.round().await));
 
-    let executor = Arc::new(Executor::new(
-        &servers,
-        fence.clone(),
-        snap_rx.clone(),
-        profiles,
-    )
-    .allowing_any_restart_command(config.allow_any_restart_command));
+    let executor = Arc::new(
+        Executor::new(&servers, fence.clone(), snap_rx.clone(), profiles)
+            .allowing_any_restart_command(config.allow_any_restart_command),
+    );
     let link = Link {
         config: LinkConfig {
             controller: config.controller.clone(),

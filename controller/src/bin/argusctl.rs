@@ -1,9 +1,9 @@
 //! `argusctl`: the command line for the controller's AdminService.
 
 use anyhow::Context;
+use argus_controller::config::CtlConfig;
 use argus_proto::v1 as pb;
 use argus_proto::v1::admin_service_client::AdminServiceClient;
-use argus_controller::config::CtlConfig;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use tonic::service::interceptor::InterceptedService;
@@ -242,13 +242,17 @@ fn ctl_config(args: &Args) -> anyhow::Result<CtlConfig> {
 async fn connect(c: &CtlConfig) -> anyhow::Result<Client> {
     let mut endpoint = Channel::from_shared(c.controller.clone())?;
     if c.controller.starts_with("https://") {
-        let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let read =
+            |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
         let mut tls = tonic::transport::ClientTlsConfig::new();
         if let Some(ca) = &c.ca {
             tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
         }
         if let (Some(cert), Some(key)) = (&c.cert, &c.key) {
-            tls = tls.identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
+            tls = tls.identity(tonic::transport::Identity::from_pem(
+                read(cert)?,
+                read(key)?,
+            ));
         }
         endpoint = endpoint.tls_config(tls)?;
     }
@@ -580,8 +584,16 @@ fn certs(a: &CertsArgs) -> anyhow::Result<()> {
     );
     let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
     names.extend(a.controller_names.iter().cloned());
-    let cert = write_pair(&a.dir, "controller", &ca.issue(&Leaf::Controller(names.clone()), validity)?)?;
-    println!("controller  {} (names: {})", cert.display(), names.join(", "));
+    let cert = write_pair(
+        &a.dir,
+        "controller",
+        &ca.issue(&Leaf::Controller(names.clone()), validity)?,
+    )?;
+    println!(
+        "controller  {} (names: {})",
+        cert.display(),
+        names.join(", ")
+    );
     let nodes = if a.nodes.is_empty() {
         vec![argus_node_agent::hostname()]
     } else {
@@ -589,7 +601,11 @@ fn certs(a: &CertsArgs) -> anyhow::Result<()> {
     };
     for id in &nodes {
         argus_shared::ids::NodeId::new(id).with_context(|| format!("node id {id:?}"))?;
-        let cert = write_pair(&a.dir, &format!("node-{id}"), &ca.issue(&Leaf::Node(id.clone()), validity)?)?;
+        let cert = write_pair(
+            &a.dir,
+            &format!("node-{id}"),
+            &ca.issue(&Leaf::Node(id.clone()), validity)?,
+        )?;
         println!("node        {} (spiffe://argus/node/{id})", cert.display());
     }
     let users = if a.users.is_empty() && a.tokens.is_empty() {
@@ -599,8 +615,16 @@ fn certs(a: &CertsArgs) -> anyhow::Result<()> {
     };
     for u in &users {
         let (name, role) = name_role(u)?;
-        let cert = write_pair(&a.dir, &format!("user-{name}"), &ca.issue(&Leaf::User(name.clone(), role), validity)?)?;
-        println!("{:<11} {} (spiffe://argus/user/{name}/{role})", role.as_str(), cert.display());
+        let cert = write_pair(
+            &a.dir,
+            &format!("user-{name}"),
+            &ca.issue(&Leaf::User(name.clone(), role), validity)?,
+        )?;
+        println!(
+            "{:<11} {} (spiffe://argus/user/{name}/{role})",
+            role.as_str(),
+            cert.display()
+        );
     }
     for t in &a.tokens {
         use rand::Rng;
@@ -618,11 +642,18 @@ fn certs(a: &CertsArgs) -> anyhow::Result<()> {
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
         writeln!(f, "{}", token_entry(&name, role, &token))?;
-        println!("token {name} ({role}): {token}   (hash appended to {})", path.display());
+        println!(
+            "token {name} ({role}): {token}   (hash appended to {})",
+            path.display()
+        );
     }
     println!(
         "\ncontroller: argus-controller --tls-cert {dir}/controller.pem --tls-key {dir}/controller-key.pem --client-ca {dir}/ca.pem{}",
-        if a.tokens.is_empty() { String::new() } else { format!(" --tokens {dir}/tokens.toml") }
+        if a.tokens.is_empty() {
+            String::new()
+        } else {
+            format!(" --tokens {dir}/tokens.toml")
+        }
     );
     println!(
         "node agent: argus-node-agent --controller https://localhost:7070 --ca {dir}/ca.pem --cert {dir}/node-{0}.pem --key {dir}/node-{0}-key.pem --node-id {0}",
