@@ -47,8 +47,12 @@ pub struct Config {
     /// Controller tick (time-driven decisions).
     #[serde(with = "humantime_serde")]
     pub tick: Duration,
-    /// Webhook URLs for incident notifications (`http://` only).
+    /// Webhook URLs for incident notifications (`http://` or `https://`).
     pub webhooks: Vec<String>,
+    /// A CA (PEM) trusted by `https://` webhooks and the triage endpoint besides the system's
+    /// roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbound_ca: Option<PathBuf>,
     /// With `local`: also start a private tmux server with simulated misbehaving agents and
     /// supervise it instead of this machine's tmux sessions.
     pub demo: bool,
@@ -78,6 +82,7 @@ impl Default for Config {
             policy_file: None,
             tick: Duration::from_millis(500),
             webhooks: Vec::new(),
+            outbound_ca: None,
             demo: false,
             limits: Limits::default(),
             local: None,
@@ -189,11 +194,11 @@ impl Config {
             .webhooks
             .iter()
             .enumerate()
-            .find(|(_, u)| !u.starts_with("http://"))
+            .find(|(_, u)| !u.starts_with("http://") && !u.starts_with("https://"))
         {
             return Err(ConfigError::invalid(
                 format!("webhooks[{i}]"),
-                format!("{url:?}: only http:// webhooks are supported"),
+                format!("{url:?}: only http:// and https:// webhooks are supported"),
             ));
         }
         match &self.local {
@@ -256,9 +261,14 @@ pub struct Cli {
     /// Policy file (TOML, reloadable). Key `policy`.
     #[arg(long, env = "ARGUS_POLICY")]
     pub policy: Option<PathBuf>,
-    /// Webhook URL for incident notifications (repeatable; http:// only). Key `webhooks`.
+    /// Webhook URL for incident notifications (repeatable; http:// or https://). Key
+    /// `webhooks`.
     #[arg(long = "webhook", env = "ARGUS_WEBHOOK")]
     pub webhooks: Vec<String>,
+    /// A CA (PEM) trusted by https:// webhooks and triage besides the system's roots. Key
+    /// `outbound_ca`.
+    #[arg(long, env = "ARGUS_OUTBOUND_CA")]
+    pub outbound_ca: Option<PathBuf>,
     /// Controller tick (time-driven decisions). Key `tick`.
     #[arg(long, env = "ARGUS_TICK", value_parser = humantime::parse_duration)]
     pub tick: Option<Duration>,
@@ -322,6 +332,9 @@ impl Cli {
         }
         if !self.webhooks.is_empty() {
             config.webhooks.clone_from(&self.webhooks);
+        }
+        if let Some(v) = &self.outbound_ca {
+            config.outbound_ca = Some(v.clone());
         }
         if let Some(v) = self.tick {
             config.tick = v;
@@ -545,9 +558,7 @@ mod tests {
         .expect("forced");
         assert!(err(&["--insecure", "--tick", "0s"]).contains("tick: must be"));
         assert!(err(&["--insecure", "--demo"]).contains("demo: the demo runs under"));
-        assert!(
-            err(&["--insecure", "--webhook", "https://x"]).contains("webhooks[0]: \"https://x\"")
-        );
+        assert!(err(&["--insecure", "--webhook", "ftp://x"]).contains("webhooks[0]: \"ftp://x\""));
         assert!(
             err(&["--insecure", "--local", "--probe-interval", "0s"])
                 .contains("local.probe_interval: must be")

@@ -126,6 +126,11 @@ pub async fn run(
         .reported("durable session states");
     let incidents = supervisor::restore_incidents(store.incidents(false, 10_000).await?);
     let controller_id = format!("ctl-{}-{}", std::process::id(), now_ms());
+    if let Some(ca) = &config.outbound_ca {
+        outbound::trust_extra_ca(ca)
+            .map_err(|e| anyhow::anyhow!(server::message_chain(&e)))
+            .context("loading outbound_ca")?;
+    }
     let notifier = notify::Notifier::start(config.webhooks.clone(), &tasks, shutdown.clone());
     let sup = Arc::new(Supervisor::new(supervisor::Parts {
         controller_id,
