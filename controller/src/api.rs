@@ -341,7 +341,9 @@ impl AdminService for AdminApi {
             .map(|n| {
                 let live = self.sup.fleet.node(&n.node_id);
                 let count = self.sup.fleet.node_session_count(&n.node_id) as u32;
+                let cert_not_after_ms = crate::auth::cert_not_after_ms(&n.node_id).unwrap_or(0);
                 pb::Node {
+                    cert_not_after_ms,
                     connected: live.as_ref().is_some_and(|l| l.link.is_some()),
                     epoch: live.as_ref().map_or(n.epoch, |l| l.epoch),
                     last_seen_ms: live.as_ref().map_or(n.last_attach_ms, |l| l.last_seen_ms),

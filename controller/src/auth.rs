@@ -87,9 +87,32 @@ pub enum Identity {
     User(Caller),
 }
 
+/// A node agent's verified certificate: the node it names and when it expires.
+#[derive(Debug, Clone)]
+struct NodeCert {
+    id: String,
+    not_after_ms: i64,
+}
+
 tokio::task_local! {
     static CALLER: Option<Caller>;
-    static NODE: Option<String>;
+    static NODE: Option<NodeCert>;
+}
+
+/// How long before its certificate expires a node's Attach publishes `cert_expiring`.
+pub const EXPIRY_WARNING_MS: i64 = 14 * 24 * 3600 * 1000;
+
+/// When each node's certificate expires, as last presented (Unix ms). Process-wide: one entry
+/// per node that ever attached with a certificate.
+fn expiries() -> &'static dashmap::DashMap<String, i64> {
+    static EXPIRIES: std::sync::OnceLock<dashmap::DashMap<String, i64>> =
+        std::sync::OnceLock::new();
+    EXPIRIES.get_or_init(dashmap::DashMap::new)
+}
+
+/// When node `id`'s certificate expires (Unix ms), if it attached with one.
+pub fn cert_not_after_ms(id: &str) -> Option<i64> {
+    expiries().get(id).map(|e| *e)
 }
 
 /// The admin caller of the call being handled, if any.
@@ -118,14 +141,34 @@ pub fn require(role: Role, what: &str) -> Result<(), Status> {
 }
 
 /// `PERMISSION_DENIED` when the Attach being handled came with a node certificate for another
-/// node than `hello_node` (a node may speak only for itself).
-pub fn check_node(hello_node: &str) -> Result<(), Status> {
-    match NODE.try_with(Clone::clone) {
-        Ok(Some(cert_node)) if cert_node != hello_node => Err(Status::permission_denied(format!(
-            "this certificate is node {cert_node:?}'s; it may not attach as node {hello_node:?}"
-        ))),
-        _ => Ok(()),
+/// node than `hello_node` (a node may speak only for itself). Otherwise records the
+/// certificate's expiry, and returns a warning when it is less than [`EXPIRY_WARNING_MS`] away.
+pub fn check_node(hello_node: &str, now_ms: i64) -> Result<Option<String>, Status> {
+    let Ok(Some(cert)) = NODE.try_with(Clone::clone) else {
+        return Ok(None);
+    };
+    if cert.id != hello_node {
+        return Err(Status::permission_denied(format!(
+            "this certificate is node {:?}'s; it may not attach as node {hello_node:?}",
+            cert.id
+        )));
     }
+    expiries().insert(cert.id.clone(), cert.not_after_ms);
+    let left = cert.not_after_ms - now_ms;
+    Ok((left < EXPIRY_WARNING_MS).then(|| {
+        format!(
+            "node {hello_node:?}'s certificate expires in {} h ({} ms since the epoch): issue a \
+             new one",
+            left.max(0) / 3_600_000,
+            cert.not_after_ms
+        )
+    }))
+}
+
+/// When a certificate (DER) expires, in Unix milliseconds.
+pub fn not_after_ms(der: &[u8]) -> Option<i64> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some(cert.validity().not_after.timestamp() * 1000)
 }
 
 /// The identity in a client certificate (DER): its first `spiffe://argus/...` URI SAN.
@@ -281,7 +324,7 @@ enum Decision {
     /// No check applies (health, reflection).
     Open,
     Admin(Caller),
-    Node(Option<String>),
+    Node(Option<NodeCert>),
 }
 
 impl Auth {
@@ -307,14 +350,18 @@ impl Auth {
             Self::Insecure => return Ok(Decision::Node(None)),
             Self::Tls { tokens } => tokens,
         };
-        let identity = req
+        let leaf = req
             .extensions()
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(TlsConnectInfo::peer_certs)
-            .and_then(|certs| certs.first().and_then(|c| identity_of(c)));
+            .and_then(|certs| certs.first().cloned());
+        let identity = leaf.as_ref().and_then(|c| identity_of(c));
         if agent {
             return match identity {
-                Some(Identity::Node(id)) => Ok(Decision::Node(Some(id))),
+                Some(Identity::Node(id)) => Ok(Decision::Node(Some(NodeCert {
+                    id,
+                    not_after_ms: leaf.as_ref().and_then(|c| not_after_ms(c)).unwrap_or(0),
+                }))),
                 Some(Identity::User(c)) => Err(Status::permission_denied(format!(
                     "{}'s certificate is a user's, not a node's (URI SAN {NODE_URI}<id>)",
                     c.name

@@ -105,6 +105,19 @@ async fn a_node_certificate_speaks_only_for_its_own_node() -> anyhow::Result<()>
         .find(|n| n.node_id == "b")
         .expect("node b");
     assert!(b.connected, "{b:?}");
+    // Its certificate's expiry is visible, and, being two days away, was announced.
+    let now = chrono::Utc::now().timestamp_millis();
+    let left = b.cert_not_after_ms - now;
+    assert!(
+        left > 0 && left <= 3 * 24 * 3600 * 1000,
+        "expiry {} is not within 3 days of now",
+        b.cert_not_after_ms
+    );
+    let log = c.controller_log();
+    assert!(
+        log.contains("kind=\"cert_expiring\" node \"b\"'s certificate expires in"),
+        "{log}"
+    );
     assert!(nodes.nodes.iter().all(|n| n.node_id != "a"), "{nodes:?}");
     let after = working(&c, "b", "work").await?;
     assert_eq!(after.agent_pid, before.agent_pid);
