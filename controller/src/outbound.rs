@@ -156,7 +156,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         .await;
     // A TLS server that closes without close_notify still sent its whole answer.
     if let Err(e) = read
-        && !(e.kind() == std::io::ErrorKind::UnexpectedEof && !buf.is_empty())
+        && (e.kind() != std::io::ErrorKind::UnexpectedEof || buf.is_empty())
     {
         return Err(io(e));
     }
