@@ -467,3 +467,79 @@ async fn certificates_rotate_while_streams_stay_open() -> anyhow::Result<()> {
     working(&c, "n1", "work").await?;
     Ok(())
 }
+
+/// Runs argusctl with only `env` (and HOME pointing at `home`); returns (success, stdout, stderr).
+fn argusctl(
+    home: &std::path::Path,
+    env: &[(&str, String)],
+    args: &[&str],
+) -> anyhow::Result<(bool, String, String)> {
+    let out = Command::new(argus_tests::binary("argusctl")?)
+        .args(args)
+        .env_clear()
+        .env("HOME", home)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn argusctl_connects_from_its_config_file_env_and_flags() -> anyhow::Result<()> {
+    let tmux = TestTmux::new();
+    tmux.session("work", &fake_agent("working"), &[("profile", "claude")])?;
+    let (pki_dir, pki, c) = tls_cluster(&tmux, "n1").await?;
+    working(&c, "n1", "work").await?;
+    let home = tempfile::tempdir()?;
+    let viewer = pki.user("vera", Role::Viewer)?;
+    let path = |p: &std::path::Path| p.display().to_string();
+
+    // A TLS controller's URL but no CA: refused before dialing, naming the key.
+    let (ok, _, err) = argusctl(home.path(), &[("ARGUS_CONTROLLER", c.url())], &["nodes"])?;
+    assert!(!ok);
+    assert!(
+        err.contains("ca: is required with an https:// controller"),
+        "{err}"
+    );
+
+    // ~/.config/argus/config.toml as a viewer: reads work, a kill names the role it needs.
+    let dir = home.path().join(".config/argus");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("config.toml"),
+        format!(
+            "controller = {:?}\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+            c.url(),
+            path(&viewer.ca),
+            path(&viewer.cert),
+            path(&viewer.key)
+        ),
+    )?;
+    let (ok, out, err) = argusctl(home.path(), &[], &["sessions"])?;
+    assert!(ok, "{err}");
+    assert!(out.contains("work"), "{out}");
+    let (ok, _, err) = argusctl(home.path(), &[], &["kill", "n1", "work"])?;
+    assert!(!ok);
+    assert!(
+        err.contains("Kill needs the operator role; vera has viewer (PermissionDenied)"),
+        "{err}"
+    );
+    // The environment overrides the file: the admin's certificate.
+    let admin = pki.admin();
+    let env = [
+        ("ARGUS_CERT", path(&admin.cert)),
+        ("ARGUS_KEY", path(&admin.key)),
+    ];
+    let (ok, _, err) = argusctl(home.path(), &env, &["capture", "n1", "work"])?;
+    assert!(ok, "{err}");
+    // And a flag overrides both: a bearer token of an unknown caller is refused.
+    let (ok, _, err) = argusctl(home.path(), &env, &["--token", "nope", "nodes"])?;
+    assert!(!ok);
+    assert!(err.contains("Unauthenticated"), "{err}");
+    assert!(tmux.has_session("work"));
+    drop(pki_dir);
+    Ok(())
+}
