@@ -116,7 +116,17 @@ struct Figures {
 
 /// Runs the controller load benchmark and returns its report section.
 pub async fn run(scale: Scale, machine: &Machine, plan: Option<Plan>) -> anyhow::Result<Section> {
-    let plans = plan.map_or_else(|| Plan::defaults(scale), |p| vec![p]);
+    // A plan over TLS is measured beside the same plan in plaintext, in the same run.
+    let plans = plan.map_or_else(
+        || Plan::defaults(scale),
+        |p| {
+            if p.tls {
+                vec![Plan { tls: false, ..p }, p]
+            } else {
+                vec![p]
+            }
+        },
+    );
     let mut all = Vec::new();
     for p in plans {
         let f = measure(p).await.with_context(|| {
