@@ -251,7 +251,10 @@ impl AdminApi {
                 action,
                 incarnation,
                 Origin::Admin,
-                &format!("{name} requested through the admin API"),
+                &format!(
+                    "{name} requested through the admin API{}",
+                    crate::auth::audit_by()
+                ),
             )
             .await?;
         Ok(Response::new(pb::CommandResponse {
@@ -340,7 +343,9 @@ impl AdminService for AdminApi {
             .map(|n| {
                 let live = self.sup.fleet.node(&n.node_id);
                 let count = self.sup.fleet.node_session_count(&n.node_id) as u32;
+                let cert_not_after_ms = crate::auth::cert_not_after_ms(&n.node_id).unwrap_or(0);
                 pb::Node {
+                    cert_not_after_ms,
                     connected: live.as_ref().is_some_and(|l| l.link.is_some()),
                     epoch: live.as_ref().map_or(n.epoch, |l| l.epoch),
                     last_seen_ms: live.as_ref().map_or(n.last_attach_ms, |l| l.last_seen_ms),
@@ -502,6 +507,9 @@ impl AdminService for AdminApi {
         request: Request<pb::RestartRequest>,
     ) -> Result<Response<pb::CommandResponse>, Status> {
         let r = request.into_inner();
+        if !r.command.is_empty() {
+            crate::auth::require(crate::auth::Role::Admin, "Restart with a command")?;
+        }
         let cwd = match &r.session {
             Some(s) => self
                 .resolve(Some(s))
@@ -579,7 +587,10 @@ impl AdminService for AdminApi {
         if r.id.is_empty() {
             return Err(ApiError::Missing { field: "id" }.into());
         }
-        let by = if r.by.is_empty() {
+        // An authenticated caller acks as themselves; on plaintext the request says who.
+        let by = if let Some(c) = crate::auth::caller().filter(|c| c.via != "insecure") {
+            c.name
+        } else if r.by.is_empty() {
             "anonymous".to_owned()
         } else {
             r.by.chars().take(128).collect()

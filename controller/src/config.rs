@@ -24,8 +24,21 @@ pub struct Config {
     pub http: Option<SocketAddr>,
     /// Store URL (`sqlite://argus.db`).
     pub db: String,
-    /// Serve plaintext (loopback only unless `allow_remote_plaintext`).
+    /// Serve plaintext (loopback only unless `allow_remote_plaintext`); otherwise TLS 1.3 with
+    /// `tls_cert`, `tls_key` and `client_ca`.
     pub insecure: bool,
+    /// The controller's certificate chain (PEM); re-read when the file changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// The controller's private key (PEM); re-read when the file changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA of node agents' and admin callers' client certificates (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+    /// Bearer tokens for the admin API (TOML, `[[token]]` with `name`, `role`, `blake3`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<PathBuf>,
     /// Allow plaintext on a non-loopback address.
     pub allow_remote_plaintext: bool,
     /// The policy file (TOML, reloadable), if any. Key `policy`.
@@ -34,8 +47,12 @@ pub struct Config {
     /// Controller tick (time-driven decisions).
     #[serde(with = "humantime_serde")]
     pub tick: Duration,
-    /// Webhook URLs for incident notifications (`http://` only).
+    /// Webhook URLs for incident notifications (`http://` or `https://`).
     pub webhooks: Vec<String>,
+    /// A CA (PEM) trusted by `https://` webhooks and the triage endpoint besides the system's
+    /// roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbound_ca: Option<PathBuf>,
     /// With `local`: also start a private tmux server with simulated misbehaving agents and
     /// supervise it instead of this machine's tmux sessions.
     pub demo: bool,
@@ -57,10 +74,15 @@ impl Default for Config {
             http: Some(SocketAddr::from(([127, 0, 0, 1], 7071))),
             db: "sqlite://argus.db".to_owned(),
             insecure: false,
+            tls_cert: None,
+            tls_key: None,
+            client_ca: None,
+            tokens: None,
             allow_remote_plaintext: false,
             policy_file: None,
             tick: Duration::from_millis(500),
             webhooks: Vec::new(),
+            outbound_ca: None,
             demo: false,
             limits: Limits::default(),
             local: None,
@@ -134,13 +156,23 @@ impl Config {
     /// it is refused.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.insecure {
-            return Err(ConfigError::invalid(
-                "insecure",
-                "TLS is not implemented yet: set `insecure = true` (or pass --insecure) to serve \
-                 plaintext on loopback",
-            ));
-        }
-        if !crate::server::is_loopback(&self.listen) && !self.allow_remote_plaintext {
+            for (key, flag, value) in [
+                ("tls_cert", "--tls-cert", &self.tls_cert),
+                ("tls_key", "--tls-key", &self.tls_key),
+                ("client_ca", "--client-ca", &self.client_ca),
+            ] {
+                if value.is_none() {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!(
+                            "is required to serve TLS ({flag}; `argusctl certs` makes a \
+                             development set), or set `insecure = true` (--insecure) to serve \
+                             plaintext on loopback"
+                        ),
+                    ));
+                }
+            }
+        } else if !crate::server::is_loopback(&self.listen) && !self.allow_remote_plaintext {
             return Err(ConfigError::invalid(
                 "listen",
                 format!(
@@ -162,11 +194,11 @@ impl Config {
             .webhooks
             .iter()
             .enumerate()
-            .find(|(_, u)| !u.starts_with("http://"))
+            .find(|(_, u)| !u.starts_with("http://") && !u.starts_with("https://"))
         {
             return Err(ConfigError::invalid(
                 format!("webhooks[{i}]"),
-                format!("{url:?}: only http:// webhooks are supported"),
+                format!("{url:?}: only http:// and https:// webhooks are supported"),
             ));
         }
         match &self.local {
@@ -210,6 +242,18 @@ pub struct Cli {
     #[arg(long, env = "ARGUS_INSECURE", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure: Option<bool>,
+    /// The controller's certificate (PEM). Key `tls_cert`.
+    #[arg(long, env = "ARGUS_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The controller's private key (PEM). Key `tls_key`.
+    #[arg(long, env = "ARGUS_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA of client certificates (PEM). Key `client_ca`.
+    #[arg(long, env = "ARGUS_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+    /// Bearer tokens file for the admin API. Key `tokens`.
+    #[arg(long, env = "ARGUS_TOKENS")]
+    pub tokens: Option<PathBuf>,
     /// Allow plaintext on a non-loopback address. Key `allow_remote_plaintext`.
     #[arg(long, env = "ARGUS_ALLOW_REMOTE_PLAINTEXT", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
@@ -217,9 +261,14 @@ pub struct Cli {
     /// Policy file (TOML, reloadable). Key `policy`.
     #[arg(long, env = "ARGUS_POLICY")]
     pub policy: Option<PathBuf>,
-    /// Webhook URL for incident notifications (repeatable; http:// only). Key `webhooks`.
+    /// Webhook URL for incident notifications (repeatable; http:// or https://). Key
+    /// `webhooks`.
     #[arg(long = "webhook", env = "ARGUS_WEBHOOK")]
     pub webhooks: Vec<String>,
+    /// A CA (PEM) trusted by https:// webhooks and triage besides the system's roots. Key
+    /// `outbound_ca`.
+    #[arg(long, env = "ARGUS_OUTBOUND_CA")]
+    pub outbound_ca: Option<PathBuf>,
     /// Controller tick (time-driven decisions). Key `tick`.
     #[arg(long, env = "ARGUS_TICK", value_parser = humantime::parse_duration)]
     pub tick: Option<Duration>,
@@ -268,11 +317,24 @@ impl Cli {
         if let Some(v) = self.allow_remote_plaintext {
             config.allow_remote_plaintext = v;
         }
+        for (flag, key) in [
+            (&self.tls_cert, &mut config.tls_cert),
+            (&self.tls_key, &mut config.tls_key),
+            (&self.client_ca, &mut config.client_ca),
+            (&self.tokens, &mut config.tokens),
+        ] {
+            if let Some(v) = flag {
+                *key = Some(v.clone());
+            }
+        }
         if let Some(v) = &self.policy {
             config.policy_file = Some(v.clone());
         }
         if !self.webhooks.is_empty() {
             config.webhooks.clone_from(&self.webhooks);
+        }
+        if let Some(v) = &self.outbound_ca {
+            config.outbound_ca = Some(v.clone());
         }
         if let Some(v) = self.tick {
             config.tick = v;
@@ -285,12 +347,112 @@ impl Cli {
             Some(false) => config.local = None,
             None => {}
         }
+        let url = local_url(&config);
         if let Some(local) = &mut config.local {
             self.node.apply(local);
-            local.controller = format!("http://{}", config.listen);
+            local.controller = url;
             local.insecure = config.insecure;
         }
         Ok(config)
+    }
+}
+
+/// The URL the in-process node agent dials: with TLS, `localhost` (the name `argusctl certs`
+/// puts in the controller's certificate); its `[local]` table then needs `ca`, `cert`, `key`.
+pub fn local_url(config: &Config) -> String {
+    if config.insecure {
+        format!("http://{}", config.listen)
+    } else {
+        format!("https://localhost:{}", config.listen.port())
+    }
+}
+
+// === argusctl ===
+
+/// `argusctl`'s configuration: the defaults, then `~/.config/argus/config.toml` (or
+/// `--config FILE`), then `ARGUS_*` environment variables, then flags.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CtlConfig {
+    /// The controller's gRPC URL (`https://HOST:PORT`, or `http://` for a plaintext one).
+    pub controller: String,
+    /// The CA that signed the controller's certificate (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// This caller's certificate (PEM, URI SAN `spiffe://argus/user/<name>/<role>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// A bearer token, instead of a certificate (or the file that holds it, as `@PATH`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl Default for CtlConfig {
+    fn default() -> Self {
+        Self {
+            controller: "http://127.0.0.1:7070".to_owned(),
+            ca: None,
+            cert: None,
+            key: None,
+            token: None,
+        }
+    }
+}
+
+impl CtlConfig {
+    /// `~/.config/argus/config.toml` (under `$XDG_CONFIG_HOME` when set).
+    pub fn default_path() -> Option<PathBuf> {
+        let base = std::env::var_os("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+        Some(base.join("argus").join("config.toml"))
+    }
+
+    /// The file at `path` (given explicitly: it must exist), else the default file if it
+    /// exists, over the defaults.
+    pub fn load(path: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        match path {
+            Some(p) => read_toml(p),
+            None => match Self::default_path().filter(|p| p.exists()) {
+                Some(p) => read_toml(&p),
+                None => Ok(Self::default()),
+            },
+        }
+    }
+
+    /// Checks the combination; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.controller.split_once("://") {
+            Some(("http", rest)) if !rest.is_empty() => {}
+            Some(("https", rest)) if !rest.is_empty() => {
+                if self.ca.is_none() {
+                    return Err(ConfigError::invalid(
+                        "ca",
+                        "is required with an https:// controller (--ca or ARGUS_CA): the CA \
+                         that signed the controller's certificate",
+                    ));
+                }
+                if self.cert.is_some() != self.key.is_some() {
+                    return Err(ConfigError::invalid(
+                        if self.cert.is_none() { "cert" } else { "key" },
+                        "cert and key go together",
+                    ));
+                }
+            }
+            _ => {
+                return Err(ConfigError::invalid(
+                    "controller",
+                    format!(
+                        "{:?} is not an https://HOST:PORT or http://HOST:PORT URL",
+                        self.controller
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -369,7 +531,22 @@ mod tests {
     #[test]
     fn validation_names_the_key() {
         let err = |args: &[&str]| cli(args).load().expect_err("refused").to_string();
-        assert!(err(&[]).contains("insecure: TLS is not implemented"));
+        assert!(err(&[]).contains("tls_cert: is required to serve TLS (--tls-cert"));
+        assert!(
+            err(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).contains("client_ca: is required")
+        );
+        cli(&[
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--client-ca",
+            "ca.pem",
+            "--listen",
+            "0.0.0.0:7070",
+        ])
+        .load()
+        .expect("TLS may listen anywhere");
         assert!(err(&["--insecure", "--listen", "0.0.0.0:7070"]).contains("listen: refusing"));
         cli(&[
             "--insecure",
@@ -381,9 +558,7 @@ mod tests {
         .expect("forced");
         assert!(err(&["--insecure", "--tick", "0s"]).contains("tick: must be"));
         assert!(err(&["--insecure", "--demo"]).contains("demo: the demo runs under"));
-        assert!(
-            err(&["--insecure", "--webhook", "https://x"]).contains("webhooks[0]: \"https://x\"")
-        );
+        assert!(err(&["--insecure", "--webhook", "ftp://x"]).contains("webhooks[0]: \"ftp://x\""));
         assert!(
             err(&["--insecure", "--local", "--probe-interval", "0s"])
                 .contains("local.probe_interval: must be")
@@ -414,5 +589,37 @@ mod tests {
         let back: Config = toml::from_str(&text).expect("parses back");
         assert_eq!(back.to_toml().expect("toml"), text);
         assert_eq!(back.local, c.local);
+    }
+
+    #[test]
+    fn argusctl_config_layers_and_checks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("config.toml");
+        std::fs::write(
+            &file,
+            "controller = \"https://ctl:7070\"\nca = \"/c/ca.pem\"\ncert = \"/c/me.pem\"\nkey = \"/c/me-key.pem\"\n",
+        )
+        .expect("write");
+        let c = CtlConfig::load(Some(&file)).expect("loads");
+        assert_eq!(c.controller, "https://ctl:7070");
+        c.validate().expect("valid");
+        let no_ca = CtlConfig {
+            ca: None,
+            ..c.clone()
+        };
+        assert!(
+            no_ca
+                .validate()
+                .expect_err("no ca")
+                .to_string()
+                .contains("ca: is required")
+        );
+        let half = CtlConfig { key: None, ..c };
+        assert!(
+            half.validate()
+                .expect_err("half")
+                .to_string()
+                .contains("key: cert and key")
+        );
     }
 }

@@ -117,6 +117,7 @@ impl NodeAgentService for AgentApi {
             })?
             .to_string();
         let now = now_ms();
+        let expiring = crate::auth::check_node(&node_id, now)?;
         let epoch = self
             .sup
             .store
@@ -179,6 +180,12 @@ impl NodeAgentService for AgentApi {
         // A new stream is the node back: a silent-host incident of it (from this process or
         // restored from the store) ends here, since its health starts up and never changes to up.
         self.sup.node_up(&node_id, now).await;
+        if let Some(warning) = expiring {
+            tracing::warn!(node = %node_id, "{warning}");
+            self.sup
+                .events
+                .publish(&node_id, "", "cert_expiring", warning, None);
+        }
 
         let sup = self.sup.clone();
         let span = tracing::info_span!("node_stream", node = %node_id, stream = stream_id, epoch);

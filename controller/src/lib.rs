@@ -3,6 +3,7 @@
 
 pub mod alarms;
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod dispatch;
@@ -12,9 +13,11 @@ pub mod http;
 pub mod ingest;
 pub mod notify;
 pub mod outbound;
+pub mod pki;
 pub mod server;
 pub mod store;
 pub mod supervisor;
+pub mod tls;
 pub mod triage;
 
 use std::net::SocketAddr;
@@ -91,10 +94,7 @@ pub async fn run(
     shutdown: CancellationToken,
     ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> anyhow::Result<()> {
-    if !config.insecure {
-        anyhow::bail!("TLS is not implemented yet: pass --insecure to serve plaintext on loopback");
-    }
-    if !server::is_loopback(&config.listen) && !config.allow_remote_plaintext {
+    if config.insecure && !server::is_loopback(&config.listen) && !config.allow_remote_plaintext {
         anyhow::bail!(
             "refusing to serve plaintext on non-loopback address {}: use a loopback address or add --allow-remote-plaintext",
             config.listen
@@ -127,6 +127,11 @@ pub async fn run(
         .reported("durable session states");
     let incidents = supervisor::restore_incidents(store.incidents(false, 10_000).await?);
     let controller_id = format!("ctl-{}-{}", std::process::id(), now_ms());
+    if let Some(ca) = &config.outbound_ca {
+        outbound::trust_extra_ca(ca)
+            .map_err(|e| anyhow::anyhow!(server::message_chain(&e)))
+            .context("loading outbound_ca")?;
+    }
     let notifier = notify::Notifier::start(config.webhooks.clone(), &tasks, shutdown.clone());
     let sup = Arc::new(Supervisor::new(supervisor::Parts {
         controller_id,
@@ -146,6 +151,8 @@ pub async fn run(
     sup.alarms.restore(sup.store.alarms(false, u32::MAX).await?);
     watch_store(&tasks, sup.clone(), shutdown.clone());
 
+    // Certificates are read before binding: a controller that cannot serve TLS does not start.
+    let transport = server::Transport::from_config(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding gRPC on {}", config.listen))?;
@@ -176,7 +183,11 @@ pub async fn run(
         },
     );
     if let Some(mut local) = config.local.clone() {
-        local.controller = format!("http://{addr}");
+        local.controller = if config.insecure {
+            format!("http://{addr}")
+        } else {
+            format!("https://localhost:{}", addr.port())
+        };
         let stop = shutdown.clone();
         tasks.spawn(async move {
             if let Err(e) = argus_node_agent::run(local, stop).await {
@@ -187,7 +198,13 @@ pub async fn run(
     if let Some(r) = ready {
         let _ = r.send(addr);
     }
-    let server = server::serve(listener, sup.clone(), tasks.clone(), shutdown.clone());
+    let server = server::serve_with(
+        listener,
+        transport,
+        sup.clone(),
+        tasks.clone(),
+        shutdown.clone(),
+    );
     let drained = async {
         shutdown.cancelled().await;
         // Node agents' response streams end when their senders drop; they reconnect elsewhere.

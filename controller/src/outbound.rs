@@ -1,17 +1,23 @@
 //! A minimal HTTP/1.1 client for JSON POSTs (webhooks, the OpenAI-compatible triage endpoint):
-//! `http://` only, one request per connection, bounded in size and time. TLS endpoints are not
-//! supported yet.
+//! `http://` or `https://` (rustls, TLS 1.2 and 1.3, the system's roots plus an optional extra
+//! CA file), one request per connection, bounded in size and time.
 
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_rustls::rustls;
 
 /// Why a POST failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PostError {
-    /// The URL is not `http://host[:port]/path`.
-    #[error("unsupported URL {0:?}: only http://HOST[:PORT]/PATH is supported")]
+    /// The URL is not `http(s)://host[:port]/path`.
+    #[error("unsupported URL {0:?}: only http(s)://HOST[:PORT]/PATH is supported")]
     Url(String),
+    /// The TLS client could not be set up (no usable roots).
+    #[error("TLS for {url}: {why}")]
+    Tls { url: String, why: String },
     /// Network failure.
     #[error("POST {url} failed: {source}")]
     Io {
@@ -42,10 +48,48 @@ pub async fn post_json(
         .map_err(|_| PostError::Timeout(url.to_owned()))?
 }
 
+/// The extra CA trusted by `https://` POSTs besides the system's roots (set once at start).
+static EXTRA_CA: OnceLock<Vec<rustls::pki_types::CertificateDer<'static>>> = OnceLock::new();
+
+/// Trusts the CA certificates in `path` (PEM) for `https://` POSTs, besides the system's roots.
+/// Call once, at start.
+pub fn trust_extra_ca(path: &Path) -> Result<(), crate::tls::TlsError> {
+    let certs = crate::tls::read_certs(path)?;
+    let _ = EXTRA_CA.set(certs);
+    Ok(())
+}
+
+/// The TLS client of every `https://` POST, built on first use.
+fn tls_client() -> Result<Arc<rustls::ClientConfig>, String> {
+    static CLIENT: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            let native = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(native.certs);
+            for ca in EXTRA_CA.get().into_iter().flatten() {
+                roots.add(ca.clone()).map_err(|e| e.to_string())?;
+            }
+            if roots.is_empty() {
+                return Err("no trusted roots: no system certificates and no extra CA".to_owned());
+            }
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            Ok(Arc::new(config))
+        })
+        .clone()
+}
+
 async fn post(url: &str, body: &str, headers: &[(&str, String)]) -> Result<String, PostError> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| PostError::Url(url.to_owned()))?;
+    let (tls, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        (None, None) => return Err(PostError::Url(url.to_owned())),
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -53,16 +97,47 @@ async fn post(url: &str, body: &str, headers: &[(&str, String)]) -> Result<Strin
     if authority.is_empty() {
         return Err(PostError::Url(url.to_owned()));
     }
-    let addr = if authority.contains(':') {
-        authority.to_owned()
-    } else {
-        format!("{authority}:80")
+    let (host, addr) = match authority.rsplit_once(':') {
+        Some((host, _)) => (host, authority.to_owned()),
+        None => (
+            authority,
+            format!("{authority}:{}", if tls { 443 } else { 80 }),
+        ),
     };
     let io = |source| PostError::Io {
         url: url.to_owned(),
         source,
     };
-    let mut stream = tokio::net::TcpStream::connect(&addr).await.map_err(io)?;
+    let tcp = tokio::net::TcpStream::connect(&addr).await.map_err(io)?;
+    if !tls {
+        return exchange(tcp, url, authority, path, body, headers).await;
+    }
+    let tls_err = |why: String| PostError::Tls {
+        url: url.to_owned(),
+        why,
+    };
+    let name = rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+        .map_err(|e| tls_err(e.to_string()))?;
+    let stream = tokio_rustls::TlsConnector::from(tls_client().map_err(tls_err)?)
+        .connect(name, tcp)
+        .await
+        .map_err(io)?;
+    exchange(stream, url, authority, path, body, headers).await
+}
+
+/// Writes the request on `stream` and reads the whole answer.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    url: &str,
+    authority: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&str, String)],
+) -> Result<String, PostError> {
+    let io = |source| PostError::Io {
+        url: url.to_owned(),
+        source,
+    };
     let mut req = format!(
         "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
         body.len()
@@ -73,12 +148,18 @@ async fn post(url: &str, body: &str, headers: &[(&str, String)]) -> Result<Strin
     req.push_str("\r\n");
     req.push_str(body);
     stream.write_all(req.as_bytes()).await.map_err(io)?;
+    stream.flush().await.map_err(io)?;
     let mut buf = Vec::new();
-    (&mut stream)
+    let read = (&mut stream)
         .take(MAX_RESPONSE as u64)
         .read_to_end(&mut buf)
-        .await
-        .map_err(io)?;
+        .await;
+    // A TLS server that closes without close_notify still sent its whole answer.
+    if let Err(e) = read
+        && (e.kind() != std::io::ErrorKind::UnexpectedEof || buf.is_empty())
+    {
+        return Err(io(e));
+    }
     let text = String::from_utf8_lossy(&buf);
     let status: u16 = text
         .split_whitespace()
@@ -131,10 +212,81 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn refuses_https() {
-        let e = post_json("https://x/y", "{}", &[], Duration::from_secs(1))
+    async fn refuses_other_schemes() {
+        let e = post_json("ftp://x/y", "{}", &[], Duration::from_secs(1))
             .await
-            .expect_err("https");
+            .expect_err("ftp");
         assert!(matches!(e, PostError::Url(_)));
+    }
+
+    /// A POST over https to a local TLS server whose certificate a test CA signed.
+    #[tokio::test]
+    async fn posts_over_https_to_a_server_of_the_extra_ca() {
+        use crate::pki::{Ca, Leaf, Validity};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::new("outbound test CA", Validity::days(1)).expect("ca");
+        let server = ca
+            .issue(
+                &Leaf::Controller(vec!["localhost".into()]),
+                Validity::days(1),
+            )
+            .expect("server cert");
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, &ca.pair.cert_pem).expect("write");
+        trust_extra_ca(&ca_file).expect("extra CA");
+        let certs = crate::tls::read_certs_pem(&server.cert_pem).expect("pem");
+        let key = <rustls::pki_types::PrivateKeyDer<'static> as rustls::pki_types::pem::PemObject>::from_pem_slice(server.key_pem.as_bytes())
+            .expect("key");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let served = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut tls = acceptor.accept(tcp).await.expect("handshake");
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&req).contains("{\"ok\":1}") {
+                let n = tls.read(&mut buf).await.expect("read");
+                assert!(n > 0, "request cut short");
+                req.extend_from_slice(&buf[..n]);
+            }
+            tls.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nthanks")
+                .await
+                .expect("answer");
+            tls.shutdown().await.expect("close");
+            String::from_utf8_lossy(&req).into_owned()
+        });
+        let answer = post_json(
+            &format!("https://localhost:{port}/hook"),
+            "{\"ok\":1}",
+            &[],
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("posted over https");
+        assert!(answer.starts_with("thank"), "{answer}");
+        let req = served.await.expect("server");
+        assert!(
+            req.starts_with("POST /hook HTTP/1.1\r\nHost: localhost:"),
+            "{req}"
+        );
+        // A server the extra CA did not sign is refused.
+        let e = post_json("https://127.0.0.1:1/x", "{}", &[], Duration::from_secs(5))
+            .await
+            .expect_err("nothing listens");
+        assert!(
+            matches!(e, PostError::Io { .. } | PostError::Tls { .. }),
+            "{e}"
+        );
     }
 }

@@ -10,18 +10,85 @@ use argus_proto::v1::node_agent_service_server::NodeAgentServiceServer;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use anyhow::Context;
+
 use crate::api::AdminApi;
+use crate::auth::{Auth, AuthLayer, Tokens};
 use crate::ingest::AgentApi;
 use crate::supervisor::Supervisor;
+use crate::tls::{ServerTls, TlsFiles};
 
 /// Largest message a node agent may send (a full snapshot of a big node fits easily).
 pub use argus_proto::MAX_AGENT_MESSAGE;
 /// Largest admin request.
 pub const MAX_ADMIN_MESSAGE: usize = 1 << 20;
 
-/// Serves gRPC on `listener` until `shutdown`.
+/// How the server talks and whom it believes: TLS (with the callers' certificates and bearer
+/// tokens) or plaintext (where every caller is admin, on loopback only).
+pub struct Transport {
+    tls: Option<Arc<ServerTls>>,
+    auth: Auth,
+}
+
+impl Transport {
+    /// The transport `config` asks for; fails when a certificate, key, CA or tokens file does
+    /// not load.
+    pub fn from_config(config: &crate::Config) -> anyhow::Result<Self> {
+        if config.insecure {
+            return Ok(Self {
+                tls: None,
+                auth: Auth::Insecure,
+            });
+        }
+        let (Some(cert), Some(key), Some(client_ca)) =
+            (&config.tls_cert, &config.tls_key, &config.client_ca)
+        else {
+            anyhow::bail!("TLS needs tls_cert, tls_key and client_ca");
+        };
+        let tls = ServerTls::load(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: client_ca.clone(),
+        })
+        .map_err(|e| anyhow::anyhow!(message_chain(&e)))
+        .context("loading the TLS certificate, key and client CA")?;
+        let tokens = match &config.tokens {
+            Some(path) => Tokens::load(path).map_err(|e| anyhow::anyhow!(message_chain(&e)))?,
+            None => Tokens::default(),
+        };
+        Ok(Self {
+            tls: Some(tls),
+            auth: Auth::Tls {
+                tokens: Arc::new(tokens),
+            },
+        })
+    }
+}
+
+/// Serves plaintext gRPC on `listener` until `shutdown`, every caller admin (in-process tests).
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    sup: Arc<Supervisor>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    serve_with(
+        listener,
+        Transport {
+            tls: None,
+            auth: Auth::Insecure,
+        },
+        sup,
+        tasks,
+        shutdown,
+    )
+    .await
+}
+
+/// Serves gRPC on `listener` over `transport` until `shutdown`.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    transport: Transport,
     sup: Arc<Supervisor>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -63,6 +130,7 @@ pub async fn serve(
             }
         }
     });
+    let accept_tasks = tasks.clone();
     let agents = NodeAgentServiceServer::new(AgentApi::new(sup.clone(), tasks))
         .max_decoding_message_size(MAX_AGENT_MESSAGE);
     let admin =
@@ -77,18 +145,30 @@ pub async fn serve(
             .set_not_serving::<NodeAgentServiceServer<AgentApi>>()
             .await;
     };
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .layer(AuthLayer::new(transport.auth))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(agents)
-        .add_service(admin)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            signal,
-        )
-        .await?;
+        .add_service(admin);
+    match transport.tls {
+        Some(tls) => {
+            let incoming = tls.incoming(listener, &accept_tasks, shutdown.clone());
+            router
+                .serve_with_incoming_shutdown(incoming, signal)
+                .await?;
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    signal,
+                )
+                .await?;
+        }
+    }
     Ok(())
 }
 

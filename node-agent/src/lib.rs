@@ -89,12 +89,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let snap_rx_guard = snap_rx.clone();
     let events_guard = events.clone();
-    let executor = Arc::new(Executor::new(
-        &servers,
-        fence.clone(),
-        snap_rx.clone(),
-        profiles,
-    ));
+    let executor = Arc::new(
+        Executor::new(&servers, fence.clone(), snap_rx.clone(), profiles)
+            .allowing_any_restart_command(config.allow_any_restart_command),
+    );
     let (forward, inbox) = local::channel();
     let local_snap = snap_rx.clone();
     let (guards_tx, guards_rx) = watch::channel(Arc::new(Vec::new()));
@@ -108,6 +106,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             probe_interval: config.probe_interval,
             backoff_min: Duration::from_millis(250),
             backoff_max: Duration::from_secs(10),
+            tls: link_tls(&config),
         },
         fence,
         snapshot: snap_rx,
@@ -181,4 +180,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 /// Tells systemd's watchdog the probe loop is alive (no-op outside systemd).
 fn sd_ping() {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+}
+
+/// The link's TLS files, unless the node talks plaintext.
+fn link_tls(config: &Config) -> Option<link::ClientTls> {
+    if config.insecure {
+        return None;
+    }
+    Some(link::ClientTls {
+        ca: config.ca.clone()?,
+        cert: config.cert.clone()?,
+        key: config.key.clone()?,
+    })
 }

@@ -42,6 +42,37 @@ pub struct LinkConfig {
     pub backoff_min: Duration,
     /// Largest reconnect delay.
     pub backoff_max: Duration,
+    /// TLS to the controller (`https://`), or `None` for plaintext.
+    pub tls: Option<ClientTls>,
+}
+
+/// The files of a TLS client: re-read at every connection, so that rotated files are used from
+/// the next reconnect without a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    /// The CA that signed the controller's certificate (PEM).
+    pub ca: std::path::PathBuf,
+    /// This client's certificate (PEM).
+    pub cert: std::path::PathBuf,
+    /// Its private key (PEM).
+    pub key: std::path::PathBuf,
+}
+
+impl ClientTls {
+    /// tonic's client TLS configuration from the files as they are now. The controller's name is
+    /// verified against the host of the URL.
+    pub fn load(&self) -> std::io::Result<tonic::transport::ClientTlsConfig> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
+        };
+        Ok(tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(&self.ca)?))
+            .identity(tonic::transport::Identity::from_pem(
+                read(&self.cert)?,
+                read(&self.key)?,
+            )))
+    }
 }
 
 /// Why one connection ended.
@@ -53,6 +84,9 @@ pub enum LinkError {
         url: String,
         source: tonic::transport::Error,
     },
+    /// The certificate files could not be read.
+    #[error("reading the TLS files: {0}")]
+    TlsFiles(std::io::Error),
     /// The controller refused the stream.
     #[error("controller refused the attach: {0}")]
     Refused(tonic::Status),
@@ -187,11 +221,20 @@ impl Link {
     /// Dials the controller.
     async fn connect(&self) -> Result<NodeAgentServiceClient<Channel>, LinkError> {
         let url = self.config.controller.clone();
-        let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
-            .map_err(|e| LinkError::Connect {
+        let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone()).map_err(|e| {
+            LinkError::Connect {
                 url: url.clone(),
                 source: e,
-            })?
+            }
+        })?;
+        if let Some(tls) = &self.config.tls {
+            let tls = tls.load().map_err(LinkError::TlsFiles)?;
+            endpoint = endpoint.tls_config(tls).map_err(|e| LinkError::Connect {
+                url: url.clone(),
+                source: e,
+            })?;
+        }
+        let endpoint = endpoint
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT);

@@ -96,7 +96,10 @@ impl TestCluster {
 
     /// An admin client.
     pub async fn admin(&self) -> anyhow::Result<AdminServiceClient<Channel>> {
-        crate::spec::admin(&self.url()).await
+        match &self.spec.client {
+            Some(files) => crate::spec::admin_tls(&self.url(), files).await,
+            None => crate::spec::admin(&self.url()).await,
+        }
     }
 
     /// One session as the controller reports it, if known.

@@ -57,6 +57,103 @@ fn spawn(
     Ok(if quiet { proc.quiet() } else { proc })
 }
 
+// === TLS ===
+
+/// A test PKI in a directory: a CA, the controller's certificate for `localhost` and
+/// `127.0.0.1`, an admin's certificate; node and user certificates on demand.
+#[derive(Debug, Clone)]
+pub struct Pki {
+    pub dir: PathBuf,
+}
+
+/// The files a TLS client presents.
+#[derive(Debug, Clone)]
+pub struct ClientFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl ClientFiles {
+    /// tonic's client TLS configuration of these files.
+    pub fn tls_config(&self) -> anyhow::Result<tonic::transport::ClientTlsConfig> {
+        Ok(tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(std::fs::read(
+                &self.ca,
+            )?))
+            .identity(tonic::transport::Identity::from_pem(
+                std::fs::read(&self.cert)?,
+                std::fs::read(&self.key)?,
+            )))
+    }
+}
+
+impl Pki {
+    /// A new CA with the controller's and an admin's (`root`) certificates in `dir`.
+    pub fn new(dir: &Path) -> anyhow::Result<Self> {
+        use argus_controller::pki::{Leaf, Validity, dir_ca, write_pair};
+        let (ca, _) = dir_ca(dir, Validity::days(2))?;
+        write_pair(
+            dir,
+            "controller",
+            &ca.issue(
+                &Leaf::Controller(vec!["localhost".into(), "127.0.0.1".into()]),
+                Validity::days(2),
+            )?,
+        )?;
+        let pki = Self {
+            dir: dir.to_owned(),
+        };
+        pki.user("root", argus_controller::auth::Role::Admin)?;
+        Ok(pki)
+    }
+
+    fn issue(&self, stem: &str, leaf: &argus_controller::pki::Leaf) -> anyhow::Result<ClientFiles> {
+        use argus_controller::pki::{Validity, dir_ca, write_pair};
+        let (ca, _) = dir_ca(&self.dir, Validity::days(2))?;
+        let cert = write_pair(&self.dir, stem, &ca.issue(leaf, Validity::days(2))?)?;
+        Ok(ClientFiles {
+            ca: self.ca(),
+            cert,
+            key: self.dir.join(format!("{stem}-key.pem")),
+        })
+    }
+
+    /// The CA's certificate.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// A node agent's certificate for `id`.
+    pub fn node(&self, id: &str) -> anyhow::Result<ClientFiles> {
+        self.issue(
+            &format!("node-{id}"),
+            &argus_controller::pki::Leaf::Node(id.to_owned()),
+        )
+    }
+
+    /// A caller's certificate.
+    pub fn user(
+        &self,
+        name: &str,
+        role: argus_controller::auth::Role,
+    ) -> anyhow::Result<ClientFiles> {
+        self.issue(
+            &format!("user-{name}"),
+            &argus_controller::pki::Leaf::User(name.to_owned(), role),
+        )
+    }
+
+    /// The admin's (`root`) files.
+    pub fn admin(&self) -> ClientFiles {
+        ClientFiles {
+            ca: self.ca(),
+            cert: self.dir.join("user-root.pem"),
+            key: self.dir.join("user-root-key.pem"),
+        }
+    }
+}
+
 // === Controller ===
 
 /// A controller to start: its configuration, its policy file and its environment. The gRPC and
@@ -72,6 +169,8 @@ pub struct ControllerSpec {
     pub env: Vec<(String, String)>,
     /// Killed without showing its log when dropped (benchmarks).
     pub quiet: bool,
+    /// The admin client's files when the controller serves TLS.
+    pub client: Option<ClientFiles>,
 }
 
 impl Default for ControllerSpec {
@@ -94,7 +193,18 @@ impl ControllerSpec {
             policy: String::new(),
             env: Vec::new(),
             quiet: false,
+            client: None,
         }
+    }
+
+    /// Serves mTLS with `pki`'s controller certificate; the harness calls as `pki`'s admin.
+    pub fn tls(mut self, pki: &Pki) -> Self {
+        self.config.insecure = false;
+        self.config.tls_cert = Some(pki.dir.join("controller.pem"));
+        self.config.tls_key = Some(pki.dir.join("controller-key.pem"));
+        self.config.client_ca = Some(pki.ca());
+        self.client = Some(pki.admin());
+        self
     }
 
     /// The policy file's text (TOML).
@@ -132,9 +242,13 @@ impl ControllerSpec {
         self.config.listen.port()
     }
 
-    /// The gRPC URL.
+    /// The gRPC URL (`https://localhost:PORT` with TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.config.listen)
+        if self.config.insecure {
+            format!("http://{}", self.config.listen)
+        } else {
+            format!("https://localhost:{}", self.port())
+        }
     }
 
     /// The configuration as started in `dir`: the policy file and the database there.
@@ -168,6 +282,7 @@ impl ControllerSpec {
             proc,
             port: self.port(),
             db,
+            client: self.client.clone(),
         };
         if let Err(e) = c.wait_ready().await {
             c.proc.check_alive()?;
@@ -183,32 +298,40 @@ pub struct Controller {
     pub port: u16,
     /// The SQLite database file.
     pub db: PathBuf,
+    /// The admin client's files when the controller serves TLS.
+    pub client: Option<ClientFiles>,
 }
 
 impl Controller {
     /// The gRPC URL.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        match self.client {
+            None => format!("http://127.0.0.1:{}", self.port),
+            Some(_) => format!("https://localhost:{}", self.port),
+        }
     }
 
-    /// An admin client.
+    /// An admin client (over mTLS as the test PKI's admin, when the controller serves TLS).
     pub async fn admin(&self) -> anyhow::Result<AdminServiceClient<Channel>> {
-        admin(&self.url()).await
+        match &self.client {
+            None => admin(&self.url()).await,
+            Some(files) => admin_tls(&self.url(), files).await,
+        }
     }
 
     /// Waits until the admin API answers.
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
-        let url = self.url();
-        eventually("the controller to answer", Duration::from_secs(20), || {
-            let url = url.clone();
-            async move {
-                admin(&url)
+        eventually(
+            "the controller to answer",
+            Duration::from_secs(20),
+            || async move {
+                self.admin()
                     .await?
                     .list_nodes(pb::ListNodesRequest {})
                     .await?;
                 Ok(Some(()))
-            }
-        })
+            },
+        )
         .await
     }
 
@@ -252,6 +375,18 @@ pub async fn admin(url: &str) -> anyhow::Result<AdminServiceClient<Channel>> {
     Ok(AdminServiceClient::new(ch).max_decoding_message_size(256 << 20))
 }
 
+/// An admin client of the controller at `url` over mTLS with `files`.
+pub async fn admin_tls(
+    url: &str,
+    files: &ClientFiles,
+) -> anyhow::Result<AdminServiceClient<Channel>> {
+    let ch = Channel::from_shared(url.to_owned())?
+        .tls_config(files.tls_config()?)?
+        .connect()
+        .await?;
+    Ok(AdminServiceClient::new(ch).max_decoding_message_size(256 << 20))
+}
+
 // === Node agent ===
 
 /// A node agent to start: its configuration and environment.
@@ -281,6 +416,22 @@ impl NodeAgentSpec {
             env: Vec::new(),
             quiet: false,
         }
+    }
+
+    /// Connects over mTLS to `controller` (an https URL) with `files`.
+    pub fn tls(mut self, controller: &str, files: &ClientFiles) -> Self {
+        self.config.controller = controller.to_owned();
+        self.config.insecure = false;
+        self.config.ca = Some(files.ca.clone());
+        self.config.cert = Some(files.cert.clone());
+        self.config.key = Some(files.key.clone());
+        self
+    }
+
+    /// Obeys restarts with any command.
+    pub fn allow_any_restart_command(mut self) -> Self {
+        self.config.allow_any_restart_command = true;
+        self
     }
 
     /// The probe interval.

@@ -161,7 +161,7 @@ async fn bad_values_are_refused_naming_the_key() -> anyhow::Result<()> {
     let (ok, _, err) = run("argus-controller", &[], &[]).await?;
     assert!(!ok);
     assert!(
-        err.contains("invalid configuration: insecure: TLS is not implemented yet"),
+        err.contains("invalid configuration: tls_cert: is required to serve TLS (--tls-cert"),
         "{err}"
     );
     let (ok, _, err) = run(

@@ -1,9 +1,12 @@
 //! `argusctl`: the command line for the controller's AdminService.
 
 use anyhow::Context;
+use argus_controller::config::CtlConfig;
 use argus_proto::v1 as pb;
 use argus_proto::v1::admin_service_client::AdminServiceClient;
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 /// Talk to an Argus controller.
@@ -13,14 +16,24 @@ use tonic::transport::Channel;
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 struct Args {
-    /// The controller's gRPC URL.
-    #[arg(
-        long,
-        env = "ARGUS_CONTROLLER",
-        default_value = "http://127.0.0.1:7070",
-        global = true
-    )]
-    controller: String,
+    /// A config file (default: ~/.config/argus/config.toml, if it exists).
+    #[arg(long, env = "ARGUSCTL_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// The controller's gRPC URL (default http://127.0.0.1:7070). Key `controller`.
+    #[arg(long, env = "ARGUS_CONTROLLER", global = true)]
+    controller: Option<String>,
+    /// The CA that signed the controller's certificate (PEM). Key `ca`.
+    #[arg(long, env = "ARGUS_CA", global = true)]
+    ca: Option<PathBuf>,
+    /// Your certificate (PEM). Key `cert`.
+    #[arg(long, env = "ARGUS_CERT", global = true)]
+    cert: Option<PathBuf>,
+    /// Your private key (PEM). Key `key`.
+    #[arg(long, env = "ARGUS_KEY", global = true)]
+    key: Option<PathBuf>,
+    /// A bearer token instead of a certificate (`@FILE` reads it from FILE). Key `token`.
+    #[arg(long, env = "ARGUS_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -116,6 +129,9 @@ enum Cmd {
     /// no controller address and no credential.
     #[command(name = "self", subcommand)]
     Myself(SelfCmd),
+    /// Make a development PKI in DIR: a CA (kept and reused on later runs), the controller's
+    /// certificate, node certificates and admin certificates; optionally bearer tokens.
+    Certs(CertsArgs),
 }
 
 /// When an alarm is due: `--in 30m` or `--at 2026-01-01T09:00:00Z`.
@@ -167,6 +183,31 @@ enum SelfCmd {
     Whoami,
 }
 
+#[derive(clap::Args, Debug)]
+struct CertsArgs {
+    /// Where the files go (the CA is reused if DIR already has one).
+    #[arg(long, default_value = "argus-certs")]
+    dir: PathBuf,
+    /// A DNS name or IP address of the controller, besides localhost and 127.0.0.1
+    /// (repeatable).
+    #[arg(long = "controller-name", value_name = "NAME")]
+    controller_names: Vec<String>,
+    /// A node to issue a certificate for (repeatable; default: this host's name).
+    #[arg(long = "node", value_name = "ID")]
+    nodes: Vec<String>,
+    /// A caller to issue a certificate for, as NAME:ROLE with ROLE viewer, operator or admin
+    /// (repeatable; default: admin:admin).
+    #[arg(long = "user", value_name = "NAME:ROLE")]
+    users: Vec<String>,
+    /// A bearer token to make, as NAME:ROLE: printed once, its hash appended to DIR/tokens.toml
+    /// (repeatable).
+    #[arg(long = "new-token", value_name = "NAME:ROLE")]
+    tokens: Vec<String>,
+    /// How long the certificates are valid, in days.
+    #[arg(long, default_value_t = 365)]
+    days: i64,
+}
+
 /// Which session a command is about: `NODE NAME`, plus `--socket PATH` when the name exists on
 /// several tmux servers of the node (`argusctl sessions` shows each session's socket).
 #[derive(clap::Args, Debug, Clone)]
@@ -191,7 +232,20 @@ impl Target {
     }
 }
 
-type Client = AdminServiceClient<Channel>;
+type Client = AdminServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// Adds `authorization: Bearer <token>` to every call, when a token is configured.
+#[derive(Clone)]
+struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
 
 fn state_name(s: i32) -> String {
     pb::SessionState::try_from(s)
@@ -236,17 +290,81 @@ fn print_result(r: pb::CommandResponse) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The effective connection settings: defaults, the file, `ARGUS_*`, flags.
+fn ctl_config(args: &Args) -> anyhow::Result<CtlConfig> {
+    let mut c = CtlConfig::load(args.config.as_deref())?;
+    if let Some(v) = &args.controller {
+        c.controller.clone_from(v);
+    }
+    for (flag, key) in [
+        (&args.ca, &mut c.ca),
+        (&args.cert, &mut c.cert),
+        (&args.key, &mut c.key),
+    ] {
+        if let Some(v) = flag {
+            *key = Some(v.clone());
+        }
+    }
+    if let Some(v) = &args.token {
+        c.token = Some(v.clone());
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+/// Connects as the configuration says: TLS with the caller's certificate (verifying the
+/// controller's name against its certificate), and the bearer token if any.
+async fn connect(c: &CtlConfig) -> anyhow::Result<Client> {
+    let mut endpoint = Channel::from_shared(c.controller.clone())?;
+    if c.controller.starts_with("https://") {
+        let read =
+            |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+        let mut tls = tonic::transport::ClientTlsConfig::new();
+        if let Some(ca) = &c.ca {
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&c.cert, &c.key) {
+            tls = tls.identity(tonic::transport::Identity::from_pem(
+                read(cert)?,
+                read(key)?,
+            ));
+        }
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {}", c.controller))?;
+    let token = match c.token.as_deref() {
+        Some(t) => {
+            let t = match t.strip_prefix('@') {
+                Some(path) => std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the token from {path}"))?,
+                None => t.to_owned(),
+            };
+            Some(
+                format!("Bearer {}", t.trim())
+                    .parse()
+                    .context("the token is not valid header text")?,
+            )
+        }
+        None => None,
+    };
+    Ok(AdminServiceClient::with_interceptor(channel, Bearer(token)))
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     let args = match args.cmd {
         Cmd::Myself(cmd) => return myself(cmd).await,
         _ => args,
     };
-    let channel = Channel::from_shared(args.controller.clone())?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {}", args.controller))?;
-    let mut c = AdminServiceClient::new(channel);
+    if let Cmd::Certs(a) = &args.cmd {
+        return certs(a);
+    }
+    let config = ctl_config(&args)?;
+    let mut c = connect(&config).await?;
     match args.cmd {
+        Cmd::Certs(_) => Ok(()),
         Cmd::Nodes => nodes(&mut c).await,
         Cmd::Sessions { node } => sessions(&mut c, node).await,
         Cmd::Session { target } => session(&mut c, &target).await,
@@ -654,6 +772,115 @@ async fn refine<T>(
         msg.push_str(&format!("\n  --socket {s}"));
     }
     Err(anyhow::anyhow!(msg))
+}
+
+/// `argusctl certs`: a development PKI (see [`CertsArgs`]).
+fn certs(a: &CertsArgs) -> anyhow::Result<()> {
+    use argus_controller::auth::{Role, token_entry};
+    use argus_controller::pki::{Leaf, Validity, dir_ca, write_pair};
+    let validity = Validity::days(a.days);
+    let name_role = |s: &str| -> anyhow::Result<(String, Role)> {
+        let (name, role) = s
+            .split_once(':')
+            .with_context(|| format!("{s:?}: expected NAME:ROLE"))?;
+        let role = Role::parse(role)
+            .with_context(|| format!("{s:?}: the role must be viewer, operator or admin"))?;
+        anyhow::ensure!(
+            !name.is_empty() && !name.contains('/'),
+            "{s:?}: the name must not be empty nor hold '/'"
+        );
+        Ok((name.to_owned(), role))
+    };
+    let (ca, made) = dir_ca(&a.dir, validity)?;
+    let dir = a.dir.display();
+    println!(
+        "{} {dir}/ca.pem",
+        if made { "created CA" } else { "using CA" }
+    );
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    names.extend(a.controller_names.iter().cloned());
+    let cert = write_pair(
+        &a.dir,
+        "controller",
+        &ca.issue(&Leaf::Controller(names.clone()), validity)?,
+    )?;
+    println!(
+        "controller  {} (names: {})",
+        cert.display(),
+        names.join(", ")
+    );
+    let nodes = if a.nodes.is_empty() {
+        vec![argus_node_agent::hostname()]
+    } else {
+        a.nodes.clone()
+    };
+    for id in &nodes {
+        argus_shared::ids::NodeId::new(id).with_context(|| format!("node id {id:?}"))?;
+        let cert = write_pair(
+            &a.dir,
+            &format!("node-{id}"),
+            &ca.issue(&Leaf::Node(id.clone()), validity)?,
+        )?;
+        println!("node        {} (spiffe://argus/node/{id})", cert.display());
+    }
+    let users = if a.users.is_empty() && a.tokens.is_empty() {
+        vec!["admin:admin".to_owned()]
+    } else {
+        a.users.clone()
+    };
+    for u in &users {
+        let (name, role) = name_role(u)?;
+        let cert = write_pair(
+            &a.dir,
+            &format!("user-{name}"),
+            &ca.issue(&Leaf::User(name.clone(), role), validity)?,
+        )?;
+        println!(
+            "{:<11} {} (spiffe://argus/user/{name}/{role})",
+            role.as_str(),
+            cert.display()
+        );
+    }
+    for t in &a.tokens {
+        use rand::Rng;
+        use std::io::Write;
+        let (name, role) = name_role(t)?;
+        let token: String = rand::rng()
+            .sample_iter(rand::distr::Alphanumeric)
+            .take(40)
+            .map(char::from)
+            .collect();
+        let path = a.dir.join("tokens.toml");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        writeln!(f, "{}", token_entry(&name, role, &token))?;
+        println!(
+            "token {name} ({role}): {token}   (hash appended to {})",
+            path.display()
+        );
+    }
+    println!(
+        "\ncontroller: argus-controller --tls-cert {dir}/controller.pem --tls-key {dir}/controller-key.pem --client-ca {dir}/ca.pem{}",
+        if a.tokens.is_empty() {
+            String::new()
+        } else {
+            format!(" --tokens {dir}/tokens.toml")
+        }
+    );
+    println!(
+        "node agent: argus-node-agent --controller https://localhost:7070 --ca {dir}/ca.pem --cert {dir}/node-{0}.pem --key {dir}/node-{0}-key.pem --node-id {0}",
+        nodes[0]
+    );
+    if let Some(u) = users.first() {
+        let (name, _) = name_role(u)?;
+        println!(
+            "argusctl:   export ARGUS_CONTROLLER=https://localhost:7070 ARGUS_CA={dir}/ca.pem ARGUS_CERT={dir}/user-{name}.pem ARGUS_KEY={dir}/user-{name}-key.pem"
+        );
+    }
+    Ok(())
 }
 
 #[tokio::main]

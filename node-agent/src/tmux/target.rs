@@ -213,8 +213,9 @@ impl Tmux {
         }
     }
 
-    /// Creates a detached session named exactly `name` running `argv` in `cwd`, then sets the
-    /// `@argus-KEY` options from `labels` on it by its new id. `#` in the name and the directory
+    /// Creates a detached session named exactly `name` running `argv` in `cwd` (at `size` when
+    /// given), with the `@argus-KEY` options from `labels` set in the same invocation; returns
+    /// its id. `#` in the name and the directory
     /// is escaped (tmux expands both as formats); a name tmux would store differently is refused.
     pub async fn create_session(
         &self,
@@ -237,6 +238,16 @@ impl Tmux {
             args.extend(["-x", w.as_str(), "-y", h.as_str()]);
         }
         args.extend(argv.iter().map(String::as_str));
+        // The labels are set in the same invocation, so that no probe ever sees the session
+        // without them: a `set-option` with no target right after `new-session` applies to the
+        // session just created (no name or id to misread).
+        let options: Vec<String> = labels
+            .keys()
+            .map(|k| argus_shared::labels::option_name(k))
+            .collect();
+        for (option, value) in options.iter().zip(labels.values()) {
+            args.extend([";", "set-option", option.as_str(), value.as_str()]);
+        }
         // Creating a session must work even when no control client can attach yet. When the
         // last session just closed, the old server may still be exiting: try again briefly.
         let mut attempt = 0;
@@ -258,20 +269,6 @@ impl Tmux {
                 name: name.to_owned(),
                 answer: out.clone(),
             });
-        }
-        if !labels.is_empty() {
-            let options: Vec<String> = labels
-                .keys()
-                .map(|k| argus_shared::labels::option_name(k))
-                .collect();
-            let mut args: Vec<&str> = Vec::new();
-            for (option, value) in options.iter().zip(labels.values()) {
-                if !args.is_empty() {
-                    args.push(";");
-                }
-                args.extend(["set-option", "-t", id, option.as_str(), value.as_str()]);
-            }
-            self.spawn(&args).await?;
         }
         Ok(id.to_owned())
     }

@@ -24,7 +24,11 @@ use super::{
     Controller, EventTap, IMMEDIATE_RESTART, Latency, Scale, Tmux, histogram, policy, record,
 };
 use crate::eventually;
-use crate::spec::{ControllerSpec, NodeAgentSpec};
+use crate::spec::{ControllerSpec, NodeAgentSpec, Pki};
+
+fn transport(plan: &Plan) -> &'static str {
+    if plan.tls { "mTLS" } else { "plaintext" }
+}
 
 /// One configuration: probe interval, sessions, kills, and whether panes stay after their
 /// process dies (`remain-on-exit`: the restart respawns the pane) or the session closes with it
@@ -35,6 +39,8 @@ struct Plan {
     sessions: usize,
     kills: usize,
     remain_on_exit: bool,
+    /// Node agent and admin client over mutual TLS (the controller serves TLS 1.3).
+    tls: bool,
 }
 
 fn plans(scale: Scale) -> Vec<Plan> {
@@ -45,26 +51,41 @@ fn plans(scale: Scale) -> Vec<Plan> {
                 sessions: 20,
                 kills: 200,
                 remain_on_exit: true,
+                tls: false,
+            },
+            // The same, over mutual TLS, measured in the same run.
+            Plan {
+                probe: Duration::from_millis(250),
+                sessions: 20,
+                kills: 200,
+                remain_on_exit: true,
+                tls: true,
             },
             Plan {
                 probe: Duration::from_secs(1),
                 sessions: 20,
                 kills: 200,
                 remain_on_exit: true,
+                tls: false,
             },
             Plan {
                 probe: Duration::from_millis(250),
                 sessions: 10,
                 kills: 10,
                 remain_on_exit: false,
+                tls: false,
             },
         ],
-        Scale::Smoke => vec![Plan {
-            probe: Duration::from_millis(250),
-            sessions: 3,
-            kills: 10,
-            remain_on_exit: true,
-        }],
+        Scale::Smoke => [false, true]
+            .into_iter()
+            .map(|tls| Plan {
+                probe: Duration::from_millis(250),
+                sessions: 3,
+                kills: 10,
+                remain_on_exit: true,
+                tls,
+            })
+            .collect(),
     }
 }
 
@@ -103,9 +124,10 @@ pub async fn run(scale: Scale, machine: &Machine) -> anyhow::Result<Section> {
             .await
             .with_context(|| format!("death detection at probe interval {:?}", plan.probe))?;
         println!(
-            "death: probe {:?}, remain-on-exit {}: {} kills in {:.1} s; noticed p50/p99/max {}; restarted {} ({} unnoticed, {} not restarted)",
+            "death: probe {:?}, remain-on-exit {}, {}: {} kills in {:.1} s; noticed p50/p99/max {}; restarted {} ({} unnoticed, {} not restarted)",
             plan.probe,
             plan.remain_on_exit,
+            transport(&plan),
             f.kills,
             f.wall.as_secs_f64(),
             Latency::of(&f.detect).triple(),
@@ -122,11 +144,18 @@ type Tx = mpsc::Sender<(Instant, pb::FleetEvent)>;
 
 async fn measure(plan: Plan) -> anyhow::Result<Figures> {
     let dir = super::workdir("death")?;
-    let controller = ControllerSpec::new()
+    let pki = if plan.tls {
+        Some(Pki::new(&dir.path().join("pki"))?)
+    } else {
+        None
+    };
+    let mut spec = ControllerSpec::new()
         .policy(&policy(IMMEDIATE_RESTART))
-        .quiet()
-        .start(dir.path())
-        .await?;
+        .quiet();
+    if let Some(pki) = &pki {
+        spec = spec.tls(pki);
+    }
+    let controller = spec.start(dir.path()).await?;
     let tmux = Tmux::new();
     let agent_cmd = crate::cluster::fake_agent("quiet");
     let names: Vec<String> = (0..plan.sessions)
@@ -146,7 +175,11 @@ async fn measure(plan: Plan) -> anyhow::Result<Figures> {
         }
     }
     let node = "death-node".to_owned();
-    let mut agent = NodeAgentSpec::new(&node, &controller.url(), tmux.socket())
+    let mut agent_spec = NodeAgentSpec::new(&node, &controller.url(), tmux.socket());
+    if let Some(pki) = &pki {
+        agent_spec = agent_spec.tls(&controller.url(), &pki.node(&node)?);
+    }
+    let mut agent = agent_spec
         .state_dir("state")
         .probe_interval(plan.probe)
         .env("RUST_LOG", "info")
@@ -325,21 +358,24 @@ fn section(all: &[Figures], machine: &Machine) -> Section {
          *Restarted*: kill to the `transition` event back to working with the new agent. \
          Policy: `restart_on_death = \"labelled\"` and, so that every death is restarted at once \
          and on its own, `restart_backoff_min = \"0s\"` with the crash-loop, mass-death and \
-         fleet-budget brakes lifted.\n",
+         fleet-budget brakes lifted. *mTLS*: the node agent and this benchmark's admin client \
+         over mutual TLS 1.3 (certificates from `argus_controller::pki`), measured in the same \
+         run as the plaintext row above it.\n",
         machine.line()
     );
     let mut rows = Vec::new();
     let mut detail = String::from(
-        "| probe interval | remain-on-exit | sessions | kills | noticed p50 / p99 / max | restarted p50 / p99 / max | unnoticed | not restarted |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| probe interval | remain-on-exit | transport | sessions | kills | noticed p50 / p99 / max | restarted p50 / p99 / max | unnoticed | not restarted |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for f in all {
         let d = Latency::of(&f.detect);
         let r = Latency::of(&f.restart);
         let _ = writeln!(
             detail,
-            "| {} ms | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} ms | {} | {} | {} | {} | {} | {} | {} | {} |",
             f.plan.probe.as_millis(),
             if f.plan.remain_on_exit { "on" } else { "off" },
+            transport(&f.plan),
             f.plan.sessions,
             f.kills,
             d.triple(),
@@ -348,9 +384,10 @@ fn section(all: &[Figures], machine: &Machine) -> Section {
             f.not_restarted
         );
         let probe = format!(
-            "probe {} ms, remain-on-exit {}",
+            "probe {} ms, remain-on-exit {}, {}",
             f.plan.probe.as_millis(),
-            if f.plan.remain_on_exit { "on" } else { "off" }
+            if f.plan.remain_on_exit { "on" } else { "off" },
+            transport(&f.plan)
         );
         rows.push(Row::target(
             format!(

@@ -31,6 +31,8 @@ pub struct Plan {
     pub heartbeat_only: Duration,
     /// Nodes that go silent during the load phase.
     pub silent: usize,
+    /// Every simulated node over mutual TLS, with its own certificate.
+    pub tls: bool,
 }
 
 impl Plan {
@@ -49,10 +51,13 @@ impl Plan {
             load: Duration::from_secs(20),
             heartbeat_only: Duration::from_secs(10),
             silent: 5,
+            tls: false,
         };
         match scale {
             Scale::Full => vec![
                 base,
+                // The same over mutual TLS, in the same run.
+                Self { tls: true, ..base },
                 Self {
                     nodes: 1_000,
                     sessions: 50,
@@ -61,15 +66,19 @@ impl Plan {
                     ..base
                 },
             ],
-            Scale::Smoke => vec![Self {
-                nodes: 50,
-                rate: 5.0,
-                faults: 5.0,
-                load: Duration::from_secs(3),
-                heartbeat_only: Duration::from_secs(2),
-                silent: 0,
-                ..base
-            }],
+            Scale::Smoke => [false, true]
+                .into_iter()
+                .map(|tls| Self {
+                    nodes: 50,
+                    rate: 5.0,
+                    faults: 5.0,
+                    load: Duration::from_secs(3),
+                    heartbeat_only: Duration::from_secs(2),
+                    silent: 0,
+                    tls,
+                    ..base
+                })
+                .collect(),
         }
     }
 }
@@ -107,7 +116,17 @@ struct Figures {
 
 /// Runs the controller load benchmark and returns its report section.
 pub async fn run(scale: Scale, machine: &Machine, plan: Option<Plan>) -> anyhow::Result<Section> {
-    let plans = plan.map_or_else(|| Plan::defaults(scale), |p| vec![p]);
+    // A plan over TLS is measured beside the same plan in plaintext, in the same run.
+    let plans = plan.map_or_else(
+        || Plan::defaults(scale),
+        |p| {
+            if p.tls {
+                vec![Plan { tls: false, ..p }, p]
+            } else {
+                vec![p]
+            }
+        },
+    );
     let mut all = Vec::new();
     for p in plans {
         let f = measure(p).await.with_context(|| {
@@ -134,11 +153,18 @@ async fn measure(mut plan: Plan) -> anyhow::Result<Figures> {
         plan.nodes = fit;
     }
     let dir = super::workdir("load")?;
-    let controller = ControllerSpec::new()
+    let pki = if plan.tls {
+        Some(crate::spec::Pki::new(&dir.path().join("pki"))?)
+    } else {
+        None
+    };
+    let mut spec = ControllerSpec::new()
         .policy(&policy(IMMEDIATE_RESTART))
-        .quiet()
-        .start(dir.path())
-        .await?;
+        .quiet();
+    if let Some(pki) = &pki {
+        spec = spec.tls(pki);
+    }
+    let controller = spec.start(dir.path()).await?;
     let pid = controller.proc.pid();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_idle_kib = procs::memory(pid)?.rss_kib;
@@ -146,6 +172,7 @@ async fn measure(mut plan: Plan) -> anyhow::Result<Figures> {
     let mut cfg = FleetConfig::new(controller.url(), plan.nodes, plan.sessions);
     cfg.streams_per_conn = plan.streams_per_conn;
     cfg.node_prefix = "sim".into();
+    cfg.tls = pki;
     let fleet = SimFleet::start(cfg)
         .await
         .context("attaching the simulated fleet")?;
@@ -381,12 +408,17 @@ fn plan_section(body: &mut String, f: &Figures) {
     let p = &f.plan;
     let _ = writeln!(
         body,
-        "\n### {} nodes x {} sessions, {} changed sessions per node per second\n\n{} Attach \
+        "\n### {} nodes x {} sessions, {} changed sessions per node per second{}\n\n{} Attach \
          stream(s) per HTTP/2 connection; RLIMIT_NOFILE {}; {} deaths per second in the load \
          phase, which lasts {} s.\n",
         thousands(p.nodes as u64),
         p.sessions,
         p.rate,
+        if p.tls {
+            ", mutual TLS (each node its own certificate)"
+        } else {
+            ""
+        },
         p.streams_per_conn,
         f.nofile,
         p.faults,

@@ -52,6 +52,9 @@ pub struct FleetConfig {
     pub node_prefix: String,
     /// Attaches in flight at once while the fleet starts.
     pub attach_parallelism: usize,
+    /// Mutual TLS: the test PKI that issues each simulated node its own certificate (one node
+    /// per connection, as the node identity requires).
+    pub tls: Option<crate::spec::Pki>,
 }
 
 impl FleetConfig {
@@ -66,6 +69,7 @@ impl FleetConfig {
             report_every: Duration::from_secs(1),
             node_prefix: "sim".to_owned(),
             attach_parallelism: 64,
+            tls: None,
         }
     }
 }
@@ -236,6 +240,10 @@ impl SimFleet {
             cfg.streams_per_conn >= 1,
             "streams_per_conn must be at least 1"
         );
+        anyhow::ensure!(
+            cfg.tls.is_none() || cfg.streams_per_conn == 1,
+            "with TLS each connection carries one node (its certificate names it)"
+        );
         let started = Instant::now();
         let endpoint = Endpoint::from_shared(cfg.url.clone())?
             .connect_timeout(Duration::from_secs(10))
@@ -250,13 +258,19 @@ impl SimFleet {
         let mut ready = Vec::with_capacity(cfg.nodes);
         let mut channel: Option<Channel> = None;
         for ix in 0..cfg.nodes {
+            let id = format!("{}-{ix:05}", cfg.node_prefix);
             if ix % cfg.streams_per_conn == 0 {
-                channel = Some(endpoint.connect_lazy());
+                channel = Some(match &cfg.tls {
+                    Some(pki) => endpoint
+                        .clone()
+                        .tls_config(pki.node(&id)?.tls_config()?)?
+                        .connect_lazy(),
+                    None => endpoint.connect_lazy(),
+                });
             }
             let Some(ch) = channel.clone() else {
                 unreachable!("a channel is made for the first node of each connection")
             };
-            let id = format!("{}-{ix:05}", cfg.node_prefix);
             let (ctl_tx, ctl_rx) = mpsc::channel(64);
             let (ready_tx, ready_rx) = oneshot::channel();
             ids.push(id.clone());

@@ -52,6 +52,9 @@ enum Cmd {
         /// Length of the load phase in seconds.
         #[arg(long)]
         seconds: Option<u64>,
+        /// Measure the plan over mutual TLS too, right after the plaintext one.
+        #[arg(long)]
+        tls: bool,
     },
     /// (internal) The program of the probe benchmark's sessions: prints a line every period.
     #[command(hide = true)]
@@ -83,6 +86,7 @@ fn main() -> anyhow::Result<()> {
             rate,
             faults,
             seconds,
+            tls,
         } => {
             let mut p = load::Plan::defaults(scale)[0];
             p.nodes = nodes.unwrap_or(p.nodes);
@@ -91,6 +95,7 @@ fn main() -> anyhow::Result<()> {
             p.rate = rate.unwrap_or(p.rate);
             p.faults = faults.unwrap_or(p.faults);
             p.load = seconds.map_or(p.load, Duration::from_secs);
+            p.tls = tls;
             Which::Load(Some(p))
         }
     };
