@@ -322,6 +322,9 @@ pub fn default_socket() -> PathBuf {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
