@@ -1,11 +1,11 @@
-//! `bench`: Argus's benchmarks (`all`, `probe`, `death`, `silence`, `load`), writing their
+//! `bench`: Argus's benchmarks (`all`, `probe`, `death`, `silence`, `load`, `chaos`), writing their
 //! figures into `docs/performance.md`; `--smoke` runs a tiny configuration of each for CI and
 //! writes nothing unless `--out` is given.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use argus_tests::bench::{self, Scale, Which, load};
+use argus_tests::bench::{self, Scale, Which, chaos, load};
 use clap::{Parser, Subcommand};
 
 /// Benchmarks of the node agent and the controller, measured side by side with baselines.
@@ -53,6 +53,16 @@ enum Cmd {
         #[arg(long)]
         seconds: Option<u64>,
     },
+    /// Invariants under a seeded schedule of faults (controller, node agent, tmux, database,
+    /// disk, network, agents).
+    Chaos {
+        /// Replays the schedule of this seed (printed by every run).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Number of faults (default: 1200; 40 with --smoke).
+        #[arg(long)]
+        faults: Option<usize>,
+    },
     /// (internal) The program of the probe benchmark's sessions: prints a line every period.
     #[command(hide = true)]
     Ticker {
@@ -76,6 +86,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Probe => Which::Probe,
         Cmd::Death => Which::Death,
         Cmd::Silence => Which::Silence,
+        Cmd::Chaos { seed, faults } => Which::Chaos(chaos::Options { seed, faults }),
         Cmd::Load {
             nodes,
             sessions,

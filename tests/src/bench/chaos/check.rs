@@ -1,0 +1,386 @@
+//! The chaos benchmark's invariants, checked after the run against what the fake agents recorded
+//! themselves (their logs: the ground truth of what reached them) and against the controller's
+//! audit (the `commands` table of its SQLite file):
+//!
+//! 1. no agent that was busy, thinking, waiting for a permission or rate-limited received a
+//!    kill, a restart, an interrupt or a nudge (a keystroke or a signal);
+//! 2. every death of a labelled session was restarted, once (the policy of the run lifts the
+//!    crash-loop, mass-death and budget brakes, so no hold rule applies);
+//! 3. every command in the audit has a final outcome, and every action an agent received has an
+//!    audit row;
+//! 4. no session outside the named agents was touched: bystanders received nothing, no command
+//!    names them, and no unlabelled agent was restarted after a death.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::fleet::{Event, Fleet, Member, Role, What, alive, protected};
+
+/// What the runner did that explains an agent's end or start.
+#[derive(Debug, Default, Clone)]
+pub struct Journal {
+    /// Agents the runner SIGKILLed: pid, Unix seconds.
+    pub agent_kills: Vec<(u32, f64)>,
+    /// Times the tmux server was killed.
+    pub tmux_kills: Vec<f64>,
+    /// Sessions the runner (re)created: name, Unix seconds.
+    pub creations: Vec<(String, f64)>,
+}
+
+/// One command row of the audit.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct AuditRow {
+    pub command_id: String,
+    pub session_name: String,
+    pub action: String,
+    pub origin: String,
+    pub reason: String,
+    pub issued_at_ms: i64,
+    pub status: String,
+}
+
+impl AuditRow {
+    fn finished(&self) -> bool {
+        !self.status.is_empty() && self.status != "COMMAND_STATUS_UNSPECIFIED"
+    }
+}
+
+/// One broken invariant.
+#[derive(Debug, Clone)]
+pub struct Violation {
+    /// Which invariant (1 to 4).
+    pub invariant: u8,
+    /// Unix seconds.
+    pub at: f64,
+    pub what: String,
+}
+
+/// What the check counted besides violations.
+#[derive(Debug, Default, Clone)]
+pub struct Tally {
+    /// Deaths of labelled agents (killed, exited, tmux server killed).
+    pub deaths: usize,
+    /// Of them, restarted.
+    pub restarted: usize,
+    /// Death to the new agent's start, seconds.
+    pub restart_delays: Vec<f64>,
+    /// Actions that reached an agent while it was fair game (hung or idle), by kind.
+    pub allowed: BTreeMap<String, usize>,
+    /// Audit rows by action and status.
+    pub audit: BTreeMap<String, usize>,
+    /// Agent instances seen.
+    pub instances: usize,
+}
+
+/// The checker's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    /// How long an agent must have shown a protected mode before an action counts as wrongful:
+    /// the controller sees the screen a probe later and decides after its confirming re-check.
+    pub grace: Duration,
+    /// Signals this soon after a tmux server kill come from tmux (SIGHUP to every pane).
+    pub tmux_window: Duration,
+}
+
+/// One run of one agent process.
+struct Instance<'a> {
+    pid: u32,
+    start: f64,
+    events: Vec<&'a Event>,
+}
+
+/// How an instance ended.
+#[derive(Debug, Clone, PartialEq)]
+enum End {
+    Alive,
+    /// Ended by a fault of the run (runner SIGKILL, exit on request, tmux server killed).
+    Death { at: f64, cause: &'static str },
+    /// Ended by a signal Argus sent (a kill or a restart).
+    Argus { at: f64 },
+    /// Gone without a recorded signal and without a fault to explain it.
+    Unexplained { at: f64 },
+}
+
+/// Checks every invariant; returns the violations (oldest first) and the tally.
+pub fn check(
+    fleet: &Fleet,
+    journal: &Journal,
+    audit: Option<&[AuditRow]>,
+    rules: Rules,
+) -> (Vec<Violation>, Tally) {
+    let mut v = Vec::new();
+    let mut tally = Tally::default();
+    let near_tmux_kill = |t: f64| {
+        journal
+            .tmux_kills
+            .iter()
+            .any(|k| t >= *k - 0.5 && t <= *k + rules.tmux_window.as_secs_f64())
+    };
+    let bystanders: Vec<&str> = fleet
+        .members
+        .iter()
+        .filter(|m| m.role == Role::Bystander)
+        .map(|m| m.name.as_str())
+        .collect();
+    for m in &fleet.members {
+        let events = fleet.events(m);
+        let instances = instances(&events);
+        tally.instances += instances.len();
+        for (i, inst) in instances.iter().enumerate() {
+            let end = end_of(inst, journal, &near_tmux_kill);
+            actions(m, inst, &near_tmux_kill, audit, rules, &mut v, &mut tally);
+            let next = instances.get(i + 1);
+            if let Some(next) = next
+                && !started_by_runner(journal, m, next.start)
+                && m.role != Role::Labelled
+                && !matches!(end, End::Argus { .. })
+            {
+                v.push(Violation {
+                    invariant: 4,
+                    at: next.start,
+                    what: format!(
+                        "{} ({:?}) was started again by someone other than the benchmark after \
+                         its agent {} ended ({end:?}); only labelled sessions are restarted",
+                        m.name, m.role, inst.pid
+                    ),
+                });
+            }
+            if m.role != Role::Labelled {
+                continue;
+            }
+            let death = match end {
+                End::Death { at, cause } => Some((at, cause)),
+                End::Unexplained { at } => Some((at, "unexplained")),
+                _ => None,
+            };
+            if let Some((at, cause)) = death {
+                tally.deaths += 1;
+                match next {
+                    Some(n) => {
+                        tally.restarted += 1;
+                        tally.restart_delays.push(n.start - at);
+                    }
+                    None => v.push(Violation {
+                        invariant: 2,
+                        at,
+                        what: format!(
+                            "{}: agent {} died ({cause}) and was never restarted",
+                            m.name, inst.pid
+                        ),
+                    }),
+                }
+            } else if let End::Argus { at } = end
+                && next.is_none()
+            {
+                v.push(Violation {
+                    invariant: 2,
+                    at,
+                    what: format!(
+                        "{}: agent {} was stopped by Argus and never started again",
+                        m.name, inst.pid
+                    ),
+                });
+            }
+            if let End::Unexplained { at } = end {
+                v.push(Violation {
+                    invariant: 1,
+                    at,
+                    what: format!(
+                        "{}: agent {} ended without a signal it could record (SIGKILL?) and \
+                         without a fault of the run to explain it",
+                        m.name, inst.pid
+                    ),
+                });
+            }
+        }
+    }
+    if let Some(audit) = audit {
+        for row in audit {
+            *tally
+                .audit
+                .entry(format!(
+                    "{} {}",
+                    row.action,
+                    row.status.trim_start_matches("COMMAND_STATUS_").to_lowercase()
+                ))
+                .or_default() += 1;
+            if !row.finished() {
+                v.push(Violation {
+                    invariant: 3,
+                    at: row.issued_at_ms as f64 / 1000.0,
+                    what: format!(
+                        "command {} ({} of {}, {}: {}) has no final outcome in the audit",
+                        row.command_id, row.action, row.session_name, row.origin, row.reason
+                    ),
+                });
+            }
+            if bystanders.contains(&row.session_name.as_str()) {
+                v.push(Violation {
+                    invariant: 4,
+                    at: row.issued_at_ms as f64 / 1000.0,
+                    what: format!(
+                        "command {} ({}) names the bystander {}",
+                        row.command_id, row.action, row.session_name
+                    ),
+                });
+            }
+        }
+    }
+    v.sort_by(|a, b| a.at.total_cmp(&b.at));
+    (v, tally)
+}
+
+fn instances(events: &[Event]) -> Vec<Instance<'_>> {
+    let mut out: Vec<Instance<'_>> = Vec::new();
+    for e in events {
+        if matches!(e.what, What::Start { .. }) {
+            out.push(Instance {
+                pid: e.pid,
+                start: e.t,
+                events: Vec::new(),
+            });
+        }
+        if let Some(inst) = out.iter_mut().rev().find(|i| i.pid == e.pid) {
+            inst.events.push(e);
+        }
+    }
+    out
+}
+
+fn started_by_runner(journal: &Journal, m: &Member, t: f64) -> bool {
+    journal
+        .creations
+        .iter()
+        .any(|(name, at)| *name == m.name && t >= at - 0.5 && t <= at + 10.0)
+}
+
+fn end_of(inst: &Instance<'_>, journal: &Journal, near_tmux_kill: &impl Fn(f64) -> bool) -> End {
+    let last = inst.events.last().map_or(inst.start, |e| e.t);
+    for e in &inst.events {
+        if let What::Exit(why) = &e.what {
+            return match why.as_str() {
+                "die" => End::Death {
+                    at: e.t,
+                    cause: "exited",
+                },
+                _ if near_tmux_kill(e.t) => End::Death {
+                    at: e.t,
+                    cause: "tmux server killed",
+                },
+                _ => End::Argus { at: e.t },
+            };
+        }
+    }
+    if alive(inst.pid) {
+        return End::Alive;
+    }
+    if let Some((_, at)) = journal.agent_kills.iter().find(|(p, _)| *p == inst.pid) {
+        return End::Death {
+            at: *at,
+            cause: "SIGKILLed",
+        };
+    }
+    if journal.tmux_kills.iter().any(|k| *k >= last) {
+        let at = journal
+            .tmux_kills
+            .iter()
+            .copied()
+            .find(|k| *k >= last)
+            .unwrap_or(last);
+        return End::Death {
+            at,
+            cause: "tmux server killed",
+        };
+    }
+    End::Unexplained { at: last }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn actions(
+    m: &Member,
+    inst: &Instance<'_>,
+    near_tmux_kill: &impl Fn(f64) -> bool,
+    audit: Option<&[AuditRow]>,
+    rules: Rules,
+    v: &mut Vec<Violation>,
+    tally: &mut Tally,
+) {
+    let grace = rules.grace.as_secs_f64();
+    let mut mode = ("work", inst.start, true);
+    let mut first_mode = true;
+    for e in &inst.events {
+        let kind = match &e.what {
+            What::Mode(m) => {
+                mode = (m.as_str(), e.t, first_mode);
+                first_mode = false;
+                continue;
+            }
+            What::Input(hex) => describe_input(hex),
+            What::Signal(s) if s == "SIGHUP" && near_tmux_kill(e.t) => continue,
+            What::Signal(s) => format!("signal {s}"),
+            _ => continue,
+        };
+        if m.role == Role::Bystander {
+            v.push(Violation {
+                invariant: 4,
+                at: e.t,
+                what: format!("bystander {} (pid {}) received {kind}", m.name, inst.pid),
+            });
+            continue;
+        }
+        let (name, since, initial) = mode;
+        let held = e.t - since;
+        if protected(name) && (held >= grace || initial) {
+            v.push(Violation {
+                invariant: 1,
+                at: e.t,
+                what: format!(
+                    "{} (pid {}) received {kind} while {} for {held:.1} s{}",
+                    m.name,
+                    inst.pid,
+                    describe_mode(name),
+                    if initial && held < grace {
+                        " (a fresh agent: a late or repeated restart?)"
+                    } else {
+                        ""
+                    }
+                ),
+            });
+        } else {
+            *tally.allowed.entry(kind.clone()).or_default() += 1;
+        }
+        if let Some(audit) = audit
+            && !audit.iter().any(|r| {
+                let at = r.issued_at_ms as f64 / 1000.0;
+                r.session_name == m.name && at <= e.t + 2.0 && at >= e.t - 120.0
+            })
+        {
+            v.push(Violation {
+                invariant: 3,
+                at: e.t,
+                what: format!(
+                    "{} (pid {}) received {kind} and the audit has no command for it",
+                    m.name, inst.pid
+                ),
+            });
+        }
+    }
+}
+
+fn describe_input(hex: &str) -> String {
+    if hex == "03" {
+        "an interrupt (C-c)".to_owned()
+    } else {
+        format!("keystrokes ({} bytes)", hex.len() / 2)
+    }
+}
+
+fn describe_mode(mode: &str) -> &'static str {
+    match mode {
+        "work" => "busy",
+        "think" => "thinking",
+        "permission" => "waiting for a permission",
+        "ratelimit" => "rate-limited",
+        _ => "fair game",
+    }
+}
