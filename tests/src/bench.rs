@@ -50,7 +50,7 @@ fleet_destructive_per_minute = 1000000
 ";
 
 /// Which benchmarks to run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Which {
     All,
     Probe,
@@ -78,8 +78,8 @@ pub async fn run(which: Which, scale: Scale, out: Option<&Path>) -> anyhow::Resu
         Which::Load(_) => &["load"],
         Which::Chaos(_) => &["chaos"],
     };
-    let chaos_opts = match which {
-        Which::Chaos(o) => o,
+    let chaos_opts = match &which {
+        Which::Chaos(o) => o.clone(),
         _ => chaos::Options::default(),
     };
     let plan = match which {
@@ -93,7 +93,7 @@ pub async fn run(which: Which, scale: Scale, out: Option<&Path>) -> anyhow::Resu
             "probe" => probe_cost::run(scale, &machine).await,
             "death" => death::run(scale, &machine).await,
             "silence" => silence::run(scale, &machine).await,
-            "chaos" => chaos::run(scale, &machine, chaos_opts).await,
+            "chaos" => chaos::run(scale, &machine, chaos_opts.clone()).await,
             _ => load::run(scale, &machine, plan).await,
         };
         match result {

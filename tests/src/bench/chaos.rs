@@ -39,12 +39,14 @@ use crate::spec::{Controller, ControllerSpec, NodeAgentSpec};
 pub const SMOKE_OFF: &[(Kind, &str)] = &[];
 
 /// What the command line asked for.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Replays this seed (default: a fresh one, printed).
     pub seed: Option<u64>,
     /// Number of faults (default: the scale's).
     pub faults: Option<usize>,
+    /// Only these kinds of fault (default: every kind the scale runs).
+    pub only: Vec<Kind>,
 }
 
 /// The size of a run.
@@ -69,9 +71,9 @@ fn plan(scale: Scale) -> Plan {
             bystanders: 3,
             faults: 1200,
             pace: Pace {
-                hold: (500, 5000),
-                infra_gap: (300, 2000),
-                agent_gap: (150, 900),
+                hold: (500, 3000),
+                infra_gap: (200, 1000),
+                agent_gap: (150, 1100),
             },
             budget: Duration::from_secs(20 * 60),
             settle: Duration::from_secs(60),
@@ -133,17 +135,16 @@ pub async fn run(scale: Scale, machine: &Machine, opts: Options) -> anyhow::Resu
         plan.faults = n;
     }
     let seed = opts.seed.unwrap_or_else(rand::random);
-    let enabled: Vec<Kind> = Kind::ALL
-        .into_iter()
-        .filter(|k| scale == Scale::Full || !SMOKE_OFF.iter().any(|(off, _)| off == k))
-        .collect();
-    println!(
-        "chaos: seed {seed}, {} faults ({:?}); replay with `bench chaos{} --seed {seed} --faults {}`",
-        plan.faults,
-        scale,
-        if scale == Scale::Smoke { " --smoke" } else { "" },
-        plan.faults
-    );
+    let enabled: Vec<Kind> = if opts.only.is_empty() {
+        Kind::ALL
+            .into_iter()
+            .filter(|k| scale == Scale::Full || !SMOKE_OFF.iter().any(|(off, _)| off == k))
+            .collect()
+    } else {
+        opts.only.clone()
+    };
+    let replay = replay_command(scale, seed, plan.faults, &opts.only);
+    println!("chaos: seed {seed}, {} faults ({scale:?}); replay with `{replay}`", plan.faults);
     if scale == Scale::Smoke {
         for (k, why) in SMOKE_OFF {
             println!(
@@ -157,7 +158,7 @@ pub async fn run(scale: Scale, machine: &Machine, opts: Options) -> anyhow::Resu
     let dir = super::workdir("chaos")?;
     let world = World::start(dir.path(), &plan).await?;
     let started = Instant::now();
-    let outcome = world.inject(&schedule, plan.budget).await;
+    let outcome = world.inject(&schedule, plan.budget, agents).await;
     let fault_phase = started.elapsed();
     let settled = world.settle(plan.settle).await;
     let (audit, audit_note) = world.finish().await;
@@ -168,6 +169,7 @@ pub async fn run(scale: Scale, machine: &Machine, opts: Options) -> anyhow::Resu
     };
     let (violations, tally) = check::check(&world.fleet, &journal, audit.as_deref(), rules);
     let report = Report {
+        replay,
         seed,
         scale,
         plan,
@@ -184,6 +186,18 @@ pub async fn run(scale: Scale, machine: &Machine, opts: Options) -> anyhow::Resu
     report.print();
     outcome_error(&report.outcome)?;
     Ok(report.section(machine))
+}
+
+/// The command line that replays a run.
+fn replay_command(scale: Scale, seed: u64, faults: usize, only: &[Kind]) -> String {
+    let mut s = format!(
+        "bench chaos{} --seed {seed} --faults {faults}",
+        if scale == Scale::Smoke { " --smoke" } else { "" }
+    );
+    for k in only {
+        let _ = write!(s, " --only {}", k.slug());
+    }
+    s
 }
 
 fn outcome_error(o: &Outcome) -> anyhow::Result<()> {
@@ -301,7 +315,7 @@ impl World {
     }
 
     /// Runs both fault streams concurrently, within `budget`.
-    async fn inject(&self, s: &Schedule, budget: Duration) -> Outcome {
+    async fn inject(&self, s: &Schedule, budget: Duration, agents: usize) -> Outcome {
         let deadline = Instant::now() + budget;
         let outcome = SyncMutex::new(Outcome::default());
         let count = |kind: Kind, applied: bool| {
@@ -339,7 +353,7 @@ impl World {
                     return s.agents.len() - i;
                 }
                 tokio::time::sleep(f.gap).await;
-                count(f.kind, self.agent(f));
+                count(f.kind, self.agent(f, agents));
             }
             0
         };
@@ -349,12 +363,13 @@ impl World {
         o
     }
 
-    /// One agent fault; false when it could not apply (the agent is not running).
-    fn agent(&self, f: &Fault) -> bool {
-        let Some(m) = self.fleet.members.get(f.target) else {
-            return false;
-        };
-        let Some(pid) = self.fleet.live_pid(m) else {
+    /// One agent fault, on its target or, when that agent is not running, on the next agent
+    /// that is; false when none is.
+    fn agent(&self, f: &Fault, agents: usize) -> bool {
+        let Some((m, pid)) = (0..agents).find_map(|i| {
+            let m = self.fleet.members.get((f.target + i) % agents.max(1))?;
+            Some((m, self.fleet.live_pid(m)?))
+        }) else {
             return false;
         };
         match f.kind.mode() {
@@ -608,6 +623,7 @@ impl Drop for Mount {
 // === The report ===
 
 struct Report {
+    replay: String,
     seed: u64,
     scale: Scale,
     plan: Plan,
@@ -655,15 +671,8 @@ impl Report {
         }
         if !self.violations.is_empty() {
             println!(
-                "chaos: FAILED with seed {}; replay with `bench chaos{} --seed {} --faults {}`",
-                self.seed,
-                if self.scale == Scale::Smoke {
-                    " --smoke"
-                } else {
-                    ""
-                },
-                self.seed,
-                self.plan.faults
+                "chaos: FAILED with seed {}; replay with `{}`",
+                self.seed, self.replay
             );
         }
     }
@@ -676,12 +685,12 @@ impl Report {
              `remain-on-exit`), {} unlabelled agents and {} bystander sessions (no agent) on a \
              private tmux server, under the real controller (SQLite{}) and node agent (through \
              the loopback proxy). Faults come from a schedule drawn from a seed, infrastructure \
-             faults one at a time (held 0.5 to 5 s), agent faults alongside. The fake agents log \
+             faults one at a time (held 0.5 to 3 s), agent faults alongside. The fake agents log \
              every keystroke and signal they receive; the invariants are checked against those \
              logs and the audit. Policy: restarts at once with the crash-loop, mass-death and \
              budget brakes lifted; a short ladder (hard stall 20 s) so that hung agents are acted \
              on; a protected mode counts once it has shown for 5 s.\n\nSeed {}: replay with \
-             `bench chaos --seed {} --faults {}`.\n",
+             `{}`.\n",
             machine.line(),
             self.plan.labelled,
             self.plan.unlabelled,
@@ -692,8 +701,7 @@ impl Report {
                 ", no tmpfs: disk-full skipped"
             },
             self.seed,
-            self.seed,
-            self.plan.faults
+            self.replay
         );
         let mut delays = histogram();
         for d in &self.tally.restart_delays {

@@ -62,6 +62,11 @@ enum Cmd {
         /// Number of faults (default: 1200; 40 with --smoke).
         #[arg(long)]
         faults: Option<usize>,
+        /// Only this kind of fault (repeatable): controller-kill, node-kill, node-stop,
+        /// tmux-kill, db-locked, disk-full, black-hole, agent-killed, agent-exits, agent-hangs,
+        /// agent-idle, agent-works, agent-thinks, agent-asks, agent-rate-limited.
+        #[arg(long, value_parser = parse_kind)]
+        only: Vec<chaos::faults::Kind>,
     },
     /// (internal) The program of the probe benchmark's sessions: prints a line every period.
     #[command(hide = true)]
@@ -69,6 +74,10 @@ enum Cmd {
         #[arg(long)]
         period_ms: u64,
     },
+}
+
+fn parse_kind(s: &str) -> Result<chaos::faults::Kind, String> {
+    chaos::faults::Kind::from_slug(s).ok_or_else(|| format!("no fault kind {s:?}"))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -86,7 +95,11 @@ fn main() -> anyhow::Result<()> {
         Cmd::Probe => Which::Probe,
         Cmd::Death => Which::Death,
         Cmd::Silence => Which::Silence,
-        Cmd::Chaos { seed, faults } => Which::Chaos(chaos::Options { seed, faults }),
+        Cmd::Chaos {
+            seed,
+            faults,
+            only,
+        } => Which::Chaos(chaos::Options { seed, faults, only }),
         Cmd::Load {
             nodes,
             sessions,

@@ -384,3 +384,118 @@ fn describe_mode(mode: &str) -> &'static str {
         _ => "fair game",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pid that is not running (above the kernel's limit).
+    const GONE: u32 = 4_999_999;
+
+    fn rules() -> Rules {
+        Rules {
+            grace: Duration::from_secs(5),
+            tmux_window: Duration::from_secs(3),
+        }
+    }
+
+    fn fleet(dir: &std::path::Path, logs: &[(&str, &str)]) -> Fleet {
+        let f = Fleet::new(dir, 1, 1, 1).expect("fleet");
+        for (name, log) in logs {
+            std::fs::write(dir.join(format!("{name}.log")), log).expect("log");
+        }
+        f
+    }
+
+    fn row(session: &str, at_s: i64, status: &str) -> AuditRow {
+        AuditRow {
+            command_id: format!("c-{at_s}"),
+            session_name: session.to_owned(),
+            action: "nudge".to_owned(),
+            origin: "policy".to_owned(),
+            reason: "idle".to_owned(),
+            issued_at_ms: at_s * 1000,
+            status: status.to_owned(),
+        }
+    }
+
+    #[test]
+    fn an_action_on_a_thinking_agent_is_a_violation_and_on_a_hung_one_is_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = format!(
+            "100.0 {GONE} start runner agent\n100.0 {GONE} mode work\n\
+             101.0 {GONE} mode think\n110.0 {GONE} input 03\n\
+             111.0 {GONE} mode hang\n115.0 {GONE} input 636f6e740d\n"
+        );
+        let f = fleet(dir.path(), &[("agent-00", &log)]);
+        let j = Journal {
+            agent_kills: vec![(GONE, 120.0)],
+            ..Journal::default()
+        };
+        let audit = [row("agent-00", 109, "COMMAND_STATUS_OK"), row("agent-00", 114, "COMMAND_STATUS_OK")];
+        let (v, tally) = check(&f, &j, Some(&audit), rules());
+        let one: Vec<_> = v.iter().filter(|v| v.invariant == 1).collect();
+        assert_eq!(one.len(), 1, "{v:?}");
+        assert!(one[0].what.contains("interrupt") && one[0].what.contains("thinking"));
+        assert_eq!(tally.allowed.values().sum::<usize>(), 1);
+        // The SIGKILL at 120 is a death with no restart after it.
+        assert_eq!(tally.deaths, 1);
+        assert!(v.iter().any(|v| v.invariant == 2), "{v:?}");
+    }
+
+    #[test]
+    fn a_death_restarted_once_is_fine_and_a_fresh_agent_killed_is_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = format!(
+            "100.0 {GONE} start runner agent\n100.0 {GONE} mode work\n\
+             102.0 {GONE} exit die\n\
+             103.0 4999998 start label agent\n103.0 4999998 mode work\n\
+             103.5 4999998 signal SIGHUP\n103.5 4999998 exit signal\n\
+             104.0 {me} start label agent\n104.0 {me} mode work\n",
+            me = std::process::id()
+        );
+        let f = fleet(dir.path(), &[("agent-00", &log)]);
+        let (v, tally) = check(&f, &Journal::default(), None, rules());
+        assert_eq!(tally.deaths, 1);
+        assert_eq!(tally.restarted, 1);
+        // The second instance was hit by a restart half a second after it started, busy.
+        assert!(
+            v.iter()
+                .any(|v| v.invariant == 1 && v.what.contains("a fresh agent")),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn bystanders_and_unfinished_commands() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let by = format!("100.0 {GONE} start runner bystander\n101.0 {GONE} signal SIGTERM\n");
+        let f = fleet(dir.path(), &[("bystander-00", &by)]);
+        let audit = [
+            row("bystander-00", 100, "COMMAND_STATUS_OK"),
+            row("agent-00", 100, "COMMAND_STATUS_UNSPECIFIED"),
+        ];
+        let (v, _) = check(&f, &Journal::default(), Some(&audit), rules());
+        assert_eq!(v.iter().filter(|v| v.invariant == 4).count(), 2, "{v:?}");
+        assert_eq!(v.iter().filter(|v| v.invariant == 3).count(), 1, "{v:?}");
+    }
+
+    #[test]
+    fn a_tmux_server_kill_explains_the_hangups() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = format!(
+            "100.0 {GONE} start runner agent\n100.0 {GONE} mode think\n\
+             120.2 {GONE} signal SIGHUP\n120.2 {GONE} exit signal\n\
+             121.0 {me} start label agent\n",
+            me = std::process::id()
+        );
+        let f = fleet(dir.path(), &[("agent-00", &log)]);
+        let j = Journal {
+            tmux_kills: vec![120.0],
+            ..Journal::default()
+        };
+        let (v, tally) = check(&f, &j, None, rules());
+        assert_eq!((tally.deaths, tally.restarted), (1, 1));
+        assert!(v.is_empty(), "{v:?}");
+    }
+}

@@ -100,6 +100,32 @@ impl Kind {
         }
     }
 
+    /// The name on the command line (`--only`).
+    pub fn slug(self) -> &'static str {
+        match self {
+            Kind::ControllerKill => "controller-kill",
+            Kind::NodeKill => "node-kill",
+            Kind::NodeStop => "node-stop",
+            Kind::TmuxKill => "tmux-kill",
+            Kind::DbLocked => "db-locked",
+            Kind::DiskFull => "disk-full",
+            Kind::BlackHole => "black-hole",
+            Kind::AgentKilled => "agent-killed",
+            Kind::AgentExits => "agent-exits",
+            Kind::AgentHangs => "agent-hangs",
+            Kind::AgentIdle => "agent-idle",
+            Kind::AgentWorks => "agent-works",
+            Kind::AgentThinks => "agent-thinks",
+            Kind::AgentAsks => "agent-asks",
+            Kind::AgentRateLimited => "agent-rate-limited",
+        }
+    }
+
+    /// The kind named `slug`.
+    pub fn from_slug(slug: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.slug() == slug)
+    }
+
     /// The fake agent's mode for an agent fault.
     pub fn mode(self) -> Option<&'static str> {
         Some(match self {
@@ -147,7 +173,7 @@ pub struct Schedule {
 }
 
 /// Draws `count` faults of the `enabled` kinds from `seed`; agent faults hit one of the first
-/// `agents` members. About one fault in four is an infrastructure fault.
+/// `agents` members. About one fault in five is an infrastructure fault.
 pub fn schedule(seed: u64, count: usize, enabled: &[Kind], agents: usize, pace: Pace) -> Schedule {
     let mut rng = StdRng::seed_from_u64(seed);
     let pick = |rng: &mut StdRng, infra: bool| {
@@ -172,7 +198,7 @@ pub fn schedule(seed: u64, count: usize, enabled: &[Kind], agents: usize, pace: 
     };
     let mut s = Schedule::default();
     for _ in 0..count {
-        let infra = rng.random_ratio(1, 4);
+        let infra = rng.random_ratio(1, 5);
         let Some(kind) = pick(&mut rng, infra).or_else(|| pick(&mut rng, !infra)) else {
             break;
         };
