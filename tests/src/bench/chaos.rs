@@ -95,7 +95,8 @@ fn plan(scale: Scale) -> Plan {
 }
 
 /// The policy of the run: restarts of labelled deaths at once (the crash-loop, mass-death and
-/// budget brakes lifted, so that every death must be followed by exactly one restart), and a
+/// budget brakes lifted, so that every death must be followed by exactly one restart, except in
+/// a rate-limit cooldown, which holds the restart until the reset), and a
 /// short ladder (idle after 3 unchanged probes, 2 s dwell, hard stall at 20 s) so that hung and
 /// idle agents are acted on within the run, while the protected ones must not be. Short node
 /// thresholds: a black hole or a stopped node agent makes the node suspect, then down.
@@ -654,8 +655,9 @@ impl Report {
             println!("chaos:   {:>5}  {}", n, k.name());
         }
         println!(
-            "chaos: {} labelled deaths, {} restarted; {} agent instances",
-            self.tally.deaths, self.tally.restarted, self.tally.instances
+            "chaos: {} labelled deaths, {} restarted, {} held by a rate-limit cooldown; {} agent \
+             instances",
+            self.tally.deaths, self.tally.restarted, self.tally.held, self.tally.instances
         );
         if let Some(note) = &self.audit_note {
             println!("chaos: the audit could not be read: {note}");
@@ -688,7 +690,8 @@ impl Report {
              faults one at a time (held 0.5 to 3 s), agent faults alongside. The fake agents log \
              every keystroke and signal they receive; the invariants are checked against those \
              logs and the audit. Policy: restarts at once with the crash-loop, mass-death and \
-             budget brakes lifted; a short ladder (hard stall 20 s) so that hung agents are acted \
+             budget brakes lifted (a death in a rate-limit cooldown is held until the reset, hours away, \
+             by design); a short ladder (hard stall 20 s) so that hung agents are acted \
              on; a protected mode counts once it has shown for 5 s.\n\nSeed {}: replay with \
              `{}`.\n",
             machine.line(),
@@ -728,9 +731,11 @@ impl Report {
             Row::target(
                 "2. labelled deaths not restarted once",
                 format!(
-                    "{} (of {} deaths; restarted p50 / p99 / max {})",
+                    "{} (of {} deaths, {} held by a rate-limit cooldown; restarted p50 / p99 / \
+                     max {})",
                     by_invariant(2),
                     self.tally.deaths,
+                    self.tally.held,
                     delays.triple()
                 ),
                 "0",

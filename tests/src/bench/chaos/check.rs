@@ -5,7 +5,8 @@
 //! 1. no agent that was busy, thinking, waiting for a permission or rate-limited received a
 //!    kill, a restart, an interrupt or a nudge (a keystroke or a signal);
 //! 2. every death of a labelled session was restarted, once (the policy of the run lifts the
-//!    crash-loop, mass-death and budget brakes, so no hold rule applies);
+//!    crash-loop, mass-death and budget brakes; the one hold rule left is a rate-limit
+//!    cooldown, which holds a dead agent's restart until the reset);
 //! 3. every command in the audit has a final outcome, and every action an agent received has an
 //!    audit row;
 //! 4. no session outside the named agents was touched: bystanders received nothing, no command
@@ -62,6 +63,8 @@ pub struct Tally {
     pub deaths: usize,
     /// Of them, restarted.
     pub restarted: usize,
+    /// Of them, held by a rule (a rate-limit cooldown): no restart due within the run.
+    pub held: usize,
     /// Death to the new agent's start, seconds.
     pub restart_delays: Vec<f64>,
     /// Actions that reached an agent while it was fair game (hung or idle), by kind.
@@ -155,6 +158,12 @@ pub fn check(
             };
             if let Some((at, cause)) = death {
                 tally.deaths += 1;
+                if rate_limited_at(inst, at) {
+                    // The hold rule of rate limits: an agent that dies in its cooldown is
+                    // restarted when the cooldown ends (hours away here), not before.
+                    tally.held += 1;
+                    continue;
+                }
                 match next {
                     Some(n) => {
                         tally.restarted += 1;
@@ -245,6 +254,25 @@ fn instances(events: &[Event]) -> Vec<Instance<'_>> {
         }
     }
     out
+}
+
+/// True when the instance showed its rate limit at `at`, or up to 2 s before (the controller may
+/// not have seen it end).
+fn rate_limited_at(inst: &Instance<'_>, at: f64) -> bool {
+    let mut mode = "work";
+    let mut recent = false;
+    for e in &inst.events {
+        if e.t > at {
+            break;
+        }
+        if let What::Mode(m) = &e.what {
+            if mode == "ratelimit" && e.t >= at - 2.0 {
+                recent = true;
+            }
+            mode = m;
+        }
+    }
+    mode == "ratelimit" || recent
 }
 
 fn started_by_runner(journal: &Journal, m: &Member, t: f64) -> bool {
@@ -464,6 +492,19 @@ mod tests {
                 .any(|v| v.invariant == 1 && v.what.contains("a fresh agent")),
             "{v:?}"
         );
+    }
+
+    #[test]
+    fn a_death_in_a_rate_limit_cooldown_is_held() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = format!(
+            "100.0 {GONE} start runner agent\n100.0 {GONE} mode work\n\
+             101.0 {GONE} mode ratelimit\n105.0 {GONE} exit die\n"
+        );
+        let f = fleet(dir.path(), &[("agent-00", &log)]);
+        let (v, tally) = check(&f, &Journal::default(), None, rules());
+        assert_eq!((tally.deaths, tally.held, tally.restarted), (1, 1, 0));
+        assert!(v.is_empty(), "{v:?}");
     }
 
     #[test]
