@@ -2,8 +2,9 @@
 //! start commands that anyone with access to the tmux server chooses. Any line parses or is
 //! skipped, never a panic, in bounded time.
 
+/// The shared fuzz harness, included once for the crate (the control-mode fuzz test uses it too).
 #[path = "../../../tests/fuzz/harness.rs"]
-mod harness;
+pub(super) mod harness;
 
 use super::{Pane, SEP};
 

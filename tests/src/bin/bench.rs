@@ -95,11 +95,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Probe => Which::Probe,
         Cmd::Death => Which::Death,
         Cmd::Silence => Which::Silence,
-        Cmd::Chaos {
-            seed,
-            faults,
-            only,
-        } => Which::Chaos(chaos::Options { seed, faults, only }),
+        Cmd::Chaos { seed, faults, only } => Which::Chaos(chaos::Options { seed, faults, only }),
         Cmd::Load {
             nodes,
             sessions,

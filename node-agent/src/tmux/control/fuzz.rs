@@ -4,9 +4,6 @@
 //! and in bounded time. The bytes come through a real pipe (`cat` of a file), as they do from
 //! tmux.
 
-#[path = "../../../../tests/fuzz/harness.rs"]
-mod harness;
-
 use std::process::Stdio;
 use std::sync::Arc;
 
@@ -14,6 +11,7 @@ use tokio::io::BufReader;
 use tokio::sync::{Notify, oneshot};
 
 use super::{PendingState, read_loop};
+use crate::tmux::fuzz::harness;
 
 /// Feeds `bytes` to `read_loop` with three commands pending; returns how many got an answer.
 fn feed(runtime: &tokio::runtime::Runtime, bytes: &[u8]) -> usize {

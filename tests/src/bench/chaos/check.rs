@@ -97,11 +97,18 @@ struct Instance<'a> {
 enum End {
     Alive,
     /// Ended by a fault of the run (runner SIGKILL, exit on request, tmux server killed).
-    Death { at: f64, cause: &'static str },
+    Death {
+        at: f64,
+        cause: &'static str,
+    },
     /// Ended by a signal Argus sent (a kill or a restart).
-    Argus { at: f64 },
+    Argus {
+        at: f64,
+    },
     /// Gone without a recorded signal and without a fault to explain it.
-    Unexplained { at: f64 },
+    Unexplained {
+        at: f64,
+    },
 }
 
 /// Checks every invariant; returns the violations (oldest first) and the tally.
@@ -210,7 +217,9 @@ pub fn check(
                 .entry(format!(
                     "{} {}",
                     row.action,
-                    row.status.trim_start_matches("COMMAND_STATUS_").to_lowercase()
+                    row.status
+                        .trim_start_matches("COMMAND_STATUS_")
+                        .to_lowercase()
                 ))
                 .or_default() += 1;
             if !row.finished() {
@@ -460,7 +469,10 @@ mod tests {
             agent_kills: vec![(GONE, 120.0)],
             ..Journal::default()
         };
-        let audit = [row("agent-00", 109, "COMMAND_STATUS_OK"), row("agent-00", 114, "COMMAND_STATUS_OK")];
+        let audit = [
+            row("agent-00", 109, "COMMAND_STATUS_OK"),
+            row("agent-00", 114, "COMMAND_STATUS_OK"),
+        ];
         let (v, tally) = check(&f, &j, Some(&audit), rules());
         let one: Vec<_> = v.iter().filter(|v| v.invariant == 1).collect();
         assert_eq!(one.len(), 1, "{v:?}");
