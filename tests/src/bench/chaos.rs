@@ -377,11 +377,13 @@ impl World {
             0
         };
         let agents = async {
+            let mut dead_since = BTreeMap::new();
             for (i, f) in s.agents.iter().enumerate() {
                 if Instant::now() > deadline {
                     return s.agents.len() - i;
                 }
                 tokio::time::sleep(f.gap).await;
+                self.revive(&mut dead_since);
                 count(f.kind, self.agent(f, agents));
             }
             0
@@ -390,6 +392,38 @@ impl World {
         let mut o = outcome.into_inner().unwrap_or_default();
         o.dropped = a + b;
         o
+    }
+
+    /// The operator's part, so that the fleet does not dwindle over a long run: agents that
+    /// Argus rightly leaves dead (unlabelled ones, and labelled ones that died in a rate-limit
+    /// cooldown, whose restart is due only at the reset) are started again by the runner once
+    /// they have been dead for 5 s; Argus's own restarts come well before that. A labelled agent
+    /// Argus failed to restart is started again after 30 s (the checker still reports the
+    /// missed restart: the runner's start is no restart).
+    fn revive(&self, dead_since: &mut BTreeMap<usize, Instant>) {
+        for (i, m) in self.fleet.members.iter().enumerate() {
+            let after = match m.role {
+                Role::Unlabelled => Duration::from_secs(5),
+                Role::Labelled if self.fleet.last_mode(m).as_deref() == Some("ratelimit") => {
+                    Duration::from_secs(5)
+                }
+                Role::Labelled => Duration::from_secs(30),
+                Role::Bystander => continue,
+            };
+            if self.fleet.live_pid(m).is_some() {
+                dead_since.remove(&i);
+                continue;
+            }
+            let since = *dead_since.entry(i).or_insert_with(Instant::now);
+            if since.elapsed() >= after {
+                let t = now();
+                self.journal(|j| j.creations.push((m.name.clone(), t)));
+                if let Err(e) = self.fleet.revive(&self.tmux, m) {
+                    println!("chaos: could not start {} again: {e:#}", m.name);
+                }
+                dead_since.remove(&i);
+            }
+        }
     }
 
     /// One agent fault, on its target or, when that agent is not running, on the next agent

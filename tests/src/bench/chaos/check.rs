@@ -172,10 +172,21 @@ pub fn check(
                     continue;
                 }
                 match next {
-                    Some(n) => {
+                    Some(n) if !started_by_runner(journal, m, n.start) => {
                         tally.restarted += 1;
                         tally.restart_delays.push(n.start - at);
                     }
+                    Some(n) => v.push(Violation {
+                        invariant: 2,
+                        at,
+                        what: format!(
+                            "{}: agent {} died ({cause}) and was not restarted (the benchmark \
+                             started it again {:.0} s later)",
+                            m.name,
+                            inst.pid,
+                            n.start - at
+                        ),
+                    }),
                     None => v.push(Violation {
                         invariant: 2,
                         at,
@@ -186,7 +197,7 @@ pub fn check(
                     }),
                 }
             } else if let End::Argus { at } = end
-                && next.is_none()
+                && next.is_none_or(|n| started_by_runner(journal, m, n.start))
             {
                 v.push(Violation {
                     invariant: 2,
@@ -288,7 +299,7 @@ fn started_by_runner(journal: &Journal, m: &Member, t: f64) -> bool {
     journal
         .creations
         .iter()
-        .any(|(name, at)| *name == m.name && t >= at - 0.5 && t <= at + 10.0)
+        .any(|(name, at)| *name == m.name && t >= at - 0.5 && t <= at + 3.0)
 }
 
 fn end_of(inst: &Instance<'_>, journal: &Journal, near_tmux_kill: &impl Fn(f64) -> bool) -> End {

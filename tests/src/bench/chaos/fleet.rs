@@ -146,6 +146,31 @@ impl Fleet {
         text.lines().filter_map(Event::parse).collect()
     }
 
+    /// Starts a member's agent again as the operator would (the runner's own start): respawns
+    /// its dead pane, or creates its session anew when it closed.
+    pub fn revive(&self, tmux: &Tmux, m: &Member) -> anyhow::Result<()> {
+        if tmux.has_session(&m.name) {
+            tmux.run(&[
+                "respawn-pane",
+                "-k",
+                "-t",
+                &format!("={}:", m.name),
+                &self.command(m, "runner"),
+            ])
+            .map(drop)
+        } else {
+            self.create(tmux, m)
+        }
+    }
+
+    /// The last mode the member's newest instance took.
+    pub fn last_mode(&self, m: &Member) -> Option<String> {
+        self.events(m).into_iter().rev().find_map(|e| match e.what {
+            What::Mode(mode) => Some(mode),
+            _ => None,
+        })
+    }
+
     /// The pid of the member's newest instance while it runs.
     pub fn live_pid(&self, m: &Member) -> Option<u32> {
         let events = self.events(m);
