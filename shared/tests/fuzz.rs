@@ -140,3 +140,21 @@ fn ids() {
         let _ = SessionName::new(&t);
     });
 }
+
+/// The harness can fail: a target that takes far longer than its baseline is over the bound.
+#[test]
+fn the_harness_fails_a_slow_input() {
+    let bound = harness::Bound::new(std::time::Duration::from_micros(10), 100);
+    let slow = |_: &[u8]| std::thread::sleep(std::time::Duration::from_millis(400));
+    assert!(harness::timed("slow", &slow, b"x", &bound).is_err());
+    assert!(harness::timed("fast", &|_: &[u8]| {}, b"x", &bound).is_ok());
+}
+
+/// The harness can fail: a target that panics on some input is found out.
+#[test]
+#[should_panic(expected = "ids")]
+fn the_harness_fails_a_panicking_target() {
+    fuzz("ids", |bytes| {
+        assert!(!bytes.contains(&0xff), "a 0xff byte")
+    });
+}

@@ -67,6 +67,14 @@ pub struct Bound {
 }
 
 impl Bound {
+    /// A bound from a baseline time for an input of `len` bytes.
+    pub fn new(baseline: Duration, len: usize) -> Self {
+        Self {
+            baseline: baseline.max(Duration::from_micros(1)),
+            baseline_len: len.max(1024),
+        }
+    }
+
     fn of(&self, len: usize) -> Duration {
         let scale = (len as f64 / self.baseline_len as f64).max(1.0);
         self.baseline.mul_f64(scale) * SLACK_FACTOR + SLACK_FLOOR
@@ -74,7 +82,7 @@ impl Bound {
 }
 
 /// Runs `target` on `input`, checking its time against `bound`.
-fn timed(
+pub fn timed(
     name: &str,
     target: &impl Fn(&[u8]),
     input: &[u8],
@@ -159,10 +167,7 @@ pub fn fuzz(name: &str, target: impl Fn(&[u8])) {
         })
         .max()
         .unwrap_or_default();
-    let bound = Bound {
-        baseline: baseline.max(Duration::from_micros(1)),
-        baseline_len: baseline_len.max(1024),
-    };
+    let bound = Bound::new(baseline, baseline_len);
     for (file, seed) in &seeds {
         if let Err(e) = timed(name, &target, seed, &bound) {
             panic!("{name}: the corpus seed {file}: {e}");
@@ -171,6 +176,8 @@ pub fn fuzz(name: &str, target: impl Fn(&[u8])) {
     let config = Config {
         cases: cases(),
         failure_persistence: None,
+        // A slow input makes every shrinking step slow: give up shrinking after 30 s.
+        max_shrink_time: 30_000,
         ..Config::default()
     };
     let mut runner = TestRunner::new(config);
