@@ -170,7 +170,7 @@ pub async fn run(scale: Scale, machine: &Machine, opts: Options) -> anyhow::Resu
         "chaos: seed {seed}, {} faults ({scale:?}); replay with `{replay}`",
         plan.faults
     );
-    if scale == Scale::Smoke {
+    if scale == Scale::Smoke && opts.only.is_empty() {
         for (k, why) in SMOKE_OFF {
             println!(
                 "chaos: NOTE the smoke schedule leaves out \"{}\" for now: {why}",
@@ -820,6 +820,14 @@ impl Report {
             ),
         ];
         body.push_str(&table(&rows));
+        if self.scale == Scale::Smoke {
+            body.push_str(
+                "\nLeft out of the smoke schedule for now (today's code breaks an invariant):\n\n",
+            );
+            for (k, why) in SMOKE_OFF {
+                let _ = writeln!(body, "- {}: {why}", k.name());
+            }
+        }
         body.push_str("\n| fault | injected | skipped |\n| --- | --- | --- |\n");
         for k in Kind::ALL {
             let i = self.outcome.injected.get(&k).copied().unwrap_or(0);
