@@ -207,9 +207,9 @@ pub async fn run(scale: Scale, machine: &Machine, opts: Options) -> anyhow::Resu
         tmpfs: world.tmpfs.is_some(),
         t0: world.t0,
     };
+    world.kill_tmux();
     drop(world);
     report.print();
-    outcome_error(&report.outcome)?;
     Ok(report.section(machine))
 }
 
@@ -227,13 +227,6 @@ fn replay_command(scale: Scale, seed: u64, faults: usize, only: &[Kind]) -> Stri
         let _ = write!(s, " --only {}", k.slug());
     }
     s
-}
-
-fn outcome_error(o: &Outcome) -> anyhow::Result<()> {
-    match &o.error {
-        Some(e) => anyhow::bail!("the fault phase stopped: {e}"),
-        None => Ok(()),
-    }
 }
 
 // === The world under test ===
@@ -262,9 +255,10 @@ struct Outcome {
     injected: BTreeMap<Kind, usize>,
     /// Faults that could not apply when their turn came (no live agent to hit, no tmpfs).
     skipped: BTreeMap<Kind, usize>,
+    /// Faults whose injection or recovery failed (printed when they happen).
+    failed: BTreeMap<Kind, usize>,
     /// Faults left when the time budget ran out.
     dropped: usize,
-    error: Option<String>,
 }
 
 impl World {
@@ -366,12 +360,24 @@ impl World {
                 match self.infra(f).await {
                     Ok(applied) => count(f.kind, applied),
                     Err(e) => {
+                        // The world recovers at the next fault of the same part (a controller
+                        // or node agent that failed to start is started by the next kill).
+                        println!(
+                            "chaos: at +{:.1} s, {} failed: {e:#}",
+                            now() - self.t0,
+                            f.kind.name()
+                        );
                         if let Ok(mut o) = outcome.lock() {
-                            o.error
-                                .get_or_insert(format!("{} failed: {e:#}", f.kind.name()));
+                            *o.failed.entry(f.kind).or_default() += 1;
                         }
-                        return s.infra.len() - i;
                     }
+                }
+                if (i + 1) % 50 == 0 {
+                    println!(
+                        "chaos: {} infrastructure faults done, at +{:.0} s",
+                        i + 1,
+                        now() - self.t0
+                    );
                 }
             }
             0
@@ -483,7 +489,9 @@ impl World {
                     if m.role != Role::Labelled && !self.tmux.has_session(&m.name) {
                         let t = now();
                         self.journal(|j| j.creations.push((m.name.clone(), t)));
-                        self.fleet.create(&self.tmux, m)?;
+                        if let Err(e) = self.fleet.create(&self.tmux, m) {
+                            println!("chaos: could not create {} again: {e:#}", m.name);
+                        }
                     }
                 }
             }
@@ -526,6 +534,23 @@ impl World {
     /// the wait for the agents took, `None` when they did not all come back.
     async fn settle(&self, bound: Duration) -> Option<Duration> {
         let start = Instant::now();
+        // A fault whose recovery failed may have left a part down: start it now.
+        {
+            let mut c = self.controller.lock().await;
+            if c.is_none() {
+                match self.start_controller().await {
+                    Ok(started) => *c = Some(started),
+                    Err(e) => println!("chaos: the controller does not start: {e:#}"),
+                }
+            }
+            let mut n = self.node.lock().await;
+            if n.is_none() {
+                match self.node_spec.start(&self.dir) {
+                    Ok(started) => *n = Some(started),
+                    Err(e) => println!("chaos: the node agent does not start: {e:#}"),
+                }
+            }
+        }
         let labelled: Vec<_> = self
             .fleet
             .members
@@ -545,6 +570,16 @@ impl World {
         // the command timeout must have been closed by then.
         tokio::time::sleep(Duration::from_secs(5)).await;
         back.then_some(took)
+    }
+
+    /// Kills the tmux server by pid: `kill-server` can be refused while a killed node agent's
+    /// control client is still attached (issue 9, item 8).
+    fn kill_tmux(&self) {
+        if let Ok(pid) = self.tmux.run(&["display-message", "-p", "#{pid}"])
+            && let Ok(pid) = pid.trim().parse::<u32>()
+        {
+            let _ = super::procs::sigkill(pid);
+        }
     }
 
     /// Stops the node agent and the controller (gracefully: the controller drains its writes),
@@ -707,10 +742,12 @@ impl Report {
 
     fn print(&self) {
         println!(
-            "chaos: {} faults injected in {:.0} s ({} skipped, {} dropped at the time bound)",
+            "chaos: {} faults injected in {:.0} s ({} skipped, {} failed, {} dropped at the time \
+             bound)",
             self.injected(),
             self.fault_phase.as_secs_f64(),
             self.outcome.skipped.values().sum::<usize>(),
+            self.outcome.failed.values().sum::<usize>(),
             self.outcome.dropped
         );
         for (k, n) in &self.outcome.injected {
@@ -828,12 +865,16 @@ impl Report {
                 let _ = writeln!(body, "- {}: {why}", k.name());
             }
         }
-        body.push_str("\n| fault | injected | skipped |\n| --- | --- | --- |\n");
+        body.push_str(
+            "\n| fault | injected | skipped (nothing to hit) | failed to inject or recover |\n\
+             | --- | --- | --- | --- |\n",
+        );
         for k in Kind::ALL {
             let i = self.outcome.injected.get(&k).copied().unwrap_or(0);
             let s = self.outcome.skipped.get(&k).copied().unwrap_or(0);
-            if i + s > 0 {
-                let _ = writeln!(body, "| {} | {i} | {s} |", k.name());
+            let f = self.outcome.failed.get(&k).copied().unwrap_or(0);
+            if i + s + f > 0 {
+                let _ = writeln!(body, "| {} | {i} | {s} | {f} |", k.name());
             }
         }
         let allowed: Vec<String> = self
