@@ -357,7 +357,11 @@ impl World {
                     return s.infra.len() - i;
                 }
                 tokio::time::sleep(f.gap).await;
-                match self.infra(f).await {
+                let from = now();
+                let result = self.infra(f).await;
+                let to = now();
+                self.journal(|j| j.infra.push((f.kind.name(), from, to)));
+                match result {
                     Ok(applied) => count(f.kind, applied),
                     Err(e) => {
                         // The world recovers at the next fault of the same part (a controller

@@ -26,6 +26,25 @@ pub struct Journal {
     pub tmux_kills: Vec<f64>,
     /// Sessions the runner (re)created: name, Unix seconds.
     pub creations: Vec<(String, f64)>,
+    /// Infrastructure faults: what, from, to (Unix seconds).
+    pub infra: Vec<(&'static str, f64, f64)>,
+}
+
+impl Journal {
+    /// The infrastructure faults held at `t` or ended within 2 s before it, for the report.
+    fn during(&self, t: f64) -> String {
+        let held: Vec<&str> = self
+            .infra
+            .iter()
+            .filter(|(_, from, to)| t >= *from && t <= to + 2.0)
+            .map(|(what, _, _)| *what)
+            .collect();
+        if held.is_empty() {
+            String::new()
+        } else {
+            format!(" [during: {}]", held.join(", "))
+        }
+    }
 }
 
 /// One command row of the audit.
@@ -89,6 +108,8 @@ pub struct Rules {
 struct Instance<'a> {
     pid: u32,
     start: f64,
+    /// Started from the `@argus-restart` label (Argus), not by the runner's own command.
+    by_label: bool,
     events: Vec<&'a Event>,
 }
 
@@ -141,7 +162,7 @@ pub fn check(
             actions(m, inst, &near_tmux_kill, audit, rules, &mut v, &mut tally);
             let next = instances.get(i + 1);
             if let Some(next) = next
-                && !started_by_runner(journal, m, next.start)
+                && !started_by_runner(journal, m, next)
                 && m.role != Role::Labelled
                 && !matches!(end, End::Argus { .. })
             {
@@ -172,7 +193,7 @@ pub fn check(
                     continue;
                 }
                 match next {
-                    Some(n) if !started_by_runner(journal, m, n.start) => {
+                    Some(n) if !started_by_runner(journal, m, n) => {
                         tally.restarted += 1;
                         tally.restart_delays.push(n.start - at);
                     }
@@ -181,30 +202,35 @@ pub fn check(
                         at,
                         what: format!(
                             "{}: agent {} died ({cause}) and was not restarted (the benchmark \
-                             started it again {:.0} s later)",
+                             started it again {:.0} s later){}",
                             m.name,
                             inst.pid,
-                            n.start - at
+                            n.start - at,
+                            journal.during(at)
                         ),
                     }),
                     None => v.push(Violation {
                         invariant: 2,
                         at,
                         what: format!(
-                            "{}: agent {} died ({cause}) and was never restarted",
-                            m.name, inst.pid
+                            "{}: agent {} died ({cause}) and was never restarted{}",
+                            m.name,
+                            inst.pid,
+                            journal.during(at)
                         ),
                     }),
                 }
             } else if let End::Argus { at } = end
-                && next.is_none_or(|n| started_by_runner(journal, m, n.start))
+                && next.is_none_or(|n| started_by_runner(journal, m, n))
             {
                 v.push(Violation {
                     invariant: 2,
                     at,
                     what: format!(
-                        "{}: agent {} was stopped by Argus and never started again",
-                        m.name, inst.pid
+                        "{}: agent {} was stopped by Argus and never started again{}",
+                        m.name,
+                        inst.pid,
+                        journal.during(at)
                     ),
                 });
             }
@@ -262,10 +288,11 @@ pub fn check(
 fn instances(events: &[Event]) -> Vec<Instance<'_>> {
     let mut out: Vec<Instance<'_>> = Vec::new();
     for e in events {
-        if matches!(e.what, What::Start { .. }) {
+        if let What::Start { by_label } = e.what {
             out.push(Instance {
                 pid: e.pid,
                 start: e.t,
+                by_label,
                 events: Vec::new(),
             });
         }
@@ -295,11 +322,14 @@ fn rate_limited_at(inst: &Instance<'_>, at: f64) -> bool {
     mode == "ratelimit" || recent
 }
 
-fn started_by_runner(journal: &Journal, m: &Member, t: f64) -> bool {
-    journal
-        .creations
-        .iter()
-        .any(|(name, at)| *name == m.name && t >= at - 0.5 && t <= at + 3.0)
+/// True when the runner started this instance: its own command line (a start from the label is
+/// Argus's), within 3 s of a creation the runner journaled.
+fn started_by_runner(journal: &Journal, m: &Member, inst: &Instance<'_>) -> bool {
+    !inst.by_label
+        && journal
+            .creations
+            .iter()
+            .any(|(name, at)| *name == m.name && inst.start >= at - 0.5 && inst.start <= at + 3.0)
 }
 
 fn end_of(inst: &Instance<'_>, journal: &Journal, near_tmux_kill: &impl Fn(f64) -> bool) -> End {
