@@ -386,6 +386,8 @@ fn actions(
     let grace = rules.grace.as_secs_f64();
     let mut mode = ("work", inst.start, true);
     let mut first_mode = true;
+    // A nudge arrives as its text and then its submit key, a moment apart: one action.
+    let mut last_input = f64::NEG_INFINITY;
     for e in &inst.events {
         let kind = match &e.what {
             What::Mode(m) => {
@@ -393,7 +395,14 @@ fn actions(
                 first_mode = false;
                 continue;
             }
-            What::Input(hex) => describe_input(hex),
+            What::Input(_) if e.t - last_input < 1.0 => {
+                last_input = e.t;
+                continue;
+            }
+            What::Input(hex) => {
+                last_input = e.t;
+                describe_input(hex)
+            }
             What::Signal(s) if s == "SIGHUP" && near_tmux_kill(e.t) => continue,
             What::Signal(s) => format!("signal {s}"),
             _ => continue,
@@ -446,10 +455,10 @@ fn actions(
 }
 
 fn describe_input(hex: &str) -> String {
-    if hex == "03" {
-        "an interrupt (C-c)".to_owned()
-    } else {
-        format!("keystrokes ({} bytes)", hex.len() / 2)
+    match hex {
+        "03" => "an interrupt (C-c)".to_owned(),
+        "0d" => "a submit key (Enter)".to_owned(),
+        _ => "a nudge (typed text)".to_owned(),
     }
 }
 
