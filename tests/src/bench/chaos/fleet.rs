@@ -41,6 +41,9 @@ pub struct Fleet {
     /// Logs, mode files and the script.
     pub dir: PathBuf,
     script: PathBuf,
+    /// The Python interpreter itself (not a version manager's shim, which would add a shell
+    /// between the pane and the agent).
+    python: String,
     seq: AtomicU64,
 }
 
@@ -62,6 +65,12 @@ impl Fleet {
         std::fs::create_dir_all(dir)?;
         let script = dir.join("agent.py");
         std::fs::write(&script, SCRIPT).context("writing the fake agent")?;
+        let out = std::process::Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .context("the chaos benchmark's fake agents need python3")?;
+        let python = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        anyhow::ensure!(!python.is_empty(), "python3 names no interpreter");
         let mut members = Vec::new();
         for i in 0..labelled {
             members.push(Member {
@@ -88,6 +97,7 @@ impl Fleet {
             members,
             dir: dir.to_owned(),
             script,
+            python,
             seq: AtomicU64::new(1),
         })
     }
@@ -100,7 +110,8 @@ impl Fleet {
             "agent"
         };
         format!(
-            "python3 {} {} {} {by} {role}",
+            "{} {} {} {} {by} {role}",
+            self.python,
             self.script.display(),
             m.name,
             self.dir.display()
