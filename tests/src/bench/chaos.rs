@@ -361,6 +361,12 @@ impl World {
                 let result = self.infra(f).await;
                 let to = now();
                 self.journal(|j| j.infra.push((f.kind.name(), from, to)));
+                println!(
+                    "chaos: +{:.1} s to +{:.1} s: {}",
+                    from - self.t0,
+                    to - self.t0,
+                    f.kind.name()
+                );
                 match result {
                     Ok(applied) => count(f.kind, applied),
                     Err(e) => {
@@ -485,8 +491,9 @@ impl World {
             }
             Kind::TmuxKill => {
                 let t = now();
-                self.journal(|j| j.tmux_kills.push(t));
                 let _ = self.tmux.run(&["kill-server"]);
+                let done = now();
+                self.journal(|j| j.tmux_kills.push((t, done)));
                 tokio::time::sleep(f.hold).await;
                 // The operator's part: the sessions Argus does not own come back.
                 for m in &self.fleet.members {

@@ -22,8 +22,8 @@ use super::fleet::{Event, Fleet, Member, Role, What, alive, protected};
 pub struct Journal {
     /// Agents the runner SIGKILLed: pid, Unix seconds.
     pub agent_kills: Vec<(u32, f64)>,
-    /// Times the tmux server was killed.
-    pub tmux_kills: Vec<f64>,
+    /// Times the tmux server was killed: `kill-server` issued, and returned.
+    pub tmux_kills: Vec<(f64, f64)>,
     /// Sessions the runner (re)created: name, Unix seconds.
     pub creations: Vec<(String, f64)>,
     /// Infrastructure faults: what, from, to (Unix seconds).
@@ -145,7 +145,7 @@ pub fn check(
         journal
             .tmux_kills
             .iter()
-            .any(|k| t >= *k - 0.5 && t <= *k + rules.tmux_window.as_secs_f64())
+            .any(|(from, to)| t >= from - 0.5 && t <= to + rules.tmux_window.as_secs_f64())
     };
     let bystanders: Vec<&str> = fleet
         .members
@@ -358,13 +358,12 @@ fn end_of(inst: &Instance<'_>, journal: &Journal, near_tmux_kill: &impl Fn(f64) 
             cause: "SIGKILLed",
         };
     }
-    if journal.tmux_kills.iter().any(|k| *k >= last) {
-        let at = journal
-            .tmux_kills
-            .iter()
-            .copied()
-            .find(|k| *k >= last)
-            .unwrap_or(last);
+    if let Some((at, _)) = journal
+        .tmux_kills
+        .iter()
+        .copied()
+        .find(|(_, to)| *to >= last)
+    {
         return End::Death {
             at,
             cause: "tmux server killed",
@@ -594,7 +593,7 @@ mod tests {
         );
         let f = fleet(dir.path(), &[("agent-00", &log)]);
         let j = Journal {
-            tmux_kills: vec![120.0],
+            tmux_kills: vec![(120.0, 120.1)],
             ..Journal::default()
         };
         let (v, tally) = check(&f, &j, None, rules());
