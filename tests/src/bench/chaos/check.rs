@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::fleet::{Event, Fleet, Member, Role, What, alive, protected};
+use super::fleet::{Event, Fleet, Member, Role, What, protected};
 
 /// What the runner did that explains an agent's end or start.
 #[derive(Debug, Default, Clone)]
@@ -158,7 +158,7 @@ pub fn check(
         let instances = instances(&events);
         tally.instances += instances.len();
         for (i, inst) in instances.iter().enumerate() {
-            let end = end_of(inst, journal, &near_tmux_kill);
+            let end = end_of(fleet, m, inst, journal, &near_tmux_kill);
             actions(m, inst, &near_tmux_kill, audit, rules, &mut v, &mut tally);
             let next = instances.get(i + 1);
             if let Some(next) = next
@@ -332,7 +332,13 @@ fn started_by_runner(journal: &Journal, m: &Member, inst: &Instance<'_>) -> bool
             .any(|(name, at)| *name == m.name && inst.start >= at - 0.5 && inst.start <= at + 3.0)
 }
 
-fn end_of(inst: &Instance<'_>, journal: &Journal, near_tmux_kill: &impl Fn(f64) -> bool) -> End {
+fn end_of(
+    fleet: &Fleet,
+    m: &Member,
+    inst: &Instance<'_>,
+    journal: &Journal,
+    near_tmux_kill: &impl Fn(f64) -> bool,
+) -> End {
     let last = inst.events.last().map_or(inst.start, |e| e.t);
     for e in &inst.events {
         if let What::Exit(why) = &e.what {
@@ -349,7 +355,7 @@ fn end_of(inst: &Instance<'_>, journal: &Journal, near_tmux_kill: &impl Fn(f64) 
             };
         }
     }
-    if alive(inst.pid) {
+    if fleet.runs(m, inst.pid) {
         return End::Alive;
     }
     if let Some((_, at)) = journal.agent_kills.iter().find(|(p, _)| *p == inst.pid) {
@@ -493,6 +499,32 @@ mod tests {
         f
     }
 
+    /// A process that passes for `name`'s running agent (killed and reaped on drop).
+    struct Running(std::process::Child);
+
+    impl Running {
+        fn start(f: &Fleet, name: &str) -> Self {
+            let child = std::process::Command::new("python3")
+                .args(["-c", "import time; time.sleep(60)"])
+                .arg(f.script())
+                .arg(name)
+                .spawn()
+                .expect("python3");
+            Self(child)
+        }
+
+        fn pid(&self) -> u32 {
+            self.0.id()
+        }
+    }
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
     fn row(session: &str, at_s: i64, status: &str) -> AuditRow {
         AuditRow {
             command_id: format!("c-{at_s}"),
@@ -535,15 +567,17 @@ mod tests {
     #[test]
     fn a_death_restarted_once_is_fine_and_a_fresh_agent_killed_is_not() {
         let dir = tempfile::tempdir().expect("tempdir");
+        let f = fleet(dir.path(), &[]);
+        let running = Running::start(&f, "agent-00");
         let log = format!(
             "100.0 {GONE} start runner agent\n100.0 {GONE} mode work\n\
              102.0 {GONE} exit die\n\
              103.0 4999998 start label agent\n103.0 4999998 mode work\n\
              103.5 4999998 signal SIGHUP\n103.5 4999998 exit signal\n\
              104.0 {me} start label agent\n104.0 {me} mode work\n",
-            me = std::process::id()
+            me = running.pid()
         );
-        let f = fleet(dir.path(), &[("agent-00", &log)]);
+        std::fs::write(dir.path().join("agent-00.log"), log).expect("log");
         let (v, tally) = check(&f, &Journal::default(), None, rules());
         assert_eq!(tally.deaths, 1);
         assert_eq!(tally.restarted, 1);
@@ -585,18 +619,24 @@ mod tests {
     #[test]
     fn a_tmux_server_kill_explains_the_hangups() {
         let dir = tempfile::tempdir().expect("tempdir");
+        let f = fleet(dir.path(), &[]);
+        let running = Running::start(&f, "agent-00");
         let log = format!(
             "100.0 {GONE} start runner agent\n100.0 {GONE} mode think\n\
              120.2 {GONE} signal SIGHUP\n120.2 {GONE} exit signal\n\
              121.0 {me} start label agent\n",
-            me = std::process::id()
+            me = running.pid()
         );
-        let f = fleet(dir.path(), &[("agent-00", &log)]);
+        std::fs::write(dir.path().join("agent-00.log"), log).expect("log");
         let j = Journal {
             tmux_kills: vec![(120.0, 120.1)],
             ..Journal::default()
         };
         let (v, tally) = check(&f, &j, None, rules());
+        // A live pid is the member's only while its command line says so (pids are reused).
+        assert!(f.runs(&f.members[0], running.pid()));
+        assert!(!f.runs(&f.members[1], running.pid()));
+        assert!(!f.runs(&f.members[0], std::process::id()));
         assert_eq!((tally.deaths, tally.restarted), (1, 1));
         assert!(v.is_empty(), "{v:?}");
     }

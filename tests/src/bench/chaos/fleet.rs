@@ -192,12 +192,29 @@ impl Fleet {
         let ended = events
             .iter()
             .any(|e| e.pid == last.pid && matches!(e.what, What::Exit(_)));
-        (!ended && alive(last.pid)).then_some(last.pid)
+        (!ended && self.runs(m, last.pid)).then_some(last.pid)
+    }
+
+    /// The fake agent's script.
+    pub fn script(&self) -> &Path {
+        &self.script
+    }
+
+    /// True while `pid` runs this member's agent: alive, and its command line names the script
+    /// and the member (pids are reused: a stale one may be anybody's process by now, and must
+    /// never be signalled).
+    pub fn runs(&self, m: &Member, pid: u32) -> bool {
+        alive(pid)
+            && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+                let script = self.script.as_os_str().as_encoded_bytes();
+                args.contains(&script) && args.contains(&m.name.as_bytes())
+            })
     }
 }
 
 /// True while `pid` runs (a zombie counts as gone).
-pub fn alive(pid: u32) -> bool {
+fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
