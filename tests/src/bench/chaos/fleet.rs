@@ -196,6 +196,7 @@ impl Fleet {
     }
 
     /// The fake agent's script.
+    #[cfg(test)]
     pub fn script(&self) -> &Path {
         &self.script
     }
