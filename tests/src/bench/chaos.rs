@@ -207,7 +207,9 @@ pub async fn run(scale: Scale, machine: &Machine, opts: Options) -> anyhow::Resu
         tmpfs: world.tmpfs.is_some(),
         t0: world.t0,
     };
-    world.kill_tmux();
+    // `kill-server` can be refused while a killed node agent's control client is still
+    // attached (issue 9, item 8), and a server can be left without its socket: end them by pid.
+    world.kill_tmux_processes();
     drop(world);
     report.print();
     Ok(report.section(machine))
@@ -420,9 +422,7 @@ impl World {
         for (i, m) in self.fleet.members.iter().enumerate() {
             let after = match m.role {
                 Role::Unlabelled => Duration::from_secs(5),
-                Role::Labelled if self.fleet.last_mode(m).as_deref() == Some("ratelimit") => {
-                    Duration::from_secs(5)
-                }
+                Role::Labelled if self.fleet.rate_limited(m) => Duration::from_secs(5),
                 Role::Labelled => Duration::from_secs(30),
                 Role::Bystander => continue,
             };
@@ -434,7 +434,7 @@ impl World {
             if since.elapsed() >= after {
                 let t = now();
                 self.journal(|j| j.creations.push((m.name.clone(), t)));
-                if let Err(e) = self.fleet.revive(&self.tmux, m) {
+                if let Err(e) = self.unwedged(|| self.fleet.revive(&self.tmux, m)) {
                     println!("chaos: could not start {} again: {e:#}", m.name);
                 }
                 dead_since.remove(&i);
@@ -500,7 +500,7 @@ impl World {
                     if m.role != Role::Labelled && !self.tmux.has_session(&m.name) {
                         let t = now();
                         self.journal(|j| j.creations.push((m.name.clone(), t)));
-                        if let Err(e) = self.fleet.create(&self.tmux, m) {
+                        if let Err(e) = self.unwedged(|| self.fleet.create(&self.tmux, m)) {
                             println!("chaos: could not create {} again: {e:#}", m.name);
                         }
                     }
@@ -583,13 +583,48 @@ impl World {
         back.then_some(took)
     }
 
-    /// Kills the tmux server by pid: `kill-server` can be refused while a killed node agent's
-    /// control client is still attached (issue 9, item 8).
-    fn kill_tmux(&self) {
-        if let Ok(pid) = self.tmux.run(&["display-message", "-p", "#{pid}"])
-            && let Ok(pid) = pid.trim().parse::<u32>()
-        {
-            let _ = super::procs::sigkill(pid);
+    /// Runs a tmux step of the runner; when tmux answers "server exited unexpectedly" (a server
+    /// left without its socket after racing restarts, so that no new one can start), ends every
+    /// tmux process of this run's socket by pid, removes the socket and tries once more.
+    fn unwedged(&self, step: impl Fn() -> anyhow::Result<()>) -> anyhow::Result<()> {
+        match step() {
+            Err(e) if format!("{e:#}").contains("server exited unexpectedly") => {
+                println!(
+                    "chaos: at +{:.1} s, tmux cannot start a server on the socket: ending this \
+                     run's tmux processes",
+                    now() - self.t0
+                );
+                self.kill_tmux_processes();
+                let _ = std::fs::remove_file(self.tmux.socket());
+                step()
+            }
+            other => other,
+        }
+    }
+
+    /// SIGKILLs every tmux process whose command line names this run's socket (servers and
+    /// clients this run started, directly or through the node agent).
+    fn kill_tmux_processes(&self) {
+        let socket = self.tmux.socket().as_os_str().as_encoded_bytes().to_vec();
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let is_tmux = args.first().is_some_and(|a| a.ends_with(b"tmux"));
+            if is_tmux && args.contains(&socket.as_slice()) {
+                let _ = super::procs::sigkill(pid);
+            }
         }
     }
 

@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::fleet::{Event, Fleet, Member, Role, What, protected};
+use super::fleet::{Event, Fleet, Member, Role, What, protected, rate_limit_holds};
 
 /// What the runner did that explains an agent's end or start.
 #[derive(Debug, Default, Clone)]
@@ -303,23 +303,9 @@ fn instances(events: &[Event]) -> Vec<Instance<'_>> {
     out
 }
 
-/// True when the instance showed its rate limit at `at`, or up to 2 s before (the controller may
-/// not have seen it end).
+/// True when the instance died in a rate-limit cooldown (see [`rate_limit_holds`]).
 fn rate_limited_at(inst: &Instance<'_>, at: f64) -> bool {
-    let mut mode = "work";
-    let mut recent = false;
-    for e in &inst.events {
-        if e.t > at {
-            break;
-        }
-        if let What::Mode(m) = &e.what {
-            if mode == "ratelimit" && e.t >= at - 2.0 {
-                recent = true;
-            }
-            mode = m;
-        }
-    }
-    mode == "ratelimit" || recent
+    rate_limit_holds(&inst.events, at)
 }
 
 /// True when the runner started this instance: its own command line (a start from the label is
@@ -510,6 +496,12 @@ mod tests {
                 .arg(name)
                 .spawn()
                 .expect("python3");
+            // A version manager's shim runs before the interpreter: wait for its command line.
+            let member = f.members.iter().find(|m| m.name == name).expect("a member");
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !f.runs(member, child.id()) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             Self(child)
         }
 
@@ -594,7 +586,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = format!(
             "100.0 {GONE} start runner agent\n100.0 {GONE} mode work\n\
-             101.0 {GONE} mode ratelimit\n105.0 {GONE} exit die\n"
+             101.0 {GONE} mode ratelimit\n103.0 {GONE} mode think\n105.0 {GONE} exit die\n"
         );
         let f = fleet(dir.path(), &[("agent-00", &log)]);
         let (v, tally) = check(&f, &Journal::default(), None, rules());

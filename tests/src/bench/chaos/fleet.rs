@@ -174,12 +174,18 @@ impl Fleet {
         }
     }
 
-    /// The last mode the member's newest instance took.
-    pub fn last_mode(&self, m: &Member) -> Option<String> {
-        self.events(m).into_iter().rev().find_map(|e| match e.what {
-            What::Mode(mode) => Some(mode),
-            _ => None,
-        })
+    /// True when the member's newest instance is (or died) in a rate-limit cooldown.
+    pub fn rate_limited(&self, m: &Member) -> bool {
+        let events = self.events(m);
+        let Some(start) = events
+            .iter()
+            .rposition(|e| matches!(e.what, What::Start { .. }))
+        else {
+            return false;
+        };
+        let pid = events[start].pid;
+        let mine: Vec<&Event> = events[start..].iter().filter(|e| e.pid == pid).collect();
+        rate_limit_holds(&mine, f64::INFINITY)
     }
 
     /// The pid of the member's newest instance while it runs.
@@ -212,6 +218,31 @@ impl Fleet {
                 args.contains(&script) && args.contains(&m.name.as_bytes())
             })
     }
+}
+
+/// True when, at `at`, the controller still holds these events' instance in a rate-limit
+/// cooldown: it showed its limit, and has not since shown output or its prompt for a second (a
+/// thinking line, a hang or a question do not end the episode: a CLI retrying by itself shows a
+/// spinner).
+pub fn rate_limit_holds(events: &[&Event], at: f64) -> bool {
+    let modes: Vec<(f64, &str)> = events
+        .iter()
+        .filter(|e| e.t <= at)
+        .filter_map(|e| match &e.what {
+            What::Mode(m) => Some((e.t, m.as_str())),
+            _ => None,
+        })
+        .collect();
+    let mut held = false;
+    for (i, (t, mode)) in modes.iter().enumerate() {
+        let until = modes.get(i + 1).map_or(at, |(next, _)| *next);
+        match *mode {
+            "ratelimit" => held = true,
+            "work" | "idle" if until - t >= 1.0 => held = false,
+            _ => {}
+        }
+    }
+    held
 }
 
 /// True while `pid` runs (a zombie counts as gone).
