@@ -1,9 +1,11 @@
 //! Benchmarks of Argus on one machine, run by the `bench` binary: the node agent's probe cost
 //! against the shell-style probe (`probe_cost`), death detection and restart (`death`), host
-//! silence (`silence`) and one controller under a simulated fleet (`load`, driven by `loadgen`).
+//! silence (`silence`), one controller under a simulated fleet (`load`, driven by `loadgen`), and
+//! invariants under a seeded schedule of faults (`chaos`).
 //! Every load is bounded in count and time, uses loopback only and private tmux servers, and
 //! every process started here is stopped by pid.
 
+pub mod chaos;
 pub mod death;
 pub mod load;
 pub mod loadgen;
@@ -48,7 +50,7 @@ fleet_destructive_per_minute = 1000000
 ";
 
 /// Which benchmarks to run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Which {
     All,
     Probe,
@@ -56,21 +58,29 @@ pub enum Which {
     Silence,
     /// The controller under a simulated fleet; `None` takes the scale's plan.
     Load(Option<load::Plan>),
+    /// Invariants under seeded faults.
+    Chaos(chaos::Options),
 }
 
-/// Runs the chosen benchmarks in order (probe, death, silence, load), prints every section and,
-/// when `out` is given, writes it into that markdown file as soon as it is done. In `all`, a
-/// failing benchmark does not stop the others; the first failure is returned at the end.
+/// Runs the chosen benchmarks in order (probe, death, silence, load, chaos), prints every section
+/// and, when `out` is given, writes it into that markdown file as soon as it is done. In `all`, a
+/// failing benchmark does not stop the others; the first failure is returned at the end. A chaos
+/// run that broke an invariant is a failure (after its section is written).
 pub async fn run(which: Which, scale: Scale, out: Option<&Path>) -> anyhow::Result<()> {
     let machine = report::Machine::detect();
     println!("bench: {}", machine.line());
     let started = Instant::now();
     let keys: &[&str] = match which {
-        Which::All => &["probe", "death", "silence", "load"],
+        Which::All => &["probe", "death", "silence", "load", "chaos"],
         Which::Probe => &["probe"],
         Which::Death => &["death"],
         Which::Silence => &["silence"],
         Which::Load(_) => &["load"],
+        Which::Chaos(_) => &["chaos"],
+    };
+    let chaos_opts = match &which {
+        Which::Chaos(o) => o.clone(),
+        _ => chaos::Options::default(),
     };
     let plan = match which {
         Which::Load(p) => p,
@@ -83,6 +93,7 @@ pub async fn run(which: Which, scale: Scale, out: Option<&Path>) -> anyhow::Resu
             "probe" => probe_cost::run(scale, &machine).await,
             "death" => death::run(scale, &machine).await,
             "silence" => silence::run(scale, &machine).await,
+            "chaos" => chaos::run(scale, &machine, chaos_opts.clone()).await,
             _ => load::run(scale, &machine, plan).await,
         };
         match result {
@@ -101,6 +112,10 @@ pub async fn run(which: Which, scale: Scale, out: Option<&Path>) -> anyhow::Resu
                 );
                 if let Some(out) = out {
                     report::write_section(out, &section)?;
+                }
+                if *key == "chaos" && section.missed() {
+                    eprintln!("bench chaos: invariants broken (see above)");
+                    failure.get_or_insert(anyhow::anyhow!("benchmark chaos: invariants broken"));
                 }
             }
             Err(e) => {

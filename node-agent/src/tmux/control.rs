@@ -200,3 +200,6 @@ async fn read_loop(
     }
     wake.notify_one();
 }
+
+#[cfg(test)]
+mod fuzz;

@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::Context;
 
 /// Section keys in the order they appear in a new file.
-const ORDER: [&str; 4] = ["probe", "death", "silence", "load"];
+const ORDER: [&str; 5] = ["probe", "death", "silence", "load", "chaos"];
 
 /// Where a run happened.
 #[derive(Debug, Clone)]

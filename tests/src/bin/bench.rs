@@ -1,11 +1,11 @@
-//! `bench`: Argus's benchmarks (`all`, `probe`, `death`, `silence`, `load`), writing their
+//! `bench`: Argus's benchmarks (`all`, `probe`, `death`, `silence`, `load`, `chaos`), writing their
 //! figures into `docs/performance.md`; `--smoke` runs a tiny configuration of each for CI and
 //! writes nothing unless `--out` is given.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use argus_tests::bench::{self, Scale, Which, load};
+use argus_tests::bench::{self, Scale, Which, chaos, load};
 use clap::{Parser, Subcommand};
 
 /// Benchmarks of the node agent and the controller, measured side by side with baselines.
@@ -56,12 +56,31 @@ enum Cmd {
         #[arg(long)]
         tls: bool,
     },
+    /// Invariants under a seeded schedule of faults (controller, node agent, tmux, database,
+    /// disk, network, agents).
+    Chaos {
+        /// Replays the schedule of this seed (printed by every run).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Number of faults (default: 1200; 40 with --smoke).
+        #[arg(long)]
+        faults: Option<usize>,
+        /// Only this kind of fault (repeatable): controller-kill, node-kill, node-stop,
+        /// tmux-kill, db-locked, disk-full, black-hole, agent-killed, agent-exits, agent-hangs,
+        /// agent-idle, agent-works, agent-thinks, agent-asks, agent-rate-limited.
+        #[arg(long, value_parser = parse_kind)]
+        only: Vec<chaos::faults::Kind>,
+    },
     /// (internal) The program of the probe benchmark's sessions: prints a line every period.
     #[command(hide = true)]
     Ticker {
         #[arg(long)]
         period_ms: u64,
     },
+}
+
+fn parse_kind(s: &str) -> Result<chaos::faults::Kind, String> {
+    chaos::faults::Kind::from_slug(s).ok_or_else(|| format!("no fault kind {s:?}"))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -79,6 +98,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Probe => Which::Probe,
         Cmd::Death => Which::Death,
         Cmd::Silence => Which::Silence,
+        Cmd::Chaos { seed, faults, only } => Which::Chaos(chaos::Options { seed, faults, only }),
         Cmd::Load {
             nodes,
             sessions,
