@@ -107,6 +107,13 @@ fn commands() {
                 }
                 Action::Capture { lines } => assert!(*lines <= command::MAX_CAPTURE_LINES),
                 Action::Kill { grace_ms } => assert!(*grace_ms <= command::MAX_KILL_GRACE_MS),
+                Action::Gate {
+                    command,
+                    timeout_ms,
+                } => {
+                    assert!(!command.chars().any(char::is_control), "gate {command:?}");
+                    assert!(*timeout_ms <= command::MAX_GATE_TIMEOUT_MS);
+                }
                 Action::Interrupt => {}
             }
             let _ = pb::command::Action::from(action);
