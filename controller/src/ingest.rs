@@ -287,7 +287,7 @@ async fn serve_stream(
                 }
             }
             Some(pb::agent_message::Msg::Event(e)) => apply_event(sup, node_id, e, now).await,
-            Some(pb::agent_message::Msg::Result(r)) => sup.dispatch.complete(node_id, r).await,
+            Some(pb::agent_message::Msg::Result(r)) => sup.command_result(node_id, r, now).await,
             Some(pb::agent_message::Msg::Heartbeat(_)) => {}
             Some(pb::agent_message::Msg::Hello(_)) => {
                 tracing::warn!(node = %node_id, "second Hello on one stream ignored");

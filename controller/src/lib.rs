@@ -2,11 +2,13 @@
 //! policy, persists what must survive a restart, sends commands back, and serves the admin API.
 
 pub mod api;
+pub mod checkpoints;
 pub mod config;
 pub mod demo;
 pub mod dispatch;
 pub mod events;
 pub mod fleet;
+pub mod handoff;
 pub mod http;
 pub mod ingest;
 pub mod notify;
@@ -125,6 +127,7 @@ pub async fn run(
         .await?
         .reported("durable session states");
     let incidents = supervisor::restore_incidents(store.incidents(false, 10_000).await?);
+    let handoffs = handoff::restore(store.as_ref()).await?;
     let controller_id = format!("ctl-{}-{}", std::process::id(), now_ms());
     let notifier = notify::Notifier::start(config.webhooks.clone(), &tasks, shutdown.clone());
     let sup = Arc::new(Supervisor::new(supervisor::Parts {
@@ -140,6 +143,7 @@ pub async fn run(
         incidents,
         notifier,
         tasks: tasks.clone(),
+        handoffs,
     }));
 
     watch_store(&tasks, sup.clone(), shutdown.clone());

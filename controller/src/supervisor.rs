@@ -45,6 +45,8 @@ pub struct Parts {
     pub incidents: Vec<Incident>,
     pub notifier: Notifier,
     pub tasks: TaskTracker,
+    /// Incomplete handoffs a previous controller process left.
+    pub handoffs: Vec<crate::handoff::Restored>,
 }
 
 /// Everything the controller's services share.
@@ -55,6 +57,8 @@ pub struct Supervisor {
     pub recorder: Recorder,
     pub events: Events,
     pub store: Arc<dyn Store>,
+    /// Open handoffs (restarts whose new agent has not yet taken the work over).
+    pub handoffs: crate::handoff::Handoffs,
     policy: RwLock<Arc<Policy>>,
     policy_file: Option<PathBuf>,
     policy_mtime: Mutex<Option<SystemTime>>,
@@ -123,6 +127,7 @@ impl Supervisor {
         Self {
             verdicts,
             verdicts_rx: tokio::sync::Mutex::new(verdicts_rx),
+            handoffs: crate::handoff::Handoffs::new(&p.controller_id, p.handoffs),
             controller_id: p.controller_id,
             fleet,
             dispatch,
@@ -166,6 +171,7 @@ impl Supervisor {
             incidents: Vec::new(),
             notifier: Notifier::start(Vec::new(), tasks, stop),
             tasks: tasks.clone(),
+            handoffs: Vec::new(),
         })))
     }
 
@@ -526,6 +532,7 @@ impl Supervisor {
         let policy = self.policy();
         self.verdicts(now).await;
         self.due_sessions(now, &policy).await;
+        self.handoff_tick(now).await;
         self.dispatch.expire(now).await;
     }
 

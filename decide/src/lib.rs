@@ -7,6 +7,7 @@
 //! - [`effect`]: the typed effects and notices a step returns;
 //! - [`budget`]: the fleet-wide budget of kills and restarts, reserved where they are decided;
 //! - [`escalate`]: the escalation ladder (warn, nudge, triage, confirm, restart or kill);
+//! - [`handoff`]: why a restart happened, and the resume message its new agent gets;
 //! - [`correlate`]: incidents by failure domain, which gate per-session actions;
 //! - [`health`]: node health from silence, and the fleet's share of silent nodes;
 //! - [`policy`]: thresholds, dwell times and budgets;
@@ -17,6 +18,7 @@ pub mod correlate;
 pub mod detect;
 pub mod effect;
 pub mod escalate;
+pub mod handoff;
 pub mod health;
 pub mod policy;
 pub mod triage;

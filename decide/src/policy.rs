@@ -115,6 +115,8 @@ pub struct Policy {
     /// An open incident is notified again (webhooks) at most this often.
     #[serde(with = "humantime_serde")]
     pub notify_repeat: Duration,
+    /// How a restart hands the work over to the new agent (resume message, timeouts).
+    pub handoff: crate::handoff::HandoffPolicy,
     /// Per-group overrides (`@argus-group`): `[groups.NAME]` with any of the keys above.
     #[serde(skip)]
     pub groups: std::collections::BTreeMap<String, std::sync::Arc<Policy>>,
@@ -183,6 +185,7 @@ impl Default for Policy {
             self_suspect_share: 0.5,
             fleet_destructive_per_minute: 30,
             notify_repeat: Duration::from_secs(4 * 3600),
+            handoff: crate::handoff::HandoffPolicy::default(),
             groups: std::collections::BTreeMap::new(),
         }
     }
@@ -303,6 +306,9 @@ impl Policy {
         }
         if self.command_timeout.is_zero() {
             return invalid("command_timeout", "must be positive");
+        }
+        if let Err((key, why)) = self.handoff.validate() {
+            return invalid(&key, &why);
         }
         Ok(())
     }

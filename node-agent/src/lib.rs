@@ -2,6 +2,7 @@
 //! sees to the controller and executes the controller's commands, safely. It never kills on its
 //! own.
 
+pub mod checkpoint;
 pub mod config;
 pub mod daemon;
 pub mod events;
@@ -82,12 +83,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // The first snapshot is taken before the link dials, so the controller's first view is full.
     snap_tx.send_replace(Arc::new(prober.round().await));
 
-    let executor = Arc::new(Executor::new(
-        &servers,
-        fence.clone(),
-        snap_rx.clone(),
-        profiles,
-    ));
+    let executor = Arc::new(
+        Executor::new(&servers, fence.clone(), snap_rx.clone(), profiles)
+            .with_checkpoints(config.checkpoint.clone()),
+    );
     let link = Link {
         config: LinkConfig {
             controller: config.controller.clone(),

@@ -69,6 +69,9 @@ pub enum Action {
     },
     /// Return the last `lines` lines.
     Capture { lines: u32 },
+    /// Take a checkpoint now (screen, labels, git state, the uncommitted work saved in git),
+    /// changing nothing.
+    Checkpoint,
 }
 
 impl Action {
@@ -80,6 +83,7 @@ impl Action {
             Self::Kill { .. } => "kill",
             Self::Restart { .. } => "restart",
             Self::Capture { .. } => "capture",
+            Self::Checkpoint => "checkpoint",
         }
     }
 
@@ -275,6 +279,7 @@ impl TryFrom<pb::command::Action> for Action {
                 Ok(a)
             }
             pb::command::Action::Capture(c) => Self::capture(c.lines),
+            pb::command::Action::Checkpoint(_) => Ok(Self::Checkpoint),
         }
     }
 }
@@ -295,6 +300,7 @@ impl From<Action> for pb::command::Action {
                 labels: labels.into_iter().collect(),
             }),
             Action::Capture { lines } => Self::Capture(pb::Capture { lines }),
+            Action::Checkpoint => Self::Checkpoint(pb::TakeCheckpoint {}),
         }
     }
 }
