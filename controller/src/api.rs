@@ -63,6 +63,9 @@ pub enum ApiError {
     /// No open incident has this id.
     #[error("no open incident {id:?}")]
     UnknownIncident { id: String },
+    /// No stored checkpoint has this id.
+    #[error("no checkpoint {id:?}")]
+    UnknownCheckpoint { id: String },
     /// The command could not be sent or was not answered.
     #[error(transparent)]
     Dispatch(#[from] DispatchError),
@@ -97,7 +100,8 @@ impl ApiError {
             | Self::AmbiguousSession { .. } => Code::InvalidArgument,
             Self::UnknownNode { .. }
             | Self::UnknownSession { .. }
-            | Self::UnknownIncident { .. } => Code::NotFound,
+            | Self::UnknownIncident { .. }
+            | Self::UnknownCheckpoint { .. } => Code::NotFound,
             Self::Dispatch(d) => d.code(),
             Self::Store { source, .. } => source.code(),
         }
@@ -232,7 +236,10 @@ impl AdminApi {
             field: command_field(&source),
             source,
         })?;
-        let incarnation = if matches!(action, Action::Capture { .. } | Action::Restart { .. }) {
+        let incarnation = if matches!(
+            action,
+            Action::Capture { .. } | Action::Restart { .. } | Action::Checkpoint
+        ) {
             None
         } else {
             self.sup.fleet.session(&key, |t| t.obs.agent).flatten()
@@ -262,6 +269,7 @@ impl AdminApi {
             status: result.status,
             message: result.message,
             output: result.output,
+            checkpoint: result.checkpoint,
         }))
     }
 }
@@ -434,6 +442,7 @@ impl AdminService for AdminApi {
             .history(&key, limit)
             .await
             .map_err(ApiError::store("session history"))?;
+        let (checkpoints, handoffs) = self.session_recovery(&key, limit.min(50)).await?;
         Ok(Response::new(pb::GetSessionResponse {
             session: Some(session),
             transitions: h
@@ -447,6 +456,8 @@ impl AdminService for AdminApi {
                 })
                 .collect(),
             commands: h.commands.into_iter().map(command_pb).collect(),
+            checkpoints,
+            handoffs,
         }))
     }
 
@@ -654,6 +665,127 @@ impl AdminService for AdminApi {
             .cancel_alarm(&r.id, argus_shared::time::now_ms())
             .await?;
         Ok(Response::new(crate::alarms::alarm_pb(row)))
+    }
+
+    async fn take_checkpoint(
+        &self,
+        request: Request<pb::SessionRef>,
+    ) -> Result<Response<pb::CommandResponse>, Status> {
+        let r = request.into_inner();
+        Ok(self.command(Some(&r), Ok(Action::Checkpoint)).await?)
+    }
+
+    async fn list_checkpoints(
+        &self,
+        request: Request<pb::ListCheckpointsRequest>,
+    ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
+        let r = request.into_inner();
+        let limit = match r.limit {
+            0 => 50,
+            n => n.min(1000),
+        };
+        let q = crate::store::CheckpointQuery {
+            node_id: r.node_id,
+            session_name: r.session_name,
+            tmux_socket: r.tmux_socket,
+        };
+        let rows = self
+            .sup
+            .store
+            .checkpoints(&q, limit)
+            .await
+            .map_err(ApiError::store("checkpoints"))?;
+        Ok(Response::new(pb::ListCheckpointsResponse {
+            checkpoints: rows
+                .into_iter()
+                .map(|c| crate::checkpoints::record_pb(c, false))
+                .collect(),
+        }))
+    }
+
+    async fn get_checkpoint(
+        &self,
+        request: Request<pb::GetCheckpointRequest>,
+    ) -> Result<Response<pb::CheckpointRecord>, Status> {
+        let r = request.into_inner();
+        if r.id.is_empty() {
+            return Err(ApiError::Missing { field: "id" }.into());
+        }
+        let row = self
+            .sup
+            .store
+            .checkpoint(&r.id)
+            .await
+            .map_err(ApiError::store("checkpoint"))?
+            .ok_or(ApiError::UnknownCheckpoint { id: r.id })?;
+        Ok(Response::new(crate::checkpoints::record_pb(row, true)))
+    }
+
+    async fn list_handoffs(
+        &self,
+        request: Request<pb::ListHandoffsRequest>,
+    ) -> Result<Response<pb::ListHandoffsResponse>, Status> {
+        let r = request.into_inner();
+        let limit = match r.limit {
+            0 => 100,
+            n => n.min(1000),
+        };
+        let q = crate::store::HandoffQuery {
+            include_ended: r.include_ended,
+            node_id: r.node_id,
+            session: None,
+        };
+        let rows = self
+            .sup
+            .store
+            .handoffs(&q, limit)
+            .await
+            .map_err(ApiError::store("handoffs"))?;
+        Ok(Response::new(pb::ListHandoffsResponse {
+            handoffs: rows.into_iter().map(crate::handoff::handoff_pb).collect(),
+        }))
+    }
+}
+
+impl AdminApi {
+    /// A session's recent checkpoints (listed form) and handoffs, for its history.
+    async fn session_recovery(
+        &self,
+        key: &SessionRef,
+        limit: u32,
+    ) -> Result<(Vec<pb::CheckpointRecord>, Vec<pb::Handoff>), ApiError> {
+        let q = crate::store::CheckpointQuery {
+            node_id: key.node_id.clone(),
+            session_name: key.session_name.clone(),
+            tmux_socket: key.tmux_socket.clone(),
+        };
+        let checkpoints = self
+            .sup
+            .store
+            .checkpoints(&q, limit)
+            .await
+            .map_err(ApiError::store("checkpoints"))?;
+        let q = crate::store::HandoffQuery {
+            include_ended: true,
+            node_id: String::new(),
+            session: Some(key.clone()),
+        };
+        let handoffs = self
+            .sup
+            .store
+            .handoffs(&q, limit)
+            .await
+            .map_err(ApiError::store("handoffs"))?;
+        Ok((
+            checkpoints
+                .into_iter()
+                .map(|c| crate::checkpoints::record_pb(c, false))
+                .collect(),
+            handoffs
+                .into_iter()
+                .map(crate::handoff::handoff_pb)
+                .collect(),
+        ))
     }
 }
 

@@ -200,8 +200,8 @@ fn identity_of_uri(uri: &str) -> Option<Identity> {
 pub fn role_for(method: &str) -> Role {
     match method {
         "ListNodes" | "ListSessions" | "GetSession" | "WatchEvents" | "ListIncidents"
-        | "ListAlarms" => Role::Viewer,
-        "ScheduleNudge" | "CancelAlarm" => Role::Operator,
+        | "ListAlarms" | "ListCheckpoints" | "GetCheckpoint" | "ListHandoffs" => Role::Viewer,
+        "ScheduleNudge" | "CancelAlarm" | "TakeCheckpoint" => Role::Operator,
         "Nudge" | "Interrupt" | "Kill" | "Restart" | "Capture" | "AckIncident" => Role::Operator,
         _ => Role::Admin,
     }

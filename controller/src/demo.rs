@@ -35,7 +35,10 @@ fn park() -> ! {
 /// - `ratelimit [SECONDS]`: a usage-limit message with a reset time SECONDS from now (epoch
 ///   form); each line typed gets the same message again (the limit is renewed);
 /// - `exit [CODE]`: one line, then exits with CODE (default 1) after 1 s;
-/// - `quiet`: one line, then nothing and no CPU (hung silently).
+/// - `quiet`: one line, then nothing and no CPU (hung silently);
+/// - `resumable [BOOT_SECONDS]`: a spinner for BOOT_SECONDS (default 0), then the input prompt;
+///   the first line typed is answered with "received: LINE" and the agent works from then on
+///   (as `working`): what a restarted agent does with its resume message.
 pub fn agent(mode: &str, arg: Option<&str>) -> ! {
     let mut out = std::io::stdout();
     match mode {
@@ -87,6 +90,38 @@ pub fn agent(mode: &str, arg: Option<&str>) -> ! {
                 limit(&mut out);
             }
             park()
+        }
+        "resumable" => {
+            let boot: u64 = arg.and_then(|a| a.parse().ok()).unwrap_or(0);
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(boot) {
+                // One line, rewritten in place: nothing of it is left once the prompt shows.
+                let _ = write!(
+                    out,
+                    "\r✻ Loading the conversation… ({}s · esc to interrupt)",
+                    start.elapsed().as_secs()
+                );
+                let _ = out.flush();
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let _ = write!(out, "\r\x1b[2K");
+            prompt(&mut out);
+            let mut line = String::new();
+            let _ = std::io::stdin().lock().read_line(&mut line);
+            let _ = writeln!(out, "received: {}", line.trim_end());
+            let start = Instant::now();
+            let mut n = 0u64;
+            loop {
+                n += 1;
+                let _ = writeln!(out, "⏺ Resumed: edited src/lib.rs (step {n})");
+                let _ = writeln!(
+                    out,
+                    "✻ Working… ({}s · esc to interrupt)",
+                    start.elapsed().as_secs()
+                );
+                let _ = out.flush();
+                std::thread::sleep(Duration::from_millis(200));
+            }
         }
         "exit" => {
             let code: i32 = arg.and_then(|c| c.parse().ok()).unwrap_or(1);

@@ -73,8 +73,21 @@ pub enum Origin {
     Alarm,
 }
 
+/// A command whose answer arrived, as it was sent.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub command_id: String,
+    pub session: SessionRef,
+    /// `nudge`, `kill`, `restart`, ...
+    pub action: String,
+    /// `admin` or `policy`.
+    pub origin: String,
+    pub reason: String,
+}
+
 impl Origin {
-    fn as_str(self) -> &'static str {
+    /// `admin` or `policy`, as the audit log writes it.
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Admin => "admin",
             Self::Policy => "policy",
@@ -103,6 +116,9 @@ struct Waiting {
     reply: Option<oneshot::Sender<pb::CommandResult>>,
     session: SessionRef,
     action: String,
+    /// Who decided it and why (the audit row's `origin` and `reason`).
+    origin: String,
+    reason: String,
     issued_ms: i64,
     /// The node agent refuses the command after this (Unix ms).
     deadline_ms: i64,
@@ -241,6 +257,8 @@ impl Dispatcher {
                 reply: Some(tx),
                 session: session.clone(),
                 action: name.to_owned(),
+                origin: origin.as_str().to_owned(),
+                reason: reason.to_owned(),
                 issued_ms: now,
                 deadline_ms: deadline_ms + runs.as_millis() as i64,
             },
@@ -313,16 +331,17 @@ impl Dispatcher {
         }
     }
 
-    /// A result arrived from `node_id`: record it and wake whoever waits.
-    pub async fn complete(&self, node_id: &str, result: pb::CommandResult) {
+    /// A result arrived from `node_id`: record it and wake whoever waits. Returns the command
+    /// as it was sent, when it was waiting for this answer.
+    pub async fn complete(&self, node_id: &str, result: pb::CommandResult) -> Option<Finished> {
         let Some((_, mut w)) = self.waiting.remove(&result.command_id) else {
             self.late(node_id, result).await;
-            return;
+            return None;
         };
         if w.session.node_id != node_id {
             tracing::warn!(node = %node_id, command = %result.command_id, "result from a node the command was not sent to; ignored");
             self.waiting.insert(result.command_id.clone(), w);
-            return;
+            return None;
         }
         let status =
             pb::CommandStatus::try_from(result.status).unwrap_or(pb::CommandStatus::Unspecified);
@@ -343,9 +362,17 @@ impl Dispatcher {
             at_ms: now,
         });
         drop(issued);
+        let finished = Finished {
+            command_id: result.command_id.clone(),
+            session: w.session.clone(),
+            action: std::mem::take(&mut w.action),
+            origin: std::mem::take(&mut w.origin),
+            reason: std::mem::take(&mut w.reason),
+        };
         if let Some(reply) = w.reply.take() {
             let _ = reply.send(result);
         }
+        Some(finished)
     }
 }
 
@@ -373,6 +400,8 @@ impl Dispatcher {
                     reply: None,
                     session: c.session,
                     action: c.action,
+                    origin: c.origin,
+                    reason: c.reason,
                     issued_ms: c.issued_at_ms,
                     deadline_ms: c.issued_at_ms + timeout,
                 },

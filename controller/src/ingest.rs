@@ -300,7 +300,7 @@ async fn serve_stream(
                 }
             }
             Some(pb::agent_message::Msg::Event(e)) => apply_event(sup, node_id, e, now).await,
-            Some(pb::agent_message::Msg::Result(r)) => sup.dispatch.complete(node_id, r).await,
+            Some(pb::agent_message::Msg::Result(r)) => sup.command_result(node_id, r, now).await,
             Some(pb::agent_message::Msg::Heartbeat(_)) => {}
             Some(pb::agent_message::Msg::LocalRequest(r)) => sup.local_request(node_id, r),
             Some(pb::agent_message::Msg::Hello(_)) => {

@@ -4,11 +4,13 @@
 pub mod alarms;
 pub mod api;
 pub mod auth;
+pub mod checkpoints;
 pub mod config;
 pub mod demo;
 pub mod dispatch;
 pub mod events;
 pub mod fleet;
+pub mod handoff;
 pub mod http;
 pub mod ingest;
 pub mod notify;
@@ -126,6 +128,7 @@ pub async fn run(
         .await?
         .reported("durable session states");
     let incidents = supervisor::restore_incidents(store.incidents(false, 10_000).await?);
+    let handoffs = handoff::restore(store.as_ref()).await?;
     let controller_id = format!("ctl-{}-{}", std::process::id(), now_ms());
     if let Some(ca) = &config.outbound_ca {
         outbound::trust_extra_ca(ca)
@@ -146,6 +149,7 @@ pub async fn run(
         incidents,
         notifier,
         tasks: tasks.clone(),
+        handoffs,
     }));
 
     sup.alarms.restore(sup.store.alarms(false, u32::MAX).await?);

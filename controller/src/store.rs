@@ -3,6 +3,8 @@
 //! write-behind queue that batches them into transactions and retries a failing store without
 //! dropping anything; only the epoch bump on attach is written before the controller answers.
 
+#[cfg(test)]
+mod checkpoint_tests;
 pub mod journal;
 pub mod memory;
 #[cfg(test)]
@@ -172,6 +174,88 @@ pub fn alarm_order(a: &AlarmRow, b: &AlarmRow) -> std::cmp::Ordering {
     key(a).cmp(&key(b))
 }
 
+/// A stored checkpoint (taken by a node agent before a kill or a restart, or on demand).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointRow {
+    pub id: String,
+    pub session: SessionRef,
+    pub taken_ms: i64,
+    /// "kill", "restart" or "manual".
+    pub trigger: String,
+    /// The command it was taken for.
+    pub command_id: String,
+    /// Why that command was sent.
+    pub reason: String,
+    /// The checkpoint itself, `argus.v1.Checkpoint` encoded as protobuf.
+    pub data: Vec<u8>,
+}
+
+/// Which checkpoints to list: of the fleet, of a node, or of one session (empty fields match
+/// everything).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckpointQuery {
+    pub node_id: String,
+    pub session_name: String,
+    pub tmux_socket: String,
+}
+
+impl CheckpointQuery {
+    /// True when `s` is one of the sessions asked for.
+    pub fn matches(&self, s: &SessionRef) -> bool {
+        (self.node_id.is_empty() || self.node_id == s.node_id)
+            && (self.session_name.is_empty() || self.session_name == s.session_name)
+            && (self.tmux_socket.is_empty() || self.tmux_socket == s.tmux_socket)
+    }
+}
+
+/// A stored handoff: a restart from one agent incarnation to the next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandoffRow {
+    pub id: String,
+    pub session: SessionRef,
+    /// `crash`, `stall`, `rate_limit`, `operator`, `quality_gate` or `other`.
+    pub reason: String,
+    /// The restart command's reason.
+    pub detail: String,
+    pub checkpoint_id: String,
+    pub restart_command_id: String,
+    /// The agent before and after (0 while unknown).
+    pub from_pid: u32,
+    pub from_start: u64,
+    pub to_pid: u32,
+    pub to_start: u64,
+    /// `waiting`, `resumed`, `completed` or `failed`.
+    pub state: String,
+    pub started_ms: i64,
+    pub resumed_ms: i64,
+    /// When it completed or failed (0 while open).
+    pub ended_ms: i64,
+    pub restarts: u32,
+    pub resume_attempts: u32,
+    pub resume_command_id: String,
+    pub message: String,
+}
+
+/// Which handoffs to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HandoffQuery {
+    /// Also completed and failed ones.
+    pub include_ended: bool,
+    /// Only this node's (empty: all).
+    pub node_id: String,
+    /// Only this session's.
+    pub session: Option<SessionRef>,
+}
+
+impl HandoffQuery {
+    /// True when `h` is one of the handoffs asked for.
+    pub fn matches(&self, h: &HandoffRow) -> bool {
+        (self.include_ended || h.ended_ms == 0)
+            && (self.node_id.is_empty() || self.node_id == h.session.node_id)
+            && self.session.as_ref().is_none_or(|s| *s == h.session)
+    }
+}
+
 /// One write for the recorder.
 #[derive(Debug, Clone)]
 pub enum Write {
@@ -212,6 +296,10 @@ pub enum Write {
         command_id: String,
         message: String,
     },
+    /// A checkpoint; an id already stored is left as it is.
+    Checkpoint(CheckpointRow),
+    /// A handoff, inserted or replaced.
+    Handoff(HandoffRow),
 }
 
 /// The status a command row has while no outcome is known.
@@ -439,6 +527,26 @@ pub trait Store: Send + Sync + 'static {
     async fn alarm(&self, id: &str) -> Result<Option<AlarmRow>, StoreError> {
         let _ = id;
         Ok(None)
+    }
+    /// Checkpoints matching `q`, newest first. A backend that keeps none has none.
+    async fn checkpoints(
+        &self,
+        _q: &CheckpointQuery,
+        _limit: u32,
+    ) -> Result<Vec<CheckpointRow>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// One checkpoint by id.
+    async fn checkpoint(&self, _id: &str) -> Result<Option<CheckpointRow>, StoreError> {
+        Ok(None)
+    }
+    /// Handoffs matching `q`: open ones first, then newest first.
+    async fn handoffs(
+        &self,
+        _q: &HandoffQuery,
+        _limit: u32,
+    ) -> Result<Vec<HandoffRow>, StoreError> {
+        Ok(Vec::new())
     }
 }
 

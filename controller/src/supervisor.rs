@@ -46,6 +46,8 @@ pub struct Parts {
     pub incidents: Vec<Incident>,
     pub notifier: Notifier,
     pub tasks: TaskTracker,
+    /// Incomplete handoffs a previous controller process left.
+    pub handoffs: Vec<crate::handoff::Restored>,
 }
 
 /// Everything the controller's services share.
@@ -56,6 +58,8 @@ pub struct Supervisor {
     pub recorder: Recorder,
     pub events: Events,
     pub store: Arc<dyn Store>,
+    /// Open handoffs (restarts whose new agent has not yet taken the work over).
+    pub handoffs: crate::handoff::Handoffs,
     policy: RwLock<Arc<Policy>>,
     policy_file: Option<PathBuf>,
     policy_mtime: Mutex<Option<SystemTime>>,
@@ -132,6 +136,7 @@ impl Supervisor {
             verdicts_rx: tokio::sync::Mutex::new(verdicts_rx),
             gates,
             gates_rx: tokio::sync::Mutex::new(gates_rx),
+            handoffs: crate::handoff::Handoffs::new(&p.controller_id, p.handoffs),
             controller_id: p.controller_id,
             fleet,
             dispatch,
@@ -176,6 +181,7 @@ impl Supervisor {
             incidents: Vec::new(),
             notifier: Notifier::start(Vec::new(), tasks, stop),
             tasks: tasks.clone(),
+            handoffs: Vec::new(),
         })))
     }
 
@@ -608,6 +614,7 @@ impl Supervisor {
         self.gate_results(now).await;
         self.due_sessions(now, &policy).await;
         self.due_alarms(now).await;
+        self.handoff_tick(now).await;
         self.dispatch.expire(now).await;
     }
 

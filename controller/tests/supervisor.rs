@@ -101,6 +101,7 @@ impl Rig {
                 Some(pb::command::Action::Interrupt(_)) => ("interrupt", String::new()),
                 Some(pb::command::Action::Capture(_)) => ("capture", String::new()),
                 Some(pb::command::Action::Gate(g)) => ("gate", g.command),
+                Some(pb::command::Action::Checkpoint(_)) => ("checkpoint", String::new()),
                 None => ("none", String::new()),
             };
             out.push((c.session_name, name.to_owned(), arg));

@@ -10,6 +10,7 @@
 //! - [`escalate`]: the escalation ladder (warn, nudge, triage, confirm, restart or kill);
 //! - [`gate`]: quality gates: when they run, how an outcome is judged, feedback and escalation;
 //! - [`guard`]: guarded files restored on a node: the record and the agent's warning;
+//! - [`handoff`]: why a restart happened, and the resume message its new agent gets;
 //! - [`correlate`]: incidents by failure domain, which gate per-session actions;
 //! - [`health`]: node health from silence, and the fleet's share of silent nodes;
 //! - [`policy`]: thresholds, dwell times and budgets;
@@ -24,6 +25,7 @@ pub mod effect;
 pub mod escalate;
 pub mod gate;
 pub mod guard;
+pub mod handoff;
 pub mod health;
 pub mod policy;
 pub mod triage;

@@ -144,6 +144,8 @@ pub struct Policy {
     /// `animated_hang` per agent profile (`{ claude = "20m" }`), for CLIs whose turns are slow.
     pub animated_hang_profiles:
         std::collections::BTreeMap<String, humantime_serde::Serde<Duration>>,
+    /// How a restart hands the work over to the new agent (resume message, timeouts).
+    pub handoff: crate::handoff::HandoffPolicy,
     /// Per-group overrides (`@argus-group`): `[groups.NAME]` with any of the keys above.
     #[serde(skip)]
     pub groups: std::collections::BTreeMap<String, std::sync::Arc<Policy>>,
@@ -231,6 +233,7 @@ impl Default for Policy {
             commit_reminder_text: "You have uncommitted work older than 30 minutes: please commit your work now (git add, git commit) with a clear message, then continue.".to_owned(),
             animated_hang: Duration::from_secs(15 * 60),
             animated_hang_profiles: std::collections::BTreeMap::new(),
+            handoff: crate::handoff::HandoffPolicy::default(),
             groups: std::collections::BTreeMap::new(),
         }
     }
@@ -371,6 +374,9 @@ impl Policy {
         }
         if self.command_timeout.is_zero() {
             return invalid("command_timeout", "must be positive");
+        }
+        if let Err((key, why)) = self.handoff.validate() {
+            return invalid(&key, &why);
         }
         self.validate_gate()
     }

@@ -50,6 +50,8 @@ pub struct Config {
     pub profiles: Option<PathBuf>,
     /// Events kept while the controller is away.
     pub event_buffer: usize,
+    /// Checkpoints before kills and restarts: `[checkpoint]`.
+    pub checkpoint: crate::checkpoint::CheckpointConfig,
 }
 
 impl Default for Config {
@@ -69,6 +71,7 @@ impl Default for Config {
             screen_lines: argus_shared::screen::DEFAULT_LINES,
             profiles: None,
             event_buffer: 4096,
+            checkpoint: crate::checkpoint::CheckpointConfig::default(),
         }
     }
 }
@@ -219,6 +222,7 @@ impl Config {
                 "must not be empty: the highest accepted epoch is kept there",
             ));
         }
+        self.checkpoint.validate()?;
         Ok(())
     }
 }

@@ -13,6 +13,7 @@ use argus_shared::time::{local_utc_offset_secs, now_ms};
 use rustix::process::Signal;
 use tokio::sync::{Mutex, watch};
 
+use crate::checkpoint::{self, CheckpointConfig};
 use crate::fence::{Fence, FenceError};
 use crate::probe::Snapshot;
 use crate::procs;
@@ -31,6 +32,7 @@ pub struct Executor {
     keys: Keyboard,
     /// Restart commands each session may be restarted with (see [`RestartGuard`]).
     restarts: Arc<RestartGuard>,
+    checkpoints: CheckpointConfig,
 }
 
 /// How a command ended on the node.
@@ -41,6 +43,8 @@ struct Outcome {
     delivery: pb::Delivery,
     /// A gate's exit status and whether it ran past its limit.
     gate: Option<(i32, bool)>,
+    /// The checkpoint taken before a kill or restart, or on demand.
+    checkpoint: Option<pb::Checkpoint>,
 }
 
 impl From<(pb::CommandStatus, String, String)> for Outcome {
@@ -51,6 +55,7 @@ impl From<(pb::CommandStatus, String, String)> for Outcome {
             output,
             delivery: pb::Delivery::Unspecified,
             gate: None,
+            checkpoint: None,
         }
     }
 }
@@ -74,7 +79,14 @@ impl Executor {
             profiles,
             keys: Keyboard::default(),
             restarts: RestartGuard::watch(false, snapshot_for_guard),
+            checkpoints: CheckpointConfig::default(),
         }
+    }
+
+    /// How checkpoints are taken before kills and restarts (the node agent's `[checkpoint]`).
+    pub fn with_checkpoints(mut self, config: CheckpointConfig) -> Self {
+        self.checkpoints = config;
+        self
     }
 
     /// Obey restarts with any command (`allow_any_restart_command`), not only the session's own.
@@ -93,6 +105,7 @@ impl Executor {
             output,
             delivery,
             gate,
+            checkpoint,
         } = self.check_and_run(cmd).await;
         if status != pb::CommandStatus::Ok {
             tracing::info!(command = %id, status = ?status, %message, "command refused or failed");
@@ -105,6 +118,7 @@ impl Executor {
             delivery: delivery as i32,
             gate_exit: gate.map_or(0, |(exit, _)| exit),
             gate_timed_out: gate.is_some_and(|(_, timed_out)| timed_out),
+            checkpoint,
         }
     }
 
@@ -162,9 +176,13 @@ impl Executor {
                 labels,
             } = &action
             {
+                let checkpoint = self
+                    .checkpoint_of_gone(&socket, &cmd.session_name, cwd, labels)
+                    .await;
                 return self
                     .recreate(&tmux, &cmd.session_name, command, cwd, labels)
-                    .await;
+                    .await
+                    .with_checkpoint(checkpoint);
             }
             return refuse(
                 S::NoSuchSession,
@@ -193,12 +211,17 @@ impl Executor {
                 },
             ) = (&refused, &action)
             {
+                let checkpoint = self
+                    .checkpoint_of_gone(&socket, &cmd.session_name, cwd, labels)
+                    .await;
                 return self
                     .recreate(&tmux, &cmd.session_name, command, cwd, labels)
-                    .await;
+                    .await
+                    .with_checkpoint(checkpoint);
             }
             return refused_target(refused);
         }
+        let checkpoint = self.checkpoint_before(&tmux, &session, &action).await;
         let restart = match &action {
             Action::Restart {
                 command,
@@ -207,7 +230,7 @@ impl Executor {
             } => Some((command.clone(), cwd.clone(), labels.clone())),
             _ => None,
         };
-        match self.run(&tmux, &session, action).await {
+        let outcome: Outcome = match self.run(&tmux, &session, action).await {
             Ok(ended) => ended.into(),
             // The session closed between the last probe and this restart (its agent died a
             // moment ago): create it anew instead.
@@ -219,7 +242,57 @@ impl Executor {
                     .await
             }
             Err(e) => (S::Failed, e, String::new()).into(),
+        };
+        outcome.with_checkpoint(checkpoint)
+    }
+
+    /// The checkpoint a kill, a restart or a checkpoint command takes first (a kill or restart
+    /// only when `checkpoint.enabled`), bounded by `checkpoint.timeout`.
+    async fn checkpoint_before(
+        &self,
+        tmux: &Tmux,
+        s: &pb::SessionObservation,
+        action: &Action,
+    ) -> Option<pb::Checkpoint> {
+        let trigger = match action {
+            Action::Checkpoint => "manual",
+            Action::Kill { .. } if self.checkpoints.enabled => "kill",
+            Action::Restart { .. } if self.checkpoints.enabled => "restart",
+            _ => return None,
+        };
+        let target = checkpoint::Target::observed(s, trigger);
+        let c = checkpoint::take(Some(tmux), &target, &self.checkpoints).await;
+        tracing::info!(session = %s.session_name, trigger, took_ms = c.took_ms, "{}", checkpoint::summary(&c));
+        Some(c)
+    }
+
+    /// The checkpoint a restart of a session that is gone takes first: no screen, but the git
+    /// work tree of the directory it is restarted in.
+    async fn checkpoint_of_gone(
+        &self,
+        socket: &str,
+        name: &str,
+        cwd: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Option<pb::Checkpoint> {
+        if !self.checkpoints.enabled {
+            return None;
         }
+        let target = checkpoint::Target {
+            tmux_socket: socket.to_owned(),
+            session_name: name.to_owned(),
+            cwd: cwd.to_owned(),
+            labels: labels.clone(),
+            profile: labels
+                .get(argus_shared::labels::PROFILE)
+                .cloned()
+                .unwrap_or_default(),
+            trigger: "restart",
+            ..checkpoint::Target::default()
+        };
+        let c = checkpoint::take(None, &target, &self.checkpoints).await;
+        tracing::info!(session = %name, took_ms = c.took_ms, "{}", checkpoint::summary(&c));
+        Some(c)
     }
 
     async fn run(
@@ -247,6 +320,8 @@ impl Executor {
                 Some(why) => Ok(Ended::Declined(why)),
                 None => Self::gate(s, &command, timeout_ms).await,
             },
+            // Taken by `checkpoint_before`, as for a kill or a restart.
+            Action::Checkpoint => Ok(Ended::Output(String::new())),
             Action::Restart { command, .. } => {
                 let argv = restart_argv(&command, s, &self.profiles);
                 tmux.respawn_pane(pane, &argv)
@@ -709,6 +784,7 @@ impl From<Ended> for Outcome {
             output,
             delivery,
             gate,
+            checkpoint: None,
         }
     }
 }
@@ -726,6 +802,22 @@ fn gate_message(run: &crate::gate::GateRun) -> String {
             run.exit,
             run.took.as_millis()
         )
+    }
+}
+
+impl Outcome {
+    /// The outcome with the checkpoint taken before it, named in its message.
+    fn with_checkpoint(mut self, checkpoint: Option<pb::Checkpoint>) -> Self {
+        if let Some(c) = &checkpoint {
+            let line = checkpoint::summary(c);
+            self.message = if self.message.is_empty() {
+                line
+            } else {
+                format!("{}; {line}", self.message)
+            };
+        }
+        self.checkpoint = checkpoint;
+        self
     }
 }
 

@@ -3,6 +3,7 @@
 //! own.
 
 pub mod agentfiles;
+pub mod checkpoint;
 pub mod config;
 pub mod daemon;
 pub mod events;
@@ -91,7 +92,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let events_guard = events.clone();
     let executor = Arc::new(
         Executor::new(&servers, fence.clone(), snap_rx.clone(), profiles)
-            .allowing_any_restart_command(config.allow_any_restart_command),
+            .allowing_any_restart_command(config.allow_any_restart_command)
+            .with_checkpoints(config.checkpoint.clone()),
     );
     let (forward, inbox) = local::channel();
     let local_snap = snap_rx.clone();

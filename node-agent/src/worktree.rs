@@ -109,19 +109,28 @@ pub async fn run(
     }
 }
 
+/// Runs `git -C DIR <args>` without taking optional locks (the index is left as it is), in its
+/// own process group, which is killed with everything it started when the run times out or is
+/// dropped (a hung git, or a git wrapper, never outlives the scan).
 async fn git(dir: &Path, args: &[&str]) -> Option<Vec<u8>> {
-    let run = tokio::process::Command::new("git")
+    let child = tokio::process::Command::new("git")
         .arg("-C")
         .arg(dir)
         .args(args)
+        .env("GIT_OPTIONAL_LOCKS", "0")
         .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
-        .output();
-    match tokio::time::timeout(GIT_TIMEOUT, run).await {
-        Ok(Ok(out)) if out.status.success() => Some(out.stdout),
-        _ => None,
-    }
+        .process_group(0)
+        .spawn()
+        .ok()?;
+    let mut group = crate::checkpoint::GroupKill(child.id());
+    let out = tokio::time::timeout(GIT_TIMEOUT, child.wait_with_output()).await;
+    // Exited by itself: its pid may be reused from now on, so the group is not signalled.
+    let out = out.ok()?.ok()?;
+    group.0 = None;
+    out.status.success().then_some(out.stdout)
 }
 
 async fn toplevel(cwd: &Path) -> Option<PathBuf> {

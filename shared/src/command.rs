@@ -84,6 +84,9 @@ pub enum Action {
     /// Run the quality gate `command` (`sh -c`) in the session's working directory, stopped
     /// after `timeout_ms`; the result carries its exit status and the end of its output.
     Gate { command: String, timeout_ms: u32 },
+    /// Take a checkpoint now (screen, labels, git state, the uncommitted work saved in git),
+    /// changing nothing.
+    Checkpoint,
 }
 
 impl Action {
@@ -96,6 +99,7 @@ impl Action {
             Self::Restart { .. } => "restart",
             Self::Capture { .. } => "capture",
             Self::Gate { .. } => "gate",
+            Self::Checkpoint => "checkpoint",
         }
     }
 
@@ -312,6 +316,7 @@ impl TryFrom<pb::command::Action> for Action {
             }
             pb::command::Action::Capture(c) => Self::capture(c.lines),
             pb::command::Action::Gate(g) => Self::gate(&g.command, g.timeout_ms),
+            pb::command::Action::Checkpoint(_) => Ok(Self::Checkpoint),
         }
     }
 }
@@ -339,6 +344,7 @@ impl From<Action> for pb::command::Action {
                 command,
                 timeout_ms,
             }),
+            Action::Checkpoint => Self::Checkpoint(pb::TakeCheckpoint {}),
         }
     }
 }

@@ -114,7 +114,7 @@ fn commands() {
                     assert!(!command.chars().any(char::is_control), "gate {command:?}");
                     assert!(*timeout_ms <= command::MAX_GATE_TIMEOUT_MS);
                 }
-                Action::Interrupt => {}
+                Action::Interrupt | Action::Checkpoint => {}
             }
             let _ = pb::command::Action::from(action);
         }

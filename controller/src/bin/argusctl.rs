@@ -129,6 +129,36 @@ enum Cmd {
     /// no controller address and no credential.
     #[command(name = "self", subcommand)]
     Myself(SelfCmd),
+    /// List stored checkpoints (of one node, or of one session), newest first; --id shows one
+    /// whole (screen lines, files).
+    Checkpoints {
+        /// Only this node's.
+        node: Option<String>,
+        /// Only this session's (with NODE).
+        name: Option<String>,
+        /// The tmux server's socket path (with NAME, when it exists on several).
+        #[arg(long, value_name = "PATH")]
+        socket: Option<String>,
+        /// Show this checkpoint whole.
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Take a checkpoint of a session now (screen, labels, git state, the uncommitted work saved
+    /// under refs/argus/checkpoints/), changing nothing.
+    Checkpoint {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List incomplete handoffs (restarts whose new agent has not yet taken the work over);
+    /// --all for completed and failed ones too.
+    Handoffs {
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        node: Option<String>,
+    },
     /// Make a development PKI in DIR: a CA (kept and reused on later runs), the controller's
     /// certificate, node certificates and admin certificates; optionally bearer tokens.
     Certs(CertsArgs),
@@ -382,6 +412,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
             cmd: AlarmCmd::Cancel { id },
         } => cancel_alarm(&mut c, id).await,
         Cmd::Myself(_) => unreachable!("handled without a controller"),
+        Cmd::Checkpoints {
+            node,
+            name,
+            socket,
+            id,
+            limit,
+        } => match id {
+            Some(id) => show_checkpoint(&mut c, id).await,
+            None => checkpoints(&mut c, node, name, socket, limit).await,
+        },
+        Cmd::Checkpoint { target } => take_checkpoint(&mut c, &target).await,
+        Cmd::Handoffs { all, node } => handoffs(&mut c, all, node).await,
     }
 }
 
@@ -491,6 +533,28 @@ async fn session(c: &mut Client, target: &Target) -> anyhow::Result<()> {
             state_name(t.to),
             t.reason
         );
+    }
+    if !r.handoffs.is_empty() {
+        println!("\nhandoffs:");
+        for h in &r.handoffs {
+            println!(
+                "  {}  {:<10} {:<12} {}  checkpoint {}  {}",
+                when(h.started_ms),
+                h.state,
+                h.reason,
+                h.id,
+                or_dash(&h.checkpoint_id),
+                h.message
+            );
+        }
+    }
+    if !r.checkpoints.is_empty() {
+        println!("\ncheckpoints:");
+        for k in &r.checkpoints {
+            if let Some(c) = &k.checkpoint {
+                println!("  {}  {}", when(c.taken_at_ms), checkpoint_line(c));
+            }
+        }
     }
     println!("\ncommands:");
     for k in r.commands {
@@ -725,6 +789,201 @@ async fn myself(cmd: SelfCmd) -> anyhow::Result<()> {
         );
     } else {
         println!("{session} {}", a.tmux_socket.unwrap_or_default());
+    }
+    Ok(())
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() { "-" } else { s }
+}
+
+/// One checkpoint in a line: id, trigger, time taken, git summary.
+fn checkpoint_line(c: &pb::Checkpoint) -> String {
+    let git = match &c.git {
+        None => "no git work tree".to_owned(),
+        Some(g) => format!(
+            "{} {} {} files (+{} -{}) {}",
+            or_dash(&g.branch),
+            g.head.chars().take(10).collect::<String>(),
+            g.files_total,
+            g.insertions,
+            g.deletions,
+            if g.saved_ref.is_empty() {
+                if g.files_total == 0 {
+                    "clean"
+                } else {
+                    "NOT SAVED"
+                }
+            } else {
+                g.saved_ref.as_str()
+            }
+        ),
+    };
+    let problems = if c.problems.is_empty() {
+        String::new()
+    } else {
+        format!("  [{}]", c.problems.join("; "))
+    };
+    format!(
+        "{} before {:<7} {:>5} ms  {git}{problems}",
+        c.id, c.trigger, c.took_ms
+    )
+}
+
+async fn checkpoints(
+    c: &mut Client,
+    node: Option<String>,
+    name: Option<String>,
+    socket: Option<String>,
+    limit: u32,
+) -> anyhow::Result<()> {
+    let r = c
+        .list_checkpoints(pb::ListCheckpointsRequest {
+            node_id: node.unwrap_or_default(),
+            session_name: name.unwrap_or_default(),
+            tmux_socket: socket.unwrap_or_default(),
+            limit,
+        })
+        .await?
+        .into_inner();
+    println!(
+        "{:<23}  {:<12} {:<20} CHECKPOINT",
+        "TAKEN", "NODE", "SESSION"
+    );
+    for k in r.checkpoints {
+        if let Some(ck) = &k.checkpoint {
+            println!(
+                "{:<23}  {:<12} {:<20} {}",
+                when(ck.taken_at_ms),
+                k.node_id,
+                ck.session_name,
+                checkpoint_line(ck)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Prints a whole checkpoint.
+fn print_checkpoint(node: &str, command: &str, reason: &str, c: &pb::Checkpoint) {
+    println!(
+        "checkpoint {} of {} on {} ({})",
+        c.id, c.session_name, node, c.tmux_socket
+    );
+    println!(
+        "taken     {} before {} (took {} ms)",
+        when(c.taken_at_ms),
+        c.trigger,
+        c.took_ms
+    );
+    if !command.is_empty() {
+        println!("command   {command}: {reason}");
+    }
+    println!(
+        "agent     {} pid {} profile {}",
+        or_dash(&c.agent_name),
+        c.agent.map_or(0, |a| a.pid),
+        or_dash(&c.profile)
+    );
+    println!("cwd       {}", or_dash(&c.cwd));
+    let mut labels: Vec<_> = c.labels.iter().collect();
+    labels.sort();
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("labels    {}", labels.join(" "));
+    match &c.git {
+        None => println!("git       not a git work tree"),
+        Some(g) => {
+            println!(
+                "git       {} on branch {} at {} \"{}\"",
+                g.top_level,
+                or_dash(&g.branch),
+                or_dash(&g.head),
+                g.head_subject
+            );
+            println!(
+                "saved     {} {}",
+                or_dash(&g.saved_ref),
+                if g.saved_commit.is_empty() {
+                    String::new()
+                } else {
+                    format!("(commit {})", g.saved_commit)
+                }
+            );
+            println!(
+                "files     {} (+{} -{})",
+                g.files_total, g.insertions, g.deletions
+            );
+            for f in &g.files {
+                let counts = if f.binary {
+                    "binary".to_owned()
+                } else {
+                    format!("+{} -{}", f.added, f.removed)
+                };
+                let skipped = if f.skipped { "  (not saved)" } else { "" };
+                println!("  {:<3} {}  {counts}{skipped}", f.status, f.path);
+            }
+        }
+    }
+    for p in &c.problems {
+        println!("problem   {p}");
+    }
+    if !c.screen.is_empty() {
+        println!("screen:");
+        for l in &c.screen {
+            println!("  | {l}");
+        }
+    }
+}
+
+async fn show_checkpoint(c: &mut Client, id: String) -> anyhow::Result<()> {
+    let r = c
+        .get_checkpoint(pb::GetCheckpointRequest { id })
+        .await?
+        .into_inner();
+    if let Some(ck) = &r.checkpoint {
+        print_checkpoint(&r.node_id, &r.command_id, &r.reason, ck);
+    }
+    Ok(())
+}
+
+async fn take_checkpoint(c: &mut Client, target: &Target) -> anyhow::Result<()> {
+    let r = c.take_checkpoint(target.sref()).await;
+    let r = refine(c, target, r).await?;
+    if let Some(ck) = &r.checkpoint {
+        print_checkpoint(&target.node, &r.command_id, "taken through argusctl", ck);
+    }
+    print_result(pb::CommandResponse {
+        checkpoint: None,
+        ..r
+    })
+}
+
+async fn handoffs(c: &mut Client, all: bool, node: Option<String>) -> anyhow::Result<()> {
+    let r = c
+        .list_handoffs(pb::ListHandoffsRequest {
+            include_ended: all,
+            node_id: node.unwrap_or_default(),
+            limit: 100,
+        })
+        .await?
+        .into_inner();
+    println!(
+        "{:<30} {:<12} {:<20} {:<10} {:<12} {:>8} {:<23} {:<28} MESSAGE",
+        "ID", "NODE", "SESSION", "STATE", "REASON", "RESTARTS", "STARTED", "CHECKPOINT"
+    );
+    for h in r.handoffs {
+        println!(
+            "{:<30} {:<12} {:<20} {:<10} {:<12} {:>8} {:<23} {:<28} {}",
+            h.id,
+            h.node_id,
+            h.session_name,
+            h.state,
+            h.reason,
+            h.restarts,
+            when(h.started_ms),
+            or_dash(&h.checkpoint_id),
+            h.message
+        );
     }
     Ok(())
 }

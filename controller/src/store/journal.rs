@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{AlarmRow, CommandRow, IncidentRow, SessionRef, TransitionRow, Write};
+use super::{
+    AlarmRow, CheckpointRow, CommandRow, HandoffRow, IncidentRow, SessionRef, TransitionRow, Write,
+};
 
 /// Why the journal could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -354,6 +356,52 @@ enum EntryV1 {
         command_id: String,
         message: String,
     },
+    Checkpoint {
+        id: String,
+        node: String,
+        socket: String,
+        session: String,
+        taken_ms: i64,
+        trigger: String,
+        command_id: String,
+        reason: String,
+        /// The protobuf-encoded checkpoint, in hex.
+        data_hex: String,
+    },
+    Handoff {
+        id: String,
+        node: String,
+        socket: String,
+        session: String,
+        reason: String,
+        detail: String,
+        checkpoint_id: String,
+        restart_command_id: String,
+        from_pid: u32,
+        from_start: u64,
+        to_pid: u32,
+        to_start: u64,
+        state: String,
+        started_ms: i64,
+        resumed_ms: i64,
+        ended_ms: i64,
+        restarts: u32,
+        resume_attempts: u32,
+        resume_command_id: String,
+        message: String,
+    },
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The bytes of a hex string; a damaged one gives what decodes (the checksum guards the line).
+fn unhex(s: &str) -> Vec<u8> {
+    s.as_bytes()
+        .chunks(2)
+        .filter_map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
+        .collect()
 }
 
 fn sref(node: String, socket: String, session: String) -> SessionRef {
@@ -463,6 +511,39 @@ impl From<&Write> for Entry {
                 at_ms,
                 command_id,
                 message,
+            },
+            Write::Checkpoint(c) => EntryV1::Checkpoint {
+                id: c.id,
+                node: c.session.node_id,
+                socket: c.session.tmux_socket,
+                session: c.session.session_name,
+                taken_ms: c.taken_ms,
+                trigger: c.trigger,
+                command_id: c.command_id,
+                reason: c.reason,
+                data_hex: hex(&c.data),
+            },
+            Write::Handoff(h) => EntryV1::Handoff {
+                id: h.id,
+                node: h.session.node_id,
+                socket: h.session.tmux_socket,
+                session: h.session.session_name,
+                reason: h.reason,
+                detail: h.detail,
+                checkpoint_id: h.checkpoint_id,
+                restart_command_id: h.restart_command_id,
+                from_pid: h.from_pid,
+                from_start: h.from_start,
+                to_pid: h.to_pid,
+                to_start: h.to_start,
+                state: h.state,
+                started_ms: h.started_ms,
+                resumed_ms: h.resumed_ms,
+                ended_ms: h.ended_ms,
+                restarts: h.restarts,
+                resume_attempts: h.resume_attempts,
+                resume_command_id: h.resume_command_id,
+                message: h.message,
             },
         })
     }
@@ -608,6 +689,66 @@ impl From<Entry> for Write {
                 command_id,
                 message,
             },
+            EntryV1::Checkpoint {
+                id,
+                node,
+                socket,
+                session,
+                taken_ms,
+                trigger,
+                command_id,
+                reason,
+                data_hex,
+            } => Write::Checkpoint(CheckpointRow {
+                id,
+                session: sref(node, socket, session),
+                taken_ms,
+                trigger,
+                command_id,
+                reason,
+                data: unhex(&data_hex),
+            }),
+            EntryV1::Handoff {
+                id,
+                node,
+                socket,
+                session,
+                reason,
+                detail,
+                checkpoint_id,
+                restart_command_id,
+                from_pid,
+                from_start,
+                to_pid,
+                to_start,
+                state,
+                started_ms,
+                resumed_ms,
+                ended_ms,
+                restarts,
+                resume_attempts,
+                resume_command_id,
+                message,
+            } => Write::Handoff(HandoffRow {
+                id,
+                session: sref(node, socket, session),
+                reason,
+                detail,
+                checkpoint_id,
+                restart_command_id,
+                from_pid,
+                from_start,
+                to_pid,
+                to_start,
+                state,
+                started_ms,
+                resumed_ms,
+                ended_ms,
+                restarts,
+                resume_attempts,
+                resume_command_id,
+                message,
+            }),
         }
     }
 }
@@ -698,6 +839,35 @@ mod tests {
                 command_id: "c2".into(),
                 message: "delivered".into(),
             },
+            Write::Checkpoint(CheckpointRow {
+                id: "ck-1-00".into(),
+                session: sref("n1".into(), "/s".into(), "w".into()),
+                taken_ms: 9,
+                trigger: "restart".into(),
+                command_id: "c2".into(),
+                reason: "restart: agent died".into(),
+                data: vec![0, 1, 0xfe, 0xff, 10, 13],
+            }),
+            Write::Handoff(HandoffRow {
+                id: "ho-1".into(),
+                session: sref("n1".into(), "/s".into(), "w".into()),
+                reason: "crash".into(),
+                detail: "restart: agent died".into(),
+                checkpoint_id: "ck-1-00".into(),
+                restart_command_id: "c2".into(),
+                from_pid: 7,
+                from_start: 8,
+                to_pid: 9,
+                to_start: 10,
+                state: "resumed".into(),
+                started_ms: 11,
+                resumed_ms: 12,
+                ended_ms: 0,
+                restarts: 2,
+                resume_attempts: 1,
+                resume_command_id: "c3".into(),
+                message: "sent".into(),
+            }),
         ]
     }
 

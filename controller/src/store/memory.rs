@@ -8,8 +8,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 
 use super::{
-    AlarmRow, CommandRow, History, IncidentRow, NodeRecord, SessionRef, Store, StoreError,
-    TransitionRow, Write,
+    AlarmRow, CheckpointQuery, CheckpointRow, CommandRow, HandoffQuery, HandoffRow, History,
+    IncidentRow, NodeRecord, SessionRef, Store, StoreError, TransitionRow, Write,
 };
 
 /// A [`Store`] held in memory.
@@ -30,6 +30,10 @@ struct State {
     durables: HashMap<SessionRef, String>,
     incidents: HashMap<String, IncidentRow>,
     alarms: HashMap<String, AlarmRow>,
+    /// Checkpoints in the order stored, and their ids.
+    checkpoints: Vec<CheckpointRow>,
+    checkpoint_ids: std::collections::HashSet<String>,
+    handoffs: HashMap<String, HandoffRow>,
     /// Batches still to refuse (see [`MemoryStore::fail_writes`]).
     failing_writes: u32,
 }
@@ -97,6 +101,15 @@ impl State {
                     command_id.clone_into(&mut a.command_id);
                     message.clone_into(&mut a.message);
                 }
+            }
+            Write::Checkpoint(c) => {
+                // Like SQLite's `INSERT OR IGNORE`.
+                if self.checkpoint_ids.insert(c.id.clone()) {
+                    self.checkpoints.push(c.clone());
+                }
+            }
+            Write::Handoff(h) => {
+                self.handoffs.insert(h.id.clone(), h.clone());
             }
         }
     }
@@ -288,5 +301,46 @@ impl Store for MemoryStore {
 
     async fn alarm(&self, id: &str) -> Result<Option<AlarmRow>, StoreError> {
         Ok(self.lock().alarms.get(id).cloned())
+    }
+
+    async fn checkpoints(
+        &self,
+        q: &CheckpointQuery,
+        limit: u32,
+    ) -> Result<Vec<CheckpointRow>, StoreError> {
+        let s = self.lock();
+        let mut rows: Vec<(usize, &CheckpointRow)> = s
+            .checkpoints
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| q.matches(&c.session))
+            .collect();
+        // SQLite: ORDER BY taken_ms DESC, rowid DESC.
+        rows.sort_by(|(ia, a), (ib, b)| (b.taken_ms, ib).cmp(&(a.taken_ms, ia)));
+        Ok(rows
+            .into_iter()
+            .take(limit as usize)
+            .map(|(_, c)| c.clone())
+            .collect())
+    }
+
+    async fn checkpoint(&self, id: &str) -> Result<Option<CheckpointRow>, StoreError> {
+        Ok(self.lock().checkpoints.iter().find(|c| c.id == id).cloned())
+    }
+
+    async fn handoffs(&self, q: &HandoffQuery, limit: u32) -> Result<Vec<HandoffRow>, StoreError> {
+        let mut rows: Vec<HandoffRow> = self
+            .lock()
+            .handoffs
+            .values()
+            .filter(|h| q.matches(h))
+            .cloned()
+            .collect();
+        // SQLite: ORDER BY ended_ms = 0 DESC, started_ms DESC, id DESC.
+        rows.sort_by(|a, b| {
+            (b.ended_ms == 0, b.started_ms, &b.id).cmp(&(a.ended_ms == 0, a.started_ms, &a.id))
+        });
+        rows.truncate(limit as usize);
+        Ok(rows)
     }
 }

@@ -20,8 +20,8 @@ use sqlx::{Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    AlarmRow, CommandRow, History, IncidentRow, NodeRecord, SessionRef, Store, StoreError,
-    TransitionRow, Write,
+    AlarmRow, CheckpointQuery, CheckpointRow, CommandRow, HandoffQuery, HandoffRow, History,
+    IncidentRow, NodeRecord, SessionRef, Store, StoreError, TransitionRow, Write,
 };
 
 /// How long SQLite waits for a lock held by another connection or process.
@@ -396,6 +396,63 @@ impl Store for SqliteStore {
             .map_err(db("read alarm"))?;
         Ok(row.as_ref().map(alarm_row))
     }
+
+    async fn checkpoints(
+        &self,
+        q: &CheckpointQuery,
+        limit: u32,
+    ) -> Result<Vec<CheckpointRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM checkpoints
+             WHERE (?1 = '' OR node_id = ?1) AND (?2 = '' OR session_name = ?2)
+               AND (?3 = '' OR tmux_socket = ?3)
+             ORDER BY taken_ms DESC, rowid DESC LIMIT ?4",
+        )
+        .bind(&q.node_id)
+        .bind(&q.session_name)
+        .bind(&q.tmux_socket)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read checkpoints"))?;
+        Ok(rows.iter().map(checkpoint_row).collect())
+    }
+
+    async fn checkpoint(&self, id: &str) -> Result<Option<CheckpointRow>, StoreError> {
+        let row = sqlx::query("SELECT * FROM checkpoints WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("read checkpoint"))?;
+        Ok(row.as_ref().map(checkpoint_row))
+    }
+
+    async fn handoffs(&self, q: &HandoffQuery, limit: u32) -> Result<Vec<HandoffRow>, StoreError> {
+        let (node, socket, name) = q.session.as_ref().map_or(("", "", ""), |s| {
+            (
+                s.node_id.as_str(),
+                s.tmux_socket.as_str(),
+                s.session_name.as_str(),
+            )
+        });
+        let rows = sqlx::query(
+            "SELECT * FROM handoffs
+             WHERE (?1 OR ended_ms = 0) AND (?2 = '' OR node_id = ?2)
+               AND (NOT ?3 OR (node_id = ?4 AND tmux_socket = ?5 AND session_name = ?6))
+             ORDER BY ended_ms = 0 DESC, started_ms DESC, id DESC LIMIT ?7",
+        )
+        .bind(q.include_ended)
+        .bind(&q.node_id)
+        .bind(q.session.is_some())
+        .bind(node)
+        .bind(socket)
+        .bind(name)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read handoffs"))?;
+        Ok(rows.iter().map(handoff_row).collect())
+    }
 }
 
 fn alarm_row(r: &sqlx::sqlite::SqliteRow) -> AlarmRow {
@@ -413,6 +470,49 @@ fn alarm_row(r: &sqlx::sqlite::SqliteRow) -> AlarmRow {
         state: r.get("state"),
         closed_ms: r.get("closed_ms"),
         command_id: r.get("command_id"),
+        message: r.get("message"),
+    }
+}
+
+fn checkpoint_row(r: &sqlx::sqlite::SqliteRow) -> CheckpointRow {
+    CheckpointRow {
+        id: r.get("id"),
+        session: SessionRef {
+            node_id: r.get("node_id"),
+            tmux_socket: r.get("tmux_socket"),
+            session_name: r.get("session_name"),
+        },
+        taken_ms: r.get("taken_ms"),
+        trigger: r.get("trigger"),
+        command_id: r.get("command_id"),
+        reason: r.get("reason"),
+        data: r.get("data"),
+    }
+}
+
+fn handoff_row(r: &sqlx::sqlite::SqliteRow) -> HandoffRow {
+    HandoffRow {
+        id: r.get("id"),
+        session: SessionRef {
+            node_id: r.get("node_id"),
+            tmux_socket: r.get("tmux_socket"),
+            session_name: r.get("session_name"),
+        },
+        reason: r.get("reason"),
+        detail: r.get("detail"),
+        checkpoint_id: r.get("checkpoint_id"),
+        restart_command_id: r.get("restart_command_id"),
+        from_pid: r.get::<i64, _>("from_pid") as u32,
+        from_start: r.get::<i64, _>("from_start") as u64,
+        to_pid: r.get::<i64, _>("to_pid") as u32,
+        to_start: r.get::<i64, _>("to_start") as u64,
+        state: r.get("state"),
+        started_ms: r.get("started_ms"),
+        resumed_ms: r.get("resumed_ms"),
+        ended_ms: r.get("ended_ms"),
+        restarts: r.get::<i64, _>("restarts") as u32,
+        resume_attempts: r.get::<i64, _>("resume_attempts") as u32,
+        resume_command_id: r.get("resume_command_id"),
         message: r.get("message"),
     }
 }
@@ -505,6 +605,8 @@ async fn apply(tx: &mut SqliteConnection, w: &Write) -> Result<(), StoreError> {
             command_id,
             message,
         } => close_alarm(tx, id, state, *at_ms, command_id, message).await,
+        Write::Checkpoint(c) => insert_checkpoint(tx, c).await,
+        Write::Handoff(h) => upsert_handoff(tx, h).await,
     }
 }
 
@@ -554,6 +656,59 @@ async fn close_alarm(
     .execute(tx)
     .await
     .map_err(db("close alarm"))?;
+    Ok(())
+}
+
+/// Records a checkpoint; an id already recorded is left as it is.
+async fn insert_checkpoint(tx: &mut SqliteConnection, c: &CheckpointRow) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT OR IGNORE INTO checkpoints (id, node_id, tmux_socket, session_name, taken_ms, trigger, command_id, reason, data)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&c.id)
+    .bind(&c.session.node_id)
+    .bind(&c.session.tmux_socket)
+    .bind(&c.session.session_name)
+    .bind(c.taken_ms)
+    .bind(&c.trigger)
+    .bind(&c.command_id)
+    .bind(&c.reason)
+    .bind(&c.data)
+    .execute(tx)
+    .await
+    .map_err(db("record checkpoint"))?;
+    Ok(())
+}
+
+/// Inserts or replaces a handoff.
+async fn upsert_handoff(tx: &mut SqliteConnection, h: &HandoffRow) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT OR REPLACE INTO handoffs (id, node_id, tmux_socket, session_name, reason, detail, checkpoint_id, restart_command_id, from_pid, from_start, to_pid, to_start, state, started_ms, resumed_ms, ended_ms, restarts, resume_attempts, resume_command_id, message)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&h.id)
+    .bind(&h.session.node_id)
+    .bind(&h.session.tmux_socket)
+    .bind(&h.session.session_name)
+    .bind(&h.reason)
+    .bind(&h.detail)
+    .bind(&h.checkpoint_id)
+    .bind(&h.restart_command_id)
+    .bind(i64::from(h.from_pid))
+    .bind(h.from_start as i64)
+    .bind(i64::from(h.to_pid))
+    .bind(h.to_start as i64)
+    .bind(&h.state)
+    .bind(h.started_ms)
+    .bind(h.resumed_ms)
+    .bind(h.ended_ms)
+    .bind(i64::from(h.restarts))
+    .bind(i64::from(h.resume_attempts))
+    .bind(&h.resume_command_id)
+    .bind(&h.message)
+    .execute(tx)
+    .await
+    .map_err(db("record handoff"))?;
     Ok(())
 }
 
