@@ -201,6 +201,17 @@ impl Config {
                 format!("{url:?}: only http:// and https:// webhooks are supported"),
             ));
         }
+        if let Some((i, url)) = self
+            .webhooks
+            .iter()
+            .enumerate()
+            .find(|(_, u)| !crate::outbound::plaintext_allowed(u))
+        {
+            return Err(ConfigError::invalid(
+                format!("webhooks[{i}]"),
+                format!("{url:?}: http:// is for loopback hosts only; use https://"),
+            ));
+        }
         match &self.local {
             Some(local) => local.validate().map_err(|e| e.within("local"))?,
             None if self.demo => {
@@ -572,12 +583,24 @@ mod tests {
     }
 
     #[test]
+    fn a_remote_plaintext_webhook_is_refused_naming_its_key() {
+        let e = cli(&["--insecure", "--webhook", "http://hooks.example.com/x"])
+            .load()
+            .expect_err("refused");
+        let e = e.to_string();
+        assert!(
+            e.contains("webhooks[0]") && e.contains("loopback hosts only"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn printed_config_parses_back() {
         let c = cli(&[
             "--insecure",
             "--local",
             "--webhook",
-            "http://h/x",
+            "https://h/x",
             "--policy",
             "p.toml",
         ])

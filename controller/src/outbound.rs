@@ -15,6 +15,10 @@ pub enum PostError {
     /// The URL is not `http(s)://host[:port]/path`.
     #[error("unsupported URL {0:?}: only http(s)://HOST[:PORT]/PATH is supported")]
     Url(String),
+    /// Plaintext to a host that is not this machine: credentials and fleet data would cross
+    /// the network in the clear.
+    #[error("refusing plaintext POST to {0:?}: http:// is for loopback hosts only; use https://")]
+    RemotePlaintext(String),
     /// The TLS client could not be set up (no usable roots).
     #[error("TLS for {url}: {why}")]
     Tls { url: String, why: String },
@@ -84,6 +88,24 @@ fn tls_client() -> Result<Arc<rustls::ClientConfig>, String> {
         .clone()
 }
 
+/// True unless `url` is `http://` to a host other than this machine (`localhost`, 127.0.0.0/8,
+/// `::1`): plaintext stays on loopback, anything else needs `https://`.
+pub fn plaintext_allowed(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return true;
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 async fn post(url: &str, body: &str, headers: &[(&str, String)]) -> Result<String, PostError> {
     let (tls, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
         (Some(rest), _) => (true, rest),
@@ -96,6 +118,9 @@ async fn post(url: &str, body: &str, headers: &[(&str, String)]) -> Result<Strin
     };
     if authority.is_empty() {
         return Err(PostError::Url(url.to_owned()));
+    }
+    if !tls && !plaintext_allowed(url) {
+        return Err(PostError::RemotePlaintext(url.to_owned()));
     }
     let (host, addr) = match authority.rsplit_once(':') {
         Some((host, _)) => (host, authority.to_owned()),
@@ -217,6 +242,40 @@ mod tests {
             .await
             .expect_err("ftp");
         assert!(matches!(e, PostError::Url(_)));
+    }
+
+    #[test]
+    fn plaintext_stays_on_loopback() {
+        for ok in [
+            "http://127.0.0.1:9/x",
+            "http://localhost/x",
+            "http://[::1]:8080/v1",
+            "http://127.1.2.3",
+            "https://hooks.example.com/x",
+        ] {
+            assert!(plaintext_allowed(ok), "{ok}");
+        }
+        for bad in [
+            "http://hooks.example.com/x",
+            "http://10.0.0.5:8000/v1",
+            "http://127.0.0.1.example.com/x",
+            "http://[2001:db8::1]:80/",
+        ] {
+            assert!(!plaintext_allowed(bad), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_remote_plaintext_post_is_refused_before_connecting() {
+        let e = post_json(
+            "http://192.0.2.1:80/hook",
+            "{}",
+            &[],
+            Duration::from_secs(5),
+        )
+        .await
+        .expect_err("refused");
+        assert!(matches!(e, PostError::RemotePlaintext(_)), "{e}");
     }
 
     /// A POST over https to a local TLS server whose certificate a test CA signed.

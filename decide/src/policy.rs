@@ -172,9 +172,9 @@ pub enum TriageConfig {
         /// argv of the command.
         argv: Vec<String>,
     },
-    /// An OpenAI-compatible chat completions endpoint (`http://` only for now).
+    /// An OpenAI-compatible chat completions endpoint (`https://`, or `http://` on loopback).
     Openai {
-        /// Base URL, e.g. `http://127.0.0.1:8000/v1`.
+        /// Base URL, e.g. `http://127.0.0.1:8000/v1` or `https://llm.example.com/v1`.
         url: String,
         /// Model name.
         model: String,

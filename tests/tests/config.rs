@@ -83,7 +83,7 @@ async fn controller_file_then_env_then_flags_with_its_local_node_agent() -> anyh
     let file = dir.path().join("controller.toml");
     std::fs::write(
         &file,
-        "insecure = true\ntick = \"2s\"\ndb = \"sqlite://from-file.db\"\nwebhooks = [\"http://file/hook\"]\n\n[local]\nprobe_interval = \"3s\"\nstate_dir = \"/from/file\"\n",
+        "insecure = true\ntick = \"2s\"\ndb = \"sqlite://from-file.db\"\nwebhooks = [\"https://file/hook\"]\n\n[local]\nprobe_interval = \"3s\"\nstate_dir = \"/from/file\"\n",
     )?;
     let (ok, out, err) = run(
         "argus-controller",
@@ -107,7 +107,7 @@ async fn controller_file_then_env_then_flags_with_its_local_node_agent() -> anyh
     let c: argus_controller::Config = toml::from_str(&out)?;
     assert_eq!(c.tick, Duration::from_millis(100), "flag over env");
     assert_eq!(c.db, "sqlite://from-env.db", "env over file");
-    assert_eq!(c.webhooks, vec!["http://file/hook".to_owned()]);
+    assert_eq!(c.webhooks, vec!["https://file/hook".to_owned()]);
     let local = c
         .local
         .context("the [local] table runs the local node agent")?;
