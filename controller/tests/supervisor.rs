@@ -195,14 +195,31 @@ async fn the_fleet_budget_delays_restarts_but_never_drops_one() -> anyhow::Resul
             .apply(&Rig::key(name), Input::PaneDied, rig.now)
             .await;
     }
-    rig.run_for(Duration::from_secs(50)).await;
-    let first = rig.commands();
+    // Each restart works: its session reports a new agent before the next phase.
+    let mut pid = 5000;
+    let mut phase = async |rig: &mut Rig, secs: u64| {
+        rig.run_for(Duration::from_secs(secs)).await;
+        // Only the restarts: a restarted agent left idle meets its ladder meanwhile.
+        let sent: Vec<_> = rig
+            .commands()
+            .into_iter()
+            .filter(|(_, a, _)| a == "restart")
+            .collect();
+        for (name, _, _) in &sent {
+            pid += 1;
+            let mut o = obs("claude", Condition::None, &[("restart", "claude -c")]);
+            if let Some(a) = &mut o.agent {
+                a.pid = pid;
+            }
+            rig.observe(name, o).await;
+        }
+        sent
+    };
+    let first = phase(&mut rig, 50).await;
     assert_eq!(first.len(), 1, "one token per minute: {first:?}");
-    rig.run_for(Duration::from_secs(60)).await;
-    let second = rig.commands();
+    let second = phase(&mut rig, 60).await;
     assert_eq!(second.len(), 1, "{second:?}");
-    rig.run_for(Duration::from_secs(60)).await;
-    let third = rig.commands();
+    let third = phase(&mut rig, 60).await;
     assert_eq!(third.len(), 1, "{third:?}");
     let mut restarted: Vec<String> = [first, second, third]
         .into_iter()

@@ -239,6 +239,9 @@ pub struct Track {
     pub next_due: Option<UnixMs>,
     /// When the agent last showed progress: a new masked screen, a new turn, a new agent.
     pub progress_ms: UnixMs,
+    /// When the last restart was sent, until an agent is seen again: a restart lost on the
+    /// way (the node agent died with it, the stream broke) is sent again.
+    pub restart_sent_ms: Option<UnixMs>,
 }
 
 impl Track {
@@ -270,6 +273,7 @@ impl Track {
             // A session recorded before a restart may be due at once.
             next_due: Some(now),
             progress_ms: now,
+            restart_sent_ms: None,
         }
     }
 
@@ -348,6 +352,9 @@ pub fn next_due(t: &Track, now: UnixMs, policy: &Policy, ctx: &Ctx) -> Option<Un
     let ms = |d: std::time::Duration| d.as_millis() as i64;
     if t.restart_wanted && !t.state.is_alive() {
         return Some(t.durable.restart_not_before.max(now));
+    }
+    if let Some(at) = unconfirmed_restart(t) {
+        return Some((at + restart_confirm_ms(policy)).max(now));
     }
     if !t.state.is_alive() || t.obs_at_ms.is_none() || t.obs.agent.is_none() {
         return None;
@@ -523,6 +530,10 @@ fn observe(
     let elapsed_ms = t.obs_at_ms.map_or(1, |at| (now - at).max(1) as u64);
     let cpu_delta = o.agent_cpu_ms.saturating_sub(t.obs.agent_cpu_ms);
     let new_agent = o.agent.is_some() && o.agent != t.obs.agent;
+    if o.agent.is_some() {
+        // The restart (if one was sent) brought an agent back.
+        t.restart_sent_ms = None;
+    }
     let busy_cpu =
         !first && !new_agent && cpu_delta * 1000 >= policy.cpu_active_ms_per_s * elapsed_ms;
     let screen_moved = !first && o.screen_hash != t.obs.screen_hash;
@@ -759,9 +770,16 @@ fn tick(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut Vec<Eff
         // A silent node's sessions get no per-session action; their time resumes with the node.
         return;
     }
+    let mut why = "agent died";
+    if let Some(at) = unconfirmed_restart(t)
+        && now >= at + restart_confirm_ms(policy)
+        && retry_restart(t, now, policy, fx)
+    {
+        why = "agent died; the restart sent earlier brought no agent back";
+    }
     if t.restart_wanted && !t.state.is_alive() {
         if now >= t.durable.restart_not_before && ctx.reserve_destructive(now) {
-            issue_restart(t, "agent died", now, policy, ctx, fx);
+            issue_restart(t, why, now, policy, ctx, fx);
         }
         return;
     }
@@ -1067,6 +1085,8 @@ fn verdict(
 /// A death: announce it, count it towards the crash-loop budget and, when the policy allows,
 /// schedule a restart with backoff.
 fn death(t: &mut Track, what: &str, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut Vec<Effect>) {
+    // What a restart sent earlier brought back has died: this death is decided on its own.
+    t.restart_sent_ms = None;
     fx.push(Effect::Notify(Notice::AgentDied {
         what: what.to_owned(),
         reason: t.reason.clone(),
@@ -1126,6 +1146,45 @@ fn death(t: &mut Track, what: &str, now: UnixMs, policy: &Policy, ctx: &Ctx, fx:
     }
 }
 
+/// When a restart was sent for this dead session and no agent has been seen since (`None`
+/// otherwise, and while another restart is already wanted).
+fn unconfirmed_restart(t: &Track) -> Option<UnixMs> {
+    let dead = matches!(t.state, SessionState::Dead | SessionState::Zombie);
+    t.restart_sent_ms
+        .filter(|_| dead && !t.restart_wanted && !t.operator_killed)
+}
+
+/// How long a restart may take to show its agent before it counts as lost: the command's
+/// deadline twice over (the node agent may have to reconnect first).
+fn restart_confirm_ms(policy: &Policy) -> UnixMs {
+    2 * policy.command_timeout.as_millis() as i64
+}
+
+/// A restart that brought no agent back (lost with its node agent or its stream) is wanted
+/// again, under the same restart budget as a death: past it, a person is called instead.
+/// True when it is wanted again.
+fn retry_restart(t: &mut Track, now: UnixMs, policy: &Policy, fx: &mut Vec<Effect>) -> bool {
+    t.restart_sent_ms = None;
+    let d = &mut t.durable;
+    let window = policy.restart_window.as_millis() as i64;
+    d.restarts.retain(|at| now - at < window);
+    if d.restarts_blocked {
+        return false;
+    }
+    if d.restarts.len() > policy.max_restarts as usize {
+        d.restarts_blocked = true;
+        fx.push(Effect::Notify(Notice::NeedsHuman(format!(
+            "{} restarts within {} s brought no agent back; no more blind restarts",
+            d.restarts.len(),
+            window / 1000
+        ))));
+        return false;
+    }
+    d.restart_not_before = now;
+    t.restart_wanted = true;
+    true
+}
+
 fn issue_restart(
     t: &mut Track,
     why: &str,
@@ -1138,6 +1197,7 @@ fn issue_restart(
         return;
     };
     t.restart_wanted = false;
+    t.restart_sent_ms = Some(now);
     t.durable.restarts.push(now);
     fx.push(Effect::Command {
         action: Action::Restart {

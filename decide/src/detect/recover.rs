@@ -186,10 +186,12 @@ mod tests {
         Track::recovered(now, t.state, t.last_change_ms, Some(durable))
     }
 
-    /// Runs ticks every 500 ms for a minute, collecting effects.
+    /// Runs ticks every 500 ms for 15 s, collecting effects: shorter than a restart's time to
+    /// show its agent (2 x command_timeout), after which a restart that brought none back is
+    /// sent again.
     fn ticks(t: &mut Track, from: UnixMs) -> Vec<Effect> {
         let p = Policy::default();
-        (0..120)
+        (0..30)
             .flat_map(|i| step(t, Input::Tick, from + i * 500, &p, &Ctx::default()).effects)
             .collect()
     }

@@ -275,6 +275,62 @@ fn deaths_and_ends() {
 }
 
 #[test]
+fn a_restart_that_brings_no_agent_back_is_sent_again_and_one_that_does_is_not() {
+    let p = Policy {
+        restart_on_death: RestartOnDeath::Labelled,
+        ..policy()
+    };
+    let restart_ticks = |t: &mut Track, from: i64, to: i64| {
+        let mut at = from;
+        let mut sent = Vec::new();
+        while at < to {
+            if !commands(&step(t, Input::Tick, at, &p, &CTX)).is_empty() {
+                sent.push(at);
+            }
+            at += 100;
+        }
+        sent
+    };
+    let mut o = obs("a", 0, Condition::None);
+    o.labels = BTreeMap::from([("restart".to_owned(), "claude -c".to_owned())]);
+    o.agent = Some(Incarnation {
+        pid: 100,
+        start_time: 1,
+    });
+    // The session closes with its agent; the restart sent ~1 s later is lost (the node agent
+    // died with it): nothing more is ever observed of the session.
+    let mut lost = Track::new(0, None, None);
+    step(&mut lost, seen(o.clone()), 0, &p, &CTX);
+    step(&mut lost, Input::Gone, 10, &p, &CTX);
+    let confirm = 2 * p.command_timeout.as_millis() as i64;
+    let sent = restart_ticks(&mut lost, 100, 2 * confirm);
+    assert_eq!(sent.len(), 2, "sent at {sent:?}");
+    assert!(sent[1] - sent[0] >= confirm, "{sent:?}");
+
+    // The same, but the restart brings an agent back: sent once only, even when that agent
+    // later completes.
+    let mut back = Track::new(0, None, None);
+    step(&mut back, seen(o.clone()), 0, &p, &CTX);
+    step(&mut back, Input::Gone, 10, &p, &CTX);
+    let sent = restart_ticks(&mut back, 100, 3_000);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    o.agent = Some(Incarnation {
+        pid: 101,
+        start_time: 2,
+    });
+    step(&mut back, seen(o.clone()), 3_000, &p, &CTX);
+    assert!(restart_ticks(&mut back, 3_100, 3 * confirm).is_empty());
+
+    // An operator's kill is never retried.
+    let mut killed = Track::new(0, None, None);
+    step(&mut killed, seen(o.clone()), 0, &p, &CTX);
+    step(&mut killed, Input::Gone, 10, &p, &CTX);
+    assert_eq!(restart_ticks(&mut killed, 100, 3_000).len(), 1);
+    step(&mut killed, Input::KilledByOperator, 3_000, &p, &CTX);
+    assert!(restart_ticks(&mut killed, 3_100, 3 * confirm).is_empty());
+}
+
+#[test]
 fn labelled_deaths_restart_with_backoff_then_crash_loop_rules() {
     let p = Policy {
         restart_on_death: RestartOnDeath::Labelled,
