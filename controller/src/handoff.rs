@@ -33,6 +33,9 @@ use crate::supervisor::Supervisor;
 
 /// Time between two resume messages to one agent (the first was not delivered, or not sent).
 const RESUME_RETRY_MS: i64 = 3_000;
+/// How long the new agent must have shown nothing new at its prompt before the resume message
+/// is typed: a prompt seen a moment ago may already be a busy agent (the probe lags behind).
+const RESUME_QUIET_MS: i64 = 2_000;
 
 /// Handoff states.
 pub const WAITING: &str = "waiting";
@@ -453,6 +456,7 @@ impl Supervisor {
                     }
                     if view.condition == Condition::AtPrompt
                         && view.attached == 0
+                        && now - view.last_activity_ms >= RESUME_QUIET_MS
                         && now >= h.retry_at
                     {
                         h.row.resume_attempts += 1;

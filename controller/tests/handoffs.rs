@@ -149,6 +149,17 @@ impl Rig {
             .await;
     }
 
+    /// Ticks for 2.5 s, past the quiet time a new agent must show at its prompt before its
+    /// resume message; returns the nudges sent meanwhile.
+    async fn quiet(&mut self) -> Vec<(String, String)> {
+        let mut sent = Vec::new();
+        for _ in 0..25 {
+            self.tick().await;
+            sent.extend(nudges(&self.commands()));
+        }
+        sent
+    }
+
     async fn tick(&mut self) {
         self.now += 100;
         self.sup.fleet.heard_from("n1", 1, self.now);
@@ -274,8 +285,7 @@ async fn a_restart_is_handed_over_with_one_resume_message() -> anyhow::Result<()
     rig.tick().await;
     assert!(nudges(&rig.commands()).is_empty(), "not before its prompt");
     rig.observe(obs(200, Condition::AtPrompt, "prompt")).await;
-    rig.tick().await;
-    let sent = nudges(&rig.commands());
+    let sent = rig.quiet().await;
     assert_eq!(sent.len(), 1, "{sent:?}");
     let (nudge_id, text) = &sent[0];
     for part in [
@@ -337,8 +347,7 @@ async fn a_new_agent_that_dies_continues_the_same_handoff() -> anyhow::Result<()
     assert_eq!(rows[0].checkpoint_id, "ck-1-aa");
     assert_eq!(rows[0].from_pid, 200);
     rig.observe(obs(300, Condition::AtPrompt, "p")).await;
-    rig.tick().await;
-    let sent = nudges(&rig.commands());
+    let sent = rig.quiet().await;
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert!(sent[0].1.contains("ck-1-aa"), "{}", sent[0].1);
     Ok(())
