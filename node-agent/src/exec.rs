@@ -637,7 +637,15 @@ impl RestartGuard {
             return;
         };
         for ((socket, name), s) in &snap.sessions {
-            let mut allowed = vec![shell_command_from_tmux(&s.start_command)];
+            let start = shell_command_from_tmux(&s.start_command);
+            // The core restarts an agent that reported its conversation in the form that
+            // resumes it (`claude --resume <id>`): that is still the session's own command.
+            let resumed = (!s.agent_session_id.is_empty())
+                .then(|| argus_shared::profile::builtin_profile(&s.profile))
+                .flatten()
+                .and_then(|p| p.resume_with_id(&start, &s.agent_session_id));
+            let mut allowed = vec![start];
+            allowed.extend(resumed);
             if let Some(l) = s
                 .labels
                 .get(argus_shared::labels::RESTART)
