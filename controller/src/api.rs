@@ -432,10 +432,7 @@ impl AdminService for AdminApi {
             }
             Err(e) => return Err(e.into()),
         };
-        let limit = match req.history_limit {
-            0 => 50,
-            n => n.min(1000),
-        };
+        let limit = page(req.history_limit, 50);
         let h = self
             .sup
             .store
@@ -575,10 +572,7 @@ impl AdminService for AdminApi {
         request: Request<pb::ListIncidentsRequest>,
     ) -> Result<Response<pb::ListIncidentsResponse>, Status> {
         let r = request.into_inner();
-        let limit = match r.limit {
-            0 => 100,
-            n => n.min(1000),
-        };
+        let limit = page(r.limit, 100);
         let rows = self
             .sup
             .store
@@ -639,10 +633,7 @@ impl AdminService for AdminApi {
         request: Request<pb::ListAlarmsRequest>,
     ) -> Result<Response<pb::ListAlarmsResponse>, Status> {
         let r = request.into_inner();
-        let limit = match r.limit {
-            0 => 100,
-            n => n.min(1000),
-        };
+        let limit = page(r.limit, 100);
         let rows = self
             .sup
             .list_alarms(&r.node_id, r.include_closed, limit)
@@ -680,10 +671,7 @@ impl AdminService for AdminApi {
         request: Request<pb::ListCheckpointsRequest>,
     ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
         let r = request.into_inner();
-        let limit = match r.limit {
-            0 => 50,
-            n => n.min(1000),
-        };
+        let limit = page(r.limit, 50);
         let q = crate::store::CheckpointQuery {
             node_id: r.node_id,
             session_name: r.session_name,
@@ -726,10 +714,7 @@ impl AdminService for AdminApi {
         request: Request<pb::ListHandoffsRequest>,
     ) -> Result<Response<pb::ListHandoffsResponse>, Status> {
         let r = request.into_inner();
-        let limit = match r.limit {
-            0 => 100,
-            n => n.min(1000),
-        };
+        let limit = page(r.limit, 100);
         let q = crate::store::HandoffQuery {
             include_ended: r.include_ended,
             node_id: r.node_id,
@@ -786,6 +771,14 @@ impl AdminApi {
                 .map(crate::handoff::handoff_pb)
                 .collect(),
         ))
+    }
+}
+
+/// A listing's size: `asked`, or `default` when 0, never over 1000.
+fn page(asked: u32, default: u32) -> u32 {
+    match asked {
+        0 => default,
+        n => n.min(1000),
     }
 }
 
