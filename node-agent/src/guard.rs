@@ -212,7 +212,12 @@ impl Guards {
         let Some(g) = self.files.get_mut(path) else {
             return;
         };
-        let now = tokio::fs::read(path).await.ok();
+        if tokio::fs::read(path).await.ok().as_deref() == Some(&g.good[..]) {
+            return;
+        }
+        // A writer truncates before it writes: judge the file only once it holds still, so a
+        // half-written file is neither restored over nor kept as the agent's version.
+        let now = settled(path).await;
         if now.as_deref() == Some(&g.good[..]) {
             return;
         }
@@ -226,9 +231,9 @@ impl Guards {
             return;
         }
         let what = match &now {
-            None => "deleted".to_owned(),
-            Some(n) if !contains(n, &g.marker) => format!("its marker {:?} is gone", g.marker),
-            Some(_) => "changed".to_owned(),
+            None => "was deleted".to_owned(),
+            Some(n) if !contains(n, &g.marker) => format!("lost its marker {:?}", g.marker),
+            Some(_) => "was changed".to_owned(),
         };
         let kept = match &now {
             Some(n) => keep(&self.keep_dir, &g.rel, n).await,
@@ -239,7 +244,7 @@ impl Guards {
             return;
         }
         let detail = format!(
-            "guarded file {} was {what}: restored from {}{}",
+            "guarded file {} {what}: restored from {}{}",
             g.rel,
             g.source,
             kept.map(|k| format!("; the changed copy is kept in {}", k.display()))
@@ -313,6 +318,25 @@ async fn git(dir: &Path, args: &[&str]) -> Option<Vec<u8>> {
     match tokio::time::timeout(GIT_TIMEOUT, run).await {
         Ok(Ok(out)) if out.status.success() => Some(out.stdout),
         _ => None,
+    }
+}
+
+/// How long a changed file must hold still before it is judged, and the most time spent waiting.
+const SETTLE: Duration = Duration::from_millis(25);
+const SETTLE_MAX: Duration = Duration::from_millis(500);
+
+/// The content of `path` once two reads `SETTLE` apart agree (or after `SETTLE_MAX`, the last
+/// read); `None` when it does not exist.
+async fn settled(path: &Path) -> Option<Vec<u8>> {
+    let started = tokio::time::Instant::now();
+    let mut last = tokio::fs::read(path).await.ok();
+    loop {
+        tokio::time::sleep(SETTLE).await;
+        let now = tokio::fs::read(path).await.ok();
+        if now == last || started.elapsed() >= SETTLE_MAX {
+            return now;
+        }
+        last = now;
     }
 }
 
