@@ -50,6 +50,10 @@ pub struct Config {
     pub profiles: Option<PathBuf>,
     /// Events kept while the controller is away.
     pub event_buffer: usize,
+    /// How long an agent's hook report counts after its hook fired (a "working" report at most
+    /// 2 minutes); after that the next source (title, files, screen) decides.
+    #[serde(with = "humantime_serde")]
+    pub hook_fresh: Duration,
     /// Checkpoints before kills and restarts: `[checkpoint]`.
     pub checkpoint: crate::checkpoint::CheckpointConfig,
 }
@@ -71,6 +75,7 @@ impl Default for Config {
             screen_lines: argus_shared::screen::DEFAULT_LINES,
             profiles: None,
             event_buffer: 4096,
+            hook_fresh: Duration::from_secs(10 * 60),
             checkpoint: crate::checkpoint::CheckpointConfig::default(),
         }
     }
@@ -198,6 +203,7 @@ impl Config {
         }
         positive("probe_interval", self.probe_interval)?;
         positive("heartbeat", self.heartbeat)?;
+        positive("hook_fresh", self.hook_fresh)?;
         if u32::try_from(self.probe_interval.as_millis()).is_err() {
             return Err(ConfigError::invalid(
                 "probe_interval",

@@ -11,6 +11,7 @@ pub mod exec;
 pub mod fence;
 pub mod gate;
 pub mod guard;
+pub mod hooks;
 pub mod link;
 pub mod local;
 pub mod probe;
@@ -75,6 +76,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .collect();
     let events = Arc::new(EventBuffer::new(config.event_buffer));
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
+    let hook_board = hooks::Board::new(config.hook_fresh);
     let mut prober = Prober::new(
         servers.clone(),
         profiles.clone(),
@@ -84,7 +86,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         },
         events.clone(),
         wake.clone(),
-    );
+    )
+    .with_hooks(hook_board.clone());
     // The first snapshot is taken before the link dials, so the controller's first view is full.
     snap_tx.send_replace(Arc::new(prober.round().await));
 
@@ -135,6 +138,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 path,
                 snapshot: local_snap,
                 forward,
+                hooks: hook_board,
+                wake: wake.clone(),
             };
             tasks.spawn(server.serve(listener, shutdown.clone()));
         }

@@ -16,6 +16,8 @@
 //! > {"v":1,"op":"whoami"}
 //! < {"v":1,"ok":true,"session":"agent-1","tmux_socket":"/tmp/tmux-1000/default"}
 //! < {"v":1,"ok":false,"code":"refused","error":"..."}
+//! > {"v":1,"op":"event","state":"waiting-permission","what":"claude:Notification"}
+//! < {"v":1,"ok":true,"session":"agent-1","tmux_socket":"/tmp/tmux-1000/default"}
 //! ```
 //!
 //! An unknown `op` is answered with `"code":"unsupported"`, so new operations (agent hook
@@ -89,6 +91,15 @@ pub enum Op {
     },
     /// Which session the caller is in.
     Whoami,
+    /// The agent's own report of its state, from its hooks (`argusctl self event`): a
+    /// condition name (`at-prompt`, `thinking`, `waiting-permission`, `rate-limited`, `error`)
+    /// and which hook said it. Answered at once; the controller hears it with the next
+    /// observation, which it wakes.
+    Event {
+        state: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        what: String,
+    },
 }
 
 fn is_zero_u64(v: &u64) -> bool {
@@ -241,6 +252,9 @@ pub struct Server {
     pub path: PathBuf,
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
     pub forward: mpsc::Sender<Forward>,
+    /// Where agents' hook reports go, and the probe to wake when one arrives.
+    pub hooks: crate::hooks::Board,
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 /// Binds the socket at `STATE_DIR/node.sock`, mode 0600. The socket is bound in a private
@@ -382,6 +396,32 @@ impl Server {
                 ok: true,
                 ..Default::default()
             }),
+            Op::Event { state, what } => {
+                let Some(condition) = argus_shared::profile::Condition::parse(&state)
+                    .filter(|c| *c != argus_shared::profile::Condition::None)
+                else {
+                    return own(Answer::refused(
+                        "bad_request",
+                        format!(
+                            "unknown state {state:?}: one of at-prompt, thinking, waiting-permission, dialog, rate-limited, error"
+                        ),
+                    ));
+                };
+                let what: String = what.chars().take(120).collect();
+                tracing::debug!(pid, session = %name, state = %state, what = %what, "hook event");
+                self.hooks.record(
+                    (socket.clone(), name.clone()),
+                    condition,
+                    what,
+                    argus_shared::time::now_ms(),
+                );
+                self.wake.notify_one();
+                own(Answer {
+                    v: VERSION,
+                    ok: true,
+                    ..Default::default()
+                })
+            }
             Op::Schedule {
                 in_ms,
                 at_ms,

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use argus_proto::v1 as pb;
 use argus_shared::ids::Incarnation;
@@ -109,6 +110,8 @@ pub struct Prober {
     /// Window sizes of sessions that were seen, by session (oldest first when trimmed).
     sizes: BTreeMap<SessionKey, (u32, u32, u64)>,
     gone_sizes: Arc<BTreeMap<SessionKey, (u32, u32)>>,
+    /// What the agents' hooks reported through the local socket.
+    hooks: crate::hooks::Board,
 }
 
 impl Prober {
@@ -133,7 +136,15 @@ impl Prober {
             ms_per_tick: procs::ms_per_tick(),
             sizes: BTreeMap::new(),
             gone_sizes: Arc::default(),
+            hooks: crate::hooks::Board::new(Duration::from_secs(600)),
         }
+    }
+
+    /// Reads the agents' hook reports from `board` (the one the local socket writes).
+    #[must_use]
+    pub fn with_hooks(mut self, board: crate::hooks::Board) -> Self {
+        self.hooks = board;
+        self
     }
 
     /// One probe round over every server.
@@ -184,6 +195,7 @@ impl Prober {
             }
         }
         self.panes.retain(|k, _| live_panes.contains(k));
+        self.hooks.retain(|k| snapshot.sessions.contains_key(k));
         self.remember_sizes(&snapshot);
         snapshot.gone_sizes = self.gone_sizes.clone();
         self.watches.retain(|inc, handle| {
@@ -225,7 +237,22 @@ impl Prober {
         cache
             .title
             .update(&pane.title, classifier.title_condition(&pane.title), now);
-        let mut readings = Vec::with_capacity(2);
+        let mut readings = Vec::with_capacity(3);
+        if let Some(h) = self
+            .hooks
+            .get(&(socket.to_owned(), pane.session_name.clone()))
+        {
+            readings.push(Reading {
+                source: source::HOOK,
+                classification: Classification {
+                    condition: h.condition,
+                    reset_at: None,
+                },
+                since_ms: h.since_ms,
+                heard_ms: h.heard_ms,
+                fresh_ms: self.hooks.fresh_ms(h.condition),
+            });
+        }
         if let Some(at) = cache.files.as_ref().and_then(|f| f.rate_limited_at_ms) {
             readings.push(Reading {
                 source: source::TRANSCRIPT,
@@ -540,6 +567,8 @@ const FILES_EVERY_MS: i64 = 2_000;
 
 /// The source names an observation's `decided_by` carries.
 pub mod source {
+    /// The agent's own hooks (or notify program), through the local socket.
+    pub const HOOK: &str = "hook";
     /// The pane's text, classified by the profile: the fallback that always works.
     pub const SCREEN: &str = "screen";
     /// The pane title the CLI set (`#{pane_title}`).
@@ -599,7 +628,8 @@ impl TitleSeen {
 
 /// Which source decides a session's condition: the screen, unless it shows nothing recognised
 /// (an ambiguous screen: streaming text with no status line), or a fresh reading of a more
-/// trusted source, newer than the screen's last change, says the agent is rate limited. Among
+/// trusted source, newer than the screen's last change, says the agent is rate limited, or the
+/// agent's own hooks said something since the screen last changed. Among
 /// the fresh readings that say something, the newest wins; a stale one (older than its window)
 /// never pins a state, and the screen is the fallback that always works. `screen` is the
 /// screen's classification and when its condition last changed; `others` are in order of
@@ -614,6 +644,10 @@ fn precedence(
         let fresh = now - r.heard_ms <= r.fresh_ms;
         let speaks = match r.classification.condition {
             Condition::None => false,
+            // The agent's own report outranks its screen until the screen changes after it.
+            _ if r.source == source::HOOK => {
+                r.since_ms >= screen_since || screen.condition == Condition::None
+            }
             // A limit from the agent's own records outranks its screen; anything else only
             // settles a screen that says nothing.
             Condition::RateLimited => r.since_ms > screen_since,
@@ -971,6 +1005,38 @@ mod tests {
         assert_eq!(
             precedence((&cls(Condition::None), 0), &both, 9_000),
             (cls(Condition::Thinking), source::TITLE)
+        );
+    }
+
+    #[test]
+    fn a_hook_decides_until_the_screen_changes_after_it_and_goes_stale() {
+        let hook = |condition, at| Reading {
+            source: source::HOOK,
+            classification: cls(condition),
+            since_ms: at,
+            heard_ms: at,
+            fresh_ms: 10_000,
+        };
+        // The screen still shows the busy line; the hook already says permission.
+        let r = [hook(Condition::WaitingPermission, 5_000)];
+        assert_eq!(
+            precedence((&cls(Condition::Thinking), 1_000), &r, 5_100),
+            (cls(Condition::WaitingPermission), source::HOOK)
+        );
+        // The screen changed after the hook (the person answered): the screen decides.
+        assert_eq!(
+            precedence((&cls(Condition::Thinking), 6_000), &r, 6_100),
+            (cls(Condition::Thinking), source::SCREEN)
+        );
+        // A hook that stopped firing never pins a state.
+        assert_eq!(
+            precedence((&cls(Condition::None), 0), &r, 15_001),
+            (cls(Condition::None), source::SCREEN)
+        );
+        // An older hook still settles a screen that says nothing, while fresh.
+        assert_eq!(
+            precedence((&cls(Condition::None), 9_000), &r, 9_500).1,
+            source::HOOK
         );
     }
 }

@@ -129,6 +129,9 @@ enum Cmd {
     /// no controller address and no credential.
     #[command(name = "self", subcommand)]
     Myself(SelfCmd),
+    /// Let the agents' own hooks report their state to Argus (see `argusctl self event`).
+    #[command(subcommand)]
+    Hooks(HooksCmd),
     /// List stored checkpoints (of one node, or of one session), newest first; --id shows one
     /// whole (screen lines, files).
     Checkpoints {
@@ -211,6 +214,42 @@ enum SelfCmd {
     },
     /// Which session the node agent sees this process in.
     Whoami,
+    /// Report this agent's state from its hooks: either STATE (at-prompt, thinking,
+    /// waiting-permission, rate-limited, error) or --from CLI with the CLI's hook payload (on
+    /// stdin, or as the last argument for Codex's notify). With --from it never fails the hook:
+    /// it exits 0, quietly, whatever happens (a failing hook can block the agent).
+    Event {
+        /// The state, without --from.
+        #[arg(required_unless_present = "from")]
+        state: Option<String>,
+        /// The CLI whose hook payload to read.
+        #[arg(long, value_enum)]
+        from: Option<argus_node_agent::hooks::Cli>,
+        /// The payload, when passed as an argument (Codex's notify); else stdin is read.
+        #[arg(long, hide = true)]
+        payload: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum HooksCmd {
+    /// Merge Argus's hook entries into a CLI's user settings (Claude Code
+    /// ~/.claude/settings.json, Gemini CLI ~/.gemini/settings.json, Codex ~/.codex/config.toml):
+    /// what is there is kept, the old file is copied to FILE.argus-backup, and a second install
+    /// changes nothing.
+    Install {
+        #[arg(long, value_enum)]
+        agent: argus_node_agent::hooks::Cli,
+        /// Another settings file (a project's .claude/settings.json, say).
+        #[arg(long, value_name = "PATH")]
+        settings: Option<PathBuf>,
+        /// The argusctl the hooks run (default: this one).
+        #[arg(long, value_name = "PATH")]
+        argusctl: Option<String>,
+        /// Show the change; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -385,7 +424,13 @@ async fn connect(c: &CtlConfig) -> anyhow::Result<Client> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let args = match args.cmd {
+        Cmd::Myself(SelfCmd::Event {
+            state,
+            from,
+            payload,
+        }) => return self_event(state, from, payload).await,
         Cmd::Myself(cmd) => return myself(cmd).await,
+        Cmd::Hooks(cmd) => return hooks(cmd),
         _ => args,
     };
     if let Cmd::Certs(a) = &args.cmd {
@@ -411,7 +456,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Cmd::Alarm {
             cmd: AlarmCmd::Cancel { id },
         } => cancel_alarm(&mut c, id).await,
-        Cmd::Myself(_) => unreachable!("handled without a controller"),
+        Cmd::Myself(_) | Cmd::Hooks(_) => unreachable!("handled without a controller"),
         Cmd::Checkpoints {
             node,
             name,
@@ -763,6 +808,7 @@ async fn myself(cmd: SelfCmd) -> anyhow::Result<()> {
             }
         }
         SelfCmd::Whoami => Op::Whoami,
+        SelfCmd::Event { .. } => unreachable!("handled by self_event"),
     };
     let is_schedule = matches!(op, Op::Schedule { .. });
     let a = local::call(
@@ -789,6 +835,116 @@ async fn myself(cmd: SelfCmd) -> anyhow::Result<()> {
         );
     } else {
         println!("{session} {}", a.tmux_socket.unwrap_or_default());
+    }
+    Ok(())
+}
+
+/// `argusctl self event`: a hook's report on the local socket. With `--from` every failure is
+/// swallowed (exit 0): a hook must never stop its agent.
+async fn self_event(
+    state: Option<String>,
+    from: Option<argus_node_agent::hooks::Cli>,
+    payload: Option<String>,
+) -> anyhow::Result<()> {
+    use argus_node_agent::hooks;
+    use argus_node_agent::local::{self, Op, Request};
+    let report = async {
+        let (state, what) = match from {
+            None => (state.unwrap_or_default(), "argusctl".to_owned()),
+            Some(cli) => {
+                let payload = match payload.or(state) {
+                    Some(p) => p,
+                    None if cli == hooks::Cli::Aider => String::new(),
+                    None => {
+                        let mut text = String::new();
+                        std::io::Read::read_to_string(
+                            &mut std::io::Read::take(std::io::stdin(), 1 << 20),
+                            &mut text,
+                        )?;
+                        text
+                    }
+                };
+                match hooks::from_payload(cli, &payload) {
+                    Some((c, what)) => (c.as_str().to_owned(), what),
+                    None => return Ok(()),
+                }
+            }
+        };
+        let path = local::socket_for_caller().ok_or(local::ClientError::NoSocket)?;
+        let req = Request {
+            v: local::VERSION,
+            op: Op::Event { state, what },
+        };
+        let a = tokio::time::timeout(std::time::Duration::from_secs(2), local::call(&path, &req))
+            .await
+            .context("the node agent did not answer within 2 s")??;
+        if !a.ok {
+            anyhow::bail!(
+                "{} ({})",
+                a.error.unwrap_or_default(),
+                a.code.unwrap_or_default()
+            );
+        }
+        anyhow::Ok(())
+    };
+    match (report.await, from) {
+        (Err(e), Some(_)) => {
+            eprintln!("argusctl self event: {e:#} (ignored: a hook never fails its agent)");
+            Ok(())
+        }
+        (r, _) => r,
+    }
+}
+
+/// `argusctl hooks install`.
+fn hooks(cmd: HooksCmd) -> anyhow::Result<()> {
+    use argus_node_agent::hooks::install;
+    let HooksCmd::Install {
+        agent,
+        settings,
+        argusctl,
+        dry_run,
+    } = cmd;
+    let path = match settings {
+        Some(p) => p,
+        None => install::default_path(agent)?,
+    };
+    let argusctl = match argusctl {
+        Some(a) => a,
+        None => std::env::current_exe()
+            .context("finding this argusctl's path (give --argusctl PATH)")?
+            .display()
+            .to_string(),
+    };
+    let plan = install::install(agent, &path, &argusctl, dry_run)?;
+    if let Some(note) = &plan.note {
+        println!("{note}");
+    }
+    if plan.added.is_empty() {
+        if plan.note.is_none() {
+            println!(
+                "{}: Argus's hooks are already there; nothing changed",
+                path.display()
+            );
+        }
+        return Ok(());
+    }
+    if dry_run {
+        println!(
+            "would add Argus's hooks for {} to {} (nothing written); the file would read:\n{}",
+            plan.added.join(", "),
+            path.display(),
+            plan.text
+        );
+    } else {
+        println!(
+            "added Argus's hooks for {} to {}{}",
+            plan.added.join(", "),
+            path.display(),
+            plan.backup
+                .map(|b| format!(" (the old file is kept as {})", b.display()))
+                .unwrap_or_default()
+        );
     }
     Ok(())
 }
