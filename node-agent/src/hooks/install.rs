@@ -49,13 +49,17 @@ pub enum InstallError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{path} is not valid {format} ({detail}); fix it or point --settings elsewhere, nothing was changed")]
+    #[error(
+        "{path} is not valid {format} ({detail}); fix it or point --settings elsewhere, nothing was changed"
+    )]
     Invalid {
         path: String,
         format: &'static str,
         detail: String,
     },
-    #[error("aider has no settings file for hooks: start it with --notifications --notifications-command \"{command}\"")]
+    #[error(
+        "aider has no settings file for hooks: start it with --notifications --notifications-command \"{command}\""
+    )]
     Aider { command: String },
     #[error("no home directory: give --settings PATH")]
     NoHome,
@@ -90,16 +94,15 @@ pub fn default_path(cli: Cli) -> Result<PathBuf, InstallError> {
 
 /// The command a hook runs: `ARGUSCTL self event --from CLI`.
 pub fn hook_command(argusctl: &str, cli: Cli) -> String {
-    format!("{} self event --from {}", shell_word(argusctl), cli.as_str())
+    format!(
+        "{} self event --from {}",
+        shell_word(argusctl),
+        cli.as_str()
+    )
 }
 
 /// Installs (or, with `dry_run`, plans) the hooks of `cli` in `path`.
-pub fn install(
-    cli: Cli,
-    path: &Path,
-    argusctl: &str,
-    dry_run: bool,
-) -> Result<Plan, InstallError> {
+pub fn install(cli: Cli, path: &Path, argusctl: &str, dry_run: bool) -> Result<Plan, InstallError> {
     let command = hook_command(argusctl, cli);
     let old = match std::fs::read_to_string(path) {
         Ok(t) => Some(t),
@@ -113,7 +116,13 @@ pub fn install(
     };
     let (text, added, note) = match cli {
         Cli::Claude => merge_json(path, old.as_deref(), &CLAUDE_EVENTS, &command, None)?,
-        Cli::Gemini => merge_json(path, old.as_deref(), &GEMINI_EVENTS, &command, Some("argus"))?,
+        Cli::Gemini => merge_json(
+            path,
+            old.as_deref(),
+            &GEMINI_EVENTS,
+            &command,
+            Some("argus"),
+        )?,
         Cli::Codex => merge_codex(path, old.as_deref(), argusctl)?,
         Cli::Aider => return Err(InstallError::Aider { command }),
     };
@@ -221,7 +230,7 @@ fn merge_codex(
         format: "TOML",
         detail: e.to_string(),
     })?;
-    let ours = vec![argusctl, "self", "event", "--from", "codex"];
+    let ours = [argusctl, "self", "event", "--from", "codex"];
     let line = format!(
         "notify = [{}]\n",
         ours.iter()
@@ -380,7 +389,10 @@ mod tests {
         assert_eq!(plan.added, ["notify"]);
         let text = std::fs::read_to_string(&path).expect("read");
         assert!(text.starts_with("model = \"gpt-5\" # mine\n"), "{text}");
-        assert!(text.ends_with("[projects.\"/w\"]\ntrust_level = \"trusted\"\n"), "{text}");
+        assert!(
+            text.ends_with("[projects.\"/w\"]\ntrust_level = \"trusted\"\n"),
+            "{text}"
+        );
         let v: toml::Table = toml::from_str(&text).expect("valid TOML");
         assert_eq!(
             v["notify"].as_array().map(Vec::len),
