@@ -659,7 +659,16 @@ fn precedence(
     }
     match best {
         Some(r) => (r.classification.clone(), r.source),
-        None => (screen.clone(), source::SCREEN),
+        // The screen agrees with a hook that said it first: the hook is the source.
+        None => match others.iter().find(|r| {
+            r.source == source::HOOK
+                && now - r.heard_ms <= r.fresh_ms
+                && r.classification.condition == screen.condition
+                && screen.condition != Condition::None
+        }) {
+            Some(_) => (screen.clone(), source::HOOK),
+            None => (screen.clone(), source::SCREEN),
+        },
     }
 }
 
@@ -1021,6 +1030,11 @@ mod tests {
         let r = [hook(Condition::WaitingPermission, 5_000)];
         assert_eq!(
             precedence((&cls(Condition::Thinking), 1_000), &r, 5_100),
+            (cls(Condition::WaitingPermission), source::HOOK)
+        );
+        // The screen shows it too, later: still the hook's call, it said so first.
+        assert_eq!(
+            precedence((&cls(Condition::WaitingPermission), 5_300), &r, 5_400),
             (cls(Condition::WaitingPermission), source::HOOK)
         );
         // The screen changed after the hook (the person answered): the screen decides.

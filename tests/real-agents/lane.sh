@@ -3,7 +3,8 @@
 # ${ARGUS_REAL_AGENTS_CACHE:-$HOME/.cache/argus-real-agents}), drives each into the smoke states
 # in a loopback-only network namespace, checks what the real node agent and controller report
 # for those fresh screens, checks nudge, interrupt and resume live on each CLI, and a hang that
-# still animates on Claude Code (hang.sh, about 70 s).
+# still animates on Claude Code (hang.sh, about 70 s) and Claude Code's hooks deciding before
+# the screen (hooks.sh, about 20 s).
 # Skips (exit 0, with a message) only when the registries are unreachable and nothing is cached.
 #   tests/real-agents/lane.sh [--full]     (--full: every state, not only the smoke set)
 set -euo pipefail
@@ -31,4 +32,5 @@ OUT="$out" "$here/capture.sh" "${size[@]}"
 python3 "$here/report.py" "$repo/target/debug/argus-node-agent" --screens "$out" --check
 "$here/actions.sh"
 "$here/hang.sh"
+"$here/hooks.sh"
 echo "real-agents lane passed in $((SECONDS - start)) s"
