@@ -12,6 +12,10 @@
 
 use std::collections::BTreeMap;
 
+/// How long after a rate limit's reset the agent has to resume by itself before it gets the
+/// resume nudge (at least three probe intervals).
+pub const RESUME_GRACE_MS: i64 = 10_000;
+
 use argus_shared::command::{Action, shell_command_from_tmux};
 use argus_shared::labels;
 use argus_shared::profile::Condition;
@@ -791,8 +795,11 @@ fn tick(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut Vec<Eff
         let base = policy.rate_limit_cooldown.as_millis() as i64;
         let max = policy.rate_limit_max_renewals;
         let due = r.resume_due(base, max, ctx.provider_cooldown_until);
+        // A CLI that resumes by itself after the reset gets no nudge: it had `grace` to show
+        // activity (then its condition is no longer the limit) before anything is typed.
+        let grace = (3 * t.probe_ms).max(RESUME_GRACE_MS);
         if acts
-            && due.is_some_and(|d| now >= d)
+            && due.is_some_and(|d| now >= d + grace)
             && t.obs.attached_clients == 0
             && t.obs.condition == Condition::RateLimited
         {

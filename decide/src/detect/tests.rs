@@ -403,11 +403,13 @@ fn rate_limit_cooldown_resume_renewals_and_restart() {
     let fx = tick_until(&mut t, 1000, 300_000, &p);
     assert!(fx.is_empty(), "{fx:?}");
     assert_eq!(t.state, SessionState::Working);
-    // Cooldown over: one resume nudge.
-    let fx = step(&mut t, Input::Tick, 300_000, &p, &CTX);
+    // Cooldown over, and the agent did not resume by itself within the grace: one resume nudge.
+    let fx = tick_until(&mut t, 301_000, 300_000 + G, &p);
+    assert!(commands(&fx).is_empty(), "{fx:?}");
+    let fx = step(&mut t, Input::Tick, 300_000 + G, &p, &CTX);
     assert!(matches!(&commands(&fx)[..], [Action::Nudge { text }] if text == "continue"));
     // The limit comes back three times: cooldowns 150 s, 100 s, 75 s...
-    let mut now = 300_000;
+    let mut now = 300_000 + G;
     for (n, want) in [(2, 150_000), (3, 100_000), (4, 75_000)] {
         // The agent goes back to work, then hits the limit again: a new occurrence.
         now += 2_000;
@@ -424,8 +426,8 @@ fn rate_limit_cooldown_resume_renewals_and_restart() {
         assert_eq!(notified(&fx, "rate_limit_renewed"), 1, "{fx:?}");
         let until = t.durable.rate.as_ref().map(|r| r.until).unwrap_or(0);
         assert_eq!(until - now, want);
-        assert!(commands(&tick_until(&mut t, now + 1000, until, &p)).is_empty());
-        now = until;
+        assert!(commands(&tick_until(&mut t, now + 1000, until + G, &p)).is_empty());
+        now = until + G;
         let fx = step(&mut t, Input::Tick, now, &p, &CTX);
         assert_eq!(commands(&fx).len(), 1);
     }
@@ -486,20 +488,20 @@ fn a_cli_retrying_by_itself_is_busy_and_a_limit_still_on_screen_is_no_renewal() 
     assert_eq!(notified(&fx, "rate_limit_renewed"), 0);
     assert_eq!(t.durable.rate.as_ref().map(|r| r.until), Some(240_000));
     // It gives up and shows the limit; the provider's reset time passes: one resume nudge.
-    let fx = tick_until(&mut t, now + 1000, 240_000, &p);
+    let fx = tick_until(&mut t, now + 1000, 240_000 + G, &p);
     assert!(commands(&fx).is_empty(), "{fx:?}");
-    let fx = step(&mut t, Input::Tick, 240_000, &p, &CTX);
+    let fx = step(&mut t, Input::Tick, 240_000 + G, &p, &CTX);
     assert_eq!(commands(&fx).len(), 1, "{fx:?}");
     // The same limit stays on screen (the nudge echoed, the screen changed): no renewal, and the
     // next resume only after another cooldown.
     o.screen_hash = "429 and continue".into();
-    let fx = step(&mut t, seen(o.clone()), 241_000, &p, &CTX);
+    let fx = step(&mut t, seen(o.clone()), 241_000 + G, &p, &CTX);
     assert_eq!(notified(&fx, "rate_limit_renewed"), 0, "{fx:?}");
-    let fx = tick_until(&mut t, 242_000, 540_000, &p);
+    let fx = tick_until(&mut t, 242_000 + G, 540_000 + G, &p);
     assert!(commands(&fx).is_empty(), "{fx:?}");
     let mut resumes = 1;
     let mut fx = Vec::new();
-    let mut at = 540_000;
+    let mut at = 540_000 + G;
     while at < 540_000 + 10 * 300_000 {
         fx.extend(step(&mut t, Input::Tick, at, &p, &CTX));
         at += 1_000;
@@ -507,6 +509,39 @@ fn a_cli_retrying_by_itself_is_busy_and_a_limit_still_on_screen_is_no_renewal() 
     resumes += commands(&fx).len();
     assert_eq!(resumes, p.rate_limit_max_renewals as usize, "{fx:?}");
     assert_eq!(notified(&fx, "needs_human"), 1, "then a person: {fx:?}");
+}
+
+/// The grace after a reset before the resume nudge.
+const G: i64 = super::RESUME_GRACE_MS;
+
+#[test]
+fn a_cli_that_resumes_by_itself_after_the_reset_gets_no_resume_nudge() {
+    let p = Policy {
+        rate_limit_cooldown: std::time::Duration::from_secs(300),
+        ..policy()
+    };
+    let mut t = Track::new(0, None, None);
+    step(
+        &mut t,
+        seen(obs("limit", 0, Condition::RateLimited)),
+        0,
+        &p,
+        &CTX,
+    );
+    // The reset passes; two seconds later the CLI retries on its own and works.
+    let mut fx = tick_until(&mut t, 1_000, 302_000, &p);
+    fx.extend(step(
+        &mut t,
+        seen(obs("working again", 0, Condition::Thinking)),
+        302_000,
+        &p,
+        &CTX,
+    ));
+    fx.extend(tick_until(&mut t, 303_000, 400_000, &p));
+    assert!(
+        commands(&fx).is_empty(),
+        "typed into a resumed agent: {fx:?}"
+    );
 }
 
 #[test]
@@ -522,10 +557,10 @@ fn parsed_reset_time_is_the_cooldown_and_survives_a_controller_restart() {
         serde_json::from_str(&serde_json::to_string(&t.durable).expect("json")).expect("parse");
     let mut t2 = Track::new(600_000, Some(SessionState::Working), Some(persisted));
     step(&mut t2, seen(o.clone()), 600_000, &p, &CTX);
-    let fx = tick_until(&mut t2, 601_000, 3_600_000, &p);
+    let fx = tick_until(&mut t2, 601_000, 3_600_000 + G, &p);
     assert!(commands(&fx).is_empty(), "acted before the reset: {fx:?}");
-    let fx = step(&mut t2, Input::Tick, 3_600_000, &p, &CTX);
-    assert_eq!(commands(&fx).len(), 1, "no resume at the reset time");
+    let fx = step(&mut t2, Input::Tick, 3_600_000 + G, &p, &CTX);
+    assert_eq!(commands(&fx).len(), 1, "no resume after the reset time");
 }
 
 #[test]
@@ -543,11 +578,11 @@ fn provider_cooldown_and_gate_hold_actions() {
         provider_cooldown_until: Some(900_000),
         ..CTX
     };
-    for at in (1000..900_000).step_by(1000) {
+    for at in (1000..900_000 + G).step_by(1000) {
         assert!(commands(&step(&mut t, Input::Tick, at, &p, &fleet)).is_empty());
     }
     assert_eq!(
-        commands(&step(&mut t, Input::Tick, 900_000, &p, &fleet)).len(),
+        commands(&step(&mut t, Input::Tick, 900_000 + G, &p, &fleet)).len(),
         1
     );
     // A frozen fleet (self-suspicion, mass death, budget) holds a hard-stall restart.
