@@ -156,13 +156,51 @@ pub fn check_node(hello_node: &str, now_ms: i64) -> Result<Option<String>, Statu
     expiries().insert(cert.id.clone(), cert.not_after_ms);
     let left = cert.not_after_ms - now_ms;
     Ok((left < EXPIRY_WARNING_MS).then(|| {
-        format!(
-            "node {hello_node:?}'s certificate expires in {} h ({} ms since the epoch): issue a \
-             new one",
-            left.max(0) / 3_600_000,
-            cert.not_after_ms
-        )
+        warned().insert(cert.id.clone(), now_ms);
+        expiry_warning(hello_node, left, cert.not_after_ms)
     }))
+}
+
+/// How often a node whose certificate is about to expire is warned about again while it stays
+/// attached.
+pub const EXPIRY_REPEAT_MS: i64 = 24 * 3600 * 1000;
+
+/// When each node was last warned about its certificate's expiry (Unix ms).
+fn warned() -> &'static dashmap::DashMap<String, i64> {
+    static WARNED: std::sync::OnceLock<dashmap::DashMap<String, i64>> = std::sync::OnceLock::new();
+    WARNED.get_or_init(dashmap::DashMap::new)
+}
+
+fn expiry_warning(node: &str, left: i64, not_after_ms: i64) -> String {
+    format!(
+        "node {node:?}'s certificate expires in {} h ({not_after_ms} ms since the epoch): issue a \
+         new one",
+        left.max(0) / 3_600_000,
+    )
+}
+
+/// The nodes among `attached` whose certificate expires within [`EXPIRY_WARNING_MS`] and that
+/// were not warned within [`EXPIRY_REPEAT_MS`], with their warning: a node that stays attached
+/// for weeks is warned as its certificate nears its end, not only when it attaches.
+pub fn due_expiry_warnings<'a>(
+    attached: impl IntoIterator<Item = &'a str>,
+    now_ms: i64,
+) -> Vec<(String, String)> {
+    let mut due = Vec::new();
+    for node in attached {
+        let Some(not_after) = cert_not_after_ms(node) else {
+            continue;
+        };
+        let left = not_after - now_ms;
+        let recent = warned()
+            .get(node)
+            .is_some_and(|t| now_ms - *t < EXPIRY_REPEAT_MS);
+        if left < EXPIRY_WARNING_MS && !recent {
+            warned().insert(node.to_owned(), now_ms);
+            due.push((node.to_owned(), expiry_warning(node, left, not_after)));
+        }
+    }
+    due
 }
 
 /// When a certificate (DER) expires, in Unix milliseconds.
@@ -475,6 +513,31 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_attached_node_is_warned_as_its_certificate_nears_its_end_once_a_day() {
+        let day = 24 * 3600 * 1000;
+        let now = 1_000 * day;
+        expiries().insert("expiry-soon".into(), now + 20 * day);
+        expiries().insert("expiry-far".into(), now + 400 * day);
+        let nodes = ["expiry-soon", "expiry-far", "expiry-unknown"];
+        // Not yet within the warning window.
+        assert!(due_expiry_warnings(nodes, now).is_empty());
+        let at = now + 7 * day;
+        let due = due_expiry_warnings(nodes, at);
+        assert_eq!(due.len(), 1, "{due:?}");
+        assert_eq!(due[0].0, "expiry-soon");
+        assert!(due[0].1.contains("expires in 312 h"), "{due:?}");
+        assert!(
+            due_expiry_warnings(nodes, at + 3_600_000).is_empty(),
+            "twice in a day"
+        );
+        assert_eq!(
+            due_expiry_warnings(nodes, at + day).len(),
+            1,
+            "again a day later"
+        );
+    }
 
     #[test]
     fn uris_name_nodes_and_users() {

@@ -621,6 +621,13 @@ impl Supervisor {
     /// Node health alone, between ticks (the controller runs it on a short interval of its own).
     pub async fn health_tick(&self, now: UnixMs) {
         self.node_health(now, &self.policy()).await;
+        let up = self.fleet.up_nodes();
+        for (node, warning) in crate::auth::due_expiry_warnings(up.iter().map(String::as_str), now)
+        {
+            tracing::warn!(node = %node, %warning, "node certificate expiring");
+            self.events
+                .publish(&node, "", "cert_expiring", warning, None);
+        }
     }
 
     /// Node health from silence, host incidents, and the controller's self-suspicion.
