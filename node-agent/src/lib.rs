@@ -95,10 +95,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let events_guard = events.clone();
     let executor = Arc::new(
         Executor::new(&servers, fence.clone(), snap_rx.clone(), profiles)
-            .allowing_any_restart_command(
-                config.allow_any_restart_command,
-                Some(&config.state_dir),
-            )
+            .allowing_any_restart_command(config.allow_any_restart_command, Some(&config.state_dir))
             .with_checkpoints(config.checkpoint.clone()),
     );
     let (forward, inbox) = local::channel();

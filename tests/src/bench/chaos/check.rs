@@ -60,7 +60,7 @@ pub struct AuditRow {
 }
 
 impl AuditRow {
-    fn finished(&self) -> bool {
+    pub fn finished(&self) -> bool {
         !self.status.is_empty() && self.status != "COMMAND_STATUS_UNSPECIFIED"
     }
 }
