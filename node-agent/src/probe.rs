@@ -112,6 +112,8 @@ pub struct Prober {
     gone_sizes: Arc<BTreeMap<SessionKey, (u32, u32)>>,
     /// What the agents' hooks reported through the local socket.
     hooks: crate::hooks::Board,
+    /// The last round's observations, kept for a server that cannot be listed this round.
+    last: BTreeMap<SessionKey, pb::SessionObservation>,
 }
 
 impl Prober {
@@ -137,6 +139,7 @@ impl Prober {
             sizes: BTreeMap::new(),
             gone_sizes: Arc::default(),
             hooks: crate::hooks::Board::new(Duration::from_secs(600)),
+            last: BTreeMap::new(),
         }
     }
 
@@ -159,10 +162,31 @@ impl Prober {
         let mut live_watches = HashSet::new();
         for tmux in self.servers.clone() {
             let socket = tmux.socket().display().to_string();
-            let panes = match tmux.list_panes().await {
+            // One failed list-panes (the control client's session was just killed, say) must not
+            // read as every session of that server closed: try once more, then carry over the
+            // last round's view of that server, so a fault never looks like a death.
+            let listed = match tmux.list_panes().await {
+                Ok(p) => Ok(p),
+                Err(_) => tmux.list_panes().await,
+            };
+            let panes = match listed {
                 Ok(p) => p,
                 Err(e) => {
-                    tracing::warn!(socket = %socket, error = %e, "list-panes failed");
+                    tracing::warn!(socket = %socket, error = %e, "list-panes failed: the last view of this server is kept");
+                    for (key, obs) in self.last.range((socket.clone(), String::new())..) {
+                        if key.0 != socket {
+                            break;
+                        }
+                        snapshot.sessions.insert(key.clone(), obs.clone());
+                    }
+                    live_panes.extend(
+                        self.panes
+                            .keys()
+                            .filter(|(s, _)| *s == socket)
+                            .cloned()
+                            .collect::<Vec<_>>(),
+                    );
+                    live_watches.extend(self.watches.keys().copied());
                     continue;
                 }
             };
@@ -196,6 +220,7 @@ impl Prober {
         }
         self.panes.retain(|k, _| live_panes.contains(k));
         self.hooks.retain(|k| snapshot.sessions.contains_key(k));
+        self.last = snapshot.sessions.clone();
         self.remember_sizes(&snapshot);
         snapshot.gone_sizes = self.gone_sizes.clone();
         self.watches.retain(|inc, handle| {

@@ -196,3 +196,64 @@ async fn a_sigkilled_node_agent_leaves_no_tmux_client_behind() -> anyhow::Result
     .await?;
     Ok(())
 }
+
+/// The session the node agent's control client is attached to.
+fn control_session(tmux: &TestTmux) -> Option<String> {
+    let format = format!("#{{client_session}}{SEP}#{{client_control_mode}}");
+    tmux.run(&["list-clients", "-F", &format])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(SEP))
+        .find(|(_, control)| *control == "1")
+        .map(|(session, _)| session.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_control_clients_session_is_no_death_of_the_others() -> anyhow::Result<()> {
+    let tmux = TestTmux::new();
+    let names = ["one", "two", "three"];
+    for name in names {
+        tmux.session(name, &agent("quiet"), &[])?;
+    }
+    let mut c = TestCluster::with_policy(QUIET).await?;
+    c.start_agent("n1", tmux.socket())?;
+    for name in names {
+        c.wait_session("n1", name, "sessions reported", WAIT, |s| s.agent_pid > 0)
+            .await?;
+    }
+    let attached = eventually("the node agent's control client", WAIT, || async {
+        Ok(control_session(&tmux))
+    })
+    .await?;
+    tmux.run(&["kill-session", "-t", &format!("={attached}")])?;
+    c.wait_session("n1", &attached, "the killed session ended", WAIT, |s| {
+        s.state() == pb::SessionState::Dead
+    })
+    .await?;
+    // A session created afterwards and seen: the probe rounds around the kill are all in.
+    tmux.session("later", &agent("quiet"), &[])?;
+    c.wait_session("n1", "later", "a later session seen", WAIT, |s| {
+        s.agent_pid > 0
+    })
+    .await?;
+    let mut admin = c.admin().await?;
+    for name in names.iter().filter(|n| **n != attached) {
+        let s = admin
+            .get_session(pb::GetSessionRequest {
+                session: sref("n1", name),
+                history_limit: 100,
+            })
+            .await?
+            .into_inner();
+        let dead: Vec<_> = s
+            .transitions
+            .iter()
+            .filter(|t| t.to() == pb::SessionState::Dead || t.to() == pb::SessionState::Zombie)
+            .collect();
+        assert!(
+            dead.is_empty(),
+            "{name} read as ended when another session was killed: {dead:?}"
+        );
+    }
+    Ok(())
+}
