@@ -205,7 +205,10 @@ def all_agents(versions):
               asks=r"Would you like to|Press enter to confirm"),
         Gemini("gemini", "gemini", versions["GEMINI_CLI_VERSION"],
                ready=r"Type your message", busy=r"\(esc to cancel",
-               asks=r"Allow execution|Apply this change|Allow edit|Allow once"),
+               asks=r"Allow execution|Apply this change|Allow edit|Allow once",
+               # Its dialogs come after a start-up that can pause for seconds on a busy machine:
+               # the capture waits for the question itself.
+               dialog=r"How would you like to authenticate|Do you trust the files"),
         Aider("aider", "aider", versions["AIDER_VERSION"],
               ready=r"^>\s*$", busy=r"Waiting for",
               asks=r"\(Y\)es/\(N\)o", dialog=r"\(Y\)es/\(N\)o.*\[(?:Yes|No)\]:\s*$"),
