@@ -1,5 +1,6 @@
 //! The HTTP side port: `/healthz` (the process answers) and `/readyz` (the store answers and
-//! takes writes; when it does not, the reason and the backlog).
+//! takes writes; when it does not, the reason and the backlog), and the dashboard
+//! (`crate::dashboard`: `/`, `/ui/...`, `/api/...`).
 
 use std::sync::Arc;
 
@@ -18,12 +19,16 @@ const READ_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 pub async fn serve(
     listener: tokio::net::TcpListener,
     sup: Arc<Supervisor>,
+    auth: crate::auth::Auth,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(sup);
+        .with_state(sup.clone())
+        .merge(crate::dashboard::router(sup, auth, shutdown.clone()));
+    // The dashboard checks who calls from where (loopback only without TLS).
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await?;
