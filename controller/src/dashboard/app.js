@@ -252,6 +252,7 @@ async function act(action) {
 
 function logEvent(ev) {
   const log = $("eventlog");
+  $("ev-empty")?.remove();
   const where = ev.session ? ev.node + "/" + ev.session : ev.node || "controller";
   log.prepend(el("li", { class: "ev-" + ev.kind }, el("time", {}, new Date(ev.at_ms).toLocaleTimeString()), " ", el("b", {}, where), " " + ev.kind + ": " + ev.message));
   while (log.children.length > 60) log.lastChild.remove();
