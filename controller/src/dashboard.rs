@@ -110,65 +110,67 @@ struct Peer<'a> {
     headers: &'a HeaderMap,
 }
 
+// === Who calls ===
+
+/// Who is calling: the admin API's rules, on a plaintext HTTP port.
+fn authenticate(auth: &Auth, from: &Peer<'_>) -> Result<Caller, DashboardError> {
+    match auth {
+        Auth::Insecure => {
+            if !from.peer.ip().is_loopback() {
+                return Err(DashboardError::Forbidden(
+                    "a plaintext controller (--insecure) serves the dashboard to loopback \
+                         callers only"
+                        .to_owned(),
+                ));
+            }
+            // A page of another site whose name was rebound to 127.0.0.1 is same-origin
+            // for the browser; its requests still carry that name as Host.
+            if !loopback_host(from.headers) {
+                return Err(DashboardError::Forbidden(
+                    "the Host header must name a loopback address (127.0.0.1, [::1] or \
+                         localhost)"
+                        .to_owned(),
+                ));
+            }
+            Ok(Caller {
+                name: "local".to_owned(),
+                role: Role::Admin,
+                via: "insecure",
+            })
+        }
+        Auth::Tls { tokens } => {
+            let bearer = from
+                .headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            let Some(token) = bearer else {
+                return Err(DashboardError::Unauthenticated(
+                    "the dashboard needs `authorization: Bearer <token>` with a token of the \
+                         tokens file"
+                        .to_owned(),
+                ));
+            };
+            if !from.peer.ip().is_loopback() {
+                return Err(DashboardError::Forbidden(
+                    "the side port is plaintext: bearer tokens are taken from loopback \
+                         callers only (use an SSH tunnel or a TLS proxy on the controller's host)"
+                        .to_owned(),
+                ));
+            }
+            tokens.check(token.trim()).ok_or_else(|| {
+                DashboardError::Unauthenticated("the bearer token is not known".to_owned())
+            })
+        }
+    }
+}
+
 // === impl Dashboard ===
 
 impl Dashboard {
-    /// Who is calling: the admin API's rules, on a plaintext HTTP port.
-    fn caller(&self, from: &Peer<'_>) -> Result<Caller, DashboardError> {
-        match &self.auth {
-            Auth::Insecure => {
-                if !from.peer.ip().is_loopback() {
-                    return Err(DashboardError::Forbidden(
-                        "a plaintext controller (--insecure) serves the dashboard to loopback \
-                         callers only"
-                            .to_owned(),
-                    ));
-                }
-                // A page of another site whose name was rebound to 127.0.0.1 is same-origin
-                // for the browser; its requests still carry that name as Host.
-                if !loopback_host(from.headers) {
-                    return Err(DashboardError::Forbidden(
-                        "the Host header must name a loopback address (127.0.0.1, [::1] or \
-                         localhost)"
-                            .to_owned(),
-                    ));
-                }
-                Ok(Caller {
-                    name: "local".to_owned(),
-                    role: Role::Admin,
-                    via: "insecure",
-                })
-            }
-            Auth::Tls { tokens } => {
-                let bearer = from
-                    .headers
-                    .get(header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "));
-                let Some(token) = bearer else {
-                    return Err(DashboardError::Unauthenticated(
-                        "the dashboard needs `authorization: Bearer <token>` with a token of the \
-                         tokens file"
-                            .to_owned(),
-                    ));
-                };
-                if !from.peer.ip().is_loopback() {
-                    return Err(DashboardError::Forbidden(
-                        "the side port is plaintext: bearer tokens are taken from loopback \
-                         callers only (use an SSH tunnel or a TLS proxy on the controller's host)"
-                            .to_owned(),
-                    ));
-                }
-                tokens.check(token.trim()).ok_or_else(|| {
-                    DashboardError::Unauthenticated("the bearer token is not known".to_owned())
-                })
-            }
-        }
-    }
-
     /// The caller, if they hold the role every one of `rpcs` needs.
     fn allow(&self, from: &Peer<'_>, rpcs: &[&str]) -> Result<Caller, DashboardError> {
-        let caller = self.caller(from)?;
+        let caller = authenticate(&self.auth, from)?;
         for rpc in rpcs {
             let needed = auth::role_for(rpc);
             if caller.role < needed {
@@ -415,11 +417,12 @@ async fn command(
         },
         &[rpc],
     )?;
-    let session = Some(pb::SessionRef {
+    let target = pb::SessionRef {
         node_id: b.node,
         session_name: b.name,
         tmux_socket: b.socket,
-    });
+    };
+    let session = Some(target.clone());
     let api = &d.api;
     let r = auth::as_caller(c, async move {
         match rpc {
@@ -430,10 +433,7 @@ async fn command(
                 }))
                 .await
             }
-            "Interrupt" => {
-                api.interrupt(Request::new(session.unwrap_or_default()))
-                    .await
-            }
+            "Interrupt" => api.interrupt(Request::new(target)).await,
             // The session's own restart command: a command of the caller's choosing is the
             // admin role's, and the page does not offer it.
             "Restart" => {
@@ -705,6 +705,77 @@ mod tests {
             HeaderValue::from_static("http://evil.example"),
         );
         assert!(same_origin(&h).is_err());
+    }
+
+    fn peer(addr: &str) -> SocketAddr {
+        addr.parse().expect("address")
+    }
+
+    #[test]
+    fn insecure_means_loopback_callers_are_admin() {
+        let h = host("127.0.0.1:7071");
+        let local = authenticate(
+            &Auth::Insecure,
+            &Peer {
+                peer: peer("127.0.0.1:50000"),
+                headers: &h,
+            },
+        )
+        .expect("loopback");
+        assert_eq!((local.role, local.via), (Role::Admin, "insecure"));
+        let remote = authenticate(
+            &Auth::Insecure,
+            &Peer {
+                peer: peer("10.1.2.3:50000"),
+                headers: &h,
+            },
+        );
+        assert!(
+            matches!(remote, Err(DashboardError::Forbidden(_))),
+            "{remote:?}"
+        );
+    }
+
+    #[test]
+    fn tokens_count_from_loopback_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tokens.toml");
+        std::fs::write(&path, auth::token_entry("vera", Role::Viewer, "t0ken")).expect("write");
+        let tls = Auth::Tls {
+            tokens: Arc::new(auth::Tokens::load(&path).expect("tokens")),
+        };
+        let mut h = host("127.0.0.1:7071");
+        let at = |addr: &str, h: &HeaderMap| {
+            authenticate(
+                &tls,
+                &Peer {
+                    peer: peer(addr),
+                    headers: h,
+                },
+            )
+        };
+        assert!(matches!(
+            at("127.0.0.1:1", &h),
+            Err(DashboardError::Unauthenticated(_))
+        ));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer t0ken"),
+        );
+        let vera = at("127.0.0.1:1", &h).expect("known token");
+        assert_eq!((vera.name.as_str(), vera.role), ("vera", Role::Viewer));
+        assert!(matches!(
+            at("192.0.2.7:1", &h),
+            Err(DashboardError::Forbidden(_))
+        ));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer guess"),
+        );
+        assert!(matches!(
+            at("127.0.0.1:1", &h),
+            Err(DashboardError::Unauthenticated(_))
+        ));
     }
 
     #[test]

@@ -46,7 +46,9 @@ async fn chromium_lists_the_fleet_follows_it_live_and_nudges() -> anyhow::Result
     .await?;
     c.wait_session("n1", "alpha", "alpha reported", WAIT, |_| true)
         .await?;
-    let http = c.http().context("the cluster's controller has a side port")?;
+    let http = c
+        .http()
+        .context("the cluster's controller has a side port")?;
     let page = format!("http://{http}/");
 
     let b = Browser::launch(1400, 1000).await?;
@@ -77,7 +79,10 @@ async fn chromium_lists_the_fleet_follows_it_live_and_nudges() -> anyhow::Result
         "{summary}"
     );
     assert!(
-        summary["tiles"].as_str().unwrap_or("").contains("2 sessions"),
+        summary["tiles"]
+            .as_str()
+            .unwrap_or("")
+            .contains("2 sessions"),
         "{summary}"
     );
     assert!(
@@ -89,7 +94,13 @@ async fn chromium_lists_the_fleet_follows_it_live_and_nudges() -> anyhow::Result
     // in the same document (no reload: the mark set now survives).
     eventually("the event stream to be open", WAIT, || {
         let b = &b;
-        async move { Ok((b.eval("document.getElementById('live').textContent").await? == "live").then_some(())) }
+        async move {
+            Ok((b
+                .eval("document.getElementById('live').textContent")
+                .await?
+                == "live")
+                .then_some(()))
+        }
     })
     .await?;
     b.eval(
@@ -110,9 +121,7 @@ async fn chromium_lists_the_fleet_follows_it_live_and_nudges() -> anyhow::Result
     let killed = Instant::now();
     tmux.run(&["kill-session", "-t", "=beta"])?;
     let dead = wait_event(&mut events, "beta dead", WAIT, |e| {
-        e.session_name == "beta"
-            && e.kind == "transition"
-            && e.state() == pb::SessionState::Dead
+        e.session_name == "beta" && e.kind == "transition" && e.state() == pb::SessionState::Dead
     })
     .await?;
     eventually("beta's row to turn dead", WAIT, || {
@@ -215,7 +224,10 @@ async fn chromium_lists_the_fleet_follows_it_live_and_nudges() -> anyhow::Result
             let r = b
                 .eval("document.getElementById('s-result').textContent")
                 .await?;
-            Ok(r.as_str().unwrap_or("").starts_with("nudge: ok").then_some(()))
+            Ok(r.as_str()
+                .unwrap_or("")
+                .starts_with("nudge: ok")
+                .then_some(()))
         }
     })
     .await?;
@@ -382,8 +394,7 @@ async fn the_dashboard_api_has_the_admin_api_roles() -> anyhow::Result<()> {
         ("Authorization", "Bearer operator-token-2"),
         ("Origin", "http://evil.example"),
     ];
-    let (status, _) =
-        request(http, "POST", "/api/command", &cross, Some(&nudge("csrf"))).await?;
+    let (status, _) = request(http, "POST", "/api/command", &cross, Some(&nudge("csrf"))).await?;
     assert_eq!(status, 403);
     Ok(())
 }

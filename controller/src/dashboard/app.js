@@ -121,13 +121,13 @@ function renderFleet(f) {
   $("no-incidents").hidden = f.incidents.length !== 0;
   $("sessions").tBodies[0].replaceChildren(...f.sessions.map((s) =>
     el("tr", { "data-session": s.node + "/" + s.name, "data-node": s.node, "data-name": s.name, "data-state": s.state, "data-condition": s.condition },
-      el("td", {}, s.node),
-      el("td", {}, el("a", { href: sessionLink(s) }, s.name)),
+      el("td", { class: "nowrap" }, s.node),
+      el("td", { class: "nowrap" }, el("a", { href: sessionLink(s) }, s.name)),
       el("td", { class: "state" }, badge("state", s.state)),
       el("td", {}, badge("cond", s.condition)),
       el("td", {}, s.agent || "", s.agent_pid ? el("span", { class: "quiet" }, " " + s.agent_pid) : null),
       el("td", { class: "why" }, s.reason),
-      el("td", {}, when(s.last_change_ms)))));
+      el("td", { class: "nowrap" }, when(s.last_change_ms)))));
   $("no-sessions").hidden = f.sessions.length !== 0;
 }
 
