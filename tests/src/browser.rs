@@ -55,7 +55,8 @@ pub struct Browser {
     child: Child,
     /// One call at a time on the DevTools connection.
     conn: tokio::sync::Mutex<Conn>,
-    _profile: tempfile::TempDir,
+    /// The private profile (`--user-data-dir`), which also holds the browser's log.
+    profile: tempfile::TempDir,
 }
 
 /// The DevTools connection.
@@ -131,7 +132,7 @@ impl Browser {
                 session: String::new(),
                 next_id: 1,
             }),
-            _profile: profile,
+            profile,
         };
         let target = b
             .call("Target.createTarget", json!({ "url": "about:blank" }))
@@ -268,5 +269,14 @@ fn kill_group(child: &mut Child) {
 impl Drop for Browser {
     fn drop(&mut self) {
         kill_group(&mut self.child);
+        // Shown by the test harness when the test fails, like the other processes' logs.
+        let log =
+            std::fs::read_to_string(self.profile.path().join("chromium.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        eprintln!(
+            "===== last lines of the log of chromium (pid {}) =====\n{}",
+            self.child.id(),
+            lines[lines.len().saturating_sub(20)..].join("\n")
+        );
     }
 }
