@@ -336,15 +336,20 @@ async function stream() {
 
 // === Views ===
 
+// A busy fleet sends many events: refetches are spaced by at least four times what the last
+// one cost (a large fleet's listing is not fetched every 250 ms), transitions show at once anyway.
 function scheduleRefresh(ms) {
   clearTimeout(app.refreshTimer);
-  app.refreshTimer = setTimeout(refresh, ms);
+  const wait = Math.max(ms, (app.nextRefreshAt || 0) - Date.now());
+  app.refreshTimer = setTimeout(refresh, wait);
 }
 
 async function refresh() {
+  const began = performance.now();
   try {
     if (app.view.name === "session") await loadSession();
     else await loadFleet();
+    app.nextRefreshAt = Date.now() + 4 * (performance.now() - began);
   } catch (e) {
     if (e.status === 401) return showLogin(e.message);
     $("s-result").textContent = "";
@@ -354,6 +359,7 @@ async function refresh() {
 
 function route() {
   const hash = location.hash || "#/";
+  app.nextRefreshAt = 0;
   if (hash.startsWith("#/session?")) {
     const q = Object.fromEntries(new URLSearchParams(hash.slice("#/session?".length)));
     app.view = { name: "session", q };
