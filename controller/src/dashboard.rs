@@ -5,13 +5,12 @@
 //!
 //! Callers get the admin API's roles: each endpoint needs the role of the RPC it calls
 //! ([`auth::role_for`]): viewers see, operators act and capture screens. Under `--insecure` a
-//! caller on loopback is admin, as on gRPC; otherwise a bearer token from the tokens file. The
-//! side port is plaintext, so a token is taken from loopback callers only (a TLS proxy or an SSH
-//! tunnel on the controller's host brings remote people in); client certificates would need TLS
-//! on this port, which it does not serve.
+//! caller on loopback is admin, as on gRPC. Otherwise the side port also speaks TLS
+//! (`crate::http::listener`), and a caller brings a bearer token of the tokens file or, over TLS,
+//! a client certificate naming them and their role; a token over plaintext is taken from
+//! loopback callers only.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use argus_proto::v1 as pb;
@@ -30,7 +29,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request};
 
 use crate::api::AdminApi;
-use crate::auth::{self, Auth, Caller, Role};
+use crate::auth::{self, Auth, Caller, Identity, Role};
+use crate::http::listener::PeerInfo;
 use crate::supervisor::Supervisor;
 
 const INDEX_HTML: &str = include_str!("dashboard/index.html");
@@ -106,20 +106,22 @@ type Shared = Arc<Dashboard>;
 
 /// Where a request came from, for the checks every `/api/` handler makes.
 struct Peer<'a> {
-    peer: SocketAddr,
+    peer: PeerInfo,
     headers: &'a HeaderMap,
 }
 
 // === Who calls ===
 
-/// Who is calling: the admin API's rules, on a plaintext HTTP port.
+/// Who is calling: the admin API's rules. Under `--insecure`, loopback callers are admin;
+/// otherwise a bearer token (over plaintext from loopback callers only) or, over TLS, a client
+/// certificate naming a user and their role.
 fn authenticate(auth: &Auth, from: &Peer<'_>) -> Result<Caller, DashboardError> {
-    match auth {
+    let tokens = match auth {
         Auth::Insecure => {
-            if !from.peer.ip().is_loopback() {
+            if !from.peer.addr.ip().is_loopback() {
                 return Err(DashboardError::Forbidden(
                     "a plaintext controller (--insecure) serves the dashboard to loopback \
-                         callers only"
+                     callers only"
                         .to_owned(),
                 ));
             }
@@ -128,40 +130,46 @@ fn authenticate(auth: &Auth, from: &Peer<'_>) -> Result<Caller, DashboardError> 
             if !loopback_host(from.headers) {
                 return Err(DashboardError::Forbidden(
                     "the Host header must name a loopback address (127.0.0.1, [::1] or \
-                         localhost)"
+                     localhost)"
                         .to_owned(),
                 ));
             }
-            Ok(Caller {
+            return Ok(Caller {
                 name: "local".to_owned(),
                 role: Role::Admin,
                 via: "insecure",
-            })
+            });
         }
-        Auth::Tls { tokens } => {
-            let bearer = from
-                .headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
-            let Some(token) = bearer else {
-                return Err(DashboardError::Unauthenticated(
-                    "the dashboard needs `authorization: Bearer <token>` with a token of the \
-                         tokens file"
-                        .to_owned(),
-                ));
-            };
-            if !from.peer.ip().is_loopback() {
-                return Err(DashboardError::Forbidden(
-                    "the side port is plaintext: bearer tokens are taken from loopback \
-                         callers only (use an SSH tunnel or a TLS proxy on the controller's host)"
-                        .to_owned(),
-                ));
-            }
-            tokens.check(token.trim()).ok_or_else(|| {
-                DashboardError::Unauthenticated("the bearer token is not known".to_owned())
-            })
+        Auth::Tls { tokens } => tokens,
+    };
+    let bearer = from
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if let Some(token) = bearer {
+        // A token sent in clear text over a network is anybody's on the path.
+        if !from.peer.tls && !from.peer.addr.ip().is_loopback() {
+            return Err(DashboardError::Forbidden(
+                "a bearer token over plaintext is taken from loopback callers only: use \
+                 https:// on this port"
+                    .to_owned(),
+            ));
         }
+        return tokens.check(token.trim()).ok_or_else(|| {
+            DashboardError::Unauthenticated("the bearer token is not known".to_owned())
+        });
+    }
+    match from.peer.cert.as_deref().and_then(auth::identity_of) {
+        Some(Identity::User(c)) => Ok(c),
+        Some(Identity::Node(id)) => Err(DashboardError::Forbidden(format!(
+            "node {id:?}'s certificate may not use the dashboard"
+        ))),
+        None => Err(DashboardError::Unauthenticated(format!(
+            "the dashboard needs `authorization: Bearer <token>` with a token of the tokens \
+             file, or (over https://) a client certificate with the URI SAN {}<name>/<role>",
+            auth::USER_URI
+        ))),
     }
 }
 
@@ -271,7 +279,7 @@ type Reply = Result<Json<Value>, DashboardError>;
 /// The caller and what the page should offer them.
 async fn whoami(
     State(d): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<PeerInfo>,
     headers: HeaderMap,
 ) -> Reply {
     let c = d.allow(
@@ -293,7 +301,7 @@ async fn whoami(
 /// Nodes, live sessions, open incidents and their counts.
 async fn fleet(
     State(d): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<PeerInfo>,
     headers: HeaderMap,
 ) -> Reply {
     let from = Peer {
@@ -350,7 +358,7 @@ impl SessionQuery {
 /// One session with its history (transitions, commands, checkpoints, handoffs).
 async fn session(
     State(d): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<PeerInfo>,
     headers: HeaderMap,
     Query(q): Query<SessionQuery>,
 ) -> Reply {
@@ -393,7 +401,7 @@ struct CommandBody {
 /// Sends a command through the admin service and answers with the node agent's result.
 async fn command(
     State(d): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<PeerInfo>,
     headers: HeaderMap,
     Json(b): Json<CommandBody>,
 ) -> Reply {
@@ -480,7 +488,7 @@ struct EventsQuery {
 /// `WatchEvents` reads; the stream ends at shutdown.
 async fn events(
     State(d): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<PeerInfo>,
     headers: HeaderMap,
     Query(q): Query<EventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, DashboardError> {
@@ -707,8 +715,12 @@ mod tests {
         assert!(same_origin(&h).is_err());
     }
 
-    fn peer(addr: &str) -> SocketAddr {
-        addr.parse().expect("address")
+    fn peer(addr: &str) -> PeerInfo {
+        PeerInfo {
+            addr: addr.parse().expect("address"),
+            tls: false,
+            cert: None,
+        }
     }
 
     #[test]
@@ -768,6 +780,14 @@ mod tests {
             at("192.0.2.7:1", &h),
             Err(DashboardError::Forbidden(_))
         ));
+        let over_tls = Peer {
+            peer: PeerInfo {
+                tls: true,
+                ..peer("192.0.2.7:1")
+            },
+            headers: &h,
+        };
+        assert!(authenticate(&tls, &over_tls).is_ok(), "a token over TLS");
         h.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer guess"),

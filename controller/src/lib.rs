@@ -168,6 +168,12 @@ pub async fn run(
             .await
             .with_context(|| format!("binding HTTP on {http}"))?;
         tracing::info!(addr = %l.local_addr()?, "http side port listening");
+        let l = http::listener::SideListener::start(
+            l,
+            http::side_tls(&config)?,
+            &tasks,
+            shutdown.clone(),
+        )?;
         tasks.spawn(http::serve(
             l,
             sup.clone(),

@@ -4,6 +4,7 @@
 //! And the dashboard's API from the outside: the admin API's roles, on the side port.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -12,7 +13,7 @@ use argus_proto::v1 as pb;
 use argus_tests::browser::Browser;
 use argus_tests::cluster::{TestCluster, fake_agent, sref, wait_event};
 use argus_tests::eventually;
-use argus_tests::spec::Pki;
+use argus_tests::spec::{ClientFiles, Pki};
 use argus_tests::tmux::TestTmux;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -468,6 +469,51 @@ async fn the_dashboard_api_has_the_admin_api_roles() -> anyhow::Result<()> {
     );
     drop(b);
 
+    // Over TLS on the same port: a client certificate names the caller and their role, a token
+    // works too, and /healthz still answers plain HTTP beside it.
+    let opal = pki.user("opal", Role::Operator)?;
+    let (status, body) =
+        request_tls(http, &pki, Some(&opal), "GET", "/api/whoami", &[], None).await?;
+    assert_eq!(status, 200, "{body}");
+    let me: Value = serde_json::from_str(&body)?;
+    assert_eq!(
+        (&me["name"], &me["role"], &me["via"]),
+        (&json!("opal"), &json!("operator"), &json!("certificate")),
+        "{me}"
+    );
+    let (status, answer) = request_tls(
+        http,
+        &pki,
+        Some(&opal),
+        "POST",
+        "/api/command",
+        &[],
+        Some(&nudge("from opal")),
+    )
+    .await?;
+    assert_eq!(status, 200, "{answer}");
+    eventually(
+        "the certificate holder's nudge on the pane",
+        WAIT,
+        || async {
+            Ok(tmux
+                .capture("work")?
+                .contains("received: from opal")
+                .then_some(()))
+        },
+    )
+    .await?;
+    let node_cert = pki.node("n1")?;
+    let (status, body) =
+        request_tls(http, &pki, Some(&node_cert), "GET", "/api/fleet", &[], None).await?;
+    assert_eq!(status, 403, "a node's certificate: {body}");
+    let (status, body) = request_tls(http, &pki, None, "GET", "/api/fleet", &[], None).await?;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = request_tls(http, &pki, None, "GET", "/api/fleet", &viewer, None).await?;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = request(http, "GET", "/healthz", &[], None).await?;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+
     // Another site's page may not make the operator's browser act.
     let cross = [
         ("Authorization", "Bearer operator-token-2"),
@@ -478,7 +524,8 @@ async fn the_dashboard_api_has_the_admin_api_roles() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One HTTP/1.1 request; returns the status and the body (for an event stream, the head only).
+/// One HTTP/1.1 request over plaintext; returns the status and the body (for an event stream,
+/// the head only).
 async fn request(
     addr: SocketAddr,
     method: &str,
@@ -486,7 +533,59 @@ async fn request(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> anyhow::Result<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let s = tokio::net::TcpStream::connect(addr).await?;
+    exchange(s, addr, method, path, headers, body).await
+}
+
+/// One HTTP/1.1 request over TLS to the side port (the controller's certificate names
+/// `localhost`), with `client`'s certificate when given.
+async fn request_tls(
+    addr: SocketAddr,
+    pki: &Pki,
+    client: Option<&ClientFiles>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(pki.ca())? {
+        roots.add(ca?)?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let mut config = match client {
+        Some(f) => builder.with_client_auth_cert(
+            CertificateDer::pem_file_iter(&f.cert)?.collect::<Result<Vec<_>, _>>()?,
+            PrivateKeyDer::from_pem_file(&f.key)?,
+        )?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost")?, tcp)
+        .await
+        .context("TLS handshake with the side port")?;
+    exchange(tls, addr, method, path, headers, body).await
+}
+
+async fn exchange<S>(
+    mut s: S,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> anyhow::Result<(u16, String)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         req.push_str(&format!("Host: {addr}\r\n"));
@@ -507,7 +606,15 @@ async fn request(
     let mut buf = [0u8; 8192];
     let read = tokio::time::timeout(WAIT, async {
         loop {
-            let n = s.read(&mut buf).await?;
+            // A TLS peer that closes without close_notify is an error here; what came counts.
+            let n = match s.read(&mut buf).await {
+                Ok(n) => n,
+                Err(e) if !got.is_empty() => {
+                    let _ = e;
+                    0
+                }
+                Err(e) => return Err(e.into()),
+            };
             if n == 0 {
                 break;
             }
