@@ -231,7 +231,7 @@ fn same_origin(headers: &HeaderMap) -> Result<(), DashboardError> {
 }
 
 /// The dashboard's routes, over `sup`'s admin service; open event streams end at `shutdown`.
-/// Needs `ConnectInfo<SocketAddr>` (the side port is served with it).
+/// Needs `ConnectInfo<PeerInfo>` (the side port is served with it: `crate::http::listener`).
 pub fn router(sup: Arc<Supervisor>, auth: Auth, shutdown: CancellationToken) -> Router {
     let dashboard = Arc::new(Dashboard {
         api: AdminApi::new(sup),

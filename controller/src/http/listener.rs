@@ -89,8 +89,13 @@ impl SideListener {
                     continue;
                 };
                 let tx = tx.clone();
+                let stop = shutdown.clone();
                 handshakes.spawn(async move {
-                    match tokio::time::timeout(FIRST_BYTES, open(tcp, addr, &tls)).await {
+                    let opened = tokio::select! {
+                        () = stop.cancelled() => return,
+                        opened = tokio::time::timeout(FIRST_BYTES, open(tcp, addr, &tls)) => opened,
+                    };
+                    match opened {
                         Ok(Ok(conn)) => {
                             let _ = tx.send(conn).await;
                         }
