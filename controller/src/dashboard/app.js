@@ -173,7 +173,7 @@ function renderSession(d) {
     el("li", { class: "tl-" + i.kind }, when(i.at), " ", ...i.what, i.why ? el("div", { class: "why" }, i.why) : null)));
   $("commands").tBodies[0].replaceChildren(...d.commands.map((c) =>
     el("tr", { "data-command": c.command_id, "data-action": c.action },
-      el("td", {}, when(c.issued_at_ms)),
+      el("td", { class: "nowrap" }, when(c.issued_at_ms)),
       el("td", {}, c.action),
       el("td", {}, c.origin),
       el("td", {}, badge("status", c.status || "pending")),
@@ -181,7 +181,18 @@ function renderSession(d) {
 }
 
 async function loadSession() {
-  renderSession(await api("/api/session?" + new URLSearchParams(app.view.q)));
+  const [d, f] = await Promise.all([
+    api("/api/session?" + new URLSearchParams(app.view.q)),
+    // The counts stay in the header on a session's page too.
+    api("/api/fleet"),
+  ]);
+  renderSession(d);
+  renderTiles(f.counts);
+  if (app.captureOnLoad) {
+    app.captureOnLoad = false;
+    // A gone session has no screen; a capture would only add a refused command to its audit.
+    if (d.session && d.session.state !== "dead") capture();
+  }
 }
 
 function target() {
@@ -195,7 +206,10 @@ async function capture() {
   $("screen-at").textContent = "capturing\u2026";
   try {
     const r = await api("/api/command", Object.assign(target(), { action: "capture", lines: 40 }));
-    $("screen").textContent = r.output || r.message;
+    const pre = $("screen");
+    pre.textContent = r.output || r.message;
+    // The prompt and the newest lines are at the bottom.
+    pre.scrollTop = pre.scrollHeight;
     $("screen-at").textContent = r.status === "ok" ? "at " + new Date().toLocaleTimeString() : r.status + ": " + r.message;
   } catch (e) {
     $("screen-at").textContent = "capture failed: " + e.message;
@@ -369,7 +383,7 @@ function route() {
     $("timeline").replaceChildren();
     $("commands").tBodies[0].replaceChildren();
     show("session");
-    if (app.me && app.me.can_capture) capture();
+    app.captureOnLoad = Boolean(app.me && app.me.can_capture);
   } else {
     app.view = { name: "fleet", q: null };
     show("fleet");
