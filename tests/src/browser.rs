@@ -71,6 +71,12 @@ impl Browser {
     /// Starts Chromium (`--headless=new --no-sandbox`, a private profile, DevTools on a free
     /// loopback port) and opens a blank page of `width` x `height`.
     pub async fn launch(width: u32, height: u32) -> anyhow::Result<Self> {
+        Self::launch_with(width, height, &[]).await
+    }
+
+    /// [`Self::launch`] with extra Chromium flags (`--ignore-certificate-errors` for a test
+    /// CA the browser does not know).
+    pub async fn launch_with(width: u32, height: u32, flags: &[&str]) -> anyhow::Result<Self> {
         let binary = chromium()?;
         let profile = tempfile::Builder::new()
             .prefix("argus-chromium-")
@@ -90,8 +96,9 @@ impl Browser {
                     "--remote-debugging-port=0",
                     &format!("--window-size={width},{height}"),
                     &format!("--user-data-dir={}", profile.path().display()),
-                    "about:blank",
                 ])
+                .args(flags)
+                .arg("about:blank")
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log)

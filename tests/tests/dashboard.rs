@@ -402,10 +402,12 @@ async fn the_dashboard_api_has_the_admin_api_roles() -> anyhow::Result<()> {
     .await?;
     assert_eq!(status, 200, "{answer}");
     assert!(answer.contains("Done. All tests pass."), "{answer}");
-    // In the browser: the page asks for a token; with a viewer's, it lists the fleet, follows
-    // the event stream (read with the token), and offers no action and no screen.
-    let b = Browser::launch(1200, 900).await?;
-    b.navigate(&format!("http://{http}/")).await?;
+    // In the browser, over TLS on the side port (the test CA is not in Chromium's store): the
+    // page asks for a token; with a viewer's, it lists the fleet, follows the event stream
+    // (read with the token), and offers no action and no screen.
+    let b = Browser::launch_with(1200, 900, &["--ignore-certificate-errors"]).await?;
+    b.navigate(&format!("https://localhost:{}/", http.port()))
+        .await?;
     eventually("the token form", WAIT, || {
         let b = &b;
         async move {
@@ -440,7 +442,8 @@ async fn the_dashboard_api_has_the_admin_api_roles() -> anyhow::Result<()> {
                      nudge: document.getElementById('act-nudge').disabled, \
                      kill: document.getElementById('act-kill').disabled, \
                      screen: document.getElementById('s-screen-box').hidden, \
-                     who: document.getElementById('who').innerText})",
+                     who: document.getElementById('who').innerText, \
+                     protocol: location.protocol})",
                 )
                 .await?;
             let v: Value = serde_json::from_str(v.as_str().unwrap_or("{}"))?;
@@ -457,13 +460,15 @@ async fn the_dashboard_api_has_the_admin_api_roles() -> anyhow::Result<()> {
             &offered["nudge"],
             &offered["kill"],
             &offered["screen"],
-            &offered["who"]
+            &offered["who"],
+            &offered["protocol"]
         ),
         (
             &json!(true),
             &json!(true),
             &json!(true),
-            &json!("vera (viewer)")
+            &json!("vera (viewer)"),
+            &json!("https:")
         ),
         "{offered}"
     );
