@@ -128,6 +128,12 @@ pub fn audit_by() -> String {
     })
 }
 
+/// Runs `f` as a call by `caller`: [`caller`], [`require`] and [`audit_by`] see them inside it
+/// (the dashboard calls the admin service in-process this way, after its own checks).
+pub async fn as_caller<F: std::future::Future>(caller: Caller, f: F) -> F::Output {
+    CALLER.scope(Some(caller), f).await
+}
+
 /// `PERMISSION_DENIED` unless the caller of the call being handled has at least `role` (outside
 /// an authenticated call, e.g. in-process, everything is allowed).
 pub fn require(role: Role, what: &str) -> Result<(), Status> {

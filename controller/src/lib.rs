@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod checkpoints;
 pub mod config;
+pub mod dashboard;
 pub mod demo;
 pub mod dispatch;
 pub mod events;
@@ -167,7 +168,18 @@ pub async fn run(
             .await
             .with_context(|| format!("binding HTTP on {http}"))?;
         tracing::info!(addr = %l.local_addr()?, "http side port listening");
-        tasks.spawn(http::serve(l, sup.clone(), shutdown.clone()));
+        let l = http::listener::SideListener::start(
+            l,
+            http::side_tls(&config)?,
+            &tasks,
+            shutdown.clone(),
+        )?;
+        tasks.spawn(http::serve(
+            l,
+            sup.clone(),
+            transport.auth(),
+            shutdown.clone(),
+        ));
     }
     let ticker = sup.clone();
     spawn_every(&tasks, config.tick, shutdown.clone(), move || {

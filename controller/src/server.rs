@@ -65,6 +65,13 @@ impl Transport {
     }
 }
 
+impl Transport {
+    /// How callers are authenticated (the dashboard applies the same rules on the side port).
+    pub fn auth(&self) -> Auth {
+        self.auth.clone()
+    }
+}
+
 /// Serves plaintext gRPC on `listener` until `shutdown`, every caller admin (in-process tests).
 pub async fn serve(
     listener: tokio::net::TcpListener,

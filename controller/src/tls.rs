@@ -114,6 +114,8 @@ pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsError>
 /// The server's TLS, rebuilt when its files change.
 pub struct ServerTls {
     files: TlsFiles,
+    /// The application protocols offered (h2 for gRPC, http/1.1 for the side port).
+    alpn: Vec<Vec<u8>>,
     acceptor: RwLock<(Fingerprint, TlsAcceptor)>,
 }
 
@@ -136,12 +138,27 @@ fn fingerprint(files: &TlsFiles) -> Fingerprint {
 impl ServerTls {
     /// Loads `files`; an error here stops the controller from starting.
     pub fn load(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
+        Self::load_for(files, b"h2")
+    }
+
+    /// Loads `files` for a server speaking `alpn` (`http/1.1` for the HTTP side port).
+    pub fn load_for(files: TlsFiles, alpn: &[u8]) -> Result<Arc<Self>, TlsError> {
         let print = fingerprint(&files);
-        let acceptor = TlsAcceptor::from(Arc::new(server_config(&files)?));
+        let alpn = vec![alpn.to_vec()];
+        let mut config = server_config(&files)?;
+        config.alpn_protocols.clone_from(&alpn);
         Ok(Arc::new(Self {
             files,
-            acceptor: RwLock::new((print, acceptor)),
+            alpn,
+            acceptor: RwLock::new((print, TlsAcceptor::from(Arc::new(config)))),
         }))
+    }
+
+    /// The acceptor of the current files, re-read first when they changed (for a server that
+    /// does not run [`Self::incoming`]'s reload poll).
+    pub fn current_acceptor(&self) -> TlsAcceptor {
+        self.reload_if_changed();
+        self.acceptor()
     }
 
     fn acceptor(&self) -> TlsAcceptor {
@@ -166,7 +183,8 @@ impl ServerTls {
             return;
         }
         match server_config(&self.files) {
-            Ok(config) => {
+            Ok(mut config) => {
+                config.alpn_protocols.clone_from(&self.alpn);
                 *self
                     .acceptor
                     .write()

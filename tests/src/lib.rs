@@ -3,6 +3,7 @@
 //! test fails), an admin client, and `eventually`, the only way tests wait.
 
 pub mod bench;
+pub mod browser;
 pub mod cluster;
 pub mod fake_controller;
 pub mod process;
