@@ -32,6 +32,9 @@ pub struct Heard {
     pub heard_ms: i64,
     /// Which CLI event it was (`claude:Notification/permission_prompt`).
     pub what: String,
+    /// The conversation the CLI named in its payload (empty: none yet), for a restart that
+    /// resumes exactly it.
+    pub session_id: String,
 }
 
 /// The newest hook report per session, shared by the local server (writer) and the probe
@@ -52,14 +55,25 @@ impl Board {
     }
 
     /// Notes a hook's report for `key` at `now`.
-    pub fn record(&self, key: SessionKey, condition: Condition, what: String, now: i64) {
+    pub fn record(
+        &self,
+        key: SessionKey,
+        condition: Condition,
+        what: String,
+        session_id: String,
+        now: i64,
+    ) {
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let e = map.entry(key).or_insert(Heard {
             condition,
             since_ms: now,
             heard_ms: now,
             what: String::new(),
+            session_id: String::new(),
         });
+        if !session_id.is_empty() {
+            e.session_id = session_id;
+        }
         if e.condition != condition {
             e.condition = condition;
             e.since_ms = now;
@@ -109,8 +123,28 @@ impl Cli {
     }
 }
 
-/// What a CLI's hook payload says: the condition and a label naming the event; `None` for events
-/// that say nothing about the agent's state (session start, compaction).
+/// What a CLI's hook payload says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub condition: Condition,
+    /// A label naming the event (`claude:Stop`).
+    pub what: String,
+    /// The conversation id the payload names (Claude Code's and Gemini CLI's `session_id`), when
+    /// it is a plain id; else empty.
+    pub session_id: String,
+}
+
+/// Whether `id` is a plain conversation id (what a resume form may carry).
+pub fn plain_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// What a CLI's hook payload says: the condition, a label naming the event and the conversation
+/// id; `None` for events that say nothing about the agent's state (session start, compaction).
 ///
 /// - Claude Code (JSON on stdin, `hook_event_name`): `Notification` with `notification_type`
 ///   `permission_prompt` (or a message about permission) is waiting for permission, `idle_prompt`
@@ -123,16 +157,29 @@ impl Cli {
 ///   permission, `AfterAgent` is at the prompt, `BeforeAgent`, `BeforeModel`, `BeforeTool`,
 ///   `AfterTool` are working.
 /// - Aider `--notifications-command`: it runs when Aider waits for input: at the prompt.
-pub fn from_payload(cli: Cli, payload: &str) -> Option<(Condition, String)> {
+pub fn from_payload(cli: Cli, payload: &str) -> Option<Report> {
     if cli == Cli::Aider {
-        return Some((Condition::AtPrompt, "aider:notification".to_owned()));
+        return Some(Report {
+            condition: Condition::AtPrompt,
+            what: "aider:notification".to_owned(),
+            session_id: String::new(),
+        });
     }
     let v: serde_json::Value = serde_json::from_str(payload.trim()).ok()?;
     let field = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or_default();
     let label = |what: &str| format!("{}:{what}", cli.as_str());
+    // Codex's `thread-id` is left out: `codex resume` does not find a conversation by it.
+    let session_id = Some(field("session_id"))
+        .filter(|id| plain_id(id))
+        .unwrap_or_default()
+        .to_owned();
     if cli == Cli::Codex && !field("type").is_empty() {
         let kind = field("type");
-        return (kind == "agent-turn-complete").then(|| (Condition::AtPrompt, label(kind)));
+        return (kind == "agent-turn-complete").then(|| Report {
+            condition: Condition::AtPrompt,
+            what: label(kind),
+            session_id,
+        });
     }
     let event = field("hook_event_name");
     let condition = match (cli, event) {
@@ -176,7 +223,11 @@ pub fn from_payload(cli: Cli, payload: &str) -> Option<(Condition, String)> {
         "" => event.to_owned(),
         kind => format!("{event}/{kind}"),
     };
-    Some((condition, label(&detail)))
+    Some(Report {
+        condition,
+        what: label(&detail),
+        session_id,
+    })
 }
 
 #[cfg(test)]
@@ -243,22 +294,51 @@ mod tests {
         ];
         for (cli, payload, want) in cases {
             assert_eq!(
-                from_payload(cli, payload).map(|(c, _)| c),
+                from_payload(cli, payload).map(|r| r.condition),
                 want,
                 "{cli:?} {payload}"
             );
         }
+        let claude =
+            r#"{"hook_event_name":"Stop","session_id":"2b246e8d-f2c5-4cc9-aa53-2c283548eb0d"}"#;
+        assert_eq!(
+            from_payload(Cli::Claude, claude)
+                .map(|r| r.session_id)
+                .as_deref(),
+            Some("2b246e8d-f2c5-4cc9-aa53-2c283548eb0d")
+        );
+        let odd = r#"{"hook_event_name":"Stop","session_id":"$(rm -rf ~)"}"#;
+        assert_eq!(
+            from_payload(Cli::Claude, odd)
+                .map(|r| r.session_id)
+                .as_deref(),
+            Some(""),
+            "not a plain id: dropped"
+        );
     }
 
     #[test]
     fn a_report_keeps_its_since_until_the_condition_changes() {
         let b = Board::new(std::time::Duration::from_secs(600));
         let k = ("s".to_owned(), "a".to_owned());
-        b.record(k.clone(), Condition::Thinking, "x".into(), 10);
-        b.record(k.clone(), Condition::Thinking, "y".into(), 20);
+        b.record(k.clone(), Condition::Thinking, "x".into(), "c1".into(), 10);
+        b.record(
+            k.clone(),
+            Condition::Thinking,
+            "y".into(),
+            String::new(),
+            20,
+        );
         let h = b.get(&k).expect("heard");
         assert_eq!((h.since_ms, h.heard_ms), (10, 20));
-        b.record(k.clone(), Condition::AtPrompt, "z".into(), 30);
+        assert_eq!(b.get(&k).expect("heard").session_id, "c1", "kept");
+        b.record(
+            k.clone(),
+            Condition::AtPrompt,
+            "z".into(),
+            String::new(),
+            30,
+        );
         let h = b.get(&k).expect("heard");
         assert_eq!((h.condition, h.since_ms), (Condition::AtPrompt, 30));
         assert_eq!(b.fresh_ms(Condition::Thinking), WORKING_FRESH_MS);

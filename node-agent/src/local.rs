@@ -99,6 +99,9 @@ pub enum Op {
         state: String,
         #[serde(default, skip_serializing_if = "String::is_empty")]
         what: String,
+        /// The conversation id the CLI named, for a restart that resumes it.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        session_id: String,
     },
 }
 
@@ -396,7 +399,11 @@ impl Server {
                 ok: true,
                 ..Default::default()
             }),
-            Op::Event { state, what } => {
+            Op::Event {
+                state,
+                what,
+                session_id,
+            } => {
                 let Some(condition) = argus_shared::profile::Condition::parse(&state)
                     .filter(|c| *c != argus_shared::profile::Condition::None)
                 else {
@@ -409,10 +416,17 @@ impl Server {
                 };
                 let what: String = what.chars().take(120).collect();
                 tracing::debug!(pid, session = %name, state = %state, what = %what, "hook event");
+                if !session_id.is_empty() && !crate::hooks::plain_id(&session_id) {
+                    return own(Answer::refused(
+                        "bad_request",
+                        "session_id must be a plain id (letters, digits, '-', '_'; at most 128)",
+                    ));
+                }
                 self.hooks.record(
                     (socket.clone(), name.clone()),
                     condition,
                     what,
+                    session_id,
                     argus_shared::time::now_ms(),
                 );
                 self.wake.notify_one();

@@ -263,10 +263,10 @@ impl Prober {
             .title
             .update(&pane.title, classifier.title_condition(&pane.title), now);
         let mut readings = Vec::with_capacity(3);
-        if let Some(h) = self
+        let heard = self
             .hooks
-            .get(&(socket.to_owned(), pane.session_name.clone()))
-        {
+            .get(&(socket.to_owned(), pane.session_name.clone()));
+        if let Some(h) = &heard {
             readings.push(Reading {
                 source: source::HOOK,
                 classification: Classification {
@@ -302,7 +302,13 @@ impl Prober {
             progress: &cache.progress,
             classification: &classification,
             decided_by,
-            agent_session_id: cache.files.as_ref().map_or("", |f| f.session_id.as_str()),
+            agent_session_id: cache
+                .files
+                .as_ref()
+                .map(|f| f.session_id.as_str())
+                .filter(|id| !id.is_empty())
+                .or(heard.as_ref().map(|h| h.session_id.as_str()))
+                .unwrap_or(""),
             profile: profile.unwrap_or_else(|| self.profiles.generic().name.clone()),
             ms_per_tick: self.ms_per_tick,
         });

@@ -180,7 +180,7 @@ def check_others(all_agents, cache, server, root, bin_dir):
             while time.monotonic() - t0 < 15 and got != ("at_prompt", "hook"):
                 got = condition(argus, name)
                 time.sleep(0.05)
-            r[f"{name}_at_prompt"] = [round(time.monotonic() - t0, 3), got[1]]
+            r[f"{name}_at_prompt"] = [round(time.monotonic() - t0, 3), got[1], got[0]]
     except (Timeout, RuntimeError, subprocess.SubprocessError, OSError) as e:
         print(f"hooks of the other CLIs: {e}", file=sys.stderr)
         r["error"] = str(e).splitlines()[0] if str(e) else repr(e)

@@ -849,8 +849,12 @@ async fn self_event(
     use argus_node_agent::hooks;
     use argus_node_agent::local::{self, Op, Request};
     let report = async {
-        let (state, what) = match from {
-            None => (state.unwrap_or_default(), "argusctl".to_owned()),
+        let (state, what, session_id) = match from {
+            None => (
+                state.unwrap_or_default(),
+                "argusctl".to_owned(),
+                String::new(),
+            ),
             Some(cli) => {
                 let payload = match payload.or(state) {
                     Some(p) => p,
@@ -865,7 +869,7 @@ async fn self_event(
                     }
                 };
                 match hooks::from_payload(cli, &payload) {
-                    Some((c, what)) => (c.as_str().to_owned(), what),
+                    Some(r) => (r.condition.as_str().to_owned(), r.what, r.session_id),
                     None => return Ok(()),
                 }
             }
@@ -873,7 +877,11 @@ async fn self_event(
         let path = local::socket_for_caller().ok_or(local::ClientError::NoSocket)?;
         let req = Request {
             v: local::VERSION,
-            op: Op::Event { state, what },
+            op: Op::Event {
+                state,
+                what,
+                session_id,
+            },
         };
         let a = tokio::time::timeout(std::time::Duration::from_secs(2), local::call(&path, &req))
             .await

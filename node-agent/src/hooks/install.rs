@@ -115,13 +115,15 @@ pub fn install(cli: Cli, path: &Path, argusctl: &str, dry_run: bool) -> Result<P
         }
     };
     let (text, added, note) = match cli {
-        Cli::Claude => merge_json(path, old.as_deref(), &CLAUDE_EVENTS, &command, None)?,
+        // Claude Code counts a hook's timeout in seconds, Gemini CLI in milliseconds.
+        Cli::Claude => merge_json(path, old.as_deref(), &CLAUDE_EVENTS, &command, None, 5)?,
         Cli::Gemini => merge_json(
             path,
             old.as_deref(),
             &GEMINI_EVENTS,
             &command,
             Some("argus"),
+            5_000,
         )?,
         Cli::Codex => merge_codex(path, old.as_deref(), argusctl)?,
         Cli::Aider => return Err(InstallError::Aider { command }),
@@ -162,6 +164,7 @@ fn merge_json(
     events: &[(&str, &str)],
     command: &str,
     name: Option<&str>,
+    timeout: u64,
 ) -> Result<(String, Vec<String>, Option<String>), InstallError> {
     let invalid = |detail: String| InstallError::Invalid {
         path: path.display().to_string(),
@@ -202,7 +205,7 @@ fn merge_json(
         if present {
             continue;
         }
-        let mut hook = json!({"type": "command", "command": command, "timeout": 5});
+        let mut hook = json!({"type": "command", "command": command, "timeout": timeout});
         if let Some(n) = name {
             hook["name"] = json!(n);
         }
@@ -367,6 +370,8 @@ mod tests {
         let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("read"))
             .expect("valid JSON");
         assert_eq!(v["hooks"]["AfterAgent"][0]["hooks"][0]["name"], "argus");
+        // Gemini CLI's hook timeout is in milliseconds.
+        assert_eq!(v["hooks"]["AfterAgent"][0]["hooks"][0]["timeout"], 5_000);
     }
 
     #[test]

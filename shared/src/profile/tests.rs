@@ -838,9 +838,12 @@ fn a_restart_resumes_the_conversation_the_agent_named() {
             .as_deref(),
         Some("claude --resume 2b246e8d-f2c5-4cc9-aa53-2c283548eb0d --verbose")
     );
-    // Not a plain id, or a CLI that resumes by no id: the usual resume form instead.
+    // Not a plain id: the usual resume form instead.
     assert_eq!(claude.resume_with_id("claude", "x; rm -rf ~"), None);
     assert_eq!(claude.resume_with_id("claude", ""), None);
+    // Codex's notify names a thread id that `codex resume <id>` does not find: no id form.
     let codex = p.get("codex").expect("codex");
-    assert_eq!(codex.resume_with_id("codex", id), None);
+    assert_eq!(codex.resume_with_id("codex resume --last", id), None);
+    let gemini = p.get("gemini").expect("gemini");
+    assert_eq!(gemini.resume_with_id("gemini", id), None);
 }
