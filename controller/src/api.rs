@@ -551,6 +551,7 @@ impl AdminService for AdminApi {
                 command,
                 cwd,
                 labels,
+                replaces_pane_pid: 0,
             },
             other => other,
         });

@@ -445,6 +445,7 @@ fn observation(o: pb::SessionObservation) -> Observation {
     Observation {
         condition: o.condition().into(),
         pane_id: o.pane_id,
+        pane_pid: o.pane_pid,
         pane_dead: o.pane_dead,
         exit_status: o.exit_status,
         agent: o.agent.map(|a| Incarnation {

@@ -37,6 +37,8 @@ mod recover;
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Observation {
     pub pane_id: String,
+    /// The pane's process (0: unknown).
+    pub pane_pid: u32,
     pub pane_dead: bool,
     pub exit_status: i32,
     pub agent: Option<Incarnation>,
@@ -1211,6 +1213,7 @@ fn issue_restart(
             command,
             cwd: t.obs.cwd.clone(),
             labels: t.obs.labels.clone(),
+            replaces_pane_pid: t.obs.pane_pid,
         },
         reason: format!("restart: {why}"),
         incarnation: None,

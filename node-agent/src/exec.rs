@@ -180,6 +180,7 @@ impl Executor {
                 command,
                 cwd,
                 labels,
+                ..
             } = &action
             {
                 let checkpoint = self
@@ -214,6 +215,7 @@ impl Executor {
                     command,
                     cwd,
                     labels,
+                    ..
                 },
             ) = (&refused, &action)
             {
@@ -227,12 +229,29 @@ impl Executor {
             }
             return refused_target(refused);
         }
+        if let Action::Restart {
+            replaces_pane_pid: want,
+            ..
+        } = &action
+            && *want != 0
+            && let Some(now) = pane_pid_now(&tmux, &session.pane_id).await
+            && now != *want
+        {
+            return refuse(
+                S::WrongIncarnation,
+                format!(
+                    "session {:?} was started again since this restart was decided (pane process {now}, the restart was for {want}): not restarted twice",
+                    cmd.session_name
+                ),
+            );
+        }
         let checkpoint = self.checkpoint_before(&tmux, &session, &action).await;
         let restart = match &action {
             Action::Restart {
                 command,
                 cwd,
                 labels,
+                ..
             } => Some((command.clone(), cwd.clone(), labels.clone())),
             _ => None,
         };
@@ -554,6 +573,18 @@ fn refused_target(e: TargetError) -> Outcome {
         TargetError::Tmux(_) => pb::CommandStatus::Failed,
     };
     (status, e.to_string(), String::new()).into()
+}
+
+/// The pane's process now, asked of tmux (not the last snapshot, which may be older than a
+/// restart that just ran); `None` when tmux cannot say.
+async fn pane_pid_now(tmux: &Tmux, pane_id: &str) -> Option<u32> {
+    tmux.run(&["display-message", "-p", "-t", pane_id, "#{pane_pid}"])
+        .await
+        .ok()?
+        .first()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// True when `want` is the session's current agent (or, without one, its pane process) and it

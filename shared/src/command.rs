@@ -78,6 +78,9 @@ pub enum Action {
         command: String,
         cwd: String,
         labels: std::collections::BTreeMap<String, String>,
+        /// The pane process this restart replaces (0: no check): refused when the pane was
+        /// started again since.
+        replaces_pane_pid: u32,
     },
     /// Return the last `lines` lines.
     Capture { lines: u32 },
@@ -173,6 +176,7 @@ impl Action {
             command: command.to_owned(),
             cwd: cwd.to_owned(),
             labels: std::collections::BTreeMap::new(),
+            replaces_pane_pid: 0,
         })
     }
 }
@@ -301,7 +305,13 @@ impl TryFrom<pb::command::Action> for Action {
             pb::command::Action::Kill(k) => Self::kill(k.grace_ms),
             pb::command::Action::Restart(r) => {
                 let mut a = Self::restart(&r.command, &r.cwd)?;
-                if let Self::Restart { labels, .. } = &mut a {
+                if let Self::Restart {
+                    labels,
+                    replaces_pane_pid,
+                    ..
+                } = &mut a
+                {
+                    *replaces_pane_pid = r.replaces_pane_pid;
                     *labels = r
                         .labels
                         .into_iter()
@@ -331,10 +341,12 @@ impl From<Action> for pb::command::Action {
                 command,
                 cwd,
                 labels,
+                replaces_pane_pid,
             } => Self::Restart(pb::Restart {
                 command,
                 cwd,
                 labels: labels.into_iter().collect(),
+                replaces_pane_pid,
             }),
             Action::Capture { lines } => Self::Capture(pb::Capture { lines }),
             Action::Gate {

@@ -93,6 +93,7 @@ fn commands() {
                     command,
                     cwd,
                     labels,
+                    ..
                 } => {
                     assert!(
                         !command.chars().any(char::is_control),

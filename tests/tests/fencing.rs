@@ -178,3 +178,59 @@ async fn node_agent_refuses_unsafe_commands() -> anyhow::Result<()> {
     assert_eq!(persisted.trim(), "6");
     Ok(())
 }
+
+fn restart(id: &str, epoch: u64, name: &str, replaces_pane_pid: u32) -> pb::ControllerMessage {
+    pb::ControllerMessage {
+        msg: Some(pb::controller_message::Msg::Command(pb::Command {
+            command_id: id.into(),
+            epoch,
+            tmux_socket: String::new(),
+            session_name: name.into(),
+            incarnation: None,
+            not_after_ms: now_ms() + 10_000,
+            action: Some(pb::command::Action::Restart(pb::Restart {
+                replaces_pane_pid,
+                ..Default::default()
+            })),
+        })),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_restart_for_the_same_death_is_refused() -> anyhow::Result<()> {
+    let tmux = TestTmux::new();
+    tmux.session(
+        "crashy",
+        &fake_agent("idle"),
+        &[("profile", "claude"), ("restart", &fake_agent("idle"))],
+    )?;
+    let dir = tempfile::tempdir()?;
+    let (addr, mut attaches) = fake_controller::start(vec![5]).await?;
+    let _agent = start_agent(dir.path(), &format!("http://{addr}"), tmux.socket())?;
+    let mut a = tokio::time::timeout(WAIT, attaches.recv())
+        .await?
+        .expect("attach");
+    let seen = observed(&mut a, "crashy").await?;
+    // The controller decided a restart for the pane process it saw; the first one runs...
+    a.commands
+        .send(Ok(restart("r-1", 5, "crashy", seen.pane_pid)))
+        .await?;
+    assert_eq!(result(&mut a, "r-1").await?.status(), pb::CommandStatus::Ok);
+    let new_pid = tmux.pane_pid("crashy")?;
+    assert_ne!(new_pid, seen.pane_pid);
+    // ...a second one decided on the same view (its answer was late, the node stopped) must
+    // not kill the agent the first one started.
+    a.commands
+        .send(Ok(restart("r-2", 5, "crashy", seen.pane_pid)))
+        .await?;
+    let r = result(&mut a, "r-2").await?;
+    assert_eq!(r.status(), pb::CommandStatus::WrongIncarnation, "{r:?}");
+    assert!(r.message.contains("started again"), "{r:?}");
+    assert_eq!(tmux.pane_pid("crashy")?, new_pid, "restarted twice");
+    // A restart for the pane as it is now runs.
+    a.commands
+        .send(Ok(restart("r-3", 5, "crashy", new_pid)))
+        .await?;
+    assert_eq!(result(&mut a, "r-3").await?.status(), pb::CommandStatus::Ok);
+    Ok(())
+}

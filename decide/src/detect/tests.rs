@@ -339,6 +339,7 @@ fn labelled_deaths_restart_with_backoff_then_crash_loop_rules() {
     let mut t = Track::new(0, None, None);
     let mut o = obs("a", 0, Condition::None);
     o.labels = BTreeMap::from([("restart".to_owned(), "claude -c".to_owned())]);
+    o.pane_pid = 4242;
     let mut restarts_at = Vec::new();
     let mut notes = Vec::new();
     let mut now = 0;
@@ -364,6 +365,17 @@ fn labelled_deaths_restart_with_backoff_then_crash_loop_rules() {
         if commands(&fx).is_empty() {
             break;
         }
+        // Each restart names the pane process it replaces: a late second one is refused.
+        assert!(
+            matches!(
+                commands(&fx)[..],
+                [Action::Restart {
+                    replaces_pane_pid: 4242,
+                    ..
+                }]
+            ),
+            "{fx:?}"
+        );
         restarts_at.push(at);
         now = at + 10;
         pid += 1;
