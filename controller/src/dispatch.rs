@@ -248,6 +248,7 @@ impl Dispatcher {
                 start_time: i.start_time,
             }),
             not_after_ms: deadline_ms,
+            at_rest: !matches!(origin, Origin::Admin) && matches!(action, Action::Nudge { .. }),
             action: Some(action.into()),
         };
         let (tx, rx) = oneshot::channel();

@@ -255,7 +255,7 @@ impl Executor {
             } => Some((command.clone(), cwd.clone(), labels.clone())),
             _ => None,
         };
-        let outcome: Outcome = match self.run(&tmux, &session, action).await {
+        let outcome: Outcome = match self.run(&tmux, &session, action, cmd.at_rest).await {
             Ok(ended) => ended.into(),
             // The session closed between the last probe and this restart (its agent died a
             // moment ago): create it anew instead.
@@ -325,11 +325,12 @@ impl Executor {
         tmux: &Tmux,
         s: &pb::SessionObservation,
         action: Action,
+        at_rest: bool,
     ) -> Result<Ended, String> {
         let pane = s.pane_id.as_str();
         let e = |e: crate::tmux::TmuxError| e.to_string();
         match action {
-            Action::Nudge { text } => self.nudge(tmux, s, &text).await,
+            Action::Nudge { text } => self.nudge(tmux, s, &text, at_rest).await,
             Action::Interrupt => self.interrupt(tmux, s).await,
             Action::Capture { lines } => {
                 let text = tmux.capture(pane, lines).await.map_err(e)?;
@@ -365,11 +366,26 @@ impl Executor {
         tmux: &Tmux,
         s: &pb::SessionObservation,
         text: &str,
+        at_rest: bool,
     ) -> Result<Ended, String> {
         let pane = s.pane_id.as_str();
         let profile = self.profile(s);
         let e = |e: crate::tmux::TmuxError| e.to_string();
         let _typing = self.keys.hold(tmux, pane).await;
+        if at_rest {
+            let screen = tmux.capture(pane, CONFIRM_LINES).await.map_err(e)?;
+            let seen = profile.classify(&screen, now_ms() / 1000, local_utc_offset_secs());
+            if matches!(
+                seen.condition,
+                Condition::Thinking | Condition::WaitingPermission | Condition::Dialog
+            ) {
+                return Ok(Ended::Declined(format!(
+                    "declined: the screen shows the agent {} now; the policy's nudge was for an agent at rest ({} profile)",
+                    seen.condition.as_str(),
+                    profile.name
+                )));
+            }
+        }
         tmux.send_literal(pane, text).await.map_err(e)?;
         // Some TUIs take an Enter that arrives right behind pasted text as part of the paste
         // (Codex, Gemini CLI): the profile says how long to let the text settle first.

@@ -25,8 +25,9 @@ fn start_agent(dir: &std::path::Path, url: &str, socket: &std::path::Path) -> an
 
 /// The first full snapshot's observation of `name`.
 async fn observed(a: &mut Attached, name: &str) -> anyhow::Result<pb::SessionObservation> {
+    let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let m = tokio::time::timeout(WAIT, a.inbound.recv())
+        let m = tokio::time::timeout_at(deadline, a.inbound.recv())
             .await?
             .ok_or_else(|| anyhow::anyhow!("stream ended"))?;
         if let Some(pb::agent_message::Msg::Report(r)) = m.msg
@@ -41,8 +42,9 @@ async fn observed(a: &mut Attached, name: &str) -> anyhow::Result<pb::SessionObs
 }
 
 async fn result(a: &mut Attached, id: &str) -> anyhow::Result<pb::CommandResult> {
+    let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let m = tokio::time::timeout(WAIT, a.inbound.recv())
+        let m = tokio::time::timeout_at(deadline, a.inbound.recv())
             .await?
             .ok_or_else(|| anyhow::anyhow!("stream ended"))?;
         if let Some(pb::agent_message::Msg::Result(r)) = m.msg
@@ -68,6 +70,7 @@ fn nudge(
             session_name: name.into(),
             incarnation: inc,
             not_after_ms,
+            at_rest: false,
             action: Some(pb::command::Action::Nudge(pb::Nudge {
                 text: format!("hello {id}"),
             })),
@@ -188,6 +191,7 @@ fn restart(id: &str, epoch: u64, name: &str, replaces_pane_pid: u32) -> pb::Cont
             session_name: name.into(),
             incarnation: None,
             not_after_ms: now_ms() + 10_000,
+            at_rest: false,
             action: Some(pb::command::Action::Restart(pb::Restart {
                 replaces_pane_pid,
                 ..Default::default()
@@ -232,5 +236,38 @@ async fn a_second_restart_for_the_same_death_is_refused() -> anyhow::Result<()> 
         .send(Ok(restart("r-3", 5, "crashy", new_pid)))
         .await?;
     assert_eq!(result(&mut a, "r-3").await?.status(), pb::CommandStatus::Ok);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_nudge_is_declined_when_the_screen_shows_the_agent_busy() -> anyhow::Result<()> {
+    let tmux = TestTmux::new();
+    tmux.session("busy", &fake_agent("working"), &[("profile", "claude")])?;
+    tmux.session("idle", &fake_agent("idle"), &[("profile", "claude")])?;
+    let dir = tempfile::tempdir()?;
+    let (addr, mut attaches) = fake_controller::start(vec![5]).await?;
+    let _agent = start_agent(dir.path(), &format!("http://{addr}"), tmux.socket())?;
+    let mut a = tokio::time::timeout(WAIT, attaches.recv())
+        .await?
+        .expect("attach");
+    // The busy one's agent from the first full report (later reports carry only changes); the
+    // idle one's nudge names no agent.
+    let busy = observed(&mut a, "busy").await?.agent;
+    for (name, want, inc) in [
+        ("busy", pb::CommandStatus::Declined, busy),
+        ("idle", pb::CommandStatus::Ok, None),
+    ] {
+        let mut msg = nudge(&format!("n-{name}"), 5, name, inc, now_ms() + 10_000);
+        if let Some(pb::controller_message::Msg::Command(c)) = &mut msg.msg {
+            c.at_rest = true;
+        }
+        a.commands.send(Ok(msg)).await?;
+        let r = result(&mut a, &format!("n-{name}")).await?;
+        assert_eq!(r.status(), want, "{name}: {r:?}");
+    }
+    assert!(
+        !tmux.capture("busy")?.contains("hello n-busy"),
+        "typed into a busy agent"
+    );
     Ok(())
 }
