@@ -52,6 +52,10 @@ pub struct Config {
     pub event_buffer: usize,
     /// Checkpoints before kills and restarts: `[checkpoint]`.
     pub checkpoint: crate::checkpoint::CheckpointConfig,
+    /// An HTTP port serving `/healthz` and `/metrics` (Prometheus), if any (off by default; it
+    /// shows counts only, no session names, without authentication).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for Config {
@@ -72,6 +76,7 @@ impl Default for Config {
             profiles: None,
             event_buffer: 4096,
             checkpoint: crate::checkpoint::CheckpointConfig::default(),
+            http_listen: None,
         }
     }
 }
@@ -320,6 +325,9 @@ pub struct Cli {
     #[arg(long, env = "ARGUS_ALLOW_ANY_RESTART_COMMAND", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_any_restart_command: Option<bool>,
+    /// Serve /healthz and /metrics on this address (e.g. 127.0.0.1:7072). Key `http_listen`.
+    #[arg(long, env = "ARGUS_HTTP_LISTEN")]
+    pub http_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub node: NodeFlags,
 }
@@ -359,6 +367,9 @@ impl Cli {
         }
         if let Some(v) = self.allow_any_restart_command {
             config.allow_any_restart_command = v;
+        }
+        if let Some(v) = self.http_listen {
+            config.http_listen = Some(v);
         }
         self.node.apply(&mut config);
         Ok(config)
