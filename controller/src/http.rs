@@ -1,5 +1,6 @@
-//! The HTTP side port: `/healthz` (the process answers) and `/readyz` (the store answers and
-//! takes writes; when it does not, the reason and the backlog).
+//! The HTTP side port: `/healthz` (the process answers), `/readyz` (the store answers and
+//! takes writes; when it does not, the reason and the backlog) and `/metrics` (Prometheus,
+//! `crate::metrics`).
 
 use std::sync::Arc;
 
@@ -23,6 +24,7 @@ pub async fn serve(
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(crate::metrics::scrape))
         .with_state(sup);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -13,6 +13,7 @@ pub mod fleet;
 pub mod handoff;
 pub mod http;
 pub mod ingest;
+pub mod metrics;
 pub mod notify;
 pub mod outbound;
 pub mod pki;
@@ -106,10 +107,13 @@ pub async fn run(
         (Some(p), None) => p.clone(),
         _ => load_policy(config.policy_file.as_deref())?,
     };
+    // The recorder first: the store's first writes are measured already.
+    metrics::describe();
     let store = store::open(&config.db)
         .await
         .with_context(|| format!("opening store {}", config.db))?;
     let tasks = TaskTracker::new();
+    metrics::keep_up(&tasks, shutdown.clone());
     let writer_stop = CancellationToken::new();
     let writer_tasks = TaskTracker::new();
     // The journal of an earlier run is replayed before anything is read back or served.
@@ -162,6 +166,14 @@ pub async fn run(
         .with_context(|| format!("binding gRPC on {}", config.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, db = %config.db, "controller listening");
+    if !config.insecure {
+        // The figures describe the fleet: over TLS, scraping needs a token (docs/metrics.md).
+        let tokens = match &config.tokens {
+            Some(path) => auth::Tokens::load(path).map_err(|e| anyhow::anyhow!(server::message_chain(&e)))?,
+            None => auth::Tokens::default(),
+        };
+        sup.scrape.require(Arc::new(tokens));
+    }
     if let Some(http) = config.http {
         let l = tokio::net::TcpListener::bind(http)
             .await

@@ -78,6 +78,8 @@ pub struct Supervisor {
     /// Quality gate outcomes, applied by the tick like triage verdicts.
     gates: mpsc::Sender<(SessionRef, GateResult)>,
     gates_rx: tokio::sync::Mutex<mpsc::Receiver<(SessionRef, GateResult)>>,
+    /// Who may scrape `/metrics` (`crate::metrics`).
+    pub scrape: crate::metrics::Scrape,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -156,6 +158,7 @@ impl Supervisor {
             notifier: p.notifier,
             alarms: crate::alarms::Alarms::new(p.tasks.clone()),
             tasks: p.tasks,
+            scrape: crate::metrics::Scrape::default(),
         }
     }
 
@@ -284,6 +287,7 @@ impl Supervisor {
                     self.transition(key, from, to, reason, now).await;
                 }
                 Effect::Notify(notice) => {
+                    crate::metrics::notice(notice.kind());
                     changes.extend(self.correlate(key, &notice, scope.as_deref(), now));
                     self.events.publish(
                         &key.node_id,
@@ -323,6 +327,7 @@ impl Supervisor {
         reason: String,
         now: UnixMs,
     ) {
+        crate::metrics::transition(to);
         self.events.publish(
             &key.node_id,
             &key.session_name,
@@ -482,6 +487,9 @@ impl Supervisor {
                 Change::Reminder(i) => ("incident_reminder", i),
                 Change::Closed(i) => ("incident_closed", i),
             };
+            if let Change::Opened(i) = &change {
+                crate::metrics::incident_opened(i.kind);
+            }
             let node = if i.kind == IncidentKind::HostSilent || i.kind == IncidentKind::MassDeath {
                 i.scope.as_str()
             } else {
@@ -497,6 +505,11 @@ impl Supervisor {
             self.notifier.incident(&change);
             self.recorder.record(Write::Incident(incident_row(i)));
         }
+    }
+
+    /// The kinds of the open incidents, one entry per incident.
+    pub fn open_incident_kinds(&self) -> Vec<IncidentKind> {
+        lock(&self.correlator).open_kinds()
     }
 
     /// A node attached (or came back on a new stream): it is up, and a silent-host incident of

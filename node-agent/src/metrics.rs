@@ -82,9 +82,10 @@ pub fn render() -> Option<String> {
     recorder().map(PrometheusHandle::render)
 }
 
-/// Declares the node agent's metrics (help text and units), so that they are listed even before
-/// their first sample.
+/// Installs the recorder ([`recorder`]) and declares the node agent's metrics (help text and
+/// units) on it.
 pub fn describe() {
+    recorder();
     describe_histogram!(
         PROBE_ROUND_SECONDS,
         Unit::Seconds,
