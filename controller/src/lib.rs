@@ -2,6 +2,7 @@
 //! policy, persists what must survive a restart, sends commands back, and serves the admin API.
 
 pub mod alarms;
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod checkpoints;
@@ -139,7 +140,15 @@ pub async fn run(
             .map_err(|e| anyhow::anyhow!(server::message_chain(&e)))
             .context("loading outbound_ca")?;
     }
-    let notifier = notify::Notifier::start(config.webhooks.clone(), &tasks, shutdown.clone());
+    let notifier = notify::Notifier::start_to(
+        notify::Targets {
+            webhooks: config.webhooks.clone(),
+            slack: config.slack_webhooks.clone(),
+            alertmanagers: config.alertmanagers.clone(),
+        },
+        &tasks,
+        shutdown.clone(),
+    );
     let sup = Arc::new(Supervisor::new(supervisor::Parts {
         controller_id,
         store,

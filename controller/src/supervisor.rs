@@ -106,6 +106,8 @@ struct Decided {
     scope: Option<String>,
     /// The durable state after the step, when it changed.
     durable: Option<Durable>,
+    /// The session works and waits for no person: a needs-a-person alert of it resolves.
+    settled: bool,
 }
 
 // === impl Supervisor: deciding ===
@@ -239,10 +241,17 @@ impl Supervisor {
                 .effects
                 .contains(&Effect::Persist)
                 .then(|| track.durable.clone());
+            let settled = track.state == SessionState::Working
+                && !matches!(
+                    track.obs.condition,
+                    argus_shared::profile::Condition::WaitingPermission
+                        | argus_shared::profile::Condition::Dialog
+                );
             Decided {
                 effects: step.effects,
                 scope,
                 durable,
+                settled,
             }
         })
     }
@@ -279,7 +288,11 @@ impl Supervisor {
             effects,
             scope,
             durable,
+            settled,
         } = decided;
+        if settled {
+            self.notifier.recovered(key);
+        }
         let mut changes = Vec::new();
         for effect in effects {
             match effect {
@@ -288,6 +301,9 @@ impl Supervisor {
                 }
                 Effect::Notify(notice) => {
                     crate::metrics::notice(notice.kind());
+                    if let Notice::NeedsHuman(why) = &notice {
+                        self.notifier.needs_human(key, why);
+                    }
                     changes.extend(self.correlate(key, &notice, scope.as_deref(), now));
                     self.events.publish(
                         &key.node_id,
@@ -729,7 +745,10 @@ impl Supervisor {
         }
         for todo in todo.into_iter().flatten() {
             match todo {
-                Todo::Forget(key) => self.fleet.remove_session(&key),
+                Todo::Forget(key) => {
+                    self.notifier.recovered(&key);
+                    self.fleet.remove_session(&key);
+                }
                 Todo::Tick(key) => self.apply(&key, Input::Tick, now).await,
             }
         }
