@@ -641,7 +641,10 @@ mod tests {
             .load()
             .expect_err("remote plaintext")
             .to_string();
-        assert!(e.contains("alertmanagers[0]") && e.contains("loopback"), "{e}");
+        assert!(
+            e.contains("alertmanagers[0]") && e.contains("loopback"),
+            "{e}"
+        );
         let e = cli(&["--insecure", "--slack-webhook", "ftp://x"])
             .load()
             .expect_err("not http")

@@ -178,7 +178,9 @@ pub async fn run(
     if !config.insecure {
         // The figures describe the fleet: over TLS, scraping needs a token (docs/metrics.md).
         let tokens = match &config.tokens {
-            Some(path) => auth::Tokens::load(path).map_err(|e| anyhow::anyhow!(server::message_chain(&e)))?,
+            Some(path) => {
+                auth::Tokens::load(path).map_err(|e| anyhow::anyhow!(server::message_chain(&e)))?
+            }
             None => auth::Tokens::default(),
         };
         sup.scrape.require(Arc::new(tokens));

@@ -78,26 +78,54 @@ pub const NOTIFICATIONS_TOTAL: &str = "argus_controller_notifications_total";
 /// agent; the fleet gauges get their first values at the first scrape.
 pub fn describe() {
     argus_node_agent::metrics::describe();
-    describe_gauge!(SESSIONS, Unit::Count, "Sessions in the live view, by state and screen condition.");
+    describe_gauge!(
+        SESSIONS,
+        Unit::Count,
+        "Sessions in the live view, by state and screen condition."
+    );
     describe_gauge!(NODES, Unit::Count, "Nodes in the live view, by health.");
     describe_gauge!(STREAMS, Unit::Count, "Node agents' streams open now.");
-    describe_counter!(STREAMS_OPENED_TOTAL, Unit::Count, "Node agents' streams opened since start.");
+    describe_counter!(
+        STREAMS_OPENED_TOTAL,
+        Unit::Count,
+        "Node agents' streams opened since start."
+    );
     describe_gauge!(INCIDENTS_OPEN, Unit::Count, "Open incidents, by kind.");
-    describe_counter!(INCIDENTS_OPENED_TOTAL, Unit::Count, "Incidents opened since start, by kind.");
+    describe_counter!(
+        INCIDENTS_OPENED_TOTAL,
+        Unit::Count,
+        "Incidents opened since start, by kind."
+    );
     describe_counter!(
         COMMANDS_SENT_TOTAL,
         Unit::Count,
         "Commands sent to node agents, by action and origin."
     );
-    describe_counter!(COMMANDS_TOTAL, Unit::Count, "Commands closed, by action and outcome.");
+    describe_counter!(
+        COMMANDS_TOTAL,
+        Unit::Count,
+        "Commands closed, by action and outcome."
+    );
     describe_histogram!(
         COMMAND_SECONDS,
         Unit::Seconds,
         "Time from sending a command to its node agent's answer, by action."
     );
-    describe_gauge!(COMMANDS_WAITING, Unit::Count, "Commands waiting for their answer.");
-    describe_counter!(NOTICES_TOTAL, Unit::Count, "Notices of the decision core, by kind.");
-    describe_counter!(TRANSITIONS_TOTAL, Unit::Count, "Session state changes, by the state entered.");
+    describe_gauge!(
+        COMMANDS_WAITING,
+        Unit::Count,
+        "Commands waiting for their answer."
+    );
+    describe_counter!(
+        NOTICES_TOTAL,
+        Unit::Count,
+        "Notices of the decision core, by kind."
+    );
+    describe_counter!(
+        TRANSITIONS_TOTAL,
+        Unit::Count,
+        "Session state changes, by the state entered."
+    );
     describe_histogram!(
         DEATH_TO_DECISION_SECONDS,
         Unit::Seconds,
@@ -108,8 +136,16 @@ pub fn describe() {
         Unit::Seconds,
         "From a node agent's message arriving to its decisions carried out, by message."
     );
-    describe_counter!(MESSAGES_TOTAL, Unit::Count, "Messages from node agents, by message.");
-    describe_gauge!(STORE_QUEUE_WRITES, Unit::Count, "Writes queued in memory for the store.");
+    describe_counter!(
+        MESSAGES_TOTAL,
+        Unit::Count,
+        "Messages from node agents, by message."
+    );
+    describe_gauge!(
+        STORE_QUEUE_WRITES,
+        Unit::Count,
+        "Writes queued in memory for the store."
+    );
     describe_gauge!(
         STORE_JOURNAL_WRITES,
         Unit::Count,
@@ -125,7 +161,11 @@ pub fn describe() {
         Unit::Seconds,
         "Duration of one batched store write (one transaction)."
     );
-    describe_histogram!(STORE_BATCH_WRITES, Unit::Count, "Writes per batched store write.");
+    describe_histogram!(
+        STORE_BATCH_WRITES,
+        Unit::Count,
+        "Writes per batched store write."
+    );
     describe_counter!(
         NOTIFICATIONS_TOTAL,
         Unit::Count,
@@ -365,5 +405,9 @@ pub async fn scrape(
         );
     };
     refresh(&sup);
-    (StatusCode::OK, [(header::CONTENT_TYPE, TEXT)], handle.render())
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, TEXT)],
+        handle.render(),
+    )
 }

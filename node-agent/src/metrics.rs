@@ -97,7 +97,11 @@ pub fn describe() {
         "Screens captured in one probe round (the others reuse their cached screen)."
     );
     describe_counter!(CAPTURES_TOTAL, Unit::Count, "Screens captured since start.");
-    describe_gauge!(SESSIONS, Unit::Count, "Sessions seen by the last probe round.");
+    describe_gauge!(
+        SESSIONS,
+        Unit::Count,
+        "Sessions seen by the last probe round."
+    );
     describe_counter!(
         TMUX_CONTROL_RESTARTS_TOTAL,
         Unit::Count,
@@ -164,7 +168,11 @@ pub async fn serve(
 }
 
 /// `/metrics` in the Prometheus text format.
-async fn scrape() -> (axum::http::StatusCode, [(&'static str, &'static str); 1], String) {
+async fn scrape() -> (
+    axum::http::StatusCode,
+    [(&'static str, &'static str); 1],
+    String,
+) {
     match render() {
         Some(text) => (
             axum::http::StatusCode::OK,
