@@ -49,6 +49,9 @@ pub struct Config {
     pub tick: Duration,
     /// Webhook URLs for incident notifications (`http://` or `https://`).
     pub webhooks: Vec<String>,
+    /// Record and serve Prometheus metrics (`/metrics` on the side port); `false` makes every
+    /// metric a no-op (the benchmark's baseline).
+    pub metrics: bool,
     /// Slack-compatible webhook URLs (a `{"text": ...}` body): incidents and needs-a-person
     /// events.
     pub slack_webhooks: Vec<String>,
@@ -88,6 +91,7 @@ impl Default for Config {
             policy_file: None,
             tick: Duration::from_millis(500),
             webhooks: Vec::new(),
+            metrics: true,
             slack_webhooks: Vec::new(),
             alertmanagers: Vec::new(),
             outbound_ca: None,
@@ -294,6 +298,10 @@ pub struct Cli {
     /// `webhooks`.
     #[arg(long = "webhook", env = "ARGUS_WEBHOOK")]
     pub webhooks: Vec<String>,
+    /// Record and serve Prometheus metrics (default true). Key `metrics`.
+    #[arg(long, env = "ARGUS_METRICS", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub metrics: Option<bool>,
     /// Slack-compatible webhook URL (repeatable; a `{"text": ...}` body). Key `slack_webhooks`.
     #[arg(long = "slack-webhook", env = "ARGUS_SLACK_WEBHOOK")]
     pub slack_webhooks: Vec<String>,
@@ -367,6 +375,9 @@ impl Cli {
         }
         if !self.webhooks.is_empty() {
             config.webhooks.clone_from(&self.webhooks);
+        }
+        if let Some(v) = self.metrics {
+            config.metrics = v;
         }
         if !self.slack_webhooks.is_empty() {
             config.slack_webhooks.clone_from(&self.slack_webhooks);

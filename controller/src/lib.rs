@@ -109,7 +109,11 @@ pub async fn run(
         _ => load_policy(config.policy_file.as_deref())?,
     };
     // The recorder first: the store's first writes are measured already.
-    metrics::describe();
+    if config.metrics {
+        metrics::describe();
+    } else if !argus_node_agent::metrics::off() {
+        tracing::warn!("metrics = false comes too late: this process records metrics already");
+    }
     let store = store::open(&config.db)
         .await
         .with_context(|| format!("opening store {}", config.db))?;

@@ -62,6 +62,12 @@ pub fn recorder() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// Turns metrics off for the whole process, unless a recorder is installed already: every
+/// metric macro is then a no-op and `/metrics` answers 503. Returns false when it was too late.
+pub fn off() -> bool {
+    RECORDER.set(None).is_ok()
+}
+
 /// Folds histogram samples every few seconds until `shutdown` (call once per process; a second
 /// call adds a harmless second task).
 pub fn keep_up(tasks: &TaskTracker, shutdown: CancellationToken) {
