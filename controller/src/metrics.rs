@@ -443,9 +443,8 @@ mod tests {
         let noop_report = per_call(N, report);
         let noop_command = per_call(N, command);
         let recorder = PrometheusBuilder::new().build_recorder();
-        let (with_report, with_command) = metrics::with_local_recorder(&recorder, || {
-            (per_call(N, report), per_call(N, command))
-        });
+        let (with_report, with_command) =
+            metrics::with_local_recorder(&recorder, || (per_call(N, report), per_call(N, command)));
         println!(
             "metrics per report (a counter and a histogram sample): {with_report:.0} ns with the \
              Prometheus recorder, {noop_report:.1} ns without; per command sent: \
