@@ -131,19 +131,31 @@ async fn prometheus_reads_exact_counts_after_a_scripted_scenario() -> anyhow::Re
     .await?;
     prom.wait_value("argus_node_sessions", 1.0, WAIT).await?;
 
-    // The node agent's tmux control client dies: one restart, when the next one attaches.
-    let restarts = "argus_node_tmux_control_restarts_total";
-    prom.wait_value(&format!("sum({restarts}) or vector(0)"), 0.0, WAIT)
-        .await?;
+    // The node agent's tmux control client dies: one restart, when the next one attaches. (The
+    // kill above may have closed one already, when it was attached to the killed session: the
+    // count is taken once a client is attached again and the node agent reports it.)
+    let restarts = "sum(argus_node_tmux_control_restarts_total) or vector(0)";
     let clients = eventually("the node agent's control client", WAIT, || async {
         let pids = control_clients(&tmux);
         Ok((!pids.is_empty()).then_some(pids))
     })
     .await?;
+    let direct = async {
+        let (status, body) = get(node_http, "/metrics", &[]).await?;
+        anyhow::ensure!(status == 200, "node /metrics answered {status}");
+        Ok::<f64, anyhow::Error>(
+            body.lines()
+                .find_map(|l| l.strip_prefix("argus_node_tmux_control_restarts_total "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0.0),
+        )
+    };
+    let before = direct.await?;
+    prom.wait_value(restarts, before, WAIT).await?;
     for pid in clients {
         signal(pid, rustix::process::Signal::KILL)?;
     }
-    prom.wait_value(restarts, 1.0, WAIT).await?;
+    prom.wait_value(restarts, before + 1.0, WAIT).await?;
 
     // The node agent pauses: its node turns suspect, one host_silent incident is open, and it
     // closes when the node agent resumes.
