@@ -430,6 +430,26 @@ mod tests {
     }
 
     #[test]
+    fn the_http_port_is_off_by_default_and_set_by_file_or_flag() {
+        assert_eq!(Config::default().http_listen, None);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, "insecure = true\nhttp_listen = \"127.0.0.1:7072\"\n")
+            .expect("write");
+        let path = file.display().to_string();
+        let c = cli(&["--config", &path]).load().expect("valid");
+        assert_eq!(c.http_listen, Some("127.0.0.1:7072".parse().expect("addr")));
+        let c = cli(&["--config", &path, "--http-listen", "127.0.0.1:9100"])
+            .load()
+            .expect("valid");
+        assert_eq!(c.http_listen, Some("127.0.0.1:9100".parse().expect("addr")));
+        let back: Config = toml::from_str(&c.to_toml().expect("toml")).expect("parses back");
+        assert_eq!(back, c);
+        let e = toml::from_str::<Config>("http_listen = \"nope\"").expect_err("not an address");
+        assert!(e.to_string().contains("http_listen"), "{e}");
+    }
+
+    #[test]
     fn validation_names_the_key() {
         let bad = |f: fn(&mut Config)| {
             let mut c = Config {
