@@ -185,7 +185,14 @@ pub async fn run(
             Some(path) => {
                 auth::Tokens::load(path).map_err(|e| anyhow::anyhow!(server::message_chain(&e)))?
             }
-            None => auth::Tokens::default(),
+            None => {
+                if config.http.is_some() && config.metrics {
+                    tracing::warn!(
+                        "no tokens file: /metrics refuses every scrape (it needs a bearer token of `tokens`)"
+                    );
+                }
+                auth::Tokens::default()
+            }
         };
         sup.scrape.require(Arc::new(tokens));
     }

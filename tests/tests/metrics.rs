@@ -1,7 +1,8 @@
 //! `/metrics` on the controller's side port and on the node agent's `http_listen`, scraped by a
 //! real Prometheus server and read back through its HTTP API after a scripted scenario: one
-//! kill raises the kill counters by exactly one, a tmux control client killed under the node
-//! agent is one control-client restart, a paused node agent is one open `host_silent` incident
+//! kill raises the kill counters by exactly one, a SIGKILLed agent is one death with its
+//! death-to-decision time, a tmux control client killed under the node agent is one
+//! control-client restart, a paused node agent is one open `host_silent` incident
 //! until it resumes. Over TLS, `/metrics` wants a bearer token of the tokens file.
 
 use std::net::SocketAddr;
@@ -156,6 +157,25 @@ async fn prometheus_reads_exact_counts_after_a_scripted_scenario() -> anyhow::Re
         signal(pid, rustix::process::Signal::KILL)?;
     }
     prom.wait_value(restarts, before + 1.0, WAIT).await?;
+
+    // The bystander's agent is SIGKILLed: one death, seen by the node agent and decided on.
+    let deaths = r#"argus_controller_notices_total{kind="agent_died"}"#;
+    let timed = "sum(argus_controller_death_to_decision_seconds_count)";
+    let died_before = prom.value(deaths).await?.unwrap_or(0.0);
+    let timed_before = prom
+        .value(&format!("{timed} or vector(0)"))
+        .await?
+        .unwrap_or(0.0);
+    let pid = c
+        .wait_session("n1", "bystander", "the bystander's agent", WAIT, |s| {
+            s.agent_pid > 0
+        })
+        .await?
+        .agent_pid;
+    signal(pid, rustix::process::Signal::KILL)?;
+    prom.wait_value(deaths, died_before + 1.0, WAIT).await?;
+    prom.wait_value(&format!("{timed} or vector(0)"), timed_before + 1.0, WAIT)
+        .await?;
 
     // The node agent pauses: its node turns suspect, one host_silent incident is open, and it
     // closes when the node agent resumes.
