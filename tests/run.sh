@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine with Rust: installs what the tests need (tmux,
-# grpcurl 1.8.6, chromium), builds every binary, runs every test. Used by the README and by .ci/run.
+# grpcurl 1.8.6, chromium, prometheus, prometheus-alertmanager), builds every binary, runs every
+# test. Used by the README and by .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,9 +18,18 @@ if ! command -v chromium >/dev/null; then
   echo "installing chromium (the dashboard test drives a headless one)"
   (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null
 fi
+# A real Prometheus and Alertmanager for tests/tests/{metrics,alertmanager}.rs (run by the
+# tests themselves on loopback ports, never as services); those tests skip loudly without them.
+if ! command -v prometheus >/dev/null || ! { command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null; }; then
+  echo "installing prometheus and prometheus-alertmanager"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    prometheus prometheus-alertmanager) >/dev/null \
+    || echo "WARNING: prometheus/alertmanager not installed: the metrics and alertmanager tests will skip"
+fi
 tmux -V
 grpcurl -version
 chromium --version
+prometheus --version 2>&1 | head -1 || true
 
 # The multi-process tests start the real binaries from target/: build them first.
 cargo build --workspace --bins

@@ -49,6 +49,15 @@ pub struct Config {
     pub tick: Duration,
     /// Webhook URLs for incident notifications (`http://` or `https://`).
     pub webhooks: Vec<String>,
+    /// Record and serve Prometheus metrics (`/metrics` on the side port); `false` makes every
+    /// metric a no-op (the benchmark's baseline).
+    pub metrics: bool,
+    /// Slack-compatible webhook URLs (a `{"text": ...}` body): incidents and needs-a-person
+    /// events.
+    pub slack_webhooks: Vec<String>,
+    /// Alertmanager base URLs (`http://127.0.0.1:9093`): incidents and needs-a-person events are
+    /// posted to `/api/v2/alerts` as alerts that resolve when they end.
+    pub alertmanagers: Vec<String>,
     /// A CA (PEM) trusted by `https://` webhooks and the triage endpoint besides the system's
     /// roots.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -82,6 +91,9 @@ impl Default for Config {
             policy_file: None,
             tick: Duration::from_millis(500),
             webhooks: Vec::new(),
+            metrics: true,
+            slack_webhooks: Vec::new(),
+            alertmanagers: Vec::new(),
             outbound_ca: None,
             demo: false,
             limits: Limits::default(),
@@ -190,27 +202,12 @@ impl Config {
         }
         positive("tick", self.tick)?;
         self.limits.validate()?;
-        if let Some((i, url)) = self
-            .webhooks
-            .iter()
-            .enumerate()
-            .find(|(_, u)| !u.starts_with("http://") && !u.starts_with("https://"))
-        {
-            return Err(ConfigError::invalid(
-                format!("webhooks[{i}]"),
-                format!("{url:?}: only http:// and https:// webhooks are supported"),
-            ));
-        }
-        if let Some((i, url)) = self
-            .webhooks
-            .iter()
-            .enumerate()
-            .find(|(_, u)| !crate::outbound::plaintext_allowed(u))
-        {
-            return Err(ConfigError::invalid(
-                format!("webhooks[{i}]"),
-                format!("{url:?}: http:// is for loopback hosts only; use https://"),
-            ));
+        for (key, urls) in [
+            ("webhooks", &self.webhooks),
+            ("slack_webhooks", &self.slack_webhooks),
+            ("alertmanagers", &self.alertmanagers),
+        ] {
+            outbound_urls(key, urls)?;
         }
         match &self.local {
             Some(local) => local.validate().map_err(|e| e.within("local"))?,
@@ -224,6 +221,31 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Every URL of `key` is `http(s)://`, and plaintext only to a loopback host.
+fn outbound_urls(key: &str, urls: &[String]) -> Result<(), ConfigError> {
+    if let Some((i, url)) = urls
+        .iter()
+        .enumerate()
+        .find(|(_, u)| !u.starts_with("http://") && !u.starts_with("https://"))
+    {
+        return Err(ConfigError::invalid(
+            format!("{key}[{i}]"),
+            format!("{url:?}: only http:// and https:// URLs are supported"),
+        ));
+    }
+    if let Some((i, url)) = urls
+        .iter()
+        .enumerate()
+        .find(|(_, u)| !crate::outbound::plaintext_allowed(u))
+    {
+        return Err(ConfigError::invalid(
+            format!("{key}[{i}]"),
+            format!("{url:?}: http:// is for loopback hosts only; use https://"),
+        ));
+    }
+    Ok(())
 }
 
 // === Command line ===
@@ -243,7 +265,7 @@ pub struct Cli {
     /// gRPC listen address (node agents and admin API). Key `listen`.
     #[arg(long, env = "ARGUS_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// HTTP side port (/healthz, /readyz). Key `http`.
+    /// HTTP side port (/healthz, /readyz, /metrics). Key `http`.
     #[arg(long, env = "ARGUS_HTTP")]
     pub http: Option<SocketAddr>,
     /// Store URL. Key `db`.
@@ -276,6 +298,16 @@ pub struct Cli {
     /// `webhooks`.
     #[arg(long = "webhook", env = "ARGUS_WEBHOOK")]
     pub webhooks: Vec<String>,
+    /// Record and serve Prometheus metrics (default true). Key `metrics`.
+    #[arg(long, env = "ARGUS_METRICS", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub metrics: Option<bool>,
+    /// Slack-compatible webhook URL (repeatable; a `{"text": ...}` body). Key `slack_webhooks`.
+    #[arg(long = "slack-webhook", env = "ARGUS_SLACK_WEBHOOK")]
+    pub slack_webhooks: Vec<String>,
+    /// Alertmanager base URL (repeatable; alerts go to /api/v2/alerts). Key `alertmanagers`.
+    #[arg(long = "alertmanager", env = "ARGUS_ALERTMANAGER")]
+    pub alertmanagers: Vec<String>,
     /// A CA (PEM) trusted by https:// webhooks and triage besides the system's roots. Key
     /// `outbound_ca`.
     #[arg(long, env = "ARGUS_OUTBOUND_CA")]
@@ -343,6 +375,15 @@ impl Cli {
         }
         if !self.webhooks.is_empty() {
             config.webhooks.clone_from(&self.webhooks);
+        }
+        if let Some(v) = self.metrics {
+            config.metrics = v;
+        }
+        if !self.slack_webhooks.is_empty() {
+            config.slack_webhooks.clone_from(&self.slack_webhooks);
+        }
+        if !self.alertmanagers.is_empty() {
+            config.alertmanagers.clone_from(&self.alertmanagers);
         }
         if let Some(v) = &self.outbound_ca {
             config.outbound_ca = Some(v.clone());
@@ -592,6 +633,34 @@ mod tests {
             e.contains("webhooks[0]") && e.contains("loopback hosts only"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn alert_targets_layer_and_are_checked_like_webhooks() {
+        let c = cli(&[
+            "--insecure",
+            "--alertmanager",
+            "http://127.0.0.1:9093",
+            "--slack-webhook",
+            "https://hooks.example.com/s",
+        ])
+        .load()
+        .expect("valid");
+        assert_eq!(c.alertmanagers, ["http://127.0.0.1:9093"]);
+        assert_eq!(c.slack_webhooks, ["https://hooks.example.com/s"]);
+        let e = cli(&["--insecure", "--alertmanager", "http://am.example.com:9093"])
+            .load()
+            .expect_err("remote plaintext")
+            .to_string();
+        assert!(
+            e.contains("alertmanagers[0]") && e.contains("loopback"),
+            "{e}"
+        );
+        let e = cli(&["--insecure", "--slack-webhook", "ftp://x"])
+            .load()
+            .expect_err("not http")
+            .to_string();
+        assert!(e.contains("slack_webhooks[0]"), "{e}");
     }
 
     #[test]

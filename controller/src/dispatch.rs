@@ -294,6 +294,7 @@ impl Dispatcher {
             finished_at_ms: 0,
         }));
         drop(issuing);
+        crate::metrics::command_sent(name, origin.as_str());
         tracing::info!(node = %session.node_id, session = %session.session_name, command = %command_id, action = name, origin = origin.as_str(), reason, "command sent");
         self.events.publish(
             &session.node_id,
@@ -348,6 +349,11 @@ impl Dispatcher {
             pb::CommandStatus::try_from(result.status).unwrap_or(pb::CommandStatus::Unspecified);
         let now = now_ms();
         tracing::info!(node = %node_id, command = %result.command_id, status = status.as_str_name(), took_ms = now - w.issued_ms, "command result");
+        crate::metrics::command_closed(
+            &w.action,
+            status.as_str_name(),
+            Some(Duration::from_millis((now - w.issued_ms).max(0) as u64)),
+        );
         self.events.publish(
             node_id,
             &w.session.session_name,
@@ -378,6 +384,11 @@ impl Dispatcher {
 }
 
 impl Dispatcher {
+    /// Commands waiting for their answer.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
     /// True while command `id` waits for its answer.
     pub fn waiting_for(&self, id: &str) -> bool {
         self.waiting.contains_key(id)
@@ -436,6 +447,7 @@ impl Dispatcher {
             "no answer from the node agent by the deadline"
         };
         tracing::warn!(node = %w.session.node_id, session = %w.session.session_name, command = %id, action = %w.action, status = status.as_str_name(), "command closed without an answer");
+        crate::metrics::command_closed(&w.action, status.as_str_name(), None);
         self.events.publish(
             &w.session.node_id,
             &w.session.session_name,

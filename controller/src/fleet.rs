@@ -123,6 +123,11 @@ impl Fleet {
             .collect()
     }
 
+    /// Node agents' streams open now.
+    pub fn streams(&self) -> usize {
+        self.nodes.iter().filter(|n| n.link.is_some()).count()
+    }
+
     /// One node, copied.
     pub fn node(&self, node_id: &str) -> Option<NodeEntry> {
         self.nodes.get(node_id).map(|n| n.clone())

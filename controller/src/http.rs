@@ -1,7 +1,7 @@
-//! The HTTP side port: `/healthz` (the process answers) and `/readyz` (the store answers and
-//! takes writes; when it does not, the reason and the backlog), and the dashboard
-//! (`crate::dashboard`: `/`, `/ui/...`, `/api/...`). With TLS the port also speaks TLS
-//! (`listener`).
+//! The HTTP side port: `/healthz` (the process answers), `/readyz` (the store answers and
+//! takes writes; when it does not, the reason and the backlog), `/metrics` (Prometheus,
+//! `crate::metrics`) and the dashboard (`crate::dashboard`: `/`, `/ui/...`, `/api/...`). With
+//! TLS the port also speaks TLS (`listener`).
 
 pub mod listener;
 
@@ -49,6 +49,7 @@ pub async fn serve(
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/metrics", get(crate::metrics::scrape))
         .with_state(sup.clone())
         .merge(crate::dashboard::router(sup, auth, shutdown.clone()));
     // The dashboard checks who calls, from where and how (plaintext or TLS).

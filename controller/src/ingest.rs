@@ -170,6 +170,7 @@ impl NodeAgentService for AgentApi {
             probe_ms,
             synced: false,
         });
+        crate::metrics::stream_opened();
         self.sup.events.publish(
             &node_id,
             "",
@@ -291,18 +292,31 @@ async fn serve_stream(
             }
             continue;
         }
+        let arrived = std::time::Instant::now();
         match msg.msg {
             Some(pb::agent_message::Msg::Report(r)) => {
+                crate::metrics::message("report");
                 let full = r.full_snapshot;
                 apply_report(sup, node_id, r, now).await;
                 if full {
                     sup.fleet.mark_synced(node_id, stream_id);
                 }
+                crate::metrics::decided("report", arrived.elapsed());
             }
-            Some(pb::agent_message::Msg::Event(e)) => apply_event(sup, node_id, e, now).await,
-            Some(pb::agent_message::Msg::Result(r)) => sup.command_result(node_id, r, now).await,
-            Some(pb::agent_message::Msg::Heartbeat(_)) => {}
-            Some(pb::agent_message::Msg::LocalRequest(r)) => sup.local_request(node_id, r),
+            Some(pb::agent_message::Msg::Event(e)) => {
+                crate::metrics::message("event");
+                apply_event(sup, node_id, e, now).await;
+                crate::metrics::decided("event", arrived.elapsed());
+            }
+            Some(pb::agent_message::Msg::Result(r)) => {
+                crate::metrics::message("result");
+                sup.command_result(node_id, r, now).await;
+            }
+            Some(pb::agent_message::Msg::Heartbeat(_)) => crate::metrics::message("heartbeat"),
+            Some(pb::agent_message::Msg::LocalRequest(r)) => {
+                crate::metrics::message("local_request");
+                sup.local_request(node_id, r);
+            }
             Some(pb::agent_message::Msg::Hello(_)) => {
                 tracing::warn!(node = %node_id, "second Hello on one stream ignored");
             }
@@ -437,7 +451,11 @@ async fn apply_event(sup: &Arc<Supervisor>, node_id: &str, e: pb::Event, now: i6
             return;
         }
     };
+    let death = matches!(input, Input::AgentExited(_) | Input::PaneDied);
     sup.apply(&key, input, now).await;
+    if death {
+        crate::metrics::death_decided(e.at_ms, argus_shared::time::now_ms());
+    }
 }
 
 /// The wire observation as the decision core's input.

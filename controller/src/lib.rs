@@ -2,6 +2,7 @@
 //! policy, persists what must survive a restart, sends commands back, and serves the admin API.
 
 pub mod alarms;
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod checkpoints;
@@ -14,6 +15,7 @@ pub mod fleet;
 pub mod handoff;
 pub mod http;
 pub mod ingest;
+pub mod metrics;
 pub mod notify;
 pub mod outbound;
 pub mod pki;
@@ -107,10 +109,17 @@ pub async fn run(
         (Some(p), None) => p.clone(),
         _ => load_policy(config.policy_file.as_deref())?,
     };
+    // The recorder first: the store's first writes are measured already.
+    if config.metrics {
+        metrics::describe();
+    } else if !argus_node_agent::metrics::off() {
+        tracing::warn!("metrics = false comes too late: this process records metrics already");
+    }
     let store = store::open(&config.db)
         .await
         .with_context(|| format!("opening store {}", config.db))?;
     let tasks = TaskTracker::new();
+    metrics::keep_up(&tasks, shutdown.clone());
     let writer_stop = CancellationToken::new();
     let writer_tasks = TaskTracker::new();
     // The journal of an earlier run is replayed before anything is read back or served.
@@ -136,7 +145,15 @@ pub async fn run(
             .map_err(|e| anyhow::anyhow!(server::message_chain(&e)))
             .context("loading outbound_ca")?;
     }
-    let notifier = notify::Notifier::start(config.webhooks.clone(), &tasks, shutdown.clone());
+    let notifier = notify::Notifier::start_to(
+        notify::Targets {
+            webhooks: config.webhooks.clone(),
+            slack: config.slack_webhooks.clone(),
+            alertmanagers: config.alertmanagers.clone(),
+        },
+        &tasks,
+        shutdown.clone(),
+    );
     let sup = Arc::new(Supervisor::new(supervisor::Parts {
         controller_id,
         store,
@@ -163,6 +180,23 @@ pub async fn run(
         .with_context(|| format!("binding gRPC on {}", config.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, db = %config.db, "controller listening");
+    if !config.insecure {
+        // The figures describe the fleet: over TLS, scraping needs a token (docs/metrics.md).
+        let tokens = match &config.tokens {
+            Some(path) => {
+                auth::Tokens::load(path).map_err(|e| anyhow::anyhow!(server::message_chain(&e)))?
+            }
+            None => {
+                if config.http.is_some() && config.metrics {
+                    tracing::warn!(
+                        "no tokens file: /metrics refuses every scrape (it needs a bearer token of `tokens`)"
+                    );
+                }
+                auth::Tokens::default()
+            }
+        };
+        sup.scrape.require(Arc::new(tokens));
+    }
     if let Some(http) = config.http {
         let l = tokio::net::TcpListener::bind(http)
             .await

@@ -78,6 +78,8 @@ pub struct Supervisor {
     /// Quality gate outcomes, applied by the tick like triage verdicts.
     gates: mpsc::Sender<(SessionRef, GateResult)>,
     gates_rx: tokio::sync::Mutex<mpsc::Receiver<(SessionRef, GateResult)>>,
+    /// Who may scrape `/metrics` (`crate::metrics`).
+    pub scrape: crate::metrics::Scrape,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -104,6 +106,8 @@ struct Decided {
     scope: Option<String>,
     /// The durable state after the step, when it changed.
     durable: Option<Durable>,
+    /// The session works and waits for no person: a needs-a-person alert of it resolves.
+    settled: bool,
 }
 
 // === impl Supervisor: deciding ===
@@ -156,6 +160,7 @@ impl Supervisor {
             notifier: p.notifier,
             alarms: crate::alarms::Alarms::new(p.tasks.clone()),
             tasks: p.tasks,
+            scrape: crate::metrics::Scrape::default(),
         }
     }
 
@@ -236,10 +241,17 @@ impl Supervisor {
                 .effects
                 .contains(&Effect::Persist)
                 .then(|| track.durable.clone());
+            let settled = track.state == SessionState::Working
+                && !matches!(
+                    track.obs.condition,
+                    argus_shared::profile::Condition::WaitingPermission
+                        | argus_shared::profile::Condition::Dialog
+                );
             Decided {
                 effects: step.effects,
                 scope,
                 durable,
+                settled,
             }
         })
     }
@@ -276,7 +288,11 @@ impl Supervisor {
             effects,
             scope,
             durable,
+            settled,
         } = decided;
+        if settled {
+            self.notifier.recovered(key);
+        }
         let mut changes = Vec::new();
         for effect in effects {
             match effect {
@@ -284,6 +300,10 @@ impl Supervisor {
                     self.transition(key, from, to, reason, now).await;
                 }
                 Effect::Notify(notice) => {
+                    crate::metrics::notice(notice.kind());
+                    if let Notice::NeedsHuman(why) = &notice {
+                        self.notifier.needs_human(key, why);
+                    }
                     changes.extend(self.correlate(key, &notice, scope.as_deref(), now));
                     self.events.publish(
                         &key.node_id,
@@ -323,6 +343,7 @@ impl Supervisor {
         reason: String,
         now: UnixMs,
     ) {
+        crate::metrics::transition(to);
         self.events.publish(
             &key.node_id,
             &key.session_name,
@@ -482,6 +503,9 @@ impl Supervisor {
                 Change::Reminder(i) => ("incident_reminder", i),
                 Change::Closed(i) => ("incident_closed", i),
             };
+            if let Change::Opened(i) = &change {
+                crate::metrics::incident_opened(i.kind);
+            }
             let node = if i.kind == IncidentKind::HostSilent || i.kind == IncidentKind::MassDeath {
                 i.scope.as_str()
             } else {
@@ -497,6 +521,11 @@ impl Supervisor {
             self.notifier.incident(&change);
             self.recorder.record(Write::Incident(incident_row(i)));
         }
+    }
+
+    /// The kinds of the open incidents, one entry per incident.
+    pub fn open_incident_kinds(&self) -> Vec<IncidentKind> {
+        lock(&self.correlator).open_kinds()
     }
 
     /// A node attached (or came back on a new stream): it is up, and a silent-host incident of
@@ -723,7 +752,10 @@ impl Supervisor {
         }
         for todo in todo.into_iter().flatten() {
             match todo {
-                Todo::Forget(key) => self.fleet.remove_session(&key),
+                Todo::Forget(key) => {
+                    self.notifier.recovered(&key);
+                    self.fleet.remove_session(&key);
+                }
                 Todo::Tick(key) => self.apply(&key, Input::Tick, now).await,
             }
         }

@@ -391,6 +391,11 @@ impl Correlator {
         out
     }
 
+    /// The kinds of the open incidents, one entry per incident.
+    pub fn open_kinds(&self) -> Vec<IncidentKind> {
+        self.open.values().map(|i| i.kind).collect()
+    }
+
     /// Acknowledges an open incident (no more reminders).
     pub fn ack(&mut self, id: &str, by: &str, now: UnixMs) -> Option<Incident> {
         let i = self.open.values_mut().find(|i| i.id == id)?;

@@ -56,6 +56,10 @@ pub struct Config {
     pub hook_fresh: Duration,
     /// Checkpoints before kills and restarts: `[checkpoint]`.
     pub checkpoint: crate::checkpoint::CheckpointConfig,
+    /// An HTTP port serving `/healthz` and `/metrics` (Prometheus), if any (off by default; it
+    /// shows counts only, no session names, without authentication).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for Config {
@@ -77,6 +81,7 @@ impl Default for Config {
             event_buffer: 4096,
             hook_fresh: Duration::from_secs(10 * 60),
             checkpoint: crate::checkpoint::CheckpointConfig::default(),
+            http_listen: None,
         }
     }
 }
@@ -326,6 +331,9 @@ pub struct Cli {
     #[arg(long, env = "ARGUS_ALLOW_ANY_RESTART_COMMAND", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_any_restart_command: Option<bool>,
+    /// Serve /healthz and /metrics on this address (e.g. 127.0.0.1:7072). Key `http_listen`.
+    #[arg(long, env = "ARGUS_HTTP_LISTEN")]
+    pub http_listen: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub node: NodeFlags,
 }
@@ -365,6 +373,9 @@ impl Cli {
         }
         if let Some(v) = self.allow_any_restart_command {
             config.allow_any_restart_command = v;
+        }
+        if let Some(v) = self.http_listen {
+            config.http_listen = Some(v);
         }
         self.node.apply(&mut config);
         Ok(config)
@@ -422,6 +433,26 @@ mod tests {
         assert_eq!(c.heartbeat, Duration::from_millis(250));
         let c = cli(&["--config", &path, "--insecure=false"]);
         assert!(c.load().is_err());
+    }
+
+    #[test]
+    fn the_http_port_is_off_by_default_and_set_by_file_or_flag() {
+        assert_eq!(Config::default().http_listen, None);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, "insecure = true\nhttp_listen = \"127.0.0.1:7072\"\n")
+            .expect("write");
+        let path = file.display().to_string();
+        let c = cli(&["--config", &path]).load().expect("valid");
+        assert_eq!(c.http_listen, Some("127.0.0.1:7072".parse().expect("addr")));
+        let c = cli(&["--config", &path, "--http-listen", "127.0.0.1:9100"])
+            .load()
+            .expect("valid");
+        assert_eq!(c.http_listen, Some("127.0.0.1:9100".parse().expect("addr")));
+        let back: Config = toml::from_str(&c.to_toml().expect("toml")).expect("parses back");
+        assert_eq!(back, c);
+        let e = toml::from_str::<Config>("http_listen = \"nope\"").expect_err("not an address");
+        assert!(e.to_string().contains("http_listen"), "{e}");
     }
 
     #[test]

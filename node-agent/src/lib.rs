@@ -14,6 +14,7 @@ pub mod guard;
 pub mod hooks;
 pub mod link;
 pub mod local;
+pub mod metrics;
 pub mod probe;
 pub mod procs;
 pub mod tmux;
@@ -126,6 +127,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     tracing::info!(node = %node_id, controller = %config.controller, "node agent starting");
 
     let tasks = tokio_util::task::TaskTracker::new();
+    metrics::describe();
+    metrics::keep_up(&tasks, shutdown.clone());
+    if let Some(addr) = config.http_listen {
+        let listener = metrics::bind(addr).await?;
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = metrics::serve(listener, stop).await {
+                tracing::error!(error = format!("{e:#}"), "node agent http port failed");
+            }
+        });
+    }
     // The local socket for agents inside the sessions; the node agent works without it.
     match local::bind(&config.state_dir) {
         Ok((listener, path)) => {

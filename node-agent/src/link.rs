@@ -175,6 +175,7 @@ impl Link {
                 delay = self.config.backoff_min;
             }
             let wait = full_jitter(delay);
+            crate::metrics::link_down(if result.is_ok() { "closed" } else { "error" });
             span.in_scope(|| match result {
                 Ok(()) => tracing::info!(retry_in = ?wait, "controller closed the link"),
                 Err(e) => tracing::warn!(error = %e, retry_in = ?wait, "link down"),

@@ -106,6 +106,8 @@ pub struct Prober {
     events: Arc<EventBuffer>,
     wake: Arc<Notify>,
     round: u64,
+    /// Screens captured in the current round.
+    captures: u64,
     ms_per_tick: u64,
     /// Window sizes of sessions that were seen, by session (oldest first when trimmed).
     sizes: BTreeMap<SessionKey, (u32, u32, u64)>,
@@ -135,6 +137,7 @@ impl Prober {
             events,
             wake,
             round: 0,
+            captures: 0,
             ms_per_tick: procs::ms_per_tick(),
             sizes: BTreeMap::new(),
             gone_sizes: Arc::default(),
@@ -152,7 +155,9 @@ impl Prober {
 
     /// One probe round over every server.
     pub async fn round(&mut self) -> Snapshot {
+        let started = std::time::Instant::now();
         self.round += 1;
+        self.captures = 0;
         while self.watchers.try_join_next().is_some() {}
         let mut snapshot = Snapshot {
             round: self.round,
@@ -230,6 +235,7 @@ impl Prober {
             }
             keep
         });
+        crate::metrics::probe_round(started.elapsed(), self.captures, snapshot.sessions.len());
         snapshot
     }
 
@@ -366,6 +372,7 @@ impl Prober {
         {
             return;
         }
+        self.captures += 1;
         match tmux.capture(&pane.pane_id, self.config.lines as u32).await {
             Ok(text) => {
                 let tail = screen::last_lines(&text, self.config.lines);

@@ -124,6 +124,8 @@ impl Pane {
 pub struct Tmux {
     socket: PathBuf,
     control: Mutex<Option<ControlClient>>,
+    /// A control client was attached and has closed since: the next attach is a restart.
+    lost: std::sync::atomic::AtomicBool,
     wake: Arc<Notify>,
 }
 
@@ -134,6 +136,7 @@ impl Tmux {
         Self {
             socket,
             control: Mutex::new(None),
+            lost: std::sync::atomic::AtomicBool::new(false),
             wake,
         }
     }
@@ -158,6 +161,7 @@ impl Tmux {
         let mut guard = self.control.lock().await;
         if guard.as_ref().is_some_and(ControlClient::is_closed) {
             *guard = None;
+            self.lost.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         // `attach-session` starts a server when none runs (and a control client then keeps that
         // empty server alive): attach only to a server that already has a session.
@@ -165,6 +169,10 @@ impl Tmux {
             *guard = ControlClient::attach(&self.socket, self.wake.clone())
                 .await
                 .ok();
+            if guard.is_some() {
+                let again = self.lost.swap(false, std::sync::atomic::Ordering::Relaxed);
+                crate::metrics::control_attached(again);
+            }
         }
         match guard.as_ref() {
             Some(c) => {
@@ -172,6 +180,7 @@ impl Tmux {
                 let result = c.run(&line).await;
                 if matches!(result, Err(TmuxError::NotSent)) {
                     *guard = None;
+                    self.lost.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
                 result
             }

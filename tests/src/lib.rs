@@ -6,6 +6,7 @@ pub mod bench;
 pub mod browser;
 pub mod cluster;
 pub mod fake_controller;
+pub mod monitoring;
 pub mod process;
 pub mod spec;
 pub mod tmux;

@@ -354,11 +354,13 @@ impl Writer {
                 }
                 Held::Memory(b) | Held::Journal(b, _) => b,
             };
+            let started = Instant::now();
             let result = match tokio::time::timeout(WRITE_TIMEOUT, self.store.write(batch)).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(crate::server::message_chain(&e)),
                 Err(_) => Err(format!("the store did not answer within {WRITE_TIMEOUT:?}")),
             };
+            crate::metrics::store_write(batch.len(), started.elapsed());
             match result {
                 Ok(()) => {
                     if let Held::Journal(_, pos) = std::mem::replace(&mut held, Held::None)

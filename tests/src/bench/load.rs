@@ -33,6 +33,8 @@ pub struct Plan {
     pub silent: usize,
     /// Every simulated node over mutual TLS, with its own certificate.
     pub tls: bool,
+    /// The controller records Prometheus metrics (`metrics = false`: every metric a no-op).
+    pub metrics: bool,
 }
 
 impl Plan {
@@ -52,6 +54,7 @@ impl Plan {
             heartbeat_only: Duration::from_secs(10),
             silent: 5,
             tls: false,
+            metrics: true,
         };
         match scale {
             Scale::Full => vec![
@@ -112,6 +115,8 @@ struct Figures {
     incidents: Vec<String>,
     stream_errors: u64,
     attach_retries: u64,
+    /// One `GET /metrics` with the fleet attached: its time and size in bytes.
+    scrape: Option<(Duration, usize)>,
 }
 
 /// Runs the controller load benchmark and returns its report section.
@@ -122,6 +127,9 @@ pub async fn run(scale: Scale, machine: &Machine, plan: Option<Plan>) -> anyhow:
         |p| {
             if p.tls {
                 vec![Plan { tls: false, ..p }, p]
+            } else if !p.metrics {
+                // Metrics off is measured beside metrics on, in the same run.
+                vec![Plan { metrics: true, ..p }, p]
             } else {
                 vec![p]
             }
@@ -164,6 +172,8 @@ async fn measure(mut plan: Plan) -> anyhow::Result<Figures> {
     if let Some(pki) = &pki {
         spec = spec.tls(pki);
     }
+    spec.config.metrics = plan.metrics;
+    let http = spec.config.http;
     let controller = spec.start(dir.path()).await?;
     let pid = controller.proc.pid();
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -289,6 +299,21 @@ async fn measure(mut plan: Plan) -> anyhow::Result<Figures> {
         fleet.silence(ix, false).await;
     }
     let peak_kib = procs::memory(pid)?.peak_kib;
+    // One scrape with the whole fleet attached (its gauges walk every session); over TLS it
+    // would need a token.
+    let mut scrape = None;
+    if let (true, Some(addr)) = (plan.metrics && !plan.tls, http) {
+        let start = Instant::now();
+        let (status, body) = crate::monitoring::get(addr, "/metrics", &[]).await?;
+        anyhow::ensure!(status == 200, "/metrics answered {status}");
+        scrape = Some((start.elapsed(), body.len()));
+        println!(
+            "load: GET /metrics with {} sessions: {} ({} bytes)",
+            plan.nodes * plan.sessions,
+            ms(start.elapsed()),
+            body.len()
+        );
+    }
 
     let stats = &fleet.stats;
     let f = Figures {
@@ -321,6 +346,7 @@ async fn measure(mut plan: Plan) -> anyhow::Result<Figures> {
         incidents,
         stream_errors: stats.counters.read().stream_errors,
         attach_retries: stats.counters.read().attach_retries,
+        scrape,
     };
     for w in stats.slowest() {
         println!(
@@ -414,10 +440,10 @@ fn plan_section(body: &mut String, f: &Figures) {
         thousands(p.nodes as u64),
         p.sessions,
         p.rate,
-        if p.tls {
-            ", mutual TLS (each node its own certificate)"
-        } else {
-            ""
+        match (p.tls, p.metrics) {
+            (true, _) => ", mutual TLS (each node its own certificate)",
+            (false, false) => ", metrics off (`metrics = false`)",
+            (false, true) => "",
         },
         p.streams_per_conn,
         f.nofile,
@@ -493,6 +519,13 @@ fn plan_section(body: &mut String, f: &Figures) {
             format!("{:.0} MiB", f.peak_kib as f64 / 1024.0),
         ),
     ];
+    let mut rows = rows;
+    if let Some((took, bytes)) = f.scrape {
+        rows.push(Row::info(
+            "one GET /metrics with the fleet attached",
+            format!("{} ({} KiB)", ms(took), bytes / 1024),
+        ));
+    }
     body.push_str(&table(&rows));
     let _ = writeln!(body, "\nDetails:\n");
     let _ = writeln!(

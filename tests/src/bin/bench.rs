@@ -55,6 +55,9 @@ enum Cmd {
         /// Measure the plan over mutual TLS too, right after the plaintext one.
         #[arg(long)]
         tls: bool,
+        /// Measure the plan with the controller's metrics off too, right after metrics on.
+        #[arg(long)]
+        metrics_off: bool,
     },
     /// Invariants under a seeded schedule of faults (controller, node agent, tmux, database,
     /// disk, network, agents).
@@ -107,6 +110,7 @@ fn main() -> anyhow::Result<()> {
             faults,
             seconds,
             tls,
+            metrics_off,
         } => {
             let mut p = load::Plan::defaults(scale)[0];
             p.nodes = nodes.unwrap_or(p.nodes);
@@ -116,6 +120,7 @@ fn main() -> anyhow::Result<()> {
             p.faults = faults.unwrap_or(p.faults);
             p.load = seconds.map_or(p.load, Duration::from_secs);
             p.tls = tls;
+            p.metrics = !metrics_off;
             Which::Load(Some(p))
         }
     };
