@@ -52,6 +52,10 @@ pub struct Config {
     pub event_buffer: usize,
     /// Checkpoints before kills and restarts: `[checkpoint]`.
     pub checkpoint: crate::checkpoint::CheckpointConfig,
+    /// Labels for untagged sessions by what this node sees of them (`[[selectors]]`): a
+    /// session's own `@argus-*` options win, then the first selector that matches.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub selectors: Vec<argus_shared::selector::SelectorSpec>,
 }
 
 impl Default for Config {
@@ -72,6 +76,7 @@ impl Default for Config {
             profiles: None,
             event_buffer: 4096,
             checkpoint: crate::checkpoint::CheckpointConfig::default(),
+            selectors: Vec::new(),
         }
     }
 }
@@ -223,6 +228,9 @@ impl Config {
             ));
         }
         self.checkpoint.validate()?;
+        argus_shared::selector::Selectors::compile(&self.selectors).map_err(|e| {
+            ConfigError::invalid(format!("selectors[{}].{}", e.index, e.key), e.why)
+        })?;
         Ok(())
     }
 }

@@ -81,6 +81,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         ProbeConfig {
             lines: config.screen_lines,
             recapture_every: 10,
+            selectors: Arc::new(
+                argus_shared::selector::Selectors::compile(&config.selectors)
+                    .context("invalid selectors")?,
+            ),
         },
         events.clone(),
         wake.clone(),

@@ -61,6 +61,8 @@ pub struct ProbeConfig {
     pub lines: usize,
     /// Re-capture a pane whose activity did not move after this many rounds.
     pub recapture_every: u64,
+    /// Labels for untagged sessions (`[[selectors]]`).
+    pub selectors: Arc<argus_shared::selector::Selectors>,
 }
 
 #[derive(Debug, Clone)]
@@ -68,6 +70,8 @@ struct Agent {
     inc: Incarnation,
     /// Its `comm` when found: a change means it exec'd into another program.
     comm: String,
+    /// Its command line, arguments joined by spaces (what a selector's `program` matches).
+    cmdline: String,
     name: String,
     profile: Option<String>,
     cpu_ticks: u64,
@@ -92,6 +96,9 @@ struct PaneCache {
     pane_start: u64,
     /// The profile the screen was last classified with.
     classified_as: Option<String>,
+    /// The selector that last matched this pane and the labels it gave: kept while the pane
+    /// lives without an agent, so that a dead agent keeps the restart command it was adopted with.
+    adopted: Option<(usize, Vec<(&'static str, String)>)>,
 }
 
 /// Watches every configured tmux server. Owned by the probe task.
@@ -211,6 +218,9 @@ impl Prober {
         let cache = self.panes.entry(key.clone()).or_default();
         cache.agent = agent;
         cache.pane_start = pane_start;
+        let adopted = adopt(&self.config.selectors, socket, pane, cache);
+        let pane = adopted.as_ref().unwrap_or(pane);
+        let cache = self.panes.entry(key.clone()).or_default();
         let profile = profile_name(pane, cache.agent.as_ref());
         self.screen(tmux, pane, key, profile.as_deref()).await;
         self.agent_files(key, profile.as_deref()).await;
@@ -456,6 +466,51 @@ fn primary_panes(mut panes: Vec<Pane>) -> Vec<Pane> {
     panes
 }
 
+/// The pane with the labels of the first selector that matches it filled in where its own
+/// `@argus-*` options are unset; `None` when no selector gives it anything. A pane without an
+/// agent keeps what it was last adopted with (a program glob cannot match a dead agent, and the
+/// restart that brings it back needs the selector's command); a pane whose agent now matches no
+/// selector loses it.
+fn adopt(
+    selectors: &argus_shared::selector::Selectors,
+    socket: &str,
+    pane: &Pane,
+    cache: &mut PaneCache,
+) -> Option<Pane> {
+    if selectors.is_empty() {
+        return None;
+    }
+    let seen = argus_shared::selector::Seen {
+        session: &pane.session_name,
+        program: cache
+            .agent
+            .as_ref()
+            .map(|a| (a.comm.as_str(), a.cmdline.as_str())),
+        cwd: &pane.cwd,
+        socket,
+    };
+    match selectors.first_match(&seen) {
+        Some(m) => {
+            if cache.adopted.as_ref().is_none_or(|(i, _)| *i != m.index) {
+                tracing::info!(session = %pane.session_name, socket, selector = m.index, "session adopted by a selector");
+            }
+            cache.adopted = Some((m.index, m.labels.to_vec()));
+        }
+        None if cache.agent.is_some() => cache.adopted = None,
+        None => {}
+    }
+    let (_, labels) = cache.adopted.as_ref()?;
+    let mut adopted = pane.clone();
+    for (name, value) in labels {
+        if let Some(i) = LABELS.iter().position(|l| l == name)
+            && adopted.labels[i].is_empty()
+        {
+            adopted.labels[i] = value.clone();
+        }
+    }
+    Some(adopted)
+}
+
 /// The profile a pane is classified with: its `@argus-profile` label, else its agent's.
 fn profile_name(pane: &Pane, agent: Option<&Agent>) -> Option<String> {
     pane.label(argus_shared::labels::PROFILE)
@@ -659,6 +714,11 @@ fn resolve_agent(profiles: &Profiles, pane_pid: u32, known: Option<Agent>) -> Op
             start_time: p.start_time,
         },
         comm: p.comm.clone(),
+        cmdline: tree
+            .iter()
+            .find(|(q, _)| q.pid == p.pid)
+            .map(|(_, cmd)| cmd.clone())
+            .unwrap_or_default(),
         name: profile.clone().unwrap_or_else(|| p.comm.clone()),
         profile,
         cpu_ticks: p.cpu_ticks,
@@ -726,10 +786,52 @@ mod tests {
                 start_time: 5,
             },
             comm: "node".into(),
+            cmdline: "node /usr/lib/claude/cli.js".into(),
             name: "claude".into(),
             profile: Some("claude".into()),
             cpu_ticks: 7,
         }
+    }
+
+    #[test]
+    fn selectors_fill_unset_labels_and_outlive_the_agent() {
+        use argus_shared::selector::{SelectorSpec, Selectors};
+        let selectors = Selectors::compile(&[SelectorSpec {
+            session: Some("claudesquad_*".into()),
+            program: Some("*claude*".into()),
+            group: Some("squad".into()),
+            profile: Some("claude".into()),
+            restart: Some("claude --continue".into()),
+            ..Default::default()
+        }])
+        .expect("valid");
+        let mut p = pane("claudesquad_fix");
+        let group = LABELS.iter().position(|l| *l == "group").expect("group label");
+        p.labels[group] = "mine".into();
+        let mut cache = PaneCache {
+            agent: Some(agent()),
+            ..Default::default()
+        };
+        let adopted = adopt(&selectors, "/s", &p, &mut cache).expect("adopted");
+        assert_eq!(adopted.label("group"), Some("mine"), "the tmux option wins");
+        assert_eq!(adopted.label("restart"), Some("claude --continue"));
+        assert_eq!(adopted.label("profile"), Some("claude"));
+        // The agent died: the pane keeps its selector's labels for the restart.
+        cache.agent = None;
+        let kept = adopt(&selectors, "/s", &p, &mut cache).expect("kept");
+        assert_eq!(kept.label("restart"), Some("claude --continue"));
+        // Another program now runs there: it is not adopted any more.
+        let mut vim = agent();
+        vim.comm = "vim".into();
+        vim.cmdline = "vim notes".into();
+        cache.agent = Some(vim);
+        assert!(adopt(&selectors, "/s", &p, &mut cache).is_none());
+        // A session named otherwise is never adopted.
+        let mut cache = PaneCache {
+            agent: Some(agent()),
+            ..Default::default()
+        };
+        assert!(adopt(&selectors, "/s", &pane("work"), &mut cache).is_none());
     }
 
     #[test]
@@ -861,6 +963,7 @@ mod tests {
             ProbeConfig {
                 lines: 30,
                 recapture_every: 10,
+                selectors: Arc::default(),
             },
             Arc::new(EventBuffer::new(16)),
             Arc::new(Notify::new()),
