@@ -806,7 +806,10 @@ mod tests {
         }])
         .expect("valid");
         let mut p = pane("claudesquad_fix");
-        let group = LABELS.iter().position(|l| *l == "group").expect("group label");
+        let group = LABELS
+            .iter()
+            .position(|l| *l == "group")
+            .expect("group label");
         p.labels[group] = "mine".into();
         let mut cache = PaneCache {
             agent: Some(agent()),

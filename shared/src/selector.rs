@@ -102,7 +102,8 @@ struct Compiled {
 
 impl Compiled {
     fn matches(&self, seen: &Seen<'_>) -> bool {
-        let is = |g: &Option<GlobMatcher>, value: &str| g.as_ref().is_none_or(|g| g.is_match(value));
+        let is =
+            |g: &Option<GlobMatcher>, value: &str| g.as_ref().is_none_or(|g| g.is_match(value));
         let program = self.program.as_ref().is_none_or(|g| {
             seen.program
                 .is_some_and(|(comm, cmdline)| g.is_match(comm) || g.is_match(cmdline))
@@ -275,7 +276,11 @@ mod tests {
         ))
         .expect("valid");
         let m = s
-            .first_match(&seen("claudesquad_fix-login", Some(("claude", "claude")), "/src"))
+            .first_match(&seen(
+                "claudesquad_fix-login",
+                Some(("claude", "claude")),
+                "/src",
+            ))
             .expect("matches");
         assert_eq!(m.index, 0);
         assert_eq!(
@@ -291,7 +296,10 @@ mod tests {
                 .is_none()
         );
         // No agent: a program glob never matches.
-        assert!(s.first_match(&seen("claudesquad_x", None, "/src")).is_none());
+        assert!(
+            s.first_match(&seen("claudesquad_x", None, "/src"))
+                .is_none()
+        );
         let m = s
             .first_match(&seen(
                 "a3b4c5d6e7f8-int-1",
@@ -345,8 +353,14 @@ mod tests {
                 "[[selectors]]\ncwd = \"/x\"\nrestart = \"a\\nb\"",
                 "selectors[0].restart",
             ),
-            ("[[selectors]]\ncwd = \"/x\"\ngate = \" \"", "selectors[0].gate"),
-            ("[[selectors]]\nprogram = \"\"\ngroup = \"g\"", "selectors[0].program"),
+            (
+                "[[selectors]]\ncwd = \"/x\"\ngate = \" \"",
+                "selectors[0].gate",
+            ),
+            (
+                "[[selectors]]\nprogram = \"\"\ngroup = \"g\"",
+                "selectors[0].program",
+            ),
         ] {
             let e = Selectors::compile(&spec(text)).expect_err(text);
             assert!(e.to_string().starts_with(key), "{text}: {e}");
