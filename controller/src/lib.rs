@@ -170,9 +170,15 @@ pub async fn run(
         tasks.spawn(http::serve(l, sup.clone(), shutdown.clone()));
     }
     let ticker = sup.clone();
+    let heartbeat = argus_node_agent::watchdog::Heartbeat::default();
+    let beat = heartbeat.clone();
     spawn_every(&tasks, config.tick, shutdown.clone(), move || {
         let sup = ticker.clone();
-        async move { sup.tick(now_ms()).await }
+        let beat = beat.clone();
+        async move {
+            sup.tick(now_ms()).await;
+            beat.beat();
+        }
     });
     // Node health on its own short interval: a silent node turns suspect (and down) within one
     // health interval of its deadline rather than up to one controller tick later.
@@ -202,6 +208,10 @@ pub async fn run(
     if let Some(r) = ready {
         let _ = r.send(addr);
     }
+    // Under systemd (Type=notify, WatchdogSec=): ready once bound and restored; the watchdog is
+    // pinged while the supervisor's tick goes round, so a wedged controller gets restarted.
+    argus_node_agent::watchdog::watch(&tasks, heartbeat, config.tick, shutdown.clone());
+    argus_node_agent::watchdog::ready();
     let server = server::serve_with(
         listener,
         transport,
@@ -223,6 +233,7 @@ pub async fn run(
         }
     };
     shutdown.cancel();
+    argus_node_agent::watchdog::stopping();
     tasks.close();
     if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
         .await

@@ -16,6 +16,7 @@ pub mod local;
 pub mod probe;
 pub mod procs;
 pub mod tmux;
+pub mod watchdog;
 pub mod worktree;
 
 use std::sync::Arc;
@@ -161,6 +162,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     ));
     let probe_shutdown = shutdown.clone();
     let interval = config.probe_interval;
+    let heartbeat = watchdog::Heartbeat::default();
+    let beat = heartbeat.clone();
     tasks.spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -172,20 +175,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             }
             let snapshot = prober.round().await;
             snap_tx.send_replace(Arc::new(snapshot));
-            sd_ping();
+            beat.beat();
         }
     });
-    // Under systemd (Type=notify, WatchdogSec=): ready now; the probe loop pings the watchdog,
-    // so a hung probe loop gets the agent restarted. Outside systemd these are no-ops.
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    // Under systemd (Type=notify, WatchdogSec=): ready now; the watchdog is pinged while the
+    // probe loop goes round, so a hung probe loop gets the agent restarted. Outside systemd
+    // these are no-ops.
+    watchdog::watch(&tasks, heartbeat, interval, shutdown.clone());
+    watchdog::ready();
     tasks.close();
     tasks.wait().await;
     Ok(())
-}
-
-/// Tells systemd's watchdog the probe loop is alive (no-op outside systemd).
-fn sd_ping() {
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
 }
 
 /// The link's TLS files, unless the node talks plaintext.
