@@ -64,7 +64,10 @@ pub fn watch(
             }
             let now = beat.count();
             if now == seen {
-                tracing::warn!(?period, "no heartbeat for one watchdog period: not pinging systemd");
+                tracing::warn!(
+                    ?period,
+                    "no heartbeat for one watchdog period: not pinging systemd"
+                );
                 continue;
             }
             seen = now;
