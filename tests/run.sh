@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine with Rust: installs what the tests need (tmux,
-# grpcurl 1.8.6, systemd-analyze, kubernetes-validate), builds every binary, runs every test. Used by the README and by .ci/run.
+# grpcurl 1.8.6, systemd-analyze, kubernetes-validate), builds every binary, runs every test.
+# Used by the README and by .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
