@@ -385,6 +385,21 @@ mod tests {
     }
 
     #[test]
+    fn selectors_round_trip_and_bad_ones_name_their_key() {
+        let text =
+            "insecure = true\n[[selectors]]\nsession = \"claudesquad_*\"\ngroup = \"squad\"\n";
+        let c: Config = toml::from_str(text).expect("parses");
+        c.validate().expect("valid");
+        let again: Config = toml::from_str(&c.to_toml().expect("prints")).expect("reparses");
+        assert_eq!(again, c);
+        let bad: Config =
+            toml::from_str("insecure = true\n[[selectors]]\ncwd = \"[x\"\ngroup = \"g\"\n")
+                .expect("parses");
+        let e = bad.validate().expect_err("a bad glob");
+        assert!(e.to_string().contains("selectors[0].cwd"), "{e}");
+    }
+
+    #[test]
     fn defaults_are_valid_once_insecure() {
         let c = cli(&["--insecure"]).load().expect("valid");
         assert_eq!(
