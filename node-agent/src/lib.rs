@@ -76,6 +76,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .collect();
     let events = Arc::new(EventBuffer::new(config.event_buffer));
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
+    let (selectors_tx, selectors_rx) = watch::channel(Arc::default());
     let mut prober = Prober::new(
         servers.clone(),
         profiles.clone(),
@@ -86,6 +87,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 argus_shared::selector::Selectors::compile(&config.selectors)
                     .context("invalid selectors")?,
             ),
+            policy_selectors: selectors_rx,
         },
         events.clone(),
         wake.clone(),
@@ -106,6 +108,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let link = Link {
         local: inbox,
         guards: guards_tx,
+        selectors: selectors_tx,
         config: LinkConfig {
             controller: config.controller.clone(),
             node_id: node_id.clone(),

@@ -11,7 +11,7 @@ use argus_shared::ids::Incarnation;
 use argus_shared::profile::{Classification, Condition, Profiles};
 use argus_shared::screen;
 use argus_shared::time::{local_utc_offset_secs, now_ms};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::task::{AbortHandle, JoinSet};
 
 use crate::events::EventBuffer;
@@ -61,8 +61,10 @@ pub struct ProbeConfig {
     pub lines: usize,
     /// Re-capture a pane whose activity did not move after this many rounds.
     pub recapture_every: u64,
-    /// Labels for untagged sessions (`[[selectors]]`).
+    /// Labels for untagged sessions (`[[selectors]]` of the node's configuration).
     pub selectors: Arc<argus_shared::selector::Selectors>,
+    /// The controller policy's selectors, tried after the node's own.
+    pub policy_selectors: watch::Receiver<Arc<argus_shared::selector::Selectors>>,
 }
 
 #[derive(Debug, Clone)]
@@ -218,7 +220,8 @@ impl Prober {
         let cache = self.panes.entry(key.clone()).or_default();
         cache.agent = agent;
         cache.pane_start = pane_start;
-        let adopted = adopt(&self.config.selectors, socket, pane, cache);
+        let policy = self.config.policy_selectors.borrow().clone();
+        let adopted = adopt([&self.config.selectors, &policy], socket, pane, cache);
         let pane = adopted.as_ref().unwrap_or(pane);
         let cache = self.panes.entry(key.clone()).or_default();
         let profile = profile_name(pane, cache.agent.as_ref());
@@ -466,18 +469,19 @@ fn primary_panes(mut panes: Vec<Pane>) -> Vec<Pane> {
     panes
 }
 
-/// The pane with the labels of the first selector that matches it filled in where its own
-/// `@argus-*` options are unset; `None` when no selector gives it anything. A pane without an
+/// The pane with the labels of the first selector that matches it (the node's own, then the
+/// policy's) filled in where its own `@argus-*` options are unset; `None` when no selector gives
+/// it anything. A pane without an
 /// agent keeps what it was last adopted with (a program glob cannot match a dead agent, and the
 /// restart that brings it back needs the selector's command); a pane whose agent now matches no
 /// selector loses it.
 fn adopt(
-    selectors: &argus_shared::selector::Selectors,
+    [own, policy]: [&argus_shared::selector::Selectors; 2],
     socket: &str,
     pane: &Pane,
     cache: &mut PaneCache,
 ) -> Option<Pane> {
-    if selectors.is_empty() {
+    if own.is_empty() && policy.is_empty() && cache.adopted.is_none() {
         return None;
     }
     let seen = argus_shared::selector::Seen {
@@ -489,12 +493,22 @@ fn adopt(
         cwd: &pane.cwd,
         socket,
     };
-    match selectors.first_match(&seen) {
-        Some(m) => {
-            if cache.adopted.as_ref().is_none_or(|(i, _)| *i != m.index) {
-                tracing::info!(session = %pane.session_name, socket, selector = m.index, "session adopted by a selector");
+    // Positions: the node's own selectors first, then the policy's after them.
+    let found = own
+        .first_match(&seen)
+        .map(|m| (m.index, m.labels))
+        .or_else(|| {
+            policy
+                .first_match(&seen)
+                .map(|m| (own.len() + m.index, m.labels))
+        });
+    match found {
+        Some((index, labels)) => {
+            if cache.adopted.as_ref().is_none_or(|(i, _)| *i != index) {
+                let from = if index < own.len() { "node" } else { "policy" };
+                tracing::info!(session = %pane.session_name, socket, selector = index, from, "session adopted by a selector");
             }
-            cache.adopted = Some((m.index, m.labels.to_vec()));
+            cache.adopted = Some((index, labels.to_vec()));
         }
         None if cache.agent.is_some() => cache.adopted = None,
         None => {}
@@ -805,6 +819,7 @@ mod tests {
             ..Default::default()
         }])
         .expect("valid");
+        let none = Selectors::default();
         let mut p = pane("claudesquad_fix");
         let group = LABELS
             .iter()
@@ -815,26 +830,53 @@ mod tests {
             agent: Some(agent()),
             ..Default::default()
         };
-        let adopted = adopt(&selectors, "/s", &p, &mut cache).expect("adopted");
+        let adopted = adopt([&selectors, &none], "/s", &p, &mut cache).expect("adopted");
         assert_eq!(adopted.label("group"), Some("mine"), "the tmux option wins");
         assert_eq!(adopted.label("restart"), Some("claude --continue"));
         assert_eq!(adopted.label("profile"), Some("claude"));
         // The agent died: the pane keeps its selector's labels for the restart.
         cache.agent = None;
-        let kept = adopt(&selectors, "/s", &p, &mut cache).expect("kept");
+        let kept = adopt([&selectors, &none], "/s", &p, &mut cache).expect("kept");
         assert_eq!(kept.label("restart"), Some("claude --continue"));
         // Another program now runs there: it is not adopted any more.
         let mut vim = agent();
         vim.comm = "vim".into();
         vim.cmdline = "vim notes".into();
         cache.agent = Some(vim);
-        assert!(adopt(&selectors, "/s", &p, &mut cache).is_none());
+        assert!(adopt([&selectors, &none], "/s", &p, &mut cache).is_none());
         // A session named otherwise is never adopted.
         let mut cache = PaneCache {
             agent: Some(agent()),
             ..Default::default()
         };
-        assert!(adopt(&selectors, "/s", &pane("work"), &mut cache).is_none());
+        assert!(adopt([&selectors, &none], "/s", &pane("work"), &mut cache).is_none());
+        // The policy's selectors come after the node's own.
+        let policy = Selectors::compile(&[SelectorSpec {
+            session: Some("*".into()),
+            group: Some("fleet".into()),
+            ..Default::default()
+        }])
+        .expect("valid");
+        let mut cache = PaneCache {
+            agent: Some(agent()),
+            ..Default::default()
+        };
+        let untagged = |name: &str| Pane {
+            labels: Default::default(),
+            ..pane(name)
+        };
+        let own = adopt(
+            [&selectors, &policy],
+            "/s",
+            &untagged("claudesquad_x"),
+            &mut cache,
+        )
+        .expect("adopted");
+        assert_eq!(own.label("group"), Some("squad"));
+        let fleet = adopt([&selectors, &policy], "/s", &untagged("work"), &mut cache)
+            .expect("adopted by the policy");
+        assert_eq!(fleet.label("group"), Some("fleet"));
+        assert_eq!(fleet.label("restart"), None);
     }
 
     #[test]
@@ -967,6 +1009,7 @@ mod tests {
                 lines: 30,
                 recapture_every: 10,
                 selectors: Arc::default(),
+                policy_selectors: watch::channel(Arc::default()).1,
             },
             Arc::new(EventBuffer::new(16)),
             Arc::new(Notify::new()),

