@@ -199,6 +199,8 @@ pub async fn run(
             format!("https://localhost:{}", addr.port())
         };
         let stop = shutdown.clone();
+        // One watchdog per process: the controller's tick, not the embedded probe loop.
+        argus_node_agent::watchdog::embed();
         tasks.spawn(async move {
             if let Err(e) = argus_node_agent::run(local, stop).await {
                 tracing::error!(error = %e, "local node agent failed");

@@ -184,8 +184,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // Under systemd (Type=notify, WatchdogSec=): ready now; the watchdog is pinged while the
     // probe loop goes round, so a hung probe loop gets the agent restarted. Outside systemd
     // these are no-ops.
-    watchdog::watch(&tasks, heartbeat, interval, shutdown.clone());
-    watchdog::ready();
+    if !watchdog::embedded() {
+        watchdog::watch(&tasks, heartbeat, interval, shutdown.clone());
+        watchdog::ready();
+    }
     tasks.close();
     tasks.wait().await;
     Ok(())

@@ -25,6 +25,20 @@ impl Heartbeat {
     }
 }
 
+/// Set when the node agent runs inside the controller (`--local`): the controller's own tick is
+/// then what proves the process alive, and the embedded agent leaves the protocol to it.
+static EMBEDDED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Marks this process's node agent as embedded in the controller (before it starts).
+pub fn embed() {
+    EMBEDDED.store(true, Ordering::Relaxed);
+}
+
+/// True when the node agent runs inside the controller.
+pub fn embedded() -> bool {
+    EMBEDDED.load(Ordering::Relaxed)
+}
+
 /// Tells systemd the service is ready (`READY=1`).
 pub fn ready() {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
