@@ -64,7 +64,8 @@ pub fn watch(
         tracing::warn!(
             ?beat_every,
             ?timeout,
-            "the loop the watchdog follows beats no faster than half of WatchdogSec: raise WatchdogSec"
+            "the loop the watchdog follows beats no faster than half of WatchdogSec: \
+             raise WatchdogSec"
         );
     }
     tasks.spawn(async move {

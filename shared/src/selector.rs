@@ -225,7 +225,8 @@ impl Selectors {
                                 index,
                                 key: "labels",
                                 why: format!(
-                                    "a policy selector may give only {POLICY_LABELS:?}, not {name:?}"
+                                    "a policy selector may give only {POLICY_LABELS:?}, not \
+                                     {name:?}"
                                 ),
                             });
                         }
@@ -499,11 +500,17 @@ mod tests {
         }
     }
 
+    /// Characters of generated names and globs: letters, separators, `/`.
+    fn alphabet() -> impl Strategy<Value = char> {
+        proptest::sample::select(vec!['a', 'b', '-', '/', '_'])
+    }
+
     proptest! {
         #[test]
         fn name_globs_agree_with_a_reference_matcher(
-            glob in proptest::collection::vec(proptest::option::weighted(0.7, proptest::sample::select(vec!['a', 'b', '-', '/', '_'])), 0..8),
-            name in proptest::collection::vec(proptest::sample::select(vec!['a', 'b', '-', '/', '_']), 0..10),
+            // `None` is a `*`.
+            glob in proptest::collection::vec(proptest::option::weighted(0.7, alphabet()), 0..8),
+            name in proptest::collection::vec(alphabet(), 0..10),
         ) {
             let text: String = glob.iter().map(|c| c.unwrap_or('*')).collect();
             prop_assume!(!text.trim().is_empty());
@@ -541,7 +548,8 @@ mod tests {
             prop_assert_eq!(got.get(labels::PROFILE), profile.as_ref());
             prop_assert_eq!(got.get(labels::GROUP), group.as_ref());
             prop_assert_eq!(got.get(labels::RESTART), restart.as_ref());
-            prop_assert_eq!(got.len(), [&profile, &group, &restart].iter().filter(|v| v.is_some()).count());
+            let given = [&profile, &group, &restart].iter().filter(|v| v.is_some()).count();
+            prop_assert_eq!(got.len(), given);
         }
     }
 }

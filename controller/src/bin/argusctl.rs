@@ -8,6 +8,8 @@ use argus_controller::config::CtlConfig;
 use argus_proto::v1 as pb;
 use argus_proto::v1::admin_service_client::AdminServiceClient;
 use clap::{Parser, Subcommand};
+use output::{Col, Show};
+use serde_json::json;
 use std::path::PathBuf;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -178,9 +180,9 @@ enum Cmd {
         #[arg(long)]
         node: Option<String>,
     },
-    /// Print a shell completion script: `argusctl completions bash > /etc/bash_completion.d/argusctl`,
-    /// `argusctl completions zsh > "${fpath[1]}/_argusctl"`, `argusctl completions fish >
-    /// ~/.config/fish/completions/argusctl.fish`.
+    /// Print a shell completion script, e.g. `argusctl completions bash >
+    /// /etc/bash_completion.d/argusctl`, `argusctl completions zsh > "${fpath[1]}/_argusctl"`,
+    /// `argusctl completions fish > ~/.config/fish/completions/argusctl.fish`.
     Completions { shell: clap_complete::Shell },
     /// Make a development PKI in DIR: a CA (kept and reused on later runs), the controller's
     /// certificate, node certificates and admin certificates; optionally bearer tokens.
@@ -473,10 +475,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
 // === subcommands ===
 
-// === listings (-o table|wide|json) ===
-
-use output::{Col, Show};
-use serde_json::json;
+// Listings (`-o table|wide|json`) are rows of JSON values with their columns, printed by
+// `output`.
 
 const NODE_COLS: [Col; 8] = [
     Col::new("node_id", "NODE", Show::Text),
