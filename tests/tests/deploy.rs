@@ -1,7 +1,8 @@
 //! Deployment that is checked: the systemd units pass `systemd-analyze verify` (pointed at the
 //! built binaries) and carry `Type=notify`, a watchdog and their hardening; both real binaries
 //! speak the notify protocol (`READY=1`, then `WATCHDOG=1` at half of `WATCHDOG_USEC`) to a
-//! socket the test holds; the Kubernetes manifests validate against the Kubernetes schemas
+//! socket the test holds, and a node agent whose probe loop hangs (its tmux server stopped) stops
+//! pinging until it goes round again; the Kubernetes manifests validate against the Kubernetes schemas
 //! (`kubernetes-validate --strict`, installed by tests/run.sh), probe paths the controller serves,
 //! and are all listed in kustomization.yaml.
 
@@ -177,6 +178,42 @@ async fn both_binaries_notify_ready_and_ping_the_watchdog() -> anyhow::Result<()
     c.agents.push(spec.start(c.dir.path())?);
     ready_and_two_pings(&node_sock, "argus-node-agent").await?;
 
+    // The probe loop hangs on a stopped tmux server: the pings stop, with a warning each period,
+    // and come back once the server runs again.
+    let server: u32 = tmux
+        .run(&["display-message", "-p", "#{pid}"])?
+        .trim()
+        .parse()?;
+    let stopped = Stopped::new(server)?;
+    let warning = "no heartbeat for one watchdog period";
+    let warned = |n: usize| {
+        let log = c.agents[0].log();
+        async move { Ok((log.matches(warning).count() >= n).then_some(())) }
+    };
+    argus_tests::eventually("a missed heartbeat", Duration::from_secs(10), || warned(1)).await?;
+    drain(&node_sock);
+    let before = c.agents[0].log().matches(warning).count();
+    argus_tests::eventually("another missed heartbeat", Duration::from_secs(10), || {
+        warned(before + 1)
+    })
+    .await?;
+    assert_eq!(drain(&node_sock), 0, "pinged while the probe loop hung");
+    drop(stopped);
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let n = node_sock.recv(&mut buf).await?;
+            if String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .any(|l| l == "WATCHDOG=1")
+            {
+                return anyhow::Ok(());
+            }
+        }
+    })
+    .await
+    .context("no ping after the tmux server runs again")??;
+
     // The probe paths the Kubernetes manifests use answer on the HTTP side port.
     let http = c.http().context("the test controller serves HTTP")?;
     for path in ["/healthz", "/readyz"] {
@@ -189,6 +226,45 @@ async fn both_binaries_notify_ready_and_ping_the_watchdog() -> anyhow::Result<()
         s.read_to_string(&mut answer).await?;
         assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
     }
+    Ok(())
+}
+
+/// The `WATCHDOG=1` messages waiting on `sock`, read and counted.
+fn drain(sock: &tokio::net::UnixDatagram) -> usize {
+    let mut buf = [0u8; 4096];
+    let mut pings = 0;
+    while let Ok(n) = sock.try_recv(&mut buf) {
+        pings += String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .filter(|l| *l == "WATCHDOG=1")
+            .count();
+    }
+    pings
+}
+
+/// A process stopped with SIGSTOP, continued when dropped (also when the test fails, so that
+/// the tmux server can be killed).
+struct Stopped(u32);
+
+impl Stopped {
+    fn new(pid: u32) -> anyhow::Result<Self> {
+        signal(pid, "-STOP")?;
+        Ok(Self(pid))
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = signal(self.0, "-CONT");
+    }
+}
+
+fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()?
+        .success();
+    anyhow::ensure!(ok, "kill {sig} {pid} failed");
     Ok(())
 }
 
