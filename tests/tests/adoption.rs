@@ -155,6 +155,18 @@ provider = "anthropic"
         None,
         "a policy gives no command: {ao:?}"
     );
+    // A reloaded policy reaches the node agent: the group changes without a restart.
+    let policy = c.dir.path().join("policy.toml");
+    let text = std::fs::read_to_string(&policy)?.replace("group = \"ao\"", "group = \"ao-2\"");
+    std::fs::write(&policy, text)?;
+    c.wait_session(
+        "n1",
+        "a3b4c5d6e7f8-int-1",
+        "regrouped by the reload",
+        WAIT,
+        |s| label(s, "group") == Some("ao-2"),
+    )
+    .await?;
     let notes = c
         .wait_session("n1", "notes", "listed", WAIT, working)
         .await?;

@@ -94,6 +94,9 @@ async fn listings_watch_completions_and_errors() -> anyhow::Result<()> {
         "{wide}"
     );
 
+    let (ok, one, err) = argusctl(&c, &["session", "n1", "work"])?;
+    assert!(ok && one.contains("labels    group=night"), "{one}\n{err}");
+
     // A refusal names the session and says what to do.
     let (ok, _, err) = argusctl(&c, &["session", "n1", "nosuch"])?;
     assert!(!ok);

@@ -667,6 +667,10 @@ async fn session(c: &mut Client, target: &Target) -> anyhow::Result<()> {
             when(s.last_change_ms)
         );
         println!("attached  {}   pane {}", s.attached_clients, s.pane_id);
+        // Whether from tmux options or selectors (docs/adoption.md).
+        let mut labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        labels.sort();
+        println!("labels    {}", or_dash(&labels.join(" ")));
     }
     println!("\ntransitions:");
     for t in r.transitions {
