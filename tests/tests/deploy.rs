@@ -1,5 +1,6 @@
 //! Deployment that is checked: the systemd units pass `systemd-analyze verify` (pointed at the
-//! built binaries) and carry `Type=notify`, a watchdog and their hardening; both real binaries
+//! built binaries) and carry `Type=notify`, a watchdog and their hardening, and the controller's
+//! account comes out of `systemd-sysusers`; both real binaries
 //! speak the notify protocol (`READY=1`, then `WATCHDOG=1` at half of `WATCHDOG_USEC`) to a
 //! socket the test holds, and a node agent whose probe loop hangs (its tmux server stopped) stops
 //! pinging until it goes round again; the Kubernetes manifests validate against the Kubernetes schemas
@@ -110,10 +111,24 @@ fn systemd_units_verify_and_declare_notify_watchdog_and_hardening() -> anyhow::R
         "the controller runs as its own user"
     );
     assert!(has_line(&controller, "ProtectSystem=strict"));
-    let sysusers = std::fs::read_to_string(repo().join("deploy/systemd/argus.sysusers.conf"))?;
+    // The controller's account, made by systemd-sysusers into a scratch root.
+    let root = tempfile::tempdir()?;
+    std::fs::create_dir(root.path().join("etc"))?;
+    let out = Command::new("systemd-sysusers")
+        .arg(format!("--root={}", root.path().display()))
+        .arg(repo().join("deploy/systemd/argus.sysusers.conf"))
+        .output()?;
     assert!(
-        has_line(&sysusers, "u argus "),
-        "argus.sysusers.conf makes the argus user"
+        out.status.success(),
+        "systemd-sysusers: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let passwd = std::fs::read_to_string(root.path().join("etc/passwd"))?;
+    assert!(
+        passwd.lines().any(|l| l.starts_with("argus:")
+            && l.contains(":/var/lib/argus:")
+            && l.ends_with("nologin")),
+        "{passwd}"
     );
     let user =
         std::fs::read_to_string(repo().join("deploy/systemd/user/argus-node-agent.service"))?;
