@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine with Rust: installs what the tests need (tmux,
-# grpcurl 1.8.6, chromium, prometheus, prometheus-alertmanager), builds every binary, runs every
-# test. Used by the README and by .ci/run.
+# grpcurl 1.8.6, chromium, prometheus, prometheus-alertmanager, systemd-analyze,
+# kubernetes-validate), builds every binary, runs every test. Used by the README and by .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,10 +26,22 @@ if ! command -v prometheus >/dev/null || ! { command -v prometheus-alertmanager 
     prometheus prometheus-alertmanager) >/dev/null \
     || echo "WARNING: prometheus/alertmanager not installed: the metrics and alertmanager tests will skip"
 fi
+# tests/deploy.rs: systemd's unit verifier and the Kubernetes schema validator (schemas bundled).
+if ! command -v systemd-analyze >/dev/null; then
+  echo "installing systemd-analyze (apt-get install systemd)"
+  (apt-get update -qq && apt-get install -y -qq --no-install-recommends systemd) >/dev/null
+fi
+if ! command -v kubernetes-validate >/dev/null; then
+  echo "installing kubernetes-validate (pip)"
+  python3 -m pip install -q --disable-pip-version-check kubernetes-validate
+  hash -r
+fi
 tmux -V
 grpcurl -version
 chromium --version
 prometheus --version 2>&1 | head -1 || true
+systemd-analyze --version | head -1
+kubernetes-validate --version
 
 # The multi-process tests start the real binaries from target/: build them first.
 cargo build --workspace --bins

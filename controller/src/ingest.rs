@@ -151,6 +151,10 @@ impl NodeAgentService for AgentApi {
         tx.send(Ok(self.sup.guards_message()))
             .await
             .map_err(|_| IngestError::ClosedBeforeWelcome)?;
+        // The policy's selectors (again after every reload).
+        tx.send(Ok(self.sup.selectors_message()))
+            .await
+            .map_err(|_| IngestError::ClosedBeforeWelcome)?;
 
         let stream_id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let probe_ms = if hello.probe_interval_ms == 0 {

@@ -216,9 +216,15 @@ pub async fn run(
         ));
     }
     let ticker = sup.clone();
+    let heartbeat = argus_node_agent::watchdog::Heartbeat::default();
+    let beat = heartbeat.clone();
     spawn_every(&tasks, config.tick, shutdown.clone(), move || {
         let sup = ticker.clone();
-        async move { sup.tick(now_ms()).await }
+        let beat = beat.clone();
+        async move {
+            sup.tick(now_ms()).await;
+            beat.beat();
+        }
     });
     // Node health on its own short interval: a silent node turns suspect (and down) within one
     // health interval of its deadline rather than up to one controller tick later.
@@ -239,6 +245,8 @@ pub async fn run(
             format!("https://localhost:{}", addr.port())
         };
         let stop = shutdown.clone();
+        // One watchdog per process: the controller's tick, not the embedded probe loop.
+        argus_node_agent::watchdog::embed();
         tasks.spawn(async move {
             if let Err(e) = argus_node_agent::run(local, stop).await {
                 tracing::error!(error = %e, "local node agent failed");
@@ -248,6 +256,10 @@ pub async fn run(
     if let Some(r) = ready {
         let _ = r.send(addr);
     }
+    // Under systemd (Type=notify, WatchdogSec=): ready once bound and restored; the watchdog is
+    // pinged while the supervisor's tick goes round, so a wedged controller gets restarted.
+    argus_node_agent::watchdog::watch(&tasks, heartbeat, config.tick, shutdown.clone());
+    argus_node_agent::watchdog::ready();
     let server = server::serve_with(
         listener,
         transport,
@@ -269,6 +281,7 @@ pub async fn run(
         }
     };
     shutdown.cancel();
+    argus_node_agent::watchdog::stopping();
     tasks.close();
     if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
         .await

@@ -578,12 +578,27 @@ impl Supervisor {
         }
     }
 
-    /// Sends the guarded files to every attached node agent (after a policy reload).
+    /// The policy's selectors as the node agents get them (labels only, never commands: the
+    /// policy refuses those at load).
+    pub fn selectors_message(&self) -> argus_proto::v1::ControllerMessage {
+        use argus_proto::v1 as pb;
+        let selectors = self.policy().selectors.iter().map(|s| s.to_pb()).collect();
+        pb::ControllerMessage {
+            msg: Some(pb::controller_message::Msg::Selectors(pb::Selectors {
+                selectors,
+            })),
+        }
+    }
+
+    /// Sends the guarded files and the selectors to every attached node agent (after a policy
+    /// reload).
     fn send_guards(&self) {
-        let msg = self.guards_message();
+        let msgs = [self.guards_message(), self.selectors_message()];
         for node in self.fleet.up_nodes() {
             if let Some(link) = self.fleet.node(&node).and_then(|n| n.link) {
-                let _ = link.try_send(Ok(msg.clone()));
+                for msg in &msgs {
+                    let _ = link.try_send(Ok(msg.clone()));
+                }
             }
         }
     }

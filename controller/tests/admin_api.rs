@@ -121,8 +121,14 @@ impl FakeAgent {
                 .await
                 .context("no command within the deadline")??
                 .context("stream ended")?;
-            // The guarded files follow the Welcome; not a command.
-            if !matches!(msg.msg, Some(pb::controller_message::Msg::Guards(_))) {
+            // The guarded files and the selectors follow the Welcome; not commands.
+            if !matches!(
+                msg.msg,
+                Some(
+                    pb::controller_message::Msg::Guards(_)
+                        | pb::controller_message::Msg::Selectors(_)
+                )
+            ) {
                 break msg;
             }
         };

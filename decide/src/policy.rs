@@ -146,6 +146,9 @@ pub struct Policy {
         std::collections::BTreeMap<String, humantime_serde::Serde<Duration>>,
     /// How a restart hands the work over to the new agent (resume message, timeouts).
     pub handoff: crate::handoff::HandoffPolicy,
+    /// Labels for untagged sessions (`[[selectors]]`), sent to every node agent, which tries
+    /// them after its own configuration's; they give profile, provider, account and group only.
+    pub selectors: Vec<argus_shared::selector::SelectorSpec>,
     /// Per-group overrides (`@argus-group`): `[groups.NAME]` with any of the keys above.
     #[serde(skip)]
     pub groups: std::collections::BTreeMap<String, std::sync::Arc<Policy>>,
@@ -234,6 +237,7 @@ impl Default for Policy {
             animated_hang: Duration::from_secs(15 * 60),
             animated_hang_profiles: std::collections::BTreeMap::new(),
             handoff: crate::handoff::HandoffPolicy::default(),
+            selectors: Vec::new(),
             groups: std::collections::BTreeMap::new(),
         }
     }
@@ -378,6 +382,15 @@ impl Policy {
         if let Err((key, why)) = self.handoff.validate() {
             return invalid(&key, &why);
         }
+        if let Err(e) = self
+            .selectors
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, s)| s.check_policy(i))
+            .and_then(|()| argus_shared::selector::Selectors::compile(&self.selectors).map(drop))
+        {
+            return invalid(&format!("selectors[{}].{}", e.index, e.key), &e.why);
+        }
         self.validate_gate()
     }
 
@@ -480,6 +493,18 @@ mod tests {
         assert!(e.to_string().contains("node_down_after"), "{e}");
         let e = Policy::from_toml("nudge_text = \"a\\nb\"").expect_err("control char");
         assert!(e.to_string().contains("nudge_text"), "{e}");
+    }
+
+    #[test]
+    fn selectors_give_labels_but_never_commands() {
+        let p = Policy::from_toml("[[selectors]]\nsession = \"claudesquad_*\"\ngroup = \"squad\"")
+            .expect("parses");
+        assert_eq!(p.selectors[0].group.as_deref(), Some("squad"));
+        let e = Policy::from_toml("[[selectors]]\nsession = \"a*\"\nrestart = \"claude\"")
+            .expect_err("a command");
+        assert!(e.to_string().contains("selectors[0].restart"), "{e}");
+        let e = Policy::from_toml("[[selectors]]\ngroup = \"g\"").expect_err("matches all");
+        assert!(e.to_string().contains("selectors[0].session"), "{e}");
     }
 
     #[test]

@@ -60,6 +60,10 @@ pub struct Config {
     /// shows counts only, no session names, without authentication).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_listen: Option<std::net::SocketAddr>,
+    /// Labels for untagged sessions by what this node sees of them (`[[selectors]]`): a
+    /// session's own `@argus-*` options win, then the first selector that matches.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub selectors: Vec<argus_shared::selector::SelectorSpec>,
 }
 
 impl Default for Config {
@@ -82,6 +86,7 @@ impl Default for Config {
             hook_fresh: Duration::from_secs(10 * 60),
             checkpoint: crate::checkpoint::CheckpointConfig::default(),
             http_listen: None,
+            selectors: Vec::new(),
         }
     }
 }
@@ -234,6 +239,9 @@ impl Config {
             ));
         }
         self.checkpoint.validate()?;
+        argus_shared::selector::Selectors::compile(&self.selectors).map_err(|e| {
+            ConfigError::invalid(format!("selectors[{}].{}", e.index, e.key), e.why)
+        })?;
         Ok(())
     }
 }
@@ -391,6 +399,21 @@ mod tests {
     fn cli(args: &[&str]) -> Cli {
         Cli::try_parse_from(std::iter::once("argus-node-agent").chain(args.iter().copied()))
             .expect("flags parse")
+    }
+
+    #[test]
+    fn selectors_round_trip_and_bad_ones_name_their_key() {
+        let text =
+            "insecure = true\n[[selectors]]\nsession = \"claudesquad_*\"\ngroup = \"squad\"\n";
+        let c: Config = toml::from_str(text).expect("parses");
+        c.validate().expect("valid");
+        let again: Config = toml::from_str(&c.to_toml().expect("prints")).expect("reparses");
+        assert_eq!(again, c);
+        let bad: Config =
+            toml::from_str("insecure = true\n[[selectors]]\ncwd = \"[x\"\ngroup = \"g\"\n")
+                .expect("parses");
+        let e = bad.validate().expect_err("a bad glob");
+        assert!(e.to_string().contains("selectors[0].cwd"), "{e}");
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod probe;
 pub mod procs;
 pub mod tmux;
+pub mod watchdog;
 pub mod worktree;
 
 use std::sync::Arc;
@@ -78,12 +79,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let events = Arc::new(EventBuffer::new(config.event_buffer));
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
     let hook_board = hooks::Board::new(config.hook_fresh);
+    let (selectors_tx, selectors_rx) = watch::channel(Arc::default());
     let mut prober = Prober::new(
         servers.clone(),
         profiles.clone(),
         ProbeConfig {
             lines: config.screen_lines,
             recapture_every: 10,
+            selectors: Arc::new(
+                argus_shared::selector::Selectors::compile(&config.selectors)
+                    .context("invalid selectors")?,
+            ),
+            policy_selectors: selectors_rx,
         },
         events.clone(),
         wake.clone(),
@@ -105,6 +112,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let link = Link {
         local: inbox,
         guards: guards_tx,
+        selectors: selectors_tx,
         config: LinkConfig {
             controller: config.controller.clone(),
             node_id: node_id.clone(),
@@ -174,6 +182,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     ));
     let probe_shutdown = shutdown.clone();
     let interval = config.probe_interval;
+    let heartbeat = watchdog::Heartbeat::default();
+    let beat = heartbeat.clone();
     tasks.spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -185,20 +195,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             }
             let snapshot = prober.round().await;
             snap_tx.send_replace(Arc::new(snapshot));
-            sd_ping();
+            beat.beat();
         }
     });
-    // Under systemd (Type=notify, WatchdogSec=): ready now; the probe loop pings the watchdog,
-    // so a hung probe loop gets the agent restarted. Outside systemd these are no-ops.
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    // Under systemd (Type=notify, WatchdogSec=): ready now; the watchdog is pinged while the
+    // probe loop goes round, so a hung probe loop gets the agent restarted. Outside systemd
+    // these are no-ops.
+    if !watchdog::embedded() {
+        watchdog::watch(&tasks, heartbeat, interval, shutdown.clone());
+        watchdog::ready();
+    }
     tasks.close();
     tasks.wait().await;
     Ok(())
-}
-
-/// Tells systemd's watchdog the probe loop is alive (no-op outside systemd).
-fn sd_ping() {
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
 }
 
 /// The link's TLS files, unless the node talks plaintext.

@@ -116,6 +116,9 @@ pub struct Link {
     pub local: crate::local::Inbox,
     /// The guarded files the controller sent last (see [`crate::guard`]).
     pub guards: watch::Sender<Arc<Vec<pb::Guard>>>,
+    /// The policy's selectors the controller sent last (the prober tries them after the node's
+    /// own).
+    pub selectors: watch::Sender<Arc<argus_shared::selector::Selectors>>,
 }
 
 /// Most command results kept while no controller listens; the oldest are dropped beyond it.
@@ -335,6 +338,17 @@ impl Link {
                     Some(pb::ControllerMessage { msg: Some(pb::controller_message::Msg::Guards(g)) }) => {
                         tracing::info!(guards = g.guards.len(), "guarded files from the controller");
                         self.guards.send_replace(Arc::new(g.guards));
+                    }
+                    Some(pb::ControllerMessage { msg: Some(pb::controller_message::Msg::Selectors(s)) }) => {
+                        match argus_shared::selector::Selectors::from_policy(&s) {
+                            Ok(sel) => {
+                                tracing::info!(selectors = sel.len(), "policy selectors from the controller");
+                                self.selectors.send_replace(Arc::new(sel));
+                            }
+                            // The policy checked them; a controller that sends a command anyway
+                            // is not obeyed, and the last good set stays.
+                            Err(e) => tracing::warn!(error = %e, "refusing the controller's selectors"),
+                        }
                     }
                     Some(_) => tracing::warn!("ignoring unexpected controller message"),
                     None => return Ok(()),

@@ -12,7 +12,7 @@ use argus_shared::ids::Incarnation;
 use argus_shared::profile::{Classification, Condition, Profiles};
 use argus_shared::screen;
 use argus_shared::time::{local_utc_offset_secs, now_ms};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::task::{AbortHandle, JoinSet};
 
 use crate::events::EventBuffer;
@@ -62,6 +62,10 @@ pub struct ProbeConfig {
     pub lines: usize,
     /// Re-capture a pane whose activity did not move after this many rounds.
     pub recapture_every: u64,
+    /// Labels for untagged sessions (`[[selectors]]` of the node's configuration).
+    pub selectors: Arc<argus_shared::selector::Selectors>,
+    /// The controller policy's selectors, tried after the node's own.
+    pub policy_selectors: watch::Receiver<Arc<argus_shared::selector::Selectors>>,
 }
 
 #[derive(Debug, Clone)]
@@ -69,6 +73,8 @@ struct Agent {
     inc: Incarnation,
     /// Its `comm` when found: a change means it exec'd into another program.
     comm: String,
+    /// Its command line, arguments joined by spaces (what a selector's `program` matches).
+    cmdline: String,
     name: String,
     profile: Option<String>,
     cpu_ticks: u64,
@@ -93,6 +99,9 @@ struct PaneCache {
     pane_start: u64,
     /// The profile the screen was last classified with.
     classified_as: Option<String>,
+    /// The selector that last matched this pane and the labels it gave: kept while the pane
+    /// lives without an agent, so that a dead agent keeps the restart command it was adopted with.
+    adopted: Option<(usize, Vec<(&'static str, String)>)>,
 }
 
 /// Watches every configured tmux server. Owned by the probe task.
@@ -254,6 +263,10 @@ impl Prober {
         let cache = self.panes.entry(key.clone()).or_default();
         cache.agent = agent;
         cache.pane_start = pane_start;
+        let policy = self.config.policy_selectors.borrow().clone();
+        let adopted = adopt([&self.config.selectors, &policy], socket, pane, cache);
+        let pane = adopted.as_ref().unwrap_or(pane);
+        let cache = self.panes.entry(key.clone()).or_default();
         let profile = profile_name(pane, cache.agent.as_ref());
         self.screen(tmux, pane, key, profile.as_deref()).await;
         self.agent_files(key, profile.as_deref()).await;
@@ -521,6 +534,62 @@ fn primary_panes(mut panes: Vec<Pane>) -> Vec<Pane> {
     panes
 }
 
+/// The pane with the labels of the first selector that matches it (the node's own, then the
+/// policy's) filled in where its own `@argus-*` options are unset; `None` when no selector gives
+/// it anything. A pane without an
+/// agent keeps what it was last adopted with (a program glob cannot match a dead agent, and the
+/// restart that brings it back needs the selector's command); a pane whose agent now matches no
+/// selector loses it.
+fn adopt(
+    [own, policy]: [&argus_shared::selector::Selectors; 2],
+    socket: &str,
+    pane: &Pane,
+    cache: &mut PaneCache,
+) -> Option<Pane> {
+    if own.is_empty() && policy.is_empty() && cache.adopted.is_none() {
+        return None;
+    }
+    let seen = argus_shared::selector::Seen {
+        session: &pane.session_name,
+        program: cache
+            .agent
+            .as_ref()
+            .map(|a| (a.comm.as_str(), a.cmdline.as_str())),
+        cwd: &pane.cwd,
+        socket,
+    };
+    // Positions: the node's own selectors first, then the policy's after them.
+    let found = own
+        .first_match(&seen)
+        .map(|m| (m.index, m.labels))
+        .or_else(|| {
+            policy
+                .first_match(&seen)
+                .map(|m| (own.len() + m.index, m.labels))
+        });
+    match found {
+        Some((index, labels)) => {
+            if cache.adopted.as_ref().is_none_or(|(i, _)| *i != index) {
+                let from = if index < own.len() { "node" } else { "policy" };
+                tracing::info!(session = %pane.session_name, socket, selector = index, from, "session adopted by a selector");
+            }
+            cache.adopted = Some((index, labels.to_vec()));
+        }
+        None if cache.agent.is_some() => cache.adopted = None,
+        None => {}
+    }
+    let (_, labels) = cache.adopted.as_ref()?;
+    let mut adopted = pane.clone();
+    for (name, value) in labels {
+        if let Some(i) = LABELS.iter().position(|l| l == name)
+            && adopted.labels[i].is_empty()
+        {
+            adopted.labels[i] = value.clone();
+        }
+    }
+    Some(adopted)
+}
+
 /// The profile a pane is classified with: its `@argus-profile` label, else its agent's.
 fn profile_name(pane: &Pane, agent: Option<&Agent>) -> Option<String> {
     pane.label(argus_shared::labels::PROFILE)
@@ -740,6 +809,11 @@ fn resolve_agent(profiles: &Profiles, pane_pid: u32, known: Option<Agent>) -> Op
             start_time: p.start_time,
         },
         comm: p.comm.clone(),
+        cmdline: tree
+            .iter()
+            .find(|(q, _)| q.pid == p.pid)
+            .map(|(_, cmd)| cmd.clone())
+            .unwrap_or_default(),
         name: profile.clone().unwrap_or_else(|| p.comm.clone()),
         profile,
         cpu_ticks: p.cpu_ticks,
@@ -807,10 +881,83 @@ mod tests {
                 start_time: 5,
             },
             comm: "node".into(),
+            cmdline: "node /usr/lib/claude/cli.js".into(),
             name: "claude".into(),
             profile: Some("claude".into()),
             cpu_ticks: 7,
         }
+    }
+
+    #[test]
+    fn selectors_fill_unset_labels_and_outlive_the_agent() {
+        use argus_shared::selector::{SelectorSpec, Selectors};
+        let selectors = Selectors::compile(&[SelectorSpec {
+            session: Some("claudesquad_*".into()),
+            program: Some("*claude*".into()),
+            group: Some("squad".into()),
+            profile: Some("claude".into()),
+            restart: Some("claude --continue".into()),
+            ..Default::default()
+        }])
+        .expect("valid");
+        let none = Selectors::default();
+        let mut p = pane("claudesquad_fix");
+        let group = LABELS
+            .iter()
+            .position(|l| *l == "group")
+            .expect("group label");
+        p.labels[group] = "mine".into();
+        let mut cache = PaneCache {
+            agent: Some(agent()),
+            ..Default::default()
+        };
+        let adopted = adopt([&selectors, &none], "/s", &p, &mut cache).expect("adopted");
+        assert_eq!(adopted.label("group"), Some("mine"), "the tmux option wins");
+        assert_eq!(adopted.label("restart"), Some("claude --continue"));
+        assert_eq!(adopted.label("profile"), Some("claude"));
+        // The agent died: the pane keeps its selector's labels for the restart.
+        cache.agent = None;
+        let kept = adopt([&selectors, &none], "/s", &p, &mut cache).expect("kept");
+        assert_eq!(kept.label("restart"), Some("claude --continue"));
+        // Another program now runs there: it is not adopted any more.
+        let mut vim = agent();
+        vim.comm = "vim".into();
+        vim.cmdline = "vim notes".into();
+        cache.agent = Some(vim);
+        assert!(adopt([&selectors, &none], "/s", &p, &mut cache).is_none());
+        // A session named otherwise is never adopted.
+        let mut cache = PaneCache {
+            agent: Some(agent()),
+            ..Default::default()
+        };
+        assert!(adopt([&selectors, &none], "/s", &pane("work"), &mut cache).is_none());
+        // The policy's selectors come after the node's own.
+        let policy = Selectors::compile(&[SelectorSpec {
+            session: Some("*".into()),
+            group: Some("fleet".into()),
+            ..Default::default()
+        }])
+        .expect("valid");
+        let mut cache = PaneCache {
+            agent: Some(agent()),
+            ..Default::default()
+        };
+        let untagged = |name: &str| Pane {
+            labels: Default::default(),
+            ..pane(name)
+        };
+        let own = adopt(
+            [&selectors, &policy],
+            "/s",
+            &untagged("claudesquad_x"),
+            &mut cache,
+        )
+        .expect("adopted");
+        assert_eq!(own.label("group"), Some("squad"));
+        let fleet = adopt([&selectors, &policy], "/s", &untagged("work"), &mut cache)
+            .expect("adopted by the policy");
+        assert_eq!(fleet.label("group"), Some("fleet"));
+        assert_eq!(fleet.label("restart"), None);
     }
 
     #[test]
@@ -942,6 +1089,8 @@ mod tests {
             ProbeConfig {
                 lines: 30,
                 recapture_every: 10,
+                selectors: Arc::default(),
+                policy_selectors: watch::channel(Arc::default()).1,
             },
             Arc::new(EventBuffer::new(16)),
             Arc::new(Notify::new()),

@@ -6,5 +6,6 @@ pub mod ids;
 pub mod labels;
 pub mod profile;
 pub mod screen;
+pub mod selector;
 pub mod state;
 pub mod time;

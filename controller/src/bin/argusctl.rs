@@ -1,10 +1,15 @@
 //! `argusctl`: the command line for the controller's AdminService.
 
+#[path = "argusctl/output.rs"]
+mod output;
+
 use anyhow::Context;
 use argus_controller::config::CtlConfig;
 use argus_proto::v1 as pb;
 use argus_proto::v1::admin_service_client::AdminServiceClient;
 use clap::{Parser, Subcommand};
+use output::{Col, Show};
+use serde_json::json;
 use std::path::PathBuf;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -34,6 +39,16 @@ struct Args {
     /// A bearer token instead of a certificate (`@FILE` reads it from FILE). Key `token`.
     #[arg(long, env = "ARGUS_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// How listings are printed: aligned columns, all columns, or JSON with every field
+    /// (colour only on a terminal, never with NO_COLOR set).
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_enum,
+        global = true,
+        default_value = "table"
+    )]
+    output: output::Format,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -46,6 +61,12 @@ enum Cmd {
     Sessions {
         #[arg(long)]
         node: Option<String>,
+        /// Refresh in place until Ctrl-C (with -o json: one JSON array per line per refresh).
+        #[arg(long)]
+        watch: bool,
+        /// How often --watch refreshes.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
     },
     /// Show one session with its history.
     Session {
@@ -162,6 +183,10 @@ enum Cmd {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Print a shell completion script, e.g. `argusctl completions bash >
+    /// /etc/bash_completion.d/argusctl`, `argusctl completions zsh > "${fpath[1]}/_argusctl"`,
+    /// `argusctl completions fish > ~/.config/fish/completions/argusctl.fish`.
+    Completions { shell: clap_complete::Shell },
     /// Make a development PKI in DIR: a CA (kept and reused on later runs), the controller's
     /// certificate, node certificates and admin certificates; optionally bearer tokens.
     Certs(CertsArgs),
@@ -400,10 +425,13 @@ async fn connect(c: &CtlConfig) -> anyhow::Result<Client> {
         }
         endpoint = endpoint.tls_config(tls)?;
     }
-    let channel = endpoint
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {}", c.controller))?;
+    let channel = endpoint.connect().await.with_context(|| {
+        format!(
+            "connecting to the controller at {} (is it running there? --controller or \
+             ARGUS_CONTROLLER names another)",
+            c.controller
+        )
+    })?;
     let token = match c.token.as_deref() {
         Some(t) => {
             let t = match t.strip_prefix('@') {
@@ -436,23 +464,41 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Cmd::Certs(a) = &args.cmd {
         return certs(a);
     }
+    if let Cmd::Completions { shell } = &args.cmd {
+        let mut cmd = <Args as clap::CommandFactory>::command();
+        let mut script = Vec::new();
+        clap_complete::generate(*shell, &mut cmd, "argusctl", &mut script);
+        // Written whole, and a reader that stops early (`| head`) is no error.
+        return match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+            _ => Ok(()),
+        };
+    }
+    let out = args.output;
     let config = ctl_config(&args)?;
     let mut c = connect(&config).await?;
     match args.cmd {
-        Cmd::Certs(_) => Ok(()),
-        Cmd::Nodes => nodes(&mut c).await,
-        Cmd::Sessions { node } => sessions(&mut c, node).await,
+        Cmd::Certs(_) | Cmd::Completions { .. } => Ok(()),
+        Cmd::Nodes => nodes(&mut c, out).await,
+        Cmd::Sessions {
+            node, watch: false, ..
+        } => sessions(&mut c, node, out).await,
+        Cmd::Sessions {
+            node,
+            watch: true,
+            interval,
+        } => watch_sessions(&mut c, node, interval, out).await,
         Cmd::Session { target } => session(&mut c, &target).await,
         Cmd::Nudge { target, text } => nudge(&mut c, &target, text).await,
         Cmd::Interrupt { target } => interrupt(&mut c, &target).await,
         Cmd::Kill { target, grace_ms } => kill(&mut c, &target, grace_ms).await,
         Cmd::Restart { target, command } => restart(&mut c, &target, command).await,
         Cmd::Capture { target, lines } => capture(&mut c, &target, lines).await,
-        Cmd::Incidents { all } => incidents(&mut c, all).await,
+        Cmd::Incidents { all } => incidents(&mut c, all, out).await,
         Cmd::Ack { id, by } => ack(&mut c, id, by).await,
         Cmd::Watch { node } => watch(&mut c, node).await,
         Cmd::Schedule { target, when, note } => schedule(&mut c, &target, &when, note).await,
-        Cmd::Alarms { all, node } => alarms(&mut c, all, node).await,
+        Cmd::Alarms { all, node } => alarms(&mut c, all, node, out).await,
         Cmd::Alarm {
             cmd: AlarmCmd::Cancel { id },
         } => cancel_alarm(&mut c, id).await,
@@ -465,66 +511,164 @@ async fn run(args: Args) -> anyhow::Result<()> {
             limit,
         } => match id {
             Some(id) => show_checkpoint(&mut c, id).await,
-            None => checkpoints(&mut c, node, name, socket, limit).await,
+            None => checkpoints(&mut c, node, name, socket, limit, out).await,
         },
         Cmd::Checkpoint { target } => take_checkpoint(&mut c, &target).await,
-        Cmd::Handoffs { all, node } => handoffs(&mut c, all, node).await,
+        Cmd::Handoffs { all, node } => handoffs(&mut c, all, node, out).await,
     }
 }
 
 // === subcommands ===
 
-async fn nodes(c: &mut Client) -> anyhow::Result<()> {
+// Listings (`-o table|wide|json`) are rows of JSON values with their columns, printed by
+// `output`.
+
+const NODE_COLS: [Col; 8] = [
+    Col::new("node_id", "NODE", Show::Text),
+    Col::new("health", "HEALTH", Show::State),
+    Col::new("epoch", "EPOCH", Show::Number),
+    Col::new("session_count", "SESSIONS", Show::Number),
+    Col::new("hostname", "HOST", Show::Text),
+    Col::new("last_seen_ms", "LAST SEEN", Show::Time),
+    Col::wide("agent_version", "VERSION", Show::Text),
+    Col::wide("cert_not_after_ms", "CERT EXPIRES", Show::Time),
+];
+
+async fn nodes(c: &mut Client, out: output::Format) -> anyhow::Result<()> {
     let r = c.list_nodes(pb::ListNodesRequest {}).await?.into_inner();
-    println!(
-        "{:<24} {:<8} {:>6} {:>8}  {:<20} LAST SEEN",
-        "NODE", "HEALTH", "EPOCH", "SESSIONS", "HOST"
-    );
-    for n in r.nodes {
-        println!(
-            "{:<24} {:<8} {:>6} {:>8}  {:<20} {}",
-            n.node_id,
-            n.health,
-            n.epoch,
-            n.session_count,
-            n.hostname,
-            when(n.last_seen_ms)
-        );
-    }
-    Ok(())
+    let rows: Vec<_> = r
+        .nodes
+        .iter()
+        .map(|n| {
+            json!({
+                "node_id": n.node_id,
+                "health": n.health,
+                "epoch": n.epoch,
+                "session_count": n.session_count,
+                "hostname": n.hostname,
+                "last_seen_ms": n.last_seen_ms,
+                "agent_version": n.agent_version,
+                "cert_not_after_ms": n.cert_not_after_ms,
+            })
+        })
+        .collect();
+    output::print(out, &NODE_COLS, &rows)
 }
 
-async fn sessions(c: &mut Client, node: Option<String>) -> anyhow::Result<()> {
+const SESSION_COLS: [Col; 16] = [
+    Col::new("node_id", "NODE", Show::Text),
+    Col::new("session_name", "SESSION", Show::Text),
+    Col::new("state", "STATE", Show::State),
+    Col::new("condition", "CONDITION", Show::Text),
+    Col::new("agent_pid", "PID", Show::Number),
+    Col::new("policy", "POLICY", Show::Text),
+    Col::new("tmux_socket", "SOCKET", Show::Text),
+    Col::wide("agent_name", "AGENT", Show::Text),
+    Col::wide("profile", "PROFILE", Show::Text),
+    Col::wide("labels", "LABELS", Show::Text),
+    Col::wide("attached_clients", "ATTACHED", Show::Number),
+    Col::wide("last_activity_ms", "ACTIVITY", Show::Time),
+    Col::wide("last_change_ms", "CHANGED", Show::Time),
+    Col::wide("decided_by", "DECIDED BY", Show::Text),
+    Col::wide("pane_id", "PANE", Show::Text),
+    Col::new("reason", "REASON", Show::Text),
+];
+
+/// One session as a listing row (every field of `Session`).
+fn session_row(s: &pb::Session) -> serde_json::Value {
+    // "acts": the policy may nudge, interrupt, kill or restart it; "watch": only watched.
+    let policy = if s.acted_on_because.is_empty() {
+        "watch"
+    } else {
+        "acts"
+    };
+    json!({
+        "node_id": s.node_id,
+        "session_name": s.session_name,
+        "tmux_socket": s.tmux_socket,
+        "state": state_name(s.state),
+        "condition": condition_name(s.condition),
+        "agent_pid": s.agent_pid,
+        "agent_name": s.agent_name,
+        "profile": s.profile,
+        "labels": s.labels,
+        "policy": policy,
+        "acted_on_because": s.acted_on_because,
+        "attached_clients": s.attached_clients,
+        "last_activity_ms": s.last_activity_ms,
+        "last_change_ms": s.last_change_ms,
+        "rate_limit_reset_at": s.rate_limit_reset_at,
+        "decided_by": s.decided_by,
+        "agent_session_id": s.agent_session_id,
+        "pane_id": s.pane_id,
+        "reason": s.reason,
+    })
+}
+
+async fn session_rows(
+    c: &mut Client,
+    node: &Option<String>,
+) -> anyhow::Result<Vec<serde_json::Value>> {
     let r = c
         .list_sessions(pb::ListSessionsRequest {
-            node_id: node.unwrap_or_default(),
+            node_id: node.clone().unwrap_or_default(),
         })
-        .await?
+        .await
+        .map_err(|s| match node {
+            Some(n) if s.code() == tonic::Code::NotFound => anyhow::anyhow!(
+                "no node {n:?} is known to the controller: `argusctl nodes` lists them"
+            ),
+            _ => s.into(),
+        })?
         .into_inner();
-    println!(
-        "{:<16} {:<24} {:<10} {:<20} {:>8}  {:<6} {:<28} REASON",
-        "NODE", "SESSION", "STATE", "CONDITION", "PID", "POLICY", "SOCKET"
-    );
-    for s in r.sessions {
-        // "acts": the policy may nudge, interrupt, kill or restart it; "watch": only watched.
-        let policy = if s.acted_on_because.is_empty() {
-            "watch"
-        } else {
-            "acts"
+    Ok(r.sessions.iter().map(session_row).collect())
+}
+
+async fn sessions(c: &mut Client, node: Option<String>, out: output::Format) -> anyhow::Result<()> {
+    let rows = session_rows(c, &node).await?;
+    output::print(out, &SESSION_COLS, &rows)
+}
+
+/// `argusctl sessions --watch`: the listing again every `every`, drawn over the last one on a
+/// terminal, until Ctrl-C (which ends it with success). With `-o json`, one array per line.
+async fn watch_sessions(
+    c: &mut Client,
+    node: Option<String>,
+    every: std::time::Duration,
+    out: output::Format,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let colour = out != output::Format::Json && output::colour();
+    let mut tick = tokio::time::interval(every.max(std::time::Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => return r.context("waiting for Ctrl-C"),
+            _ = tick.tick() => {}
+        }
+        let rows = session_rows(c, &node).await?;
+        let text = match out {
+            output::Format::Json => serde_json::to_string(&rows)? + "\n",
+            _ => {
+                let table = output::render(out, &SESSION_COLS, &rows, colour);
+                let stamp = chrono::Utc::now().format("%H:%M:%S");
+                let head = format!(
+                    "every {} at {stamp} UTC, Ctrl-C to stop\n\n",
+                    humantime::format_duration(every)
+                );
+                if terminal {
+                    // Home, draw, clear what the last drawing left below.
+                    format!("\x1b[H{head}{}\x1b[J", table.replace('\n', "\x1b[K\n"))
+                } else {
+                    format!("{head}{table}\n")
+                }
+            }
         };
-        println!(
-            "{:<16} {:<24} {:<10} {:<20} {:>8}  {:<6} {:<28} {}",
-            s.node_id,
-            s.session_name,
-            state_name(s.state),
-            condition_name(s.condition),
-            s.agent_pid,
-            policy,
-            s.tmux_socket,
-            s.reason
-        );
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(text.as_bytes())?;
+        stdout.flush()?;
     }
-    Ok(())
 }
 
 /// Which source decided a session's condition, as `argusctl session` shows it.
@@ -568,6 +712,10 @@ async fn session(c: &mut Client, target: &Target) -> anyhow::Result<()> {
             when(s.last_change_ms)
         );
         println!("attached  {}   pane {}", s.attached_clients, s.pane_id);
+        // Whether from tmux options or selectors (docs/adoption.md).
+        let mut labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        labels.sort();
+        println!("labels    {}", or_dash(&labels.join(" ")));
     }
     println!("\ntransitions:");
     for t in r.transitions {
@@ -662,7 +810,19 @@ async fn capture(c: &mut Client, target: &Target, lines: u32) -> anyhow::Result<
     print_result(refine(c, target, r).await?)
 }
 
-async fn incidents(c: &mut Client, all: bool) -> anyhow::Result<()> {
+const INCIDENT_COLS: [Col; 9] = [
+    Col::new("id", "ID", Show::Text),
+    Col::new("kind", "KIND", Show::Text),
+    Col::new("scope", "SCOPE", Show::Text),
+    Col::new("status", "STATUS", Show::State),
+    Col::new("opened_ms", "OPENED", Show::Time),
+    Col::wide("acked_by", "ACKED BY", Show::Text),
+    Col::wide("acked_ms", "ACKED", Show::Time),
+    Col::wide("closed_ms", "CLOSED", Show::Time),
+    Col::new("summary", "SUMMARY", Show::Text),
+];
+
+async fn incidents(c: &mut Client, all: bool, out: output::Format) -> anyhow::Result<()> {
     let r = c
         .list_incidents(pb::ListIncidentsRequest {
             include_closed: all,
@@ -670,29 +830,31 @@ async fn incidents(c: &mut Client, all: bool) -> anyhow::Result<()> {
         })
         .await?
         .into_inner();
-    println!(
-        "{:<28} {:<15} {:<20} {:<8} {:<23}  SUMMARY",
-        "ID", "KIND", "SCOPE", "STATUS", "OPENED"
-    );
-    for i in r.incidents {
-        let status = if i.closed_ms > 0 {
-            "closed"
-        } else if i.acked_ms > 0 {
-            "acked"
-        } else {
-            "open"
-        };
-        println!(
-            "{:<28} {:<15} {:<20} {:<8} {:<23}  {}",
-            i.id,
-            i.kind,
-            i.scope,
-            status,
-            when(i.opened_ms),
-            i.summary
-        );
-    }
-    Ok(())
+    let rows: Vec<_> = r
+        .incidents
+        .iter()
+        .map(|i| {
+            let status = if i.closed_ms > 0 {
+                "closed"
+            } else if i.acked_ms > 0 {
+                "acked"
+            } else {
+                "open"
+            };
+            json!({
+                "id": i.id,
+                "kind": i.kind,
+                "scope": i.scope,
+                "status": status,
+                "opened_ms": i.opened_ms,
+                "acked_by": i.acked_by,
+                "acked_ms": i.acked_ms,
+                "closed_ms": i.closed_ms,
+                "summary": i.summary,
+            })
+        })
+        .collect();
+    output::print(out, &INCIDENT_COLS, &rows)
 }
 
 async fn ack(c: &mut Client, id: String, by: String) -> anyhow::Result<()> {
@@ -749,7 +911,24 @@ fn alarm_state(s: i32) -> String {
         .unwrap_or_else(|_| s.to_string())
 }
 
-async fn alarms(c: &mut Client, all: bool, node: Option<String>) -> anyhow::Result<()> {
+const ALARM_COLS: [Col; 9] = [
+    Col::new("id", "ID", Show::Text),
+    Col::new("node_id", "NODE", Show::Text),
+    Col::new("session_name", "SESSION", Show::Text),
+    Col::new("state", "STATE", Show::State),
+    Col::new("origin", "BY", Show::Text),
+    Col::new("due_ms", "DUE", Show::Time),
+    Col::wide("tmux_socket", "SOCKET", Show::Text),
+    Col::new("note_short", "NOTE", Show::Text),
+    Col::new("message", "STATUS", Show::Text),
+];
+
+async fn alarms(
+    c: &mut Client,
+    all: bool,
+    node: Option<String>,
+    out: output::Format,
+) -> anyhow::Result<()> {
     let r = c
         .list_alarms(pb::ListAlarmsRequest {
             node_id: node.unwrap_or_default(),
@@ -758,26 +937,27 @@ async fn alarms(c: &mut Client, all: bool, node: Option<String>) -> anyhow::Resu
         })
         .await?
         .into_inner();
-    println!(
-        "{:<22} {:<16} {:<20} {:<10} {:<6} {:<23} {:<40} STATUS",
-        "ID", "NODE", "SESSION", "STATE", "BY", "DUE", "NOTE"
-    );
-    for a in r.alarms {
-        let s = a.session.unwrap_or_default();
-        let note: String = a.note.chars().take(40).collect();
-        println!(
-            "{:<22} {:<16} {:<20} {:<10} {:<6} {:<23} {:<40} {}",
-            a.id,
-            s.node_id,
-            s.session_name,
-            alarm_state(a.state),
-            a.origin,
-            when(a.due_ms),
-            note,
-            a.message
-        );
-    }
-    Ok(())
+    let rows: Vec<_> = r
+        .alarms
+        .iter()
+        .map(|a| {
+            let s = a.session.clone().unwrap_or_default();
+            let short: String = a.note.chars().take(40).collect();
+            json!({
+                "id": a.id,
+                "node_id": s.node_id,
+                "session_name": s.session_name,
+                "tmux_socket": s.tmux_socket,
+                "state": alarm_state(a.state),
+                "origin": a.origin,
+                "due_ms": a.due_ms,
+                "note": a.note,
+                "note_short": short,
+                "message": a.message,
+            })
+        })
+        .collect();
+    output::print(out, &ALARM_COLS, &rows)
 }
 
 async fn cancel_alarm(c: &mut Client, id: String) -> anyhow::Result<()> {
@@ -1000,7 +1180,18 @@ async fn checkpoints(
     name: Option<String>,
     socket: Option<String>,
     limit: u32,
+    out: output::Format,
 ) -> anyhow::Result<()> {
+    const COLS: [Col; 8] = [
+        Col::new("taken_at_ms", "TAKEN", Show::Time),
+        Col::new("node_id", "NODE", Show::Text),
+        Col::new("session_name", "SESSION", Show::Text),
+        Col::wide("id", "ID", Show::Text),
+        Col::wide("trigger", "TRIGGER", Show::Text),
+        Col::wide("cwd", "CWD", Show::Text),
+        Col::wide("saved_ref", "SAVED", Show::Text),
+        Col::new("summary", "CHECKPOINT", Show::Text),
+    ];
     let r = c
         .list_checkpoints(pb::ListCheckpointsRequest {
             node_id: node.unwrap_or_default(),
@@ -1010,22 +1201,25 @@ async fn checkpoints(
         })
         .await?
         .into_inner();
-    println!(
-        "{:<23}  {:<12} {:<20} CHECKPOINT",
-        "TAKEN", "NODE", "SESSION"
-    );
-    for k in r.checkpoints {
-        if let Some(ck) = &k.checkpoint {
-            println!(
-                "{:<23}  {:<12} {:<20} {}",
-                when(ck.taken_at_ms),
-                k.node_id,
-                ck.session_name,
-                checkpoint_line(ck)
-            );
-        }
-    }
-    Ok(())
+    let rows: Vec<_> = r
+        .checkpoints
+        .iter()
+        .filter_map(|k| {
+            let ck = k.checkpoint.as_ref()?;
+            Some(json!({
+                "taken_at_ms": ck.taken_at_ms,
+                "node_id": k.node_id,
+                "session_name": ck.session_name,
+                "tmux_socket": ck.tmux_socket,
+                "id": ck.id,
+                "trigger": ck.trigger,
+                "cwd": ck.cwd,
+                "saved_ref": ck.git.as_ref().map(|g| g.saved_ref.clone()).unwrap_or_default(),
+                "summary": checkpoint_line(ck),
+            }))
+        })
+        .collect();
+    output::print(out, &COLS, &rows)
 }
 
 /// Prints a whole checkpoint.
@@ -1122,7 +1316,23 @@ async fn take_checkpoint(c: &mut Client, target: &Target) -> anyhow::Result<()> 
     })
 }
 
-async fn handoffs(c: &mut Client, all: bool, node: Option<String>) -> anyhow::Result<()> {
+async fn handoffs(
+    c: &mut Client,
+    all: bool,
+    node: Option<String>,
+    out: output::Format,
+) -> anyhow::Result<()> {
+    const COLS: [Col; 9] = [
+        Col::new("id", "ID", Show::Text),
+        Col::new("node_id", "NODE", Show::Text),
+        Col::new("session_name", "SESSION", Show::Text),
+        Col::new("state", "STATE", Show::State),
+        Col::new("reason", "REASON", Show::Text),
+        Col::new("restarts", "RESTARTS", Show::Number),
+        Col::new("started_ms", "STARTED", Show::Time),
+        Col::new("checkpoint_id", "CHECKPOINT", Show::Text),
+        Col::new("message", "MESSAGE", Show::Text),
+    ];
     let r = c
         .list_handoffs(pb::ListHandoffsRequest {
             include_ended: all,
@@ -1131,25 +1341,59 @@ async fn handoffs(c: &mut Client, all: bool, node: Option<String>) -> anyhow::Re
         })
         .await?
         .into_inner();
-    println!(
-        "{:<30} {:<12} {:<20} {:<10} {:<12} {:>8} {:<23} {:<28} MESSAGE",
-        "ID", "NODE", "SESSION", "STATE", "REASON", "RESTARTS", "STARTED", "CHECKPOINT"
-    );
-    for h in r.handoffs {
-        println!(
-            "{:<30} {:<12} {:<20} {:<10} {:<12} {:>8} {:<23} {:<28} {}",
-            h.id,
-            h.node_id,
-            h.session_name,
-            h.state,
-            h.reason,
-            h.restarts,
-            when(h.started_ms),
-            or_dash(&h.checkpoint_id),
-            h.message
-        );
-    }
-    Ok(())
+    let rows: Vec<_> = r
+        .handoffs
+        .iter()
+        .map(|h| {
+            json!({
+                "id": h.id,
+                "node_id": h.node_id,
+                "session_name": h.session_name,
+                "state": h.state,
+                "reason": h.reason,
+                "restarts": h.restarts,
+                "started_ms": h.started_ms,
+                "checkpoint_id": h.checkpoint_id,
+                "message": h.message,
+            })
+        })
+        .collect();
+    output::print(out, &COLS, &rows)
+}
+
+/// A refusal about `target` as an error that names the session and says what to do next.
+fn explain(status: tonic::Status, target: &Target) -> anyhow::Error {
+    use tonic::Code;
+    let (node, name) = (&target.node, &target.name);
+    let what = match status.code() {
+        Code::NotFound => format!(
+            "`argusctl sessions --node {node}` lists the node's sessions (names are exact, and \
+             `argusctl nodes` lists the nodes)"
+        ),
+        Code::Unavailable | Code::FailedPrecondition => format!(
+            "the node agent may be down or the session busy: `argusctl nodes` shows node \
+             {node}'s health, `argusctl session {node} {name}` the session's state; retry when \
+             it is up"
+        ),
+        Code::DeadlineExceeded => format!(
+            "the node agent did not answer in time: `argusctl session {node} {name}` shows \
+             whether the command ran before you send it again"
+        ),
+        Code::PermissionDenied => {
+            "your role does not allow this: ask an admin for an operator or admin certificate \
+             (`argusctl certs --user NAME:operator`) or token"
+                .to_owned()
+        }
+        Code::Unauthenticated => "give a certificate (--cert, --key, --ca) or a token \
+             (--token), or set them in ~/.config/argus/config.toml"
+            .to_owned(),
+        _ => return status.into(),
+    };
+    anyhow::anyhow!(
+        "session {name:?} on node {node:?}: {} ({:?})\n  what to do: {what}",
+        status.message(),
+        status.code()
+    )
 }
 
 /// The answer to a call about `target`. When the controller refused the session reference and
@@ -1165,7 +1409,7 @@ async fn refine<T>(
         Err(status) => status,
     };
     if status.code() != tonic::Code::InvalidArgument || target.socket.is_some() {
-        return Err(status.into());
+        return Err(explain(status, target));
     }
     let sockets: Vec<String> = match c
         .list_sessions(pb::ListSessionsRequest {
@@ -1180,10 +1424,10 @@ async fn refine<T>(
             .filter(|s| s.session_name == target.name)
             .map(|s| s.tmux_socket)
             .collect(),
-        Err(_) => return Err(status.into()),
+        Err(_) => return Err(explain(status, target)),
     };
     if sockets.len() < 2 {
-        return Err(status.into());
+        return Err(explain(status, target));
     }
     let mut msg = format!(
         "session {:?} exists on {} tmux servers of node {:?}; choose one with --socket PATH:",
