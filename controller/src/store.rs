@@ -7,10 +7,16 @@
 mod checkpoint_tests;
 pub mod journal;
 pub mod memory;
+pub mod postgres;
 #[cfg(test)]
 mod reader_tests;
 pub mod recorder;
 pub mod sqlite;
+/// The private PostgreSQL server the store tests run against (shared with the tests crate).
+#[cfg(test)]
+#[path = "../../tests/src/postgres.rs"]
+#[allow(dead_code)] // some helpers serve only the tests crate
+pub(crate) mod test_postgres;
 #[cfg(test)]
 mod tests;
 
@@ -46,7 +52,7 @@ pub enum StoreError {
         after: std::time::Duration,
     },
     /// The URL names no supported backend.
-    #[error("unsupported database URL {0:?}: use sqlite://PATH or memory://")]
+    #[error("unsupported database URL {0:?}: use sqlite://PATH, postgres://HOST/DB or memory://")]
     Unsupported(String),
 }
 
@@ -57,6 +63,15 @@ impl StoreError {
     pub fn code(&self) -> tonic::Code {
         let may_recover = |e: &sqlx::Error| match e {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+            // PostgreSQL: connection exceptions (08), serialization failures and deadlocks (40),
+            // insufficient resources (53), the server shutting down (57P).
+            sqlx::Error::Database(d)
+                if d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                    .is_some() =>
+            {
+                d.code()
+                    .is_some_and(|c| ["08", "40", "53", "57P"].iter().any(|p| c.starts_with(p)))
+            }
             // SQLITE_BUSY (5), SQLITE_LOCKED (6), SQLITE_IOERR (10), SQLITE_FULL (13), with
             // their extended codes in the high bits.
             sqlx::Error::Database(d) => d
@@ -462,8 +477,8 @@ impl dyn Store {
     }
 }
 
-/// The durable store: SQLite (the embedded default) and an in-memory one for tests; PostgreSQL
-/// is planned. `store/tests.rs` holds the contract every backend passes.
+/// The durable store: SQLite (the embedded default), PostgreSQL (shared by controller replicas)
+/// and an in-memory one for tests. `store/tests.rs` holds the contract every backend passes.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Records an attach and returns the node's new epoch: larger than any stored before and
@@ -550,11 +565,13 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
-/// Opens the store named by `url`: `sqlite://PATH`, or `memory://` (nothing survives the
-/// process; for tests and demos).
+/// Opens the store named by `url`: `sqlite://PATH`, `postgres://USER@HOST:PORT/DB` (also
+/// `postgresql://`), or `memory://` (nothing survives the process; for tests and demos).
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
         Ok(std::sync::Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(std::sync::Arc::new(postgres::PgStore::open(url).await?))
     } else if url.starts_with("memory:") {
         Ok(std::sync::Arc::new(memory::MemoryStore::new()))
     } else {

@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod cluster;
 pub mod fake_controller;
+pub mod postgres;
 pub mod process;
 pub mod spec;
 pub mod tmux;

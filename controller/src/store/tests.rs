@@ -1,5 +1,6 @@
-//! One test suite for every backend: each test below runs against SQLite (a temporary file) and
-//! against the in-memory store, so that the two keep the same contract.
+//! One test suite for every backend: each test below runs against SQLite (a temporary file),
+//! PostgreSQL (a database of its own on a private server, see `test_postgres`) and the in-memory
+//! store, so that the three keep the same contract.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,22 @@ async fn sqlite() -> Backend {
     }
 }
 
+/// A database of its own on the test binary's private PostgreSQL server; `None` (after a loud
+/// notice) only when PostgreSQL is not installed.
+pub(super) async fn postgres(test: &str) -> Option<Arc<dyn Store>> {
+    let url = tokio::task::spawn_blocking({
+        let test = test.to_owned();
+        move || Some(super::test_postgres::shared(&test)?.create_database(&test))
+    })
+    .await
+    .expect("create database")?;
+    Some(Arc::new(
+        super::postgres::PgStore::open(&url)
+            .await
+            .expect("open postgres"),
+    ))
+}
+
 async fn memory() -> Backend {
     Backend {
         store: open("memory://").await.expect("open memory"),
@@ -35,7 +52,8 @@ async fn memory() -> Backend {
     }
 }
 
-/// Runs each named test against both backends: `sqlite::NAME` and `memory::NAME`.
+/// Runs each named test against every backend: `sqlite::NAME`, `postgres::NAME` and
+/// `memory::NAME`.
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -44,6 +62,15 @@ macro_rules! suite {
                 async fn $name() {
                     let b = super::sqlite().await;
                     super::$name(&b.store).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(s) = super::postgres(stringify!($name)).await else { return };
+                    super::$name(&s).await;
                 }
             )*
         }
@@ -385,7 +412,7 @@ async fn recorder_retries_a_failing_store() {
 
 #[tokio::test]
 async fn unsupported_urls_are_refused() {
-    let e = open("postgres://x").await.err().expect("refused");
+    let e = open("mysql://x").await.err().expect("refused");
     assert!(matches!(e, StoreError::Unsupported(_)), "{e}");
 }
 
