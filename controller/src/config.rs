@@ -22,8 +22,13 @@ pub struct Config {
     /// HTTP side port (`/healthz`, `/readyz`, `/metrics`), if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<SocketAddr>,
-    /// Store URL (`sqlite://argus.db`).
+    /// Store URL (`sqlite://argus.db`, `postgres://USER@HOST:PORT/DB`).
     pub db: String,
+    /// Where the store's writes spill while the database fails. SQLite's journal sits beside the
+    /// database when unset; PostgreSQL has none unless set (writes then wait in memory). One file
+    /// per controller process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub journal: Option<PathBuf>,
     /// Serve plaintext (loopback only unless `allow_remote_plaintext`); otherwise TLS 1.3 with
     /// `tls_cert`, `tls_key` and `client_ca`.
     pub insecure: bool,
@@ -73,6 +78,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             http: Some(SocketAddr::from(([127, 0, 0, 1], 7071))),
             db: "sqlite://argus.db".to_owned(),
+            journal: None,
             insecure: false,
             tls_cert: None,
             tls_key: None,
@@ -249,6 +255,10 @@ pub struct Cli {
     /// Store URL. Key `db`.
     #[arg(long, env = "ARGUS_DB")]
     pub db: Option<String>,
+    /// Where the store's writes spill while the database fails (default: beside a SQLite
+    /// database; none for PostgreSQL). Key `journal`.
+    #[arg(long, env = "ARGUS_JOURNAL")]
+    pub journal: Option<PathBuf>,
     /// Serve plaintext (loopback only unless --allow-remote-plaintext). Key `insecure`.
     #[arg(long, env = "ARGUS_INSECURE", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
@@ -329,6 +339,7 @@ impl Cli {
             config.allow_remote_plaintext = v;
         }
         for (flag, key) in [
+            (&self.journal, &mut config.journal),
             (&self.tls_cert, &mut config.tls_cert),
             (&self.tls_key, &mut config.tls_key),
             (&self.client_ca, &mut config.client_ca),

@@ -113,7 +113,11 @@ pub async fn run(
     let writer_stop = CancellationToken::new();
     let writer_tasks = TaskTracker::new();
     // The journal of an earlier run is replayed before anything is read back or served.
-    let recorder = match store::journal::path_for(&config.db) {
+    let journal = config
+        .journal
+        .clone()
+        .or_else(|| store::journal::path_for(&config.db));
+    let recorder = match journal {
         Some(path) => {
             Recorder::start_journaled(store.clone(), &path, writer_stop.clone(), &writer_tasks)
                 .await

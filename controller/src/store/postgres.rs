@@ -794,3 +794,104 @@ async fn upsert_handoff(tx: &mut PgConnection, h: &HandoffRow) -> Result<(), Sto
     .map_err(db("record handoff"))?;
     Ok(())
 }
+
+/// PostgreSQL-only behaviour; the contract every backend keeps is tested in `store/tests.rs`.
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    use super::*;
+    use crate::store::Recorder;
+    use crate::store::test_postgres::{PgServer, skip_notice};
+
+    fn transition(i: i64) -> Write {
+        Write::Transition(TransitionRow {
+            session: SessionRef {
+                node_id: "n1".into(),
+                tmux_socket: "/s".into(),
+                session_name: "a".into(),
+            },
+            at_ms: i,
+            from: "idle".into(),
+            to: "working".into(),
+            reason: "r".into(),
+        })
+    }
+
+    /// The server stops (a dead database): reads fail with UNAVAILABLE, the recorder reports the
+    /// failure and keeps every write queued; once the server is back the writes land, in order.
+    #[tokio::test]
+    async fn a_dead_database_queues_writes_until_it_is_back() {
+        let server = tokio::task::spawn_blocking(PgServer::start)
+            .await
+            .expect("join")
+            .expect("start PostgreSQL");
+        let Some(server) = server else {
+            skip_notice("a_dead_database_queues_writes_until_it_is_back");
+            return;
+        };
+        let server = Arc::new(server);
+        let url = server.create_database("dead");
+        let store: Arc<dyn Store> = Arc::new(PgStore::open(&url).await.expect("open"));
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let recorder = Recorder::start(store.clone(), stop.clone(), &tasks);
+        recorder.record(transition(0));
+
+        let s = server.clone();
+        tokio::task::spawn_blocking(move || s.stop())
+            .await
+            .expect("join")
+            .expect("stop");
+        let e = store.nodes().await.expect_err("the database is down");
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
+        for i in 1..100 {
+            recorder.record(transition(i));
+        }
+        let mut health = recorder.health();
+        tokio::time::timeout(Duration::from_secs(30), health.wait_for(|h| h.is_failing()))
+            .await
+            .expect("the failure is reported")
+            .expect("health");
+        assert!(recorder.backlog().0 > 0, "{}", recorder.describe());
+
+        let s = server.clone();
+        tokio::task::spawn_blocking(move || s.restart())
+            .await
+            .expect("join")
+            .expect("restart");
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            health.wait_for(|h| !h.is_failing()),
+        )
+        .await
+        .expect("the store recovers")
+        .expect("health");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let s = SessionRef {
+            node_id: "n1".into(),
+            tmux_socket: "/s".into(),
+            session_name: "a".into(),
+        };
+        loop {
+            let h = store.history(&s, 1000).await.expect("history");
+            if h.transitions.len() == 100 {
+                let at: Vec<i64> = h.transitions.iter().rev().map(|t| t.at_ms).collect();
+                assert_eq!(at, (0..100).collect::<Vec<_>>(), "in order, none lost");
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}",
+                recorder.describe()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.cancel();
+        tasks.close();
+        tasks.wait().await;
+    }
+}
