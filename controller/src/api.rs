@@ -486,7 +486,14 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::NudgeRequest>,
     ) -> Result<Response<pb::CommandResponse>, Status> {
-        let r = request.into_inner();
+        let (meta, _, r) = request.into_parts();
+        let node = crate::replica::node_of(r.session.as_ref());
+        if let Some(forwarded) = self
+            .forward(node, &meta, &r, |mut c, r| async move { c.nudge(r).await })
+            .await
+        {
+            return forwarded;
+        }
         Ok(self
             .command(r.session.as_ref(), Action::nudge(&r.text))
             .await?)
@@ -496,7 +503,19 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::SessionRef>,
     ) -> Result<Response<pb::CommandResponse>, Status> {
-        let r = request.into_inner();
+        let (meta, _, r) = request.into_parts();
+        let node = crate::replica::node_of(Some(&r));
+        if let Some(forwarded) = self
+            .forward(
+                node,
+                &meta,
+                &r,
+                |mut c, r| async move { c.interrupt(r).await },
+            )
+            .await
+        {
+            return forwarded;
+        }
         Ok(self.command(Some(&r), Ok(Action::Interrupt)).await?)
     }
 
@@ -504,7 +523,14 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::KillRequest>,
     ) -> Result<Response<pb::CommandResponse>, Status> {
-        let r = request.into_inner();
+        let (meta, _, r) = request.into_parts();
+        let node = crate::replica::node_of(r.session.as_ref());
+        if let Some(forwarded) = self
+            .forward(node, &meta, &r, |mut c, r| async move { c.kill(r).await })
+            .await
+        {
+            return forwarded;
+        }
         Ok(self
             .command(r.session.as_ref(), Action::kill(r.grace_ms))
             .await?)
@@ -514,7 +540,19 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::RestartRequest>,
     ) -> Result<Response<pb::CommandResponse>, Status> {
-        let r = request.into_inner();
+        let (meta, _, r) = request.into_parts();
+        let node = crate::replica::node_of(r.session.as_ref());
+        if let Some(forwarded) = self
+            .forward(
+                node,
+                &meta,
+                &r,
+                |mut c, r| async move { c.restart(r).await },
+            )
+            .await
+        {
+            return forwarded;
+        }
         if !r.command.is_empty() {
             crate::auth::require(crate::auth::Role::Admin, "Restart with a command")?;
         }
@@ -561,7 +599,19 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::CaptureRequest>,
     ) -> Result<Response<pb::CommandResponse>, Status> {
-        let r = request.into_inner();
+        let (meta, _, r) = request.into_parts();
+        let node = crate::replica::node_of(r.session.as_ref());
+        if let Some(forwarded) = self
+            .forward(
+                node,
+                &meta,
+                &r,
+                |mut c, r| async move { c.capture(r).await },
+            )
+            .await
+        {
+            return forwarded;
+        }
         Ok(self
             .command(r.session.as_ref(), Action::capture(r.lines))
             .await?)
@@ -729,6 +779,35 @@ impl AdminService for AdminApi {
         Ok(Response::new(pb::ListHandoffsResponse {
             handoffs: rows.into_iter().map(crate::handoff::handoff_pb).collect(),
         }))
+    }
+}
+
+// === impl AdminApi: replicas ===
+
+impl AdminApi {
+    /// Replicas: a command for a node this replica does not link goes to the replica that owns
+    /// it, and its answer comes back as the caller's. `None`: run it here.
+    async fn forward<M, F, Fut>(
+        &self,
+        node: &str,
+        meta: &tonic::metadata::MetadataMap,
+        msg: &M,
+        call: F,
+    ) -> Option<Result<Response<pb::CommandResponse>, Status>>
+    where
+        M: Clone,
+        F: FnOnce(
+            argus_proto::v1::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
+            Request<M>,
+        ) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<pb::CommandResponse>, Status>>,
+    {
+        let replica = self.sup.replica.get()?;
+        let linked = self.sup.fleet.reachable(node);
+        match replica.route(node, linked, meta).await? {
+            Ok(client) => Some(call(client, replica.forwarded(meta, msg.clone())).await),
+            Err(status) => Some(Err(status)),
+        }
     }
 }
 

@@ -29,6 +29,10 @@ pub struct Config {
     /// per controller process.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub journal: Option<PathBuf>,
+    /// With a PostgreSQL database (replicas): the gRPC URL other replicas forward commands for
+    /// this replica's nodes to (default: `http://LISTEN`, or `https://localhost:PORT` with TLS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
     /// Serve plaintext (loopback only unless `allow_remote_plaintext`); otherwise TLS 1.3 with
     /// `tls_cert`, `tls_key` and `client_ca`.
     pub insecure: bool,
@@ -79,6 +83,7 @@ impl Default for Config {
             http: Some(SocketAddr::from(([127, 0, 0, 1], 7071))),
             db: "sqlite://argus.db".to_owned(),
             journal: None,
+            advertise: None,
             insecure: false,
             tls_cert: None,
             tls_key: None,
@@ -259,6 +264,9 @@ pub struct Cli {
     /// database; none for PostgreSQL). Key `journal`.
     #[arg(long, env = "ARGUS_JOURNAL")]
     pub journal: Option<PathBuf>,
+    /// With PostgreSQL: the gRPC URL other replicas reach this one at. Key `advertise`.
+    #[arg(long, env = "ARGUS_ADVERTISE")]
+    pub advertise: Option<String>,
     /// Serve plaintext (loopback only unless --allow-remote-plaintext). Key `insecure`.
     #[arg(long, env = "ARGUS_INSECURE", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
@@ -331,6 +339,9 @@ impl Cli {
         }
         if let Some(v) = &self.db {
             config.db.clone_from(v);
+        }
+        if let Some(v) = &self.advertise {
+            config.advertise = Some(v.clone());
         }
         if let Some(v) = self.insecure {
             config.insecure = v;

@@ -16,6 +16,7 @@ pub mod ingest;
 pub mod notify;
 pub mod outbound;
 pub mod pki;
+pub mod replica;
 pub mod server;
 pub mod store;
 pub mod supervisor;
@@ -166,6 +167,23 @@ pub async fn run(
         .with_context(|| format!("binding gRPC on {}", config.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, db = %config.db, "controller listening");
+    // === replicas: on a shared PostgreSQL database, this process is one of many ===
+    if replica::shared(&config.db) {
+        let advertise = config.advertise.clone().unwrap_or_else(|| {
+            if config.insecure {
+                format!("http://{addr}")
+            } else {
+                format!("https://localhost:{}", addr.port())
+            }
+        });
+        let r = replica::Replica::connect(&config.db, &sup.controller_id, &advertise)
+            .await
+            .context("connecting the replica to the shared database")?;
+        let r = Arc::new(r);
+        r.spawn(sup.clone(), &tasks, shutdown.clone());
+        let _ = sup.replica.set(r);
+        tracing::info!(replica = %sup.controller_id, %advertise, "replica of a shared database");
+    }
     if let Some(http) = config.http {
         let l = tokio::net::TcpListener::bind(http)
             .await

@@ -53,6 +53,9 @@ pub struct Parts {
 /// Everything the controller's services share.
 pub struct Supervisor {
     pub controller_id: String,
+    /// This process's part among replicas sharing a PostgreSQL database (set once at start-up;
+    /// empty on SQLite).
+    pub replica: std::sync::OnceLock<Arc<crate::replica::Replica>>,
     pub fleet: Arc<Fleet>,
     pub dispatch: Dispatcher,
     pub recorder: Recorder,
@@ -137,6 +140,7 @@ impl Supervisor {
             gates,
             gates_rx: tokio::sync::Mutex::new(gates_rx),
             handoffs: crate::handoff::Handoffs::new(&p.controller_id, p.handoffs),
+            replica: std::sync::OnceLock::new(),
             controller_id: p.controller_id,
             fleet,
             dispatch,
@@ -723,6 +727,50 @@ impl Supervisor {
         for node in &gone {
             self.fleet.forget_node(node);
         }
+    }
+}
+
+// === impl Supervisor: replicas ===
+
+impl Supervisor {
+    /// Replicas: `node_id` attached here after another replica owned it. Its sessions as the
+    /// store has them (cooldowns, crash records, restart holds: the durable state) replace this
+    /// process's older view, and its open incidents are taken back, as at a restart: the node's
+    /// first snapshot reconciles them, so a takeover looks like a reconnect, not deaths.
+    pub async fn adopt_node(
+        &self,
+        node_id: &str,
+        now: UnixMs,
+    ) -> Result<(), crate::store::StoreError> {
+        let recorded: Vec<_> = self
+            .store
+            .recorded_sessions()
+            .await?
+            .reported("last states")
+            .into_iter()
+            .filter(|(k, _)| k.node_id == node_id)
+            .collect();
+        let durables: Vec<_> = self
+            .store
+            .recorded_durables::<Durable>()
+            .await?
+            .reported("durable session states")
+            .into_iter()
+            .filter(|(k, _)| k.node_id == node_id)
+            .collect();
+        let incidents: Vec<IncidentRow> = self
+            .store
+            .incidents(false, 10_000)
+            .await?
+            .into_iter()
+            .filter(|i| i.scope == node_id)
+            .collect();
+        for key in self.fleet.node_sessions(node_id) {
+            self.fleet.remove_session(&key);
+        }
+        restore_sessions(&self.fleet, recorded, durables, now, &self.policy());
+        lock(&self.correlator).restore(restore_incidents(incidents));
+        Ok(())
     }
 }
 

@@ -740,7 +740,14 @@ mod throughput {
         .expect("create database");
         if let Some(pg_url) = pg_url {
             let pg: Arc<dyn Store> = Arc::new(PgStore::open(&pg_url).await.expect("open"));
-            println!("== PostgreSQL (loopback TCP, fsync=off, synchronous_commit=off)");
+            println!(
+                "== PostgreSQL (loopback TCP, {})",
+                if std::env::var_os("ARGUS_PG_DURABLE").is_some() {
+                    "fsync and synchronous_commit on"
+                } else {
+                    "fsync=off, synchronous_commit=off"
+                }
+            );
             measure(pg, dir.path()).await;
             let pool = sqlx::PgPool::connect(&pg_url).await.expect("connect");
             let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM transitions")

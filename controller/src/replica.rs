@@ -1,0 +1,366 @@
+//! Controller replicas sharing one PostgreSQL database.
+//!
+//! A node belongs to the replica that accepted its stream: the epoch bump of the attach is
+//! confirmed by a conditional update (`owner` set only while the stored epoch is still the one
+//! this replica raised), and the epoch is the fencing token the node agent checks on every
+//! command. A replica that finds a higher epoch stored for a node it links to lost it: it drops
+//! the link (the stream ends) and sends it nothing more. Admin commands for a node owned
+//! elsewhere are forwarded to the owner's advertised address, so the caller keeps the synchronous
+//! answer. A lease row elects one leader for fleet-wide duties, with a fencing token of its own.
+//! A probe of the database feeds readiness: a replica that cannot reach it is not ready.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use argus_proto::v1 as pb;
+use argus_proto::v1::admin_service_client::AdminServiceClient;
+use dashmap::DashMap;
+use sqlx::Row;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::supervisor::Supervisor;
+
+/// How often the database is probed, ownership checked and the lease renewed.
+pub const ROUND: Duration = Duration::from_secs(1);
+/// How long one round's queries may take before the database counts as unreachable.
+const QUERY_WAIT: Duration = Duration::from_secs(2);
+/// A lease not renewed for this long passes to another replica: with [`ROUND`] renewals, a
+/// dead leader is replaced within `LEASE_TTL + ROUND` (under the 10 s asked for).
+pub const LEASE_TTL: Duration = Duration::from_secs(6);
+/// The lease of the fleet-wide duties.
+pub const LEADER_LEASE: &str = "leader";
+/// Marks an admin call forwarded by another replica: it is never forwarded again.
+pub const FORWARDED: &str = "argus-forwarded-by";
+/// How long a forwarded command may take (the owner waits for the node's answer).
+const FORWARD_WAIT: Duration = Duration::from_secs(60);
+
+/// Why a replica operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// The database refused or is unreachable.
+    #[error("replica {op} failed: {source}")]
+    Db {
+        op: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The owner's advertised address is not a URL.
+    #[error("the owner of node {node:?} advertises {addr:?}, not a URL")]
+    BadAddress {
+        node: String,
+        addr: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> ReplicaError {
+    move |source| ReplicaError::Db { op, source }
+}
+
+/// Who owns a node, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub replica: String,
+    pub addr: String,
+    pub epoch: u64,
+}
+
+/// This replica's part in the cluster.
+pub struct Replica {
+    /// This replica's id (the controller id).
+    pub id: String,
+    /// The gRPC URL other replicas forward commands to.
+    pub addr: String,
+    pool: PgPool,
+    /// The database answered the last probe.
+    db_ok: watch::Sender<bool>,
+    /// This replica holds the leader lease.
+    leader: AtomicBool,
+    /// The lease's fencing token while held.
+    leader_token: std::sync::atomic::AtomicU64,
+    /// Channels to other replicas, by address.
+    peers: DashMap<String, Channel>,
+}
+
+impl Replica {
+    /// Connects to the shared database at `url` (already migrated by the store).
+    pub async fn connect(url: &str, id: &str, addr: &str) -> Result<Self, ReplicaError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(QUERY_WAIT)
+            .connect(url)
+            .await
+            .map_err(db("connect"))?;
+        Ok(Self {
+            id: id.to_owned(),
+            addr: addr.to_owned(),
+            pool,
+            db_ok: watch::Sender::new(true),
+            leader: AtomicBool::new(false),
+            leader_token: std::sync::atomic::AtomicU64::new(0),
+            peers: DashMap::new(),
+        })
+    }
+
+    /// Confirms this replica's ownership of `node_id` at `epoch` (the epoch its attach raised):
+    /// true when the stored epoch is still `epoch`, false when another replica raised it since.
+    pub async fn claim(&self, node_id: &str, epoch: u64) -> Result<bool, ReplicaError> {
+        let done = sqlx::query(
+            "UPDATE nodes SET owner = $1, owner_addr = $2 WHERE node_id = $3 AND epoch = $4",
+        )
+        .bind(&self.id)
+        .bind(&self.addr)
+        .bind(node_id)
+        .bind(epoch as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(db("claim node"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The stored owner of `node_id`, if any replica claimed it.
+    pub async fn owner(&self, node_id: &str) -> Result<Option<Owner>, ReplicaError> {
+        let row = sqlx::query("SELECT owner, owner_addr, epoch FROM nodes WHERE node_id = $1")
+            .bind(node_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("read owner"))?;
+        Ok(row
+            .map(|r| Owner {
+                replica: r.get("owner"),
+                addr: r.get("owner_addr"),
+                epoch: r.get::<i64, _>("epoch") as u64,
+            })
+            .filter(|o| !o.replica.is_empty()))
+    }
+
+    /// Of `held` (node, the epoch this replica holds it at), those whose stored epoch is higher:
+    /// another replica took them over.
+    pub async fn lost(&self, held: &[(String, u64)]) -> Result<Vec<String>, ReplicaError> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&str> = held.iter().map(|(n, _)| n.as_str()).collect();
+        let rows = sqlx::query("SELECT node_id, epoch FROM nodes WHERE node_id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("check ownership"))?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let node: String = r.get("node_id");
+                let stored = r.get::<i64, _>("epoch") as u64;
+                held.iter()
+                    .any(|(n, mine)| *n == node && stored > *mine)
+                    .then_some(node)
+            })
+            .collect())
+    }
+
+    /// Takes or renews `lease` for this replica; returns its fencing token while this replica
+    /// holds it, `None` while another does. Times are the database's, not this host's.
+    pub async fn hold_lease(&self, lease: &str) -> Result<Option<u64>, ReplicaError> {
+        let ttl = LEASE_TTL.as_millis() as i64;
+        let row = sqlx::query(
+            "INSERT INTO leases (name, holder, token, expires_ms)
+             VALUES ($1, $2, 1, (extract(epoch from clock_timestamp()) * 1000)::bigint + $3)
+             ON CONFLICT (name) DO UPDATE SET
+                 token = CASE WHEN leases.holder = excluded.holder THEN leases.token
+                              ELSE leases.token + 1 END,
+                 holder = excluded.holder,
+                 expires_ms = excluded.expires_ms
+             WHERE leases.holder = excluded.holder
+                OR leases.expires_ms < (extract(epoch from clock_timestamp()) * 1000)::bigint
+             RETURNING token",
+        )
+        .bind(lease)
+        .bind(&self.id)
+        .bind(ttl)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("hold lease"))?;
+        Ok(row.map(|r| r.get::<i64, _>("token") as u64))
+    }
+
+    /// Whether the database answered the last probe (readiness), as it changes.
+    pub fn db_ok(&self) -> watch::Receiver<bool> {
+        self.db_ok.subscribe()
+    }
+
+    /// True while this replica holds the leader lease.
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Relaxed)
+    }
+
+    /// The leader lease's fencing token while held (0 otherwise).
+    pub fn leader_token(&self) -> u64 {
+        self.leader_token.load(Ordering::Relaxed)
+    }
+
+    /// One round: probe the database, let go of nodes another replica took, hold the lease.
+    async fn round(&self, sup: &Supervisor) -> Result<(), ReplicaError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db("probe"))?;
+        let held: Vec<(String, u64, u64)> = sup
+            .fleet
+            .up_nodes()
+            .into_iter()
+            .filter_map(|n| sup.fleet.node(&n))
+            .filter(|n| n.link.is_some())
+            .map(|n| (n.node_id, n.epoch, n.stream_id))
+            .collect();
+        let pairs: Vec<(String, u64)> = held.iter().map(|(n, e, _)| (n.clone(), *e)).collect();
+        for node in self.lost(&pairs).await? {
+            if let Some((_, epoch, stream)) = held.iter().find(|(n, _, _)| *n == node) {
+                tracing::warn!(node = %node, epoch, "another replica owns the node now: letting it go");
+                if sup.fleet.detach_if_owner(&node, *stream) {
+                    sup.events.publish(
+                        &node,
+                        "",
+                        "node_detached",
+                        format!("owned by another replica now (this one held epoch {epoch})"),
+                        None,
+                    );
+                }
+            }
+        }
+        let token = self.hold_lease(LEADER_LEASE).await?;
+        let was = self.leader.swap(token.is_some(), Ordering::Relaxed);
+        self.leader_token
+            .store(token.unwrap_or(0), Ordering::Relaxed);
+        if was != token.is_some() {
+            tracing::info!(
+                replica = %self.id,
+                token = token.unwrap_or(0),
+                leader = token.is_some(),
+                "leader lease changed"
+            );
+        }
+        Ok(())
+    }
+
+    /// Runs [`Self::round`] every [`ROUND`] until `stop`.
+    pub fn spawn(
+        self: &Arc<Self>,
+        sup: Arc<Supervisor>,
+        tasks: &TaskTracker,
+        stop: CancellationToken,
+    ) {
+        let me = self.clone();
+        let span = tracing::info_span!("replica", id = %self.id);
+        tasks.spawn(tracing::Instrument::instrument(
+            async move {
+                let mut every = tokio::time::interval(ROUND);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        _ = every.tick() => {}
+                    }
+                    let ok = match tokio::time::timeout(QUERY_WAIT * 2, me.round(&sup)).await {
+                        Ok(Ok(())) => true,
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "the shared database does not answer");
+                            false
+                        }
+                        Err(_) => {
+                            tracing::warn!("the shared database did not answer in time");
+                            false
+                        }
+                    };
+                    if !ok {
+                        // Without the database this replica cannot know it still leads.
+                        me.leader.store(false, Ordering::Relaxed);
+                    }
+                    me.db_ok
+                        .send_if_modified(|v| std::mem::replace(v, ok) != ok);
+                }
+                me.leader.store(false, Ordering::Relaxed);
+            },
+            span,
+        ));
+    }
+
+    /// An admin client to the replica at `addr`.
+    fn peer(&self, node: &str, addr: &str) -> Result<AdminServiceClient<Channel>, ReplicaError> {
+        let channel = match self.peers.get(addr) {
+            Some(c) => c.clone(),
+            None => {
+                let c = Endpoint::from_shared(addr.to_owned())
+                    .map_err(|source| ReplicaError::BadAddress {
+                        node: node.to_owned(),
+                        addr: addr.to_owned(),
+                        source,
+                    })?
+                    .connect_timeout(Duration::from_secs(2))
+                    .timeout(FORWARD_WAIT)
+                    .connect_lazy();
+                self.peers.insert(addr.to_owned(), c.clone());
+                c
+            }
+        };
+        Ok(AdminServiceClient::new(channel))
+    }
+
+    /// Where a command for `node` goes: `None` to run it here (this replica links the node, or
+    /// no other replica owns it, or the call was already forwarded), else the owner's client.
+    pub async fn route(
+        &self,
+        node: &str,
+        linked_here: bool,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Option<Result<AdminServiceClient<Channel>, tonic::Status>> {
+        if linked_here || metadata.contains_key(FORWARDED) {
+            return None;
+        }
+        let owner = match self.owner(node).await {
+            Ok(Some(o)) if o.replica != self.id && !o.addr.is_empty() => o,
+            Ok(_) => return None,
+            Err(e) => {
+                return Some(Err(tonic::Status::unavailable(format!(
+                    "cannot find the replica that owns node {node:?}: {e}"
+                ))));
+            }
+        };
+        tracing::debug!(node, owner = %owner.replica, addr = %owner.addr, "forwarding a command");
+        Some(
+            self.peer(node, &owner.addr)
+                .map_err(|e| tonic::Status::unavailable(e.to_string())),
+        )
+    }
+
+    /// A request to forward: `msg` with the caller's credentials and the forwarding mark.
+    pub fn forwarded<M>(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        msg: M,
+    ) -> tonic::Request<M> {
+        let mut r = tonic::Request::new(msg);
+        if let Some(v) = metadata.get("authorization") {
+            r.metadata_mut().insert("authorization", v.clone());
+        }
+        if let Ok(v) = self.id.parse() {
+            r.metadata_mut().insert(FORWARDED, v);
+        }
+        r
+    }
+}
+
+/// The node a command request targets (empty when none is named).
+pub fn node_of(session: Option<&pb::SessionRef>) -> &str {
+    session.map_or("", |s| s.node_id.as_str())
+}
+
+/// True when the store at `url` is shared by replicas (PostgreSQL).
+pub fn shared(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
