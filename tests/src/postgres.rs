@@ -192,9 +192,21 @@ impl PgServer {
             .arg(&data)
             .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-k"])
             .arg(&dir)
-            // A test server: durability is not what is tested, speed is welcome.
-            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
-            .args(["-c", "full_page_writes=off", "-c", "max_connections=300"])
+            .args(["-c", "max_connections=300"])
+            // A test server: durability is not what is tested, speed is welcome (a benchmark
+            // sets ARGUS_PG_DURABLE=1 to measure the real thing).
+            .args(if std::env::var_os("ARGUS_PG_DURABLE").is_some() {
+                &[][..]
+            } else {
+                &[
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "synchronous_commit=off",
+                    "-c",
+                    "full_page_writes=off",
+                ][..]
+            })
             .current_dir(&dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -262,11 +274,18 @@ impl PgServer {
 
     /// Runs one SQL statement as the superuser on database `postgres`.
     pub fn psql(&self, sql: &str) -> Result<String, String> {
+        self.query(&self.url("postgres"), sql)
+    }
+
+    /// Runs one SQL statement on the database of `url` (one of this server's); returns the rows,
+    /// one a line, fields separated by `|`.
+    pub fn query(&self, url: &str, sql: &str) -> Result<String, String> {
+        let database = url.rsplit('/').next().unwrap_or("postgres");
         let out = Command::new(self.bin.join("psql"))
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", USER])
             .args([
                 "-d",
-                "postgres",
+                database,
                 "-X",
                 "-q",
                 "-A",
