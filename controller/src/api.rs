@@ -662,7 +662,16 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::ScheduleNudgeRequest>,
     ) -> Result<Response<pb::Alarm>, Status> {
-        let r = request.into_inner();
+        let (meta, _, r) = request.into_parts();
+        let node = crate::replica::node_of(r.session.as_ref());
+        if let Some(forwarded) = self
+            .forward(node, &meta, &r, |mut c, r| async move {
+                c.schedule_nudge(r).await
+            })
+            .await
+        {
+            return forwarded;
+        }
         let key = self.resolve(r.session.as_ref())?;
         let row = self
             .sup
@@ -697,9 +706,27 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::CancelAlarmRequest>,
     ) -> Result<Response<pb::Alarm>, Status> {
-        let r = request.into_inner();
+        let (meta, _, r) = request.into_parts();
         if r.id.is_empty() {
             return Err(ApiError::Missing { field: "id" }.into());
+        }
+        // Replicas: the replica that owns the alarm's node holds it.
+        if self.sup.replica.get().is_some() {
+            let stored = self
+                .sup
+                .store
+                .alarm(&r.id)
+                .await
+                .map_err(ApiError::store("read alarm"))?;
+            if let Some(a) = stored
+                && let Some(forwarded) = self
+                    .forward(&a.session.node_id, &meta, &r, |mut c, r| async move {
+                        c.cancel_alarm(r).await
+                    })
+                    .await
+            {
+                return forwarded;
+            }
         }
         let row = self
             .sup
@@ -712,7 +739,16 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::SessionRef>,
     ) -> Result<Response<pb::CommandResponse>, Status> {
-        let r = request.into_inner();
+        let (meta, _, r) = request.into_parts();
+        let node = crate::replica::node_of(Some(&r));
+        if let Some(forwarded) = self
+            .forward(node, &meta, &r, |mut c, r| async move {
+                c.take_checkpoint(r).await
+            })
+            .await
+        {
+            return forwarded;
+        }
         Ok(self.command(Some(&r), Ok(Action::Checkpoint)).await?)
     }
 
@@ -785,22 +821,22 @@ impl AdminService for AdminApi {
 // === impl AdminApi: replicas ===
 
 impl AdminApi {
-    /// Replicas: a command for a node this replica does not link goes to the replica that owns
-    /// it, and its answer comes back as the caller's. `None`: run it here.
-    async fn forward<M, F, Fut>(
+    /// Replicas: a command (or an alarm) for a node this replica does not link goes to the
+    /// replica that owns it, and its answer comes back as the caller's. `None`: run it here.
+    async fn forward<M, R, F, Fut>(
         &self,
         node: &str,
         meta: &tonic::metadata::MetadataMap,
         msg: &M,
         call: F,
-    ) -> Option<Result<Response<pb::CommandResponse>, Status>>
+    ) -> Option<Result<Response<R>, Status>>
     where
         M: Clone,
         F: FnOnce(
             argus_proto::v1::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
             Request<M>,
         ) -> Fut,
-        Fut: std::future::Future<Output = Result<Response<pb::CommandResponse>, Status>>,
+        Fut: std::future::Future<Output = Result<Response<R>, Status>>,
     {
         let replica = self.sup.replica.get()?;
         let linked = self.sup.fleet.reachable(node);

@@ -127,7 +127,13 @@ pub async fn run(
         None => Recorder::start(store.clone(), writer_stop.clone(), &writer_tasks),
     };
     let recorded = store.recorded_sessions().await?.reported("last states");
-    let pending = store.pending_commands().await?;
+    // Replicas: the commands pending in a shared database are other replicas' (in flight) or
+    // those of a dead one, taken over with its nodes (`Supervisor::adopt_node`).
+    let pending = if replica::shared(&config.db) {
+        Vec::new()
+    } else {
+        store.pending_commands().await?
+    };
     let durables = store
         .recorded_durables::<argus_decide::detect::Durable>()
         .await?
@@ -157,7 +163,10 @@ pub async fn run(
         handoffs,
     }));
 
-    sup.alarms.restore(sup.store.alarms(false, u32::MAX).await?);
+    // Replicas take alarms over with their nodes (`Supervisor::adopt_node`).
+    if !replica::shared(&config.db) {
+        sup.alarms.restore(sup.store.alarms(false, u32::MAX).await?);
+    }
     watch_store(&tasks, sup.clone(), shutdown.clone());
 
     // Certificates are read before binding: a controller that cannot serve TLS does not start.

@@ -189,6 +189,39 @@ impl Replica {
         Ok(row.map(|r| r.get::<i64, _>("token") as u64))
     }
 
+    /// The leader's fleet-wide duty: commands left pending by a replica that died, for a node no
+    /// live replica took over, are closed (`unknown`, or `expired` for a capture) once past
+    /// `timeout` and a second of slack, as each replica closes its own. Fenced by the lease:
+    /// the update applies only while `token` is still this replica's leader token. Returns how
+    /// many were closed.
+    pub async fn close_orphans(&self, token: u64, timeout: Duration) -> Result<u64, ReplicaError> {
+        let done = sqlx::query(
+            "WITH now AS (SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint AS ms)
+             UPDATE commands c SET
+                 status = CASE WHEN c.action = 'capture' THEN 'COMMAND_STATUS_EXPIRED'
+                               ELSE 'COMMAND_STATUS_UNKNOWN' END,
+                 result_message = 'no answer by the deadline: the replica that sent it died and no              replica took the node over; it may have run',
+                 finished_at_ms = (SELECT ms FROM now)
+             WHERE c.status = $1
+               AND c.issued_at_ms < (SELECT ms FROM now) - $2
+               AND NOT EXISTS (
+                   SELECT 1 FROM nodes n JOIN leases l ON l.name = 'replica:' || n.owner
+                   WHERE n.node_id = c.node_id AND l.expires_ms > (SELECT ms FROM now))
+               AND EXISTS (
+                   SELECT 1 FROM leases l WHERE l.name = $3 AND l.holder = $4 AND l.token = $5
+                     AND l.expires_ms > (SELECT ms FROM now))",
+        )
+        .bind(crate::store::PENDING)
+        .bind((timeout.as_millis() + 1000) as i64)
+        .bind(LEADER_LEASE)
+        .bind(&self.id)
+        .bind(token as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(db("close orphaned commands"))?;
+        Ok(done.rows_affected())
+    }
+
     /// Whether the database answered the last probe (readiness), as it changes.
     pub fn db_ok(&self) -> watch::Receiver<bool> {
         self.db_ok.subscribe()
@@ -233,7 +266,21 @@ impl Replica {
                 }
             }
         }
+        // This replica's own liveness (other replicas' leader sweeps read it).
+        self.hold_lease(&format!("replica:{}", self.id)).await?;
         let token = self.hold_lease(LEADER_LEASE).await?;
+        if let Some(token) = token {
+            let closed = self
+                .close_orphans(token, sup.policy().command_timeout)
+                .await?;
+            if closed > 0 {
+                tracing::warn!(
+                    commands = closed,
+                    token,
+                    "closed commands a dead replica left pending on nodes nobody took over"
+                );
+            }
+        }
         let was = self.leader.swap(token.is_some(), Ordering::Relaxed);
         self.leader_token
             .store(token.unwrap_or(0), Ordering::Relaxed);

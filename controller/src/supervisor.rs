@@ -735,8 +735,9 @@ impl Supervisor {
 impl Supervisor {
     /// Replicas: `node_id` attached here after another replica owned it. Its sessions as the
     /// store has them (cooldowns, crash records, restart holds: the durable state) replace this
-    /// process's older view, and its open incidents are taken back, as at a restart: the node's
-    /// first snapshot reconciles them, so a takeover looks like a reconnect, not deaths.
+    /// process's older view, and its open incidents, pending alarms and unanswered commands are
+    /// taken over, as at a restart: the node's first snapshot reconciles the sessions, so a
+    /// takeover looks like a reconnect, not deaths.
     pub async fn adopt_node(
         &self,
         node_id: &str,
@@ -765,11 +766,30 @@ impl Supervisor {
             .into_iter()
             .filter(|i| i.scope == node_id)
             .collect();
+        let alarms: Vec<_> = self
+            .store
+            .alarms(false, u32::MAX)
+            .await?
+            .into_iter()
+            .filter(|a| a.session.node_id == node_id)
+            .collect();
+        // Commands the previous owner left unanswered: closed here at their deadline, or matched
+        // when the node agent's answer comes.
+        let pending: Vec<_> = self
+            .store
+            .pending_commands()
+            .await?
+            .into_iter()
+            .filter(|c| c.session.node_id == node_id && !self.dispatch.waiting_for(&c.command_id))
+            .collect();
         for key in self.fleet.node_sessions(node_id) {
             self.fleet.remove_session(&key);
         }
         restore_sessions(&self.fleet, recorded, durables, now, &self.policy());
         lock(&self.correlator).restore(restore_incidents(incidents));
+        self.alarms.forget_node(node_id);
+        self.alarms.restore(alarms);
+        self.dispatch.adopt(pending);
         Ok(())
     }
 }
