@@ -346,9 +346,36 @@ impl AdminService for AdminApi {
             .nodes()
             .await
             .map_err(ApiError::store("nodes"))?;
+        // Replicas: who owns each node, and whether that replica is alive.
+        let owners = match self.sup.replica.get() {
+            Some(r) => r
+                .owners()
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?,
+            None => Default::default(),
+        };
         let mut nodes: Vec<pb::Node> = stored
             .into_iter()
             .map(|n| {
+                if let Some((owner, alive)) = owners.get(&n.node_id)
+                    && !self.sup.fleet.knows_node(&n.node_id)
+                {
+                    return pb::Node {
+                        connected: *alive,
+                        epoch: owner.epoch,
+                        last_seen_ms: n.last_attach_ms,
+                        health: if *alive { "up" } else { "down" }.to_owned(),
+                        replica: owner.replica.clone(),
+                        node_id: n.node_id,
+                        hostname: n.hostname,
+                        agent_version: n.agent_version,
+                        ..Default::default()
+                    };
+                }
+                let replica = owners
+                    .get(&n.node_id)
+                    .map(|(o, _)| o.replica.clone())
+                    .unwrap_or_default();
                 let live = self.sup.fleet.node(&n.node_id);
                 let count = self.sup.fleet.node_session_count(&n.node_id) as u32;
                 let cert_not_after_ms = crate::auth::cert_not_after_ms(&n.node_id).unwrap_or(0);
@@ -371,6 +398,7 @@ impl AdminService for AdminApi {
                     hostname: n.hostname,
                     agent_version: n.agent_version,
                     session_count: count,
+                    replica,
                 }
             })
             .collect();
@@ -383,7 +411,8 @@ impl AdminService for AdminApi {
         request: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
         let node = request.into_inner().node_id;
-        if !node.is_empty() && !self.sup.fleet.knows_node(&node) {
+        let replica = self.sup.replica.get();
+        if !node.is_empty() && !self.sup.fleet.knows_node(&node) && replica.is_none() {
             return Err(ApiError::UnknownNode { node }.into());
         }
         let policy = self.sup.policy();
@@ -393,6 +422,22 @@ impl AdminService for AdminApi {
             .map_sessions((!node.is_empty()).then_some(node.as_str()), |k, t| {
                 session_pb(k, t, &policy)
             });
+        // Replicas: the nodes this one does not hold, as the store last recorded them.
+        if replica.is_some() {
+            let recorded = self.elsewhere(&node).await?;
+            if !node.is_empty() && sessions.is_empty() && recorded.is_empty() {
+                let nodes = self
+                    .sup
+                    .store
+                    .nodes()
+                    .await
+                    .map_err(ApiError::store("nodes"))?;
+                if !nodes.iter().any(|n| n.node_id == node) {
+                    return Err(ApiError::UnknownNode { node }.into());
+                }
+            }
+            sessions.extend(recorded);
+        }
         sessions.sort_by(|a, b| {
             (&a.node_id, &a.session_name, &a.tmux_socket).cmp(&(
                 &b.node_id,
@@ -821,6 +866,34 @@ impl AdminService for AdminApi {
 // === impl AdminApi: replicas ===
 
 impl AdminApi {
+    /// Replicas: the sessions of the nodes (`node`, or all when empty) that this replica does not
+    /// hold, as the store last recorded them (their owner writes them behind, within a second).
+    async fn elsewhere(&self, node: &str) -> Result<Vec<pb::Session>, ApiError> {
+        let rows = self
+            .sup
+            .store
+            .last_transitions()
+            .await
+            .map_err(ApiError::store("recorded sessions"))?;
+        Ok(rows
+            .into_iter()
+            .filter(|t| node.is_empty() || t.session.node_id == node)
+            .filter(|t| !self.sup.fleet.knows_node(&t.session.node_id))
+            .map(|t| pb::Session {
+                node_id: t.session.node_id,
+                session_name: t.session.session_name,
+                tmux_socket: t.session.tmux_socket,
+                state: state_pb(&t.to),
+                last_change_ms: t.at_ms,
+                reason: format!(
+                    "{} (as last recorded by the replica that owns the node)",
+                    t.reason
+                ),
+                ..Default::default()
+            })
+            .collect())
+    }
+
     /// Replicas: a command (or an alarm) for a node this replica does not link goes to the
     /// replica that owns it, and its answer comes back as the caller's. `None`: run it here.
     async fn forward<M, R, F, Fut>(

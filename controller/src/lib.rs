@@ -126,18 +126,28 @@ pub async fn run(
         }
         None => Recorder::start(store.clone(), writer_stop.clone(), &writer_tasks),
     };
-    let recorded = store.recorded_sessions().await?.reported("last states");
+    // Replicas load a node's sessions when they take it over (`Supervisor::adopt_node`).
+    let shared = replica::shared(&config.db);
+    let recorded = if shared {
+        Vec::new()
+    } else {
+        store.recorded_sessions().await?.reported("last states")
+    };
     // Replicas: the commands pending in a shared database are other replicas' (in flight) or
     // those of a dead one, taken over with its nodes (`Supervisor::adopt_node`).
-    let pending = if replica::shared(&config.db) {
+    let pending = if shared {
         Vec::new()
     } else {
         store.pending_commands().await?
     };
-    let durables = store
-        .recorded_durables::<argus_decide::detect::Durable>()
-        .await?
-        .reported("durable session states");
+    let durables = if shared {
+        Vec::new()
+    } else {
+        store
+            .recorded_durables::<argus_decide::detect::Durable>()
+            .await?
+            .reported("durable session states")
+    };
     let incidents = supervisor::restore_incidents(store.incidents(false, 10_000).await?);
     let handoffs = handoff::restore(store.as_ref()).await?;
     let controller_id = format!("ctl-{}-{}", std::process::id(), now_ms());
@@ -164,7 +174,7 @@ pub async fn run(
     }));
 
     // Replicas take alarms over with their nodes (`Supervisor::adopt_node`).
-    if !replica::shared(&config.db) {
+    if !shared {
         sup.alarms.restore(sup.store.alarms(false, u32::MAX).await?);
     }
     watch_store(&tasks, sup.clone(), shutdown.clone());
@@ -177,7 +187,7 @@ pub async fn run(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, db = %config.db, "controller listening");
     // === replicas: on a shared PostgreSQL database, this process is one of many ===
-    if replica::shared(&config.db) {
+    if shared {
         let advertise = config.advertise.clone().unwrap_or_else(|| {
             if config.insecure {
                 format!("http://{addr}")

@@ -164,6 +164,38 @@ impl Replica {
             .collect())
     }
 
+    /// Every node's stored owner and whether that replica is alive (its liveness lease held).
+    pub async fn owners(
+        &self,
+    ) -> Result<std::collections::HashMap<String, (Owner, bool)>, ReplicaError> {
+        let rows = sqlx::query(
+            "SELECT n.node_id, n.owner, n.owner_addr, n.epoch,
+                    COALESCE(l.expires_ms > (extract(epoch from clock_timestamp()) * 1000)::bigint,
+                             false) AS alive
+             FROM nodes n LEFT JOIN leases l ON l.name = 'replica:' || n.owner
+             WHERE n.owner <> ''",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read owners"))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get("node_id"),
+                    (
+                        Owner {
+                            replica: r.get("owner"),
+                            addr: r.get("owner_addr"),
+                            epoch: r.get::<i64, _>("epoch") as u64,
+                        },
+                        r.get("alive"),
+                    ),
+                )
+            })
+            .collect())
+    }
+
     /// Takes or renews `lease` for this replica; returns its fencing token while this replica
     /// holds it, `None` while another does. Times are the database's, not this host's.
     pub async fn hold_lease(&self, lease: &str) -> Result<Option<u64>, ReplicaError> {
@@ -264,6 +296,30 @@ impl Replica {
                         None,
                     );
                 }
+            }
+        }
+        // Nodes this replica knows without a stream that another replica owns now: out of this
+        // live view (they never turn silent or down here).
+        let unlinked: Vec<String> = sup
+            .fleet
+            .node_ids()
+            .into_iter()
+            .filter(|n| sup.fleet.node(n).is_some_and(|e| e.link.is_none()))
+            .collect();
+        for node in unlinked {
+            if let Some(o) = self.owner(&node).await?
+                && o.replica != self.id
+                && sup.fleet.node(&node).is_some_and(|e| e.link.is_none())
+            {
+                tracing::info!(node = %node, owner = %o.replica, "the node is another replica's now");
+                sup.fleet.remove_node(&node);
+                sup.events.publish(
+                    &node,
+                    "",
+                    "node_moved",
+                    format!("owned by replica {} at epoch {}", o.replica, o.epoch),
+                    None,
+                );
             }
         }
         // This replica's own liveness (other replicas' leader sweeps read it).

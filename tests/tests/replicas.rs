@@ -13,12 +13,12 @@ use anyhow::Context;
 use argus_proto::v1 as pb;
 use argus_tests::cluster::{fake_agent, sref};
 use argus_tests::eventually;
+use argus_tests::free_port;
 use argus_tests::postgres::{PgServer, skip_notice};
 use argus_tests::process::Proc;
+use argus_tests::spec::admin;
 use argus_tests::spec::{Controller, ControllerSpec, NodeAgentSpec};
 use argus_tests::tmux::TestTmux;
-use argus_tests::free_port;
-use argus_tests::spec::admin;
 
 const WAIT: Duration = Duration::from_secs(20);
 /// Time given to the repeated failovers, so that the whole test stays near a minute.
@@ -29,10 +29,14 @@ const RUST_LOG: &str = "info,argus_controller=debug";
 
 /// The haproxy binary, if installed.
 fn haproxy() -> Option<PathBuf> {
-    ["/usr/sbin/haproxy", "/usr/bin/haproxy", "/usr/local/sbin/haproxy"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
+    [
+        "/usr/sbin/haproxy",
+        "/usr/bin/haproxy",
+        "/usr/local/sbin/haproxy",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
 }
 
 /// One replica: its spec (fixed ports, so that a restart listens where haproxy checks), its run
@@ -114,16 +118,25 @@ impl Cluster {
     fn start_haproxy(&self) -> anyhow::Result<Proc> {
         let bin = haproxy().context("haproxy is not installed")?;
         let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/haproxy/haproxy.cfg");
-        let mut env = vec![("ARGUS_LB_BIND".to_owned(), format!("127.0.0.1:{}", self.lb_port))];
+        let mut env = vec![(
+            "ARGUS_LB_BIND".to_owned(),
+            format!("127.0.0.1:{}", self.lb_port),
+        )];
         for (i, r) in self.replicas.iter().enumerate() {
             let http = r.spec.config.http.context("replica without a side port")?;
-            env.push((format!("ARGUS_R{}", i + 1), r.spec.config.listen.to_string()));
+            env.push((
+                format!("ARGUS_R{}", i + 1),
+                r.spec.config.listen.to_string(),
+            ));
             env.push((format!("ARGUS_R{}_HTTP", i + 1), http.port().to_string()));
         }
         // The config names three servers: fewer replicas leave the last ones on a closed port
         // (always down).
         for i in self.replicas.len()..3 {
-            env.push((format!("ARGUS_R{}", i + 1), format!("127.0.0.1:{}", free_port())));
+            env.push((
+                format!("ARGUS_R{}", i + 1),
+                format!("127.0.0.1:{}", free_port()),
+            ));
             env.push((format!("ARGUS_R{}_HTTP", i + 1), free_port().to_string()));
         }
         let log = self._dir.path().join("haproxy.log");
@@ -200,7 +213,9 @@ async fn the_owner_dies_and_another_replica_takes_the_node_over() -> anyhow::Res
         return Ok(());
     };
     if haproxy().is_none() {
-        eprintln!("\n*** SKIPPED {TEST}: haproxy is not installed (`bash tests/run.sh` installs it) ***\n");
+        eprintln!(
+            "\n*** SKIPPED {TEST}: haproxy is not installed (`bash tests/run.sh` installs it) ***\n"
+        );
         return Ok(());
     }
     let started = Instant::now();
@@ -245,6 +260,32 @@ async fn the_owner_dies_and_another_replica_takes_the_node_over() -> anyhow::Res
         before.command_id
     ))?;
     assert_eq!(row, "nudge|COMMAND_STATUS_OK", "audited once, by the owner");
+    // The fleet from a replica that does not own the node: the node, its owner, its sessions.
+    let mut a = admin(&c.admin_of(other)).await?;
+    let nodes = a
+        .list_nodes(pb::ListNodesRequest {})
+        .await?
+        .into_inner()
+        .nodes;
+    let n1 = nodes
+        .iter()
+        .find(|n| n.node_id == "n1")
+        .context("n1 listed")?;
+    assert!(n1.connected && n1.replica.starts_with("ctl-"), "{n1:?}");
+    eventually("both sessions listed by a non-owner", WAIT, || {
+        let mut a = a.clone();
+        async move {
+            let s = a
+                .list_sessions(pb::ListSessionsRequest {
+                    node_id: "n1".into(),
+                })
+                .await?
+                .into_inner()
+                .sessions;
+            Ok((s.len() == 2).then_some(()))
+        }
+    })
+    .await?;
 
     // SIGKILL the owner, again and again: the node reattaches through haproxy to another replica
     // (a higher epoch, stored) and its session is observed there again.
@@ -268,6 +309,25 @@ async fn the_owner_dies_and_another_replica_takes_the_node_over() -> anyhow::Res
         // The killed replica comes back (same ports): haproxy checks it in again.
         c.replicas[victim].start().await?;
     }
+
+    // Another replica raises the node's epoch (as a takeover does) while the owner lives: the
+    // owner finds the higher epoch, lets the node go, and the node attaches again through
+    // haproxy, at a still higher epoch.
+    let (holder, epoch) = c.owner("n1")?.context("owner")?;
+    c.sql("UPDATE nodes SET epoch = epoch + 1, owner = 'ctl-elsewhere' WHERE node_id = 'n1'")?;
+    eventually("the node let go and attached again", WAIT, || async {
+        Ok(c.owner("n1")?.filter(|(_, e)| *e > epoch + 1))
+    })
+    .await?;
+    let log = c.replicas[holder]
+        .running
+        .as_ref()
+        .map(|p| p.proc.log())
+        .unwrap_or_default();
+    assert!(
+        log.contains("another replica owns the node now: letting it go"),
+        "the owner let it go"
+    );
 
     // The leader (the lease row's holder) dies: another replica takes the lease over with a
     // higher fencing token within 10 s, and runs the fleet-wide duty: commands a dead replica
@@ -294,20 +354,29 @@ async fn the_owner_dies_and_another_replica_takes_the_node_over() -> anyhow::Res
     })
     .await?;
     let takeover = killed.elapsed();
-    assert!(takeover < Duration::from_secs(10), "leader takeover {takeover:?}");
+    assert!(
+        takeover < Duration::from_secs(10),
+        "leader takeover {takeover:?}"
+    );
     c.replicas[old].start().await?;
-    c.sql(&format!(
+    c.sql(
         "INSERT INTO nodes (node_id, epoch, owner, owner_addr) VALUES ('ghost', 1, 'ctl-dead', 'http://127.0.0.1:1');
          INSERT INTO commands (command_id, node_id, tmux_socket, session_name, epoch, action, origin, reason, issued_at_ms)
          VALUES ('orphan', 'ghost', '/s', 'w', 1, 'nudge', 'admin', 'test',
-                 (extract(epoch from clock_timestamp()) * 1000)::bigint - 60000)"
-    ))?;
-    eventually("the orphaned command closed by the leader", WAIT, || async {
-        let s = c.sql("SELECT status FROM commands WHERE command_id = 'orphan'")?;
-        Ok((s == "COMMAND_STATUS_UNKNOWN").then_some(()))
-    })
+                 (extract(epoch from clock_timestamp()) * 1000)::bigint - 60000)",
+    )?;
+    eventually(
+        "the orphaned command closed by the leader",
+        WAIT,
+        || async {
+            let s = c.sql("SELECT status FROM commands WHERE command_id = 'orphan'")?;
+            Ok((s == "COMMAND_STATUS_UNKNOWN").then_some(()))
+        },
+    )
     .await?;
-    eprintln!("leader takeover: replica {old} -> {new}, token {token} -> {new_token}, in {takeover:?}");
+    eprintln!(
+        "leader takeover: replica {old} -> {new}, token {token} -> {new_token}, in {takeover:?}"
+    );
 
     // A nudge on a replica that is not the current owner still reaches the pane.
     let (owner, _) = c.owner("n1")?.context("owner")?;
@@ -339,7 +408,10 @@ async fn the_owner_dies_and_another_replica_takes_the_node_over() -> anyhow::Res
         "SELECT count(*) FROM transitions WHERE to_state = 'dead' \
          OR (session_name = 'work' AND to_state <> 'working')",
     )?;
-    assert_eq!(deaths, "0", "no death recorded, the busy agent always working");
+    assert_eq!(
+        deaths, "0",
+        "no death recorded, the busy agent always working"
+    );
     let audit = c.sql(&format!(
         "SELECT count(*) FROM commands WHERE command_id IN ('{}', '{}')",
         before.command_id, after.command_id
@@ -347,7 +419,9 @@ async fn the_owner_dies_and_another_replica_takes_the_node_over() -> anyhow::Res
     assert_eq!(audit, "2");
     // No replica closed the node's answered commands as unknown (a restarted replica adopts no
     // other replica's commands).
-    let wrong = c.sql("SELECT count(*) FROM commands WHERE node_id = 'n1' AND status <> 'COMMAND_STATUS_OK'")?;
+    let wrong = c.sql(
+        "SELECT count(*) FROM commands WHERE node_id = 'n1' AND status <> 'COMMAND_STATUS_OK'",
+    )?;
     assert_eq!(wrong, "0", "every command of the node answered OK");
     let host_down = c.sql("SELECT count(*) FROM incidents WHERE kind = 'host_silent'")?;
 
