@@ -200,6 +200,7 @@ pub async fn run(
             .context("connecting the replica to the shared database")?;
         let r = Arc::new(r);
         r.spawn(sup.clone(), &tasks, shutdown.clone());
+        r.relay_events(sup.events.clone(), &tasks, shutdown.clone());
         let _ = sup.replica.set(r);
         tracing::info!(replica = %sup.controller_id, %advertise, "replica of a shared database");
     }

@@ -36,6 +36,12 @@ pub const LEASE_TTL: Duration = Duration::from_secs(6);
 pub const LEADER_LEASE: &str = "leader";
 /// Marks an admin call forwarded by another replica: it is never forwarded again.
 pub const FORWARDED: &str = "argus-forwarded-by";
+/// The PostgreSQL notification channel the replicas' fleet events travel on.
+const EVENTS_CHANNEL: &str = "argus_events";
+/// Text of one event's message past which it is cut in a notification (PostgreSQL's payload
+/// limit is 8000 bytes; the event is sent hex-encoded).
+const EVENT_MESSAGE_MAX: usize = 2000;
+
 /// How long a forwarded command may take (the owner waits for the node's answer).
 const FORWARD_WAIT: Duration = Duration::from_secs(60);
 
@@ -393,6 +399,107 @@ impl Replica {
         ));
     }
 
+    /// Relays fleet events between replicas through the database until `stop`: this replica's
+    /// own events are sent with `NOTIFY`, the other replicas' are received with `LISTEN` and
+    /// handed to this replica's watchers, marked with their replica. At most once: an event
+    /// published while the database is unreachable is not relayed.
+    pub fn relay_events(
+        self: &Arc<Self>,
+        events: crate::events::Events,
+        tasks: &TaskTracker,
+        stop: CancellationToken,
+    ) {
+        let me = self.clone();
+        let mut local = events.subscribe();
+        let out_stop = stop.clone();
+        tasks.spawn(tracing::Instrument::instrument(
+            async move {
+                loop {
+                    let mut e = tokio::select! {
+                        () = out_stop.cancelled() => break,
+                        e = local.recv() => match e {
+                            Ok(e) => e,
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                                tracing::warn!(skipped = n, "events not relayed to other replicas");
+                                continue;
+                            }
+                            Err(_) => break,
+                        },
+                    };
+                    if !e.replica.is_empty() {
+                        continue; // relayed from another replica
+                    }
+                    e.replica.clone_from(&me.id);
+                    if e.message.len() > EVENT_MESSAGE_MAX {
+                        let mut cut = EVENT_MESSAGE_MAX;
+                        while !e.message.is_char_boundary(cut) {
+                            cut -= 1;
+                        }
+                        e.message.truncate(cut);
+                    }
+                    let payload = hex(&prost::Message::encode_to_vec(&e));
+                    let sent = sqlx::query("SELECT pg_notify($1, $2)")
+                        .bind(EVENTS_CHANNEL)
+                        .bind(&payload)
+                        .execute(&me.pool);
+                    if let Ok(Err(err)) = tokio::time::timeout(QUERY_WAIT, sent).await {
+                        tracing::debug!(error = %err, "an event not relayed to other replicas");
+                    }
+                }
+            },
+            tracing::info_span!("events_out"),
+        ));
+        let me = self.clone();
+        tasks.spawn(tracing::Instrument::instrument(
+            async move {
+                let mut listener = loop {
+                    let l = async {
+                        let mut l = sqlx::postgres::PgListener::connect_with(&me.pool).await?;
+                        l.listen(EVENTS_CHANNEL).await?;
+                        Ok::<_, sqlx::Error>(l)
+                    };
+                    match l.await {
+                        Ok(l) => break l,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot listen to other replicas' events; retrying");
+                            tokio::select! {
+                                () = stop.cancelled() => return,
+                                () = tokio::time::sleep(ROUND) => {}
+                            }
+                        }
+                    }
+                };
+                loop {
+                    // `recv` reconnects (and listens again) by itself after a lost connection.
+                    let n = tokio::select! {
+                        () = stop.cancelled() => break,
+                        n = listener.recv() => n,
+                    };
+                    match n {
+                        Ok(n) => {
+                            let Some(bytes) = unhex(n.payload()) else { continue };
+                            let Ok(e) = <pb::FleetEvent as prost::Message>::decode(&bytes[..])
+                            else {
+                                continue;
+                            };
+                            if e.replica != me.id {
+                                events.relay(e);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "listening to other replicas' events");
+                            tokio::select! {
+                                () = stop.cancelled() => break,
+                                () = tokio::time::sleep(ROUND) => {}
+                            }
+                        }
+                    }
+                }
+            },
+            tracing::info_span!("events_in"),
+        ));
+    }
+
     /// An admin client to the replica at `addr`.
     fn peer(&self, node: &str, addr: &str) -> Result<AdminServiceClient<Channel>, ReplicaError> {
         let channel = match self.peers.get(addr) {
@@ -466,4 +573,36 @@ pub fn node_of(session: Option<&pb::SessionRef>) -> &str {
 /// True when the store at `url` is shared by replicas (PostgreSQL).
 pub fn shared(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// Lower-case hex (notification payloads are text).
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    s
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hex_round_trips() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        assert_eq!(super::unhex(&super::hex(&bytes)), Some(bytes));
+        assert_eq!(super::unhex("abc"), None);
+        assert_eq!(super::unhex("zz"), None);
+    }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use argus_proto::v1 as pb;
-use argus_tests::cluster::{fake_agent, sref};
+use argus_tests::cluster::{fake_agent, sref, wait_event};
 use argus_tests::eventually;
 use argus_tests::free_port;
 use argus_tests::postgres::{PgServer, skip_notice};
@@ -244,8 +244,16 @@ async fn the_owner_dies_and_another_replica_takes_the_node_over() -> anyhow::Res
     })
     .await?;
 
-    // A nudge given to a replica that does not own the node reaches the pane (forwarded).
+    // A nudge given to a replica that does not own the node reaches the pane (forwarded), and
+    // the owner's events reach a watcher on that replica.
     let other = (owner + 1) % c.replicas.len();
+    let mut events = admin(&c.admin_of(other))
+        .await?
+        .watch_events(pb::WatchEventsRequest {
+            node_id: "n1".into(),
+        })
+        .await?
+        .into_inner();
     let before = nudge(&c.admin_of(other), "before the failovers").await?;
     assert_eq!(before.status(), pb::CommandStatus::Ok, "{before:?}");
     eventually("the forwarded nudge on the screen", WAIT, || async {
@@ -260,6 +268,15 @@ async fn the_owner_dies_and_another_replica_takes_the_node_over() -> anyhow::Res
         before.command_id
     ))?;
     assert_eq!(row, "nudge|COMMAND_STATUS_OK", "audited once, by the owner");
+    let owner_id = c.sql("SELECT owner FROM nodes WHERE node_id = 'n1'")?;
+    let result = wait_event(&mut events, "the owner's command event", WAIT, |e| {
+        e.kind == "command_result" && e.session_name == "prompt"
+    })
+    .await?;
+    assert_eq!(
+        result.replica, owner_id,
+        "relayed from the owner: {result:?}"
+    );
     // The fleet from a replica that does not own the node: the node, its owner, its sessions.
     let mut a = admin(&c.admin_of(other)).await?;
     let nodes = a
