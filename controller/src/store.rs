@@ -461,6 +461,44 @@ impl dyn Store {
         Ok(out)
     }
 
+    /// Replicas: [`Self::recorded_sessions`] of one node's sessions (a takeover loads them).
+    pub async fn node_sessions(
+        &self,
+        node_id: &str,
+    ) -> Result<Vec<(SessionRef, (SessionState, i64))>, StoreError> {
+        let mut out = Vec::new();
+        let mut unreadable = Vec::new();
+        for t in self.node_transitions(node_id).await? {
+            match SessionState::parse(&t.to) {
+                Some(state) => out.push((t.session, (state, t.at_ms))),
+                None => unreadable.push(UnreadableRow::State {
+                    session: t.session,
+                    state: t.to,
+                }),
+            }
+        }
+        Ok(Recovered {
+            rows: out,
+            unreadable,
+        }
+        .reported("last states"))
+    }
+
+    /// Replicas: [`Self::recorded_durables`] of one node's sessions.
+    pub async fn node_durable_states<D: serde::de::DeserializeOwned>(
+        &self,
+        node_id: &str,
+    ) -> Result<Vec<(SessionRef, D)>, StoreError> {
+        let raw = self.node_durables(node_id).await?;
+        Ok(
+            Recovered::decode(raw, |session, data| match serde_json::from_str(&data) {
+                Ok(d) => Ok((session, d)),
+                Err(source) => Err(UnreadableRow::Durable { session, source }),
+            })
+            .reported("durable session states"),
+        )
+    }
+
     /// Every session's durable policy state, deserialized; rows that do not parse as `D` are
     /// returned as [`UnreadableRow::Durable`].
     pub async fn recorded_durables<D: serde::de::DeserializeOwned>(
@@ -523,6 +561,19 @@ pub trait Store: Send + Sync + 'static {
             .into_iter()
             .filter(|t| t.session.node_id == node_id && t.session.session_name == name)
             .collect())
+    }
+    /// The last recorded transition of every session of `node_id` (a replica taking the node
+    /// over loads them).
+    async fn node_transitions(&self, node_id: &str) -> Result<Vec<TransitionRow>, StoreError> {
+        let mut all = self.last_transitions().await?;
+        all.retain(|t| t.session.node_id == node_id);
+        Ok(all)
+    }
+    /// The durable policy state of every session of `node_id`.
+    async fn node_durables(&self, node_id: &str) -> Result<Vec<(SessionRef, String)>, StoreError> {
+        let mut all = self.durables().await?;
+        all.retain(|(s, _)| s.node_id == node_id);
+        Ok(all)
     }
     /// Commands still pending (no outcome recorded), oldest first.
     async fn pending_commands(&self) -> Result<Vec<CommandRow>, StoreError>;

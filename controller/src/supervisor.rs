@@ -743,22 +743,8 @@ impl Supervisor {
         node_id: &str,
         now: UnixMs,
     ) -> Result<(), crate::store::StoreError> {
-        let recorded: Vec<_> = self
-            .store
-            .recorded_sessions()
-            .await?
-            .reported("last states")
-            .into_iter()
-            .filter(|(k, _)| k.node_id == node_id)
-            .collect();
-        let durables: Vec<_> = self
-            .store
-            .recorded_durables::<Durable>()
-            .await?
-            .reported("durable session states")
-            .into_iter()
-            .filter(|(k, _)| k.node_id == node_id)
-            .collect();
+        let recorded = self.store.node_sessions(node_id).await?;
+        let durables = self.store.node_durable_states::<Durable>(node_id).await?;
         let incidents: Vec<IncidentRow> = self
             .store
             .incidents(false, 10_000)

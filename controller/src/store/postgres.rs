@@ -350,6 +350,28 @@ impl Store for PgStore {
         Ok(rows.iter().map(transition_row).collect())
     }
 
+    async fn node_transitions(&self, node_id: &str) -> Result<Vec<TransitionRow>, StoreError> {
+        if node_id.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(LAST_TRANSITIONS)
+            .bind(node_id)
+            .bind("")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("read a node's last transitions"))?;
+        Ok(rows.iter().map(transition_row).collect())
+    }
+
+    async fn node_durables(&self, node_id: &str) -> Result<Vec<(SessionRef, String)>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM session_durable WHERE node_id = $1")
+            .bind(node_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("read a node's session state"))?;
+        Ok(rows.iter().map(|r| (session(r), r.get("data"))).collect())
+    }
+
     async fn pending_commands(&self) -> Result<Vec<CommandRow>, StoreError> {
         let rows =
             sqlx::query("SELECT * FROM commands WHERE status = $1 ORDER BY issued_at_ms, seq")

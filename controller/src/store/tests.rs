@@ -97,6 +97,7 @@ suite!(
     unreadable_rows_are_reported_by_session,
     recorder_writes_everything_before_it_stops,
     alarms_pending_first_and_closed_once,
+    a_nodes_sessions_are_read_alone,
 );
 
 fn node(id: &str, host: &str) -> NodeRecord {
@@ -479,4 +480,36 @@ async fn alarms_pending_first_and_closed_once(s: &Arc<dyn Store>) {
     );
     assert_eq!(s.alarms(true, 1).await.expect("alarms").len(), 1);
     assert!(s.alarm("zz").await.expect("alarm").is_none());
+}
+
+/// A replica taking one node over reads that node's sessions only.
+async fn a_nodes_sessions_are_read_alone(s: &Arc<dyn Store>) {
+    let mine = sref("/s", "a");
+    let other = SessionRef {
+        node_id: "n2".into(),
+        ..sref("/s", "a")
+    };
+    let durable = |session: &SessionRef, data: &str| Write::Durable {
+        session: session.clone(),
+        data: data.into(),
+        at_ms: 1,
+    };
+    s.write(&[
+        transition(&mine, 1, "working"),
+        transition(&mine, 2, "stalled"),
+        transition(&other, 3, "dead"),
+        durable(&mine, r#"{"v":1}"#),
+        durable(&other, r#"{"v":2}"#),
+    ])
+    .await
+    .expect("write");
+    assert_eq!(
+        s.node_sessions("n1").await.expect("sessions"),
+        vec![(mine.clone(), (SessionState::Stalled, 2))]
+    );
+    assert_eq!(
+        s.node_durable_states::<Data>("n1").await.expect("durables"),
+        vec![(mine, Data { v: 1 })]
+    );
+    assert!(s.node_sessions("n3").await.expect("none").is_empty());
 }
