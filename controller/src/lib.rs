@@ -126,30 +126,24 @@ pub async fn run(
         }
         None => Recorder::start(store.clone(), writer_stop.clone(), &writer_tasks),
     };
-    // Replicas load a node's sessions when they take it over (`Supervisor::adopt_node`).
+    // What a restarted controller takes back from the store. Replicas of a shared database take
+    // a node's share when they take the node over (`Supervisor::adopt_node`): at start-up, all
+    // of it is other replicas' (in flight) or a dead replica's (taken over with its nodes).
     let shared = replica::shared(&config.db);
-    let recorded = if shared {
-        Vec::new()
+    let (recorded, pending, durables, incidents, handoffs) = if shared {
+        Default::default()
     } else {
-        store.recorded_sessions().await?.reported("last states")
+        (
+            store.recorded_sessions().await?.reported("last states"),
+            store.pending_commands().await?,
+            store
+                .recorded_durables::<argus_decide::detect::Durable>()
+                .await?
+                .reported("durable session states"),
+            supervisor::restore_incidents(store.incidents(false, 10_000).await?),
+            handoff::restore(store.as_ref()).await?,
+        )
     };
-    // Replicas: the commands pending in a shared database are other replicas' (in flight) or
-    // those of a dead one, taken over with its nodes (`Supervisor::adopt_node`).
-    let pending = if shared {
-        Vec::new()
-    } else {
-        store.pending_commands().await?
-    };
-    let durables = if shared {
-        Vec::new()
-    } else {
-        store
-            .recorded_durables::<argus_decide::detect::Durable>()
-            .await?
-            .reported("durable session states")
-    };
-    let incidents = supervisor::restore_incidents(store.incidents(false, 10_000).await?);
-    let handoffs = handoff::restore(store.as_ref()).await?;
     let controller_id = format!("ctl-{}-{}", std::process::id(), now_ms());
     if let Some(ca) = &config.outbound_ca {
         outbound::trust_extra_ca(ca)

@@ -735,8 +735,8 @@ impl Supervisor {
 impl Supervisor {
     /// Replicas: `node_id` attached here after another replica owned it. Its sessions as the
     /// store has them (cooldowns, crash records, restart holds: the durable state) replace this
-    /// process's older view, and its open incidents, pending alarms and unanswered commands are
-    /// taken over, as at a restart: the node's first snapshot reconciles the sessions, so a
+    /// process's older view, and its open incidents, handoffs, pending alarms and unanswered
+    /// commands are taken over, as at a restart: the node's first snapshot reconciles the sessions, so a
     /// takeover looks like a reconnect, not deaths.
     pub async fn adopt_node(
         &self,
@@ -773,6 +773,8 @@ impl Supervisor {
         }
         restore_sessions(&self.fleet, recorded, durables, now, &self.policy());
         lock(&self.correlator).restore(restore_incidents(incidents));
+        let handoffs = crate::handoff::restore_node(self.store.as_ref(), node_id).await?;
+        self.handoffs.take_over(node_id, handoffs);
         self.alarms.forget_node(node_id);
         self.alarms.restore(alarms);
         self.dispatch.adopt(pending);
