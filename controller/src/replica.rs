@@ -283,7 +283,7 @@ impl Replica {
             .map_err(db("probe"))?;
         let held: Vec<(String, u64, u64)> = sup
             .fleet
-            .up_nodes()
+            .node_ids()
             .into_iter()
             .filter_map(|n| sup.fleet.node(&n))
             .filter(|n| n.link.is_some())
