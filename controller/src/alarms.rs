@@ -123,6 +123,12 @@ impl Alarms {
         }
     }
 
+    /// Replicas: drops the pending alarms of `node_id` held in memory, before the ones the store
+    /// has are taken over with the node (another replica may have delivered some meanwhile).
+    pub fn forget_node(&self, node_id: &str) {
+        lock(&self.pending).retain(|_, e| e.row.session.node_id != node_id);
+    }
+
     /// How many alarms are pending.
     pub fn len(&self) -> usize {
         lock(&self.pending).len()

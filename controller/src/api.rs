@@ -346,9 +346,36 @@ impl AdminService for AdminApi {
             .nodes()
             .await
             .map_err(ApiError::store("nodes"))?;
+        // Replicas: who owns each node, and whether that replica is alive.
+        let owners = match self.sup.replica.get() {
+            Some(r) => r
+                .owners()
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))?,
+            None => Default::default(),
+        };
         let mut nodes: Vec<pb::Node> = stored
             .into_iter()
             .map(|n| {
+                if let Some((owner, alive)) = owners.get(&n.node_id)
+                    && !self.sup.fleet.knows_node(&n.node_id)
+                {
+                    return pb::Node {
+                        connected: *alive,
+                        epoch: owner.epoch,
+                        last_seen_ms: n.last_attach_ms,
+                        health: if *alive { "up" } else { "down" }.to_owned(),
+                        replica: owner.replica.clone(),
+                        node_id: n.node_id,
+                        hostname: n.hostname,
+                        agent_version: n.agent_version,
+                        ..Default::default()
+                    };
+                }
+                let replica = owners
+                    .get(&n.node_id)
+                    .map(|(o, _)| o.replica.clone())
+                    .unwrap_or_default();
                 let live = self.sup.fleet.node(&n.node_id);
                 let count = self.sup.fleet.node_session_count(&n.node_id) as u32;
                 let cert_not_after_ms = crate::auth::cert_not_after_ms(&n.node_id).unwrap_or(0);
@@ -371,6 +398,7 @@ impl AdminService for AdminApi {
                     hostname: n.hostname,
                     agent_version: n.agent_version,
                     session_count: count,
+                    replica,
                 }
             })
             .collect();
@@ -383,7 +411,8 @@ impl AdminService for AdminApi {
         request: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
         let node = request.into_inner().node_id;
-        if !node.is_empty() && !self.sup.fleet.knows_node(&node) {
+        let replica = self.sup.replica.get();
+        if !node.is_empty() && !self.sup.fleet.knows_node(&node) && replica.is_none() {
             return Err(ApiError::UnknownNode { node }.into());
         }
         let policy = self.sup.policy();
@@ -393,6 +422,22 @@ impl AdminService for AdminApi {
             .map_sessions((!node.is_empty()).then_some(node.as_str()), |k, t| {
                 session_pb(k, t, &policy)
             });
+        // Replicas: the nodes this one does not hold, as the store last recorded them.
+        if replica.is_some() {
+            let recorded = self.elsewhere(&node).await?;
+            if !node.is_empty() && sessions.is_empty() && recorded.is_empty() {
+                let nodes = self
+                    .sup
+                    .store
+                    .nodes()
+                    .await
+                    .map_err(ApiError::store("nodes"))?;
+                if !nodes.iter().any(|n| n.node_id == node) {
+                    return Err(ApiError::UnknownNode { node }.into());
+                }
+            }
+            sessions.extend(recorded);
+        }
         sessions.sort_by(|a, b| {
             (&a.node_id, &a.session_name, &a.tmux_socket).cmp(&(
                 &b.node_id,
@@ -486,7 +531,14 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::NudgeRequest>,
     ) -> Result<Response<pb::CommandResponse>, Status> {
-        let r = request.into_inner();
+        let (meta, _, r) = request.into_parts();
+        let node = crate::replica::node_of(r.session.as_ref());
+        if let Some(forwarded) = self
+            .forward(node, &meta, &r, |mut c, r| async move { c.nudge(r).await })
+            .await
+        {
+            return forwarded;
+        }
         Ok(self
             .command(r.session.as_ref(), Action::nudge(&r.text))
             .await?)
@@ -496,7 +548,19 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::SessionRef>,
     ) -> Result<Response<pb::CommandResponse>, Status> {
-        let r = request.into_inner();
+        let (meta, _, r) = request.into_parts();
+        let node = crate::replica::node_of(Some(&r));
+        if let Some(forwarded) = self
+            .forward(
+                node,
+                &meta,
+                &r,
+                |mut c, r| async move { c.interrupt(r).await },
+            )
+            .await
+        {
+            return forwarded;
+        }
         Ok(self.command(Some(&r), Ok(Action::Interrupt)).await?)
     }
 
@@ -504,7 +568,14 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::KillRequest>,
     ) -> Result<Response<pb::CommandResponse>, Status> {
-        let r = request.into_inner();
+        let (meta, _, r) = request.into_parts();
+        let node = crate::replica::node_of(r.session.as_ref());
+        if let Some(forwarded) = self
+            .forward(node, &meta, &r, |mut c, r| async move { c.kill(r).await })
+            .await
+        {
+            return forwarded;
+        }
         Ok(self
             .command(r.session.as_ref(), Action::kill(r.grace_ms))
             .await?)
@@ -514,7 +585,19 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::RestartRequest>,
     ) -> Result<Response<pb::CommandResponse>, Status> {
-        let r = request.into_inner();
+        let (meta, _, r) = request.into_parts();
+        let node = crate::replica::node_of(r.session.as_ref());
+        if let Some(forwarded) = self
+            .forward(
+                node,
+                &meta,
+                &r,
+                |mut c, r| async move { c.restart(r).await },
+            )
+            .await
+        {
+            return forwarded;
+        }
         if !r.command.is_empty() {
             crate::auth::require(crate::auth::Role::Admin, "Restart with a command")?;
         }
@@ -562,7 +645,19 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::CaptureRequest>,
     ) -> Result<Response<pb::CommandResponse>, Status> {
-        let r = request.into_inner();
+        let (meta, _, r) = request.into_parts();
+        let node = crate::replica::node_of(r.session.as_ref());
+        if let Some(forwarded) = self
+            .forward(
+                node,
+                &meta,
+                &r,
+                |mut c, r| async move { c.capture(r).await },
+            )
+            .await
+        {
+            return forwarded;
+        }
         Ok(self
             .command(r.session.as_ref(), Action::capture(r.lines))
             .await?)
@@ -613,7 +708,16 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::ScheduleNudgeRequest>,
     ) -> Result<Response<pb::Alarm>, Status> {
-        let r = request.into_inner();
+        let (meta, _, r) = request.into_parts();
+        let node = crate::replica::node_of(r.session.as_ref());
+        if let Some(forwarded) = self
+            .forward(node, &meta, &r, |mut c, r| async move {
+                c.schedule_nudge(r).await
+            })
+            .await
+        {
+            return forwarded;
+        }
         let key = self.resolve(r.session.as_ref())?;
         let row = self
             .sup
@@ -648,9 +752,27 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::CancelAlarmRequest>,
     ) -> Result<Response<pb::Alarm>, Status> {
-        let r = request.into_inner();
+        let (meta, _, r) = request.into_parts();
         if r.id.is_empty() {
             return Err(ApiError::Missing { field: "id" }.into());
+        }
+        // Replicas: the replica that owns the alarm's node holds it.
+        if self.sup.replica.get().is_some() {
+            let stored = self
+                .sup
+                .store
+                .alarm(&r.id)
+                .await
+                .map_err(ApiError::store("read alarm"))?;
+            if let Some(a) = stored
+                && let Some(forwarded) = self
+                    .forward(&a.session.node_id, &meta, &r, |mut c, r| async move {
+                        c.cancel_alarm(r).await
+                    })
+                    .await
+            {
+                return forwarded;
+            }
         }
         let row = self
             .sup
@@ -663,7 +785,16 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::SessionRef>,
     ) -> Result<Response<pb::CommandResponse>, Status> {
-        let r = request.into_inner();
+        let (meta, _, r) = request.into_parts();
+        let node = crate::replica::node_of(Some(&r));
+        if let Some(forwarded) = self
+            .forward(node, &meta, &r, |mut c, r| async move {
+                c.take_checkpoint(r).await
+            })
+            .await
+        {
+            return forwarded;
+        }
         Ok(self.command(Some(&r), Ok(Action::Checkpoint)).await?)
     }
 
@@ -730,6 +861,63 @@ impl AdminService for AdminApi {
         Ok(Response::new(pb::ListHandoffsResponse {
             handoffs: rows.into_iter().map(crate::handoff::handoff_pb).collect(),
         }))
+    }
+}
+
+// === impl AdminApi: replicas ===
+
+impl AdminApi {
+    /// Replicas: the sessions of the nodes (`node`, or all when empty) that this replica does not
+    /// hold, as the store last recorded them (their owner writes them behind, within a second).
+    async fn elsewhere(&self, node: &str) -> Result<Vec<pb::Session>, ApiError> {
+        let rows = self
+            .sup
+            .store
+            .last_transitions()
+            .await
+            .map_err(ApiError::store("recorded sessions"))?;
+        Ok(rows
+            .into_iter()
+            .filter(|t| node.is_empty() || t.session.node_id == node)
+            .filter(|t| !self.sup.fleet.knows_node(&t.session.node_id))
+            .map(|t| pb::Session {
+                node_id: t.session.node_id,
+                session_name: t.session.session_name,
+                tmux_socket: t.session.tmux_socket,
+                state: state_pb(&t.to),
+                last_change_ms: t.at_ms,
+                reason: format!(
+                    "{} (as last recorded by the replica that owns the node)",
+                    t.reason
+                ),
+                ..Default::default()
+            })
+            .collect())
+    }
+
+    /// Replicas: a command (or an alarm) for a node this replica does not link goes to the
+    /// replica that owns it, and its answer comes back as the caller's. `None`: run it here.
+    async fn forward<M, R, F, Fut>(
+        &self,
+        node: &str,
+        meta: &tonic::metadata::MetadataMap,
+        msg: &M,
+        call: F,
+    ) -> Option<Result<Response<R>, Status>>
+    where
+        M: Clone,
+        F: FnOnce(
+            argus_proto::v1::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
+            Request<M>,
+        ) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<R>, Status>>,
+    {
+        let replica = self.sup.replica.get()?;
+        let linked = self.sup.fleet.reachable(node);
+        match replica.route(node, linked, meta).await? {
+            Ok(client) => Some(call(client, replica.forwarded(meta, msg.clone())).await),
+            Err(status) => Some(Err(status)),
+        }
     }
 }
 

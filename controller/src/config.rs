@@ -22,8 +22,17 @@ pub struct Config {
     /// HTTP side port (`/healthz`, `/readyz`, `/metrics`), if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<SocketAddr>,
-    /// Store URL (`sqlite://argus.db`).
+    /// Store URL (`sqlite://argus.db`, `postgres://USER@HOST:PORT/DB`).
     pub db: String,
+    /// Where the store's writes spill while the database fails. SQLite's journal sits beside the
+    /// database when unset; PostgreSQL has none unless set (writes then wait in memory). One file
+    /// per controller process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub journal: Option<PathBuf>,
+    /// With a PostgreSQL database (replicas): the gRPC URL other replicas forward commands for
+    /// this replica's nodes to (default: `http://LISTEN`, or `https://localhost:PORT` with TLS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
     /// Serve plaintext (loopback only unless `allow_remote_plaintext`); otherwise TLS 1.3 with
     /// `tls_cert`, `tls_key` and `client_ca`.
     pub insecure: bool,
@@ -82,6 +91,8 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             http: Some(SocketAddr::from(([127, 0, 0, 1], 7071))),
             db: "sqlite://argus.db".to_owned(),
+            journal: None,
+            advertise: None,
             insecure: false,
             tls_cert: None,
             tls_key: None,
@@ -271,6 +282,13 @@ pub struct Cli {
     /// Store URL. Key `db`.
     #[arg(long, env = "ARGUS_DB")]
     pub db: Option<String>,
+    /// Where the store's writes spill while the database fails (default: beside a SQLite
+    /// database; none for PostgreSQL). Key `journal`.
+    #[arg(long, env = "ARGUS_JOURNAL")]
+    pub journal: Option<PathBuf>,
+    /// With PostgreSQL: the gRPC URL other replicas reach this one at. Key `advertise`.
+    #[arg(long, env = "ARGUS_ADVERTISE")]
+    pub advertise: Option<String>,
     /// Serve plaintext (loopback only unless --allow-remote-plaintext). Key `insecure`.
     #[arg(long, env = "ARGUS_INSECURE", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
@@ -354,6 +372,9 @@ impl Cli {
         if let Some(v) = &self.db {
             config.db.clone_from(v);
         }
+        if let Some(v) = &self.advertise {
+            config.advertise = Some(v.clone());
+        }
         if let Some(v) = self.insecure {
             config.insecure = v;
         }
@@ -361,6 +382,7 @@ impl Cli {
             config.allow_remote_plaintext = v;
         }
         for (flag, key) in [
+            (&self.journal, &mut config.journal),
             (&self.tls_cert, &mut config.tls_cert),
             (&self.tls_key, &mut config.tls_key),
             (&self.client_ca, &mut config.client_ca),

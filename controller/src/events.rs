@@ -38,7 +38,13 @@ impl Events {
             kind: kind.to_owned(),
             message,
             state: state.map_or(pb::SessionState::Unspecified, Into::into) as i32,
+            replica: String::new(),
         });
+    }
+
+    /// Replicas: an event another replica published, to this replica's watchers.
+    pub fn relay(&self, event: pb::FleetEvent) {
+        let _ = self.tx.send(event);
     }
 
     /// A new subscription.

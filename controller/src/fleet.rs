@@ -168,6 +168,18 @@ impl Fleet {
         }
     }
 
+    /// Every node with an entry (attached since the controller started).
+    pub fn node_ids(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.node_id.clone()).collect()
+    }
+
+    /// Replicas: takes a node another replica owns now out of this live view, entry and
+    /// sessions, so that its silence here is never taken for a host down.
+    pub fn remove_node(&self, node_id: &str) {
+        self.forget_node(node_id);
+        self.nodes.remove(node_id);
+    }
+
     /// The node agent's probe interval, when the node attached since the controller started.
     pub fn probe_ms(&self, node_id: &str) -> Option<i64> {
         self.nodes.get(node_id).map(|n| n.probe_ms)

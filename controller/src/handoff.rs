@@ -74,7 +74,16 @@ pub struct Restored {
 /// Reads the open handoffs back from the store, with their checkpoints: the controller's tick
 /// then finishes them.
 pub async fn restore(store: &dyn Store) -> Result<Vec<Restored>, StoreError> {
-    let rows = store.handoffs(&HandoffQuery::default(), 10_000).await?;
+    restore_node(store, "").await
+}
+
+/// The open handoffs of `node_id` (every node's when empty), with their checkpoints.
+pub async fn restore_node(store: &dyn Store, node_id: &str) -> Result<Vec<Restored>, StoreError> {
+    let q = HandoffQuery {
+        node_id: node_id.to_owned(),
+        ..HandoffQuery::default()
+    };
+    let rows = store.handoffs(&q, 10_000).await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         let checkpoint = if row.checkpoint_id.is_empty() {
@@ -96,40 +105,46 @@ pub async fn restore(store: &dyn Store) -> Result<Vec<Restored>, StoreError> {
     Ok(out)
 }
 
+/// A restored handoff, open again.
+fn reopen(r: Restored) -> (SessionRef, Open) {
+    let mut row = r.row;
+    // A resume message sent just before the controller stopped may have arrived: do not send a
+    // second one, wait for activity.
+    if row.state == WAITING && !row.resume_command_id.is_empty() {
+        row.state = RESUMED.to_owned();
+        row.resumed_ms = argus_shared::time::now_ms();
+        row.message =
+            "resume message sent before the controller restarted; waiting for activity".into();
+    }
+    (
+        row.session.clone(),
+        Open {
+            row,
+            checkpoint: r.checkpoint,
+            pending: None,
+            stuck_told: false,
+            missing_since: None,
+            retry_at: 0,
+        },
+    )
+}
+
 impl Handoffs {
     /// The open handoffs of `restored`; new ids start with `prefix` (the controller's id).
     pub fn new(prefix: &str, restored: Vec<Restored>) -> Self {
-        let open = restored
-            .into_iter()
-            .map(|r| {
-                let mut row = r.row;
-                // A resume message sent just before the controller stopped may have arrived: do
-                // not send a second one, wait for activity.
-                if row.state == WAITING && !row.resume_command_id.is_empty() {
-                    row.state = RESUMED.to_owned();
-                    row.resumed_ms = argus_shared::time::now_ms();
-                    row.message =
-                        "resume message sent before the controller restarted; waiting for activity"
-                            .into();
-                }
-                (
-                    row.session.clone(),
-                    Open {
-                        row,
-                        checkpoint: r.checkpoint,
-                        pending: None,
-                        stuck_told: false,
-                        missing_since: None,
-                        retry_at: 0,
-                    },
-                )
-            })
-            .collect();
         Self {
-            open: Mutex::new(open),
+            open: Mutex::new(restored.into_iter().map(reopen).collect()),
             next: AtomicU64::new(1),
             prefix: prefix.to_owned(),
         }
+    }
+
+    /// Replicas: `node_id` was taken over; its open handoffs are the store's (`restored`), not
+    /// what this replica held before another one owned the node.
+    pub fn take_over(&self, node_id: &str, restored: Vec<Restored>) {
+        let mut open = self.lock();
+        open.retain(|k, _| k.node_id != node_id);
+        open.extend(restored.into_iter().map(reopen));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionRef, Open>> {

@@ -61,6 +61,13 @@ pub async fn serve(
 }
 
 async fn ready(State(sup): State<Arc<Supervisor>>) -> (StatusCode, String) {
+    // Replicas: the last probe of the shared database failed.
+    if sup.replica.get().is_some_and(|r| !*r.db_ok().borrow()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: this replica cannot reach the shared database\n".to_owned(),
+        );
+    }
     if sup.recorder.health().borrow().is_failing() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -71,6 +71,14 @@ pub enum IngestError {
         #[source]
         source: crate::store::StoreError,
     },
+    /// Another replica raised the node's epoch after this one did, or the ownership could not be
+    /// recorded; the node agent retries (Unavailable).
+    #[error("cannot take node {node} over at epoch {epoch}: {reason}")]
+    Claim {
+        node: String,
+        epoch: u64,
+        reason: String,
+    },
     /// The node agent went away before the Welcome.
     #[error("stream closed before Welcome")]
     ClosedBeforeWelcome,
@@ -84,7 +92,7 @@ impl From<IngestError> for Status {
             IngestError::NotHelloFirst
             | IngestError::ClosedBeforeHello
             | IngestError::BadHello { .. } => Code::InvalidArgument,
-            IngestError::RecordAttach { .. } => Code::Unavailable,
+            IngestError::RecordAttach { .. } | IngestError::Claim { .. } => Code::Unavailable,
             IngestError::ClosedBeforeWelcome => Code::Internal,
         };
         crate::server::status(code, e)
@@ -137,6 +145,32 @@ impl NodeAgentService for AgentApi {
                 node: node_id.clone(),
                 source,
             })?;
+        // Replicas: the raised epoch makes this replica the owner only while no other raised it
+        // since; the node's stored state is loaded again (another replica may have changed it).
+        if let Some(replica) = self.sup.replica.get() {
+            let claim = |reason: String| IngestError::Claim {
+                node: node_id.clone(),
+                epoch,
+                reason,
+            };
+            // Who had it before (the claim below replaces it): this replica's own view of a node
+            // it kept is newer than the store's (the recorder writes behind).
+            let previous = replica
+                .owner(&node_id)
+                .await
+                .map_err(|e| claim(e.to_string()))?;
+            match replica.claim(&node_id, epoch).await {
+                Ok(true) => {}
+                Ok(false) => return Err(claim("another replica raised it since".into()).into()),
+                Err(e) => return Err(claim(e.to_string()).into()),
+            }
+            if previous.is_none_or(|o| o.replica != replica.id) {
+                self.sup
+                    .adopt_node(&node_id, now)
+                    .await
+                    .map_err(|e| claim(format!("loading its stored state: {e}")))?;
+            }
+        }
 
         let (tx, rx) = mpsc::channel(LINK_QUEUE);
         tx.send(Ok(pb::ControllerMessage {

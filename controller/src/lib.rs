@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod notify;
 pub mod outbound;
 pub mod pki;
+pub mod replica;
 pub mod server;
 pub mod store;
 pub mod supervisor;
@@ -123,7 +124,11 @@ pub async fn run(
     let writer_stop = CancellationToken::new();
     let writer_tasks = TaskTracker::new();
     // The journal of an earlier run is replayed before anything is read back or served.
-    let recorder = match store::journal::path_for(&config.db) {
+    let journal = config
+        .journal
+        .clone()
+        .or_else(|| store::journal::path_for(&config.db));
+    let recorder = match journal {
         Some(path) => {
             Recorder::start_journaled(store.clone(), &path, writer_stop.clone(), &writer_tasks)
                 .await
@@ -131,14 +136,24 @@ pub async fn run(
         }
         None => Recorder::start(store.clone(), writer_stop.clone(), &writer_tasks),
     };
-    let recorded = store.recorded_sessions().await?.reported("last states");
-    let pending = store.pending_commands().await?;
-    let durables = store
-        .recorded_durables::<argus_decide::detect::Durable>()
-        .await?
-        .reported("durable session states");
-    let incidents = supervisor::restore_incidents(store.incidents(false, 10_000).await?);
-    let handoffs = handoff::restore(store.as_ref()).await?;
+    // What a restarted controller takes back from the store. Replicas of a shared database take
+    // a node's share when they take the node over (`Supervisor::adopt_node`): at start-up, all
+    // of it is other replicas' (in flight) or a dead replica's (taken over with its nodes).
+    let shared = replica::shared(&config.db);
+    let (recorded, pending, durables, incidents, handoffs) = if shared {
+        Default::default()
+    } else {
+        (
+            store.recorded_sessions().await?.reported("last states"),
+            store.pending_commands().await?,
+            store
+                .recorded_durables::<argus_decide::detect::Durable>()
+                .await?
+                .reported("durable session states"),
+            supervisor::restore_incidents(store.incidents(false, 10_000).await?),
+            handoff::restore(store.as_ref()).await?,
+        )
+    };
     let controller_id = format!("ctl-{}-{}", std::process::id(), now_ms());
     if let Some(ca) = &config.outbound_ca {
         outbound::trust_extra_ca(ca)
@@ -170,7 +185,10 @@ pub async fn run(
         handoffs,
     }));
 
-    sup.alarms.restore(sup.store.alarms(false, u32::MAX).await?);
+    // Replicas take alarms over with their nodes (`Supervisor::adopt_node`).
+    if !shared {
+        sup.alarms.restore(sup.store.alarms(false, u32::MAX).await?);
+    }
     watch_store(&tasks, sup.clone(), shutdown.clone());
 
     // Certificates are read before binding: a controller that cannot serve TLS does not start.
@@ -196,6 +214,24 @@ pub async fn run(
             }
         };
         sup.scrape.require(Arc::new(tokens));
+    }
+    // === replicas: on a shared PostgreSQL database, this process is one of many ===
+    if shared {
+        let advertise = config.advertise.clone().unwrap_or_else(|| {
+            if config.insecure {
+                format!("http://{addr}")
+            } else {
+                format!("https://localhost:{}", addr.port())
+            }
+        });
+        let r = replica::Replica::connect(&config.db, &sup.controller_id, &advertise)
+            .await
+            .context("connecting the replica to the shared database")?;
+        let r = Arc::new(r);
+        r.spawn(sup.clone(), &tasks, shutdown.clone());
+        r.relay_events(sup.events.clone(), &tasks, shutdown.clone());
+        let _ = sup.replica.set(r);
+        tracing::info!(replica = %sup.controller_id, %advertise, "replica of a shared database");
     }
     if let Some(http) = config.http {
         let l = tokio::net::TcpListener::bind(http)

@@ -137,6 +137,43 @@ pub async fn serve_with(
             }
         }
     });
+    // === replicas: a replica that cannot reach the shared database serves nothing (a load
+    // balancer sends node agents and callers to another one) ===
+    if let Some(replica) = sup.replica.get() {
+        let reporter = health.clone();
+        let mut db_ok = replica.db_ok();
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            loop {
+                let ok = *db_ok.borrow_and_update();
+                if stop.is_cancelled() {
+                    break;
+                }
+                let status = if ok {
+                    tonic_health::ServingStatus::Serving
+                } else {
+                    tonic_health::ServingStatus::NotServing
+                };
+                reporter.set_service_status("", status).await;
+                if ok {
+                    reporter
+                        .set_serving::<NodeAgentServiceServer<AgentApi>>()
+                        .await;
+                } else {
+                    reporter
+                        .set_not_serving::<NodeAgentServiceServer<AgentApi>>()
+                        .await;
+                    reporter
+                        .set_not_serving::<AdminServiceServer<AdminApi>>()
+                        .await;
+                }
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    changed = db_ok.changed() => if changed.is_err() { break },
+                }
+            }
+        });
+    }
     let accept_tasks = tasks.clone();
     let agents = NodeAgentServiceServer::new(AgentApi::new(sup.clone(), tasks))
         .max_decoding_message_size(MAX_AGENT_MESSAGE);

@@ -7,10 +7,16 @@
 mod checkpoint_tests;
 pub mod journal;
 pub mod memory;
+pub mod postgres;
 #[cfg(test)]
 mod reader_tests;
 pub mod recorder;
 pub mod sqlite;
+/// The private PostgreSQL server the store tests run against (shared with the tests crate).
+#[cfg(test)]
+#[path = "../../tests/src/postgres.rs"]
+#[allow(dead_code)] // some helpers serve only the tests crate
+pub(crate) mod test_postgres;
 #[cfg(test)]
 mod tests;
 
@@ -46,7 +52,7 @@ pub enum StoreError {
         after: std::time::Duration,
     },
     /// The URL names no supported backend.
-    #[error("unsupported database URL {0:?}: use sqlite://PATH or memory://")]
+    #[error("unsupported database URL {0:?}: use sqlite://PATH, postgres://HOST/DB or memory://")]
     Unsupported(String),
 }
 
@@ -57,6 +63,15 @@ impl StoreError {
     pub fn code(&self) -> tonic::Code {
         let may_recover = |e: &sqlx::Error| match e {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+            // PostgreSQL: connection exceptions (08), serialization failures and deadlocks (40),
+            // insufficient resources (53), the server shutting down (57P).
+            sqlx::Error::Database(d)
+                if d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                    .is_some() =>
+            {
+                d.code()
+                    .is_some_and(|c| ["08", "40", "53", "57P"].iter().any(|p| c.starts_with(p)))
+            }
             // SQLITE_BUSY (5), SQLITE_LOCKED (6), SQLITE_IOERR (10), SQLITE_FULL (13), with
             // their extended codes in the high bits.
             sqlx::Error::Database(d) => d
@@ -446,6 +461,44 @@ impl dyn Store {
         Ok(out)
     }
 
+    /// Replicas: [`Self::recorded_sessions`] of one node's sessions (a takeover loads them).
+    pub async fn node_sessions(
+        &self,
+        node_id: &str,
+    ) -> Result<Vec<(SessionRef, (SessionState, i64))>, StoreError> {
+        let mut out = Vec::new();
+        let mut unreadable = Vec::new();
+        for t in self.node_transitions(node_id).await? {
+            match SessionState::parse(&t.to) {
+                Some(state) => out.push((t.session, (state, t.at_ms))),
+                None => unreadable.push(UnreadableRow::State {
+                    session: t.session,
+                    state: t.to,
+                }),
+            }
+        }
+        Ok(Recovered {
+            rows: out,
+            unreadable,
+        }
+        .reported("last states"))
+    }
+
+    /// Replicas: [`Self::recorded_durables`] of one node's sessions.
+    pub async fn node_durable_states<D: serde::de::DeserializeOwned>(
+        &self,
+        node_id: &str,
+    ) -> Result<Vec<(SessionRef, D)>, StoreError> {
+        let raw = self.node_durables(node_id).await?;
+        Ok(
+            Recovered::decode(raw, |session, data| match serde_json::from_str(&data) {
+                Ok(d) => Ok((session, d)),
+                Err(source) => Err(UnreadableRow::Durable { session, source }),
+            })
+            .reported("durable session states"),
+        )
+    }
+
     /// Every session's durable policy state, deserialized; rows that do not parse as `D` are
     /// returned as [`UnreadableRow::Durable`].
     pub async fn recorded_durables<D: serde::de::DeserializeOwned>(
@@ -462,8 +515,8 @@ impl dyn Store {
     }
 }
 
-/// The durable store: SQLite (the embedded default) and an in-memory one for tests; PostgreSQL
-/// is planned. `store/tests.rs` holds the contract every backend passes.
+/// The durable store: SQLite (the embedded default), PostgreSQL (shared by controller replicas)
+/// and an in-memory one for tests. `store/tests.rs` holds the contract every backend passes.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Records an attach and returns the node's new epoch: larger than any stored before and
@@ -509,6 +562,19 @@ pub trait Store: Send + Sync + 'static {
             .filter(|t| t.session.node_id == node_id && t.session.session_name == name)
             .collect())
     }
+    /// The last recorded transition of every session of `node_id` (a replica taking the node
+    /// over loads them).
+    async fn node_transitions(&self, node_id: &str) -> Result<Vec<TransitionRow>, StoreError> {
+        let mut all = self.last_transitions().await?;
+        all.retain(|t| t.session.node_id == node_id);
+        Ok(all)
+    }
+    /// The durable policy state of every session of `node_id`.
+    async fn node_durables(&self, node_id: &str) -> Result<Vec<(SessionRef, String)>, StoreError> {
+        let mut all = self.durables().await?;
+        all.retain(|(s, _)| s.node_id == node_id);
+        Ok(all)
+    }
     /// Commands still pending (no outcome recorded), oldest first.
     async fn pending_commands(&self) -> Result<Vec<CommandRow>, StoreError>;
     /// Incidents, open ones first then newest first; closed ones only with `include_closed`.
@@ -550,11 +616,13 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
-/// Opens the store named by `url`: `sqlite://PATH`, or `memory://` (nothing survives the
-/// process; for tests and demos).
+/// Opens the store named by `url`: `sqlite://PATH`, `postgres://USER@HOST:PORT/DB` (also
+/// `postgresql://`), or `memory://` (nothing survives the process; for tests and demos).
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     if url.starts_with("sqlite:") {
         Ok(std::sync::Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(std::sync::Arc::new(postgres::PgStore::open(url).await?))
     } else if url.starts_with("memory:") {
         Ok(std::sync::Arc::new(memory::MemoryStore::new()))
     } else {

@@ -53,6 +53,9 @@ pub struct Parts {
 /// Everything the controller's services share.
 pub struct Supervisor {
     pub controller_id: String,
+    /// This process's part among replicas sharing a PostgreSQL database (set once at start-up;
+    /// empty on SQLite).
+    pub replica: std::sync::OnceLock<Arc<crate::replica::Replica>>,
     pub fleet: Arc<Fleet>,
     pub dispatch: Dispatcher,
     pub recorder: Recorder,
@@ -141,6 +144,7 @@ impl Supervisor {
             gates,
             gates_rx: tokio::sync::Mutex::new(gates_rx),
             handoffs: crate::handoff::Handoffs::new(&p.controller_id, p.handoffs),
+            replica: std::sync::OnceLock::new(),
             controller_id: p.controller_id,
             fleet,
             dispatch,
@@ -777,6 +781,58 @@ impl Supervisor {
         for node in &gone {
             self.fleet.forget_node(node);
         }
+    }
+}
+
+// === impl Supervisor: replicas ===
+
+impl Supervisor {
+    /// Replicas: `node_id` attached here after another replica owned it. Its sessions as the
+    /// store has them (cooldowns, crash records, restart holds: the durable state) replace this
+    /// process's older view, and its open incidents, handoffs, pending alarms and unanswered
+    /// commands are taken over, as at a restart: the node's first snapshot reconciles the sessions, so a
+    /// takeover looks like a reconnect, not deaths.
+    pub async fn adopt_node(
+        &self,
+        node_id: &str,
+        now: UnixMs,
+    ) -> Result<(), crate::store::StoreError> {
+        let recorded = self.store.node_sessions(node_id).await?;
+        let durables = self.store.node_durable_states::<Durable>(node_id).await?;
+        let incidents: Vec<IncidentRow> = self
+            .store
+            .incidents(false, 10_000)
+            .await?
+            .into_iter()
+            .filter(|i| i.scope == node_id)
+            .collect();
+        let alarms: Vec<_> = self
+            .store
+            .alarms(false, u32::MAX)
+            .await?
+            .into_iter()
+            .filter(|a| a.session.node_id == node_id)
+            .collect();
+        // Commands the previous owner left unanswered: closed here at their deadline, or matched
+        // when the node agent's answer comes.
+        let pending: Vec<_> = self
+            .store
+            .pending_commands()
+            .await?
+            .into_iter()
+            .filter(|c| c.session.node_id == node_id && !self.dispatch.waiting_for(&c.command_id))
+            .collect();
+        for key in self.fleet.node_sessions(node_id) {
+            self.fleet.remove_session(&key);
+        }
+        restore_sessions(&self.fleet, recorded, durables, now, &self.policy());
+        lock(&self.correlator).restore(restore_incidents(incidents));
+        let handoffs = crate::handoff::restore_node(self.store.as_ref(), node_id).await?;
+        self.handoffs.take_over(node_id, handoffs);
+        self.alarms.forget_node(node_id);
+        self.alarms.restore(alarms);
+        self.dispatch.adopt(pending);
+        Ok(())
     }
 }
 

@@ -7,6 +7,7 @@ pub mod browser;
 pub mod cluster;
 pub mod fake_controller;
 pub mod monitoring;
+pub mod postgres;
 pub mod process;
 pub mod spec;
 pub mod tmux;

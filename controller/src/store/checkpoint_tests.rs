@@ -1,5 +1,5 @@
-//! The checkpoint and handoff part of the store's contract, against SQLite (a temporary file) and
-//! the in-memory store alike.
+//! The checkpoint and handoff part of the store's contract, against SQLite (a temporary file),
+//! PostgreSQL (when installed) and the in-memory store alike.
 
 use std::sync::Arc;
 
@@ -7,14 +7,22 @@ use super::memory::MemoryStore;
 use super::sqlite::SqliteStore;
 use super::*;
 
-async fn both() -> Vec<(&'static str, Arc<dyn Store>, Option<tempfile::TempDir>)> {
+async fn both(test: &str) -> Vec<(&'static str, Arc<dyn Store>, Option<tempfile::TempDir>)> {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}", dir.path().join("ck.db").display());
     let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&url).await.expect("open sqlite"));
-    vec![
+    let mut all = vec![
         ("sqlite", sqlite, Some(dir)),
-        ("memory", Arc::new(MemoryStore::new()), None),
-    ]
+        (
+            "memory",
+            Arc::new(MemoryStore::new()) as Arc<dyn Store>,
+            None,
+        ),
+    ];
+    if let Some(pg) = super::tests::postgres(test).await {
+        all.push(("postgres", pg, None));
+    }
+    all
 }
 
 fn sref(node: &str, name: &str) -> SessionRef {
@@ -67,7 +75,7 @@ fn handoff(id: &str, s: &SessionRef, started_ms: i64, ended_ms: i64) -> HandoffR
 
 #[tokio::test]
 async fn checkpoints_are_stored_once_and_listed_newest_first() {
-    for (name, s, _dir) in both().await {
+    for (name, s, _dir) in both("checkpoints").await {
         let a = sref("n1", "a");
         let b = sref("n1", "b");
         let c = sref("n2", "a");
@@ -122,7 +130,7 @@ async fn checkpoints_are_stored_once_and_listed_newest_first() {
 
 #[tokio::test]
 async fn handoffs_are_replaced_and_listed_open_first() {
-    for (name, s, _dir) in both().await {
+    for (name, s, _dir) in both("handoffs").await {
         let a = sref("n1", "a");
         let b = sref("n2", "b");
         s.write(&[

@@ -1,6 +1,7 @@
 //! The readers a restarted controller and the command audit rely on, on every backend: the last
 //! transition of each session with its time, sessions found by name, pending commands, and late
 //! results recorded only over a pending or controller-closed row of the same node.
+//! (SQLite, the in-memory store and PostgreSQL.)
 
 use std::sync::Arc;
 
@@ -8,12 +9,15 @@ use super::memory::MemoryStore;
 use super::sqlite::SqliteStore;
 use super::*;
 
-async fn backends() -> (Vec<Arc<dyn Store>>, tempfile::TempDir) {
+async fn backends(test: &str) -> (Vec<Arc<dyn Store>>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = format!("sqlite://{}", dir.path().join("readers.db").display());
     let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&url).await.expect("open sqlite"));
     let memory: Arc<dyn Store> = Arc::new(MemoryStore::new());
-    (vec![sqlite, memory], dir)
+    let mut all = vec![sqlite, memory];
+    // PostgreSQL too, when installed.
+    all.extend(super::tests::postgres(test).await);
+    (all, dir)
 }
 
 fn sref(node: &str, socket: &str, name: &str) -> SessionRef {
@@ -61,7 +65,7 @@ fn late(id: &str, node: &str) -> Write {
 
 #[tokio::test]
 async fn last_transitions_carry_their_time_and_sessions_are_found_by_name() {
-    let (stores, _dir) = backends().await;
+    let (stores, _dir) = backends("readers_1").await;
     for s in stores {
         let a = sref("n1", "/a", "work");
         let b = sref("n1", "/b", "work");
@@ -95,7 +99,7 @@ async fn last_transitions_carry_their_time_and_sessions_are_found_by_name() {
 
 #[tokio::test]
 async fn late_results_replace_only_pending_or_closed_rows_of_their_node() {
-    let (stores, _dir) = backends().await;
+    let (stores, _dir) = backends("readers_2").await;
     for s in stores {
         let k = sref("n1", "/a", "work");
         s.write(&[

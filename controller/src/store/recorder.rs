@@ -646,21 +646,24 @@ mod tests {
     }
 }
 
-/// Throughput of the recorder into SQLite, with the store working and with it failing (every
+/// Throughput of the recorder into SQLite and into PostgreSQL (a private server, see
+/// `store::test_postgres`), side by side, with the store working and with it failing (every
 /// write spilled to the journal, then replayed): `cargo test -p argus-controller --lib
-/// recorder_throughput -- --ignored --nocapture`. Figures in docs/performance.md.
+/// recorder_throughput -- --ignored --nocapture --test-threads 1`. Figures in
+/// docs/performance.md.
 #[cfg(test)]
 mod throughput {
     use super::*;
+    use crate::store::postgres::PgStore;
     use crate::store::sqlite::SqliteStore;
     use crate::store::{
         CommandRow, History, IncidentRow, NodeRecord, SessionRef, StoreError, TransitionRow,
     };
     use std::sync::atomic::AtomicBool;
 
-    /// SQLite that refuses writes while `failing`.
+    /// A store that refuses writes while `failing`.
     struct Flaky {
-        inner: SqliteStore,
+        inner: Arc<dyn Store>,
         failing: AtomicBool,
     }
 
@@ -726,16 +729,52 @@ mod throughput {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "a measurement; run by hand"]
     async fn recorder_throughput() {
-        const N: usize = 100_000;
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}", dir.path().join("a.db").display());
+        let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&url).await.expect("open"));
+        println!("== SQLite (a file, WAL, synchronous=NORMAL)");
+        measure(sqlite, dir.path()).await;
+        let pg_url = tokio::task::spawn_blocking(|| {
+            crate::store::test_postgres::shared("recorder_throughput")
+                .map(|s| s.create_database("throughput"))
+        })
+        .await
+        .expect("create database");
+        if let Some(pg_url) = pg_url {
+            let pg: Arc<dyn Store> = Arc::new(PgStore::open(&pg_url).await.expect("open"));
+            println!(
+                "== PostgreSQL (loopback TCP, {})",
+                if std::env::var_os("ARGUS_PG_DURABLE").is_some() {
+                    "fsync and synchronous_commit on"
+                } else {
+                    "fsync=off, synchronous_commit=off"
+                }
+            );
+            measure(pg, dir.path()).await;
+            let pool = sqlx::PgPool::connect(&pg_url).await.expect("connect");
+            let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM transitions")
+                .fetch_one(&pool)
+                .await
+                .expect("count");
+            assert_eq!(rows, 200_000, "every write of both phases committed");
+        }
+        let pool = sqlx::SqlitePool::connect(&url).await.expect("connect");
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM transitions")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        assert_eq!(rows, 200_000, "every write of both phases committed");
+    }
+
+    async fn measure(inner: Arc<dyn Store>, dir: &std::path::Path) {
+        const N: usize = 100_000;
         let store = Arc::new(Flaky {
-            inner: SqliteStore::open(&url).await.expect("open"),
+            inner,
             failing: AtomicBool::new(false),
         });
         let tasks = TaskTracker::new();
         let stop = CancellationToken::new();
-        let journal = dir.path().join("a.db.journal");
+        let journal = dir.join(format!("{}.journal", now_ms()));
         let r = Recorder::start_journaled(store.clone(), &journal, stop.clone(), &tasks)
             .await
             .expect("start");
@@ -791,11 +830,5 @@ mod throughput {
         stop.cancel();
         tasks.close();
         tasks.wait().await;
-        let pool = sqlx::SqlitePool::connect(&url).await.expect("connect");
-        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM transitions")
-            .fetch_one(&pool)
-            .await
-            .expect("count");
-        assert_eq!(rows as usize, 2 * N);
     }
 }

@@ -1,5 +1,6 @@
-//! One test suite for every backend: each test below runs against SQLite (a temporary file) and
-//! against the in-memory store, so that the two keep the same contract.
+//! One test suite for every backend: each test below runs against SQLite (a temporary file),
+//! PostgreSQL (a database of its own on a private server, see `test_postgres`) and the in-memory
+//! store, so that the three keep the same contract.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,22 @@ async fn sqlite() -> Backend {
     }
 }
 
+/// A database of its own on the test binary's private PostgreSQL server; `None` (after a loud
+/// notice) only when PostgreSQL is not installed.
+pub(super) async fn postgres(test: &str) -> Option<Arc<dyn Store>> {
+    let url = tokio::task::spawn_blocking({
+        let test = test.to_owned();
+        move || Some(super::test_postgres::shared(&test)?.create_database(&test))
+    })
+    .await
+    .expect("create database")?;
+    Some(Arc::new(
+        super::postgres::PgStore::open(&url)
+            .await
+            .expect("open postgres"),
+    ))
+}
+
 async fn memory() -> Backend {
     Backend {
         store: open("memory://").await.expect("open memory"),
@@ -35,7 +52,8 @@ async fn memory() -> Backend {
     }
 }
 
-/// Runs each named test against both backends: `sqlite::NAME` and `memory::NAME`.
+/// Runs each named test against every backend: `sqlite::NAME`, `postgres::NAME` and
+/// `memory::NAME`.
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -44,6 +62,15 @@ macro_rules! suite {
                 async fn $name() {
                     let b = super::sqlite().await;
                     super::$name(&b.store).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(s) = super::postgres(stringify!($name)).await else { return };
+                    super::$name(&s).await;
                 }
             )*
         }
@@ -70,6 +97,7 @@ suite!(
     unreadable_rows_are_reported_by_session,
     recorder_writes_everything_before_it_stops,
     alarms_pending_first_and_closed_once,
+    a_nodes_sessions_are_read_alone,
 );
 
 fn node(id: &str, host: &str) -> NodeRecord {
@@ -385,7 +413,7 @@ async fn recorder_retries_a_failing_store() {
 
 #[tokio::test]
 async fn unsupported_urls_are_refused() {
-    let e = open("postgres://x").await.err().expect("refused");
+    let e = open("mysql://x").await.err().expect("refused");
     assert!(matches!(e, StoreError::Unsupported(_)), "{e}");
 }
 
@@ -452,4 +480,36 @@ async fn alarms_pending_first_and_closed_once(s: &Arc<dyn Store>) {
     );
     assert_eq!(s.alarms(true, 1).await.expect("alarms").len(), 1);
     assert!(s.alarm("zz").await.expect("alarm").is_none());
+}
+
+/// A replica taking one node over reads that node's sessions only.
+async fn a_nodes_sessions_are_read_alone(s: &Arc<dyn Store>) {
+    let mine = sref("/s", "a");
+    let other = SessionRef {
+        node_id: "n2".into(),
+        ..sref("/s", "a")
+    };
+    let durable = |session: &SessionRef, data: &str| Write::Durable {
+        session: session.clone(),
+        data: data.into(),
+        at_ms: 1,
+    };
+    s.write(&[
+        transition(&mine, 1, "working"),
+        transition(&mine, 2, "stalled"),
+        transition(&other, 3, "dead"),
+        durable(&mine, r#"{"v":1}"#),
+        durable(&other, r#"{"v":2}"#),
+    ])
+    .await
+    .expect("write");
+    assert_eq!(
+        s.node_sessions("n1").await.expect("sessions"),
+        vec![(mine.clone(), (SessionState::Stalled, 2))]
+    );
+    assert_eq!(
+        s.node_durable_states::<Data>("n1").await.expect("durables"),
+        vec![(mine, Data { v: 1 })]
+    );
+    assert!(s.node_sessions("n3").await.expect("none").is_empty());
 }

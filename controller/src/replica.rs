@@ -1,0 +1,608 @@
+//! Controller replicas sharing one PostgreSQL database.
+//!
+//! A node belongs to the replica that accepted its stream: the epoch bump of the attach is
+//! confirmed by a conditional update (`owner` set only while the stored epoch is still the one
+//! this replica raised), and the epoch is the fencing token the node agent checks on every
+//! command. A replica that finds a higher epoch stored for a node it links to lost it: it drops
+//! the link (the stream ends) and sends it nothing more. Admin commands for a node owned
+//! elsewhere are forwarded to the owner's advertised address, so the caller keeps the synchronous
+//! answer. A lease row elects one leader for fleet-wide duties, with a fencing token of its own.
+//! A probe of the database feeds readiness: a replica that cannot reach it is not ready.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use argus_proto::v1 as pb;
+use argus_proto::v1::admin_service_client::AdminServiceClient;
+use dashmap::DashMap;
+use sqlx::Row;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::supervisor::Supervisor;
+
+/// How often the database is probed, ownership checked and the lease renewed.
+pub const ROUND: Duration = Duration::from_secs(1);
+/// How long one round's queries may take before the database counts as unreachable.
+const QUERY_WAIT: Duration = Duration::from_secs(2);
+/// A lease not renewed for this long passes to another replica: with [`ROUND`] renewals, a
+/// dead leader is replaced within `LEASE_TTL + ROUND` (under the 10 s asked for).
+pub const LEASE_TTL: Duration = Duration::from_secs(6);
+/// The lease of the fleet-wide duties.
+pub const LEADER_LEASE: &str = "leader";
+/// Marks an admin call forwarded by another replica: it is never forwarded again.
+pub const FORWARDED: &str = "argus-forwarded-by";
+/// The PostgreSQL notification channel the replicas' fleet events travel on.
+const EVENTS_CHANNEL: &str = "argus_events";
+/// Text of one event's message past which it is cut in a notification (PostgreSQL's payload
+/// limit is 8000 bytes; the event is sent hex-encoded).
+const EVENT_MESSAGE_MAX: usize = 2000;
+
+/// How long a forwarded command may take (the owner waits for the node's answer).
+const FORWARD_WAIT: Duration = Duration::from_secs(60);
+
+/// Why a replica operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// The database refused or is unreachable.
+    #[error("replica {op} failed: {source}")]
+    Db {
+        op: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The owner's advertised address is not a URL.
+    #[error("the owner of node {node:?} advertises {addr:?}, not a URL")]
+    BadAddress {
+        node: String,
+        addr: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> ReplicaError {
+    move |source| ReplicaError::Db { op, source }
+}
+
+/// Who owns a node, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub replica: String,
+    pub addr: String,
+    pub epoch: u64,
+}
+
+/// This replica's part in the cluster.
+pub struct Replica {
+    /// This replica's id (the controller id).
+    pub id: String,
+    /// The gRPC URL other replicas forward commands to.
+    pub addr: String,
+    pool: PgPool,
+    /// The database answered the last probe.
+    db_ok: watch::Sender<bool>,
+    /// This replica holds the leader lease.
+    leader: AtomicBool,
+    /// The lease's fencing token while held.
+    leader_token: std::sync::atomic::AtomicU64,
+    /// Channels to other replicas, by address.
+    peers: DashMap<String, Channel>,
+}
+
+impl Replica {
+    /// Connects to the shared database at `url` (already migrated by the store).
+    pub async fn connect(url: &str, id: &str, addr: &str) -> Result<Self, ReplicaError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(QUERY_WAIT)
+            .connect(url)
+            .await
+            .map_err(db("connect"))?;
+        Ok(Self {
+            id: id.to_owned(),
+            addr: addr.to_owned(),
+            pool,
+            db_ok: watch::Sender::new(true),
+            leader: AtomicBool::new(false),
+            leader_token: std::sync::atomic::AtomicU64::new(0),
+            peers: DashMap::new(),
+        })
+    }
+
+    /// Confirms this replica's ownership of `node_id` at `epoch` (the epoch its attach raised):
+    /// true when the stored epoch is still `epoch`, false when another replica raised it since.
+    pub async fn claim(&self, node_id: &str, epoch: u64) -> Result<bool, ReplicaError> {
+        let done = sqlx::query(
+            "UPDATE nodes SET owner = $1, owner_addr = $2 WHERE node_id = $3 AND epoch = $4",
+        )
+        .bind(&self.id)
+        .bind(&self.addr)
+        .bind(node_id)
+        .bind(epoch as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(db("claim node"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The stored owner of `node_id`, if any replica claimed it.
+    pub async fn owner(&self, node_id: &str) -> Result<Option<Owner>, ReplicaError> {
+        let row = sqlx::query("SELECT owner, owner_addr, epoch FROM nodes WHERE node_id = $1")
+            .bind(node_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("read owner"))?;
+        Ok(row
+            .map(|r| Owner {
+                replica: r.get("owner"),
+                addr: r.get("owner_addr"),
+                epoch: r.get::<i64, _>("epoch") as u64,
+            })
+            .filter(|o| !o.replica.is_empty()))
+    }
+
+    /// Of `held` (node, the epoch this replica holds it at), those whose stored epoch is higher:
+    /// another replica took them over.
+    pub async fn lost(&self, held: &[(String, u64)]) -> Result<Vec<String>, ReplicaError> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&str> = held.iter().map(|(n, _)| n.as_str()).collect();
+        let rows = sqlx::query("SELECT node_id, epoch FROM nodes WHERE node_id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("check ownership"))?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let node: String = r.get("node_id");
+                let stored = r.get::<i64, _>("epoch") as u64;
+                held.iter()
+                    .any(|(n, mine)| *n == node && stored > *mine)
+                    .then_some(node)
+            })
+            .collect())
+    }
+
+    /// Every node's stored owner and whether that replica is alive (its liveness lease held).
+    pub async fn owners(
+        &self,
+    ) -> Result<std::collections::HashMap<String, (Owner, bool)>, ReplicaError> {
+        let rows = sqlx::query(
+            "SELECT n.node_id, n.owner, n.owner_addr, n.epoch,
+                    COALESCE(l.expires_ms > (extract(epoch from clock_timestamp()) * 1000)::bigint,
+                             false) AS alive
+             FROM nodes n LEFT JOIN leases l ON l.name = 'replica:' || n.owner
+             WHERE n.owner <> ''",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read owners"))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get("node_id"),
+                    (
+                        Owner {
+                            replica: r.get("owner"),
+                            addr: r.get("owner_addr"),
+                            epoch: r.get::<i64, _>("epoch") as u64,
+                        },
+                        r.get("alive"),
+                    ),
+                )
+            })
+            .collect())
+    }
+
+    /// Takes or renews `lease` for this replica; returns its fencing token while this replica
+    /// holds it, `None` while another does. Times are the database's, not this host's.
+    pub async fn hold_lease(&self, lease: &str) -> Result<Option<u64>, ReplicaError> {
+        let ttl = LEASE_TTL.as_millis() as i64;
+        let row = sqlx::query(
+            "INSERT INTO leases (name, holder, token, expires_ms)
+             VALUES ($1, $2, 1, (extract(epoch from clock_timestamp()) * 1000)::bigint + $3)
+             ON CONFLICT (name) DO UPDATE SET
+                 token = CASE WHEN leases.holder = excluded.holder THEN leases.token
+                              ELSE leases.token + 1 END,
+                 holder = excluded.holder,
+                 expires_ms = excluded.expires_ms
+             WHERE leases.holder = excluded.holder
+                OR leases.expires_ms < (extract(epoch from clock_timestamp()) * 1000)::bigint
+             RETURNING token",
+        )
+        .bind(lease)
+        .bind(&self.id)
+        .bind(ttl)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("hold lease"))?;
+        Ok(row.map(|r| r.get::<i64, _>("token") as u64))
+    }
+
+    /// The leader's fleet-wide duty: commands left pending by a replica that died, for a node no
+    /// live replica took over, are closed (`unknown`, or `expired` for a capture) once past
+    /// `timeout` and a second of slack, as each replica closes its own. Fenced by the lease:
+    /// the update applies only while `token` is still this replica's leader token. Returns how
+    /// many were closed.
+    pub async fn close_orphans(&self, token: u64, timeout: Duration) -> Result<u64, ReplicaError> {
+        let done = sqlx::query(
+            "WITH now AS (SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint AS ms)
+             UPDATE commands c SET
+                 status = CASE WHEN c.action = 'capture' THEN 'COMMAND_STATUS_EXPIRED'
+                               ELSE 'COMMAND_STATUS_UNKNOWN' END,
+                 result_message = 'no answer by the deadline: the replica that sent it died and no              replica took the node over; it may have run',
+                 finished_at_ms = (SELECT ms FROM now)
+             WHERE c.status = $1
+               AND c.issued_at_ms < (SELECT ms FROM now) - $2
+               AND NOT EXISTS (
+                   SELECT 1 FROM nodes n JOIN leases l ON l.name = 'replica:' || n.owner
+                   WHERE n.node_id = c.node_id AND l.expires_ms > (SELECT ms FROM now))
+               AND EXISTS (
+                   SELECT 1 FROM leases l WHERE l.name = $3 AND l.holder = $4 AND l.token = $5
+                     AND l.expires_ms > (SELECT ms FROM now))",
+        )
+        .bind(crate::store::PENDING)
+        .bind((timeout.as_millis() + 1000) as i64)
+        .bind(LEADER_LEASE)
+        .bind(&self.id)
+        .bind(token as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(db("close orphaned commands"))?;
+        Ok(done.rows_affected())
+    }
+
+    /// Whether the database answered the last probe (readiness), as it changes.
+    pub fn db_ok(&self) -> watch::Receiver<bool> {
+        self.db_ok.subscribe()
+    }
+
+    /// True while this replica holds the leader lease.
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Relaxed)
+    }
+
+    /// The leader lease's fencing token while held (0 otherwise).
+    pub fn leader_token(&self) -> u64 {
+        self.leader_token.load(Ordering::Relaxed)
+    }
+
+    /// One round: probe the database, let go of nodes another replica took, hold the lease.
+    async fn round(&self, sup: &Supervisor) -> Result<(), ReplicaError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db("probe"))?;
+        let held: Vec<(String, u64, u64)> = sup
+            .fleet
+            .node_ids()
+            .into_iter()
+            .filter_map(|n| sup.fleet.node(&n))
+            .filter(|n| n.link.is_some())
+            .map(|n| (n.node_id, n.epoch, n.stream_id))
+            .collect();
+        let pairs: Vec<(String, u64)> = held.iter().map(|(n, e, _)| (n.clone(), *e)).collect();
+        for node in self.lost(&pairs).await? {
+            if let Some((_, epoch, stream)) = held.iter().find(|(n, _, _)| *n == node) {
+                tracing::warn!(node = %node, epoch, "another replica owns the node now: letting it go");
+                if sup.fleet.detach_if_owner(&node, *stream) {
+                    sup.events.publish(
+                        &node,
+                        "",
+                        "node_detached",
+                        format!("owned by another replica now (this one held epoch {epoch})"),
+                        None,
+                    );
+                }
+            }
+        }
+        // Nodes this replica knows without a stream that another replica owns now: out of this
+        // live view (they never turn silent or down here).
+        let unlinked: Vec<String> = sup
+            .fleet
+            .node_ids()
+            .into_iter()
+            .filter(|n| sup.fleet.node(n).is_some_and(|e| e.link.is_none()))
+            .collect();
+        for node in unlinked {
+            if let Some(o) = self.owner(&node).await?
+                && o.replica != self.id
+                && sup.fleet.node(&node).is_some_and(|e| e.link.is_none())
+            {
+                tracing::info!(node = %node, owner = %o.replica, "the node is another replica's now");
+                sup.fleet.remove_node(&node);
+                sup.events.publish(
+                    &node,
+                    "",
+                    "node_moved",
+                    format!("owned by replica {} at epoch {}", o.replica, o.epoch),
+                    None,
+                );
+            }
+        }
+        // This replica's own liveness (other replicas' leader sweeps read it).
+        self.hold_lease(&format!("replica:{}", self.id)).await?;
+        let token = self.hold_lease(LEADER_LEASE).await?;
+        if let Some(token) = token {
+            let closed = self
+                .close_orphans(token, sup.policy().command_timeout)
+                .await?;
+            if closed > 0 {
+                tracing::warn!(
+                    commands = closed,
+                    token,
+                    "closed commands a dead replica left pending on nodes nobody took over"
+                );
+            }
+        }
+        let was = self.leader.swap(token.is_some(), Ordering::Relaxed);
+        self.leader_token
+            .store(token.unwrap_or(0), Ordering::Relaxed);
+        if was != token.is_some() {
+            tracing::info!(
+                replica = %self.id,
+                token = token.unwrap_or(0),
+                leader = token.is_some(),
+                "leader lease changed"
+            );
+        }
+        Ok(())
+    }
+
+    /// Runs [`Self::round`] every [`ROUND`] until `stop`.
+    pub fn spawn(
+        self: &Arc<Self>,
+        sup: Arc<Supervisor>,
+        tasks: &TaskTracker,
+        stop: CancellationToken,
+    ) {
+        let me = self.clone();
+        let span = tracing::info_span!("replica", id = %self.id);
+        tasks.spawn(tracing::Instrument::instrument(
+            async move {
+                let mut every = tokio::time::interval(ROUND);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        _ = every.tick() => {}
+                    }
+                    let ok = match tokio::time::timeout(QUERY_WAIT * 2, me.round(&sup)).await {
+                        Ok(Ok(())) => true,
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "the shared database does not answer");
+                            false
+                        }
+                        Err(_) => {
+                            tracing::warn!("the shared database did not answer in time");
+                            false
+                        }
+                    };
+                    if !ok {
+                        // Without the database this replica cannot know it still leads.
+                        me.leader.store(false, Ordering::Relaxed);
+                    }
+                    me.db_ok
+                        .send_if_modified(|v| std::mem::replace(v, ok) != ok);
+                }
+                me.leader.store(false, Ordering::Relaxed);
+            },
+            span,
+        ));
+    }
+
+    /// Relays fleet events between replicas through the database until `stop`: this replica's
+    /// own events are sent with `NOTIFY`, the other replicas' are received with `LISTEN` and
+    /// handed to this replica's watchers, marked with their replica. At most once: an event
+    /// published while the database is unreachable is not relayed.
+    pub fn relay_events(
+        self: &Arc<Self>,
+        events: crate::events::Events,
+        tasks: &TaskTracker,
+        stop: CancellationToken,
+    ) {
+        let me = self.clone();
+        let mut local = events.subscribe();
+        let out_stop = stop.clone();
+        tasks.spawn(tracing::Instrument::instrument(
+            async move {
+                loop {
+                    let mut e = tokio::select! {
+                        () = out_stop.cancelled() => break,
+                        e = local.recv() => match e {
+                            Ok(e) => e,
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                                tracing::warn!(skipped = n, "events not relayed to other replicas");
+                                continue;
+                            }
+                            Err(_) => break,
+                        },
+                    };
+                    if !e.replica.is_empty() {
+                        continue; // relayed from another replica
+                    }
+                    e.replica.clone_from(&me.id);
+                    if e.message.len() > EVENT_MESSAGE_MAX {
+                        let mut cut = EVENT_MESSAGE_MAX;
+                        while !e.message.is_char_boundary(cut) {
+                            cut -= 1;
+                        }
+                        e.message.truncate(cut);
+                    }
+                    let payload = hex(&prost::Message::encode_to_vec(&e));
+                    let sent = sqlx::query("SELECT pg_notify($1, $2)")
+                        .bind(EVENTS_CHANNEL)
+                        .bind(&payload)
+                        .execute(&me.pool);
+                    if let Ok(Err(err)) = tokio::time::timeout(QUERY_WAIT, sent).await {
+                        tracing::debug!(error = %err, "an event not relayed to other replicas");
+                    }
+                }
+            },
+            tracing::info_span!("events_out"),
+        ));
+        let me = self.clone();
+        tasks.spawn(tracing::Instrument::instrument(
+            async move {
+                let mut listener = loop {
+                    let l = async {
+                        let mut l = sqlx::postgres::PgListener::connect_with(&me.pool).await?;
+                        l.listen(EVENTS_CHANNEL).await?;
+                        Ok::<_, sqlx::Error>(l)
+                    };
+                    match l.await {
+                        Ok(l) => break l,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot listen to other replicas' events; retrying");
+                            tokio::select! {
+                                () = stop.cancelled() => return,
+                                () = tokio::time::sleep(ROUND) => {}
+                            }
+                        }
+                    }
+                };
+                loop {
+                    // `recv` reconnects (and listens again) by itself after a lost connection.
+                    let n = tokio::select! {
+                        () = stop.cancelled() => break,
+                        n = listener.recv() => n,
+                    };
+                    match n {
+                        Ok(n) => {
+                            let Some(bytes) = unhex(n.payload()) else { continue };
+                            let Ok(e) = <pb::FleetEvent as prost::Message>::decode(&bytes[..])
+                            else {
+                                continue;
+                            };
+                            if e.replica != me.id {
+                                events.relay(e);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "listening to other replicas' events");
+                            tokio::select! {
+                                () = stop.cancelled() => break,
+                                () = tokio::time::sleep(ROUND) => {}
+                            }
+                        }
+                    }
+                }
+            },
+            tracing::info_span!("events_in"),
+        ));
+    }
+
+    /// An admin client to the replica at `addr`.
+    fn peer(&self, node: &str, addr: &str) -> Result<AdminServiceClient<Channel>, ReplicaError> {
+        let channel = match self.peers.get(addr) {
+            Some(c) => c.clone(),
+            None => {
+                let c = Endpoint::from_shared(addr.to_owned())
+                    .map_err(|source| ReplicaError::BadAddress {
+                        node: node.to_owned(),
+                        addr: addr.to_owned(),
+                        source,
+                    })?
+                    .connect_timeout(Duration::from_secs(2))
+                    .timeout(FORWARD_WAIT)
+                    .connect_lazy();
+                self.peers.insert(addr.to_owned(), c.clone());
+                c
+            }
+        };
+        Ok(AdminServiceClient::new(channel))
+    }
+
+    /// Where a command for `node` goes: `None` to run it here (this replica links the node, or
+    /// no other replica owns it, or the call was already forwarded), else the owner's client.
+    pub async fn route(
+        &self,
+        node: &str,
+        linked_here: bool,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Option<Result<AdminServiceClient<Channel>, tonic::Status>> {
+        if linked_here || metadata.contains_key(FORWARDED) {
+            return None;
+        }
+        let owner = match self.owner(node).await {
+            Ok(Some(o)) if o.replica != self.id && !o.addr.is_empty() => o,
+            Ok(_) => return None,
+            Err(e) => {
+                return Some(Err(tonic::Status::unavailable(format!(
+                    "cannot find the replica that owns node {node:?}: {e}"
+                ))));
+            }
+        };
+        tracing::debug!(node, owner = %owner.replica, addr = %owner.addr, "forwarding a command");
+        Some(
+            self.peer(node, &owner.addr)
+                .map_err(|e| tonic::Status::unavailable(e.to_string())),
+        )
+    }
+
+    /// A request to forward: `msg` with the caller's credentials and the forwarding mark.
+    pub fn forwarded<M>(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        msg: M,
+    ) -> tonic::Request<M> {
+        let mut r = tonic::Request::new(msg);
+        if let Some(v) = metadata.get("authorization") {
+            r.metadata_mut().insert("authorization", v.clone());
+        }
+        if let Ok(v) = self.id.parse() {
+            r.metadata_mut().insert(FORWARDED, v);
+        }
+        r
+    }
+}
+
+/// The node a command request targets (empty when none is named).
+pub fn node_of(session: Option<&pb::SessionRef>) -> &str {
+    session.map_or("", |s| s.node_id.as_str())
+}
+
+/// True when the store at `url` is shared by replicas (PostgreSQL).
+pub fn shared(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// Lower-case hex (notification payloads are text).
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    s
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hex_round_trips() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        assert_eq!(super::unhex(&super::hex(&bytes)), Some(bytes));
+        assert_eq!(super::unhex("abc"), None);
+        assert_eq!(super::unhex("zz"), None);
+    }
+}

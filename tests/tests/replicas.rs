@@ -1,0 +1,587 @@
+//! Controller replicas on one PostgreSQL database behind the real haproxy
+//! (`deploy/haproxy/haproxy.cfg`, run as a child process with a private config environment): a
+//! node agent on a private tmux server dials haproxy; the replica that owns the node is
+//! SIGKILLed again and again; the node reattaches to another replica each time, and nothing is
+//! killed or restarted because of it. Commands given to a replica that does not own the node are
+//! forwarded to the owner. Skipped loudly when PostgreSQL or haproxy is not installed
+//! (`bash tests/run.sh` installs both).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use argus_proto::v1 as pb;
+use argus_tests::cluster::{fake_agent, sref, wait_event};
+use argus_tests::eventually;
+use argus_tests::free_port;
+use argus_tests::postgres::{PgServer, skip_notice};
+use argus_tests::process::Proc;
+use argus_tests::spec::admin;
+use argus_tests::spec::{Controller, ControllerSpec, NodeAgentSpec};
+use argus_tests::tmux::TestTmux;
+
+const WAIT: Duration = Duration::from_secs(20);
+/// Time given to the repeated failovers, so that the whole test stays near a minute.
+const KILL_BUDGET: Duration = Duration::from_secs(30);
+/// No policy nudge during the test: every nudge is the test's own.
+const POLICY: &str = "nudge_dwell = \"1h\"\n";
+const RUST_LOG: &str = "info,argus_controller=debug";
+
+/// The haproxy binary, if installed.
+fn haproxy() -> Option<PathBuf> {
+    [
+        "/usr/sbin/haproxy",
+        "/usr/bin/haproxy",
+        "/usr/local/sbin/haproxy",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+}
+
+/// One replica: its spec (fixed ports, so that a restart listens where haproxy checks), its run
+/// directory and, while it runs, its process.
+struct Replica {
+    spec: ControllerSpec,
+    dir: PathBuf,
+    running: Option<Controller>,
+}
+
+impl Replica {
+    fn advertised(&self) -> String {
+        format!("http://{}", self.spec.config.listen)
+    }
+
+    async fn start(&mut self) -> anyhow::Result<()> {
+        self.running = Some(self.spec.start(&self.dir).await?);
+        Ok(())
+    }
+}
+
+/// The test's processes: PostgreSQL, the replicas, haproxy and the node agent.
+struct Cluster {
+    pg: PgServer,
+    db: String,
+    replicas: Vec<Replica>,
+    lb: Option<Proc>,
+    lb_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start(pg: PgServer, n: usize) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("argus-replicas-")
+            .tempdir()?;
+        let db = pg.create_database("replicas");
+        let mut replicas = Vec::new();
+        for i in 0..n {
+            let mut spec = ControllerSpec::new()
+                .policy(POLICY)
+                .tick(Duration::from_millis(100))
+                .env("RUST_LOG", RUST_LOG);
+            spec.config.db = db.clone();
+            let rdir = dir.path().join(format!("r{i}"));
+            std::fs::create_dir_all(&rdir)?;
+            replicas.push(Replica {
+                spec,
+                dir: rdir,
+                running: None,
+            });
+        }
+        for r in &mut replicas {
+            r.start().await?;
+        }
+        let lb_port = free_port();
+        let mut c = Self {
+            pg,
+            db,
+            replicas,
+            lb: None,
+            lb_port,
+            _dir: dir,
+        };
+        let lb = std::sync::Mutex::new(c.start_haproxy()?);
+        let addr = format!("127.0.0.1:{lb_port}");
+        eventually("haproxy listening", WAIT, || async {
+            lb.lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                .check_alive()?;
+            Ok(tokio::net::TcpStream::connect(&addr).await.ok().map(drop))
+        })
+        .await?;
+        c.lb = Some(lb.into_inner().map_err(|_| anyhow::anyhow!("poisoned"))?);
+        Ok(c)
+    }
+
+    /// haproxy with the deploy file, the addresses given in its environment.
+    fn start_haproxy(&self) -> anyhow::Result<Proc> {
+        let bin = haproxy().context("haproxy is not installed")?;
+        let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/haproxy/haproxy.cfg");
+        let mut env = vec![(
+            "ARGUS_LB_BIND".to_owned(),
+            format!("127.0.0.1:{}", self.lb_port),
+        )];
+        for (i, r) in self.replicas.iter().enumerate() {
+            let http = r.spec.config.http.context("replica without a side port")?;
+            env.push((
+                format!("ARGUS_R{}", i + 1),
+                r.spec.config.listen.to_string(),
+            ));
+            env.push((format!("ARGUS_R{}_HTTP", i + 1), http.port().to_string()));
+        }
+        // The config names three servers: fewer replicas leave the last ones on a closed port
+        // (always down).
+        for i in self.replicas.len()..3 {
+            env.push((
+                format!("ARGUS_R{}", i + 1),
+                format!("127.0.0.1:{}", free_port()),
+            ));
+            env.push((format!("ARGUS_R{}_HTTP", i + 1), free_port().to_string()));
+        }
+        let log = self._dir.path().join("haproxy.log");
+        let args = vec!["-f".to_owned(), cfg.display().to_string(), "-db".to_owned()];
+        Proc::start("haproxy", &bin, &args, &env, log)
+    }
+
+    fn lb_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.lb_port)
+    }
+
+    fn sql(&self, sql: &str) -> anyhow::Result<String> {
+        self.pg
+            .query(&self.db, sql)
+            .map_err(|e| anyhow::anyhow!("{sql}: {e}"))
+    }
+
+    /// The replica that owns `node` as stored, and the epoch it holds it at.
+    fn owner(&self, node: &str) -> anyhow::Result<Option<(usize, u64)>> {
+        let row = self.sql(&format!(
+            "SELECT owner_addr, epoch FROM nodes WHERE node_id = '{node}'"
+        ))?;
+        let Some((addr, epoch)) = row.trim().split_once('|') else {
+            return Ok(None);
+        };
+        let i = self.replicas.iter().position(|r| r.advertised() == addr);
+        Ok(i.map(|i| (i, epoch.parse().unwrap_or(0))))
+    }
+
+    fn admin_of(&self, i: usize) -> String {
+        self.replicas[i].advertised()
+    }
+}
+
+/// The session as replica `url` sees it, if it has it from the node's live reports (the agent's
+/// pid is known: a session restored from the store does not have it until the node reports).
+async fn observed(url: &str, node: &str, name: &str) -> anyhow::Result<Option<pb::Session>> {
+    let s = admin(url)
+        .await?
+        .get_session(pb::GetSessionRequest {
+            session: sref(node, name),
+            history_limit: 1,
+        })
+        .await?
+        .into_inner()
+        .session;
+    Ok(s.filter(|s| s.agent_pid > 0))
+}
+
+async fn nudge(url: &str, text: &str) -> anyhow::Result<pb::CommandResponse> {
+    Ok(admin(url)
+        .await?
+        .nudge(pb::NudgeRequest {
+            session: sref("n1", "prompt"),
+            text: text.to_owned(),
+        })
+        .await?
+        .into_inner())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_dies_and_another_replica_takes_the_node_over() -> anyhow::Result<()> {
+    const TEST: &str = "replicas::the_owner_dies_and_another_replica_takes_the_node_over";
+    let Some(pg) = tokio::task::spawn_blocking(PgServer::start)
+        .await?
+        .map_err(anyhow::Error::msg)?
+    else {
+        skip_notice(TEST);
+        return Ok(());
+    };
+    if haproxy().is_none() {
+        eprintln!(
+            "\n*** SKIPPED {TEST}: haproxy is not installed (`bash tests/run.sh` installs it) ***\n"
+        );
+        return Ok(());
+    }
+    let started = Instant::now();
+    let tmux = TestTmux::new();
+    // A busy agent (its state must stay `working` through every failover) and one at its
+    // prompt (the nudges' target).
+    tmux.session("work", &fake_agent("working"), &[("profile", "claude")])?;
+    tmux.session("prompt", &fake_agent("idle"), &[("profile", "claude")])?;
+    let panes = (tmux.pane_pid("work")?, tmux.pane_pid("prompt")?);
+    let mut c = Cluster::start(pg, 3).await?;
+    let adir = c._dir.path().join("agent");
+    std::fs::create_dir_all(&adir)?;
+    let _agent = NodeAgentSpec::new("n1", &c.lb_url(), tmux.socket())
+        .probe_interval(Duration::from_millis(250))
+        .heartbeat(Duration::from_millis(500))
+        .env("RUST_LOG", "info,argus_node_agent=debug")
+        .start(&adir)?;
+
+    // The node attaches through haproxy to one replica, which owns it.
+    let (owner, _) = eventually("the node owned by a replica", WAIT, || async {
+        c.owner("n1")
+    })
+    .await?;
+    eventually("the session observed by its owner", WAIT, || async {
+        observed(&c.admin_of(owner), "n1", "work").await
+    })
+    .await?;
+
+    // A nudge given to a replica that does not own the node reaches the pane (forwarded), and
+    // the owner's events reach a watcher on that replica.
+    let other = (owner + 1) % c.replicas.len();
+    let mut events = admin(&c.admin_of(other))
+        .await?
+        .watch_events(pb::WatchEventsRequest {
+            node_id: "n1".into(),
+        })
+        .await?
+        .into_inner();
+    let before = nudge(&c.admin_of(other), "before the failovers").await?;
+    assert_eq!(before.status(), pb::CommandStatus::Ok, "{before:?}");
+    eventually("the forwarded nudge on the screen", WAIT, || async {
+        Ok(tmux
+            .capture("prompt")?
+            .contains("received: before the failovers")
+            .then_some(()))
+    })
+    .await?;
+    // Audited by the owner (written behind: within a moment).
+    let audit = format!(
+        "SELECT action, status FROM commands WHERE command_id = '{}'",
+        before.command_id
+    );
+    eventually("the nudge audited as answered", WAIT, || async {
+        Ok((c.sql(&audit)? == "nudge|COMMAND_STATUS_OK").then_some(()))
+    })
+    .await?;
+    let owner_id = c.sql("SELECT owner FROM nodes WHERE node_id = 'n1'")?;
+    let result = wait_event(&mut events, "the owner's command event", WAIT, |e| {
+        e.kind == "command_result" && e.session_name == "prompt"
+    })
+    .await?;
+    assert_eq!(
+        result.replica, owner_id,
+        "relayed from the owner: {result:?}"
+    );
+    // The fleet from a replica that does not own the node: the node, its owner, its sessions.
+    let mut a = admin(&c.admin_of(other)).await?;
+    let nodes = a
+        .list_nodes(pb::ListNodesRequest {})
+        .await?
+        .into_inner()
+        .nodes;
+    let n1 = nodes
+        .iter()
+        .find(|n| n.node_id == "n1")
+        .context("n1 listed")?;
+    assert!(n1.connected && n1.replica.starts_with("ctl-"), "{n1:?}");
+    eventually("both sessions listed by a non-owner", WAIT, || {
+        let mut a = a.clone();
+        async move {
+            let s = a
+                .list_sessions(pb::ListSessionsRequest {
+                    node_id: "n1".into(),
+                })
+                .await?
+                .into_inner()
+                .sessions;
+            Ok((s.len() == 2).then_some(()))
+        }
+    })
+    .await?;
+
+    // SIGKILL the owner, again and again: the node reattaches through haproxy to another replica
+    // (a higher epoch, stored) and its session is observed there again.
+    let mut times = Vec::new();
+    let kills_from = Instant::now();
+    while kills_from.elapsed() < KILL_BUDGET && times.len() < 40 {
+        let (victim, epoch) = c.owner("n1")?.context("the node has an owner")?;
+        let killed = Instant::now();
+        if let Some(mut p) = c.replicas[victim].running.take() {
+            p.proc.kill();
+        }
+        let (next, _) = eventually("another replica owns the node", WAIT, || async {
+            Ok(c.owner("n1")?.filter(|(i, e)| *i != victim && *e > epoch))
+        })
+        .await?;
+        eventually("the session observed by the new owner", WAIT, || async {
+            observed(&c.admin_of(next), "n1", "work").await
+        })
+        .await?;
+        times.push(killed.elapsed());
+        // The killed replica comes back (same ports): haproxy checks it in again.
+        c.replicas[victim].start().await?;
+    }
+
+    // Another replica raises the node's epoch (as a takeover does) while the owner lives: the
+    // owner finds the higher epoch, lets the node go, and the node attaches again through
+    // haproxy, at a still higher epoch.
+    let (holder, epoch) = c.owner("n1")?.context("owner")?;
+    c.sql("UPDATE nodes SET epoch = epoch + 1, owner = 'ctl-elsewhere' WHERE node_id = 'n1'")?;
+    eventually("the node let go and attached again", WAIT, || async {
+        Ok(c.owner("n1")?.filter(|(_, e)| *e > epoch + 1))
+    })
+    .await?;
+    let log = c.replicas[holder]
+        .running
+        .as_ref()
+        .map(|p| p.proc.log())
+        .unwrap_or_default();
+    assert!(
+        log.contains("another replica owns the node now: letting it go"),
+        "the owner let it go"
+    );
+
+    // The leader (the lease row's holder) dies: another replica takes the lease over with a
+    // higher fencing token within 10 s, and runs the fleet-wide duty: commands a dead replica
+    // left pending on a node nobody took over are closed.
+    let leader = |c: &Cluster| -> anyhow::Result<Option<(usize, u64)>> {
+        let row = c.sql("SELECT holder, token FROM leases WHERE name = 'leader'")?;
+        let Some((holder, token)) = row.trim().split_once('|') else {
+            return Ok(None);
+        };
+        let i = c.replicas.iter().position(|r| {
+            r.running
+                .as_ref()
+                .is_some_and(|p| holder.starts_with(&format!("ctl-{}-", p.proc.pid())))
+        });
+        Ok(i.map(|i| (i, token.parse().unwrap_or(0))))
+    };
+    let (old, token) = eventually("a leader", WAIT, || async { leader(&c) }).await?;
+    let killed = Instant::now();
+    if let Some(mut p) = c.replicas[old].running.take() {
+        p.proc.kill();
+    }
+    let (new, new_token) = eventually("another leader", WAIT, || async {
+        Ok(leader(&c)?.filter(|(i, t)| *i != old && *t > token))
+    })
+    .await?;
+    let takeover = killed.elapsed();
+    assert!(
+        takeover < Duration::from_secs(10),
+        "leader takeover {takeover:?}"
+    );
+    c.replicas[old].start().await?;
+    c.sql(
+        "INSERT INTO nodes (node_id, epoch, owner, owner_addr) VALUES ('ghost', 1, 'ctl-dead', 'http://127.0.0.1:1');
+         INSERT INTO commands (command_id, node_id, tmux_socket, session_name, epoch, action, origin, reason, issued_at_ms)
+         VALUES ('orphan', 'ghost', '/s', 'w', 1, 'nudge', 'admin', 'test',
+                 (extract(epoch from clock_timestamp()) * 1000)::bigint - 60000)",
+    )?;
+    eventually(
+        "the orphaned command closed by the leader",
+        WAIT,
+        || async {
+            let s = c.sql("SELECT status FROM commands WHERE command_id = 'orphan'")?;
+            Ok((s == "COMMAND_STATUS_UNKNOWN").then_some(()))
+        },
+    )
+    .await?;
+    eprintln!(
+        "leader takeover: replica {old} -> {new}, token {token} -> {new_token}, in {takeover:?}"
+    );
+
+    // An alarm scheduled through a replica that does not own the node (forwarded to the owner,
+    // stored), whose owner dies before it is due: the new owner takes it over with the node and
+    // delivers it.
+    let (owner, _) = c.owner("n1")?.context("owner")?;
+    let other = (owner + 1) % c.replicas.len();
+    let alarm = admin(&c.admin_of(other))
+        .await?
+        .schedule_nudge(pb::ScheduleNudgeRequest {
+            session: sref("n1", "prompt"),
+            in_ms: 1500,
+            at_ms: 0,
+            note: "alarm across a failover".into(),
+        })
+        .await?
+        .into_inner();
+    if let Some(mut p) = c.replicas[owner].running.take() {
+        p.proc.kill();
+    }
+    eventually("the alarm delivered by the new owner", WAIT, || async {
+        Ok(tmux
+            .capture("prompt")?
+            .contains("alarm across a failover")
+            .then_some(()))
+    })
+    .await?;
+    let state = format!("SELECT state FROM alarms WHERE id = '{}'", alarm.id);
+    eventually("the alarm recorded as delivered", WAIT, || async {
+        Ok((c.sql(&state)? == "delivered").then_some(()))
+    })
+    .await?;
+    c.replicas[owner].start().await?;
+
+    // A nudge on a replica that is not the current owner still reaches the pane.
+    let (owner, _) = c.owner("n1")?.context("owner")?;
+    let other = (owner + 1) % c.replicas.len();
+    let after = nudge(&c.admin_of(other), "after the failovers").await?;
+    assert_eq!(after.status(), pb::CommandStatus::Ok, "{after:?}");
+    eventually("the second forwarded nudge on the screen", WAIT, || async {
+        Ok(tmux
+            .capture("prompt")?
+            .contains("received: after the failovers")
+            .then_some(()))
+    })
+    .await?;
+
+    // Nothing was killed or restarted because of the failovers: the same pane process, no kill
+    // or restart in the audit, no death recorded; the audit row from before is still there.
+    assert!(tmux.has_session("work") && tmux.has_session("prompt"));
+    assert_eq!(
+        (tmux.pane_pid("work")?, tmux.pane_pid("prompt")?),
+        panes,
+        "no agent was restarted"
+    );
+    let destructive = c.sql(
+        "SELECT count(*) FROM commands WHERE action NOT IN ('nudge', 'capture', 'checkpoint') \
+         AND node_id = 'n1'",
+    )?;
+    assert_eq!(destructive, "0", "no kill, restart or interrupt");
+    let deaths = c.sql(
+        "SELECT count(*) FROM transitions WHERE to_state = 'dead' \
+         OR (session_name = 'work' AND to_state <> 'working')",
+    )?;
+    assert_eq!(
+        deaths, "0",
+        "no death recorded, the busy agent always working"
+    );
+    // Both nudges audited, and every command of the node answered OK: no replica closed one as
+    // unknown (a restarted replica adopts no other replica's commands). Written behind, so
+    // checked until they settle.
+    let audit = format!(
+        "SELECT count(*) FROM commands WHERE command_id IN ('{}', '{}')",
+        before.command_id, after.command_id
+    );
+    let settled = eventually("the audit settled", WAIT, || async {
+        let wrong = c.sql(
+            "SELECT count(*) FROM commands WHERE node_id = 'n1' \
+             AND status <> 'COMMAND_STATUS_OK'",
+        )?;
+        Ok((c.sql(&audit)? == "2" && wrong == "0").then_some(()))
+    })
+    .await;
+    let commands = c.sql("SELECT command_id, action, status FROM commands WHERE node_id = 'n1'")?;
+    settled.with_context(|| format!("the node's commands:\n{commands}"))?;
+    let host_down = c.sql("SELECT count(*) FROM incidents WHERE kind = 'host_silent'")?;
+
+    let mut sorted = times.clone();
+    sorted.sort();
+    eprintln!(
+        "failover (SIGKILL of the owner -> node reattached to another replica and its session \
+         observed there), {} kills: p50 {:?}, p99 {:?}, min {:?}, max {:?}; host_silent \
+         incidents: {host_down}; test time {:?}",
+        sorted.len(),
+        percentile(&sorted, 0.5),
+        percentile(&sorted, 0.99),
+        sorted[0],
+        sorted[sorted.len() - 1],
+        started.elapsed()
+    );
+    assert!(sorted.len() >= 3, "at least three failovers in the budget");
+    assert!(
+        percentile(&sorted, 0.5) < Duration::from_secs(10),
+        "failover p50 {:?}",
+        percentile(&sorted, 0.5)
+    );
+    Ok(())
+}
+
+/// A replica that cannot reach the database says so: `/readyz` 503 and gRPC health NOT_SERVING;
+/// both come back with the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_without_its_database_is_not_ready() -> anyhow::Result<()> {
+    const TEST: &str = "replicas::a_replica_without_its_database_is_not_ready";
+    let Some(pg) = tokio::task::spawn_blocking(PgServer::start)
+        .await?
+        .map_err(anyhow::Error::msg)?
+    else {
+        skip_notice(TEST);
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let mut spec = ControllerSpec::new()
+        .policy(POLICY)
+        .env("RUST_LOG", RUST_LOG);
+    spec.config.db = pg.create_database("ready");
+    let ctl = spec.start(dir.path()).await?;
+    let http = spec.config.http.context("side port")?;
+    let url = ctl.url();
+    let ready = || async {
+        let status = readyz(http).await?;
+        let mut health = tonic_health::pb::health_client::HealthClient::new(
+            tonic::transport::Channel::from_shared(url.clone())?
+                .connect()
+                .await?,
+        );
+        let serving = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?
+            .into_inner()
+            .status();
+        anyhow::Ok((
+            status,
+            serving == tonic_health::pb::health_check_response::ServingStatus::Serving,
+        ))
+    };
+    eventually("ready", WAIT, || async {
+        Ok((ready().await? == (200, true)).then_some(()))
+    })
+    .await?;
+    let pg = std::sync::Arc::new(pg);
+    let stopper = pg.clone();
+    tokio::task::spawn_blocking(move || stopper.stop())
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    eventually("not ready without the database", WAIT, || async {
+        Ok((ready().await? == (503, false)).then_some(()))
+    })
+    .await?;
+    let starter = pg.clone();
+    tokio::task::spawn_blocking(move || starter.restart())
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    eventually("ready again with the database", WAIT, || async {
+        Ok((ready().await? == (200, true)).then_some(()))
+    })
+    .await?;
+    drop(ctl);
+    Ok(())
+}
+
+/// The status code of `/readyz`.
+async fn readyz(http: std::net::SocketAddr) -> anyhow::Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(http).await?;
+    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .context("no status line")?
+        .parse()?;
+    Ok(code)
+}
