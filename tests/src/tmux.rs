@@ -30,7 +30,10 @@ impl TestTmux {
 
     /// Runs a tmux command against this server; returns stdout, fails on a non-zero exit.
     pub fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+        // Sessions start in the server's directory unless told otherwise: a private one, never
+        // the checkout the tests run from (a kill's checkpoint would write refs into it).
         let out = Command::new("tmux")
+            .current_dir(self._dir.path())
             .arg("-S")
             .arg(&self.socket)
             .arg("-f")
