@@ -211,8 +211,13 @@ impl Supervisor {
                 });
             }
         }
+        // Ids sort in the order alarms were set (a sequence within the millisecond, then a
+        // random tail against another controller process in the same millisecond): two alarms
+        // due at once are delivered in that order.
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed) & 0xffff;
         let row = AlarmRow {
-            id: format!("al-{now:x}-{:04x}", rand::random::<u16>()),
+            id: format!("al-{now:011x}-{seq:04x}{:04x}", rand::random::<u16>()),
             session: key.clone(),
             note: note.to_owned(),
             origin: origin.to_owned(),
