@@ -338,7 +338,12 @@ impl Executor {
                     argus_shared::screen::last_lines(&text, lines as usize).to_owned(),
                 ))
             }
-            Action::Kill { grace_ms } => self.kill(tmux, s, grace_ms).await.map(Ended::Output),
+            // Never while keys are being typed into the pane (a nudge's second submit would
+            // land in the next agent): kills and restarts wait for the pane's keyboard.
+            Action::Kill { grace_ms } => {
+                let _typing = self.keys.hold(tmux, pane).await;
+                self.kill(tmux, s, grace_ms).await.map(Ended::Output)
+            }
             Action::Gate {
                 command,
                 timeout_ms,
@@ -349,6 +354,7 @@ impl Executor {
             // Taken by `checkpoint_before`, as for a kill or a restart.
             Action::Checkpoint => Ok(Ended::Output(String::new())),
             Action::Restart { command, .. } => {
+                let _typing = self.keys.hold(tmux, pane).await;
                 let argv = restart_argv(&command, s, &self.profiles);
                 tmux.respawn_pane(pane, &argv)
                     .await
@@ -372,6 +378,16 @@ impl Executor {
         let profile = self.profile(s);
         let e = |e: crate::tmux::TmuxError| e.to_string();
         let _typing = self.keys.hold(tmux, pane).await;
+        // The pane may have been started again while this nudge waited for its keyboard.
+        if let Some(now) = pane_pid_now(tmux, pane).await
+            && s.pane_pid != 0
+            && now != s.pane_pid
+        {
+            return Ok(Ended::Declined(format!(
+                "declined: the pane was started again (process {now}, was {}) before this nudge could be typed",
+                s.pane_pid
+            )));
+        }
         if at_rest {
             let screen = tmux.capture(pane, CONFIRM_LINES).await.map_err(e)?;
             let seen = profile.classify(&screen, now_ms() / 1000, local_utc_offset_secs());
