@@ -263,7 +263,11 @@ impl Supervisor {
     /// The fleet-level context for one session's step.
     fn ctx<'a>(&self, key: &'a SessionRef, scope: Option<&str>, gate: &'a dyn Gate) -> Ctx<'a> {
         let node_id = key.node_id.as_str();
-        let node_up = self.fleet.reachable(node_id);
+        // While the store refuses writes, the audit row of a command would live only in memory
+        // (a SIGKILL then loses it): the policy's actions wait, like a silent node's, until
+        // what they record can be kept. Observations and liveness go on.
+        let store_ok = !self.recorder.health().borrow().is_failing();
+        let node_up = self.fleet.reachable(node_id) && store_ok;
         let (frozen, held, cooldown) = {
             let c = lock(&self.correlator);
             (

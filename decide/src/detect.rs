@@ -102,8 +102,9 @@ pub enum Input {
 pub struct Ctx<'a> {
     /// The session's tmux name (for the policy's `act_on` globs).
     pub session_name: &'a str,
-    /// The node is up and connected: commands can reach it. While it is not, no time-driven
-    /// decision and no nudge is made for its sessions.
+    /// The node is up and connected (commands can reach it) and the store takes writes (their
+    /// audit rows can be kept). While not, no time-driven decision and no nudge is made for its
+    /// sessions.
     pub node_up: bool,
     /// Kills and restarts may be ordered now: the controller does not suspect itself, the host
     /// has no mass-death incident, the node is up.

@@ -534,3 +534,70 @@ async fn sigterm_while_the_store_fails_journals_and_the_next_start_replays() -> 
     assert_eq!(std::fs::metadata(&journal)?.len(), 0, "journal emptied");
     Ok(())
 }
+
+// === (d) no action whose audit row could be lost ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_death_while_the_store_fails_is_restarted_once_it_takes_writes() -> anyhow::Result<()> {
+    let tmux = TestTmux::new();
+    tmux.session(
+        "crashy",
+        &fake_agent("idle"),
+        &[("profile", "claude"), ("restart", &fake_agent("idle"))],
+    )?;
+    let mut c = TestCluster::with_policy("restart_on_death = \"labelled\"").await?;
+    c.start_agent("n1", tmux.socket())?;
+    let before = c
+        .wait_session("n1", "crashy", "the agent seen", WAIT, |s| s.agent_pid > 0)
+        .await?;
+    let db = c.dir.path().join("argus.db");
+    let mut locker = Locker::hold(&db, 60)?;
+    wait_readyz(&c, false).await?;
+    // The agent dies while the store refuses writes: the death is seen, the restart waits (its
+    // audit row could only be kept in memory, and a SIGKILL would lose it).
+    let pid = rustix::process::Pid::from_raw(before.agent_pid as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL)?;
+    c.wait_session("n1", "crashy", "the death seen", WAIT, |s| {
+        s.state() == pb::SessionState::Dead
+    })
+    .await?;
+    // The policy restarts after a 1 s backoff; give it three: the session must not come back
+    // while the store fails.
+    let back = eventually(
+        "a restart while the store fails",
+        Duration::from_secs(3),
+        || {
+            let there = tmux.has_session("crashy");
+            async move { Ok(there.then_some(())) }
+        },
+    )
+    .await;
+    assert!(back.is_err(), "restarted while the store failed");
+    locker.release();
+    wait_readyz(&c, true).await?;
+    let after = c
+        .wait_session(
+            "n1",
+            "crashy",
+            "restarted once the store takes writes",
+            WAIT,
+            |s| s.agent_pid > 0 && s.agent_pid != before.agent_pid,
+        )
+        .await?;
+    assert_ne!(after.agent_pid, before.agent_pid);
+    let s = c
+        .admin()
+        .await?
+        .get_session(pb::GetSessionRequest {
+            session: sref("n1", "crashy"),
+            history_limit: 50,
+        })
+        .await?
+        .into_inner();
+    assert!(
+        s.commands.iter().any(|k| k.action == "restart"),
+        "the restart is in the audit: {:?}",
+        s.commands
+    );
+    Ok(())
+}
