@@ -401,6 +401,19 @@ impl Executor {
                     profile.name
                 )));
             }
+            // New output on a screen that says nothing recognised (a build's log, a streamed
+            // answer without a status line) is work too: look twice. Not at a rate limit, whose
+            // screen may count down and whose resume nudge is wanted.
+            if seen.condition != Condition::RateLimited {
+                tokio::time::sleep(AT_REST_LOOK).await;
+                let again = tmux.capture(pane, CONFIRM_LINES).await.map_err(e)?;
+                if profile.masked(&screen) != profile.masked(&again) {
+                    return Ok(Ended::Declined(format!(
+                        "declined: the screen shows new output; the policy's nudge was for an agent at rest ({} profile)",
+                        profile.name
+                    )));
+                }
+            }
         }
         tmux.send_literal(pane, text).await.map_err(e)?;
         // Some TUIs take an Enter that arrives right behind pasted text as part of the paste
@@ -606,6 +619,9 @@ fn refused_target(e: TargetError) -> Outcome {
     };
     (status, e.to_string(), String::new()).into()
 }
+
+/// How long a nudge for an agent at rest watches the screen for new output first.
+const AT_REST_LOOK: Duration = Duration::from_millis(300);
 
 /// The pane's process now, asked of tmux (not the last snapshot, which may be older than a
 /// restart that just ran); `None` when tmux cannot say.

@@ -244,6 +244,12 @@ async fn a_policy_nudge_is_declined_when_the_screen_shows_the_agent_busy() -> an
     let tmux = TestTmux::new();
     tmux.session("busy", &fake_agent("working"), &[("profile", "claude")])?;
     tmux.session("idle", &fake_agent("idle"), &[("profile", "claude")])?;
+    // Output with no status line: nothing the profile recognises, but work all the same.
+    tmux.session(
+        "streaming",
+        "i=0; while true; do i=$((i+1)); echo \"compiling unit $i\"; sleep 0.1; done",
+        &[("profile", "claude")],
+    )?;
     let dir = tempfile::tempdir()?;
     let (addr, mut attaches) = fake_controller::start(vec![5]).await?;
     let _agent = start_agent(dir.path(), &format!("http://{addr}"), tmux.socket())?;
@@ -255,6 +261,7 @@ async fn a_policy_nudge_is_declined_when_the_screen_shows_the_agent_busy() -> an
     let busy = observed(&mut a, "busy").await?.agent;
     for (name, want, inc) in [
         ("busy", pb::CommandStatus::Declined, busy),
+        ("streaming", pb::CommandStatus::Declined, None),
         ("idle", pb::CommandStatus::Ok, None),
     ] {
         let mut msg = nudge(&format!("n-{name}"), 5, name, inc, now_ms() + 10_000);
@@ -265,9 +272,11 @@ async fn a_policy_nudge_is_declined_when_the_screen_shows_the_agent_busy() -> an
         let r = result(&mut a, &format!("n-{name}")).await?;
         assert_eq!(r.status(), want, "{name}: {r:?}");
     }
-    assert!(
-        !tmux.capture("busy")?.contains("hello n-busy"),
-        "typed into a busy agent"
-    );
+    for name in ["busy", "streaming"] {
+        assert!(
+            !tmux.capture(name)?.contains(&format!("hello n-{name}")),
+            "typed into {name}"
+        );
+    }
     Ok(())
 }
