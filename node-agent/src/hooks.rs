@@ -134,14 +134,7 @@ pub struct Report {
     pub session_id: String,
 }
 
-/// Whether `id` is a plain conversation id (what a resume form may carry).
-pub fn plain_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-}
+pub use argus_shared::profile::plain_id;
 
 /// What a CLI's hook payload says: the condition, a label naming the event and the conversation
 /// id; `None` for events that say nothing about the agent's state (session start, compaction).

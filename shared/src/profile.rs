@@ -663,12 +663,7 @@ impl Profile {
     /// program. `None` when the profile resumes by no id or `id` is not a plain id.
     pub fn resume_with_id(&self, command: &str, id: &str) -> Option<String> {
         let resume = self.resume.as_ref().filter(|r| !r.by_id.is_empty())?;
-        let plain = !id.is_empty()
-            && id.len() <= 128
-            && id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !plain {
+        if !plain_id(id) {
             return None;
         }
         let words = words_at(command);
@@ -815,3 +810,13 @@ fn reset_near(lines: &[&str], now: i64, utc_offset_secs: i32) -> Option<i64> {
 
 #[cfg(test)]
 mod tests;
+
+/// Whether `id` is a plain conversation id, one a resume form may carry: letters, digits, `-`
+/// and `_`, at most 128 of them.
+pub fn plain_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
