@@ -54,7 +54,8 @@ impl Board {
         }
     }
 
-    /// Notes a hook's report for `key` at `now`.
+    /// Notes a hook's report for `key` at `now`; true when it changes the session's condition
+    /// (only then is the probe worth waking: tool hooks fire many times a turn).
     pub fn record(
         &self,
         key: SessionKey,
@@ -62,8 +63,9 @@ impl Board {
         what: String,
         session_id: String,
         now: i64,
-    ) {
+    ) -> bool {
         let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let new = !map.contains_key(&key);
         let e = map.entry(key).or_insert(Heard {
             condition,
             since_ms: now,
@@ -74,12 +76,14 @@ impl Board {
         if !session_id.is_empty() {
             e.session_id = session_id;
         }
+        let changed = new || e.condition != condition;
         if e.condition != condition {
             e.condition = condition;
             e.since_ms = now;
         }
         e.heard_ms = now;
         e.what = what;
+        changed
     }
 
     /// The last report for `key`.
@@ -314,24 +318,25 @@ mod tests {
     fn a_report_keeps_its_since_until_the_condition_changes() {
         let b = Board::new(std::time::Duration::from_secs(600));
         let k = ("s".to_owned(), "a".to_owned());
-        b.record(k.clone(), Condition::Thinking, "x".into(), "c1".into(), 10);
-        b.record(
+        assert!(b.record(k.clone(), Condition::Thinking, "x".into(), "c1".into(), 10));
+        let again = b.record(
             k.clone(),
             Condition::Thinking,
             "y".into(),
             String::new(),
             20,
         );
+        assert!(!again, "the same condition again wakes nothing");
         let h = b.get(&k).expect("heard");
         assert_eq!((h.since_ms, h.heard_ms), (10, 20));
         assert_eq!(b.get(&k).expect("heard").session_id, "c1", "kept");
-        b.record(
+        assert!(b.record(
             k.clone(),
             Condition::AtPrompt,
             "z".into(),
             String::new(),
             30,
-        );
+        ));
         let h = b.get(&k).expect("heard");
         assert_eq!((h.condition, h.since_ms), (Condition::AtPrompt, 30));
         assert_eq!(b.fresh_ms(Condition::Thinking), WORKING_FRESH_MS);

@@ -422,14 +422,15 @@ impl Server {
                         "session_id must be a plain id (letters, digits, '-', '_'; at most 128)",
                     ));
                 }
-                self.hooks.record(
+                if self.hooks.record(
                     (socket.clone(), name.clone()),
                     condition,
                     what,
                     session_id,
                     argus_shared::time::now_ms(),
-                );
-                self.wake.notify_one();
+                ) {
+                    self.wake.notify_one();
+                }
                 own(Answer {
                     v: VERSION,
                     ok: true,
