@@ -8,6 +8,8 @@ pub mod target;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Mutex, Notify};
 
@@ -127,7 +129,21 @@ pub struct Tmux {
     /// A control client was attached and has closed since: the next attach is a restart.
     lost: std::sync::atomic::AtomicBool,
     wake: Arc<Notify>,
+    /// The server's sessions as last listed while no control client was attached, and since
+    /// when they have looked so (see [`ATTACH_QUIET`]).
+    quiet: std::sync::Mutex<Option<(String, Instant)>>,
+    /// Sessions being created by spawned `tmux new-session` right now.
+    creating: AtomicUsize,
 }
+
+/// How long the server's sessions must hold still, with no session creation of ours in flight,
+/// before a control client attaches. tmux (3.3a, and releases up to 3.7c) crashes the whole
+/// server, every session with it, when a notification (a session or window created or closed)
+/// reaches a control client that is still identifying itself: 209 crashes in 4,676 attaches
+/// under constant session churn here (docs/decisions.md). Attaching only to a still server, to
+/// its oldest session (the one least likely to close and send the client away), makes that
+/// window rare; until then commands are spawned, which is slower but safe.
+const ATTACH_QUIET: Duration = Duration::from_millis(500);
 
 impl Tmux {
     /// A handle on the server at `socket`; `wake` is notified when tmux reports a structural
@@ -138,6 +154,8 @@ impl Tmux {
             control: Mutex::new(None),
             lost: std::sync::atomic::AtomicBool::new(false),
             wake,
+            quiet: std::sync::Mutex::new(None),
+            creating: AtomicUsize::new(0),
         }
     }
 
@@ -164,9 +182,12 @@ impl Tmux {
             self.lost.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         // `attach-session` starts a server when none runs (and a control client then keeps that
-        // empty server alive): attach only to a server that already has a session.
-        if guard.is_none() && self.has_sessions().await {
-            *guard = ControlClient::attach(&self.socket, self.wake.clone())
+        // empty server alive): attach only to a server that already has a session, and only
+        // once it holds still.
+        if guard.is_none()
+            && let Some(session) = self.attach_target().await
+        {
+            *guard = ControlClient::attach(&self.socket, &session, self.wake.clone())
                 .await
                 .ok();
             if guard.is_some() {
@@ -191,15 +212,34 @@ impl Tmux {
         }
     }
 
-    /// True when a server runs on the socket and has at least one session (`list-sessions`
-    /// never starts a server).
-    async fn has_sessions(&self) -> bool {
+    /// The session a control client may attach to now: the server's oldest, once the list of
+    /// its sessions has held still for [`ATTACH_QUIET`] with no creation of ours in flight.
+    /// `None` when no server runs or it has no session (`list-sessions` never starts a server),
+    /// or while it is changing.
+    async fn attach_target(&self) -> Option<String> {
         if !self.socket.exists() {
-            return false;
+            return None;
         }
-        self.spawn(&["list-sessions", "-F", "#{session_id}"])
-            .await
-            .is_ok_and(|lines| !lines.is_empty())
+        let format = format!("#{{session_created}}{SEP}#{{session_id}}{SEP}#{{session_windows}}");
+        let lines = self.spawn(&["list-sessions", "-F", &format]).await.ok()?;
+        let seen = lines.join("\n");
+        let now = Instant::now();
+        let still = {
+            let mut quiet = self.quiet.lock().unwrap_or_else(|e| e.into_inner());
+            match quiet.as_ref() {
+                Some((before, since)) if *before == seen => {
+                    now.duration_since(*since) >= ATTACH_QUIET
+                }
+                _ => {
+                    *quiet = Some((seen, now));
+                    false
+                }
+            }
+        };
+        if !still || self.creating.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        oldest_session(&lines)
     }
 
     async fn spawn(&self, argv: &[&str]) -> Result<Vec<String>, TmuxError> {
@@ -307,12 +347,41 @@ pub fn default_socket() -> PathBuf {
     dir.join(format!("tmux-{uid}")).join("default")
 }
 
+/// The id of the oldest session in `list-sessions` lines (`CREATED SEP ID SEP WINDOWS`); ties go
+/// to the lower id.
+fn oldest_session(lines: &[String]) -> Option<String> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            let mut f = l.split(SEP);
+            let created: i64 = f.next()?.parse().ok()?;
+            let id = f.next()?;
+            let n: u64 = id.strip_prefix('$')?.parse().ok()?;
+            Some((created, n, id.to_owned()))
+        })
+        .min()
+        .map(|(_, _, id)| id)
+}
+
 #[cfg(test)]
 mod fuzz;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_oldest_session_is_attached_to() {
+        let line = |created: &str, id: &str| format!("{created}{SEP}{id}{SEP}1");
+        let lines = vec![
+            line("1700000005", "$1"),
+            line("1700000001", "$10"),
+            line("1700000001", "$9"),
+            "garbage".to_owned(),
+        ];
+        assert_eq!(oldest_session(&lines).as_deref(), Some("$9"));
+        assert_eq!(oldest_session(&[]), None);
+    }
 
     #[test]
     fn quoting() {

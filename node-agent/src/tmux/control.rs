@@ -44,12 +44,23 @@ struct PendingState {
 impl ControlClient {
     /// Attaches a control client to the tmux server at `socket`. Fails when the server is not
     /// running or has no session to attach to.
-    pub async fn attach(socket: &Path, wake: Arc<Notify>) -> Result<Self, TmuxError> {
+    pub async fn attach(
+        socket: &Path,
+        session: &str,
+        wake: Arc<Notify>,
+    ) -> Result<Self, TmuxError> {
         let mut child = client_command()
             .await
             .arg("-S")
             .arg(socket)
-            .args(["-C", "attach-session", "-f", "ignore-size,no-output"])
+            .args([
+                "-C",
+                "attach-session",
+                "-t",
+                session,
+                "-f",
+                "ignore-size,no-output",
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -251,6 +251,7 @@ impl Tmux {
         // Creating a session must work even when no control client can attach yet. When the
         // last session just closed, the old server may still be exiting: try again briefly.
         let mut attempt = 0;
+        let _creating = Creating::start(&self.creating);
         let lines = loop {
             attempt += 1;
             match self.spawn(&args).await {
@@ -271,6 +272,23 @@ impl Tmux {
             });
         }
         Ok(id.to_owned())
+    }
+}
+
+/// A session creation in flight, counted while it lives: no control client attaches meanwhile
+/// (see `ATTACH_QUIET`).
+struct Creating<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Creating<'a> {
+    fn start(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for Creating<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
