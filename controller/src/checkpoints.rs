@@ -57,7 +57,9 @@ impl Supervisor {
         }
     }
 
-    /// Command `id` of the session `c` was taken of, as the audit recorded it.
+    /// Command `id` of the session `c` was taken of, as the audit recorded it; `None` when the
+    /// audit already has its OK answer: this one is a repeat (a node agent sends again what a
+    /// broken stream may have lost), and its restart or kill was handled the first time.
     async fn audited(&self, node_id: &str, id: &str, c: &pb::Checkpoint) -> Option<Finished> {
         argus_shared::ids::SessionName::new(&c.session_name).ok()?;
         let session = SessionRef {
@@ -67,6 +69,9 @@ impl Supervisor {
         };
         let history = self.store.history(&session, 200).await.ok()?;
         let row = history.commands.into_iter().find(|k| k.command_id == id)?;
+        if row.status == pb::CommandStatus::Ok.as_str_name() {
+            return None;
+        }
         Some(Finished {
             command_id: row.command_id,
             session: row.session,

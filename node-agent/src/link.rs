@@ -144,6 +144,8 @@ pub struct Commands {
     undelivered: VecDeque<pb::CommandResult>,
     /// Results sent on the current stream within [`RESEND_WINDOW`], oldest first.
     recent: VecDeque<(tokio::time::Instant, pb::CommandResult)>,
+    /// When each result of the last [`RESEND_WINDOW`] was first handed to a stream.
+    first_sent: std::collections::HashMap<String, tokio::time::Instant>,
 }
 
 /// One open stream to the controller: what the node agent sends, what it receives.
@@ -426,9 +428,17 @@ impl Commands {
         Ok(())
     }
 
-    /// Remembers a result handed to the stream, for [`Self::resend_recent`].
+    /// Remembers a result handed to the stream, for [`Self::resend_recent`], with the time it
+    /// was first handed to one: a result goes again only within [`RESEND_WINDOW`] of that, so
+    /// that streams breaking one after another do not pass it on forever.
     fn sent(&mut self, result: pb::CommandResult) {
         let now = tokio::time::Instant::now();
+        self.first_sent
+            .retain(|_, at| now.duration_since(*at) <= RESEND_WINDOW);
+        let first = *self
+            .first_sent
+            .entry(result.command_id.clone())
+            .or_insert(now);
         while self
             .recent
             .front()
@@ -439,7 +449,7 @@ impl Commands {
         if self.recent.len() >= UNDELIVERED_RESULTS {
             self.recent.pop_front();
         }
-        self.recent.push_back((now, result));
+        self.recent.push_back((first, result));
     }
 
     /// The stream ended: the results handed to it within [`RESEND_WINDOW`] may not have reached
@@ -617,6 +627,23 @@ mod tests {
             .collect();
         assert_eq!(again, ["new"]);
         assert!(commands.recent.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn breaking_streams_do_not_pass_a_result_on_forever() {
+        let mut commands = Commands::default();
+        commands.keep(result("a"));
+        let mut deliveries = 0;
+        for _ in 0..10 {
+            let (tx, mut rx) = mpsc::channel(8);
+            commands.deliver(&tx).await.expect("delivered");
+            deliveries += ids(&mut rx).len();
+            // The stream breaks 5 s later.
+            tokio::time::advance(Duration::from_secs(5)).await;
+            commands.resend_recent();
+        }
+        // First sent at 0 s, again after the breaks at 5, 10 and 15 s (RESEND_WINDOW), not after.
+        assert_eq!(deliveries, 4);
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub struct Remembered {
     pub restart_wanted: bool,
     /// An operator killed it: it must not come back by itself.
     pub operator_killed: bool,
+    /// A restart was sent (Unix ms) and no agent has been seen since: if the session is still
+    /// without one after a controller restart, that restart brought none back.
+    pub restart_sent: Option<UnixMs>,
 }
 
 impl Remembered {
@@ -59,6 +62,7 @@ impl Remembered {
             cwd: t.obs.cwd.clone(),
             restart_wanted: t.restart_wanted,
             operator_killed: t.operator_killed,
+            restart_sent: t.restart_sent_ms,
         }
     }
 
@@ -68,6 +72,7 @@ impl Remembered {
             && self.agent == t.obs.agent.map(|a| (a.pid, a.start_time))
             && self.restart_wanted == t.restart_wanted
             && self.operator_killed == t.operator_killed
+            && self.restart_sent == t.restart_sent_ms
             && self.profile == t.obs.profile
             && self.start_command == t.obs.start_command
             && self.cwd == t.obs.cwd
@@ -110,6 +115,13 @@ impl Track {
         t.obs.cwd = r.cwd;
         t.operator_killed = r.operator_killed;
         t.restart_wanted = r.restart_wanted && !state.is_alive() && !r.operator_killed;
+        // A restart the previous controller sent, with no agent seen since: its agent may have
+        // died before anyone looked (the node's first snapshot then shows nothing new). It gets
+        // the full time to show its agent from now, then counts as lost and is sent again.
+        if r.restart_sent.is_some() && !state.is_alive() && !t.restart_wanted && !r.operator_killed
+        {
+            t.restart_sent_ms = Some(now);
+        }
         t.last_change_ms = changed_ms.min(now);
         t
     }
@@ -227,6 +239,35 @@ mod tests {
         let (cwd, labels) = restart.expect("a restart");
         assert_eq!(cwd, "/work");
         assert!(labels.contains_key(labels::RESTART), "{labels:?}");
+    }
+
+    #[test]
+    fn a_restart_whose_agent_died_unseen_during_the_outage_is_sent_again() {
+        let p = Policy::default();
+        // The previous controller saw the death and sent the restart; its agent started and
+        // died again while the controller was down, so it was never seen.
+        let mut t = Track::new(0, None, None);
+        step(&mut t, seen(obs(true)), 0, &p, &Ctx::default());
+        let mut sent = step(&mut t, Input::Gone, 1_000, &p, &Ctx::default()).effects;
+        for i in 0..4 {
+            sent.extend(step(&mut t, Input::Tick, 1_500 + i * 500, &p, &Ctx::default()).effects);
+        }
+        assert_eq!(restarts(&sent).len(), 1, "{sent:?}");
+        let json = serde_json::to_string(&t.durable).expect("json");
+        let durable: Durable = serde_json::from_str(&json).expect("parse");
+        let mut t = Track::recovered(120_000, t.state, t.last_change_ms, Some(durable));
+        assert_eq!(t.state, SessionState::Dead);
+        // The node's first snapshot: the session is not there.
+        let mut fx = step(&mut t, Input::Gone, 120_000, &p, &Ctx::default()).effects;
+        fx.extend(ticks(&mut t, 120_500));
+        assert!(
+            restarts(&fx).is_empty(),
+            "sent again before its time: {fx:?}"
+        );
+        let confirm = 2 * p.command_timeout.as_millis() as i64;
+        fx.extend(step(&mut t, Input::Tick, 120_000 + confirm, &p, &Ctx::default()).effects);
+        fx.extend(ticks(&mut t, 120_500 + confirm));
+        assert_eq!(restarts(&fx), ["claude --continue"], "{fx:?}");
     }
 
     #[test]
