@@ -266,8 +266,7 @@ impl Supervisor {
         // While the store refuses writes, the audit row of a command would live only in memory
         // (a SIGKILL then loses it): the policy's actions wait, like a silent node's, until
         // what they record can be kept. Observations and liveness go on.
-        let store_ok = !self.recorder.health().borrow().is_failing();
-        let node_up = self.fleet.reachable(node_id) && store_ok;
+        let node_up = self.fleet.reachable(node_id) && self.store_ok();
         let (frozen, held, cooldown) = {
             let c = lock(&self.correlator);
             (
@@ -665,9 +664,19 @@ impl Supervisor {
         self.verdicts(now).await;
         self.gate_results(now).await;
         self.due_sessions(now, &policy).await;
-        self.due_alarms(now).await;
-        self.handoff_tick(now).await;
+        // Alarms and handoff messages are typed into agents: like the policy's actions, they
+        // wait while the store refuses writes (their rows would live only in memory, and a
+        // SIGKILL then would have them typed again). They are late, never lost.
+        if self.store_ok() {
+            self.due_alarms(now).await;
+            self.handoff_tick(now).await;
+        }
         self.dispatch.expire(now).await;
+    }
+
+    /// The store takes writes (the recorder is not failing).
+    fn store_ok(&self) -> bool {
+        !self.recorder.health().borrow().is_failing()
     }
 
     /// Node health alone, between ticks (the controller runs it on a short interval of its own).

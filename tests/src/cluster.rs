@@ -135,6 +135,40 @@ impl TestCluster {
         .await
     }
 
+    /// `/readyz` on the controller's side port: (HTTP status, body).
+    pub fn readyz(&self) -> anyhow::Result<(u16, String)> {
+        use std::io::{Read, Write};
+        let addr = self
+            .http()
+            .ok_or_else(|| anyhow::anyhow!("the controller serves no side port"))?;
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /readyz HTTP/1.0\r\nHost: x\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+        Ok((status, body))
+    }
+
+    /// Waits (30 s at most) until `/readyz` answers 200 (`ready`) or 503; returns its body.
+    pub async fn wait_readyz(&self, ready: bool) -> anyhow::Result<String> {
+        let want = if ready { 200 } else { 503 };
+        eventually(
+            &format!("/readyz to answer {want}"),
+            Duration::from_secs(30),
+            || async move {
+                let (status, body) = self.readyz()?;
+                Ok((status == want).then_some(body))
+            },
+        )
+        .await
+    }
+
     /// The controller's log so far.
     pub fn controller_log(&self) -> String {
         self.controller

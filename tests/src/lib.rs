@@ -10,6 +10,7 @@ pub mod monitoring;
 pub mod postgres;
 pub mod process;
 pub mod spec;
+pub mod sqlite_lock;
 pub mod tmux;
 pub mod webhook;
 

@@ -379,3 +379,57 @@ async fn an_alarm_set_through_the_api_survives_a_node_agent_restart_and_can_be_c
     eprintln!("FIGURE alarm delivery after due, two due at once on one session: {lag:?} ms");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_due_while_the_store_refuses_writes_waits_for_it() -> anyhow::Result<()> {
+    let tmux = TestTmux::new();
+    let work = tempfile::tempdir()?;
+    let claude = claude_binary(work.path())?;
+    tmux.session("idle", &format!("{claude} idle"), &[("profile", "claude")])?;
+    let mut c = TestCluster::with_policy("").await?;
+    c.start_agent("n1", tmux.socket())?;
+    c.wait_session("n1", "idle", "agent at its prompt", WAIT, |s| {
+        s.agent_pid > 0 && s.condition() == pb::Condition::AtPrompt
+    })
+    .await?;
+    let set = c
+        .admin()
+        .await?
+        .schedule_nudge(pb::ScheduleNudgeRequest {
+            session: sref("n1", "idle"),
+            in_ms: 8_000,
+            at_ms: 0,
+            note: "after the lock".into(),
+        })
+        .await?
+        .into_inner();
+    // Another process locks the database before the alarm is due: the alarm's "delivered" row
+    // could only be kept in memory, so it is not typed yet.
+    let mut locker = argus_tests::sqlite_lock::Locker::hold(&c.dir.path().join("argus.db"), 60)?;
+    let typed = || Ok(pane_history(&tmux, "idle")?.contains("after the lock"));
+    let early = eventually(
+        "the alarm typed while locked",
+        Duration::from_secs(5),
+        || {
+            let t = typed();
+            async move { t.map(|t: bool| t.then_some(())) }
+        },
+    )
+    .await;
+    assert!(early.is_err(), "typed while the store refused writes");
+    locker.release();
+    eventually("the alarm typed once the store takes writes", WAIT, || {
+        let t = typed();
+        async move { t.map(|t: bool| t.then_some(())) }
+    })
+    .await?;
+    let done = eventually("the alarm recorded delivered", WAIT, || async {
+        Ok(alarms(&c, true)
+            .await?
+            .into_iter()
+            .find(|a| a.id == set.id && a.state() == pb::AlarmState::Delivered))
+    })
+    .await?;
+    assert!(!done.command_id.is_empty(), "{done:?}");
+    Ok(())
+}

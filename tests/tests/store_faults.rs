@@ -6,10 +6,9 @@
 //! incident is open; afterwards every acknowledged command is in the database.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Read, Write as _};
-use std::net::SocketAddr;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,6 +16,7 @@ use std::time::{Duration, Instant};
 use argus_proto::v1 as pb;
 use argus_tests::cluster::{TestCluster, fake_agent, sref};
 use argus_tests::eventually;
+use argus_tests::sqlite_lock::Locker;
 use argus_tests::tmux::TestTmux;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -159,37 +159,6 @@ impl Drop for Events {
 }
 
 // === what a user checks ===
-
-/// `/readyz`: (HTTP status, body).
-fn readyz(addr: SocketAddr) -> anyhow::Result<(u16, String)> {
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"GET /readyz HTTP/1.0\r\nHost: x\r\n\r\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
-    Ok((status, body))
-}
-
-/// The controller's side port.
-fn http(c: &TestCluster) -> SocketAddr {
-    c.http().expect("the test cluster serves the side port")
-}
-
-async fn wait_readyz(c: &TestCluster, ready: bool) -> anyhow::Result<String> {
-    let addr = http(c);
-    let want = if ready { 200 } else { 503 };
-    eventually(&format!("/readyz to answer {want}"), WAIT, || async move {
-        let (status, body) = readyz(addr)?;
-        Ok((status == want).then_some(body))
-    })
-    .await
-}
 
 async fn admin_health(c: &TestCluster) -> anyhow::Result<ServingStatus> {
     let ch = tonic::transport::Channel::from_shared(c.url())?
@@ -358,7 +327,7 @@ async fn a_full_disk_delays_nothing_and_loses_nothing() -> anyhow::Result<()> {
     more_acked(&load, 20).await?;
 
     let filler = disk.fill()?;
-    let why = wait_readyz(&c, false).await?;
+    let why = c.wait_readyz(false).await?;
     assert!(why.contains("store failing"), "{why}");
     assert!(
         why.contains("full"),
@@ -375,11 +344,11 @@ async fn a_full_disk_delays_nothing_and_loses_nothing() -> anyhow::Result<()> {
         more_acked(&load, 10).await?;
     }
     assert_eq!(node_health(&c).await?, "up");
-    assert!(readyz(http(&c))?.0 == 503, "still failing while full");
+    assert!(c.readyz()?.0 == 503, "still failing while full");
 
     std::fs::remove_file(&filler)?;
     let freed = Instant::now();
-    wait_readyz(&c, true).await?;
+    c.wait_readyz(true).await?;
     let recovery = freed.elapsed();
     eprintln!("store recovered {recovery:?} after the disk was freed");
     assert_eq!(admin_health(&c).await?, ServingStatus::Serving);
@@ -401,55 +370,6 @@ async fn a_full_disk_delays_nothing_and_loses_nothing() -> anyhow::Result<()> {
 
 // === (b) a lock held by another process ===
 
-/// `python3` holding `BEGIN EXCLUSIVE` on `db` for `secs` (ended by pid on drop).
-struct Locker {
-    child: Child,
-}
-
-impl Locker {
-    fn hold(db: &Path, secs: u64) -> anyhow::Result<Self> {
-        let mut child = Command::new("python3")
-            .args([
-                "-c",
-                "import sqlite3, sys, time\n\
-                 c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)\n\
-                 c.execute('BEGIN EXCLUSIVE')\n\
-                 print('locked', flush=True)\n\
-                 time.sleep(float(sys.argv[2]))\n\
-                 c.execute('ROLLBACK')",
-            ])
-            .arg(db)
-            .arg(secs.to_string())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let mut line = String::new();
-        if let Some(out) = child.stdout.take() {
-            BufReader::new(out).read_line(&mut line)?;
-        }
-        anyhow::ensure!(
-            line.trim() == "locked",
-            "python3 could not lock the database"
-        );
-        Ok(Self { child })
-    }
-
-    /// True once the lock holder has ended.
-    fn ended(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(Some(_)))
-    }
-
-    fn release(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Locker {
-    fn drop(&mut self) {
-        self.release();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_locked_by_another_process_delays_nothing() -> anyhow::Result<()> {
     let (_tmux, c) = cluster(None).await?;
@@ -459,7 +379,7 @@ async fn a_database_locked_by_another_process_delays_nothing() -> anyhow::Result
     more_acked(&load, 20).await?;
 
     let mut locker = Locker::hold(&db, 10)?;
-    let why = wait_readyz(&c, false).await?;
+    let why = c.wait_readyz(false).await?;
     assert!(why.contains("locked"), "the reason names the lock: {why}");
     assert_eq!(admin_health(&c).await?, ServingStatus::NotServing);
     // Commands are acknowledged while the lock is held.
@@ -471,7 +391,7 @@ async fn a_database_locked_by_another_process_delays_nothing() -> anyhow::Result
     })
     .await?;
     let released = Instant::now();
-    wait_readyz(&c, true).await?;
+    c.wait_readyz(true).await?;
     eprintln!(
         "store recovered {:?} after the lock was released",
         released.elapsed()
@@ -498,7 +418,7 @@ async fn sigterm_while_the_store_fails_journals_and_the_next_start_replays() -> 
     let load = Load::start(&c.url());
     more_acked(&load, 10).await?;
     let mut locker = Locker::hold(&db, 120)?;
-    wait_readyz(&c, false).await?;
+    c.wait_readyz(false).await?;
     more_acked(&load, 20).await?;
     let acked = load.stop().await;
 
@@ -552,7 +472,7 @@ async fn a_death_while_the_store_fails_is_restarted_once_it_takes_writes() -> an
         .await?;
     let db = c.dir.path().join("argus.db");
     let mut locker = Locker::hold(&db, 60)?;
-    wait_readyz(&c, false).await?;
+    c.wait_readyz(false).await?;
     // The agent dies while the store refuses writes: the death is seen, the restart waits (its
     // audit row could only be kept in memory, and a SIGKILL would lose it).
     let pid = rustix::process::Pid::from_raw(before.agent_pid as i32).expect("pid");
@@ -574,7 +494,7 @@ async fn a_death_while_the_store_fails_is_restarted_once_it_takes_writes() -> an
     .await;
     assert!(back.is_err(), "restarted while the store failed");
     locker.release();
-    wait_readyz(&c, true).await?;
+    c.wait_readyz(true).await?;
     let after = c
         .wait_session(
             "n1",
