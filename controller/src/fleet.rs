@@ -27,6 +27,9 @@ pub struct NodeEntry {
     pub agent_version: String,
     pub epoch: u64,
     pub last_seen_ms: UnixMs,
+    /// When its messages last resumed after a silence, or its stream attached: what its
+    /// sessions did before is unknown (see `Ctx::node_back_ms`).
+    pub back_ms: UnixMs,
     pub health: Health,
     /// Commands to the stream that owns the node; `None` while disconnected.
     pub link: Option<Link>,
@@ -66,11 +69,15 @@ impl Fleet {
         self.nodes.insert(entry.node_id.clone(), entry);
     }
 
-    /// A message arrived on stream `stream_id` of `node_id` at `now`. False when that stream no
-    /// longer owns the node.
-    pub fn heard_from(&self, node_id: &str, stream_id: u64, now: UnixMs) -> bool {
+    /// A message arrived on stream `stream_id` of `node_id` at `now`; after `silence_ms` or more
+    /// without one, the node counts as back from a silence. False when that stream no longer
+    /// owns the node.
+    pub fn heard_from(&self, node_id: &str, stream_id: u64, now: UnixMs, silence_ms: i64) -> bool {
         match self.nodes.get_mut(node_id) {
             Some(mut n) if n.stream_id == stream_id => {
+                if now - n.last_seen_ms >= silence_ms {
+                    n.back_ms = now;
+                }
                 n.last_seen_ms = now;
                 true
             }
@@ -188,6 +195,11 @@ impl Fleet {
     /// True when commands can reach the node now.
     pub fn reachable(&self, node_id: &str) -> bool {
         self.nodes.get(node_id).is_some_and(|n| n.reachable())
+    }
+
+    /// When `node_id` was last back from a silence or attached (0: not known here).
+    pub fn back_ms(&self, node_id: &str) -> UnixMs {
+        self.nodes.get(node_id).map_or(0, |n| n.back_ms)
     }
 
     /// Stream `stream_id` of `node_id` delivered its first full snapshot.
@@ -352,6 +364,7 @@ mod tests {
             agent_version: String::new(),
             epoch: 1,
             last_seen_ms: 0,
+            back_ms: 0,
             health: Health::Up,
             link: Some(tx.clone()),
             stream_id,
@@ -360,10 +373,10 @@ mod tests {
         };
         f.attach_node(entry(1));
         f.attach_node(entry(2));
-        assert!(!f.heard_from("n1", 1, 10), "replaced stream");
+        assert!(!f.heard_from("n1", 1, 10, 1000), "replaced stream");
         assert!(!f.detach_if_owner("n1", 1));
         assert!(f.reachable("n1"));
-        assert!(f.heard_from("n1", 2, 10));
+        assert!(f.heard_from("n1", 2, 10, 1000));
         assert_eq!(
             f.update_health(7_000, |s| if s > 5_000 {
                 Health::Suspect

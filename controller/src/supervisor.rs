@@ -278,6 +278,7 @@ impl Supervisor {
         Ctx {
             session_name: &key.session_name,
             node_up,
+            node_back_ms: self.fleet.back_ms(node_id),
             destructive_allowed: node_up && !frozen && !held,
             provider_cooldown_until: cooldown,
             jitter: rand::random::<f64>(),

@@ -106,6 +106,11 @@ pub struct Ctx<'a> {
     /// audit rows can be kept). While not, no time-driven decision and no nudge is made for its
     /// sessions.
     pub node_up: bool,
+    /// When the node's messages last resumed after a silence, or its stream attached (Unix ms; 0
+    /// when unknown). Time before it is not evidence: idleness and the ladder's waits count from
+    /// it, so that a stopped node agent, a cut-off stream or a controller restart delays
+    /// supervision and never shortens a wait.
+    pub node_back_ms: UnixMs,
     /// Kills and restarts may be ordered now: the controller does not suspect itself, the host
     /// has no mass-death incident, the node is up.
     pub destructive_allowed: bool,
@@ -129,6 +134,7 @@ impl std::fmt::Debug for Ctx<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ctx")
             .field("node_up", &self.node_up)
+            .field("node_back_ms", &self.node_back_ms)
             .field("destructive_allowed", &self.destructive_allowed)
             .field("provider_cooldown_until", &self.provider_cooldown_until)
             .field("jitter", &self.jitter)
@@ -141,6 +147,7 @@ impl Default for Ctx<'static> {
         Self {
             session_name: "",
             node_up: true,
+            node_back_ms: 0,
             destructive_allowed: true,
             provider_cooldown_until: None,
             jitter: 1.0,
@@ -412,23 +419,21 @@ pub fn next_due(t: &Track, now: UnixMs, policy: &Policy, ctx: &Ctx) -> Option<Un
         return due;
     }
     let idle_after = i64::from(policy.idle_checks) * t.probe_ms;
+    // Idleness counts from the node's return at the earliest (see `tick`).
+    let active = t.last_activity_ms.max(ctx.node_back_ms.min(now));
     if t.agent_evidence(ctx.session_name, policy).is_none() {
         // Only watched: it may stall and be warned about, nothing more (a rung confirming a
         // restart or kill waits for evidence that never comes from time alone).
         match (t.state, t.ladder.rung) {
-            (SessionState::Working, _) => at(t.last_activity_ms + idle_after),
+            (SessionState::Working, _) => at(active + idle_after),
             (SessionState::Stalled, Rung::Clear) => at(now),
             _ => {}
         }
         return due;
     }
-    let since = if hung {
-        t.progress_ms
-    } else {
-        t.last_activity_ms
-    };
+    let since = if hung { t.progress_ms } else { active };
     let hard = since + ms(policy.hard_stall);
-    let entered = t.ladder.entered_ms;
+    let entered = t.ladder.entered_ms.max(ctx.node_back_ms.min(now));
     if t.state == SessionState::Working {
         at(if hung { now } else { since + idle_after });
     }
@@ -828,6 +833,12 @@ fn tick(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut Vec<Eff
             return;
         }
     }
+    // What happened while the node was not heard from is unknown: idleness and the ladder's
+    // waits count again from when its messages resumed (a fault delays, never hastens).
+    let back = ctx.node_back_ms.min(now);
+    if t.ladder.rung != Rung::Clear && t.ladder.entered_ms < back {
+        t.ladder.entered_ms = back;
+    }
     let cond = t.obs.condition;
     let hung = animated_hang(t, now, policy);
     let exempt = matches!(
@@ -838,7 +849,7 @@ fn tick(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut Vec<Eff
             | Condition::RateLimited
     ) && !matches!(t.ladder.rung, Rung::Confirming(_))
         && hung.is_none();
-    let idle_for = hung.unwrap_or(now - t.last_activity_ms);
+    let idle_for = hung.unwrap_or(now - t.last_activity_ms.max(back));
     let idle_after = i64::from(policy.idle_checks) * t.probe_ms;
     if t.state == SessionState::Working && !exempt && (idle_for >= idle_after || hung.is_some()) {
         let reason = match hung {

@@ -34,6 +34,7 @@ fn obs(hash: &str, cpu: u64, condition: Condition) -> Observation {
 const CTX: Ctx<'static> = Ctx {
     session_name: "s",
     node_up: true,
+    node_back_ms: 0,
     destructive_allowed: true,
     provider_cooldown_until: None,
     jitter: 1.0,
@@ -1215,4 +1216,70 @@ fn a_restart_resumes_the_conversation_the_agent_reported() {
         .insert(labels::RESTART.to_owned(), "claude --continue".into());
     step(&mut t, seen(o), 2000, &policy(), &CTX);
     assert_eq!(t.restart_command().as_deref(), Some("claude --continue"));
+}
+
+/// A node's silence is not idleness: after its messages resume (a stopped node agent, a cut-off
+/// stream, a controller restart), a stall and the ladder's waits count from then, so a fault
+/// delays an action and never brings it on.
+#[test]
+fn time_the_node_was_silent_is_not_idleness() {
+    let p = Policy::default();
+    let commands = |fx: &[Effect]| {
+        fx.iter()
+            .filter(|e| matches!(e, Effect::Command { .. }))
+            .count()
+    };
+    // Busy until 10 s, then the node is silent until 100 s: nothing counts as idle before
+    // 100 s plus the idle checks.
+    let mut t = Track::new(0, None, None);
+    for at in (0..=10_000).step_by(1000) {
+        step(
+            &mut t,
+            seen(obs(&at.to_string(), 0, Condition::None)),
+            at,
+            &p,
+            &CTX,
+        );
+    }
+    let back = Ctx {
+        node_back_ms: 100_000,
+        ..CTX
+    };
+    let idle_after = i64::from(p.idle_checks) * t.probe_ms;
+    for at in (100_000..100_000 + idle_after).step_by(250) {
+        step(&mut t, Input::Tick, at, &p, &back);
+        assert_eq!(t.state, SessionState::Working, "stalled at {at}");
+    }
+    // Idle at its prompt and warned before the silence: the nudge waits a whole dwell after it.
+    let mut t = Track::new(0, None, None);
+    let mut fx = Vec::new();
+    for at in (0..=10_000).step_by(500) {
+        fx.extend(step(
+            &mut t,
+            seen(obs("same", 0, Condition::AtPrompt)),
+            at,
+            &p,
+            &CTX,
+        ));
+        fx.extend(step(&mut t, Input::Tick, at + 250, &p, &CTX));
+    }
+    assert_eq!(t.state, SessionState::Stalled);
+    assert_eq!(commands(&fx), 0, "{fx:?}");
+    let dwell = p.nudge_dwell.as_millis() as i64;
+    for at in (100_000..100_000 + dwell).step_by(250) {
+        let fx = step(&mut t, Input::Tick, at, &p, &back);
+        assert_eq!(
+            commands(&fx),
+            0,
+            "acted at {at}, within the dwell after the silence: {fx:?}"
+        );
+    }
+    let later: Vec<Effect> = (0..20)
+        .flat_map(|i| step(&mut t, Input::Tick, 100_000 + dwell + i * 250, &p, &back))
+        .collect();
+    assert_eq!(
+        commands(&later),
+        1,
+        "the nudge comes once the dwell has passed: {later:?}"
+    );
 }
