@@ -129,6 +129,7 @@ impl Rig {
             agent_version: "test".into(),
             epoch: 1,
             last_seen_ms: now,
+            back_ms: now,
             health: Health::Up,
             link: Some(tx),
             stream_id: 1,
@@ -162,7 +163,7 @@ impl Rig {
 
     async fn tick(&mut self) {
         self.now += 100;
-        self.sup.fleet.heard_from("n1", 1, self.now);
+        self.sup.fleet.heard_from("n1", 1, self.now, i64::MAX);
         self.sup.tick(self.now).await;
     }
 
