@@ -526,9 +526,18 @@ impl Supervisor {
                 format!("{} {} [{}]: {}", i.kind.as_str(), i.scope, i.id, i.summary),
                 None,
             );
-            self.notifier.incident(&change);
+            // Among replicas the leader posts incident changes from the store (once per change
+            // and per kind and scope, see `Replica::notify_changes`); alone, this process does.
+            if self.replica.get().is_none() {
+                self.notifier.incident(&change);
+            }
             self.recorder.record(Write::Incident(incident_row(i)));
         }
+    }
+
+    /// The notifier (the leader replica posts incident changes through it).
+    pub(crate) fn notifier(&self) -> &Notifier {
+        &self.notifier
     }
 
     /// The kinds of the open incidents, one entry per incident.
