@@ -70,6 +70,11 @@ struct Cluster {
 
 impl Cluster {
     async fn start(pg: PgServer, n: usize) -> anyhow::Result<Self> {
+        Self::start_with(pg, n, None).await
+    }
+
+    /// `n` replicas, each posting incident changes to `webhook` when given.
+    async fn start_with(pg: PgServer, n: usize, webhook: Option<&str>) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("argus-replicas-")
             .tempdir()?;
@@ -81,6 +86,9 @@ impl Cluster {
                 .tick(Duration::from_millis(100))
                 .env("RUST_LOG", RUST_LOG);
             spec.config.db = db.clone();
+            if let Some(url) = webhook {
+                spec = spec.webhook(url);
+            }
             let rdir = dir.path().join(format!("r{i}"));
             std::fs::create_dir_all(&rdir)?;
             replicas.push(Replica {
@@ -168,6 +176,20 @@ impl Cluster {
 
     fn admin_of(&self, i: usize) -> String {
         self.replicas[i].advertised()
+    }
+
+    /// The running replica that holds the leader lease, and its fencing token.
+    fn leader(&self) -> anyhow::Result<Option<(usize, u64)>> {
+        let row = self.sql("SELECT holder, token FROM leases WHERE name = 'leader'")?;
+        let Some((holder, token)) = row.trim().split_once('|') else {
+            return Ok(None);
+        };
+        let i = self.replicas.iter().position(|r| {
+            r.running
+                .as_ref()
+                .is_some_and(|p| holder.starts_with(&format!("ctl-{}-", p.proc.pid())))
+        });
+        Ok(i.map(|i| (i, token.parse().unwrap_or(0))))
     }
 }
 
@@ -353,18 +375,7 @@ async fn the_owner_dies_and_another_replica_takes_the_node_over() -> anyhow::Res
     // The leader (the lease row's holder) dies: another replica takes the lease over with a
     // higher fencing token within 10 s, and runs the fleet-wide duty: commands a dead replica
     // left pending on a node nobody took over are closed.
-    let leader = |c: &Cluster| -> anyhow::Result<Option<(usize, u64)>> {
-        let row = c.sql("SELECT holder, token FROM leases WHERE name = 'leader'")?;
-        let Some((holder, token)) = row.trim().split_once('|') else {
-            return Ok(None);
-        };
-        let i = c.replicas.iter().position(|r| {
-            r.running
-                .as_ref()
-                .is_some_and(|p| holder.starts_with(&format!("ctl-{}-", p.proc.pid())))
-        });
-        Ok(i.map(|i| (i, token.parse().unwrap_or(0))))
-    };
+    let leader = |c: &Cluster| c.leader();
     let (old, token) = eventually("a leader", WAIT, || async { leader(&c) }).await?;
     let killed = Instant::now();
     if let Some(mut p) = c.replicas[old].running.take() {
@@ -502,6 +513,170 @@ async fn the_owner_dies_and_another_replica_takes_the_node_over() -> anyhow::Res
         percentile(&sorted, 0.5) < Duration::from_secs(10),
         "failover p50 {:?}",
         percentile(&sorted, 0.5)
+    );
+    Ok(())
+}
+
+/// Webhook posts of one incident's `event` (`incident_opened`, `incident_closed`, ...).
+fn posts(received: &argus_tests::webhook::Received, id: &str, event: &str) -> usize {
+    received
+        .all()
+        .iter()
+        .filter(|b| b["event"] == event && b["incident"]["id"] == id)
+        .count()
+}
+
+/// The leader posts incident changes, once each: a node agent dies, its owner opens a host
+/// incident, the leader posts it; the leader is SIGKILLed, another replica takes the lease over
+/// within 10 s, the incident is still open and is not posted again; the node comes back, and
+/// the new leader posts the close, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_dies_and_no_webhook_is_sent_twice() -> anyhow::Result<()> {
+    const TEST: &str = "replicas::the_leader_dies_and_no_webhook_is_sent_twice";
+    let Some(pg) = tokio::task::spawn_blocking(PgServer::start)
+        .await?
+        .map_err(anyhow::Error::msg)?
+    else {
+        skip_notice(TEST);
+        return Ok(());
+    };
+    if haproxy().is_none() {
+        eprintln!(
+            "\n*** SKIPPED {TEST}: haproxy is not installed (`bash tests/run.sh` installs it) ***\n"
+        );
+        return Ok(());
+    }
+    let (hook, received) = argus_tests::webhook::start().await?;
+    let tmux = TestTmux::new();
+    tmux.session("work", &fake_agent("working"), &[("profile", "claude")])?;
+    let mut c = Cluster::start_with(pg, 3, Some(&hook)).await?;
+    let adir = c._dir.path().join("agent");
+    std::fs::create_dir_all(&adir)?;
+    let agent = NodeAgentSpec::new("n1", &c.lb_url(), tmux.socket())
+        .probe_interval(Duration::from_millis(250))
+        .heartbeat(Duration::from_millis(500))
+        .env("RUST_LOG", "info,argus_node_agent=debug");
+    let mut running = agent.start(&adir)?;
+    let (owner, _) = eventually("the node owned by a replica", WAIT, || async {
+        c.owner("n1")
+    })
+    .await?;
+    eventually("the session observed by its owner", WAIT, || async {
+        observed(&c.admin_of(owner), "n1", "work").await
+    })
+    .await?;
+
+    // The node agent dies: its owner finds the node down (15 s of silence) and opens a host
+    // incident; the leader posts it.
+    running.kill();
+    let opened = eventually(
+        "the host incident posted",
+        Duration::from_secs(40),
+        || async {
+            Ok(received
+                .all()
+                .iter()
+                .find(|b| b["event"] == "incident_opened" && b["incident"]["scope"] == "n1")
+                .and_then(|b| b["incident"]["id"].as_str().map(str::to_owned)))
+        },
+    )
+    .await?;
+    let (old, token) = eventually("a leader", WAIT, || async { c.leader() }).await?;
+    assert_eq!(posts(&received, &opened, "incident_opened"), 1);
+
+    // SIGKILL the leader: another replica takes the lease over, with a higher token.
+    let killed = Instant::now();
+    if let Some(mut p) = c.replicas[old].running.take() {
+        p.proc.kill();
+    }
+    let (new, new_token) = eventually("another leader", WAIT, || async {
+        Ok(c.leader()?.filter(|(i, t)| *i != old && *t > token))
+    })
+    .await?;
+    let takeover = killed.elapsed();
+    assert!(
+        takeover < Duration::from_secs(10),
+        "leader takeover {takeover:?}"
+    );
+    // Still open in the store, and what the new leader's outbox finds there is already marked.
+    let open = format!("SELECT closed_ms FROM incidents WHERE id = '{opened}'");
+    assert_eq!(c.sql(&open)?, "0", "the incident is still open");
+    let marks = format!("SELECT change, sent, token FROM notified WHERE incident_id = '{opened}'");
+    assert_eq!(
+        c.sql(&marks)?,
+        format!("opened|1|{token}"),
+        "marked by the old leader"
+    );
+
+    // The node comes back: the incident closes, and the new leader posts the close, once. By
+    // then its outbox has run many rounds: the opening was not posted again.
+    let _running = agent.start(&adir)?;
+    eventually(
+        "the close posted by the new leader",
+        Duration::from_secs(30),
+        || async { Ok((posts(&received, &opened, "incident_closed") > 0).then_some(())) },
+    )
+    .await?;
+    let closed_mark =
+        format!("SELECT token FROM notified WHERE incident_id = '{opened}' AND change = 'closed'");
+    assert_eq!(
+        c.sql(&closed_mark)?,
+        new_token.to_string(),
+        "closed by the new leader"
+    );
+    // The new leader's outbox read the incident in the pass that posted the close (and would
+    // have queued a second opening before it): none came.
+    assert_eq!(
+        posts(&received, &opened, "incident_opened"),
+        1,
+        "opened posted once"
+    );
+    assert_eq!(
+        posts(&received, &opened, "incident_closed"),
+        1,
+        "closed posted once"
+    );
+    let hits = received
+        .all()
+        .iter()
+        .filter(|b| b["incident"]["id"] == opened.as_str())
+        .count();
+
+    // Two replicas each open an incident of one kind and scope (each correlates its own nodes'
+    // sessions; recorded here as they would record them): posted once, under the first one's
+    // id, and closed once, when the last of them closes.
+    c.sql(
+        "INSERT INTO incidents (id, kind, scope, opened_ms, summary) VALUES
+           ('inc-a', 'provider_limit', 'anthropic/team', 1000, 'limited on replica a'),
+           ('inc-b', 'provider_limit', 'anthropic/team', 2000, 'limited on replica b')",
+    )?;
+    eventually("the group posted", WAIT, || async {
+        Ok((posts(&received, "inc-a", "incident_opened") == 1).then_some(()))
+    })
+    .await?;
+    let folded = "SELECT sent, sent_as FROM notified WHERE incident_id = 'inc-b'";
+    eventually("the second one folded in", WAIT, || async {
+        Ok((c.sql(folded)? == "0|inc-a").then_some(()))
+    })
+    .await?;
+    c.sql("UPDATE incidents SET closed_ms = 3000 WHERE id = 'inc-a'")?;
+    let held = "SELECT sent FROM notified WHERE incident_id = 'inc-a' AND change = 'closed'";
+    eventually("the first close held back", WAIT, || async {
+        Ok((c.sql(held)? == "0").then_some(()))
+    })
+    .await?;
+    assert_eq!(posts(&received, "inc-a", "incident_closed"), 0);
+    c.sql("UPDATE incidents SET closed_ms = 4000 WHERE id = 'inc-b'")?;
+    eventually("the group's close posted", WAIT, || async {
+        Ok((posts(&received, "inc-a", "incident_closed") == 1).then_some(()))
+    })
+    .await?;
+    assert_eq!(posts(&received, "inc-b", "incident_opened"), 0);
+    assert_eq!(posts(&received, "inc-a", "incident_opened"), 1);
+    eprintln!(
+        "leader takeover with an open incident: replica {old} -> {new}, token {token} -> \
+         {new_token}, in {takeover:?}; webhook posts of incident {opened}: {hits} (opened and \
+         closed, once each)"
     );
     Ok(())
 }
