@@ -400,6 +400,11 @@ impl Replica {
         self.db_ok.subscribe()
     }
 
+    /// Whether the database answered the last probe.
+    pub fn db_reachable(&self) -> bool {
+        *self.db_ok.borrow()
+    }
+
     /// True while this replica holds the leader lease.
     pub fn is_leader(&self) -> bool {
         self.leader.load(Ordering::Relaxed)

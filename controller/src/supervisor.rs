@@ -266,7 +266,10 @@ impl Supervisor {
         // While the store refuses writes, the audit row of a command would live only in memory
         // (a SIGKILL then loses it): the policy's actions wait, like a silent node's, until
         // what they record can be kept. Observations and liveness go on.
-        let store_ok = !self.recorder.health().borrow().is_failing();
+        // A replica that cannot reach the shared database acts no more either: it cannot keep
+        // an audit row, nor know whether another replica took the node over.
+        let store_ok = !self.recorder.health().borrow().is_failing()
+            && self.replica.get().is_none_or(|r| r.db_reachable());
         let node_up = self.fleet.reachable(node_id) && store_ok;
         let (frozen, held, cooldown) = {
             let c = lock(&self.correlator);

@@ -681,6 +681,200 @@ async fn the_leader_dies_and_no_webhook_is_sent_twice() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `/readyz` and gRPC health of the replica listening on `url` (side port `http`).
+async fn readiness(url: &str, http: std::net::SocketAddr) -> anyhow::Result<(u16, bool)> {
+    let status = readyz(http).await?;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        tonic::transport::Channel::from_shared(url.to_owned())?
+            .connect()
+            .await?,
+    );
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await?
+        .into_inner()
+        .status();
+    Ok((
+        status,
+        serving == tonic_health::pb::health_check_response::ServingStatus::Serving,
+    ))
+}
+
+/// One replica cut off from the database (its connections go through a loopback proxy that
+/// black-holes them for 20 s, as a partition does: nothing closes, nothing arrives): that
+/// replica turns not ready and acts no more (an agent that dies on its node is not restarted
+/// during the partition), the other two stay ready; when the link returns, nothing recorded
+/// before is lost, the death seen during the partition is recorded, and supervision resumes
+/// (the restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_from_the_database_stops_acting_and_loses_nothing() -> anyhow::Result<()>
+{
+    const TEST: &str =
+        "replicas::a_replica_cut_off_from_the_database_stops_acting_and_loses_nothing";
+    const PARTITION: Duration = Duration::from_secs(20);
+    let Some(pg) = tokio::task::spawn_blocking(PgServer::start)
+        .await?
+        .map_err(anyhow::Error::msg)?
+    else {
+        skip_notice(TEST);
+        return Ok(());
+    };
+    if haproxy().is_none() {
+        eprintln!(
+            "\n*** SKIPPED {TEST}: haproxy is not installed (`bash tests/run.sh` installs it) ***\n"
+        );
+        return Ok(());
+    }
+    let proxy =
+        argus_tests::bench::proxy::Proxy::start(format!("127.0.0.1:{}", pg.port()).parse()?)
+            .await?;
+    let tmux = TestTmux::new();
+    tmux.session(
+        "crashy",
+        &fake_agent("idle"),
+        &[("profile", "claude"), ("restart", &fake_agent("idle"))],
+    )?;
+    tmux.session("work", &fake_agent("working"), &[("profile", "claude")])?;
+    let mut c = Cluster::start(pg, 3).await?;
+    // Replica 0 reaches the database through the proxy from now on.
+    if let Some(mut p) = c.replicas[0].running.take() {
+        p.proc.kill();
+    }
+    let direct = format!(":{}/", c.pg.port());
+    c.replicas[0].spec.config.db = c.db.replace(&direct, &format!(":{}/", proxy.addr().port()));
+    c.replicas[0].start().await?;
+    // The node dials replica 0 itself, which owns it.
+    let adir = c._dir.path().join("agent");
+    std::fs::create_dir_all(&adir)?;
+    let _agent = NodeAgentSpec::new("n1", &c.admin_of(0), tmux.socket())
+        .probe_interval(Duration::from_millis(250))
+        .heartbeat(Duration::from_millis(500))
+        .env("RUST_LOG", "info,argus_node_agent=debug")
+        .start(&adir)?;
+    eventually("the node owned by replica 0", WAIT, || async {
+        Ok(c.owner("n1")?.filter(|(i, _)| *i == 0))
+    })
+    .await?;
+    let before = eventually("the agent observed", WAIT, || async {
+        observed(&c.admin_of(0), "n1", "crashy").await
+    })
+    .await?;
+    // Recorded before the partition: an answered command.
+    let nudged = admin(&c.admin_of(0))
+        .await?
+        .nudge(pb::NudgeRequest {
+            session: sref("n1", "work"),
+            text: "before the partition".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(nudged.status(), pb::CommandStatus::Ok, "{nudged:?}");
+    let audit = format!(
+        "SELECT status FROM commands WHERE command_id = '{}'",
+        nudged.command_id
+    );
+    eventually("the nudge audited", WAIT, || async {
+        Ok((c.sql(&audit)? == "COMMAND_STATUS_OK").then_some(()))
+    })
+    .await?;
+    let addrs: Vec<(String, std::net::SocketAddr)> = c
+        .replicas
+        .iter()
+        .map(|r| Ok((r.advertised(), r.spec.config.http.context("side port")?)))
+        .collect::<anyhow::Result<_>>()?;
+    for (url, http) in &addrs {
+        eventually("every replica ready", WAIT, || async {
+            Ok((readiness(url, *http).await? == (200, true)).then_some(()))
+        })
+        .await?;
+    }
+
+    // Replica 0's own events (in memory: they need no database).
+    let mut events = admin(&c.admin_of(0))
+        .await?
+        .watch_events(pb::WatchEventsRequest {
+            node_id: "n1".into(),
+        })
+        .await?
+        .into_inner();
+    // The partition.
+    proxy.black_hole();
+    let cut = Instant::now();
+    eventually("replica 0 not ready", WAIT, || async {
+        Ok((readiness(&addrs[0].0, addrs[0].1).await? == (503, false)).then_some(()))
+    })
+    .await?;
+    let not_ready_in = cut.elapsed();
+    // The agent on its node dies: the death is seen (the node's stream to replica 0 lives),
+    // but nothing is restarted while replica 0 cannot reach the database.
+    let pid = rustix::process::Pid::from_raw(before.agent_pid as i32).context("pid")?;
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL)?;
+    wait_event(&mut events, "the death seen by replica 0", WAIT, |e| {
+        e.session_name == "crashy" && e.kind == "transition" && e.message.contains("-> dead")
+    })
+    .await?;
+    // For the rest of the partition: replica 0 stays not ready and restarts nothing, the other
+    // two stay ready.
+    while cut.elapsed() < PARTITION {
+        for (url, http) in &addrs[1..] {
+            anyhow::ensure!(
+                readiness(url, *http).await? == (200, true),
+                "replica {url} not ready while only replica 0 is cut off"
+            );
+        }
+        anyhow::ensure!(
+            readiness(&addrs[0].0, addrs[0].1).await? == (503, false),
+            "replica 0 ready during the partition"
+        );
+        anyhow::ensure!(
+            !tmux.has_session("crashy"),
+            "restarted during the partition"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let healed = argus_shared::time::now_ms();
+    proxy.restore();
+    eventually("replica 0 ready again", WAIT, || async {
+        Ok((readiness(&addrs[0].0, addrs[0].1).await? == (200, true)).then_some(()))
+    })
+    .await?;
+    let ready_in = Duration::from_millis((argus_shared::time::now_ms() - healed) as u64);
+    // Supervision resumes: the dead agent is restarted, after the partition.
+    let after = eventually("the agent restarted", WAIT, || async {
+        Ok(observed(&c.admin_of(0), "n1", "crashy")
+            .await?
+            .filter(|s| s.agent_pid != before.agent_pid))
+    })
+    .await?;
+    assert_ne!(after.agent_pid, before.agent_pid);
+    let restart = "SELECT issued_at_ms FROM commands WHERE action = 'restart' AND node_id = 'n1'";
+    let issued: i64 = eventually("the restart audited", WAIT, || async {
+        Ok(c.sql(restart)?.lines().next().and_then(|l| l.parse().ok()))
+    })
+    .await?;
+    assert!(
+        issued >= healed,
+        "restart issued {} ms before the partition healed",
+        healed - issued
+    );
+    // Nothing lost: the command answered before, and the death seen during the partition.
+    assert_eq!(c.sql(&audit)?, "COMMAND_STATUS_OK");
+    eventually("the death recorded", WAIT, || async {
+        let n = c.sql(
+            "SELECT count(*) FROM transitions WHERE session_name = 'crashy' AND to_state = 'dead'",
+        )?;
+        Ok((n != "0").then_some(()))
+    })
+    .await?;
+    eprintln!(
+        "partition of replica 0 from the database for {PARTITION:?}: not ready after {not_ready_in:?}, \
+         ready again {ready_in:?} after it healed; the death seen during it restarted after it"
+    );
+    Ok(())
+}
+
 /// A replica that cannot reach the database says so: `/readyz` 503 and gRPC health NOT_SERVING;
 /// both come back with the database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
