@@ -566,7 +566,7 @@ async fn the_leader_dies_and_no_webhook_is_sent_twice() -> anyhow::Result<()> {
     })
     .await?;
 
-    // The node agent dies: its owner finds the node down (15 s of silence) and opens a host
+    // The node agent dies: its owner finds the node suspect (6 s of silence) and opens a host
     // incident; the leader posts it.
     running.kill();
     let opened = eventually(
