@@ -39,8 +39,10 @@ impl Plan {
         match scale {
             Scale::Full => Self {
                 nodes: 24,
-                sessions: 10,
-                rate: 10.0,
+                // A node reports each of its sessions at most once a second: 40 sessions for 40
+                // changed observations per node per second.
+                sessions: 40,
+                rate: 40.0,
                 faults: 4.0,
                 phase: Duration::from_secs(15),
             },
