@@ -362,6 +362,45 @@ impl Replica {
         Ok(posted)
     }
 
+    /// A new leader takes over the Alertmanager re-sends of the open incidents that earlier
+    /// leaders posted (under the id they were posted as, once per group). Returns how many.
+    pub async fn adopt_firing(
+        &self,
+        notifier: &crate::notify::Notifier,
+    ) -> Result<usize, ReplicaError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT ON (o.sent_as) o.sent_as, i.kind, i.scope, i.opened_ms, i.acked_ms,
+                    i.acked_by, i.summary, i.sessions, i.until_ms
+             FROM incidents i
+             JOIN notified o ON o.incident_id = i.id AND o.change = 'opened'
+             WHERE i.closed_ms = 0
+             ORDER BY o.sent_as, i.opened_ms",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read the open incidents"))?;
+        let mut adopted = 0;
+        for r in rows {
+            let row = crate::store::IncidentRow {
+                id: r.get("sent_as"),
+                kind: r.get("kind"),
+                scope: r.get("scope"),
+                opened_ms: r.get("opened_ms"),
+                closed_ms: 0,
+                acked_ms: r.get("acked_ms"),
+                acked_by: r.get("acked_by"),
+                summary: r.get("summary"),
+                sessions: r.get::<i64, _>("sessions") as u32,
+                until_ms: r.get("until_ms"),
+            };
+            if let Some(i) = crate::supervisor::incident_from_row(row) {
+                notifier.firing(&i);
+                adopted += 1;
+            }
+        }
+        Ok(adopted)
+    }
+
     /// Marks one incident change as notified (`sent`: posted, else folded into its group),
     /// only while `token` is still this replica's leader token. False when the mark was not
     /// made (the lease moved on, or another leader marked it first).
@@ -472,6 +511,15 @@ impl Replica {
         self.hold_lease(&format!("replica:{}", self.id)).await?;
         let token = self.hold_lease(LEADER_LEASE).await?;
         if let Some(token) = token {
+            if !self.is_leader() {
+                let firing = self.adopt_firing(sup.notifier()).await?;
+                if firing > 0 {
+                    tracing::info!(
+                        incidents = firing,
+                        "open incidents' alerts taken over by the new leader"
+                    );
+                }
+            }
             let closed = self
                 .close_orphans(token, sup.policy().command_timeout)
                 .await?;

@@ -608,6 +608,20 @@ async fn the_leader_dies_and_no_webhook_is_sent_twice() -> anyhow::Result<()> {
         "marked by the old leader"
     );
 
+    // The new leader took over the open incident's Alertmanager re-sends (posting nothing).
+    let log = || {
+        c.replicas[new]
+            .running
+            .as_ref()
+            .map(|p| p.proc.log())
+            .unwrap_or_default()
+    };
+    eventually("the open incident's alert taken over", WAIT, || async {
+        Ok(log()
+            .contains("open incidents' alerts taken over by the new leader incidents=1")
+            .then_some(()))
+    })
+    .await?;
     // The node comes back: the incident closes, and the new leader posts the close, once. By
     // then its outbox has run many rounds: the opening was not posted again.
     let _running = agent.start(&adir)?;
