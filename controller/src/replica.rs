@@ -92,6 +92,8 @@ pub struct Replica {
     leader_token: std::sync::atomic::AtomicU64,
     /// Channels to other replicas, by address.
     peers: DashMap<String, Channel>,
+    /// Replicas alive at the last round (their liveness leases unexpired), this one included.
+    live: std::sync::atomic::AtomicU32,
 }
 
 impl Replica {
@@ -111,6 +113,7 @@ impl Replica {
             leader: AtomicBool::new(false),
             leader_token: std::sync::atomic::AtomicU64::new(0),
             peers: DashMap::new(),
+            live: std::sync::atomic::AtomicU32::new(1),
         })
     }
 
@@ -444,6 +447,11 @@ impl Replica {
         *self.db_ok.borrow()
     }
 
+    /// Replicas alive at the last round, this one included (1 until the first round).
+    pub fn live_replicas(&self) -> u32 {
+        self.live.load(Ordering::Relaxed).max(1)
+    }
+
     /// True while this replica holds the leader lease.
     pub fn is_leader(&self) -> bool {
         self.leader.load(Ordering::Relaxed)
@@ -509,6 +517,20 @@ impl Replica {
         }
         // This replica's own liveness (other replicas' leader sweeps read it).
         self.hold_lease(&format!("replica:{}", self.id)).await?;
+        let live: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM leases WHERE name LIKE 'replica:%'
+               AND expires_ms > (extract(epoch from clock_timestamp()) * 1000)::bigint",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("count the live replicas"))?;
+        let live = u32::try_from(live).unwrap_or(1).max(1);
+        if self.live.swap(live, Ordering::Relaxed) != live {
+            tracing::info!(
+                replicas = live,
+                "live replicas changed: this replica takes 1/{live} of the fleet destructive budget"
+            );
+        }
         let token = self.hold_lease(LEADER_LEASE).await?;
         if let Some(token) = token {
             if !self.is_leader() {

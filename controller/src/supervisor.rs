@@ -237,7 +237,7 @@ impl Supervisor {
             let policy = base.for_group(group.as_deref());
             let gate = FleetBudget {
                 budget: &self.budget,
-                per_minute: policy.fleet_destructive_per_minute,
+                per_minute: self.budget_share(policy.fleet_destructive_per_minute),
             };
             let ctx = self.ctx(key, scope.as_deref(), &gate);
             let step = detect::step(track, input, now, policy, &ctx);
@@ -258,6 +258,16 @@ impl Supervisor {
                 settled,
             }
         })
+    }
+
+    /// This process's share of the fleet destructive budget: all of it alone, an equal share
+    /// among the live replicas (at least one a minute), so that the fleet as a whole stays
+    /// within it without a round trip to the database per kill.
+    fn budget_share(&self, per_minute: u32) -> u32 {
+        match self.replica.get() {
+            Some(r) => (per_minute / r.live_replicas().max(1)).max(1),
+            None => per_minute,
+        }
     }
 
     /// The fleet-level context for one session's step.

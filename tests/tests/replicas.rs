@@ -566,6 +566,16 @@ async fn the_leader_dies_and_no_webhook_is_sent_twice() -> anyhow::Result<()> {
     })
     .await?;
 
+    // Each replica takes a third of the fleet destructive budget.
+    for r in &c.replicas {
+        eventually("the budget shared by three", WAIT, || async {
+            let log = r.running.as_ref().map(|p| p.proc.log()).unwrap_or_default();
+            Ok(log
+                .contains("live replicas changed: this replica takes 1/3")
+                .then_some(()))
+        })
+        .await?;
+    }
     // The node agent dies: its owner finds the node suspect (6 s of silence) and opens a host
     // incident; the leader posts it.
     running.kill();
