@@ -48,6 +48,8 @@ enum Note {
     Incident(Change),
     NeedsHuman(SessionRef, String),
     Recovered(SessionRef),
+    /// An open incident another leader posted: its alert is re-sent from now on.
+    Firing(Incident),
 }
 
 /// Sends notifications to webhooks, Slack-compatible webhooks and Alertmanagers.
@@ -96,6 +98,12 @@ impl Notifier {
             Change::Opened(i) | Change::Reminder(i) | Change::Closed(i) => i.id.clone(),
         };
         self.queue(Note::Incident(change.clone()), &id);
+    }
+
+    /// Takes over the re-sends of an open incident's Alertmanager alert that another leader
+    /// posted (replicas: a new leader), without posting anything now.
+    pub fn firing(&self, incident: &Incident) {
+        self.queue(Note::Firing(incident.clone()), &incident.id);
     }
 
     /// Queues a session that needs a person (`why`).
@@ -172,6 +180,9 @@ async fn run(targets: Targets, mut rx: mpsc::Receiver<Note>, shutdown: Cancellat
                 if new && let Some(a) = fired.last() {
                     post_slack(&targets, &a.text()).await;
                 }
+            }
+            Note::Firing(i) => {
+                let _ = alerts.incident(&Change::Reminder(i), now);
             }
             Note::Recovered(session) => {
                 if let Some(done) = alerts.recovered(&session, now) {

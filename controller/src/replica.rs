@@ -92,6 +92,8 @@ pub struct Replica {
     leader_token: std::sync::atomic::AtomicU64,
     /// Channels to other replicas, by address.
     peers: DashMap<String, Channel>,
+    /// Replicas alive at the last round (their liveness leases unexpired), this one included.
+    live: std::sync::atomic::AtomicU32,
 }
 
 impl Replica {
@@ -111,6 +113,7 @@ impl Replica {
             leader: AtomicBool::new(false),
             leader_token: std::sync::atomic::AtomicU64::new(0),
             peers: DashMap::new(),
+            live: std::sync::atomic::AtomicU32::new(1),
         })
     }
 
@@ -260,9 +263,193 @@ impl Replica {
         Ok(done.rows_affected())
     }
 
+    /// The leader's notification outbox: every incident change any replica recorded
+    /// (`opened`, `closed`) that has no mark in `notified` yet is claimed with a mark, fenced
+    /// by the leader token in SQL, and only then handed to `notifier` (claim before post: a
+    /// leader that dies between the two loses that one post rather than a new leader posting
+    /// it twice). Incidents of one kind and scope opened by several replicas (each correlates
+    /// its own nodes' sessions) make one group, posted once under the first one's id: a later
+    /// one's opening is folded in, and a close is posted only when no incident of the group is
+    /// still open. Returns how many changes were posted.
+    pub async fn notify_changes(
+        &self,
+        token: u64,
+        notifier: &crate::notify::Notifier,
+    ) -> Result<usize, ReplicaError> {
+        let rows = sqlx::query(
+            "SELECT i.id, i.kind, i.scope, i.opened_ms, i.closed_ms, i.acked_ms, i.acked_by,
+                    i.summary, i.sessions, i.until_ms,
+                    o.sent_as AS opened_as
+             FROM incidents i
+             LEFT JOIN notified o ON o.incident_id = i.id AND o.change = 'opened'
+             WHERE o.incident_id IS NULL
+                OR (i.closed_ms > 0 AND NOT EXISTS (
+                        SELECT 1 FROM notified c WHERE c.incident_id = i.id AND c.change = 'closed'))
+             ORDER BY i.opened_ms, i.id
+             LIMIT 200",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read unnotified incidents"))?;
+        let mut posted = 0;
+        for r in rows {
+            let row = crate::store::IncidentRow {
+                id: r.get("id"),
+                kind: r.get("kind"),
+                scope: r.get("scope"),
+                opened_ms: r.get("opened_ms"),
+                closed_ms: r.get("closed_ms"),
+                acked_ms: r.get("acked_ms"),
+                acked_by: r.get("acked_by"),
+                summary: r.get("summary"),
+                sessions: r.get::<i64, _>("sessions") as u32,
+                until_ms: r.get("until_ms"),
+            };
+            let mut opened_as: Option<String> = r.get("opened_as");
+            if opened_as.is_none() {
+                // The group's open incident already posted, if any: this one folds into it.
+                let first: Option<String> = sqlx::query_scalar(
+                    "SELECT o.sent_as FROM incidents i
+                     JOIN notified o ON o.incident_id = i.id AND o.change = 'opened'
+                     WHERE i.kind = $1 AND i.scope = $2 AND i.id <> $3 AND i.closed_ms = 0
+                     ORDER BY i.opened_ms LIMIT 1",
+                )
+                .bind(&row.kind)
+                .bind(&row.scope)
+                .bind(&row.id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("read the incident's group"))?;
+                let sent_as = first.clone().unwrap_or_else(|| row.id.clone());
+                if !self
+                    .mark(token, &row.id, "opened", first.is_none(), &sent_as)
+                    .await?
+                {
+                    return Ok(posted); // no longer the leader
+                }
+                if first.is_none()
+                    && let Some(i) = crate::supervisor::incident_from_row(row.clone())
+                {
+                    let mut i = i;
+                    i.closed_ms = None;
+                    notifier.incident(&argus_decide::correlate::Change::Opened(i));
+                    posted += 1;
+                }
+                opened_as = Some(sent_as);
+            }
+            if row.closed_ms > 0 {
+                let others_open: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM incidents
+                                    WHERE kind = $1 AND scope = $2 AND id <> $3 AND closed_ms = 0)",
+                )
+                .bind(&row.kind)
+                .bind(&row.scope)
+                .bind(&row.id)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db("read the incident's group"))?;
+                let sent_as = opened_as.unwrap_or_else(|| row.id.clone());
+                if !self
+                    .mark(token, &row.id, "closed", !others_open, &sent_as)
+                    .await?
+                {
+                    return Ok(posted);
+                }
+                if !others_open && let Some(mut i) = crate::supervisor::incident_from_row(row) {
+                    i.id = sent_as;
+                    notifier.incident(&argus_decide::correlate::Change::Closed(i));
+                    posted += 1;
+                }
+            }
+        }
+        Ok(posted)
+    }
+
+    /// A new leader takes over the Alertmanager re-sends of the open incidents that earlier
+    /// leaders posted (under the id they were posted as, once per group). Returns how many.
+    pub async fn adopt_firing(
+        &self,
+        notifier: &crate::notify::Notifier,
+    ) -> Result<usize, ReplicaError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT ON (o.sent_as) o.sent_as, i.kind, i.scope, i.opened_ms, i.acked_ms,
+                    i.acked_by, i.summary, i.sessions, i.until_ms
+             FROM incidents i
+             JOIN notified o ON o.incident_id = i.id AND o.change = 'opened'
+             WHERE i.closed_ms = 0
+             ORDER BY o.sent_as, i.opened_ms",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read the open incidents"))?;
+        let mut adopted = 0;
+        for r in rows {
+            let row = crate::store::IncidentRow {
+                id: r.get("sent_as"),
+                kind: r.get("kind"),
+                scope: r.get("scope"),
+                opened_ms: r.get("opened_ms"),
+                closed_ms: 0,
+                acked_ms: r.get("acked_ms"),
+                acked_by: r.get("acked_by"),
+                summary: r.get("summary"),
+                sessions: r.get::<i64, _>("sessions") as u32,
+                until_ms: r.get("until_ms"),
+            };
+            if let Some(i) = crate::supervisor::incident_from_row(row) {
+                notifier.firing(&i);
+                adopted += 1;
+            }
+        }
+        Ok(adopted)
+    }
+
+    /// Marks one incident change as notified (`sent`: posted, else folded into its group),
+    /// only while `token` is still this replica's leader token. False when the mark was not
+    /// made (the lease moved on, or another leader marked it first).
+    async fn mark(
+        &self,
+        token: u64,
+        incident: &str,
+        change: &str,
+        sent: bool,
+        sent_as: &str,
+    ) -> Result<bool, ReplicaError> {
+        let done = sqlx::query(
+            "WITH now AS (SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint AS ms)
+             INSERT INTO notified (incident_id, change, sent, sent_as, token, at_ms)
+             SELECT $1, $2, $3, $4, $5, (SELECT ms FROM now)
+             WHERE EXISTS (
+                 SELECT 1 FROM leases l WHERE l.name = $6 AND l.holder = $7 AND l.token = $5
+                   AND l.expires_ms > (SELECT ms FROM now))
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(incident)
+        .bind(change)
+        .bind(i64::from(sent))
+        .bind(sent_as)
+        .bind(token as i64)
+        .bind(LEADER_LEASE)
+        .bind(&self.id)
+        .execute(&self.pool)
+        .await
+        .map_err(db("mark an incident change notified"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Whether the database answered the last probe (readiness), as it changes.
     pub fn db_ok(&self) -> watch::Receiver<bool> {
         self.db_ok.subscribe()
+    }
+
+    /// Whether the database answered the last probe.
+    pub fn db_reachable(&self) -> bool {
+        *self.db_ok.borrow()
+    }
+
+    /// Replicas alive at the last round, this one included (1 until the first round).
+    pub fn live_replicas(&self) -> u32 {
+        self.live.load(Ordering::Relaxed).max(1)
     }
 
     /// True while this replica holds the leader lease.
@@ -330,8 +517,31 @@ impl Replica {
         }
         // This replica's own liveness (other replicas' leader sweeps read it).
         self.hold_lease(&format!("replica:{}", self.id)).await?;
+        let live: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM leases WHERE name LIKE 'replica:%'
+               AND expires_ms > (extract(epoch from clock_timestamp()) * 1000)::bigint",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("count the live replicas"))?;
+        let live = u32::try_from(live).unwrap_or(1).max(1);
+        if self.live.swap(live, Ordering::Relaxed) != live {
+            tracing::info!(
+                replicas = live,
+                "live replicas changed: this replica takes 1/{live} of the fleet destructive budget"
+            );
+        }
         let token = self.hold_lease(LEADER_LEASE).await?;
         if let Some(token) = token {
+            if !self.is_leader() {
+                let firing = self.adopt_firing(sup.notifier()).await?;
+                if firing > 0 {
+                    tracing::info!(
+                        incidents = firing,
+                        "open incidents' alerts taken over by the new leader"
+                    );
+                }
+            }
             let closed = self
                 .close_orphans(token, sup.policy().command_timeout)
                 .await?;
@@ -340,6 +550,14 @@ impl Replica {
                     commands = closed,
                     token,
                     "closed commands a dead replica left pending on nodes nobody took over"
+                );
+            }
+            let posted = self.notify_changes(token, sup.notifier()).await?;
+            if posted > 0 {
+                tracing::info!(
+                    changes = posted,
+                    token,
+                    "incident changes notified by the leader"
                 );
             }
         }

@@ -237,7 +237,7 @@ impl Supervisor {
             let policy = base.for_group(group.as_deref());
             let gate = FleetBudget {
                 budget: &self.budget,
-                per_minute: policy.fleet_destructive_per_minute,
+                per_minute: self.budget_share(policy.fleet_destructive_per_minute),
             };
             let ctx = self.ctx(key, scope.as_deref(), &gate);
             let step = detect::step(track, input, now, policy, &ctx);
@@ -258,6 +258,16 @@ impl Supervisor {
                 settled,
             }
         })
+    }
+
+    /// This process's share of the fleet destructive budget: all of it alone, an equal share
+    /// among the live replicas (at least one a minute), so that the fleet as a whole stays
+    /// within it without a round trip to the database per kill.
+    fn budget_share(&self, per_minute: u32) -> u32 {
+        match self.replica.get() {
+            Some(r) => (per_minute / r.live_replicas().max(1)).max(1),
+            None => per_minute,
+        }
     }
 
     /// The fleet-level context for one session's step.
@@ -526,9 +536,18 @@ impl Supervisor {
                 format!("{} {} [{}]: {}", i.kind.as_str(), i.scope, i.id, i.summary),
                 None,
             );
-            self.notifier.incident(&change);
+            // Among replicas the leader posts incident changes from the store (once per change
+            // and per kind and scope, see `Replica::notify_changes`); alone, this process does.
+            if self.replica.get().is_none() {
+                self.notifier.incident(&change);
+            }
             self.recorder.record(Write::Incident(incident_row(i)));
         }
+    }
+
+    /// The notifier (the leader replica posts incident changes through it).
+    pub(crate) fn notifier(&self) -> &Notifier {
+        &self.notifier
     }
 
     /// The kinds of the open incidents, one entry per incident.
@@ -675,9 +694,12 @@ impl Supervisor {
         self.dispatch.expire(now).await;
     }
 
-    /// The store takes writes (the recorder is not failing).
+    /// The store takes writes (the recorder is not failing) and, among replicas, the shared
+    /// database answers: a replica that cannot reach it cannot keep an audit row, nor know
+    /// whether another replica took the node over.
     fn store_ok(&self) -> bool {
         !self.recorder.health().borrow().is_failing()
+            && self.replica.get().is_none_or(|r| r.db_reachable())
     }
 
     /// Node health alone, between ticks (the controller runs it on a short interval of its own).

@@ -256,6 +256,9 @@ pub struct Track {
     /// When the last restart was sent, until an agent is seen again: a restart lost on the
     /// way (the node agent died with it, the stream broke) is sent again.
     pub restart_sent_ms: Option<UnixMs>,
+    /// Restored from the store ([`Track::recovered`], a controller restart or a replica's
+    /// takeover) and not observed since: the first observation is a baseline, not activity.
+    pub resumed: bool,
 }
 
 impl Track {
@@ -288,6 +291,7 @@ impl Track {
             next_due: Some(now),
             progress_ms: now,
             restart_sent_ms: None,
+            resumed: false,
         }
     }
 
@@ -539,6 +543,10 @@ fn observe(
     fx: &mut Vec<Effect>,
 ) {
     let first = t.obs_at_ms.is_none();
+    // The first sight of a session restored from the store is its baseline after a restart or
+    // takeover: no evidence of activity (a stalled session stays stalled), and its idle time
+    // counts from now, when supervision resumed (the store has no activity history).
+    let baseline = first && std::mem::take(&mut t.resumed);
     let elapsed_ms = t.obs_at_ms.map_or(1, |at| (now - at).max(1) as u64);
     let cpu_delta = o.agent_cpu_ms.saturating_sub(t.obs.agent_cpu_ms);
     let new_agent = o.agent.is_some() && o.agent != t.obs.agent;
@@ -558,8 +566,11 @@ fn observe(
     // A busy screen that moves only in its animation is no activity once it has done so for
     // `animated_hang`: its spinner must not keep resetting the ladder.
     let hung = animated_hang(t, now, policy).is_some();
+    if baseline && !new_agent {
+        t.last_activity_ms = t.last_activity_ms.max(now);
+    }
     let active = !hung
-        && (first
+        && ((first && !baseline)
             || new_agent
             || screen_moved
             || busy_cpu

@@ -12,6 +12,7 @@ pub mod loadgen;
 pub mod probe_cost;
 pub mod procs;
 pub mod proxy;
+pub mod replicas;
 pub mod report;
 pub mod silence;
 
@@ -60,6 +61,9 @@ pub enum Which {
     Load(Option<load::Plan>),
     /// Invariants under seeded faults.
     Chaos(chaos::Options),
+    /// One controller replica against three behind haproxy on PostgreSQL (not in `all`: it
+    /// needs PostgreSQL and haproxy installed).
+    Replicas,
 }
 
 /// Runs the chosen benchmarks in order (probe, death, silence, load, chaos), prints every section
@@ -77,6 +81,7 @@ pub async fn run(which: Which, scale: Scale, out: Option<&Path>) -> anyhow::Resu
         Which::Silence => &["silence"],
         Which::Load(_) => &["load"],
         Which::Chaos(_) => &["chaos"],
+        Which::Replicas => &["replicas"],
     };
     let chaos_opts = match &which {
         Which::Chaos(o) => o.clone(),
@@ -94,6 +99,7 @@ pub async fn run(which: Which, scale: Scale, out: Option<&Path>) -> anyhow::Resu
             "death" => death::run(scale, &machine).await,
             "silence" => silence::run(scale, &machine).await,
             "chaos" => chaos::run(scale, &machine, chaos_opts.clone()).await,
+            "replicas" => replicas::run(scale, &machine).await,
             _ => load::run(scale, &machine, plan).await,
         };
         match result {

@@ -70,6 +70,11 @@ struct Cluster {
 
 impl Cluster {
     async fn start(pg: PgServer, n: usize) -> anyhow::Result<Self> {
+        Self::start_with(pg, n, None).await
+    }
+
+    /// `n` replicas, each posting incident changes to `webhook` when given.
+    async fn start_with(pg: PgServer, n: usize, webhook: Option<&str>) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("argus-replicas-")
             .tempdir()?;
@@ -81,6 +86,9 @@ impl Cluster {
                 .tick(Duration::from_millis(100))
                 .env("RUST_LOG", RUST_LOG);
             spec.config.db = db.clone();
+            if let Some(url) = webhook {
+                spec = spec.webhook(url);
+            }
             let rdir = dir.path().join(format!("r{i}"));
             std::fs::create_dir_all(&rdir)?;
             replicas.push(Replica {
@@ -168,6 +176,20 @@ impl Cluster {
 
     fn admin_of(&self, i: usize) -> String {
         self.replicas[i].advertised()
+    }
+
+    /// The running replica that holds the leader lease, and its fencing token.
+    fn leader(&self) -> anyhow::Result<Option<(usize, u64)>> {
+        let row = self.sql("SELECT holder, token FROM leases WHERE name = 'leader'")?;
+        let Some((holder, token)) = row.trim().split_once('|') else {
+            return Ok(None);
+        };
+        let i = self.replicas.iter().position(|r| {
+            r.running
+                .as_ref()
+                .is_some_and(|p| holder.starts_with(&format!("ctl-{}-", p.proc.pid())))
+        });
+        Ok(i.map(|i| (i, token.parse().unwrap_or(0))))
     }
 }
 
@@ -353,18 +375,7 @@ async fn the_owner_dies_and_another_replica_takes_the_node_over() -> anyhow::Res
     // The leader (the lease row's holder) dies: another replica takes the lease over with a
     // higher fencing token within 10 s, and runs the fleet-wide duty: commands a dead replica
     // left pending on a node nobody took over are closed.
-    let leader = |c: &Cluster| -> anyhow::Result<Option<(usize, u64)>> {
-        let row = c.sql("SELECT holder, token FROM leases WHERE name = 'leader'")?;
-        let Some((holder, token)) = row.trim().split_once('|') else {
-            return Ok(None);
-        };
-        let i = c.replicas.iter().position(|r| {
-            r.running
-                .as_ref()
-                .is_some_and(|p| holder.starts_with(&format!("ctl-{}-", p.proc.pid())))
-        });
-        Ok(i.map(|i| (i, token.parse().unwrap_or(0))))
-    };
+    let leader = |c: &Cluster| c.leader();
     let (old, token) = eventually("a leader", WAIT, || async { leader(&c) }).await?;
     let killed = Instant::now();
     if let Some(mut p) = c.replicas[old].running.take() {
@@ -502,6 +513,388 @@ async fn the_owner_dies_and_another_replica_takes_the_node_over() -> anyhow::Res
         percentile(&sorted, 0.5) < Duration::from_secs(10),
         "failover p50 {:?}",
         percentile(&sorted, 0.5)
+    );
+    Ok(())
+}
+
+/// Webhook posts of one incident's `event` (`incident_opened`, `incident_closed`, ...).
+fn posts(received: &argus_tests::webhook::Received, id: &str, event: &str) -> usize {
+    received
+        .all()
+        .iter()
+        .filter(|b| b["event"] == event && b["incident"]["id"] == id)
+        .count()
+}
+
+/// The leader posts incident changes, once each: a node agent dies, its owner opens a host
+/// incident, the leader posts it; the leader is SIGKILLed, another replica takes the lease over
+/// within 10 s, the incident is still open and is not posted again; the node comes back, and
+/// the new leader posts the close, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_dies_and_no_webhook_is_sent_twice() -> anyhow::Result<()> {
+    const TEST: &str = "replicas::the_leader_dies_and_no_webhook_is_sent_twice";
+    let Some(pg) = tokio::task::spawn_blocking(PgServer::start)
+        .await?
+        .map_err(anyhow::Error::msg)?
+    else {
+        skip_notice(TEST);
+        return Ok(());
+    };
+    if haproxy().is_none() {
+        eprintln!(
+            "\n*** SKIPPED {TEST}: haproxy is not installed (`bash tests/run.sh` installs it) ***\n"
+        );
+        return Ok(());
+    }
+    let (hook, received) = argus_tests::webhook::start().await?;
+    let tmux = TestTmux::new();
+    tmux.session("work", &fake_agent("working"), &[("profile", "claude")])?;
+    let mut c = Cluster::start_with(pg, 3, Some(&hook)).await?;
+    let adir = c._dir.path().join("agent");
+    std::fs::create_dir_all(&adir)?;
+    let agent = NodeAgentSpec::new("n1", &c.lb_url(), tmux.socket())
+        .probe_interval(Duration::from_millis(250))
+        .heartbeat(Duration::from_millis(500))
+        .env("RUST_LOG", "info,argus_node_agent=debug");
+    let mut running = agent.start(&adir)?;
+    let (owner, _) = eventually("the node owned by a replica", WAIT, || async {
+        c.owner("n1")
+    })
+    .await?;
+    eventually("the session observed by its owner", WAIT, || async {
+        observed(&c.admin_of(owner), "n1", "work").await
+    })
+    .await?;
+
+    // Each replica takes a third of the fleet destructive budget.
+    for r in &c.replicas {
+        eventually("the budget shared by three", WAIT, || async {
+            let log = r.running.as_ref().map(|p| p.proc.log()).unwrap_or_default();
+            Ok(log
+                .contains("live replicas changed: this replica takes 1/3")
+                .then_some(()))
+        })
+        .await?;
+    }
+    // The node agent dies: its owner finds the node suspect (6 s of silence) and opens a host
+    // incident; the leader posts it.
+    running.kill();
+    let opened = eventually(
+        "the host incident posted",
+        Duration::from_secs(40),
+        || async {
+            Ok(received
+                .all()
+                .iter()
+                .find(|b| b["event"] == "incident_opened" && b["incident"]["scope"] == "n1")
+                .and_then(|b| b["incident"]["id"].as_str().map(str::to_owned)))
+        },
+    )
+    .await?;
+    let (old, token) = eventually("a leader", WAIT, || async { c.leader() }).await?;
+    assert_eq!(posts(&received, &opened, "incident_opened"), 1);
+
+    // SIGKILL the leader: another replica takes the lease over, with a higher token.
+    let killed = Instant::now();
+    if let Some(mut p) = c.replicas[old].running.take() {
+        p.proc.kill();
+    }
+    let (new, new_token) = eventually("another leader", WAIT, || async {
+        Ok(c.leader()?.filter(|(i, t)| *i != old && *t > token))
+    })
+    .await?;
+    let takeover = killed.elapsed();
+    assert!(
+        takeover < Duration::from_secs(10),
+        "leader takeover {takeover:?}"
+    );
+    // Still open in the store, and what the new leader's outbox finds there is already marked.
+    let open = format!("SELECT closed_ms FROM incidents WHERE id = '{opened}'");
+    assert_eq!(c.sql(&open)?, "0", "the incident is still open");
+    let marks = format!("SELECT change, sent, token FROM notified WHERE incident_id = '{opened}'");
+    assert_eq!(
+        c.sql(&marks)?,
+        format!("opened|1|{token}"),
+        "marked by the old leader"
+    );
+
+    // The new leader took over the open incident's Alertmanager re-sends (posting nothing).
+    let log = || {
+        c.replicas[new]
+            .running
+            .as_ref()
+            .map(|p| p.proc.log())
+            .unwrap_or_default()
+    };
+    eventually("the open incident's alert taken over", WAIT, || async {
+        Ok(log()
+            .contains("open incidents' alerts taken over by the new leader incidents=1")
+            .then_some(()))
+    })
+    .await?;
+    // The node comes back: the incident closes, and the new leader posts the close, once. By
+    // then its outbox has run many rounds: the opening was not posted again.
+    let _running = agent.start(&adir)?;
+    eventually(
+        "the close posted by the new leader",
+        Duration::from_secs(30),
+        || async { Ok((posts(&received, &opened, "incident_closed") > 0).then_some(())) },
+    )
+    .await?;
+    let closed_mark =
+        format!("SELECT token FROM notified WHERE incident_id = '{opened}' AND change = 'closed'");
+    assert_eq!(
+        c.sql(&closed_mark)?,
+        new_token.to_string(),
+        "closed by the new leader"
+    );
+    // The new leader's outbox read the incident in the pass that posted the close (and would
+    // have queued a second opening before it): none came.
+    assert_eq!(
+        posts(&received, &opened, "incident_opened"),
+        1,
+        "opened posted once"
+    );
+    assert_eq!(
+        posts(&received, &opened, "incident_closed"),
+        1,
+        "closed posted once"
+    );
+    let hits = received
+        .all()
+        .iter()
+        .filter(|b| b["incident"]["id"] == opened.as_str())
+        .count();
+
+    // Two replicas each open an incident of one kind and scope (each correlates its own nodes'
+    // sessions; recorded here as they would record them): posted once, under the first one's
+    // id, and closed once, when the last of them closes.
+    c.sql(
+        "INSERT INTO incidents (id, kind, scope, opened_ms, summary) VALUES
+           ('inc-a', 'provider_limit', 'anthropic/team', 1000, 'limited on replica a'),
+           ('inc-b', 'provider_limit', 'anthropic/team', 2000, 'limited on replica b')",
+    )?;
+    eventually("the group posted", WAIT, || async {
+        Ok((posts(&received, "inc-a", "incident_opened") == 1).then_some(()))
+    })
+    .await?;
+    let folded = "SELECT sent, sent_as FROM notified WHERE incident_id = 'inc-b'";
+    eventually("the second one folded in", WAIT, || async {
+        Ok((c.sql(folded)? == "0|inc-a").then_some(()))
+    })
+    .await?;
+    c.sql("UPDATE incidents SET closed_ms = 3000 WHERE id = 'inc-a'")?;
+    let held = "SELECT sent FROM notified WHERE incident_id = 'inc-a' AND change = 'closed'";
+    eventually("the first close held back", WAIT, || async {
+        Ok((c.sql(held)? == "0").then_some(()))
+    })
+    .await?;
+    assert_eq!(posts(&received, "inc-a", "incident_closed"), 0);
+    c.sql("UPDATE incidents SET closed_ms = 4000 WHERE id = 'inc-b'")?;
+    eventually("the group's close posted", WAIT, || async {
+        Ok((posts(&received, "inc-a", "incident_closed") == 1).then_some(()))
+    })
+    .await?;
+    assert_eq!(posts(&received, "inc-b", "incident_opened"), 0);
+    assert_eq!(posts(&received, "inc-a", "incident_opened"), 1);
+    eprintln!(
+        "leader takeover with an open incident: replica {old} -> {new}, token {token} -> \
+         {new_token}, in {takeover:?}; webhook posts of incident {opened}: {hits} (opened and \
+         closed, once each)"
+    );
+    Ok(())
+}
+
+/// `/readyz` and gRPC health of the replica listening on `url` (side port `http`).
+async fn readiness(url: &str, http: std::net::SocketAddr) -> anyhow::Result<(u16, bool)> {
+    let status = readyz(http).await?;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        tonic::transport::Channel::from_shared(url.to_owned())?
+            .connect()
+            .await?,
+    );
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await?
+        .into_inner()
+        .status();
+    Ok((
+        status,
+        serving == tonic_health::pb::health_check_response::ServingStatus::Serving,
+    ))
+}
+
+/// One replica cut off from the database (its connections go through a loopback proxy that
+/// black-holes them for 20 s, as a partition does: nothing closes, nothing arrives): that
+/// replica turns not ready and acts no more (an agent that dies on its node is not restarted
+/// during the partition), the other two stay ready; when the link returns, nothing recorded
+/// before is lost, the death seen during the partition is recorded, and supervision resumes
+/// (the restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_from_the_database_stops_acting_and_loses_nothing() -> anyhow::Result<()>
+{
+    const TEST: &str =
+        "replicas::a_replica_cut_off_from_the_database_stops_acting_and_loses_nothing";
+    const PARTITION: Duration = Duration::from_secs(20);
+    let Some(pg) = tokio::task::spawn_blocking(PgServer::start)
+        .await?
+        .map_err(anyhow::Error::msg)?
+    else {
+        skip_notice(TEST);
+        return Ok(());
+    };
+    if haproxy().is_none() {
+        eprintln!(
+            "\n*** SKIPPED {TEST}: haproxy is not installed (`bash tests/run.sh` installs it) ***\n"
+        );
+        return Ok(());
+    }
+    let proxy =
+        argus_tests::bench::proxy::Proxy::start(format!("127.0.0.1:{}", pg.port()).parse()?)
+            .await?;
+    let tmux = TestTmux::new();
+    tmux.session(
+        "crashy",
+        &fake_agent("idle"),
+        &[("profile", "claude"), ("restart", &fake_agent("idle"))],
+    )?;
+    tmux.session("work", &fake_agent("working"), &[("profile", "claude")])?;
+    let mut c = Cluster::start(pg, 3).await?;
+    // Replica 0 reaches the database through the proxy from now on.
+    if let Some(mut p) = c.replicas[0].running.take() {
+        p.proc.kill();
+    }
+    let direct = format!(":{}/", c.pg.port());
+    c.replicas[0].spec.config.db = c.db.replace(&direct, &format!(":{}/", proxy.addr().port()));
+    c.replicas[0].start().await?;
+    // The node dials replica 0 itself, which owns it.
+    let adir = c._dir.path().join("agent");
+    std::fs::create_dir_all(&adir)?;
+    let _agent = NodeAgentSpec::new("n1", &c.admin_of(0), tmux.socket())
+        .probe_interval(Duration::from_millis(250))
+        .heartbeat(Duration::from_millis(500))
+        .env("RUST_LOG", "info,argus_node_agent=debug")
+        .start(&adir)?;
+    eventually("the node owned by replica 0", WAIT, || async {
+        Ok(c.owner("n1")?.filter(|(i, _)| *i == 0))
+    })
+    .await?;
+    let before = eventually("the agent observed", WAIT, || async {
+        observed(&c.admin_of(0), "n1", "crashy").await
+    })
+    .await?;
+    // Recorded before the partition: an answered command.
+    let nudged = admin(&c.admin_of(0))
+        .await?
+        .nudge(pb::NudgeRequest {
+            session: sref("n1", "work"),
+            text: "before the partition".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(nudged.status(), pb::CommandStatus::Ok, "{nudged:?}");
+    let audit = format!(
+        "SELECT status FROM commands WHERE command_id = '{}'",
+        nudged.command_id
+    );
+    eventually("the nudge audited", WAIT, || async {
+        Ok((c.sql(&audit)? == "COMMAND_STATUS_OK").then_some(()))
+    })
+    .await?;
+    let addrs: Vec<(String, std::net::SocketAddr)> = c
+        .replicas
+        .iter()
+        .map(|r| Ok((r.advertised(), r.spec.config.http.context("side port")?)))
+        .collect::<anyhow::Result<_>>()?;
+    for (url, http) in &addrs {
+        eventually("every replica ready", WAIT, || async {
+            Ok((readiness(url, *http).await? == (200, true)).then_some(()))
+        })
+        .await?;
+    }
+
+    // Replica 0's own events (in memory: they need no database).
+    let mut events = admin(&c.admin_of(0))
+        .await?
+        .watch_events(pb::WatchEventsRequest {
+            node_id: "n1".into(),
+        })
+        .await?
+        .into_inner();
+    // The partition.
+    proxy.black_hole();
+    let cut = Instant::now();
+    eventually("replica 0 not ready", WAIT, || async {
+        Ok((readiness(&addrs[0].0, addrs[0].1).await? == (503, false)).then_some(()))
+    })
+    .await?;
+    let not_ready_in = cut.elapsed();
+    // The agent on its node dies: the death is seen (the node's stream to replica 0 lives),
+    // but nothing is restarted while replica 0 cannot reach the database.
+    let pid = rustix::process::Pid::from_raw(before.agent_pid as i32).context("pid")?;
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL)?;
+    wait_event(&mut events, "the death seen by replica 0", WAIT, |e| {
+        e.session_name == "crashy" && e.kind == "transition" && e.message.contains("-> dead")
+    })
+    .await?;
+    // For the rest of the partition: replica 0 stays not ready and restarts nothing, the other
+    // two stay ready.
+    while cut.elapsed() < PARTITION {
+        for (url, http) in &addrs[1..] {
+            anyhow::ensure!(
+                readiness(url, *http).await? == (200, true),
+                "replica {url} not ready while only replica 0 is cut off"
+            );
+        }
+        anyhow::ensure!(
+            readiness(&addrs[0].0, addrs[0].1).await? == (503, false),
+            "replica 0 ready during the partition"
+        );
+        anyhow::ensure!(
+            !tmux.has_session("crashy"),
+            "restarted during the partition"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let healed = argus_shared::time::now_ms();
+    proxy.restore();
+    eventually("replica 0 ready again", WAIT, || async {
+        Ok((readiness(&addrs[0].0, addrs[0].1).await? == (200, true)).then_some(()))
+    })
+    .await?;
+    let ready_in = Duration::from_millis((argus_shared::time::now_ms() - healed) as u64);
+    // Supervision resumes: the dead agent is restarted, after the partition.
+    let after = eventually("the agent restarted", WAIT, || async {
+        Ok(observed(&c.admin_of(0), "n1", "crashy")
+            .await?
+            .filter(|s| s.agent_pid != before.agent_pid))
+    })
+    .await?;
+    assert_ne!(after.agent_pid, before.agent_pid);
+    let restart = "SELECT issued_at_ms FROM commands WHERE action = 'restart' AND node_id = 'n1'";
+    let issued: i64 = eventually("the restart audited", WAIT, || async {
+        Ok(c.sql(restart)?.lines().next().and_then(|l| l.parse().ok()))
+    })
+    .await?;
+    assert!(
+        issued >= healed,
+        "restart issued {} ms before the partition healed",
+        healed - issued
+    );
+    // Nothing lost: the command answered before, and the death seen during the partition.
+    assert_eq!(c.sql(&audit)?, "COMMAND_STATUS_OK");
+    eventually("the death recorded", WAIT, || async {
+        let n = c.sql(
+            "SELECT count(*) FROM transitions WHERE session_name = 'crashy' AND to_state = 'dead'",
+        )?;
+        Ok((n != "0").then_some(()))
+    })
+    .await?;
+    eprintln!(
+        "partition of replica 0 from the database for {PARTITION:?}: not ready after {not_ready_in:?}, \
+         ready again {ready_in:?} after it healed; the death seen during it restarted after it"
     );
     Ok(())
 }

@@ -123,6 +123,7 @@ impl Track {
             t.restart_sent_ms = Some(now);
         }
         t.last_change_ms = changed_ms.min(now);
+        t.resumed = true;
         t
     }
 
@@ -206,6 +207,67 @@ mod tests {
         (0..30)
             .flat_map(|i| step(t, Input::Tick, from + i * 500, &p, &Ctx::default()).effects)
             .collect()
+    }
+
+    /// An idle agent the previous controller had judged stalled: the new one's first sight of
+    /// it is a baseline, not activity (no false `activity resumed`, then a stall again within
+    /// a second).
+    #[test]
+    fn a_restored_stalled_session_stays_stalled_at_its_first_snapshot() {
+        let p = Policy::default();
+        let o = obs(false);
+        let mut t = restarted(
+            &[
+                seen(o.clone()),
+                seen(o.clone()),
+                seen(o.clone()),
+                seen(o.clone()),
+                Input::Tick,
+            ],
+            100_000,
+        );
+        assert_eq!(t.state, SessionState::Stalled);
+        let fx = step(&mut t, seen(o.clone()), 100_500, &p, &Ctx::default()).effects;
+        assert_eq!(t.state, SessionState::Stalled, "{fx:?}");
+        assert!(
+            !fx.iter().any(|e| matches!(e, Effect::Transition { .. })),
+            "{fx:?}"
+        );
+        // A real change of the screen afterwards is activity.
+        let mut moved = o;
+        moved.screen_hash = "b".into();
+        step(&mut t, seen(moved), 101_500, &p, &Ctx::default());
+        assert_eq!(t.state, SessionState::Working);
+    }
+
+    /// An idle agent restored as `working` (its last recorded state long ago): idle counts from
+    /// its first sight after the takeover, and it is not judged stalled before the usual number
+    /// of quiet probes from then.
+    #[test]
+    fn a_restored_working_session_counts_idle_from_the_takeover() {
+        let p = Policy::default();
+        let o = obs(false);
+        // Recorded working at 1 s; the new controller takes it over at 100 s and its node's
+        // first snapshot comes at 102 s.
+        let mut t = restarted(&[seen(o.clone())], 100_000);
+        assert_eq!(t.state, SessionState::Working);
+        let idle_after = i64::from(p.idle_checks) * t.probe_ms;
+        let mut at = 102_000;
+        let mut stalled = None;
+        while at <= 102_000 + 2 * idle_after {
+            let fx = step(&mut t, seen(o.clone()), at, &p, &Ctx::default()).effects;
+            let fx2 = step(&mut t, Input::Tick, at, &p, &Ctx::default()).effects;
+            if stalled.is_none() && t.state == SessionState::Stalled {
+                stalled = Some((at, t.reason.clone(), fx, fx2));
+            }
+            at += t.probe_ms;
+        }
+        let (when, reason, ..) = stalled.expect("stalled in the end");
+        assert!(when >= 102_000 + idle_after, "stalled at {when}: {reason}");
+        assert!(
+            reason.contains(&format!("idle for {} s", idle_after / 1000)),
+            "{reason}"
+        );
     }
 
     #[test]

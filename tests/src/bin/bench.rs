@@ -1,6 +1,6 @@
-//! `bench`: Argus's benchmarks (`all`, `probe`, `death`, `silence`, `load`, `chaos`), writing their
-//! figures into `docs/performance.md`; `--smoke` runs a tiny configuration of each for CI and
-//! writes nothing unless `--out` is given.
+//! `bench`: Argus's benchmarks (`all`, `probe`, `death`, `silence`, `load`, `chaos`,
+//! `replicas`), writing their figures into `docs/performance.md`; `--smoke` runs a tiny
+//! configuration of each for CI and writes nothing unless `--out` is given.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -74,6 +74,9 @@ enum Cmd {
         #[arg(long, value_parser = parse_kind)]
         only: Vec<chaos::faults::Kind>,
     },
+    /// One controller replica against three behind haproxy on one PostgreSQL (needs both
+    /// installed; not part of `all`).
+    Replicas,
     /// (internal) The program of the probe benchmark's sessions: prints a line every period.
     #[command(hide = true)]
     Ticker {
@@ -98,6 +101,7 @@ fn main() -> anyhow::Result<()> {
             return bench::probe_cost::ticker(Duration::from_millis(period_ms));
         }
         Cmd::All => Which::All,
+        Cmd::Replicas => Which::Replicas,
         Cmd::Probe => Which::Probe,
         Cmd::Death => Which::Death,
         Cmd::Silence => Which::Silence,
