@@ -394,11 +394,15 @@ impl Prober {
                     .and_then(|n| self.profiles.get(n))
                     .unwrap_or_else(|| self.profiles.generic());
                 cache.progress = classifier.progress_hash(&text);
-                // The whole capture, not the hashed tail: full-screen TUIs (Claude 2.1) pin their
-                // input box to the bottom row with blank rows above it, so the last 30 rows can be
-                // all box and blanks. The profile reads its own window of non-blank lines.
+                // The screen as it is now, blank rows included, not the hashed tail: full-screen
+                // TUIs (Claude 2.1) pin their input box to the bottom row with blank rows above
+                // it, so the last 30 non-blank rows can be all box and blanks; the profile reads
+                // its own window of non-blank lines. Not the history above it either: a message
+                // that scrolled off, or that a clear pushed off, is not on screen any more (a rate
+                // limit read from there pinned the limit on an agent working again).
+                let now_on_screen = screen::visible(&text, pane.pane_height as usize);
                 let classification =
-                    classifier.classify(&text, now_ms() / 1000, local_utc_offset_secs());
+                    classifier.classify(now_on_screen, now_ms() / 1000, local_utc_offset_secs());
                 if classification.condition != cache.classification.condition
                     || cache.screen_since_ms == 0
                 {
@@ -869,6 +873,7 @@ mod tests {
                 String::new(),
             ],
             window_size: (120, 40),
+            pane_height: 40,
             start_command: "claude".into(),
             title: String::new(),
         }

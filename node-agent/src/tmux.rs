@@ -47,7 +47,7 @@ const PANE_FORMAT: &str = concat!(
     "#{pane_id}\u{1f}#{pane_pid}\u{1f}#{pane_dead}\u{1f}#{pane_dead_status}\u{1f}",
     "#{window_activity}\u{1f}#{history_size}\u{1f}#{cursor_y}\u{1f}#{pane_current_path}\u{1f}",
     "#{@argus-profile}\u{1f}#{@argus-provider}\u{1f}#{@argus-account}\u{1f}#{@argus-group}\u{1f}",
-    "#{@argus-restart}\u{1f}#{@argus-gate}\u{1f}#{window_width}\u{1f}#{window_height}\u{1f}#{pane_start_command}",
+    "#{@argus-restart}\u{1f}#{@argus-gate}\u{1f}#{window_width}\u{1f}#{window_height}\u{1f}#{pane_height}\u{1f}#{pane_start_command}",
     // Last: a title is whatever the program set, so it takes any separator left over.
     "\u{1f}#{pane_title}"
 );
@@ -72,6 +72,9 @@ pub struct Pane {
     pub labels: [String; 6],
     /// The window's size (columns, rows): a session created anew gets it back.
     pub window_size: (u32, u32),
+    /// `#{pane_height}`: its rows. A capture with history holds the rows above the screen
+    /// (scrolled off, or pushed off by a clear); the last `pane_height` rows are the screen now.
+    pub pane_height: u32,
     /// The pane's start command as tmux prints it (quoted).
     pub start_command: String,
     /// `#{pane_title}`: what the program set as its terminal title (tmux's default is the host
@@ -81,8 +84,8 @@ pub struct Pane {
 
 impl Pane {
     fn parse(line: &str) -> Option<Self> {
-        let f: Vec<&str> = line.splitn(22, SEP).collect();
-        if f.len() < 21 {
+        let f: Vec<&str> = line.splitn(23, SEP).collect();
+        if f.len() < 22 {
             return None;
         }
         Some(Self {
@@ -107,8 +110,9 @@ impl Pane {
                 f[17].to_owned(),
             ],
             window_size: (f[18].parse().unwrap_or(0), f[19].parse().unwrap_or(0)),
-            start_command: f[20].to_owned(),
-            title: f.get(21).map_or_else(String::new, |t| (*t).to_owned()),
+            pane_height: f[20].parse().unwrap_or(0),
+            start_command: f[21].to_owned(),
+            title: f.get(22).map_or_else(String::new, |t| (*t).to_owned()),
         })
     }
 
@@ -391,7 +395,7 @@ mod tests {
 
     #[test]
     fn pane_lines() {
-        let line = "s\u{1f}$1\u{1f}0\u{1f}0\u{1f}%3\u{1f}42\u{1f}0\u{1f}\u{1f}1700\u{1f}5\u{1f}2\u{1f}/tmp\u{1f}claude\u{1f}\u{1f}\u{1f}\u{1f}\u{1f}\u{1f}120\u{1f}40\u{1f}\"sleep 1\"";
+        let line = "s\u{1f}$1\u{1f}0\u{1f}0\u{1f}%3\u{1f}42\u{1f}0\u{1f}\u{1f}1700\u{1f}5\u{1f}2\u{1f}/tmp\u{1f}claude\u{1f}\u{1f}\u{1f}\u{1f}\u{1f}\u{1f}120\u{1f}40\u{1f}40\u{1f}\"sleep 1\"";
         let p = Pane::parse(line).expect("parses");
         assert_eq!(p.pane_id, "%3");
         assert_eq!(p.pane_pid, 42);

@@ -4,6 +4,20 @@
 /// Default number of bottom lines that are hashed and classified.
 pub const DEFAULT_LINES: usize = 30;
 
+/// The last `rows` rows of a capture, blank rows included: the screen as it is now when `rows`
+/// is the pane's height (a capture with history holds the rows above it). `rows` 0 (unknown)
+/// keeps the whole capture.
+pub fn visible(capture: &str, rows: usize) -> &str {
+    if rows == 0 {
+        return capture;
+    }
+    let body = capture.strip_suffix('\n').unwrap_or(capture);
+    match body.rmatch_indices('\n').nth(rows - 1) {
+        Some((i, _)) => &capture[i + 1..],
+        None => capture,
+    }
+}
+
 /// The last `n` lines of `screen`, with trailing blank lines (tmux pads panes with them) dropped
 /// first so that the same content hashes the same whatever the pane height.
 pub fn last_lines(screen: &str, n: usize) -> &str {
@@ -34,6 +48,15 @@ pub fn hash(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn visible_is_the_last_rows_blank_ones_included() {
+        // History (a limit message a clear pushed off), then a 4-row screen.
+        let capture = "limit reached\nold\nb1\nb2\n\n\n";
+        assert_eq!(visible(capture, 4), "b1\nb2\n\n\n");
+        assert_eq!(visible(capture, 10), capture);
+        assert_eq!(visible(capture, 0), capture);
+    }
 
     #[test]
     fn last_lines_drops_padding_and_keeps_n() {

@@ -98,3 +98,71 @@ async fn control_client_waits_for_a_still_server_and_sits_on_its_oldest_session(
     .await?;
     Ok(())
 }
+
+/// What a clear pushed into the history is not on screen: an agent that showed a rate limit,
+/// retried (a spinner), and then redrew its screen stuck mid-turn is no longer limited or
+/// retrying (those lines sit in the pane's history, above the screen). The chaos runs' fake
+/// agent draws like this, and the limit read from the history held its restarts for hours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_pushed_off_by_a_clear_are_not_read_as_on_screen() -> anyhow::Result<()> {
+    let tmux = TestTmux::new();
+    let dir = tempfile::tempdir()?;
+    let script = dir.path().join("screens.py");
+    std::fs::write(
+        &script,
+        r#"import os, sys, time
+rule = "\u2500" * 100
+def draw(lines):
+    os.write(1, ("\x1b[2J\x1b[H" + "\r\n".join(lines)).encode())
+def wait(name):
+    while not os.path.exists(os.path.join(sys.argv[1], name)):
+        time.sleep(0.05)
+draw(["\u23fa Working on it.", "  \u23bf  Claude AI usage limit reached|%d" % (int(time.time()) + 3600),
+      "", rule, "> ", rule])
+wait("think")
+for step in range(20):
+    draw(["\u23fa Reading the code.", "",
+          "\u2736 Cooking\u2026 (%ds \u00b7 \u2193 %d tokens \u00b7 esc to interrupt)" % (step, step),
+          "", rule, "> ", rule])
+    time.sleep(0.1)
+wait("hang")
+draw(["\u23fa Update(src/lib.rs)", "  \u23bf  Updated src/lib.rs with 3 additions", "",
+      "waiting for the build lock"])
+time.sleep(3600)
+"#,
+    )?;
+    let claude = dir.path().join("claude");
+    std::os::unix::fs::symlink("/usr/bin/python3", &claude)?;
+    tmux.session(
+        "limited",
+        &format!(
+            "{} {} {}",
+            claude.display(),
+            script.display(),
+            dir.path().display()
+        ),
+        &[("profile", "claude")],
+    )?;
+    let mut c = TestCluster::with_policy("nudge_dwell = \"1h\"").await?;
+    c.start_agent("n1", tmux.socket())?;
+    c.wait_session("n1", "limited", "the limit seen", WAIT, |s| {
+        s.condition() == pb::Condition::RateLimited
+    })
+    .await?;
+    std::fs::write(dir.path().join("think"), "")?;
+    c.wait_session("n1", "limited", "the retry seen", WAIT, |s| {
+        s.condition() == pb::Condition::Thinking
+    })
+    .await?;
+    std::fs::write(dir.path().join("hang"), "")?;
+    c.wait_session("n1", "limited", "neither limited nor retrying", WAIT, |s| {
+        s.condition() == pb::Condition::Unspecified
+    })
+    .await?;
+    let history = tmux.run(&["capture-pane", "-p", "-S", "-200", "-t", "=limited:"])?;
+    assert!(
+        history.contains("usage limit reached") && history.contains("Cooking"),
+        "the limit and the spinner are still in the pane's history: {history}"
+    );
+    Ok(())
+}
