@@ -40,6 +40,22 @@ fn session_of(a: &pb::Alarm) -> &str {
     a.session.as_ref().map_or("", |s| s.session_name.as_str())
 }
 
+/// A fake Claude at its prompt in session "idle", watched by a controller and node agent "n1".
+/// The directory holds the fake's binary: keep it while the session runs.
+async fn idle_agent() -> anyhow::Result<(TestTmux, tempfile::TempDir, TestCluster)> {
+    let tmux = TestTmux::new();
+    let work = tempfile::tempdir()?;
+    let claude = claude_binary(work.path())?;
+    tmux.session("idle", &format!("{claude} idle"), &[("profile", "claude")])?;
+    let mut c = TestCluster::with_policy("").await?;
+    c.start_agent("n1", tmux.socket())?;
+    c.wait_session("n1", "idle", "agent at its prompt", WAIT, |s| {
+        s.agent_pid > 0 && s.condition() == pb::Condition::AtPrompt
+    })
+    .await?;
+    Ok((tmux, work, c))
+}
+
 /// The pane's text including what scrolled off (the agent's output scrolls fast).
 fn pane_history(tmux: &TestTmux, name: &str) -> anyhow::Result<String> {
     tmux.run(&[
@@ -200,16 +216,7 @@ exec {claude} idle
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alarm_set_through_the_api_survives_a_node_agent_restart_and_can_be_cancelled()
 -> anyhow::Result<()> {
-    let tmux = TestTmux::new();
-    let work = tempfile::tempdir()?;
-    let claude = claude_binary(work.path())?;
-    tmux.session("idle", &format!("{claude} idle"), &[("profile", "claude")])?;
-    let mut c = TestCluster::with_policy("").await?;
-    c.start_agent("n1", tmux.socket())?;
-    c.wait_session("n1", "idle", "agent at its prompt", WAIT, |s| {
-        s.agent_pid > 0 && s.condition() == pb::Condition::AtPrompt
-    })
-    .await?;
+    let (tmux, _work, mut c) = idle_agent().await?;
     let mut admin = c.admin().await?;
 
     // List and cancel.
@@ -382,16 +389,7 @@ async fn an_alarm_set_through_the_api_survives_a_node_agent_restart_and_can_be_c
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alarm_due_while_the_store_refuses_writes_waits_for_it() -> anyhow::Result<()> {
-    let tmux = TestTmux::new();
-    let work = tempfile::tempdir()?;
-    let claude = claude_binary(work.path())?;
-    tmux.session("idle", &format!("{claude} idle"), &[("profile", "claude")])?;
-    let mut c = TestCluster::with_policy("").await?;
-    c.start_agent("n1", tmux.socket())?;
-    c.wait_session("n1", "idle", "agent at its prompt", WAIT, |s| {
-        s.agent_pid > 0 && s.condition() == pb::Condition::AtPrompt
-    })
-    .await?;
+    let (tmux, _work, c) = idle_agent().await?;
     let set = c
         .admin()
         .await?

@@ -39,6 +39,29 @@ fn haproxy() -> Option<PathBuf> {
     .find(|p| p.exists())
 }
 
+/// A PostgreSQL server of this test's own; `None` (after a loud notice) when PostgreSQL is not
+/// installed.
+async fn postgres(test: &str) -> anyhow::Result<Option<PgServer>> {
+    let pg = tokio::task::spawn_blocking(PgServer::start)
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    if pg.is_none() {
+        skip_notice(test);
+    }
+    Ok(pg)
+}
+
+/// [`postgres`], and haproxy installed; `None` (after a loud notice) when either is missing.
+async fn postgres_and_haproxy(test: &str) -> anyhow::Result<Option<PgServer>> {
+    if haproxy().is_none() {
+        eprintln!(
+            "\n*** SKIPPED {test}: haproxy is not installed (`bash tests/run.sh` installs it) ***\n"
+        );
+        return Ok(None);
+    }
+    postgres(test).await
+}
+
 /// One replica: its spec (fixed ports, so that a restart listens where haproxy checks), its run
 /// directory and, while it runs, its process.
 struct Replica {
@@ -227,19 +250,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_owner_dies_and_another_replica_takes_the_node_over() -> anyhow::Result<()> {
     const TEST: &str = "replicas::the_owner_dies_and_another_replica_takes_the_node_over";
-    let Some(pg) = tokio::task::spawn_blocking(PgServer::start)
-        .await?
-        .map_err(anyhow::Error::msg)?
-    else {
-        skip_notice(TEST);
+    let Some(pg) = postgres_and_haproxy(TEST).await? else {
         return Ok(());
     };
-    if haproxy().is_none() {
-        eprintln!(
-            "\n*** SKIPPED {TEST}: haproxy is not installed (`bash tests/run.sh` installs it) ***\n"
-        );
-        return Ok(());
-    }
     let started = Instant::now();
     let tmux = TestTmux::new();
     // A busy agent (its state must stay `working` through every failover) and one at its
@@ -533,19 +546,9 @@ fn posts(received: &argus_tests::webhook::Received, id: &str, event: &str) -> us
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_dies_and_no_webhook_is_sent_twice() -> anyhow::Result<()> {
     const TEST: &str = "replicas::the_leader_dies_and_no_webhook_is_sent_twice";
-    let Some(pg) = tokio::task::spawn_blocking(PgServer::start)
-        .await?
-        .map_err(anyhow::Error::msg)?
-    else {
-        skip_notice(TEST);
+    let Some(pg) = postgres_and_haproxy(TEST).await? else {
         return Ok(());
     };
-    if haproxy().is_none() {
-        eprintln!(
-            "\n*** SKIPPED {TEST}: haproxy is not installed (`bash tests/run.sh` installs it) ***\n"
-        );
-        return Ok(());
-    }
     let (hook, received) = argus_tests::webhook::start().await?;
     let tmux = TestTmux::new();
     tmux.session("work", &fake_agent("working"), &[("profile", "claude")])?;
@@ -738,19 +741,9 @@ async fn a_replica_cut_off_from_the_database_stops_acting_and_loses_nothing() ->
     const TEST: &str =
         "replicas::a_replica_cut_off_from_the_database_stops_acting_and_loses_nothing";
     const PARTITION: Duration = Duration::from_secs(20);
-    let Some(pg) = tokio::task::spawn_blocking(PgServer::start)
-        .await?
-        .map_err(anyhow::Error::msg)?
-    else {
-        skip_notice(TEST);
+    let Some(pg) = postgres_and_haproxy(TEST).await? else {
         return Ok(());
     };
-    if haproxy().is_none() {
-        eprintln!(
-            "\n*** SKIPPED {TEST}: haproxy is not installed (`bash tests/run.sh` installs it) ***\n"
-        );
-        return Ok(());
-    }
     let proxy =
         argus_tests::bench::proxy::Proxy::start(format!("127.0.0.1:{}", pg.port()).parse()?)
             .await?;
@@ -904,11 +897,7 @@ async fn a_replica_cut_off_from_the_database_stops_acting_and_loses_nothing() ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_without_its_database_is_not_ready() -> anyhow::Result<()> {
     const TEST: &str = "replicas::a_replica_without_its_database_is_not_ready";
-    let Some(pg) = tokio::task::spawn_blocking(PgServer::start)
-        .await?
-        .map_err(anyhow::Error::msg)?
-    else {
-        skip_notice(TEST);
+    let Some(pg) = postgres(TEST).await? else {
         return Ok(());
     };
     let dir = tempfile::tempdir()?;
