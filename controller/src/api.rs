@@ -601,34 +601,22 @@ impl AdminService for AdminApi {
         if !r.command.is_empty() {
             crate::auth::require(crate::auth::Role::Admin, "Restart with a command")?;
         }
-        let cwd = match &r.session {
-            Some(s) => self
-                .resolve(Some(s))
-                .ok()
-                .and_then(|k| self.sup.fleet.session(&k, |t| t.obs.cwd.clone()))
-                .unwrap_or_default(),
-            None => String::new(),
-        };
-        let command = if r.command.is_empty() {
-            r.session
-                .as_ref()
-                .and_then(|s| self.resolve(Some(s)).ok())
-                .and_then(|k| {
-                    self.sup
-                        .fleet
-                        .session(&k, |t| t.restart_command())
-                        .flatten()
+        // What the live view knows of the session: where it runs, its own restart command,
+        // its labels (a session created anew gets them back).
+        let (cwd, own_command, labels) = self
+            .resolve(r.session.as_ref())
+            .ok()
+            .and_then(|k| {
+                self.sup.fleet.session(&k, |t| {
+                    (t.obs.cwd.clone(), t.restart_command(), t.obs.labels.clone())
                 })
-                .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        let command = if r.command.is_empty() {
+            own_command.unwrap_or_default()
         } else {
             r.command
         };
-        let labels = r
-            .session
-            .as_ref()
-            .and_then(|s| self.resolve(Some(s)).ok())
-            .and_then(|k| self.sup.fleet.session(&k, |t| t.obs.labels.clone()))
-            .unwrap_or_default();
         let action = Action::restart(&command, &cwd).map(|a| match a {
             Action::Restart { command, cwd, .. } => Action::Restart {
                 command,

@@ -293,18 +293,7 @@ impl Replica {
         .map_err(db("read unnotified incidents"))?;
         let mut posted = 0;
         for r in rows {
-            let row = crate::store::IncidentRow {
-                id: r.get("id"),
-                kind: r.get("kind"),
-                scope: r.get("scope"),
-                opened_ms: r.get("opened_ms"),
-                closed_ms: r.get("closed_ms"),
-                acked_ms: r.get("acked_ms"),
-                acked_by: r.get("acked_by"),
-                summary: r.get("summary"),
-                sessions: r.get::<i64, _>("sessions") as u32,
-                until_ms: r.get("until_ms"),
-            };
+            let row = crate::store::postgres::incident_row(&r);
             let mut opened_as: Option<String> = r.get("opened_as");
             if opened_as.is_none() {
                 // The group's open incident already posted, if any: this one folds into it.
@@ -372,8 +361,8 @@ impl Replica {
         notifier: &crate::notify::Notifier,
     ) -> Result<usize, ReplicaError> {
         let rows = sqlx::query(
-            "SELECT DISTINCT ON (o.sent_as) o.sent_as, i.kind, i.scope, i.opened_ms, i.acked_ms,
-                    i.acked_by, i.summary, i.sessions, i.until_ms
+            "SELECT DISTINCT ON (o.sent_as) o.sent_as, i.id, i.kind, i.scope, i.opened_ms,
+                    i.closed_ms, i.acked_ms, i.acked_by, i.summary, i.sessions, i.until_ms
              FROM incidents i
              JOIN notified o ON o.incident_id = i.id AND o.change = 'opened'
              WHERE i.closed_ms = 0
@@ -384,17 +373,10 @@ impl Replica {
         .map_err(db("read the open incidents"))?;
         let mut adopted = 0;
         for r in rows {
+            // Posted under the group's id.
             let row = crate::store::IncidentRow {
                 id: r.get("sent_as"),
-                kind: r.get("kind"),
-                scope: r.get("scope"),
-                opened_ms: r.get("opened_ms"),
-                closed_ms: 0,
-                acked_ms: r.get("acked_ms"),
-                acked_by: r.get("acked_by"),
-                summary: r.get("summary"),
-                sessions: r.get::<i64, _>("sessions") as u32,
-                until_ms: r.get("until_ms"),
+                ..crate::store::postgres::incident_row(&r)
             };
             if let Some(i) = crate::supervisor::incident_from_row(row) {
                 notifier.firing(&i);

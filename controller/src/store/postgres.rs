@@ -166,7 +166,8 @@ fn node_row(r: &PgRow) -> NodeRecord {
     }
 }
 
-fn incident_row(r: &PgRow) -> IncidentRow {
+/// An `incidents` row (the columns of [`IncidentRow`], by name).
+pub(crate) fn incident_row(r: &PgRow) -> IncidentRow {
     IncidentRow {
         id: r.get("id"),
         kind: r.get("kind"),
