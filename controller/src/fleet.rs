@@ -58,6 +58,9 @@ pub struct Fleet {
     /// The sessions of each node, so that a node's snapshot costs its own sessions, not the
     /// fleet's.
     by_node: DashMap<String, HashSet<Arc<SessionRef>>>,
+    /// How long without a message counts as a silence a node comes back from (ms; 0: not set,
+    /// only an attach counts). Set from the policy (see [`Fleet::set_silence`]).
+    silence_ms: std::sync::atomic::AtomicI64,
 }
 
 // === impl Fleet: nodes ===
@@ -69,13 +72,22 @@ impl Fleet {
         self.nodes.insert(entry.node_id.clone(), entry);
     }
 
-    /// A message arrived on stream `stream_id` of `node_id` at `now`; after `silence_ms` or more
-    /// without one, the node counts as back from a silence. False when that stream no longer
+    /// Half the policy's `node_suspect_after`: longer than a heartbeat interval, as the node
+    /// agent's defaults (2 s of 6 s) and every test setup have it.
+    pub fn set_silence(&self, node_suspect_after: std::time::Duration) {
+        let ms = node_suspect_after.as_millis() as i64 / 2;
+        self.silence_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A message arrived on stream `stream_id` of `node_id` at `now`; after a silence (see
+    /// [`Fleet::set_silence`]) the node counts as back from it. False when that stream no longer
     /// owns the node.
-    pub fn heard_from(&self, node_id: &str, stream_id: u64, now: UnixMs, silence_ms: i64) -> bool {
+    pub fn heard_from(&self, node_id: &str, stream_id: u64, now: UnixMs) -> bool {
+        let silence = self.silence_ms.load(std::sync::atomic::Ordering::Relaxed);
         match self.nodes.get_mut(node_id) {
             Some(mut n) if n.stream_id == stream_id => {
-                if now - n.last_seen_ms >= silence_ms {
+                if silence > 0 && now - n.last_seen_ms >= silence {
                     n.back_ms = now;
                 }
                 n.last_seen_ms = now;
@@ -355,6 +367,32 @@ mod tests {
     }
 
     #[test]
+    fn a_node_heard_again_after_a_silence_is_back() {
+        let f = Fleet::default();
+        let (tx, _rx) = mpsc::channel(1);
+        f.attach_node(NodeEntry {
+            node_id: "n1".into(),
+            hostname: String::new(),
+            agent_version: String::new(),
+            epoch: 1,
+            last_seen_ms: 0,
+            back_ms: 0,
+            health: Health::Up,
+            link: Some(tx),
+            stream_id: 1,
+            probe_ms: 1000,
+            synced: true,
+        });
+        // Messages 1 s apart are no silence; one after 3 s (half of a 6 s suspect threshold) is.
+        f.set_silence(std::time::Duration::from_secs(6));
+        assert!(f.heard_from("n1", 1, 1_000));
+        assert!(f.heard_from("n1", 1, 2_000));
+        assert_eq!(f.back_ms("n1"), 0);
+        assert!(f.heard_from("n1", 1, 5_000));
+        assert_eq!(f.back_ms("n1"), 5_000);
+    }
+
+    #[test]
     fn only_the_owning_stream_touches_or_detaches_a_node() {
         let f = Fleet::default();
         let (tx, _rx) = mpsc::channel(1);
@@ -373,10 +411,10 @@ mod tests {
         };
         f.attach_node(entry(1));
         f.attach_node(entry(2));
-        assert!(!f.heard_from("n1", 1, 10, 1000), "replaced stream");
+        assert!(!f.heard_from("n1", 1, 10), "replaced stream");
         assert!(!f.detach_if_owner("n1", 1));
         assert!(f.reachable("n1"));
-        assert!(f.heard_from("n1", 2, 10, 1000));
+        assert!(f.heard_from("n1", 2, 10));
         assert_eq!(
             f.update_health(7_000, |s| if s > 5_000 {
                 Health::Suspect

@@ -303,10 +303,7 @@ async fn serve_stream(
             Err(status) => return format!("stream broke: {}", status.message()),
         };
         let now = now_ms();
-        // Half the suspect threshold: longer than a heartbeat interval, as the node agent's
-        // defaults (2 s of 6 s) and every test setup have it.
-        let silence_ms = sup.policy().node_suspect_after.as_millis() as i64 / 2;
-        if !sup.fleet.heard_from(node_id, stream_id, now, silence_ms) {
+        if !sup.fleet.heard_from(node_id, stream_id, now) {
             return "replaced by a newer stream of the same node".to_owned();
         }
         // Deaths and other events, and results nobody waits for (late or made up); an answer

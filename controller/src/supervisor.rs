@@ -119,6 +119,7 @@ impl Supervisor {
     /// A supervisor over an empty live fleet.
     pub fn new(p: Parts) -> Self {
         let fleet = Arc::new(Fleet::default());
+        fleet.set_silence(p.policy.node_suspect_after);
         let events = Events::default();
         let dispatch = Dispatcher::new(
             fleet.clone(),
@@ -646,6 +647,7 @@ impl Supervisor {
         match crate::load_policy(Some(path)) {
             Ok(p) => {
                 self.dispatch.set_timeout(p.command_timeout);
+                self.fleet.set_silence(p.node_suspect_after);
                 if let Ok(mut cur) = self.policy.write() {
                     *cur = Arc::new(p);
                 }

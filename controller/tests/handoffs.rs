@@ -163,7 +163,7 @@ impl Rig {
 
     async fn tick(&mut self) {
         self.now += 100;
-        self.sup.fleet.heard_from("n1", 1, self.now, i64::MAX);
+        self.sup.fleet.heard_from("n1", 1, self.now);
         self.sup.tick(self.now).await;
     }
 

@@ -82,7 +82,7 @@ impl Rig {
         let end = self.now + d.as_millis() as i64;
         while self.now < end {
             self.now += 500;
-            self.sup.fleet.heard_from("n1", 1, self.now, i64::MAX);
+            self.sup.fleet.heard_from("n1", 1, self.now);
             self.sup.health_tick(self.now).await;
             self.sup.tick(self.now).await;
         }
