@@ -135,6 +135,31 @@ impl TestCluster {
         .await
     }
 
+    /// A controller over mutual TLS with certificates from `pki` that also takes the bearer
+    /// `tokens` (name, role, token), and node agent `node_id` watching the tmux server at
+    /// `socket` with its own certificate.
+    pub async fn tls_with_tokens(
+        pki: &crate::spec::Pki,
+        tokens: &[(&str, argus_controller::auth::Role, &str)],
+        node_id: &str,
+        socket: &Path,
+    ) -> anyhow::Result<Self> {
+        let file = pki.dir.join("tokens.toml");
+        let entries: String = tokens
+            .iter()
+            .map(|(name, role, token)| argus_controller::auth::token_entry(name, *role, token))
+            .collect();
+        std::fs::write(&file, entries)?;
+        let mut spec = Self::spec().tls(pki);
+        spec.config.tokens = Some(file);
+        let mut c = Self::start(spec).await?;
+        let node = c
+            .agent_spec(node_id, socket)
+            .tls(&c.url(), &pki.node(node_id)?);
+        c.agents.push(node.start(c.dir.path())?);
+        Ok(c)
+    }
+
     /// `/readyz` on the controller's side port: (HTTP status, body).
     pub fn readyz(&self) -> anyhow::Result<(u16, String)> {
         use std::io::{Read, Write};

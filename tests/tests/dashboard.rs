@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use argus_controller::auth::{Role, token_entry};
+use argus_controller::auth::Role;
 use argus_proto::v1 as pb;
 use argus_tests::browser::Browser;
 use argus_tests::cluster::{TestCluster, fake_agent, sref, wait_event};
@@ -277,22 +277,11 @@ async fn the_dashboard_api_has_the_admin_api_roles() -> anyhow::Result<()> {
     tmux.session("work", &fake_agent("idle"), &[("profile", "claude")])?;
     let pki_dir = tempfile::Builder::new().prefix("argus-pki-").tempdir()?;
     let pki = Pki::new(pki_dir.path())?;
-    let tokens = pki_dir.path().join("tokens.toml");
-    std::fs::write(
-        &tokens,
-        format!(
-            "{}{}",
-            token_entry("vera", Role::Viewer, "viewer-token-1"),
-            token_entry("olga", Role::Operator, "operator-token-2")
-        ),
-    )?;
-    let mut spec = TestCluster::spec().tls(&pki);
-    spec.config.tokens = Some(tokens);
-    let mut c = TestCluster::start(spec).await?;
-    let node = c
-        .agent_spec("n1", tmux.socket())
-        .tls(&c.url(), &pki.node("n1")?);
-    c.agents.push(node.start(c.dir.path())?);
+    let tokens = [
+        ("vera", Role::Viewer, "viewer-token-1"),
+        ("olga", Role::Operator, "operator-token-2"),
+    ];
+    let c = TestCluster::tls_with_tokens(&pki, &tokens, "n1", tmux.socket()).await?;
     c.wait_session("n1", "work", "work reported", WAIT, |_| true)
         .await?;
     let http = c.http().context("side port")?;

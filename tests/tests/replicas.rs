@@ -908,25 +908,7 @@ async fn a_replica_without_its_database_is_not_ready() -> anyhow::Result<()> {
     let ctl = spec.start(dir.path()).await?;
     let http = spec.config.http.context("side port")?;
     let url = ctl.url();
-    let ready = || async {
-        let status = readyz(http).await?;
-        let mut health = tonic_health::pb::health_client::HealthClient::new(
-            tonic::transport::Channel::from_shared(url.clone())?
-                .connect()
-                .await?,
-        );
-        let serving = health
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: String::new(),
-            })
-            .await?
-            .into_inner()
-            .status();
-        anyhow::Ok((
-            status,
-            serving == tonic_health::pb::health_check_response::ServingStatus::Serving,
-        ))
-    };
+    let ready = || readiness(&url, http);
     eventually("ready", WAIT, || async {
         Ok((ready().await? == (200, true)).then_some(()))
     })

@@ -8,7 +8,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use argus_controller::auth::{Role, token_entry};
+use argus_controller::auth::Role;
 use argus_controller::pki::{Leaf, Validity, dir_ca, write_pair};
 use argus_proto::v1 as pb;
 use argus_proto::v1::admin_service_client::AdminServiceClient;
@@ -304,22 +304,11 @@ async fn grpcurl_over_mutual_tls_and_with_a_bearer_token() -> anyhow::Result<()>
     tmux.session("work", &fake_agent("working"), &[("profile", "claude")])?;
     let pki_dir = tempfile::Builder::new().prefix("argus-pki-").tempdir()?;
     let pki = Pki::new(pki_dir.path())?;
-    let tokens = pki_dir.path().join("tokens.toml");
-    std::fs::write(
-        &tokens,
-        format!(
-            "{}{}",
-            token_entry("ci", Role::Viewer, "viewer-token-1"),
-            token_entry("bot", Role::Operator, "operator-token-2")
-        ),
-    )?;
-    let mut spec = TestCluster::spec().tls(&pki);
-    spec.config.tokens = Some(tokens);
-    let mut c = TestCluster::start(spec).await?;
-    let node = c
-        .agent_spec("n1", tmux.socket())
-        .tls(&c.url(), &pki.node("n1")?);
-    c.agents.push(node.start(c.dir.path())?);
+    let tokens = [
+        ("ci", Role::Viewer, "viewer-token-1"),
+        ("bot", Role::Operator, "operator-token-2"),
+    ];
+    let c = TestCluster::tls_with_tokens(&pki, &tokens, "n1", tmux.socket()).await?;
     working(&c, "n1", "work").await?;
 
     let addr = format!("localhost:{}", c.port);
