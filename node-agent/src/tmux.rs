@@ -141,8 +141,8 @@ pub struct Tmux {
 }
 
 /// How long the server's sessions must hold still, with no session creation of ours in flight,
-/// before a control client attaches. tmux (3.3a, and releases up to 3.7c) crashes the whole
-/// server, every session with it, when a notification (a session or window created or closed)
+/// before a control client attaches. tmux 3.3a (and, upstream reports, releases up to 3.7c) crashes
+/// the whole server, every session with it, when a notification (a session or window created or closed)
 /// reaches a control client that is still identifying itself: 209 crashes in 4,676 attaches
 /// under constant session churn here (docs/decisions.md). Attaching only to a still server, to
 /// its oldest session (the one least likely to close and send the client away), makes that

@@ -1,5 +1,5 @@
-//! The node agent never takes down the tmux server it watches. tmux (3.3a to 3.7c) crashes the
-//! whole server when a session or window notification reaches a control client that is still
+//! The node agent never takes down the tmux server it watches. tmux 3.3a (and, upstream reports, up to
+//! 3.7c) crashes the whole server when a session or window notification reaches a control client that is still
 //! attaching; under session churn that was about 1 attach in 22 here. The node agent attaches
 //! its control client only to a server whose sessions hold still, and spawns commands until then.
 
