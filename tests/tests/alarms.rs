@@ -395,7 +395,7 @@ async fn an_alarm_due_while_the_store_refuses_writes_waits_for_it() -> anyhow::R
         .await?
         .schedule_nudge(pb::ScheduleNudgeRequest {
             session: sref("n1", "idle"),
-            in_ms: 8_000,
+            in_ms: 12_000,
             at_ms: 0,
             note: "after the lock".into(),
         })
@@ -404,10 +404,18 @@ async fn an_alarm_due_while_the_store_refuses_writes_waits_for_it() -> anyhow::R
     // Another process locks the database before the alarm is due: the alarm's "delivered" row
     // could only be kept in memory, so it is not typed yet.
     let mut locker = argus_tests::sqlite_lock::Locker::hold(&c.dir.path().join("argus.db"), 60)?;
+    // The controller learns of the lock from a write that fails; that must come before the alarm
+    // is due, or this test proves nothing.
+    c.wait_readyz(false).await?;
+    let due = std::time::UNIX_EPOCH + Duration::from_millis(set.due_ms as u64);
+    let until_due = due
+        .duration_since(std::time::SystemTime::now())
+        .map_err(|_| anyhow::anyhow!("the store was seen failing only after the alarm was due"))?;
     let typed = || Ok(pane_history(&tmux, "idle")?.contains("after the lock"));
+    // Watched until 4 s past its due time.
     let early = eventually(
         "the alarm typed while locked",
-        Duration::from_secs(5),
+        until_due + Duration::from_secs(4),
         || {
             let t = typed();
             async move { t.map(|t: bool| t.then_some(())) }
