@@ -476,7 +476,7 @@ async fn apply_event(sup: &Arc<Supervisor>, node_id: &str, e: pb::Event, now: i6
             }),
             None => return,
         },
-        Ok(pb::EventKind::PaneDied) => Input::PaneDied,
+        Ok(pb::EventKind::PaneDied) => Input::PaneDied(e.process.map_or(0, |p| p.pid)),
         Ok(pb::EventKind::SessionClosed) => Input::Gone,
         Ok(pb::EventKind::GuardRestored) => Input::GuardRestored {
             path: e.path,
@@ -490,7 +490,7 @@ async fn apply_event(sup: &Arc<Supervisor>, node_id: &str, e: pb::Event, now: i6
             return;
         }
     };
-    let death = matches!(input, Input::AgentExited(_) | Input::PaneDied);
+    let death = matches!(input, Input::AgentExited(_) | Input::PaneDied(_));
     sup.apply(&key, input, now).await;
     if death {
         crate::metrics::death_decided(e.at_ms, argus_shared::time::now_ms());

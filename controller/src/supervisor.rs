@@ -394,7 +394,7 @@ impl Supervisor {
                 Notice::RateLimited { until, .. } | Notice::RateLimitRenewed { until, .. },
                 Some(s),
             ) => c.rate_limited(key, s, *until, now, &policy),
-            (Notice::RateLimitCleared, Some(s)) => c.rate_cleared(key, s, now),
+            (Notice::RateLimitCleared { .. }, Some(s)) => c.rate_cleared(key, s, now),
             (Notice::AgentDied { .. }, _) => c.death(key, now, &policy),
             (Notice::GateEscalated { .. }, _) => c.gate(key, Some(notice.to_string()), now),
             (Notice::GatePassed { .. }, _) => c.gate(key, None, now),

@@ -160,7 +160,7 @@ async fn an_idle_agent_is_nudged_and_a_program_that_is_not_an_agent_is_never_tou
     // An hour later and after its death: still nothing.
     rig.run_for(Duration::from_secs(3600)).await;
     rig.sup
-        .apply(&Rig::key("devserver"), Input::PaneDied, rig.now)
+        .apply(&Rig::key("devserver"), Input::PaneDied(0), rig.now)
         .await;
     rig.run_for(Duration::from_secs(120)).await;
     let sent = rig.commands();
@@ -193,7 +193,7 @@ async fn the_fleet_budget_delays_restarts_but_never_drops_one() -> anyhow::Resul
     // All three die at once; the budget holds one token and earns one a minute.
     for name in names {
         rig.sup
-            .apply(&Rig::key(name), Input::PaneDied, rig.now)
+            .apply(&Rig::key(name), Input::PaneDied(0), rig.now)
             .await;
     }
     // Each restart works: its session reports a new agent before the next phase.

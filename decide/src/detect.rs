@@ -79,8 +79,8 @@ pub enum Input {
     Observed(Box<Observation>),
     /// The agent process exited (pidfd), the pane may live on.
     AgentExited(Incarnation),
-    /// The pane's process exited.
-    PaneDied,
+    /// The pane's process exited (its pid; 0 when unknown).
+    PaneDied(u32),
     /// The tmux session is gone.
     Gone,
     /// An operator killed it: it must not come back by itself.
@@ -177,6 +177,11 @@ pub struct RateLimit {
     /// A person was called because resumes did not help.
     #[serde(default)]
     pub called_person: bool,
+    /// The start time of the newest agent process seen showing the limit (clock ticks since
+    /// boot; 0 when unknown). The hold is a judgement on that agent: a newer one that ran and
+    /// ended where no controller saw it is no longer covered by it.
+    #[serde(default)]
+    pub agent_started: u64,
 }
 
 impl RateLimit {
@@ -475,10 +480,24 @@ pub fn step(t: &mut Track, input: Input, now: UnixMs, policy: &Policy, ctx: &Ctx
                     &mut fx,
                 );
                 death(t, "agent exited", now, policy, ctx, &mut fx);
+            } else if held_past(t, inc) {
+                // The node agent saw a newer agent run and end while no controller listened
+                // (its buffered exit event): the limit the hold was for did not stop it, and its
+                // death is judged on its own, under the usual backoff and crash-loop rules.
+                t.durable.rate = None;
+                t.restart_wanted = false;
+                fx.push(Effect::Notify(Notice::RateLimitCleared {
+                    why: "a newer agent ran and ended since the one that showed it",
+                }));
+                t.reason = format!("agent process {} exited unseen", inc.pid);
+                death(t, "a newer agent exited", now, policy, ctx, &mut fx);
             }
         }
-        Input::PaneDied => {
-            if t.state != SessionState::Dead && t.state != SessionState::Completed {
+        Input::PaneDied(pid) => {
+            // An exit of a pane process the pane has since replaced (a respawn seen in a later
+            // snapshot, a buffered event delivered after it) says nothing of the pane now.
+            let stale = pid != 0 && t.obs.pane_pid != 0 && pid != t.obs.pane_pid;
+            if !stale && t.state != SessionState::Dead && t.state != SessionState::Completed {
                 let was_alive = t.state.is_alive();
                 t.go(
                     SessionState::Dead,
@@ -733,6 +752,7 @@ fn rate_limit(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut V
                 resumes: 0,
                 left_at: None,
                 called_person: false,
+                agent_started: t.obs.agent.map_or(0, |a| a.start_time),
             });
             fx.push(Effect::Notify(Notice::RateLimited {
                 until,
@@ -741,6 +761,9 @@ fn rate_limit(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut V
             }));
         }
         (Some(r), Condition::RateLimited) => {
+            if let Some(a) = t.obs.agent {
+                r.agent_started = r.agent_started.max(a.start_time);
+            }
             if r.resumed_at.is_none() || r.left_at.is_none() {
                 // The same limit, or the CLI's own retries before any resume: wait.
                 return;
@@ -781,10 +804,24 @@ fn rate_limit(t: &mut Track, now: UnixMs, policy: &Policy, ctx: &Ctx, fx: &mut V
         (Some(_), _) => {
             // The screen no longer shows the limit and the agent is not busy: it moved on.
             t.durable.rate = None;
-            fx.push(Effect::Notify(Notice::RateLimitCleared));
+            fx.push(Effect::Notify(Notice::RateLimitCleared {
+                why: "the screen no longer shows it",
+            }));
         }
         (None, _) => {}
     }
+}
+
+/// True when `exited` is an agent newer than the one whose rate limit holds this dead
+/// session's restart, and one this controller never saw.
+fn held_past(t: &Track, exited: Incarnation) -> bool {
+    t.restart_wanted
+        && !t.state.is_alive()
+        && t.obs.agent != Some(exited)
+        && t.durable
+            .rate
+            .as_ref()
+            .is_some_and(|r| r.agent_started > 0 && exited.start_time > r.agent_started)
 }
 
 /// Time-driven decisions: delayed restarts, the end of a cooldown, idleness and the ladder.

@@ -55,7 +55,10 @@ pub enum Notice {
         cooldown_s: i64,
     },
     /// The screen no longer shows the limit.
-    RateLimitCleared,
+    RateLimitCleared {
+        /// What ended it.
+        why: &'static str,
+    },
     /// The limit was renewed too often: the agent is restarted.
     RateLimitRestart { renewals: u32 },
     /// The agent died (pane, process or session gone).
@@ -103,7 +106,7 @@ impl Notice {
             Self::NeedsHuman(_) => "needs_human",
             Self::RateLimited { .. } => "rate_limited",
             Self::RateLimitRenewed { .. } => "rate_limit_renewed",
-            Self::RateLimitCleared => "rate_limit_cleared",
+            Self::RateLimitCleared { .. } => "rate_limit_cleared",
             Self::RateLimitRestart { .. } => "rate_limit_restart",
             Self::AgentDied { .. } => "agent_died",
             Self::CrashLoop { .. } => "crash_loop",
@@ -147,7 +150,7 @@ impl fmt::Display for Notice {
                 f,
                 "rate limit renewed ({renewals} of {max}); cooldown for {cooldown_s} s"
             ),
-            Self::RateLimitCleared => f.write_str("rate limit over: the screen no longer shows it"),
+            Self::RateLimitCleared { why } => write!(f, "rate limit over: {why}"),
             Self::RateLimitRestart { renewals } => write!(
                 f,
                 "rate limit renewed {renewals} times: restarting the agent"

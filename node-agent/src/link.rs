@@ -293,7 +293,8 @@ impl Link {
         Ok(Stream { tx, inbound })
     }
 
-    /// The full snapshot, then the events buffered while the link was down. Returns what the
+    /// The full snapshot, then the events buffered while the link was down and the recent exits
+    /// again (see [`EventBuffer::resync`]). Returns what the
     /// controller now knows, which later reports are diffs against.
     async fn resync(
         &mut self,
@@ -310,7 +311,7 @@ impl Link {
             }),
         )
         .await?;
-        for event in self.events.drain() {
+        for event in self.events.resync(now_ms()) {
             send(tx, pb::agent_message::Msg::Event(event)).await?;
         }
         Ok(current.sessions.clone())

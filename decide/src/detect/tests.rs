@@ -577,6 +577,84 @@ fn parsed_reset_time_is_the_cooldown_and_survives_a_controller_restart() {
 }
 
 #[test]
+fn a_newer_agent_that_ran_and_died_unseen_lifts_the_rate_limit_hold() {
+    let p = Policy {
+        restart_on_death: RestartOnDeath::Labelled,
+        ..policy()
+    };
+    let mut o = obs("limit", 0, Condition::RateLimited);
+    o.labels = BTreeMap::from([("restart".to_owned(), "claude -c".to_owned())]);
+    o.rate_limit_reset_at = 3600; // an hour away
+    let held = |o: &Observation| {
+        let mut t = Track::new(0, None, None);
+        step(&mut t, seen(o.clone()), 0, &p, &CTX);
+        // The limited agent dies: its restart waits for the reset.
+        let fx = step(&mut t, Input::AgentExited(INC), 1_000, &p, &CTX);
+        assert!(commands(&fx).is_empty(), "{fx:?}");
+        assert!(t.restart_wanted && t.durable.rate.is_some());
+        t
+    };
+    // The node agent's buffered exit of the same agent, or of an older one, changes nothing.
+    for stale in [
+        INC,
+        Incarnation {
+            pid: 99,
+            start_time: 5,
+        },
+    ] {
+        let mut t = held(&o);
+        let mut fx = step(&mut t, Input::AgentExited(stale), 5_000, &p, &CTX);
+        fx.extend(tick_until(&mut t, 6_000, 120_000, &p));
+        assert!(commands(&fx).is_empty(), "{stale:?}: {fx:?}");
+        assert!(t.durable.rate.is_some());
+    }
+    // A newer agent ran and died while no controller listened (someone started it by hand):
+    // the hold was not about it; its death is restarted like any other.
+    let mut t = held(&o);
+    let newer = Incarnation {
+        pid: 300,
+        start_time: 90,
+    };
+    let mut fx = step(&mut t, Input::AgentExited(newer), 5_000, &p, &CTX);
+    assert_eq!(notified(&fx, "rate_limit_cleared"), 1);
+    assert!(t.durable.rate.is_none());
+    fx.extend(tick_until(&mut t, 6_000, 120_000, &p));
+    assert!(
+        matches!(commands(&fx).first(), Some(Action::Restart { .. })),
+        "restarted under the usual backoff: {fx:?}"
+    );
+    // An unlabelled session is not restarted either way.
+    o.labels.clear();
+    let mut t = Track::new(0, None, None);
+    step(&mut t, seen(o.clone()), 0, &p, &CTX);
+    step(&mut t, Input::AgentExited(INC), 1_000, &p, &CTX);
+    let mut fx = step(&mut t, Input::AgentExited(newer), 5_000, &p, &CTX);
+    fx.extend(tick_until(&mut t, 6_000, 120_000, &p));
+    assert!(commands(&fx).is_empty(), "{fx:?}");
+}
+
+#[test]
+fn the_exit_of_a_pane_process_since_replaced_is_no_death() {
+    let p = Policy {
+        restart_on_death: RestartOnDeath::Labelled,
+        ..policy()
+    };
+    let mut o = obs("a", 0, Condition::None);
+    o.labels = BTreeMap::from([("restart".to_owned(), "claude -c".to_owned())]);
+    o.pane_pid = 4242;
+    let mut t = Track::new(0, None, None);
+    step(&mut t, seen(o), 0, &p, &CTX);
+    // A buffered exit of the pane process before the respawn, delivered after the snapshot.
+    let mut fx = step(&mut t, Input::PaneDied(1111), 1_000, &p, &CTX);
+    fx.extend(tick_until(&mut t, 2_000, 60_000, &p));
+    assert_eq!(notified(&fx, "agent_died"), 0, "{fx:?}");
+    assert!(t.state.is_alive() && !t.restart_wanted, "{:?}", t.state);
+    // The pane's own process exiting is a death.
+    let fx = step(&mut t, Input::PaneDied(4242), 60_000, &p, &CTX);
+    assert_eq!(notified(&fx, "agent_died"), 1, "{fx:?}");
+}
+
+#[test]
 fn provider_cooldown_and_gate_hold_actions() {
     let p = policy();
     let mut t = Track::new(0, None, None);
@@ -761,7 +839,7 @@ fn operator_kill_is_not_undone() {
     let mut t = Track::new(0, None, None);
     step(&mut t, seen(obs("a", 0, Condition::None)), 0, &p, &CTX);
     step(&mut t, Input::KilledByOperator, 10, &p, &CTX);
-    let mut fx = step(&mut t, Input::PaneDied, 20, &p, &CTX);
+    let mut fx = step(&mut t, Input::PaneDied(0), 20, &p, &CTX);
     fx.extend(step(&mut t, Input::Gone, 30, &p, &CTX));
     fx.extend(tick_until(&mut t, 1000, 120_000, &p));
     assert!(commands(&fx).is_empty(), "{fx:?}");
@@ -801,7 +879,7 @@ fn a_program_that_is_not_an_agent_is_watched_never_touched() {
     assert!(!fx.iter().any(|e| matches!(e, Effect::Triage(_))));
     assert_eq!(t.next_due, None, "nothing left to decide until it changes");
     // It dies: reported, not restarted, even with restart_on_death = "always".
-    let fx = step(&mut t, Input::PaneDied, now + 1, &p, &CTX);
+    let fx = step(&mut t, Input::PaneDied(0), now + 1, &p, &CTX);
     assert_eq!(notified(&fx, "agent_died"), 1);
     assert!(!t.restart_wanted);
 
@@ -1044,7 +1122,7 @@ proptest! {
                     seen(o)
                 }
                 Timed::Exit => Input::AgentExited(INC),
-                Timed::PaneDied => Input::PaneDied,
+                Timed::PaneDied => Input::PaneDied(0),
                 Timed::Gone => Input::Gone,
                 Timed::Verdict(v) => Input::Verdict(verdict_of(v)),
             };

@@ -171,7 +171,8 @@ pub async fn run(scale: Scale, machine: &Machine, opts: Options) -> anyhow::Resu
     let fault_phase = started.elapsed();
     let settled = world.settle(plan.settle).await;
     let (audit, audit_note) = world.finish().await;
-    let journal = world.journal.lock().map(|j| j.clone()).unwrap_or_default();
+    let mut journal = world.journal.lock().map(|j| j.clone()).unwrap_or_default();
+    journal.links = check::link_changes(dir.path());
     let rules = Rules {
         grace: Duration::from_secs(5),
         tmux_window: Duration::from_secs(3),
@@ -820,9 +821,13 @@ impl Report {
             println!("chaos:   {:>5}  {}", n, k.name());
         }
         println!(
-            "chaos: {} labelled deaths, {} restarted, {} held by a rate-limit cooldown; {} agent \
-             instances",
-            self.tally.deaths, self.tally.restarted, self.tally.held, self.tally.instances
+            "chaos: {} labelled deaths, {} restarted, {} held by a rate-limit cooldown ({} of \
+             them because what lifted it happened out of Argus's sight); {} agent instances",
+            self.tally.deaths,
+            self.tally.restarted,
+            self.tally.held,
+            self.tally.held_unseen,
+            self.tally.instances
         );
         if let Some(note) = &self.audit_note {
             println!("chaos: the audit could not be read: {note}");
@@ -896,11 +901,12 @@ impl Report {
             Row::target(
                 "2. labelled deaths not restarted once",
                 format!(
-                    "{} (of {} deaths, {} held by a rate-limit cooldown; restarted p50 / p99 / \
-                     max {})",
+                    "{} (of {} deaths, {} held by a rate-limit cooldown, {} of them because \
+                     what lifted it happened out of Argus's sight; restarted p50 / p99 / max {})",
                     by_invariant(2),
                     self.tally.deaths,
                     self.tally.held,
+                    self.tally.held_unseen,
                     delays.triple()
                 ),
                 "0",

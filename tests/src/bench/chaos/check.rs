@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::faults::Kind;
 use super::fleet::{Event, Fleet, Member, Role, What, protected, rate_limit_holds};
 
 /// What the runner did that explains an agent's end or start.
@@ -28,9 +29,59 @@ pub struct Journal {
     pub creations: Vec<(String, f64)>,
     /// Infrastructure faults: what, from, to (Unix seconds).
     pub infra: Vec<(&'static str, f64, f64)>,
+    /// From the node agents' logs: when a link to a controller came up (true) or went down
+    /// (false), Unix seconds, in order. See [`link_changes`].
+    pub links: Vec<(f64, bool)>,
 }
 
 impl Journal {
+    /// Stretches in which the node agent could not see its panes: from its SIGKILL until a
+    /// second after its restart (it starts probing), and while it is stopped.
+    fn node_blind(&self) -> Vec<(f64, f64)> {
+        self.infra
+            .iter()
+            .filter_map(|(what, from, to)| match *what {
+                w if w == Kind::NodeKill.name() => Some((*from, to + 1.0)),
+                w if w == Kind::NodeStop.name() => Some((*from, *to)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Stretches in which no controller saw the screens the node agent saw: from a controller
+    /// or node agent kill, or a black hole that cut the link, until the node agent next
+    /// attached; a SIGSTOP while it lasts. What the node agent saw meanwhile reaches the next
+    /// controller only as its current snapshot and its buffered events (exits), not as the
+    /// screens in between.
+    fn argus_blind(&self) -> Vec<(f64, f64)> {
+        let next_attach = |after: f64| {
+            self.links
+                .iter()
+                .find(|(t, up)| *up && *t >= after)
+                .map_or(f64::INFINITY, |(t, _)| *t)
+        };
+        let cut = |from: f64, to: f64| {
+            self.links
+                .iter()
+                .any(|(t, up)| !up && *t >= from && *t <= to + 2.0)
+        };
+        self.infra
+            .iter()
+            .filter_map(|(what, from, to)| match *what {
+                w if w == Kind::ControllerKill.name() || w == Kind::NodeKill.name() => {
+                    Some((*from, next_attach(*to)))
+                }
+                w if w == Kind::BlackHole.name() && cut(*from, *to) => {
+                    Some((*from, next_attach(*to)))
+                }
+                w if w == Kind::BlackHole.name() || w == Kind::NodeStop.name() => {
+                    Some((*from, to + 0.5))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The infrastructure faults held at `t` or ended within 2 s before it, for the report.
     fn during(&self, t: f64) -> String {
         let held: Vec<&str> = self
@@ -84,6 +135,9 @@ pub struct Tally {
     pub restarted: usize,
     /// Of them, held by a rule (a rate-limit cooldown): no restart due within the run.
     pub held: usize,
+    /// Of the held, those held only because what lifted the hold (the agent back at work or at
+    /// its prompt, a fresh agent in the session) happened where Argus could not see it.
+    pub held_unseen: usize,
     /// Death to the new agent's start, seconds.
     pub restart_delays: Vec<f64>,
     /// Actions that reached an agent while it was fair game (hung or idle), by kind.
@@ -153,10 +207,16 @@ pub fn check(
         .filter(|m| m.role == Role::Bystander)
         .map(|m| m.name.as_str())
         .collect();
+    let node_blind = journal.node_blind();
+    let argus_blind = journal.argus_blind();
+    let argus_saw = |from: f64, to: f64| seen_for(from, to, &argus_blind);
     for m in &fleet.members {
         let events = fleet.events(m);
         let instances = instances(&events);
         tally.instances += instances.len();
+        // The session's restart is held for a rate limit (from Argus's point of view) when the
+        // instance before died held.
+        let mut carried = false;
         for (i, inst) in instances.iter().enumerate() {
             let end = end_of(fleet, m, inst, journal, &near_tmux_kill);
             actions(m, inst, &near_tmux_kill, audit, rules, &mut v, &mut tally);
@@ -184,12 +244,22 @@ pub fn check(
                 End::Unexplained { at } => Some((at, "unexplained")),
                 _ => None,
             };
+            let was_carried = std::mem::take(&mut carried);
             if let Some((at, cause)) = death {
                 tally.deaths += 1;
-                if rate_limited_at(inst, at) {
-                    // The hold rule of rate limits: an agent that dies in its cooldown is
-                    // restarted when the cooldown ends (hours away here), not before.
+                // The hold rule of rate limits: an agent that dies in its cooldown is restarted
+                // when the cooldown ends (hours away here), not before. The hold is Argus's
+                // judgement on what it saw: it holds while what would lift it (a second back at
+                // work or at the prompt; a fresh agent in the session) stayed out of its sight.
+                let own = rate_limit_holds(&inst.events, at, &argus_saw);
+                let fresh_unseen =
+                    was_carried && seen_for(inst.start, at, &node_blind) < UNSEEN_BELOW;
+                if own || fresh_unseen {
                     tally.held += 1;
+                    if fresh_unseen || !rate_limit_holds(&inst.events, at, &|a, b| b - a) {
+                        tally.held_unseen += 1;
+                    }
+                    carried = true;
                     continue;
                 }
                 match next {
@@ -303,9 +373,61 @@ fn instances(events: &[Event]) -> Vec<Instance<'_>> {
     out
 }
 
-/// True when the instance died in a rate-limit cooldown (see [`rate_limit_holds`]).
-fn rate_limited_at(inst: &Instance<'_>, at: f64) -> bool {
-    rate_limit_holds(&inst.events, at)
+/// An agent whose life showed to the node agent for less than this (seconds) may have passed
+/// unseen between its probes (250 ms apart), and before its exit could be watched.
+const UNSEEN_BELOW: f64 = 1.0;
+
+/// How many seconds of `from..to` fall outside every `blind` stretch.
+fn seen_for(from: f64, to: f64, blind: &[(f64, f64)]) -> f64 {
+    let mut cuts: Vec<(f64, f64)> = blind
+        .iter()
+        .map(|(a, b)| (a.max(from), b.min(to)))
+        .filter(|(a, b)| a < b)
+        .collect();
+    cuts.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut hidden = 0.0;
+    let mut reach = from;
+    for (a, b) in cuts {
+        if b > reach {
+            hidden += b - a.max(reach);
+            reach = b;
+        }
+    }
+    (to - from).max(0.0) - hidden
+}
+
+/// When the node agents' links came up and went down, from their logs in `dir`
+/// (`argus-node-agent-*.log`, the `attached` and `link down` lines), oldest first.
+pub fn link_changes(dir: &std::path::Path) -> Vec<(f64, bool)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with("argus-node-agent-") && name.ends_with(".log")) {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        for line in text.lines() {
+            let up = if line.contains("argus_node_agent::link: attached ") {
+                true
+            } else if line.contains("argus_node_agent::link: link down") {
+                false
+            } else {
+                continue;
+            };
+            let stamp = line.split_whitespace().next().unwrap_or_default();
+            if let Ok(t) = chrono::DateTime::parse_from_rfc3339(stamp) {
+                out.push((t.timestamp_micros() as f64 / 1e6, up));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out
 }
 
 /// True when the runner started this instance: its own command line (a start from the label is
@@ -592,6 +714,99 @@ mod tests {
         let (v, tally) = check(&f, &Journal::default(), None, rules());
         assert_eq!((tally.deaths, tally.held, tally.restarted), (1, 1, 0));
         assert!(v.is_empty(), "{v:?}");
+    }
+
+    #[test]
+    fn a_hold_is_lifted_only_by_what_argus_could_see() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Agent 1 shows its limit and dies (held); the runner starts agent 2 at 110, which dies
+        // at 113 and is not restarted.
+        let log = "100.0 11 start runner agent\n100.0 11 mode work\n101.0 11 mode ratelimit\n\
+                   105.0 11 exit die\n110.0 12 start runner agent\n110.0 12 mode work\n\
+                   113.0 12 exit die\n";
+        let f = fleet(dir.path(), &[("agent-00", log)]);
+        let journal = |infra: Vec<(&'static str, f64, f64)>, links: Vec<(f64, bool)>| Journal {
+            agent_kills: vec![(11, 105.0), (12, 113.0)],
+            creations: vec![("agent-00".into(), 110.0)],
+            infra,
+            links,
+            ..Default::default()
+        };
+        // Agent 2's whole life fell while the node agent was killed: nobody could see it, so
+        // the hold stands and its death is held too.
+        let unseen = journal(
+            vec![(Kind::NodeKill.name(), 108.0, 114.0)],
+            vec![(115.0, true)],
+        );
+        let (v, tally) = check(&f, &unseen, None, rules());
+        assert!(v.is_empty(), "{v:?}");
+        assert_eq!((tally.deaths, tally.held, tally.held_unseen), (2, 2, 1));
+        // A controller kill alone does not blind the node agent: it saw agent 2 and passes its
+        // exit on, so its death had to be restarted.
+        let seen = journal(
+            vec![(Kind::ControllerKill.name(), 108.0, 114.0)],
+            vec![(108.1, false), (120.0, true)],
+        );
+        let (v, tally) = check(&f, &seen, None, rules());
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(
+            v[0].invariant == 2 && v[0].what.contains("agent 12 died"),
+            "{v:?}"
+        );
+        assert_eq!((tally.deaths, tally.held), (2, 1));
+    }
+
+    #[test]
+    fn a_return_to_work_no_controller_saw_does_not_lift_the_hold() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = "100.0 11 start runner agent\n100.0 11 mode work\n101.0 11 mode ratelimit\n\
+                   103.0 11 mode idle\n106.0 11 exit die\n";
+        let f = fleet(dir.path(), &[("agent-00", log)]);
+        let blind = Journal {
+            agent_kills: vec![(11, 106.0)],
+            infra: vec![(Kind::ControllerKill.name(), 102.0, 103.0)],
+            links: vec![(102.0, false), (108.0, true)],
+            ..Default::default()
+        };
+        let (v, tally) = check(&f, &blind, None, rules());
+        assert!(v.is_empty(), "{v:?}");
+        assert_eq!((tally.held, tally.held_unseen), (1, 1));
+        // With the controller linked again at 104, the prompt showed for 2 s in its sight.
+        let sighted = Journal {
+            links: vec![(102.0, false), (104.0, true)],
+            ..blind
+        };
+        let (v, tally) = check(&f, &sighted, None, rules());
+        assert_eq!((v.len(), tally.held), (1, 0), "{v:?}");
+    }
+
+    #[test]
+    fn link_changes_are_read_from_the_node_agents_logs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("argus-node-agent-n-1.log"),
+            "2026-11-30T22:59:18.500000Z  INFO link{node=n attempt=1 epoch=8}: \
+             argus_node_agent::link: attached epoch=8 controller=c\n\
+             2026-11-30T22:59:19.000000Z  WARN link{node=n attempt=1 epoch=8}: \
+             argus_node_agent::link: link down error=broke\n",
+        )
+        .expect("log");
+        std::fs::write(dir.path().join("argus-controller-0.log"), "attached\n").expect("log");
+        let t0 = 1_796_079_558.5;
+        assert_eq!(
+            link_changes(dir.path()),
+            vec![(t0, true), (t0 + 0.5, false)]
+        );
+    }
+
+    #[test]
+    fn seen_for_subtracts_overlapping_blind_stretches() {
+        assert_eq!(seen_for(0.0, 10.0, &[]), 10.0);
+        assert_eq!(
+            seen_for(0.0, 10.0, &[(2.0, 4.0), (3.0, 5.0), (9.0, 20.0)]),
+            6.0
+        );
+        assert_eq!(seen_for(0.0, 10.0, &[(-5.0, 15.0)]), 0.0);
     }
 
     #[test]

@@ -185,7 +185,7 @@ impl Fleet {
         };
         let pid = events[start].pid;
         let mine: Vec<&Event> = events[start..].iter().filter(|e| e.pid == pid).collect();
-        rate_limit_holds(&mine, f64::INFINITY)
+        rate_limit_holds(&mine, f64::INFINITY, &|from, to| to - from)
     }
 
     /// The pid of the member's newest instance while it runs.
@@ -223,8 +223,9 @@ impl Fleet {
 /// True when, at `at`, the controller still holds these events' instance in a rate-limit
 /// cooldown: it showed its limit, and has not since shown output or its prompt for a second (a
 /// thinking line, a hang or a question do not end the episode: a CLI retrying by itself shows a
-/// spinner).
-pub fn rate_limit_holds(events: &[&Event], at: f64) -> bool {
+/// spinner). `seen(from, to)` says how much of a stretch the controller could see: a return to
+/// work nobody saw lifts nothing.
+pub fn rate_limit_holds(events: &[&Event], at: f64, seen: &dyn Fn(f64, f64) -> f64) -> bool {
     let modes: Vec<(f64, &str)> = events
         .iter()
         .filter(|e| e.t <= at)
@@ -238,7 +239,7 @@ pub fn rate_limit_holds(events: &[&Event], at: f64) -> bool {
         let until = modes.get(i + 1).map_or(at, |(next, _)| *next);
         match *mode {
             "ratelimit" => held = true,
-            "work" | "idle" if until - t >= 1.0 => held = false,
+            "work" | "idle" if seen(*t, until) >= 1.0 => held = false,
             _ => {}
         }
     }
