@@ -35,6 +35,13 @@ impl Supervisor {
     ) {
         let checkpoint = result.checkpoint.clone();
         let ok = result.status == pb::CommandStatus::Ok as i32;
+        // A restart the node agent did not carry out, for sure: the policy may send it again.
+        let not_done = matches!(
+            pb::CommandStatus::try_from(result.status),
+            Ok(pb::CommandStatus::NoSuchSession
+                | pb::CommandStatus::Failed
+                | pb::CommandStatus::Expired)
+        );
         let command_id = result.command_id.clone();
         let mut finished = self.dispatch.complete(node_id, result).await;
         if finished.is_none()
@@ -52,6 +59,12 @@ impl Supervisor {
         };
         match done.action.as_str() {
             "restart" if ok => self.handoff_restarted(&done, checkpoint, now),
+            "restart" if not_done && done.origin == "policy" => {
+                let input = argus_decide::detect::Input::RestartNotDone {
+                    sent_ms: done.issued_ms,
+                };
+                self.apply(&done.session, input, now).await;
+            }
             "kill" if ok => self.handoff_ended_by_kill(&done.session, now),
             _ => {}
         }
@@ -78,6 +91,7 @@ impl Supervisor {
             action: row.action,
             origin: row.origin,
             reason: row.reason,
+            issued_ms: row.issued_at_ms,
         })
     }
 

@@ -83,6 +83,8 @@ pub struct Finished {
     /// `admin` or `policy`.
     pub origin: String,
     pub reason: String,
+    /// When it was sent (Unix ms).
+    pub issued_ms: i64,
 }
 
 impl Origin {
@@ -375,6 +377,7 @@ impl Dispatcher {
             action: std::mem::take(&mut w.action),
             origin: std::mem::take(&mut w.origin),
             reason: std::mem::take(&mut w.reason),
+            issued_ms: w.issued_ms,
         };
         if let Some(reply) = w.reply.take() {
             let _ = reply.send(result);

@@ -85,6 +85,9 @@ pub enum Input {
     Gone,
     /// An operator killed it: it must not come back by itself.
     KilledByOperator,
+    /// The node agent answered that a policy restart sent at `sent_ms` was not carried out (no
+    /// such session any more, tmux failed, its deadline had passed): no agent is coming from it.
+    RestartNotDone { sent_ms: UnixMs },
     /// Triage answered.
     Verdict(Verdict),
     /// Time passed (the controller ticks every session periodically).
@@ -527,6 +530,14 @@ pub fn step(t: &mut Track, input: Input, now: UnixMs, policy: &Policy, ctx: &Ctx
         Input::KilledByOperator => {
             t.operator_killed = true;
             t.restart_wanted = false;
+        }
+        Input::RestartNotDone { sent_ms } => {
+            // The restart this session waits for (sent no later than this one) will bring no
+            // agent: it is wanted again now, under the same budget, rather than after its
+            // confirm window. An answer about an older restart, superseded since, is no news.
+            if unconfirmed_restart(t).is_some_and(|at| at <= sent_ms + 1000) {
+                retry_restart(t, now, policy, &mut fx);
+            }
         }
         Input::Verdict(v) => verdict(t, v, now, policy, ctx, &mut fx),
         Input::Tick => tick(t, now, policy, ctx, &mut fx),

@@ -322,6 +322,36 @@ fn a_restart_that_brings_no_agent_back_is_sent_again_and_one_that_does_is_not() 
     step(&mut back, seen(o.clone()), 3_000, &p, &CTX);
     assert!(restart_ticks(&mut back, 3_100, 3 * confirm).is_empty());
 
+    // The node agent answers that the restart was not carried out (its tmux id named another
+    // session after a server restart): it is sent again at once, not after the confirm window.
+    let mut refused = Track::new(0, None, None);
+    step(&mut refused, seen(o.clone()), 0, &p, &CTX);
+    step(&mut refused, Input::Gone, 10, &p, &CTX);
+    let sent = restart_ticks(&mut refused, 100, 3_000);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    // An answer about an older restart, superseded since, changes nothing...
+    step(
+        &mut refused,
+        Input::RestartNotDone {
+            sent_ms: sent[0] - 5_000,
+        },
+        3_000,
+        &p,
+        &CTX,
+    );
+    assert!(restart_ticks(&mut refused, 3_100, 6_000).is_empty());
+    // ...the answer about this one brings the next at once.
+    step(
+        &mut refused,
+        Input::RestartNotDone { sent_ms: sent[0] },
+        6_000,
+        &p,
+        &CTX,
+    );
+    let again = restart_ticks(&mut refused, 6_000, 9_000);
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert!(again[0] < sent[0] + confirm, "{again:?}");
+
     // An operator's kill is never retried.
     let mut killed = Track::new(0, None, None);
     step(&mut killed, seen(o.clone()), 0, &p, &CTX);
