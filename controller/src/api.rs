@@ -903,7 +903,7 @@ impl AdminApi {
         let replica = self.sup.replica.get()?;
         let linked = self.sup.fleet.reachable(node);
         match replica.route(node, linked, meta).await? {
-            Ok(client) => Some(call(client, replica.forwarded(meta, msg.clone())).await),
+            Ok(client) => Some(call(client, replica.forwarded(msg.clone())).await),
             Err(status) => Some(Err(status)),
         }
     }

@@ -5,6 +5,12 @@
 //! session's own making), `admin` (plus a restart with an arbitrary command, and every RPC this
 //! layer does not know yet). Health and reflection need no credentials.
 //!
+//! A replica of the controller is `spiffe://argus/replica/<name>` in its certificate (the
+//! controller's own, which `argusctl certs` issues for both ends): it may call the admin API
+//! only to forward a caller's call to the replica that owns the node, naming that caller in
+//! [`FORWARDED_FOR`], and the call is then checked as that caller's. The header means nothing
+//! from anyone else.
+//!
 //! The check runs as a tower layer in front of every service: a refused call never reaches a
 //! handler. The caller is kept in a task-local for the handler's audit ([`audit_by`]) and the
 //! checks that depend on a request's content ([`require`], [`check_node`]).
@@ -26,6 +32,10 @@ use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 pub const NODE_URI: &str = "spiffe://argus/node/";
 /// The URI SAN prefix of a person's or script's certificate (`.../<name>/<role>`).
 pub const USER_URI: &str = "spiffe://argus/user/";
+/// The URI SAN prefix of a controller replica's certificate (`.../<name>`).
+pub const REPLICA_URI: &str = "spiffe://argus/replica/";
+/// The header in which a replica forwarding a call names its caller: `<role>:<name>`.
+pub const FORWARDED_FOR: &str = "argus-forwarded-for";
 
 /// What an admin caller may do; each role includes the ones before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
@@ -85,6 +95,8 @@ pub enum Identity {
     Node(String),
     /// A person or script.
     User(Caller),
+    /// A controller replica.
+    Replica(String),
 }
 
 /// A node agent's verified certificate: the node it names and when it expires.
@@ -229,6 +241,10 @@ fn identity_of_uri(uri: &str) -> Option<Identity> {
     if let Some(id) = uri.strip_prefix(NODE_URI) {
         return (!id.is_empty() && !id.contains('/')).then(|| Identity::Node(id.to_owned()));
     }
+    if let Some(name) = uri.strip_prefix(REPLICA_URI) {
+        return (!name.is_empty() && !name.contains('/'))
+            .then(|| Identity::Replica(name.to_owned()));
+    }
     let (name, role) = uri.strip_prefix(USER_URI)?.split_once('/')?;
     if name.is_empty() {
         return None;
@@ -238,6 +254,22 @@ fn identity_of_uri(uri: &str) -> Option<Identity> {
         role: Role::parse(role)?,
         via: "certificate",
     }))
+}
+
+/// The [`FORWARDED_FOR`] value naming `caller`.
+pub fn forwarded_for(caller: &Caller) -> String {
+    format!("{}:{}", caller.role, caller.name)
+}
+
+/// The caller a replica named in [`FORWARDED_FOR`].
+fn forwarded_caller(value: &str) -> Option<Caller> {
+    let (role, name) = value.split_once(':')?;
+    let role = Role::parse(role)?;
+    (!name.is_empty()).then(|| Caller {
+        name: name.to_owned(),
+        role,
+        via: "forwarded by a replica",
+    })
 }
 
 /// The smallest role an admin RPC needs; an RPC not listed (one added later) needs `admin`.
@@ -410,6 +442,9 @@ impl Auth {
                     "{}'s certificate is a user's, not a node's (URI SAN {NODE_URI}<id>)",
                     c.name
                 ))),
+                Some(Identity::Replica(name)) => Err(Status::permission_denied(format!(
+                    "{name}'s certificate is a replica's, not a node's (URI SAN {NODE_URI}<id>)"
+                ))),
                 None => Err(Status::unauthenticated(format!(
                     "a node agent must present a client certificate with the URI SAN \
                      {NODE_URI}<id>"
@@ -430,6 +465,25 @@ impl Auth {
                 return Err(Status::permission_denied(format!(
                     "node {id:?}'s certificate may not call the admin API"
                 )));
+            }
+            (None, Some(Identity::Replica(name))) => {
+                let named = req
+                    .headers()
+                    .get(FORWARDED_FOR)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(forwarded_caller);
+                match named {
+                    Some(c) => {
+                        tracing::debug!(replica = %name, caller = %c.name, "a forwarded call");
+                        c
+                    }
+                    None => {
+                        return Err(Status::permission_denied(format!(
+                            "replica {name:?}'s certificate may call the admin API only to \
+                             forward a caller's call, named in {FORWARDED_FOR} as ROLE:NAME"
+                        )));
+                    }
+                }
             }
             (None, None) => {
                 return Err(Status::unauthenticated(format!(
@@ -560,6 +614,23 @@ mod tests {
             }))
         );
         assert_eq!(identity_of_uri("spiffe://argus/user/alice/root"), None);
+        assert_eq!(
+            identity_of_uri("spiffe://argus/replica/ctl-a"),
+            Some(Identity::Replica("ctl-a".into()))
+        );
+        assert_eq!(identity_of_uri("spiffe://argus/replica/"), None);
+        let alice = Caller {
+            name: "alice:ops".into(),
+            role: Role::Operator,
+            via: "certificate",
+        };
+        let back = forwarded_caller(&forwarded_for(&alice)).expect("parses");
+        assert_eq!(
+            (back.name.as_str(), back.role),
+            ("alice:ops", Role::Operator)
+        );
+        assert_eq!(forwarded_caller("root:mallory"), None);
+        assert_eq!(forwarded_caller("admin:"), None);
         assert_eq!(identity_of_uri("spiffe://argus/node/"), None);
         assert_eq!(identity_of_uri("spiffe://other/node/x"), None);
     }

@@ -165,6 +165,9 @@ fn authenticate(auth: &Auth, from: &Peer<'_>) -> Result<Caller, DashboardError> 
         Some(Identity::Node(id)) => Err(DashboardError::Forbidden(format!(
             "node {id:?}'s certificate may not use the dashboard"
         ))),
+        Some(Identity::Replica(name)) => Err(DashboardError::Forbidden(format!(
+            "replica {name:?}'s certificate may not use the dashboard"
+        ))),
         None => Err(DashboardError::Unauthenticated(format!(
             "the dashboard needs `authorization: Bearer <token>` with a token of the tokens \
              file, or (over https://) a client certificate with the URI SAN {}<name>/<role>",

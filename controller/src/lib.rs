@@ -224,7 +224,20 @@ pub async fn run(
                 format!("https://localhost:{}", addr.port())
             }
         });
-        let r = replica::Replica::connect(&config.db, &sup.controller_id, &advertise)
+        let peer_tls = match (
+            config.insecure,
+            &config.client_ca,
+            &config.tls_cert,
+            &config.tls_key,
+        ) {
+            (false, Some(ca), Some(cert), Some(key)) => Some(replica::PeerTls {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        };
+        let r = replica::Replica::connect(&config.db, &sup.controller_id, &advertise, peer_tls)
             .await
             .context("connecting the replica to the shared database")?;
         let r = Arc::new(r);

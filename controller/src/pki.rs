@@ -1,7 +1,9 @@
-//! A development PKI (rcgen): a CA, and certificates for the controller (DNS and IP SANs), node
-//! agents (URI SAN `spiffe://argus/node/<id>`) and people or scripts (URI SAN
-//! `spiffe://argus/user/<name>/<role>`), as `argusctl certs` writes them and the tests use them.
-//! For production, any CA that issues the same SANs will do.
+//! A development PKI (rcgen): a CA, and certificates for the controller (DNS and IP SANs, and
+//! the URI SAN `spiffe://argus/replica/argus-controller` with client use too, so that a replica
+//! presents it when it forwards a call to another), node agents (URI SAN
+//! `spiffe://argus/node/<id>`) and people or scripts (URI SAN `spiffe://argus/user/<name>/<role>`),
+//! as `argusctl certs` writes them and the tests use them. For production, any CA that issues
+//! the same SANs will do.
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +12,7 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType, date_time_ymd,
 };
 
-use crate::auth::{NODE_URI, Role, USER_URI};
+use crate::auth::{NODE_URI, REPLICA_URI, Role, USER_URI};
 
 /// Why a certificate could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +128,7 @@ impl Ca {
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let client = ExtendedKeyUsagePurpose::ClientAuth;
         let (cn, eku) = match leaf {
             Leaf::Controller(names) => {
                 for n in names {
@@ -134,16 +137,19 @@ impl Ca {
                         Err(_) => SanType::DnsName(n.as_str().try_into()?),
                     });
                 }
+                params.subject_alt_names.push(SanType::URI(
+                    format!("{REPLICA_URI}argus-controller").try_into()?,
+                ));
                 (
                     "argus-controller".to_owned(),
-                    ExtendedKeyUsagePurpose::ServerAuth,
+                    vec![ExtendedKeyUsagePurpose::ServerAuth, client],
                 )
             }
             Leaf::Node(id) => {
                 params
                     .subject_alt_names
                     .push(SanType::URI(format!("{NODE_URI}{id}").try_into()?));
-                (format!("node {id}"), ExtendedKeyUsagePurpose::ClientAuth)
+                (format!("node {id}"), vec![client])
             }
             Leaf::User(name, role) => {
                 params
@@ -152,11 +158,11 @@ impl Ca {
                 params
                     .distinguished_name
                     .push(DnType::OrganizationalUnitName, role.as_str());
-                (name.clone(), ExtendedKeyUsagePurpose::ClientAuth)
+                (name.clone(), vec![client])
             }
         };
         params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![eku];
+        params.extended_key_usages = eku;
         validity.apply(&mut params);
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
@@ -239,11 +245,15 @@ mod tests {
         write_pair(dir.path(), "ca", &ca.pair).expect("write");
         let (again, made) = dir_ca(dir.path(), Validity::days(1)).expect("load");
         assert!(!made);
-        again
+        let controller = again
             .issue(
                 &Leaf::Controller(vec!["localhost".into(), "127.0.0.1".into()]),
                 Validity::days(1),
             )
             .expect("issued by the loaded CA");
+        assert_eq!(
+            identity_of(&der(&controller)),
+            Some(Identity::Replica("argus-controller".into()))
+        );
     }
 }

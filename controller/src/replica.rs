@@ -63,6 +63,34 @@ pub enum ReplicaError {
         #[source]
         source: tonic::transport::Error,
     },
+    /// This replica's TLS files for calls to other replicas could not be used.
+    #[error("TLS to the replica at {addr:?}: {why}")]
+    PeerTls { addr: String, why: String },
+}
+
+/// What a replica presents and trusts when it forwards a call to another over TLS: its own
+/// certificate (the controller's, which must carry the URI SAN `spiffe://argus/replica/<name>`
+/// and client use, as `argusctl certs` issues it) and the CA that signed the other replicas'
+/// certificates (the client CA: one CA for the cluster). Read at each new connection, so that
+/// renewed files are used without a restart.
+#[derive(Debug, Clone)]
+pub struct PeerTls {
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl PeerTls {
+    fn config(&self) -> Result<tonic::transport::ClientTlsConfig, String> {
+        let read =
+            |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        Ok(tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(&self.ca)?))
+            .identity(tonic::transport::Identity::from_pem(
+                read(&self.cert)?,
+                read(&self.key)?,
+            )))
+    }
 }
 
 fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> ReplicaError {
@@ -92,13 +120,21 @@ pub struct Replica {
     leader_token: std::sync::atomic::AtomicU64,
     /// Channels to other replicas, by address.
     peers: DashMap<String, Channel>,
+    /// TLS for those channels (`None`: plaintext, `--insecure`).
+    peer_tls: Option<PeerTls>,
     /// Replicas alive at the last round (their liveness leases unexpired), this one included.
     live: std::sync::atomic::AtomicU32,
 }
 
 impl Replica {
-    /// Connects to the shared database at `url` (already migrated by the store).
-    pub async fn connect(url: &str, id: &str, addr: &str) -> Result<Self, ReplicaError> {
+    /// Connects to the shared database at `url` (already migrated by the store). Calls
+    /// forwarded to other replicas go over TLS with `peer_tls`, plaintext without.
+    pub async fn connect(
+        url: &str,
+        id: &str,
+        addr: &str,
+        peer_tls: Option<PeerTls>,
+    ) -> Result<Self, ReplicaError> {
         let pool = PgPoolOptions::new()
             .max_connections(2)
             .acquire_timeout(QUERY_WAIT)
@@ -113,6 +149,7 @@ impl Replica {
             leader: AtomicBool::new(false),
             leader_token: std::sync::atomic::AtomicU64::new(0),
             peers: DashMap::new(),
+            peer_tls,
             live: std::sync::atomic::AtomicU32::new(1),
         })
     }
@@ -705,15 +742,25 @@ impl Replica {
         let channel = match self.peers.get(addr) {
             Some(c) => c.clone(),
             None => {
-                let c = Endpoint::from_shared(addr.to_owned())
-                    .map_err(|source| ReplicaError::BadAddress {
-                        node: node.to_owned(),
-                        addr: addr.to_owned(),
-                        source,
-                    })?
+                let bad = |source| ReplicaError::BadAddress {
+                    node: node.to_owned(),
+                    addr: addr.to_owned(),
+                    source,
+                };
+                let mut endpoint = Endpoint::from_shared(addr.to_owned())
+                    .map_err(bad)?
                     .connect_timeout(Duration::from_secs(2))
-                    .timeout(FORWARD_WAIT)
-                    .connect_lazy();
+                    .timeout(FORWARD_WAIT);
+                if let Some(tls) = &self.peer_tls {
+                    let peer_tls = |why: String| ReplicaError::PeerTls {
+                        addr: addr.to_owned(),
+                        why,
+                    };
+                    endpoint = endpoint
+                        .tls_config(tls.config().map_err(peer_tls)?)
+                        .map_err(bad)?;
+                }
+                let c = endpoint.connect_lazy();
                 self.peers.insert(addr.to_owned(), c.clone());
                 c
             }
@@ -748,15 +795,15 @@ impl Replica {
         )
     }
 
-    /// A request to forward: `msg` with the caller's credentials and the forwarding mark.
-    pub fn forwarded<M>(
-        &self,
-        metadata: &tonic::metadata::MetadataMap,
-        msg: M,
-    ) -> tonic::Request<M> {
+    /// A request to forward: `msg` naming the caller this replica authenticated (the owner
+    /// trusts the name from a replica's certificate only), with the forwarding mark. The
+    /// caller's own credentials stay here: a bearer token is not passed on.
+    pub fn forwarded<M>(&self, msg: M) -> tonic::Request<M> {
         let mut r = tonic::Request::new(msg);
-        if let Some(v) = metadata.get("authorization") {
-            r.metadata_mut().insert("authorization", v.clone());
+        if let Some(v) =
+            crate::auth::caller().and_then(|c| crate::auth::forwarded_for(&c).parse().ok())
+        {
+            r.metadata_mut().insert(crate::auth::FORWARDED_FOR, v);
         }
         if let Ok(v) = self.id.parse() {
             r.metadata_mut().insert(FORWARDED, v);

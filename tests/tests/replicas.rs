@@ -17,7 +17,7 @@ use argus_tests::free_port;
 use argus_tests::postgres::{PgServer, skip_notice};
 use argus_tests::process::Proc;
 use argus_tests::spec::admin;
-use argus_tests::spec::{Controller, ControllerSpec, NodeAgentSpec};
+use argus_tests::spec::{Controller, ControllerSpec, NodeAgentSpec, Pki, admin_tls};
 use argus_tests::tmux::TestTmux;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -71,8 +71,13 @@ struct Replica {
 }
 
 impl Replica {
+    /// The address it advertises (the controller's default: `https://localhost:PORT` with TLS).
     fn advertised(&self) -> String {
-        format!("http://{}", self.spec.config.listen)
+        if self.spec.config.insecure {
+            format!("http://{}", self.spec.config.listen)
+        } else {
+            format!("https://localhost:{}", self.spec.config.listen.port())
+        }
     }
 
     async fn start(&mut self) -> anyhow::Result<()> {
@@ -88,6 +93,8 @@ struct Cluster {
     replicas: Vec<Replica>,
     lb: Option<Proc>,
     lb_port: u16,
+    /// The replicas serve mutual TLS, and haproxy passes it through.
+    tls: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -101,6 +108,27 @@ impl Cluster {
         let dir = tempfile::Builder::new()
             .prefix("argus-replicas-")
             .tempdir()?;
+        Self::start_in(pg, n, webhook, None, dir).await
+    }
+
+    /// `n` replicas serving mutual TLS with `pki`'s certificates, behind haproxy passing TLS
+    /// through (`deploy/haproxy/haproxy-mtls.cfg`).
+    async fn start_tls(
+        pg: PgServer,
+        n: usize,
+        pki: &Pki,
+        dir: tempfile::TempDir,
+    ) -> anyhow::Result<Self> {
+        Self::start_in(pg, n, None, Some(pki), dir).await
+    }
+
+    async fn start_in(
+        pg: PgServer,
+        n: usize,
+        webhook: Option<&str>,
+        pki: Option<&Pki>,
+        dir: tempfile::TempDir,
+    ) -> anyhow::Result<Self> {
         let db = pg.create_database("replicas");
         let mut replicas = Vec::new();
         for i in 0..n {
@@ -111,6 +139,9 @@ impl Cluster {
             spec.config.db = db.clone();
             if let Some(url) = webhook {
                 spec = spec.webhook(url);
+            }
+            if let Some(pki) = pki {
+                spec = spec.tls(pki);
             }
             let rdir = dir.path().join(format!("r{i}"));
             std::fs::create_dir_all(&rdir)?;
@@ -130,6 +161,7 @@ impl Cluster {
             replicas,
             lb: None,
             lb_port,
+            tls: pki.is_some(),
             _dir: dir,
         };
         let lb = std::sync::Mutex::new(c.start_haproxy()?);
@@ -148,7 +180,14 @@ impl Cluster {
     /// haproxy with the deploy file, the addresses given in its environment.
     fn start_haproxy(&self) -> anyhow::Result<Proc> {
         let bin = haproxy().context("haproxy is not installed")?;
-        let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/haproxy/haproxy.cfg");
+        let file = if self.tls {
+            "haproxy-mtls.cfg"
+        } else {
+            "haproxy.cfg"
+        };
+        let cfg = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/haproxy")
+            .join(file);
         let mut env = vec![(
             "ARGUS_LB_BIND".to_owned(),
             format!("127.0.0.1:{}", self.lb_port),
@@ -176,7 +215,11 @@ impl Cluster {
     }
 
     fn lb_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.lb_port)
+        if self.tls {
+            format!("https://localhost:{}", self.lb_port)
+        } else {
+            format!("http://127.0.0.1:{}", self.lb_port)
+        }
     }
 
     fn sql(&self, sql: &str) -> anyhow::Result<String> {
@@ -948,4 +991,121 @@ async fn readyz(http: std::net::SocketAddr) -> anyhow::Result<u16> {
         .context("no status line")?
         .parse()?;
     Ok(code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_runs_end_to_end_and_a_replica_forwards_as_its_caller() -> anyhow::Result<()> {
+    const TEST: &str = "replicas::mutual_tls_runs_end_to_end_and_a_replica_forwards_as_its_caller";
+    let Some(pg) = postgres_and_haproxy(TEST).await? else {
+        return Ok(());
+    };
+    use argus_controller::auth::{FORWARDED_FOR, Role};
+    let dir = tempfile::Builder::new()
+        .prefix("argus-replicas-mtls-")
+        .tempdir()?;
+    let pki = Pki::new(&dir.path().join("pki"))?;
+    let tmux = TestTmux::new();
+    tmux.session("prompt", &fake_agent("idle"), &[("profile", "claude")])?;
+    let c = Cluster::start_tls(pg, 2, &pki, dir).await?;
+    let adir = c._dir.path().join("agent");
+    std::fs::create_dir_all(&adir)?;
+    let _agent = NodeAgentSpec::new("n1", &c.lb_url(), tmux.socket())
+        .tls(&c.lb_url(), &pki.node("n1")?)
+        .probe_interval(Duration::from_millis(250))
+        .start(&adir)?;
+    let (owner, _) = eventually(
+        "the node owned by a replica, through haproxy",
+        WAIT,
+        || async { c.owner("n1") },
+    )
+    .await?;
+    let other = 1 - owner;
+    let url = |i: usize| c.replicas[i].advertised();
+
+    // TLS ran end to end: the owner saw the node agent's own certificate through the proxy.
+    let root = pki.admin();
+    let nodes = admin_tls(&url(owner), &root)
+        .await?
+        .list_nodes(pb::ListNodesRequest {})
+        .await?
+        .into_inner()
+        .nodes;
+    let n1 = nodes
+        .iter()
+        .find(|n| n.node_id == "n1")
+        .context("n1 listed")?;
+    assert!(
+        n1.cert_not_after_ms > 0,
+        "the node's certificate reached the owner: {n1:?}"
+    );
+
+    // An operator's capture given to the replica that does not own the node is forwarded with
+    // that replica's certificate and answered by the owner, audited as the operator's.
+    let ops = pki.user("ops", Role::Operator)?;
+    let capture = |files: argus_tests::spec::ClientFiles, i: usize| {
+        let url = url(i);
+        async move {
+            admin_tls(&url, &files)
+                .await?
+                .capture(pb::CaptureRequest {
+                    session: sref("n1", "prompt"),
+                    lines: 20,
+                })
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(anyhow::Error::from)
+        }
+    };
+    let got = eventually("a forwarded capture answered", WAIT, || async {
+        Ok(capture(ops.clone(), other).await.ok())
+    })
+    .await?;
+    assert_eq!(got.status(), pb::CommandStatus::Ok, "{got:?}");
+    assert!(!got.output.is_empty(), "the pane's text came back: {got:?}");
+    let reason = c.sql(&format!(
+        "SELECT reason FROM commands WHERE command_id = '{}'",
+        got.command_id
+    ))?;
+    assert!(
+        reason.contains("operator ops (forwarded by a replica)"),
+        "audited as the operator's: {reason:?}"
+    );
+
+    // A viewer may not capture, on either replica: the role is checked before forwarding, and
+    // the forwarded caller's role is checked by the owner.
+    let eve = pki.user("eve", Role::Viewer)?;
+    for i in [owner, other] {
+        let e = capture(eve.clone(), i)
+            .await
+            .expect_err("a viewer may not capture");
+        let status = e.downcast_ref::<tonic::Status>().context("a gRPC status")?;
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    }
+    // Naming someone else in the forwarding header counts only from a replica's certificate.
+    let mut as_admin = tonic::Request::new(pb::CaptureRequest {
+        session: sref("n1", "prompt"),
+        lines: 20,
+    });
+    as_admin
+        .metadata_mut()
+        .insert(FORWARDED_FOR, "admin:eve".parse()?);
+    let e = admin_tls(&url(owner), &eve)
+        .await?
+        .capture(as_admin)
+        .await
+        .expect_err("a viewer cannot claim to be forwarded");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    // A replica's certificate calling on its own, naming nobody, is refused.
+    let replica_files = argus_tests::spec::ClientFiles {
+        ca: pki.ca(),
+        cert: pki.dir.join("controller.pem"),
+        key: pki.dir.join("controller-key.pem"),
+    };
+    let e = capture(replica_files, owner)
+        .await
+        .expect_err("a replica names its caller");
+    let status = e.downcast_ref::<tonic::Status>().context("a gRPC status")?;
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains(FORWARDED_FOR), "{status:?}");
+    Ok(())
 }
