@@ -669,13 +669,13 @@ async fn the_leader_dies_and_no_webhook_is_sent_twice() -> anyhow::Result<()> {
         .filter(|b| b["incident"]["id"] == opened.as_str())
         .count();
 
-    // Two replicas each open an incident of one kind and scope (each correlates its own nodes'
-    // sessions; recorded here as they would record them): posted once, under the first one's
-    // id, and closed once, when the last of them closes.
+    // Two replicas each open an incident of one kind and scope (each finds its own store
+    // writes failing; recorded here as they would record them): posted once, under the first
+    // one's id, and closed once, when the last of them closes.
     c.sql(
         "INSERT INTO incidents (id, kind, scope, opened_ms, summary) VALUES
-           ('inc-a', 'provider_limit', 'anthropic/team', 1000, 'limited on replica a'),
-           ('inc-b', 'provider_limit', 'anthropic/team', 2000, 'limited on replica b')",
+           ('inc-a', 'store_failing', 'controller', 1000, 'failing on replica a'),
+           ('inc-b', 'store_failing', 'controller', 2000, 'failing on replica b')",
     )?;
     eventually("the group posted", WAIT, || async {
         Ok((posts(&received, "inc-a", "incident_opened") == 1).then_some(()))
