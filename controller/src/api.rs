@@ -688,6 +688,7 @@ impl AdminService for AdminApi {
             .sup
             .ack_incident(&r.id, &by, argus_shared::time::now_ms())
             .await
+            .map_err(|e| Status::unavailable(e.to_string()))?
             .ok_or(ApiError::UnknownIncident { id: r.id })?;
         Ok(Response::new(incident_pb(i)))
     }

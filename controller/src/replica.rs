@@ -6,13 +6,17 @@
 //! command. A replica that finds a higher epoch stored for a node it links to lost it: it drops
 //! the link (the stream ends) and sends it nothing more. Admin commands for a node owned
 //! elsewhere are forwarded to the owner's advertised address, so the caller keeps the synchronous
-//! answer. A lease row elects one leader for fleet-wide duties, with a fencing token of its own.
+//! answer. A lease row elects one leader for fleet-wide duties, with a fencing token of its own:
+//! among them provider incidents, counted over every replica's recorded rate-limit episodes
+//! (`argus_decide::correlate::fleet`) and read back by every replica for its sessions' cooldowns.
 //! A probe of the database feeds readiness: a replica that cannot reach it is not ready.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use argus_decide::correlate::IncidentKind;
+use argus_decide::correlate::fleet::{self, Episode, OpenLimit, Step};
 use argus_proto::v1 as pb;
 use argus_proto::v1::admin_service_client::AdminServiceClient;
 use dashmap::DashMap;
@@ -42,6 +46,49 @@ const EVENTS_CHANNEL: &str = "argus_events";
 /// limit is 8000 bytes; the event is sent hex-encoded).
 const EVENT_MESSAGE_MAX: usize = 2000;
 
+/// A query on the replicas' pool.
+type PgQuery = sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// `$sql` after the CTE `leader`, which has a row only while the leader lease (`$1`) is held by
+/// this replica (`$2`) with its token (`$3`), unexpired in the database's clock: the condition
+/// of every write fenced by the leader lease (see `Replica::fenced`).
+macro_rules! fenced {
+    ($sql:literal) => {
+        concat!(
+            "WITH leader AS (SELECT 1 FROM leases WHERE name = $1 AND holder = $2 AND token = $3
+               AND expires_ms > (extract(epoch from clock_timestamp()) * 1000)::bigint) ",
+            $sql
+        )
+    };
+}
+
+/// The leader opens a provider incident (`$4` id, `$5` kind, `$6` scope, `$7` opened, `$8`
+/// summary, `$9` sessions, `$10` cooldown end), unless one of the scope is open.
+const OPEN_PROVIDER_INCIDENT: &str = fenced!(
+    "INSERT INTO incidents (id, kind, scope, opened_ms, summary, sessions, until_ms)
+     SELECT $4, $5, $6, $7, $8, $9, $10
+     WHERE EXISTS (SELECT 1 FROM leader)
+       AND NOT EXISTS (SELECT 1 FROM incidents WHERE kind = $5 AND scope = $6 AND closed_ms = 0)"
+);
+/// The leader updates an open provider incident (`$4` id, `$5` sessions, `$6` cooldown end, `$7`
+/// summary); its acknowledgement stays.
+const UPDATE_PROVIDER_INCIDENT: &str = fenced!(
+    "UPDATE incidents SET sessions = $5, until_ms = $6, summary = $7
+     WHERE id = $4 AND closed_ms = 0 AND EXISTS (SELECT 1 FROM leader)"
+);
+/// The leader closes an incident (`$4` id) at `$5`.
+const CLOSE_INCIDENT: &str = fenced!(
+    "UPDATE incidents SET closed_ms = $5
+     WHERE id = $4 AND closed_ms = 0 AND EXISTS (SELECT 1 FROM leader)"
+);
+/// The leader forgets a stale rate-limit episode (`$4`..`$6` the session), only as it read it
+/// (`$7` its cooldown end): a renewal since replaced it.
+const FORGET_RATE_LIMIT: &str = fenced!(
+    "DELETE FROM rate_limits
+     WHERE node_id = $4 AND tmux_socket = $5 AND session_name = $6 AND until_ms = $7
+       AND EXISTS (SELECT 1 FROM leader)"
+);
+
 /// How long a forwarded command may take (the owner waits for the node's answer).
 const FORWARD_WAIT: Duration = Duration::from_secs(60);
 
@@ -54,6 +101,13 @@ pub enum ReplicaError {
         op: &'static str,
         #[source]
         source: sqlx::Error,
+    },
+    /// The store (the recorded rate-limit episodes) could not be read.
+    #[error("replica {op} failed: {source}")]
+    Store {
+        op: &'static str,
+        #[source]
+        source: crate::store::StoreError,
     },
     /// The owner's advertised address is not a URL.
     #[error("the owner of node {node:?} advertises {addr:?}, not a URL")]
@@ -141,7 +195,22 @@ impl Replica {
             .connect(url)
             .await
             .map_err(db("connect"))?;
-        Ok(Self {
+        Ok(Self::with_pool(pool, id, addr))
+    }
+
+    /// A replica whose pool connects on first use only: for in-process tests of the
+    /// supervisor's replica paths, which run no round and need no database.
+    pub fn unconnected(url: &str, id: &str, addr: &str) -> Result<Self, ReplicaError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(QUERY_WAIT)
+            .connect_lazy(url)
+            .map_err(db("connect"))?;
+        Ok(Self::with_pool(pool, id, addr))
+    }
+
+    fn with_pool(pool: PgPool, id: &str, addr: &str) -> Self {
+        Self {
             id: id.to_owned(),
             addr: addr.to_owned(),
             pool,
@@ -151,7 +220,7 @@ impl Replica {
             peers: DashMap::new(),
             peer_tls,
             live: std::sync::atomic::AtomicU32::new(1),
-        })
+        }
     }
 
     /// Confirms this replica's ownership of `node_id` at `epoch` (the epoch its attach raised):
@@ -456,6 +525,170 @@ impl Replica {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Every replica, every round: the open provider incidents (the leader's, fleet-wide), oldest
+    /// first, for its sessions' cooldowns. One indexed query.
+    pub async fn open_provider_limits(&self) -> Result<Vec<OpenLimit>, ReplicaError> {
+        let rows = sqlx::query(
+            "SELECT id, scope, sessions, until_ms FROM incidents
+             WHERE kind = $1 AND closed_ms = 0 ORDER BY opened_ms, id",
+        )
+        .bind(IncidentKind::ProviderLimit.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read the open provider incidents"))?;
+        Ok(rows
+            .iter()
+            .map(|r| OpenLimit {
+                id: r.get("id"),
+                scope: r.get("scope"),
+                sessions: r.get::<i64, _>("sessions") as u32,
+                until_ms: r.get("until_ms"),
+            })
+            .collect())
+    }
+
+    /// The leader's provider correlation: every replica's recorded rate-limit episodes against
+    /// the open provider incidents (`open`), and the changes applied, each fenced in SQL by
+    /// `token` (nothing is written once the lease moved on). Episodes whose cooldown ended long
+    /// ago are forgotten. Returns whether anything changed.
+    pub async fn correlate_providers(
+        &self,
+        token: u64,
+        sup: &Supervisor,
+        open: &[OpenLimit],
+    ) -> Result<bool, ReplicaError> {
+        let episodes: Vec<Episode> = sup
+            .store
+            .rate_limits()
+            .await
+            .map_err(|source| ReplicaError::Store {
+                op: "read the rate-limit episodes",
+                source,
+            })?
+            .into_iter()
+            .map(|r| Episode {
+                session: r.session,
+                scope: r.scope,
+                at_ms: r.at_ms,
+                until_ms: r.until_ms,
+            })
+            .collect();
+        let policy = sup.policy();
+        let now = argus_shared::time::now_ms();
+        let kind = IncidentKind::ProviderLimit.as_str();
+        let mut changed = false;
+        for (n, step) in fleet::provider_limits(&episodes, open, now, &policy)
+            .into_iter()
+            .enumerate()
+        {
+            let (done, event) = match step {
+                Step::Open {
+                    scope,
+                    sessions,
+                    until_ms,
+                    summary,
+                } => {
+                    let id = format!("inc-fleet-{token}-{now}-{n}");
+                    let q = self
+                        .fenced(token, OPEN_PROVIDER_INCIDENT)
+                        .bind(id.clone())
+                        .bind(kind)
+                        .bind(scope.clone())
+                        .bind(now)
+                        .bind(summary.clone())
+                        .bind(i64::from(sessions))
+                        .bind(until_ms);
+                    let done = self.changed("open a provider incident", q).await?;
+                    if done {
+                        crate::metrics::incident_opened(IncidentKind::ProviderLimit);
+                    }
+                    let message = format!("{kind} {scope} [{id}]: {summary}");
+                    (done, Some(("incident_opened", message)))
+                }
+                Step::Update {
+                    id,
+                    sessions,
+                    until_ms,
+                    summary,
+                } => {
+                    let q = self
+                        .fenced(token, UPDATE_PROVIDER_INCIDENT)
+                        .bind(id)
+                        .bind(i64::from(sessions))
+                        .bind(until_ms)
+                        .bind(summary);
+                    (self.changed("update a provider incident", q).await?, None)
+                }
+                Step::Close { id } => {
+                    let scope = open.iter().find(|o| o.id == id).map_or("", |o| &o.scope);
+                    let message =
+                        format!("{kind} {scope} [{id}]: the fleet's rate limits are over");
+                    let q = self.fenced(token, CLOSE_INCIDENT).bind(id).bind(now);
+                    let done = self.changed("close a provider incident", q).await?;
+                    (done, Some(("incident_closed", message)))
+                }
+            };
+            if !done {
+                return Ok(changed); // no longer the leader, or another writer came first
+            }
+            changed = true;
+            if let Some((event, message)) = event {
+                tracing::info!(token, "{message}");
+                sup.events.publish("", "", event, message, None);
+            }
+        }
+        for e in episodes.iter().filter(|e| fleet::stale(e, now, &policy)) {
+            let q = self
+                .fenced(token, FORGET_RATE_LIMIT)
+                .bind(e.session.node_id.clone())
+                .bind(e.session.tmux_socket.clone())
+                .bind(e.session.session_name.clone())
+                .bind(e.until_ms);
+            self.changed("forget a stale rate-limit episode", q).await?;
+        }
+        Ok(changed)
+    }
+
+    /// `sql` (written with [`fenced!`]) with the leader lease's parameters bound as `$1` to
+    /// `$3`: its CTE `leader` has a row only while `token` is still this replica's unexpired
+    /// leader token. The caller binds its own parameters from `$4` on.
+    fn fenced(&self, token: u64, sql: &'static str) -> PgQuery {
+        sqlx::query(sql)
+            .bind(LEADER_LEASE)
+            .bind(self.id.clone())
+            .bind(token as i64)
+    }
+
+    /// Runs a [`Self::fenced`] write; true when it changed a row.
+    async fn changed(&self, op: &'static str, query: PgQuery) -> Result<bool, ReplicaError> {
+        let done = query.execute(&self.pool).await.map_err(db(op))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Acknowledges an open fleet-wide provider incident in the store (the leader's: no
+    /// replica's correlator holds it). `None` when there is no such open incident.
+    pub async fn ack_fleet_incident(
+        &self,
+        id: &str,
+        by: &str,
+        now: i64,
+    ) -> Result<Option<crate::store::IncidentRow>, ReplicaError> {
+        let row = sqlx::query(
+            "UPDATE incidents SET acked_ms = $1, acked_by = $2
+             WHERE id = $3 AND kind = $4 AND closed_ms = 0
+             RETURNING id, kind, scope, opened_ms, closed_ms, acked_ms, acked_by, summary,
+                       sessions, until_ms",
+        )
+        .bind(now)
+        .bind(by)
+        .bind(id)
+        .bind(IncidentKind::ProviderLimit.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("acknowledge a provider incident"))?;
+        Ok(row.as_ref().map(crate::store::postgres::incident_row))
+    }
+
     /// Whether the database answered the last probe (readiness), as it changes.
     pub fn db_ok(&self) -> watch::Receiver<bool> {
         self.db_ok.subscribe()
@@ -551,6 +784,9 @@ impl Replica {
             );
         }
         let token = self.hold_lease(LEADER_LEASE).await?;
+        // Provider incidents are the leader's, fleet-wide: every replica reads the open ones for
+        // its sessions' cooldowns.
+        let mut open = self.open_provider_limits().await?;
         if let Some(token) = token {
             if !self.is_leader() {
                 let firing = self.adopt_firing(sup.notifier()).await?;
@@ -571,6 +807,10 @@ impl Replica {
                     "closed commands a dead replica left pending on nodes nobody took over"
                 );
             }
+            // Before the outbox: a provider incident opened now is posted in this round.
+            if self.correlate_providers(token, sup, &open).await? {
+                open = self.open_provider_limits().await?;
+            }
             let posted = self.notify_changes(token, sup.notifier()).await?;
             if posted > 0 {
                 tracing::info!(
@@ -580,6 +820,7 @@ impl Replica {
                 );
             }
         }
+        sup.set_fleet_limits(open);
         let was = self.leader.swap(token.is_some(), Ordering::Relaxed);
         self.leader_token
             .store(token.unwrap_or(0), Ordering::Relaxed);

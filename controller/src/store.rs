@@ -153,6 +153,20 @@ pub struct IncidentRow {
     pub until_ms: i64,
 }
 
+/// A session in a rate-limit episode, as the replica that owns its node records it for the
+/// leader's fleet-wide provider correlation (`argus_decide::correlate::fleet`). Replaced when the
+/// episode starts or is renewed, deleted when it ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitRow {
+    pub session: SessionRef,
+    /// The provider scope, `provider/account`.
+    pub scope: String,
+    /// When the episode started or was last renewed.
+    pub at_ms: i64,
+    /// The cooldown's end.
+    pub until_ms: i64,
+}
+
 /// A stored alarm (see `crate::alarms`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlarmRow {
@@ -315,6 +329,12 @@ pub enum Write {
     Checkpoint(CheckpointRow),
     /// A handoff, inserted or replaced.
     Handoff(HandoffRow),
+    /// Replicas: a session's rate-limit episode started or was renewed (inserted or replaced).
+    RateLimit(RateLimitRow),
+    /// Replicas: a session's rate-limit episode ended (its row, if any, is deleted).
+    RateLimitOver {
+        session: SessionRef,
+    },
 }
 
 /// The status a command row has while no outcome is known.
@@ -605,6 +625,10 @@ pub trait Store: Send + Sync + 'static {
     /// One checkpoint by id.
     async fn checkpoint(&self, _id: &str) -> Result<Option<CheckpointRow>, StoreError> {
         Ok(None)
+    }
+    /// Replicas: every session's open rate-limit episode. A backend that keeps none has none.
+    async fn rate_limits(&self) -> Result<Vec<RateLimitRow>, StoreError> {
+        Ok(Vec::new())
     }
     /// Handoffs matching `q`: open ones first, then newest first.
     async fn handoffs(

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use argus_decide::budget::{Budget, Gate};
+use argus_decide::correlate::fleet::OpenLimit;
 use argus_decide::correlate::{Change, Correlator, Incident, IncidentKind, provider_scope};
 use argus_decide::detect::{self, Ctx, Durable, Effect, Input, Notice, Track, TriageCase};
 use argus_decide::escalate::Verdict;
@@ -27,7 +28,7 @@ use crate::dispatch::{Dispatcher, Origin};
 use crate::events::Events;
 use crate::fleet::Fleet;
 use crate::notify::Notifier;
-use crate::store::{IncidentRow, Recorder, SessionRef, Store, TransitionRow, Write};
+use crate::store::{IncidentRow, RateLimitRow, Recorder, SessionRef, Store, TransitionRow, Write};
 
 /// What the supervisor is built from.
 pub struct Parts {
@@ -71,6 +72,9 @@ pub struct Supervisor {
     /// When this controller started: a node not seen since is absent since then.
     started_ms: UnixMs,
     correlator: Mutex<Correlator>,
+    /// Among replicas: the open fleet-wide provider incidents by scope, as the leader keeps
+    /// them in the store (read every round by `crate::replica`). Alone, the correlator's.
+    fleet_limits: Mutex<std::collections::HashMap<String, OpenLimit>>,
     budget: Mutex<Budget>,
     notifier: Notifier,
     tasks: TaskTracker,
@@ -162,6 +166,7 @@ impl Supervisor {
             limits: p.limits,
             started_ms: now,
             correlator: Mutex::new(correlator),
+            fleet_limits: Mutex::default(),
             notifier: p.notifier,
             alarms: crate::alarms::Alarms::new(p.tasks.clone()),
             tasks: p.tasks,
@@ -278,7 +283,7 @@ impl Supervisor {
         // (a SIGKILL then loses it): the policy's actions wait, like a silent node's, until
         // what they record can be kept. Observations and liveness go on.
         let node_up = self.fleet.reachable(node_id) && self.store_ok();
-        let (frozen, held, cooldown) = {
+        let (frozen, held, mut cooldown) = {
             let c = lock(&self.correlator);
             (
                 c.frozen(),
@@ -286,6 +291,10 @@ impl Supervisor {
                 scope.and_then(|s| c.provider_cooldown(s)),
             )
         };
+        if self.replica.get().is_some() {
+            // Among replicas provider incidents are the leader's, over the whole fleet.
+            cooldown = scope.and_then(|s| lock(&self.fleet_limits).get(s).map(|o| o.until_ms));
+        }
         Ctx {
             session_name: &key.session_name,
             node_up,
@@ -379,7 +388,10 @@ impl Supervisor {
         }));
     }
 
-    /// Feeds the notices correlation reads (rate limits, deaths) to the correlator.
+    /// Feeds the notices correlation reads (rate limits, deaths) to the correlator. Among
+    /// replicas a rate limit's start, renewal and end are recorded instead, for the leader to
+    /// correlate across the fleet (`crate::replica`): written on change only, through the
+    /// recorder (queued, retried and journaled like every write).
     fn correlate(
         &self,
         key: &SessionRef,
@@ -387,6 +399,29 @@ impl Supervisor {
         scope: Option<&str>,
         now: UnixMs,
     ) -> Vec<Change> {
+        if self.replica.get().is_some() {
+            match (notice, scope) {
+                (
+                    Notice::RateLimited { until, .. } | Notice::RateLimitRenewed { until, .. },
+                    Some(s),
+                ) => {
+                    self.recorder.record(Write::RateLimit(RateLimitRow {
+                        session: key.clone(),
+                        scope: s.to_owned(),
+                        at_ms: now,
+                        until_ms: *until,
+                    }));
+                    return Vec::new();
+                }
+                (Notice::RateLimitCleared, Some(_)) => {
+                    self.recorder.record(Write::RateLimitOver {
+                        session: key.clone(),
+                    });
+                    return Vec::new();
+                }
+                _ => {}
+            }
+        }
         let policy = self.policy();
         let mut c = lock(&self.correlator);
         match (notice, scope) {
@@ -551,9 +586,21 @@ impl Supervisor {
         &self.notifier
     }
 
-    /// The kinds of the open incidents, one entry per incident.
+    /// The kinds of the open incidents, one entry per incident: this process's, and among
+    /// replicas the fleet-wide provider incidents on the leader only (so that the replicas'
+    /// gauges add up).
     pub fn open_incident_kinds(&self) -> Vec<IncidentKind> {
-        lock(&self.correlator).open_kinds()
+        let mut kinds = lock(&self.correlator).open_kinds();
+        if self.replica.get().is_some_and(|r| r.is_leader()) {
+            let n = lock(&self.fleet_limits).len();
+            kinds.extend(std::iter::repeat_n(IncidentKind::ProviderLimit, n));
+        }
+        kinds
+    }
+
+    /// Replicas: the open fleet-wide provider incidents as just read from the store.
+    pub fn set_fleet_limits(&self, open: Vec<OpenLimit>) {
+        *lock(&self.fleet_limits) = open.into_iter().map(|o| (o.scope.clone(), o)).collect();
     }
 
     /// A node attached (or came back on a new stream): it is up, and a silent-host incident of
@@ -570,19 +617,35 @@ impl Supervisor {
         self.incident_changes(changes).await;
     }
 
-    /// Acknowledges an open incident.
-    pub async fn ack_incident(&self, id: &str, by: &str, now: UnixMs) -> Option<IncidentRow> {
-        let i = lock(&self.correlator).ack(id, by, now)?;
-        let row = incident_row(&i);
-        self.recorder.record(Write::Incident(row.clone()));
+    /// Acknowledges an open incident: this process's, or among replicas one of the leader's
+    /// fleet-wide ones (acknowledged in the store).
+    pub async fn ack_incident(
+        &self,
+        id: &str,
+        by: &str,
+        now: UnixMs,
+    ) -> Result<Option<IncidentRow>, crate::replica::ReplicaError> {
+        let acked = lock(&self.correlator).ack(id, by, now);
+        let row = match (acked, self.replica.get()) {
+            (Some(i), _) => {
+                let row = incident_row(&i);
+                self.recorder.record(Write::Incident(row.clone()));
+                row
+            }
+            (None, Some(r)) => match r.ack_fleet_incident(id, by, now).await? {
+                Some(row) => row,
+                None => return Ok(None),
+            },
+            (None, None) => return Ok(None),
+        };
         self.events.publish(
             "",
             "",
             "incident_acked",
-            format!("{} acknowledged by {by}", i.id),
+            format!("{} acknowledged by {by}", row.id),
             None,
         );
-        Some(row)
+        Ok(Some(row))
     }
 
     /// The policy's guarded files as the node agents get them: the base policy's (group ""),

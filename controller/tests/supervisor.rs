@@ -234,3 +234,95 @@ async fn the_fleet_budget_delays_restarts_but_never_drops_one() -> anyhow::Resul
     assert_eq!(restarted, names, "every held restart was sent in the end");
     Ok(())
 }
+
+/// Among replicas a provider's cooldown is the leader's, fleet-wide: a replica records its
+/// sessions' rate-limit episodes (once each, not per report) instead of opening incidents of its
+/// own, and a session's resume waits for the open fleet-wide incident's cooldown exactly as a
+/// single controller's session waits for its correlator's.
+#[tokio::test]
+async fn among_replicas_rate_limits_are_recorded_and_the_fleet_cooldown_holds_the_resume()
+-> anyhow::Result<()> {
+    let mut rig = Rig::start(Policy::default()).await?;
+    let replica = argus_controller::replica::Replica::unconnected(
+        "postgres://argus@127.0.0.1:1/none",
+        "ctl-test",
+        "http://127.0.0.1:1",
+    )?;
+    let _ = rig.sup.replica.set(Arc::new(replica));
+    let team = [("provider", "anthropic"), ("account", "team")];
+    let reset_s = rig.now / 1000 + 60;
+    let limited = |labels: &[(&str, &str)]| {
+        let mut o = obs("claude", Condition::RateLimited, labels);
+        o.rate_limit_reset_at = reset_s;
+        o
+    };
+    // Two sessions of one scope (a single controller would open an incident) and one of another.
+    for name in ["a", "b"] {
+        rig.observe(name, limited(&team)).await;
+        // An unchanged report records nothing more.
+        rig.observe(name, limited(&team)).await;
+    }
+    rig.observe("other", limited(&[("provider", "openai")]))
+        .await;
+    assert!(
+        rig.sup.open_incident_kinds().is_empty(),
+        "no incident of the replica's own"
+    );
+    let store = rig.sup.store.clone();
+    let episodes = || async {
+        let mut e: Vec<(String, String, i64)> = store
+            .rate_limits()
+            .await
+            .map(|rows| {
+                rows.into_iter()
+                    .map(|r| (r.session.session_name, r.scope, r.until_ms))
+                    .collect()
+            })
+            .unwrap_or_default();
+        e.sort();
+        e
+    };
+    let want = vec![
+        ("a".to_owned(), "anthropic/team".to_owned(), reset_s * 1000),
+        ("b".to_owned(), "anthropic/team".to_owned(), reset_s * 1000),
+        ("other".to_owned(), "openai/".to_owned(), reset_s * 1000),
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while episodes().await != want {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "episodes recorded: {:?}",
+            episodes().await
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The leader's fleet-wide incident of the team's scope holds its sessions for 10 minutes;
+    // the other scope's session is resumed after its own reset.
+    rig.sup
+        .set_fleet_limits(vec![argus_decide::correlate::fleet::OpenLimit {
+            id: "inc-fleet-1".into(),
+            scope: "anthropic/team".into(),
+            sessions: 2,
+            until_ms: rig.now + 600_000,
+        }]);
+    rig.run_for(Duration::from_secs(90)).await;
+    let resumed: Vec<String> = rig
+        .commands()
+        .into_iter()
+        .filter(|(_, a, _)| a == "nudge")
+        .map(|(s, _, _)| s)
+        .collect();
+    assert_eq!(resumed, ["other"], "only the other scope's session resumed");
+    // A limit that ends is forgotten.
+    rig.observe("a", obs("claude", Condition::AtPrompt, &team))
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while episodes().await.iter().any(|(s, _, _)| s == "a") {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the ended episode is still recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}

@@ -5,6 +5,8 @@
 //! goes silent at once the controller suspects its own network and freezes every destructive
 //! action. Pure: the supervisor feeds signals and carries out the [`Change`]s.
 
+pub mod fleet;
+
 use std::collections::{HashMap, VecDeque};
 
 use argus_shared::time::UnixMs;

@@ -712,13 +712,14 @@ async fn the_leader_dies_and_no_webhook_is_sent_twice() -> anyhow::Result<()> {
         .filter(|b| b["incident"]["id"] == opened.as_str())
         .count();
 
-    // Two replicas each open an incident of one kind and scope (each correlates its own nodes'
-    // sessions; recorded here as they would record them): posted once, under the first one's
-    // id, and closed once, when the last of them closes.
+    // Two replicas each open an incident of one kind and scope (each finds its own store
+    // writes failing; recorded here as they would record them): posted once, under the first
+    // one's id, and closed once, when the last of them closes. (Provider incidents are the
+    // leader's alone: see `a_provider_limit_over_two_replicas_is_one_incident`.)
     c.sql(
         "INSERT INTO incidents (id, kind, scope, opened_ms, summary) VALUES
-           ('inc-a', 'provider_limit', 'anthropic/team', 1000, 'limited on replica a'),
-           ('inc-b', 'provider_limit', 'anthropic/team', 2000, 'limited on replica b')",
+           ('inc-a', 'store_failing', 'controller', 1000, 'failing on replica a'),
+           ('inc-b', 'store_failing', 'controller', 2000, 'failing on replica b')",
     )?;
     eventually("the group posted", WAIT, || async {
         Ok((posts(&received, "inc-a", "incident_opened") == 1).then_some(()))
@@ -748,6 +749,132 @@ async fn the_leader_dies_and_no_webhook_is_sent_twice() -> anyhow::Result<()> {
          {new_token}, in {takeover:?}; webhook posts of incident {opened}: {hits} (opened and \
          closed, once each)"
     );
+    Ok(())
+}
+
+/// Every incident replica `url` lists, closed ones included.
+async fn incidents(url: &str) -> anyhow::Result<Vec<pb::Incident>> {
+    Ok(admin(url)
+        .await?
+        .list_incidents(pb::ListIncidentsRequest {
+            include_closed: true,
+            limit: 100,
+        })
+        .await?
+        .into_inner()
+        .incidents)
+}
+
+/// Provider incidents are the leader's, over the whole fleet: two node agents, each attached to
+/// another replica, each with one session rate limited on one provider scope (below
+/// `provider_incident_sessions`, 2, on either replica; at it together). Exactly one incident is
+/// stored, every replica lists it, its webhook is posted once; it closes, posted once, when the
+/// limits clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_limit_over_two_replicas_is_one_incident() -> anyhow::Result<()> {
+    const TEST: &str = "replicas::a_provider_limit_over_two_replicas_is_one_incident";
+    let Some(pg) = postgres_and_haproxy(TEST).await? else {
+        return Ok(());
+    };
+    let (hook, received) = argus_tests::webhook::start().await?;
+    let labels = [
+        ("profile", "claude"),
+        ("provider", "anthropic"),
+        ("account", "team"),
+    ];
+    let (t1, t2) = (TestTmux::new(), TestTmux::new());
+    t1.session("a", &fake_agent("ratelimit 600"), &labels)?;
+    t2.session("b", &fake_agent("ratelimit 900"), &labels)?;
+    let c = Cluster::start_with(pg, 2, Some(&hook)).await?;
+    // Each node agent dials its replica directly (not through haproxy): each replica owns one.
+    let mut agents = Vec::new();
+    for (i, (node, tmux)) in [("n1", &t1), ("n2", &t2)].into_iter().enumerate() {
+        let dir = c._dir.path().join(node);
+        std::fs::create_dir_all(&dir)?;
+        let agent = NodeAgentSpec::new(node, &c.admin_of(i), tmux.socket())
+            .probe_interval(Duration::from_millis(250))
+            .heartbeat(Duration::from_millis(500))
+            .env("RUST_LOG", "info,argus_node_agent=debug");
+        agents.push(agent.start(&dir)?);
+    }
+    for (i, node) in [(0, "n1"), (1, "n2")] {
+        eventually("each node owned by its replica", WAIT, || async {
+            Ok(c.owner(node)?.filter(|(owner, _)| *owner == i))
+        })
+        .await?;
+    }
+    // Alone, neither replica has enough limited sessions for an incident; the leader counts
+    // both replicas' recorded episodes.
+    let opened = eventually("the provider incident posted", WAIT, || async {
+        Ok(received
+            .all()
+            .iter()
+            .find(|b| b["event"] == "incident_opened" && b["incident"]["kind"] == "provider_limit")
+            .and_then(|b| b["incident"]["id"].as_str().map(str::to_owned)))
+    })
+    .await?;
+    let episodes = "SELECT count(*) FROM rate_limits WHERE scope = 'anthropic/team'";
+    assert_eq!(c.sql(episodes)?.trim(), "2", "one episode per replica");
+    for i in 0..c.replicas.len() {
+        let listed: Vec<pb::Incident> = incidents(&c.admin_of(i))
+            .await?
+            .into_iter()
+            .filter(|x| x.kind == "provider_limit")
+            .collect();
+        assert_eq!(listed.len(), 1, "replica {i}: {listed:?}");
+        let x = &listed[0];
+        assert_eq!(
+            (x.id.as_str(), x.scope.as_str(), x.sessions, x.closed_ms),
+            (opened.as_str(), "anthropic/team", 2, 0),
+            "replica {i}: {x:?}"
+        );
+        assert!(
+            x.until_ms >= argus_shared::time::now_ms() + 800_000,
+            "the fleet's cooldown is the latest session's: {x:?}"
+        );
+    }
+    // Any replica acknowledges it (none holds it in its correlator).
+    for i in 0..c.replicas.len() {
+        let acked = admin(&c.admin_of(i))
+            .await?
+            .ack_incident(pb::AckIncidentRequest {
+                id: opened.clone(),
+                by: format!("ops{i}"),
+            })
+            .await?
+            .into_inner();
+        assert_eq!(
+            (acked.id.as_str(), acked.acked_by.as_str()),
+            (opened.as_str(), &*format!("ops{i}"))
+        );
+    }
+    // The limits clear: each agent is replaced by one at its prompt. The incident closes.
+    for (tmux, name) in [(&t1, "a"), (&t2, "b")] {
+        tmux.run(&[
+            "respawn-pane",
+            "-k",
+            "-t",
+            &format!("={name}:"),
+            &fake_agent("idle"),
+        ])?;
+    }
+    eventually("the close posted", WAIT, || async {
+        Ok((posts(&received, &opened, "incident_closed") > 0).then_some(()))
+    })
+    .await?;
+    assert_eq!(c.sql(episodes)?.trim(), "0", "both episodes ended");
+    let stored =
+        c.sql("SELECT id, closed_ms > 0, acked_by FROM incidents WHERE kind = 'provider_limit'")?;
+    assert_eq!(stored.trim(), format!("{opened}|t|ops1"), "one row, closed");
+    assert_eq!(posts(&received, &opened, "incident_opened"), 1);
+    assert_eq!(posts(&received, &opened, "incident_closed"), 1);
+    let provider_posts = received
+        .all()
+        .iter()
+        .filter(|b| b["incident"]["kind"] == "provider_limit")
+        .count();
+    assert_eq!(provider_posts, 2, "{:?}", received.all());
+    drop(agents);
     Ok(())
 }
 

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AlarmRow, CheckpointRow, CommandRow, HandoffRow, IncidentRow, SessionRef, TransitionRow, Write,
+    AlarmRow, CheckpointRow, CommandRow, HandoffRow, IncidentRow, RateLimitRow, SessionRef,
+    TransitionRow, Write,
 };
 
 /// Why the journal could not be used.
@@ -390,6 +391,19 @@ enum EntryV1 {
         resume_command_id: String,
         message: String,
     },
+    RateLimit {
+        node: String,
+        socket: String,
+        session: String,
+        scope: String,
+        at_ms: i64,
+        until_ms: i64,
+    },
+    RateLimitOver {
+        node: String,
+        socket: String,
+        session: String,
+    },
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -544,6 +558,19 @@ impl From<&Write> for Entry {
                 resume_attempts: h.resume_attempts,
                 resume_command_id: h.resume_command_id,
                 message: h.message,
+            },
+            Write::RateLimit(r) => EntryV1::RateLimit {
+                node: r.session.node_id,
+                socket: r.session.tmux_socket,
+                session: r.session.session_name,
+                scope: r.scope,
+                at_ms: r.at_ms,
+                until_ms: r.until_ms,
+            },
+            Write::RateLimitOver { session } => EntryV1::RateLimitOver {
+                node: session.node_id,
+                socket: session.tmux_socket,
+                session: session.session_name,
             },
         })
     }
@@ -749,6 +776,26 @@ impl From<Entry> for Write {
                 resume_command_id,
                 message,
             }),
+            EntryV1::RateLimit {
+                node,
+                socket,
+                session,
+                scope,
+                at_ms,
+                until_ms,
+            } => Write::RateLimit(RateLimitRow {
+                session: sref(node, socket, session),
+                scope,
+                at_ms,
+                until_ms,
+            }),
+            EntryV1::RateLimitOver {
+                node,
+                socket,
+                session,
+            } => Write::RateLimitOver {
+                session: sref(node, socket, session),
+            },
         }
     }
 }
@@ -868,6 +915,15 @@ mod tests {
                 resume_command_id: "c3".into(),
                 message: "sent".into(),
             }),
+            Write::RateLimit(RateLimitRow {
+                session: sref("n1".into(), "/s".into(), "w".into()),
+                scope: "anthropic/team".into(),
+                at_ms: 13,
+                until_ms: 900_000,
+            }),
+            Write::RateLimitOver {
+                session: sref("n1".into(), "/s".into(), "w".into()),
+            },
         ]
     }
 

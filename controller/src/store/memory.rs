@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use super::{
     AlarmRow, CheckpointQuery, CheckpointRow, CommandRow, HandoffQuery, HandoffRow, History,
-    IncidentRow, NodeRecord, SessionRef, Store, StoreError, TransitionRow, Write,
+    IncidentRow, NodeRecord, RateLimitRow, SessionRef, Store, StoreError, TransitionRow, Write,
 };
 
 /// A [`Store`] held in memory.
@@ -34,6 +34,7 @@ struct State {
     checkpoints: Vec<CheckpointRow>,
     checkpoint_ids: std::collections::HashSet<String>,
     handoffs: HashMap<String, HandoffRow>,
+    rate_limits: HashMap<SessionRef, RateLimitRow>,
     /// Batches still to refuse (see [`MemoryStore::fail_writes`]).
     failing_writes: u32,
 }
@@ -110,6 +111,12 @@ impl State {
             }
             Write::Handoff(h) => {
                 self.handoffs.insert(h.id.clone(), h.clone());
+            }
+            Write::RateLimit(r) => {
+                self.rate_limits.insert(r.session.clone(), r.clone());
+            }
+            Write::RateLimitOver { session } => {
+                self.rate_limits.remove(session);
             }
         }
     }
@@ -341,6 +348,13 @@ impl Store for MemoryStore {
             (b.ended_ms == 0, b.started_ms, &b.id).cmp(&(a.ended_ms == 0, a.started_ms, &a.id))
         });
         rows.truncate(limit as usize);
+        Ok(rows)
+    }
+
+    async fn rate_limits(&self) -> Result<Vec<RateLimitRow>, StoreError> {
+        let mut rows: Vec<RateLimitRow> = self.lock().rate_limits.values().cloned().collect();
+        // SQLite: ORDER BY scope, at_ms.
+        rows.sort_by(|a, b| (&a.scope, a.at_ms).cmp(&(&b.scope, b.at_ms)));
         Ok(rows)
     }
 }

@@ -14,7 +14,7 @@ use sqlx::{Connection, Row};
 
 use super::{
     AlarmRow, CheckpointQuery, CheckpointRow, CommandRow, HandoffQuery, HandoffRow, History,
-    IncidentRow, NodeRecord, SessionRef, Store, StoreError, TransitionRow, Write,
+    IncidentRow, NodeRecord, RateLimitRow, SessionRef, Store, StoreError, TransitionRow, Write,
 };
 
 /// How long a read waits for a pooled connection (or a new one) before the call fails
@@ -480,6 +480,26 @@ impl Store for PgStore {
         .map_err(db("read handoffs"))?;
         Ok(rows.iter().map(handoff_row).collect())
     }
+
+    async fn rate_limits(&self) -> Result<Vec<RateLimitRow>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM rate_limits ORDER BY scope, at_ms")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("read rate limits"))?;
+        Ok(rows
+            .iter()
+            .map(|r| RateLimitRow {
+                session: SessionRef {
+                    node_id: r.get("node_id"),
+                    tmux_socket: r.get("tmux_socket"),
+                    session_name: r.get("session_name"),
+                },
+                scope: r.get("scope"),
+                at_ms: r.get("at_ms"),
+                until_ms: r.get("until_ms"),
+            })
+            .collect())
+    }
 }
 
 // === impl writes: one function per `Write` kind, all inside the batch's transaction ===
@@ -545,7 +565,43 @@ async fn apply(tx: &mut PgConnection, w: &Write) -> Result<(), StoreError> {
         } => close_alarm(tx, id, state, *at_ms, command_id, message).await,
         Write::Checkpoint(c) => insert_checkpoint(tx, c).await,
         Write::Handoff(h) => upsert_handoff(tx, h).await,
+        Write::RateLimit(r) => upsert_rate_limit(tx, r).await,
+        Write::RateLimitOver { session } => delete_rate_limit(tx, session).await,
     }
+}
+
+/// Records a session's rate-limit episode (replicas; see [`Write::RateLimit`]).
+async fn upsert_rate_limit(tx: &mut PgConnection, r: &RateLimitRow) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO rate_limits (node_id, tmux_socket, session_name, scope, at_ms, until_ms)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (node_id, tmux_socket, session_name) DO UPDATE SET
+             scope = excluded.scope, at_ms = excluded.at_ms, until_ms = excluded.until_ms",
+    )
+    .bind(&r.session.node_id)
+    .bind(&r.session.tmux_socket)
+    .bind(&r.session.session_name)
+    .bind(&r.scope)
+    .bind(r.at_ms)
+    .bind(r.until_ms)
+    .execute(tx)
+    .await
+    .map_err(db("record a rate limit"))?;
+    Ok(())
+}
+
+/// Forgets a session's rate-limit episode.
+async fn delete_rate_limit(tx: &mut PgConnection, s: &SessionRef) -> Result<(), StoreError> {
+    sqlx::query(
+        "DELETE FROM rate_limits WHERE node_id = $1 AND tmux_socket = $2 AND session_name = $3",
+    )
+    .bind(&s.node_id)
+    .bind(&s.tmux_socket)
+    .bind(&s.session_name)
+    .execute(tx)
+    .await
+    .map_err(db("forget a rate limit"))?;
+    Ok(())
 }
 
 /// Inserts transitions in their order (ids grow in the order of the arrays).

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     AlarmRow, CheckpointQuery, CheckpointRow, CommandRow, HandoffQuery, HandoffRow, History,
-    IncidentRow, NodeRecord, SessionRef, Store, StoreError, TransitionRow, Write,
+    IncidentRow, NodeRecord, RateLimitRow, SessionRef, Store, StoreError, TransitionRow, Write,
 };
 
 /// How long SQLite waits for a lock held by another connection or process.
@@ -453,6 +453,26 @@ impl Store for SqliteStore {
         .map_err(db("read handoffs"))?;
         Ok(rows.iter().map(handoff_row).collect())
     }
+
+    async fn rate_limits(&self) -> Result<Vec<RateLimitRow>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM rate_limits ORDER BY scope, at_ms")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("read rate limits"))?;
+        Ok(rows
+            .iter()
+            .map(|r| RateLimitRow {
+                session: SessionRef {
+                    node_id: r.get("node_id"),
+                    tmux_socket: r.get("tmux_socket"),
+                    session_name: r.get("session_name"),
+                },
+                scope: r.get("scope"),
+                at_ms: r.get("at_ms"),
+                until_ms: r.get("until_ms"),
+            })
+            .collect())
+    }
 }
 
 fn alarm_row(r: &sqlx::sqlite::SqliteRow) -> AlarmRow {
@@ -607,7 +627,41 @@ async fn apply(tx: &mut SqliteConnection, w: &Write) -> Result<(), StoreError> {
         } => close_alarm(tx, id, state, *at_ms, command_id, message).await,
         Write::Checkpoint(c) => insert_checkpoint(tx, c).await,
         Write::Handoff(h) => upsert_handoff(tx, h).await,
+        Write::RateLimit(r) => upsert_rate_limit(tx, r).await,
+        Write::RateLimitOver { session } => delete_rate_limit(tx, session).await,
     }
+}
+
+/// Records a session's rate-limit episode (replicas; see [`Write::RateLimit`]).
+async fn upsert_rate_limit(tx: &mut SqliteConnection, r: &RateLimitRow) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT OR REPLACE INTO rate_limits (node_id, tmux_socket, session_name, scope, at_ms, until_ms)
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&r.session.node_id)
+    .bind(&r.session.tmux_socket)
+    .bind(&r.session.session_name)
+    .bind(&r.scope)
+    .bind(r.at_ms)
+    .bind(r.until_ms)
+    .execute(tx)
+    .await
+    .map_err(db("record a rate limit"))?;
+    Ok(())
+}
+
+/// Forgets a session's rate-limit episode.
+async fn delete_rate_limit(tx: &mut SqliteConnection, s: &SessionRef) -> Result<(), StoreError> {
+    sqlx::query(
+        "DELETE FROM rate_limits WHERE node_id = ? AND tmux_socket = ? AND session_name = ?",
+    )
+    .bind(&s.node_id)
+    .bind(&s.tmux_socket)
+    .bind(&s.session_name)
+    .execute(tx)
+    .await
+    .map_err(db("forget a rate limit"))?;
+    Ok(())
 }
 
 /// Stores a new alarm; an id already stored is left as it is.

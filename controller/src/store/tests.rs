@@ -98,6 +98,7 @@ suite!(
     recorder_writes_everything_before_it_stops,
     alarms_pending_first_and_closed_once,
     a_nodes_sessions_are_read_alone,
+    rate_limit_episodes_are_replaced_and_forgotten,
 );
 
 fn node(id: &str, host: &str) -> NodeRecord {
@@ -512,4 +513,34 @@ async fn a_nodes_sessions_are_read_alone(s: &Arc<dyn Store>) {
         vec![(mine, Data { v: 1 })]
     );
     assert!(s.node_sessions("n3").await.expect("none").is_empty());
+}
+
+/// Replicas record each session's rate-limit episode for the leader: a renewal replaces it, its
+/// end forgets it (and forgetting one not stored is no error).
+async fn rate_limit_episodes_are_replaced_and_forgotten(s: &Arc<dyn Store>) {
+    let (a, b) = (sref("/s", "a"), sref("/s", "b"));
+    let row = |session: &SessionRef, at_ms: i64, until_ms: i64| RateLimitRow {
+        session: session.clone(),
+        scope: "anthropic/team".into(),
+        at_ms,
+        until_ms,
+    };
+    s.write(&[
+        Write::RateLimit(row(&a, 1, 100)),
+        Write::RateLimit(row(&b, 2, 200)),
+        Write::RateLimit(row(&a, 3, 300)),
+        Write::RateLimitOver {
+            session: sref("/s", "never"),
+        },
+    ])
+    .await
+    .expect("write");
+    assert_eq!(
+        s.rate_limits().await.expect("read"),
+        vec![row(&b, 2, 200), row(&a, 3, 300)]
+    );
+    s.write(&[Write::RateLimitOver { session: b }])
+        .await
+        .expect("write");
+    assert_eq!(s.rate_limits().await.expect("read"), vec![row(&a, 3, 300)]);
 }
