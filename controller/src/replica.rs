@@ -195,7 +195,7 @@ impl Replica {
             .connect(url)
             .await
             .map_err(db("connect"))?;
-        Ok(Self::with_pool(pool, id, addr))
+        Ok(Self::with_pool(pool, id, addr, peer_tls))
     }
 
     /// A replica whose pool connects on first use only: for in-process tests of the
@@ -206,10 +206,10 @@ impl Replica {
             .acquire_timeout(QUERY_WAIT)
             .connect_lazy(url)
             .map_err(db("connect"))?;
-        Ok(Self::with_pool(pool, id, addr))
+        Ok(Self::with_pool(pool, id, addr, None))
     }
 
-    fn with_pool(pool: PgPool, id: &str, addr: &str) -> Self {
+    fn with_pool(pool: PgPool, id: &str, addr: &str, peer_tls: Option<PeerTls>) -> Self {
         Self {
             id: id.to_owned(),
             addr: addr.to_owned(),

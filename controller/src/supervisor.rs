@@ -413,7 +413,7 @@ impl Supervisor {
                     }));
                     return Vec::new();
                 }
-                (Notice::RateLimitCleared, Some(_)) => {
+                (Notice::RateLimitCleared { .. }, Some(_)) => {
                     self.recorder.record(Write::RateLimitOver {
                         session: key.clone(),
                     });
