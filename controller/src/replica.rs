@@ -11,6 +11,7 @@
 //! (`argus_decide::correlate::fleet`) and read back by every replica for its sessions' cooldowns.
 //! A probe of the database feeds readiness: a replica that cannot reach it is not ready.
 
+use argus_shared::time::now_ms;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -492,6 +493,53 @@ impl Replica {
         Ok(adopted)
     }
 
+    /// The leader's reminders: an open, unacknowledged incident that was posted (the head of
+    /// its group) is posted again once per `repeat` since its opening. The `n`th reminder is the
+    /// change `reminder-<n>`, claimed in the outbox like any other before it is posted, so a new
+    /// leader never repeats one the old leader sent, and one that comes to lead after several
+    /// periods sends only the current one. Returns how many were posted.
+    pub async fn remind_open(
+        &self,
+        token: u64,
+        notifier: &crate::notify::Notifier,
+        repeat: Duration,
+    ) -> Result<usize, ReplicaError> {
+        let repeat = repeat.as_millis() as i64;
+        if repeat <= 0 {
+            return Ok(0);
+        }
+        let rows = sqlx::query(
+            "SELECT i.id, i.kind, i.scope, i.opened_ms, i.closed_ms, i.acked_ms, i.acked_by,
+                    i.summary, i.sessions, i.until_ms, o.sent_as
+             FROM incidents i
+             JOIN notified o ON o.incident_id = i.id AND o.change = 'opened' AND o.sent = 1
+             WHERE i.closed_ms = 0 AND i.acked_ms = 0 AND i.opened_ms <= $1
+             ORDER BY i.opened_ms LIMIT 200",
+        )
+        .bind(now_ms() - repeat)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read the incidents due a reminder"))?;
+        let mut posted = 0;
+        for r in rows {
+            let row = crate::store::postgres::incident_row(&r);
+            let n = (now_ms() - row.opened_ms) / repeat;
+            let sent_as: String = r.get("sent_as");
+            if !self
+                .mark(token, &row.id, &format!("reminder-{n}"), true, &sent_as)
+                .await?
+            {
+                continue; // sent already (or no longer the leader: the next mark fails too)
+            }
+            if let Some(mut i) = crate::supervisor::incident_from_row(row) {
+                i.id = sent_as;
+                notifier.incident(&argus_decide::correlate::Change::Reminder(i));
+                posted += 1;
+            }
+        }
+        Ok(posted)
+    }
+
     /// Marks one incident change as notified (`sent`: posted, else folded into its group),
     /// only while `token` is still this replica's leader token. False when the mark was not
     /// made (the lease moved on, or another leader marked it first).
@@ -817,6 +865,16 @@ impl Replica {
                     changes = posted,
                     token,
                     "incident changes notified by the leader"
+                );
+            }
+            let reminded = self
+                .remind_open(token, sup.notifier(), sup.policy().notify_repeat)
+                .await?;
+            if reminded > 0 {
+                tracing::info!(
+                    incidents = reminded,
+                    token,
+                    "open incidents reminded by the leader"
                 );
             }
         }

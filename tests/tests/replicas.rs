@@ -639,6 +639,20 @@ async fn the_leader_dies_and_no_webhook_is_sent_twice() -> anyhow::Result<()> {
     .await?;
     let (old, token) = eventually("a leader", WAIT, || async { c.leader() }).await?;
     assert_eq!(posts(&received, &opened, "incident_opened"), 1);
+    // An incident open for 9 h, past two `notify_repeat` periods (4 h): the leader posts its
+    // opening and one reminder, the current one (`reminder-2`), not one per replica.
+    let nine_hours_ago = argus_shared::time::now_ms() - 9 * 3600 * 1000;
+    c.sql(&format!(
+        "INSERT INTO incidents (id, kind, scope, opened_ms, summary) VALUES
+           ('inc-old', 'store_failing', 'old', {nine_hours_ago}, 'open for hours')"
+    ))?;
+    eventually("the reminder posted", WAIT, || async {
+        Ok((posts(&received, "inc-old", "incident_reminder") == 1).then_some(()))
+    })
+    .await?;
+    let reminders = "SELECT change, token FROM notified WHERE incident_id = 'inc-old' \
+                     AND change LIKE 'reminder-%'";
+    assert_eq!(c.sql(reminders)?, format!("reminder-2|{token}"));
 
     // SIGKILL the leader: another replica takes the lease over, with a higher token.
     let killed = Instant::now();
@@ -664,7 +678,8 @@ async fn the_leader_dies_and_no_webhook_is_sent_twice() -> anyhow::Result<()> {
         "marked by the old leader"
     );
 
-    // The new leader took over the open incident's Alertmanager re-sends (posting nothing).
+    // The new leader took over the open incidents' Alertmanager re-sends (posting nothing):
+    // the host incident's and the old one's.
     let log = || {
         c.replicas[new]
             .running
@@ -674,7 +689,7 @@ async fn the_leader_dies_and_no_webhook_is_sent_twice() -> anyhow::Result<()> {
     };
     eventually("the open incident's alert taken over", WAIT, || async {
         Ok(log()
-            .contains("open incidents' alerts taken over by the new leader incidents=1")
+            .contains("open incidents' alerts taken over by the new leader incidents=2")
             .then_some(()))
     })
     .await?;
@@ -706,6 +721,10 @@ async fn the_leader_dies_and_no_webhook_is_sent_twice() -> anyhow::Result<()> {
         1,
         "closed posted once"
     );
+    // The new leader's rounds found the reminder already claimed: not posted again.
+    assert_eq!(posts(&received, "inc-old", "incident_reminder"), 1);
+    assert_eq!(posts(&received, "inc-old", "incident_opened"), 1);
+    c.sql("UPDATE incidents SET closed_ms = 1 WHERE id = 'inc-old'")?;
     let hits = received
         .all()
         .iter()
