@@ -35,17 +35,51 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Stretches in which the node agent could not see its panes: from its SIGKILL until a
-    /// second after its restart (it starts probing), and while it is stopped.
-    fn node_blind(&self) -> Vec<(f64, f64)> {
+    /// The lives of the node agent's processes: from a second after a start (it starts
+    /// probing) to its SIGKILL. What one saw dies with it unless it reached a controller.
+    fn node_lives(&self) -> Vec<(f64, f64)> {
+        let mut kills: Vec<(f64, f64)> = self
+            .infra
+            .iter()
+            .filter(|(what, _, _)| *what == Kind::NodeKill.name())
+            .map(|(_, from, to)| (*from, *to))
+            .collect();
+        kills.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut lives = Vec::new();
+        let mut from = f64::NEG_INFINITY;
+        for (killed, restarted) in kills {
+            lives.push((from, killed));
+            from = restarted + 1.0;
+        }
+        lives.push((from, f64::INFINITY));
+        lives
+    }
+
+    /// Stretches in which the node agent was stopped (SIGSTOP to SIGCONT).
+    fn node_stops(&self) -> Vec<(f64, f64)> {
         self.infra
             .iter()
-            .filter_map(|(what, from, to)| match *what {
-                w if w == Kind::NodeKill.name() => Some((*from, to + 1.0)),
-                w if w == Kind::NodeStop.name() => Some((*from, *to)),
-                _ => None,
-            })
+            .filter(|(what, _, _)| *what == Kind::NodeStop.name())
+            .map(|(_, from, to)| (*from, *to))
             .collect()
+    }
+
+    /// True when Argus learned of an agent that lived from `start` to `end`: a linked
+    /// controller saw it for a second, or the node agent process that watched it (a second of
+    /// its life, between its probes) was alive at its exit, and was linked then or attached
+    /// later, before it died itself (its buffered exit reached a controller).
+    fn agent_seen(&self, start: f64, end: f64, argus_blind: &[(f64, f64)]) -> bool {
+        if seen_for(start, end, argus_blind) >= UNSEEN_BELOW {
+            return true;
+        }
+        let stops = self.node_stops();
+        let linked_at_exit = seen_for(end - 0.001, end, argus_blind) > 0.0;
+        self.node_lives().iter().any(|&(from, to)| {
+            end >= from
+                && end <= to
+                && seen_for(start.max(from), end, &stops) >= UNSEEN_BELOW
+                && (linked_at_exit || self.links.iter().any(|(t, up)| *up && *t >= end && *t < to))
+        })
     }
 
     /// Stretches in which no controller saw the screens the node agent saw: from a controller
@@ -207,7 +241,6 @@ pub fn check(
         .filter(|m| m.role == Role::Bystander)
         .map(|m| m.name.as_str())
         .collect();
-    let node_blind = journal.node_blind();
     let argus_blind = journal.argus_blind();
     let argus_saw = |from: f64, to: f64| seen_for(from, to, &argus_blind);
     for m in &fleet.members {
@@ -252,8 +285,7 @@ pub fn check(
                 // judgement on what it saw: it holds while what would lift it (a second back at
                 // work or at the prompt; a fresh agent in the session) stayed out of its sight.
                 let own = rate_limit_holds(&inst.events, at, &argus_saw);
-                let fresh_unseen =
-                    was_carried && seen_for(inst.start, at, &node_blind) < UNSEEN_BELOW;
+                let fresh_unseen = was_carried && !journal.agent_seen(inst.start, at, &argus_blind);
                 if own || fresh_unseen {
                     tally.held += 1;
                     if fresh_unseen || !rate_limit_holds(&inst.events, at, &|a, b| b - a) {
@@ -754,6 +786,28 @@ mod tests {
             "{v:?}"
         );
         assert_eq!((tally.deaths, tally.held), (2, 1));
+        // The node agent watched agent 2 for 1.5 s, then was killed before any controller
+        // linked, and agent 2 exited while no node agent ran: what it saw died with it.
+        let lost = journal(
+            vec![
+                (Kind::ControllerKill.name(), 108.0, 109.0),
+                (Kind::NodeKill.name(), 111.5, 113.5),
+            ],
+            vec![(108.1, false), (115.0, true)],
+        );
+        let (v, tally) = check(&f, &lost, None, rules());
+        assert!(v.is_empty(), "{v:?}");
+        assert_eq!((tally.held, tally.held_unseen), (2, 1));
+        // Had it attached at 110.5 (while agent 2 lived), a controller saw agent 2.
+        let attached = journal(
+            vec![
+                (Kind::ControllerKill.name(), 108.0, 109.0),
+                (Kind::NodeKill.name(), 112.5, 113.5),
+            ],
+            vec![(108.1, false), (110.5, true), (115.0, true)],
+        );
+        let (v, _) = check(&f, &attached, None, rules());
+        assert_eq!(v.len(), 1, "{v:?}");
     }
 
     #[test]
