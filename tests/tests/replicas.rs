@@ -303,6 +303,10 @@ async fn the_owner_dies_and_another_replica_takes_the_node_over() -> anyhow::Res
     tmux.session("work", &fake_agent("working"), &[("profile", "claude")])?;
     tmux.session("prompt", &fake_agent("idle"), &[("profile", "claude")])?;
     let panes = (tmux.pane_pid("work")?, tmux.pane_pid("prompt")?);
+    // A second node with a busy agent of its own.
+    let tmux2 = TestTmux::new();
+    tmux2.session("busy", &fake_agent("working"), &[("profile", "claude")])?;
+    let pane2 = tmux2.pane_pid("busy")?;
     let mut c = Cluster::start(pg, 3).await?;
     let adir = c._dir.path().join("agent");
     std::fs::create_dir_all(&adir)?;
@@ -311,6 +315,17 @@ async fn the_owner_dies_and_another_replica_takes_the_node_over() -> anyhow::Res
         .heartbeat(Duration::from_millis(500))
         .env("RUST_LOG", "info,argus_node_agent=debug")
         .start(&adir)?;
+    let _agent2 = NodeAgentSpec::new("n2", &c.lb_url(), tmux2.socket())
+        .probe_interval(Duration::from_millis(250))
+        .heartbeat(Duration::from_millis(500))
+        .start(&adir)?;
+    eventually("the second node observed by its owner", WAIT, || async {
+        let Some((o, _)) = c.owner("n2")? else {
+            return Ok(None);
+        };
+        observed(&c.admin_of(o), "n2", "busy").await
+    })
+    .await?;
 
     // The node attaches through haproxy to one replica, which owns it.
     let (owner, _) = eventually("the node owned by a replica", WAIT, || async {
@@ -386,25 +401,44 @@ async fn the_owner_dies_and_another_replica_takes_the_node_over() -> anyhow::Res
     })
     .await?;
 
-    // SIGKILL the owner, again and again: the node reattaches through haproxy to another replica
-    // (a higher epoch, stored) and its session is observed there again.
+    // SIGKILL the owner of a node (n1, then n2, in turn), again and again: the node reattaches
+    // through haproxy to another replica (a higher epoch, stored) and its session is observed
+    // there again; the other node too when it was on the same replica.
     let mut times = Vec::new();
     let kills_from = Instant::now();
     while kills_from.elapsed() < KILL_BUDGET && times.len() < 40 {
-        let (victim, epoch) = c.owner("n1")?.context("the node has an owner")?;
+        let (node, session) = if times.len() % 2 == 0 {
+            ("n1", "work")
+        } else {
+            ("n2", "busy")
+        };
+        let (victim, epoch) = c.owner(node)?.context("the node has an owner")?;
         let killed = Instant::now();
         if let Some(mut p) = c.replicas[victim].running.take() {
             p.proc.kill();
         }
         let (next, _) = eventually("another replica owns the node", WAIT, || async {
-            Ok(c.owner("n1")?.filter(|(i, e)| *i != victim && *e > epoch))
+            Ok(c.owner(node)?.filter(|(i, e)| *i != victim && *e > epoch))
         })
         .await?;
         eventually("the session observed by the new owner", WAIT, || async {
-            observed(&c.admin_of(next), "n1", "work").await
+            observed(&c.admin_of(next), node, session).await
         })
         .await?;
         times.push(killed.elapsed());
+        for (node, session) in [("n1", "work"), ("n2", "busy")] {
+            eventually(
+                "both nodes owned and observed by a live replica",
+                WAIT,
+                || async {
+                    let Some((o, _)) = c.owner(node)?.filter(|(o, _)| *o != victim) else {
+                        return Ok(None);
+                    };
+                    observed(&c.admin_of(o), node, session).await
+                },
+            )
+            .await?;
+        }
         // The killed replica comes back (same ports): haproxy checks it in again.
         c.replicas[victim].start().await?;
     }
@@ -513,20 +547,24 @@ async fn the_owner_dies_and_another_replica_takes_the_node_over() -> anyhow::Res
 
     // Nothing was killed or restarted because of the failovers: the same pane process, no kill
     // or restart in the audit, no death recorded; the audit row from before is still there.
-    assert!(tmux.has_session("work") && tmux.has_session("prompt"));
+    assert!(tmux.has_session("work") && tmux.has_session("prompt") && tmux2.has_session("busy"));
     assert_eq!(
         (tmux.pane_pid("work")?, tmux.pane_pid("prompt")?),
         panes,
         "no agent was restarted"
     );
+    assert_eq!(
+        tmux2.pane_pid("busy")?,
+        pane2,
+        "no agent of n2 was restarted"
+    );
     let destructive = c.sql(
-        "SELECT count(*) FROM commands WHERE action NOT IN ('nudge', 'capture', 'checkpoint') \
-         AND node_id = 'n1'",
+        "SELECT count(*) FROM commands WHERE action NOT IN ('nudge', 'capture', 'checkpoint')",
     )?;
     assert_eq!(destructive, "0", "no kill, restart or interrupt");
     let deaths = c.sql(
         "SELECT count(*) FROM transitions WHERE to_state = 'dead' \
-         OR (session_name = 'work' AND to_state <> 'working')",
+         OR (session_name IN ('work', 'busy') AND to_state <> 'working')",
     )?;
     assert_eq!(
         deaths, "0",
