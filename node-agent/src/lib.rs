@@ -17,6 +17,7 @@ pub mod local;
 pub mod metrics;
 pub mod probe;
 pub mod procs;
+pub mod seen;
 pub mod tmux;
 pub mod watchdog;
 pub mod worktree;
@@ -95,7 +96,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         events.clone(),
         wake.clone(),
     )
-    .with_hooks(hook_board.clone());
+    .with_hooks(hook_board.clone())
+    .with_seen(config.state_dir.join(seen::SEEN_FILE));
     // The first snapshot is taken before the link dials, so the controller's first view is full.
     snap_tx.send_replace(Arc::new(prober.round().await));
 

@@ -125,6 +125,8 @@ pub struct Prober {
     hooks: crate::hooks::Board,
     /// The last round's observations, kept for a server that cannot be listed this round.
     last: BTreeMap<SessionKey, pb::SessionObservation>,
+    /// The agents watched lately, kept across node agent restarts.
+    seen: crate::seen::Seen,
 }
 
 impl Prober {
@@ -152,7 +154,26 @@ impl Prober {
             gone_sizes: Arc::default(),
             hooks: crate::hooks::Board::new(Duration::from_secs(600)),
             last: BTreeMap::new(),
+            seen: crate::seen::Seen::default(),
         }
+    }
+
+    /// Keeps the agents it watches in `path` (see [`crate::seen`]), and reports now the exits
+    /// of those an earlier node agent process watched that no longer run.
+    #[must_use]
+    pub fn with_seen(mut self, path: std::path::PathBuf) -> Self {
+        let (seen, exits) = crate::seen::Seen::load(Some(path), argus_shared::time::now_ms());
+        if !exits.is_empty() {
+            tracing::info!(
+                agents = exits.len(),
+                "agents an earlier node agent watched have exited since"
+            );
+        }
+        for e in exits {
+            self.events.push(e);
+        }
+        self.seen = seen;
+        self
     }
 
     /// Reads the agents' hook reports from `board` (the one the local socket writes).
@@ -214,10 +235,12 @@ impl Prober {
                 live_panes.insert(key.clone());
                 let obs = self.observe(&tmux, &socket, &pane, &humans, &key).await;
                 if let Some(agent) = &obs.agent {
-                    live_watches.insert(Incarnation {
+                    let inc = Incarnation {
                         pid: agent.pid,
                         start_time: agent.start_time,
-                    });
+                    };
+                    live_watches.insert(inc);
+                    self.seen.saw(inc, &socket, &pane.session_name, now_ms());
                 }
                 if !pane.pane_dead
                     && let Some(start) = self.panes.get(&key).map(|c| c.pane_start)
@@ -244,6 +267,7 @@ impl Prober {
             }
             keep
         });
+        self.seen.save(now_ms());
         crate::metrics::probe_round(started.elapsed(), self.captures, snapshot.sessions.len());
         snapshot
     }
