@@ -270,7 +270,8 @@ pub struct NodeFlags {
     /// `tmux_sockets`.
     #[arg(long = "tmux-socket", env = "ARGUS_TMUX_SOCKET")]
     pub tmux_sockets: Vec<PathBuf>,
-    /// Directory for persisted state (the highest accepted epoch). Key `state_dir`.
+    /// Directory for persisted state (the highest accepted epoch, the sessions' restart
+    /// commands, the agents watched lately, kept copies of guarded files). Key `state_dir`.
     #[arg(long, env = "ARGUS_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// Probe interval, e.g. "1s" or "500ms". Key `probe_interval`.
