@@ -230,10 +230,10 @@ pub async fn run(
             &config.tls_cert,
             &config.tls_key,
         ) {
-            (false, Some(ca), Some(cert), Some(key)) => Some(replica::PeerTls {
-                ca: ca.clone(),
+            (false, Some(ca), Some(cert), Some(key)) => Some(tls::TlsFiles {
                 cert: cert.clone(),
                 key: key.clone(),
+                client_ca: ca.clone(),
             }),
             _ => None,
         };

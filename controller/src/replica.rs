@@ -11,6 +11,7 @@
 //! (`argus_decide::correlate::fleet`) and read back by every replica for its sessions' cooldowns.
 //! A probe of the database feeds readiness: a replica that cannot reach it is not ready.
 
+use crate::tls::{Fingerprint, TlsFiles, fingerprint};
 use argus_shared::time::now_ms;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -124,28 +125,19 @@ pub enum ReplicaError {
 }
 
 /// What a replica presents and trusts when it forwards a call to another over TLS: its own
-/// certificate (the controller's, which must carry the URI SAN `spiffe://argus/replica/<name>`
-/// and client use, as `argusctl certs` issues it) and the CA that signed the other replicas'
-/// certificates (the client CA: one CA for the cluster). Read at each new connection, so that
-/// renewed files are used without a restart.
-#[derive(Debug, Clone)]
-pub struct PeerTls {
-    pub ca: std::path::PathBuf,
-    pub cert: std::path::PathBuf,
-    pub key: std::path::PathBuf,
-}
-
-impl PeerTls {
-    fn config(&self) -> Result<tonic::transport::ClientTlsConfig, String> {
-        let read =
-            |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
-        Ok(tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(read(&self.ca)?))
-            .identity(tonic::transport::Identity::from_pem(
-                read(&self.cert)?,
-                read(&self.key)?,
-            )))
-    }
+/// certificate and key (the controller's, which must carry the URI SAN
+/// `spiffe://argus/replica/<name>` and client use, as `argusctl certs` issues it) and, as the
+/// CA of the other replicas' certificates, the client CA (one CA for the cluster).
+fn peer_tls_config(files: &TlsFiles) -> Result<tonic::transport::ClientTlsConfig, String> {
+    let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    Ok(tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(read(
+            &files.client_ca,
+        )?))
+        .identity(tonic::transport::Identity::from_pem(
+            read(&files.cert)?,
+            read(&files.key)?,
+        )))
 }
 
 fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> ReplicaError {
@@ -173,10 +165,11 @@ pub struct Replica {
     leader: AtomicBool,
     /// The lease's fencing token while held.
     leader_token: std::sync::atomic::AtomicU64,
-    /// Channels to other replicas, by address.
-    peers: DashMap<String, Channel>,
-    /// TLS for those channels (`None`: plaintext, `--insecure`).
-    peer_tls: Option<PeerTls>,
+    /// Channels to other replicas, by address, with the fingerprint of the TLS files they were
+    /// made with: renewed files make a new channel at the next forwarded call.
+    peers: DashMap<String, (Fingerprint, Channel)>,
+    /// The TLS files for those channels (`None`: plaintext, `--insecure`).
+    peer_tls: Option<TlsFiles>,
     /// Replicas alive at the last round (their liveness leases unexpired), this one included.
     live: std::sync::atomic::AtomicU32,
 }
@@ -188,7 +181,7 @@ impl Replica {
         url: &str,
         id: &str,
         addr: &str,
-        peer_tls: Option<PeerTls>,
+        peer_tls: Option<TlsFiles>,
     ) -> Result<Self, ReplicaError> {
         let pool = PgPoolOptions::new()
             .max_connections(2)
@@ -210,7 +203,7 @@ impl Replica {
         Ok(Self::with_pool(pool, id, addr, None))
     }
 
-    fn with_pool(pool: PgPool, id: &str, addr: &str, peer_tls: Option<PeerTls>) -> Self {
+    fn with_pool(pool: PgPool, id: &str, addr: &str, peer_tls: Option<TlsFiles>) -> Self {
         Self {
             id: id.to_owned(),
             addr: addr.to_owned(),
@@ -1038,33 +1031,29 @@ impl Replica {
 
     /// An admin client to the replica at `addr`.
     fn peer(&self, node: &str, addr: &str) -> Result<AdminServiceClient<Channel>, ReplicaError> {
-        let channel = match self.peers.get(addr) {
-            Some(c) => c.clone(),
-            None => {
-                let bad = |source| ReplicaError::BadAddress {
-                    node: node.to_owned(),
-                    addr: addr.to_owned(),
-                    source,
-                };
-                let mut endpoint = Endpoint::from_shared(addr.to_owned())
-                    .map_err(bad)?
-                    .connect_timeout(Duration::from_secs(2))
-                    .timeout(FORWARD_WAIT);
-                if let Some(tls) = &self.peer_tls {
-                    let peer_tls = |why: String| ReplicaError::PeerTls {
-                        addr: addr.to_owned(),
-                        why,
-                    };
-                    endpoint = endpoint
-                        .tls_config(tls.config().map_err(peer_tls)?)
-                        .map_err(bad)?;
-                }
-                let c = endpoint.connect_lazy();
-                self.peers.insert(addr.to_owned(), c.clone());
-                c
-            }
+        let files = self.peer_tls.as_ref().map(fingerprint).unwrap_or_default();
+        if let Some(c) = self.peers.get(addr).filter(|c| c.0 == files) {
+            return Ok(AdminServiceClient::new(c.1.clone()));
+        }
+        let bad = |source| ReplicaError::BadAddress {
+            node: node.to_owned(),
+            addr: addr.to_owned(),
+            source,
         };
-        Ok(AdminServiceClient::new(channel))
+        let mut endpoint = Endpoint::from_shared(addr.to_owned())
+            .map_err(bad)?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(FORWARD_WAIT);
+        if let Some(tls) = &self.peer_tls {
+            let config = peer_tls_config(tls).map_err(|why| ReplicaError::PeerTls {
+                addr: addr.to_owned(),
+                why,
+            })?;
+            endpoint = endpoint.tls_config(config).map_err(bad)?;
+        }
+        let c = endpoint.connect_lazy();
+        self.peers.insert(addr.to_owned(), (files, c.clone()));
+        Ok(AdminServiceClient::new(c))
     }
 
     /// Where a command for `node` goes: `None` to run it here (this replica links the node, or

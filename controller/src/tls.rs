@@ -120,9 +120,9 @@ pub struct ServerTls {
 }
 
 /// The modification times and sizes of the three files: a change of any means a reload.
-type Fingerprint = Vec<Option<(SystemTime, u64)>>;
+pub(crate) type Fingerprint = Vec<Option<(SystemTime, u64)>>;
 
-fn fingerprint(files: &TlsFiles) -> Fingerprint {
+pub(crate) fn fingerprint(files: &TlsFiles) -> Fingerprint {
     [&files.cert, &files.key, &files.client_ca]
         .iter()
         .map(|p| {
